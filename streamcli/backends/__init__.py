@@ -1,0 +1,40 @@
+"""Storage backends behind the seams of ``streamcli.backends.base``.
+
+``open_backend`` is the only constructor the server uses. Available backends:
+
+* ``embedded`` (default): SQLite in WAL mode plus a directory, both under the
+  data dir. Needs no setup; one server process per data dir.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+
+from streamcli.backends.base import Backend
+from streamcli.errors import UsageError
+
+#: Names accepted by ``streamcli serve --backend``.
+BACKENDS = ("embedded",)
+
+
+def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
+    """Open the named backend, creating its files under ``data_dir`` if needed.
+
+    Raises:
+        UsageError: the name is unknown or the data dir cannot be used.
+    """
+    if name != "embedded":
+        raise UsageError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    from streamcli.backends.blobs import DirectoryBlobStore
+    from streamcli.backends.sqlite import SqliteStore
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = SqliteStore(data_dir / "streamcli.db")
+        blobs = DirectoryBlobStore(data_dir / "blobs")
+    except OSError as exc:
+        raise UsageError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from exc
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot open the database in {data_dir}: {exc}") from exc
+    return Backend(name=name, log=store, metadata=store, blobs=blobs, closer=store)

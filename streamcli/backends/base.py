@@ -1,0 +1,208 @@
+"""The storage seams every backend implements.
+
+Three narrow interfaces, chosen so a backend can be swapped without touching
+the services above them (see DESIGN.md, "One mechanism for every stream of
+records: the log"):
+
+* ``LogStore``: append-only logs ("streams") of records with strictly
+  increasing ids per stream, read by cursor position, trimmed by retention,
+  with a wake-up for readers that have caught up.
+* ``BlobStore``: file bytes in a directory (replicas share the directory).
+* ``MetadataStore``: stored files and resumable uploads.
+
+Domain code depends on these Protocols only; ``streamcli.backends.open_backend``
+picks the implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewRecord:
+    """A record to append; the store assigns its id and time."""
+
+    key: str  # partition key within the stream: a user id, a recipient, a room member
+    kind: str  # the record's kind within the stream, e.g. an event type name
+    payload: bytes  # the serialized message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogRecord:
+    """A record as stored: id and server time assigned on append."""
+
+    id: int  # position in its stream: 1, 2, 3, ...
+    timestamp: float  # server append time, seconds since the epoch; never decreases along ids
+    key: str
+    kind: str
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogBounds:
+    """What a stream holds: ids ``trimmed_through + 1 .. last_id``."""
+
+    trimmed_through: int  # highest id removed by retention (0 = nothing trimmed)
+    last_id: int  # highest id ever appended (0 = empty)
+
+
+class TrimmedError(Exception):
+    """A read started at a position retention has removed."""
+
+    def __init__(self, stream: str, after_id: int, trimmed_through: int) -> None:
+        super().__init__(
+            f"position {after_id} of {stream!r} has been trimmed (records up to {trimmed_through} are gone)"
+        )
+        self.trimmed_through = trimmed_through
+
+
+class LogStore(Protocol):
+    """Append-only logs with cursors."""
+
+    async def append(self, stream: str, records: Sequence[NewRecord]) -> list[LogRecord]:
+        """Append records atomically, in order, and wake the stream's readers."""
+        ...
+
+    async def read(self, stream: str, after_id: int, limit: int) -> list[LogRecord]:
+        """Return up to ``limit`` records with ids above ``after_id``, in order.
+
+        Raises:
+            TrimmedError: records just after ``after_id`` were removed by retention.
+        """
+        ...
+
+    async def bounds(self, stream: str) -> LogBounds:
+        """Return the stream's current bounds."""
+        ...
+
+    async def position_before(self, stream: str, timestamp: float) -> int:
+        """The id after which records appended at or after ``timestamp`` start."""
+        ...
+
+    async def wait_for(self, stream: str, after_id: int, timeout: float) -> bool:
+        """Wait until a record with an id above ``after_id`` exists.
+
+        Returns:
+            True when there is one, False when ``timeout`` seconds passed first.
+        """
+        ...
+
+    async def trim(self, stream: str, *, older_than: float | None = None, keep_last: int | None = None) -> int:
+        """Remove records appended before ``older_than`` and/or all but the newest ``keep_last``.
+
+        Returns:
+            The number of records removed.
+        """
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A stored, verified file."""
+
+    file_id: str
+    filename: str
+    size: int  # bytes
+    content_type: str
+    sha256: str  # lowercase hex
+    created_at: float  # seconds since the epoch
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """A resumable upload in progress."""
+
+    upload_id: str
+    filename: str
+    total_size: int  # declared size in bytes, -1 when unknown
+    content_type: str
+    sha256: str  # declared lowercase hex sha256, "" when sent at the end
+    committed_offset: int  # bytes durably written to the partial file
+    expires_at: float  # seconds since the epoch
+
+
+class MetadataStore(Protocol):
+    """Metadata of stored files and of uploads in progress."""
+
+    async def put_file(self, record: FileRecord) -> None:
+        """Insert or replace a file's metadata."""
+        ...
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        """The file's metadata, or None."""
+        ...
+
+    async def list_files(self, limit: int, offset: int = 0) -> list[FileRecord]:
+        """Files newest first."""
+        ...
+
+    async def delete_file(self, file_id: str) -> FileRecord | None:
+        """Remove and return the file's metadata (None when unknown)."""
+        ...
+
+    async def put_upload(self, record: UploadRecord) -> None:
+        """Insert or replace an upload."""
+        ...
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        """The upload, or None."""
+        ...
+
+    async def delete_upload(self, upload_id: str) -> None:
+        """Forget an upload (idempotent)."""
+        ...
+
+    async def expired_uploads(self, now: float) -> list[UploadRecord]:
+        """Uploads whose ``expires_at`` is before ``now``."""
+        ...
+
+
+class BlobStore(Protocol):
+    """File bytes kept in a directory."""
+
+    def partial_path(self, upload_id: str) -> pathlib.Path:
+        """Where an upload in progress writes its bytes."""
+        ...
+
+    def blob_path(self, file_id: str) -> pathlib.Path:
+        """Where a stored file's bytes are."""
+        ...
+
+    def commit(self, upload_id: str, file_id: str) -> pathlib.Path:
+        """Durably and atomically move a finished upload to its stored place."""
+        ...
+
+    def discard_partial(self, upload_id: str) -> None:
+        """Delete an upload's partial bytes (idempotent)."""
+        ...
+
+    def delete(self, file_id: str) -> int:
+        """Delete a stored file's bytes; returns the bytes freed (0 if absent)."""
+        ...
+
+    def usage(self) -> int:
+        """Bytes used by stored and partial files."""
+        ...
+
+
+@dataclasses.dataclass
+class Backend:
+    """One storage backend: the three stores and a way to close them."""
+
+    name: str
+    log: LogStore
+    metadata: MetadataStore
+    blobs: BlobStore
+    closer: _Closer
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        await self.closer.close()
+
+
+class _Closer(Protocol):
+    async def close(self) -> None: ...

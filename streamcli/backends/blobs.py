@@ -1,0 +1,79 @@
+"""``DirectoryBlobStore``: file bytes under one directory.
+
+Layout under the root::
+
+    files/<file_id>        stored, verified files
+    partial/<upload_id>    uploads in progress
+
+Ids are checked against ``SAFE_ID`` before they become path components, so
+nothing is ever written outside the root whatever a client sends.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+#: What an id must look like to be used as a file name.
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_id(value: str) -> str:
+    """Return ``value`` if it is a safe id, else raise ValueError."""
+    if not SAFE_ID.fullmatch(value):
+        raise ValueError(f"invalid id {value!r}: use 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+class DirectoryBlobStore:
+    """A ``BlobStore`` on a local (or shared) directory."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self._files = root / "files"
+        self._partial = root / "partial"
+        self._files.mkdir(parents=True, exist_ok=True)
+        self._partial.mkdir(parents=True, exist_ok=True)
+
+    def partial_path(self, upload_id: str) -> pathlib.Path:
+        return self._partial / check_id(upload_id)
+
+    def blob_path(self, file_id: str) -> pathlib.Path:
+        return self._files / check_id(file_id)
+
+    def commit(self, upload_id: str, file_id: str) -> pathlib.Path:
+        source = self.partial_path(upload_id)
+        target = self.blob_path(file_id)
+        with open(source, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(source, target)
+        # Make the rename itself durable.
+        directory = os.open(self._files, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return target
+
+    def discard_partial(self, upload_id: str) -> None:
+        self.partial_path(upload_id).unlink(missing_ok=True)
+
+    def delete(self, file_id: str) -> int:
+        path = self.blob_path(file_id)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def usage(self) -> int:
+        total = 0
+        for directory in (self._files, self._partial):
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # removed while we were counting
+        return total

@@ -1,0 +1,281 @@
+"""``SqliteStore``: the embedded log and metadata store (SQLite in WAL mode).
+
+One connection, used from one worker thread, so the event loop never blocks on
+disk and SQLite never sees concurrent use of a connection. WAL mode lets
+readers proceed while a write commits. Ids are assigned per stream from
+``log_head``; append times never decrease along ids, so a time lookup is an
+index seek.
+
+Readers that have caught up wait on an in-process wake-up set by ``append``
+(this backend has one process by design; the Redis backend wakes across
+replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import pathlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from streamcli.backends.base import (
+    FileRecord,
+    LogBounds,
+    LogRecord,
+    NewRecord,
+    TrimmedError,
+    UploadRecord,
+)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    stream  TEXT    NOT NULL,
+    id      INTEGER NOT NULL,
+    ts      REAL    NOT NULL,
+    key     TEXT    NOT NULL,
+    kind    TEXT    NOT NULL,
+    payload BLOB    NOT NULL,
+    PRIMARY KEY (stream, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS log_by_time ON log (stream, ts);
+CREATE TABLE IF NOT EXISTS log_head (
+    stream          TEXT PRIMARY KEY,
+    last_id         INTEGER NOT NULL,
+    last_ts         REAL    NOT NULL,
+    trimmed_through INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS files (
+    file_id      TEXT PRIMARY KEY,
+    filename     TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    created_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_time ON files (created_at DESC, file_id);
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id        TEXT PRIMARY KEY,
+    filename         TEXT NOT NULL,
+    total_size       INTEGER NOT NULL,
+    content_type     TEXT NOT NULL,
+    sha256           TEXT NOT NULL,
+    committed_offset INTEGER NOT NULL,
+    expires_at       REAL NOT NULL
+);
+"""
+
+
+class SqliteStore:
+    """A ``LogStore`` and ``MetadataStore`` in one SQLite database file."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamcli-sqlite")
+        self._db = self._executor.submit(self._connect, path).result()
+        self._heads: dict[str, LogBounds] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    @staticmethod
+    def _connect(path: pathlib.Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        return db
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+
+    async def close(self) -> None:
+        await self._run(lambda db: db.close())
+        self._executor.shutdown(wait=True)
+
+    # --- LogStore -----------------------------------------------------------
+
+    async def append(self, stream: str, records: Sequence[NewRecord]) -> list[LogRecord]:
+        if not records:
+            return []
+
+        def write(db: sqlite3.Connection) -> tuple[list[LogRecord], LogBounds]:
+            with _transaction(db):
+                row = db.execute(
+                    "SELECT last_id, last_ts, trimmed_through FROM log_head WHERE stream = ?", (stream,)
+                ).fetchone()
+                last_id, last_ts, trimmed = row if row else (0, 0.0, 0)
+                ts = max(time.time(), last_ts)
+                stored = [LogRecord(last_id + n, ts, r.key, r.kind, r.payload) for n, r in enumerate(records, start=1)]
+                db.executemany(
+                    "INSERT INTO log (stream, id, ts, key, kind, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(stream, r.id, r.timestamp, r.key, r.kind, r.payload) for r in stored],
+                )
+                db.execute(
+                    "INSERT INTO log_head (stream, last_id, last_ts, trimmed_through) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (stream) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts",
+                    (stream, stored[-1].id, ts, trimmed),
+                )
+            return stored, LogBounds(trimmed, stored[-1].id)
+
+        stored, bounds = await self._run(write)
+        self._heads[stream] = bounds
+        wakeup = self._wakeups.pop(stream, None)
+        if wakeup is not None:
+            wakeup.set()
+        return stored
+
+    async def read(self, stream: str, after_id: int, limit: int) -> list[LogRecord]:
+        def query(db: sqlite3.Connection) -> tuple[list[LogRecord], int]:
+            # One read transaction, so the trim check and the rows agree.
+            with _transaction(db, deferred=True):
+                row = db.execute("SELECT trimmed_through FROM log_head WHERE stream = ?", (stream,)).fetchone()
+                trimmed = row[0] if row else 0
+                rows = db.execute(
+                    "SELECT id, ts, key, kind, payload FROM log WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
+                    (stream, after_id, limit),
+                ).fetchall()
+            return [LogRecord(*r) for r in rows], trimmed
+
+        records, trimmed = await self._run(query)
+        if after_id < trimmed:
+            raise TrimmedError(stream, after_id, trimmed)
+        return records
+
+    async def bounds(self, stream: str) -> LogBounds:
+        cached = self._heads.get(stream)
+        if cached is not None:
+            return cached
+
+        def query(db: sqlite3.Connection) -> LogBounds:
+            row = db.execute("SELECT trimmed_through, last_id FROM log_head WHERE stream = ?", (stream,)).fetchone()
+            return LogBounds(*row) if row else LogBounds(0, 0)
+
+        bounds = await self._run(query)
+        self._heads.setdefault(stream, bounds)
+        return self._heads[stream]
+
+    async def position_before(self, stream: str, timestamp: float) -> int:
+        def query(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT MAX(id) FROM log WHERE stream = ? AND ts < ?", (stream, timestamp)).fetchone()
+            if row[0] is not None:
+                return int(row[0])
+            head = db.execute("SELECT trimmed_through FROM log_head WHERE stream = ?", (stream,)).fetchone()
+            return int(head[0]) if head else 0
+
+        return await self._run(query)
+
+    async def wait_for(self, stream: str, after_id: int, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (await self.bounds(stream)).last_id <= after_id:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            wakeup = self._wakeups.setdefault(stream, asyncio.Event())
+            try:
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    async def trim(self, stream: str, *, older_than: float | None = None, keep_last: int | None = None) -> int:
+        def delete(db: sqlite3.Connection) -> tuple[int, LogBounds | None]:
+            with _transaction(db):
+                row = db.execute("SELECT last_id, trimmed_through FROM log_head WHERE stream = ?", (stream,)).fetchone()
+                if row is None:
+                    return 0, None
+                last_id, trimmed = row
+                cut = trimmed
+                if keep_last is not None:
+                    cut = max(cut, last_id - keep_last)
+                if older_than is not None:
+                    newest_old = db.execute(
+                        "SELECT MAX(id) FROM log WHERE stream = ? AND ts < ?", (stream, older_than)
+                    ).fetchone()[0]
+                    cut = max(cut, newest_old or 0)
+                if cut == trimmed:
+                    return 0, LogBounds(trimmed, last_id)
+                removed = db.execute("DELETE FROM log WHERE stream = ? AND id <= ?", (stream, cut)).rowcount
+                db.execute("UPDATE log_head SET trimmed_through = ? WHERE stream = ?", (cut, stream))
+                return removed, LogBounds(cut, last_id)
+
+        removed, bounds = await self._run(delete)
+        if bounds is not None:
+            self._heads[stream] = bounds
+        return removed
+
+    # --- MetadataStore --------------------------------------------------------
+
+    async def put_file(self, record: FileRecord) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                (record.file_id, record.filename, record.size, record.content_type, record.sha256, record.created_at),
+            )
+        )
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        row = await self._run(lambda db: db.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone())
+        return FileRecord(*row) if row else None
+
+    async def list_files(self, limit: int, offset: int = 0) -> list[FileRecord]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT * FROM files ORDER BY created_at DESC, file_id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+        )
+        return [FileRecord(*row) for row in rows]
+
+    async def delete_file(self, file_id: str) -> FileRecord | None:
+        def delete(db: sqlite3.Connection) -> FileRecord | None:
+            with _transaction(db):
+                row = db.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone()
+                db.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
+            return FileRecord(*row) if row else None
+
+        return await self._run(delete)
+
+    async def put_upload(self, record: UploadRecord) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.upload_id,
+                    record.filename,
+                    record.total_size,
+                    record.content_type,
+                    record.sha256,
+                    record.committed_offset,
+                    record.expires_at,
+                ),
+            )
+        )
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        row = await self._run(
+            lambda db: db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
+        )
+        return UploadRecord(*row) if row else None
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,)))
+
+    async def expired_uploads(self, now: float) -> list[UploadRecord]:
+        rows = await self._run(lambda db: db.execute("SELECT * FROM uploads WHERE expires_at < ?", (now,)).fetchall())
+        return [UploadRecord(*row) for row in rows]
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` (or deferred) ... ``COMMIT``/``ROLLBACK`` on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection, *, deferred: bool = False) -> None:
+        self._db = db
+        self._begin = "BEGIN" if deferred else "BEGIN IMMEDIATE"
+
+    def __enter__(self) -> None:
+        self._db.execute(self._begin)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,77 @@
+"""``Environment``: what a command needs from the outside world.
+
+It carries the streams, the global options and the rich consoles (created on
+first use, so commands that print nothing never import rich). Tests build their
+own ``Environment`` with string buffers and pass it to ``main``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import IO, TYPE_CHECKING, Any
+
+from streamcli.client.settings import ConnectionSettings
+
+if TYPE_CHECKING:
+    import typer
+    from rich.console import Console
+
+
+@dataclasses.dataclass
+class Environment:
+    """Streams, global options and consoles for one invocation."""
+
+    stdin: IO[str] = dataclasses.field(default_factory=lambda: sys.stdin)
+    stdout: IO[str] = dataclasses.field(default_factory=lambda: sys.stdout)
+    stderr: IO[str] = dataclasses.field(default_factory=lambda: sys.stderr)
+    connection: ConnectionSettings = dataclasses.field(default_factory=ConnectionSettings)
+    json: bool = False  # machine output: one JSON object per line on stdout
+    traceback: bool = False  # show tracebacks for expected failures too
+    _console: Console | None = None
+    _err_console: Console | None = None
+
+    @property
+    def stdout_isatty(self) -> bool:
+        return self.stdout.isatty()
+
+    @property
+    def stderr_isatty(self) -> bool:
+        return self.stderr.isatty()
+
+    def _make_console(self, file: IO[str]) -> Console:
+        from rich.console import Console
+
+        no_color = "NO_COLOR" in os.environ or not file.isatty()
+        return Console(file=file, no_color=no_color, highlight=False, soft_wrap=True)
+
+    @property
+    def console(self) -> Console:
+        """Rich console on stdout, for results."""
+        if self._console is None:
+            self._console = self._make_console(self.stdout)
+        return self._console
+
+    @property
+    def err_console(self) -> Console:
+        """Rich console on stderr, for progress and diagnostics."""
+        if self._err_console is None:
+            self._err_console = self._make_console(self.stderr)
+        return self._err_console
+
+    def emit_json(self, record: dict[str, Any]) -> None:
+        """Write one NDJSON line to stdout."""
+        self.stdout.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+        self.stdout.flush()
+
+    def error(self, message: str) -> None:
+        """Write one diagnostic line to stderr."""
+        self.stderr.write(f"streamcli: error: {message}\n")
+        self.stderr.flush()
+
+
+def get_env(ctx: typer.Context) -> Environment:
+    """The invocation's Environment (``main`` passes one; tests may too)."""
+    return ctx.ensure_object(Environment)

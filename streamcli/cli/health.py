@@ -1,0 +1,50 @@
+"""``streamcli health``: ask a server whether it is serving."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from streamcli.cli.environment import get_env
+from streamcli.errors import UnavailableError
+
+
+def health(
+    ctx: typer.Context,
+    service: Annotated[
+        str,
+        typer.Argument(help="Service to check; empty means the whole server.", show_default=False),
+    ] = "",
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the answer.")] = 5.0,
+) -> None:
+    """Check a server's health (grpc.health.v1); exit 0 only when SERVING.
+
+    Prints the status (SERVING, NOT_SERVING, SERVICE_UNKNOWN). Exits 3 when the
+    server is unreachable or not serving.
+
+    Examples:
+
+      streamcli health
+
+      streamcli --address db1:50051 --tls health streaming.v1.StreamingService
+
+      streamcli --json health
+    """
+    import asyncio
+
+    from streamcli.client.health import check_health
+
+    env = get_env(ctx)
+    status = asyncio.run(check_health(env.connection, service, timeout))
+    if env.json:
+        env.emit_json({"address": env.connection.address, "service": service, "status": status})
+    else:
+        env.stdout.write(status + "\n")
+    if status != "SERVING":
+        raise UnavailableError(f"{service or 'the server'} at {env.connection.address} is {status}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``health`` to the tree."""
+    app.command()(health)

@@ -1,0 +1,1 @@
+"""The ``grpc.aio`` server: configuration, start-up, interceptors, shutdown."""

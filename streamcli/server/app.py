@@ -1,0 +1,184 @@
+"""Builds, starts and stops the streamcli ``grpc.aio`` server.
+
+``start_server`` returns a ``RunningServer`` (used by tests and by ``serve``);
+``serve`` adds signal handling: the first SIGINT/SIGTERM drains gracefully
+(health NOT_SERVING, no new calls, in-flight streams get ``grace`` seconds),
+a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import pathlib
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from streamcli import transport
+from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
+from streamcli.backends import open_backend
+from streamcli.backends.base import Backend
+from streamcli.errors import UnavailableError, UsageError
+from streamcli.server.auth import BearerTokenInterceptor
+from streamcli.server.service import SERVICE_NAME, build_servicer
+
+log = logging.getLogger("streamcli.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``streamcli serve`` can be told."""
+
+    data_dir: pathlib.Path
+    address: str = transport.DEFAULT_ADDRESS
+    backend: str = "embedded"
+    grace: float = 10.0  # seconds in-flight calls get on shutdown
+    token: str | None = None
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
+    tls_client_ca: pathlib.Path | None = None  # set: clients must present a cert it signed (mTLS)
+    allow_insecure: bool = False  # allow a non-loopback bind with neither TLS nor a token
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def validate(self) -> None:
+        """Refuse configurations that are unsafe or incomplete.
+
+        Raises:
+            UsageError: with a one-line explanation.
+        """
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key must be given together")
+        if self.tls_client_ca is not None and not self.tls:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.token is not None and not self.token.strip():
+            raise UsageError("the token is empty")
+        if self.grace < 0:
+            raise UsageError("--grace must be zero or more seconds")
+        if not (self.tls or self.token or self.allow_insecure or transport.is_loopback_address(self.address)):
+            raise UsageError(
+                f"refusing to listen on non-loopback address {self.address} without TLS or a token; "
+                "add --tls-cert/--tls-key or --token, or pass --allow-insecure"
+            )
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A started server and what it needs to stop cleanly."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    backend: Backend
+    address: str  # the bound address, with the real port when 0 was asked for
+    stopping: asyncio.Event  # set when shutdown begins; long-lived streams watch it
+
+    async def stop(self, grace: float | None) -> None:
+        """Go NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds."""
+        self.stopping.set()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.backend.close()
+
+
+def _read(path: pathlib.Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    cert = _read(config.tls_cert, "TLS certificate")
+    key = _read(config.tls_key, "TLS key")
+    client_ca = _read(config.tls_client_ca, "client CA") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+async def start_server(config: ServerConfig) -> RunningServer:
+    """Validate ``config``, open the backend, bind and start serving.
+
+    Raises:
+        UsageError: the configuration is refused.
+        UnavailableError: the address cannot be bound (e.g. the port is taken).
+    """
+    config.validate()
+    credentials = _credentials(config)
+    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
+    backend = open_backend(config.backend, config.data_dir)
+    try:
+        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([]), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        port = _bind(server, config.address, credentials)
+    except BaseException:
+        await backend.close()
+        raise
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    host = config.address.rpartition(":")[0]
+    return RunningServer(server, health_servicer, backend, f"{host}:{port}", asyncio.Event())
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    if ":" not in address or not address.rpartition(":")[2].isdigit():
+        raise UsageError(f"invalid address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    try:
+        if credentials is None:
+            port: int = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise UnavailableError(f"cannot listen on {address}: the address is in use or not available")
+    return port
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully (a second signal exits at once)."""
+    running = await start_server(config)
+    log.info(
+        "listening on %s (backend %s, data dir %s, TLS %s, auth %s)",
+        running.address,
+        config.backend,
+        config.data_dir,
+        "on" if config.tls else "off",
+        "token" if config.token else "off",
+    )
+    loop = asyncio.get_running_loop()
+    first_signal = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if first_signal.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(128 + signum)
+        log.info("%s: shutting down (grace %.1fs; signal again to exit now)", signal.Signals(signum).name, config.grace)
+        first_signal.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await first_signal.wait()
+        await running.stop(config.grace)
+        log.info("stopped")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

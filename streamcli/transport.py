@@ -1,0 +1,82 @@
+"""gRPC channel and server options shared by both halves of streamcli.
+
+Keepalive is configured on both sides so that idle long-lived streams (a
+``tail`` that waits for events, a quiet chat room) survive NAT and proxies, and
+so that the server never answers the client's pings with GOAWAY
+("too_many_pings"): the client pings every ``CLIENT_KEEPALIVE_TIME_MS``, which is
+above the server's ``MIN_PING_INTERVAL_MS``, and the server does not count
+strikes. This module imports nothing heavy; values are plain tuples.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Where the server listens and clients connect unless told otherwise.
+DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
+
+#: Largest gRPC message either side accepts, in bytes (the gRPC default).
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
+
+#: The client pings an idle connection this often (ms).
+CLIENT_KEEPALIVE_TIME_MS: Final = 30_000
+#: The server pings an idle connection this often (ms).
+SERVER_KEEPALIVE_TIME_MS: Final = 60_000
+#: A ping unanswered for this long closes the connection (ms).
+KEEPALIVE_TIMEOUT_MS: Final = 20_000
+#: The server accepts client pings this close together without a strike (ms).
+MIN_PING_INTERVAL_MS: Final = 10_000
+
+Options = list[tuple[str, int | str]]
+
+
+def server_options() -> Options:
+    """Channel arguments for ``grpc.aio.server``."""
+    return [
+        # A taken port must fail the bind, not be silently shared.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        # 0 = never send GOAWAY for "too many pings".
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def client_options() -> Options:
+    """Channel arguments for ``grpc.aio`` client channels."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # 0 = keep pinging an idle stream instead of stopping after two pings.
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def is_loopback_address(address: str) -> bool:
+    """True when ``host:port`` names a loopback interface only."""
+    host = split_host(address)
+    if host == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(address: str) -> str:
+    """The host part of ``host:port`` / ``[v6]:port``, brackets removed."""
+    if address.startswith("unix:"):
+        return "localhost"
+    if address.startswith("["):
+        return address[1 : address.find("]")]
+    host, _, _ = address.rpartition(":")
+    return host or address

@@ -1,0 +1,178 @@
+"""The real server over real gRPC: health, reflection, UNIMPLEMENTED, auth, TLS, keepalive."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from streamcli.client.health import check_health
+from streamcli.client.settings import ConnectionSettings
+from streamcli.errors import AuthError, UnavailableError, UsageError
+from streamcli.server.app import RunningServer, ServerConfig
+from tests.support.certs import make_pki
+from tests.support.rpc import METHODS, invoke, kind
+from tests.support.servers import client, running_server
+
+NINE_RPCS = {
+    "StreamUserEvents": "unary_stream",
+    "DownloadFile": "unary_stream",
+    "SubscribeToNotifications": "unary_stream",
+    "UploadFile": "stream_unary",
+    "ProcessDataBatch": "stream_unary",
+    "CollectMetrics": "stream_unary",
+    "Chat": "stream_stream",
+    "Collaborate": "stream_stream",
+    "ProcessLiveData": "stream_stream",
+}
+ONE_PER_KIND = {kind(m): m for m in METHODS}
+
+
+def test_contract_has_the_nine_rpcs_of_the_specification_with_their_kinds() -> None:
+    kinds = {m.name: kind(m) for m in METHODS}
+    assert {name: kinds.get(name) for name in NINE_RPCS} == NINE_RPCS
+    for method in METHODS:
+        assert method.input_type.name == f"{method.name}Request"
+        assert method.output_type.name == f"{method.name}Response"
+
+
+async def test_health_is_serving(server: RunningServer) -> None:
+    settings = ConnectionSettings(address=server.address)
+    assert await check_health(settings) == "SERVING"
+    assert await check_health(settings, "streaming.v1.StreamingService") == "SERVING"
+    assert await check_health(settings, "no.such.Service") == "SERVICE_UNKNOWN"
+
+
+async def test_reflection_lists_the_service_and_describes_it(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = reflection_pb2_grpc.ServerReflectionStub(conn.channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="streaming.v1.StreamingService"),
+        ]
+        responses = [r async for r in stub.ServerReflectionInfo(iter(requests))]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"streaming.v1.StreamingService", "grpc.health.v1.Health"} <= names
+    assert responses[1].file_descriptor_response.file_descriptor_proto
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
+async def test_unbuilt_rpcs_answer_unimplemented_with_their_name(server: RunningServer, method: object) -> None:
+    async with client(server.address) as conn:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await invoke(conn.stub, method)  # type: ignore[arg-type]
+    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert f"StreamingService/{method.name}" in failure.value.details()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("rpc_kind", sorted(ONE_PER_KIND))
+async def test_every_rpc_kind_requires_the_token(tmp_path: pathlib.Path, rpc_kind: str) -> None:
+    method = ONE_PER_KIND[rpc_kind]
+    async with running_server(tmp_path, token="s3cret") as server, client(server.address) as conn:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await invoke(conn.stub, method)
+        with pytest.raises(grpc.aio.AioRpcError) as wrong:
+            await invoke(conn.stub, method, (("authorization", "Bearer nope"),))
+        with pytest.raises(grpc.aio.AioRpcError) as right:
+            await invoke(conn.stub, method, (("authorization", "Bearer s3cret"),))
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "missing bearer token" in missing.value.details()
+    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "invalid bearer token" in wrong.value.details()
+    # With the token the call gets past authentication to the (unbuilt) method.
+    assert right.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_health_is_exempt_from_auth_but_reflection_is_not(tmp_path: pathlib.Path) -> None:
+    async with running_server(tmp_path, token="s3cret") as server:
+        assert await check_health(ConnectionSettings(address=server.address)) == "SERVING"
+        async with client(server.address) as conn:
+            stub = reflection_pb2_grpc.ServerReflectionStub(conn.channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                _ = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+        assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The client core sends the token and maps a wrong one to AuthError.
+        with pytest.raises(AuthError):
+            async with client(server.address, token="wrong") as conn:
+                from streamcli.client.connection import rpc_errors
+
+                with rpc_errors(server.address):
+                    await invoke(conn.stub, ONE_PER_KIND["unary_unary"], conn.metadata)
+
+
+async def test_tls_round_trip_with_a_generated_certificate(tmp_path: pathlib.Path) -> None:
+    ca, server_cert, _ = make_pki(tmp_path)
+    async with running_server(tmp_path / "data", tls_cert=server_cert.cert, tls_key=server_cert.key) as server:
+        address = server.address.replace("127.0.0.1", "localhost")
+        assert await check_health(ConnectionSettings(address=address, ca_cert=ca.cert)) == "SERVING"
+        # A plaintext client cannot talk to a TLS server.
+        with pytest.raises(UnavailableError):
+            await check_health(ConnectionSettings(address=server.address), timeout=2)
+
+
+async def test_mutual_tls_requires_a_client_certificate(tmp_path: pathlib.Path) -> None:
+    ca, server_cert, client_cert = make_pki(tmp_path)
+    async with running_server(
+        tmp_path / "data", tls_cert=server_cert.cert, tls_key=server_cert.key, tls_client_ca=ca.cert
+    ) as server:
+        address = server.address.replace("127.0.0.1", "localhost")
+        with pytest.raises(UnavailableError):
+            await check_health(ConnectionSettings(address=address, ca_cert=ca.cert), timeout=2)
+        settings = ConnectionSettings(
+            address=address, ca_cert=ca.cert, client_cert=client_cert.cert, client_key=client_cert.key
+        )
+        assert await check_health(settings) == "SERVING"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"address": "0.0.0.0:50051"}, "refusing to listen on non-loopback address"),
+        ({"tls_cert": pathlib.Path("c.pem")}, "--tls-cert and --tls-key must be given together"),
+        ({"tls_client_ca": pathlib.Path("ca.pem")}, "--tls-client-ca needs"),
+        ({"token": "  "}, "the token is empty"),
+    ],
+)
+def test_unsafe_or_incomplete_configurations_are_refused(
+    tmp_path: pathlib.Path, config: dict[str, object], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        ServerConfig(data_dir=tmp_path, **config).validate()  # type: ignore[arg-type]
+
+
+def test_public_bind_is_allowed_with_a_token_or_explicit_consent(tmp_path: pathlib.Path) -> None:
+    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", token="t").validate()
+    ServerConfig(data_dir=tmp_path, address="[::]:1", allow_insecure=True).validate()
+    ServerConfig(data_dir=tmp_path, address="[::1]:1").validate()
+    ServerConfig(data_dir=tmp_path, address="localhost:1").validate()
+
+
+async def test_frequent_client_pings_on_an_idle_stream_do_not_get_goaway(server: RunningServer) -> None:
+    # A client far more eager than ours: pings every 100 ms on an idle stream.
+    channel = grpc.aio.insecure_channel(
+        server.address,
+        options=[
+            ("grpc.keepalive_time_ms", 100),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        # No status change is coming: the read must still be pending (not failed) after 2 s of pings.
+        pending = asyncio.ensure_future(watch.read())
+        done, _ = await asyncio.wait({pending}, timeout=2.0)
+        assert not done, f"idle stream ended early: {pending.exception() if done else ''}"
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        pending.cancel()
+        watch.cancel()
+    finally:
+        await channel.close()
