@@ -31,8 +31,8 @@ def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        blobs = DirectoryBlobStore(data_dir / "blobs")  # first: it holds nothing open on failure
         store = SqliteStore(data_dir / "streamcli.db")
-        blobs = DirectoryBlobStore(data_dir / "blobs")
     except OSError as exc:
         raise UsageError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from exc
     except sqlite3.Error as exc:

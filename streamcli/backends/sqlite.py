@@ -75,7 +75,11 @@ class SqliteStore:
 
     def __init__(self, path: pathlib.Path) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamcli-sqlite")
-        self._db = self._executor.submit(self._connect, path).result()
+        try:
+            self._db = self._executor.submit(self._connect, path).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         self._heads: dict[str, LogBounds] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
 
@@ -176,7 +180,7 @@ class SqliteStore:
             wakeup = self._wakeups.setdefault(stream, asyncio.Event())
             try:
                 await asyncio.wait_for(wakeup.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                 return False
         return True
 

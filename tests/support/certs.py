@@ -28,9 +28,7 @@ def _write(directory: pathlib.Path, stem: str, cert: x509.Certificate, key: ec.E
     key_path = directory / f"{stem}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return CertFiles(cert_path, key_path)
 

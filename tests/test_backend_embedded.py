@@ -1,0 +1,510 @@
+"""The embedded backend on a real disk: ``open_backend``, ``SqliteStore`` and ``DirectoryBlobStore``."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from streamcli.backends import open_backend
+from streamcli.backends.base import FileRecord, LogBounds, NewRecord, TrimmedError, UploadRecord
+from streamcli.backends.blobs import DirectoryBlobStore
+from streamcli.backends.sqlite import SqliteStore
+from streamcli.errors import UsageError
+
+UNSAFE_IDS = ["../x", "", "a/b", "a" * 65, "..", ".", "/etc/passwd", "x\n", "a b", "é"]
+
+
+def new(n: int, key: str = "k", kind: str = "event") -> NewRecord:
+    return NewRecord(key=key, kind=kind, payload=f"payload-{n}".encode())
+
+
+def batch(start: int, count: int) -> list[NewRecord]:
+    return [new(n) for n in range(start, start + count)]
+
+
+def tree(root: pathlib.Path) -> set[pathlib.Path]:
+    return set(root.rglob("*"))
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "store.db")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+# --- open_backend -------------------------------------------------------------
+
+
+async def test_open_backend_embedded_creates_its_files_under_the_data_dir(tmp_path: pathlib.Path) -> None:
+    data_dir = tmp_path / "nested" / "data"
+    backend = open_backend("embedded", data_dir)
+    try:
+        assert backend.name == "embedded"
+        assert (data_dir / "streamcli.db").is_file()
+        assert (data_dir / "blobs" / "files").is_dir()
+        assert (data_dir / "blobs" / "partial").is_dir()
+        # One SQLite store serves both the log and the metadata.
+        assert backend.log is backend.metadata
+        appended = await backend.log.append("s", [new(1)])
+        assert [r.id for r in appended] == [1]
+        assert backend.blobs.blob_path("f1") == data_dir / "blobs" / "files" / "f1"
+    finally:
+        await backend.close()
+
+
+async def test_open_backend_reopens_existing_data(tmp_path: pathlib.Path) -> None:
+    backend = open_backend("embedded", tmp_path)
+    try:
+        await backend.log.append("s", batch(1, 2))
+        await backend.metadata.put_file(FileRecord("f", "a.txt", 3, "text/plain", "ab" * 32, 10.0))
+    finally:
+        await backend.close()
+    backend = open_backend("embedded", tmp_path)
+    try:
+        assert await backend.log.bounds("s") == LogBounds(0, 2)
+        assert [r.payload for r in await backend.log.read("s", 0, 10)] == [b"payload-1", b"payload-2"]
+        assert (await backend.metadata.get_file("f")) == FileRecord("f", "a.txt", 3, "text/plain", "ab" * 32, 10.0)
+    finally:
+        await backend.close()
+
+
+def test_open_backend_unknown_name_is_usage_error_and_touches_nothing(tmp_path: pathlib.Path) -> None:
+    data_dir = tmp_path / "data"
+    with pytest.raises(UsageError, match=r"unknown backend 'redis'.*embedded"):
+        open_backend("redis", data_dir)
+    assert not data_dir.exists()
+
+
+def test_open_backend_data_dir_under_a_regular_file_is_usage_error(tmp_path: pathlib.Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_text("not a directory")
+    with pytest.raises(UsageError, match="cannot use data dir"):
+        open_backend("embedded", regular / "data")
+    assert regular.read_text() == "not a directory"
+
+
+def test_open_backend_data_dir_that_is_a_regular_file_is_usage_error(tmp_path: pathlib.Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_text("not a directory")
+    with pytest.raises(UsageError):
+        open_backend("embedded", regular)
+    assert regular.read_text() == "not a directory"
+
+
+def test_open_backend_corrupt_database_is_usage_error(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "streamcli.db").write_bytes(b"this is definitely not an sqlite database" * 100)
+    with pytest.raises(UsageError, match="cannot open the database"):
+        open_backend("embedded", tmp_path)
+
+
+def test_open_backend_blob_dir_blocked_by_a_file_is_usage_error(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "blobs").write_text("in the way")
+    with pytest.raises(UsageError, match="cannot use data dir"):
+        open_backend("embedded", tmp_path)
+
+
+# --- SqliteStore: the log -------------------------------------------------------
+
+
+async def test_ids_start_at_one_per_stream_and_are_contiguous(store: SqliteStore) -> None:
+    first = await store.append("a", batch(1, 3))
+    other = await store.append("b", batch(1, 2))
+    second = await store.append("a", batch(4, 1))
+    third = await store.append("a", batch(5, 4))
+    assert [r.id for r in first] == [1, 2, 3]
+    assert [r.id for r in other] == [1, 2]
+    assert [r.id for r in second] == [4]
+    assert [r.id for r in third] == [5, 6, 7, 8]
+    stored = await store.read("a", 0, 100)
+    assert [r.id for r in stored] == list(range(1, 9))
+    assert [r.payload for r in stored] == [f"payload-{n}".encode() for n in range(1, 9)]
+    assert await store.bounds("a") == LogBounds(0, 8)
+    assert await store.bounds("b") == LogBounds(0, 2)
+
+
+async def test_append_returns_what_read_returns(store: SqliteStore) -> None:
+    records = [NewRecord("alice", "joined", b""), NewRecord("bob", "said", b"\x00\xffbinary")]
+    appended = await store.append("room", records)
+    assert await store.read("room", 0, 10) == appended
+    assert [(r.key, r.kind, r.payload) for r in appended] == [
+        ("alice", "joined", b""),
+        ("bob", "said", b"\x00\xffbinary"),
+    ]
+
+
+async def test_append_nothing_changes_nothing(store: SqliteStore) -> None:
+    assert await store.append("s", []) == []
+    assert await store.bounds("s") == LogBounds(0, 0)
+    assert [r.id for r in await store.append("s", [new(1)])] == [1]
+
+
+async def test_read_is_by_position_with_limit(store: SqliteStore) -> None:
+    await store.append("s", batch(1, 10))
+    assert [r.id for r in await store.read("s", 0, 3)] == [1, 2, 3]
+    assert [r.id for r in await store.read("s", 3, 3)] == [4, 5, 6]
+    assert [r.id for r in await store.read("s", 8, 100)] == [9, 10]
+    assert await store.read("s", 10, 100) == []
+    assert await store.read("s", 50, 100) == []
+    assert await store.read("unknown", 0, 100) == []
+
+
+async def test_bounds_of_an_unknown_stream_are_empty(store: SqliteStore) -> None:
+    assert await store.bounds("nothing") == LogBounds(trimmed_through=0, last_id=0)
+
+
+async def test_timestamps_are_server_time_and_never_decrease(store: SqliteStore) -> None:
+    before = time.time()
+    stamps: list[float] = []
+    for n in range(30):
+        stamps.extend(r.timestamp for r in await store.append("s", batch(n, 1 + n % 3)))
+    after = time.time()
+    assert stamps == sorted(stamps)
+    assert before <= stamps[0] <= stamps[-1] <= after
+    assert [r.timestamp for r in await store.read("s", 0, 1000)] == stamps
+
+
+async def test_position_before_a_time(store: SqliteStore) -> None:
+    early = await store.append("s", batch(1, 3))
+    await asyncio.sleep(0.01)
+    late = await store.append("s", batch(4, 2))
+    assert early[-1].timestamp < late[0].timestamp  # precondition of the lookups below
+    assert await store.position_before("s", early[0].timestamp) == 0
+    assert await store.position_before("s", late[0].timestamp) == 3
+    assert await store.position_before("s", late[-1].timestamp + 60) == 5
+    assert await store.position_before("unknown", time.time()) == 0
+    # Records appended at or after the time come after the returned position.
+    position = await store.position_before("s", late[0].timestamp)
+    assert [r.id for r in await store.read("s", position, 10)] == [4, 5]
+
+
+async def test_position_before_a_trimmed_time_is_the_trim_point(store: SqliteStore) -> None:
+    early = await store.append("s", batch(1, 3))
+    await asyncio.sleep(0.01)
+    late = await store.append("s", batch(4, 2))
+    assert await store.trim("s", keep_last=2) == 3
+    assert await store.position_before("s", early[0].timestamp) == 3
+    assert await store.position_before("s", late[0].timestamp) == 3
+    assert await store.position_before("s", late[0].timestamp + 60) == 5
+    # The returned position is readable, not trimmed.
+    assert [r.id for r in await store.read("s", 3, 10)] == [4, 5]
+
+
+async def test_trim_keep_last_and_reading_a_trimmed_position(store: SqliteStore) -> None:
+    await store.append("s", batch(1, 10))
+    assert await store.trim("s", keep_last=3) == 7
+    assert await store.bounds("s") == LogBounds(trimmed_through=7, last_id=10)
+    assert [r.id for r in await store.read("s", 7, 100)] == [8, 9, 10]
+    assert [r.id for r in await store.read("s", 8, 100)] == [9, 10]
+    for position in (0, 3, 6):
+        with pytest.raises(TrimmedError) as caught:
+            await store.read("s", position, 100)
+        assert caught.value.trimmed_through == 7
+    # Keeping more than the stream holds removes nothing more.
+    assert await store.trim("s", keep_last=3) == 0
+    assert await store.trim("s", keep_last=100) == 0
+    assert await store.bounds("s") == LogBounds(7, 10)
+
+
+async def test_trim_older_than(store: SqliteStore) -> None:
+    old = await store.append("s", batch(1, 4))
+    await asyncio.sleep(0.01)
+    young = await store.append("s", batch(5, 2))
+    assert old[-1].timestamp < young[0].timestamp
+    assert await store.trim("s", older_than=old[0].timestamp) == 0  # strictly before
+    assert await store.trim("s", older_than=young[0].timestamp) == 4
+    assert await store.bounds("s") == LogBounds(4, 6)
+    assert await store.read("s", 4, 100) == young
+    with pytest.raises(TrimmedError) as caught:
+        await store.read("s", 0, 100)
+    assert caught.value.trimmed_through == 4
+    assert await store.trim("s", older_than=young[0].timestamp) == 0
+    assert await store.trim("s", older_than=young[-1].timestamp + 1) == 2
+    assert await store.bounds("s") == LogBounds(6, 6)
+    assert await store.read("s", 6, 100) == []
+
+
+async def test_trim_with_both_rules_cuts_at_the_further_one(store: SqliteStore) -> None:
+    old = await store.append("s", batch(1, 2))
+    await asyncio.sleep(0.01)
+    await store.append("s", batch(3, 6))
+    assert await store.trim("s", older_than=old[-1].timestamp + 0.001, keep_last=3) == 5
+    assert await store.bounds("s") == LogBounds(5, 8)
+    assert await store.trim("s", older_than=time.time() + 60, keep_last=2) == 3
+    assert await store.bounds("s") == LogBounds(8, 8)
+
+
+async def test_trim_only_touches_its_stream(store: SqliteStore) -> None:
+    await store.append("a", batch(1, 5))
+    await store.append("b", batch(1, 5))
+    assert await store.trim("a", keep_last=1) == 4
+    assert await store.bounds("b") == LogBounds(0, 5)
+    assert [r.id for r in await store.read("b", 0, 100)] == [1, 2, 3, 4, 5]
+
+
+async def test_trim_unknown_stream_or_no_rule_removes_nothing(store: SqliteStore) -> None:
+    assert await store.trim("unknown", keep_last=0) == 0
+    assert await store.bounds("unknown") == LogBounds(0, 0)
+    await store.append("s", batch(1, 3))
+    assert await store.trim("s") == 0
+    assert [r.id for r in await store.read("s", 0, 100)] == [1, 2, 3]
+
+
+async def test_ids_continue_after_trimming_everything(store: SqliteStore) -> None:
+    before = await store.append("s", batch(1, 4))
+    assert await store.trim("s", keep_last=0) == 4
+    assert await store.bounds("s") == LogBounds(4, 4)
+    assert await store.read("s", 4, 100) == []
+    after = await store.append("s", [new(5)])
+    assert [r.id for r in after] == [5]
+    assert after[0].timestamp >= before[-1].timestamp
+    assert await store.bounds("s") == LogBounds(4, 5)
+    assert await store.read("s", 4, 100) == after
+
+
+async def test_log_and_metadata_persist_after_close_and_reopen(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "store.db"
+    first = SqliteStore(path)
+    try:
+        appended = await first.append("s", batch(1, 6))
+        await first.append("other", batch(1, 1))
+        assert await first.trim("s", keep_last=4) == 2
+        await first.put_file(FileRecord("f", "a.bin", 5, "application/octet-stream", "0" * 64, 100.0))
+        await first.put_upload(UploadRecord("u", "b.bin", -1, "", "", 42, 200.0))
+    finally:
+        await first.close()
+
+    second = SqliteStore(path)
+    try:
+        assert await second.bounds("s") == LogBounds(2, 6)
+        assert await second.bounds("other") == LogBounds(0, 1)
+        assert await second.read("s", 2, 100) == appended[2:]
+        with pytest.raises(TrimmedError):
+            await second.read("s", 0, 100)
+        more = await second.append("s", [new(7)])
+        assert more[0].id == 7
+        assert more[0].timestamp >= appended[-1].timestamp
+        assert await second.get_file("f") == FileRecord("f", "a.bin", 5, "application/octet-stream", "0" * 64, 100.0)
+        assert await second.get_upload("u") == UploadRecord("u", "b.bin", -1, "", "", 42, 200.0)
+    finally:
+        await second.close()
+
+
+async def test_wait_for_returns_at_once_when_a_record_is_there(store: SqliteStore) -> None:
+    await store.append("s", batch(1, 2))
+    started = time.monotonic()
+    assert await store.wait_for("s", 1, timeout=5) is True
+    assert await store.wait_for("s", 0, timeout=0) is True
+    assert time.monotonic() - started < 1
+
+
+async def test_wait_for_times_out_with_false(store: SqliteStore) -> None:
+    await store.append("s", batch(1, 2))
+    started = time.monotonic()
+    assert await store.wait_for("s", 2, timeout=0.05) is False
+    assert await store.wait_for("empty", 0, timeout=0.05) is False
+    assert await store.wait_for("s", 2, timeout=0) is False
+    assert time.monotonic() - started >= 0.08
+
+
+async def test_wait_for_wakes_on_append_from_another_task(store: SqliteStore) -> None:
+    waiter = asyncio.create_task(store.wait_for("s", 0, timeout=5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # it is really waiting
+    started = time.monotonic()
+    await store.append("s", [new(1)])
+    assert await asyncio.wait_for(waiter, 2) is True
+    assert time.monotonic() - started < 1
+
+
+async def test_wait_for_wakes_every_waiter_of_the_stream(store: SqliteStore) -> None:
+    waiters = [asyncio.create_task(store.wait_for("s", 0, timeout=5)) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    assert not any(w.done() for w in waiters)
+    await store.append("s", [new(1)])
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 2) == [True, True, True]
+
+
+async def test_wait_for_keeps_waiting_until_past_its_position(store: SqliteStore) -> None:
+    waiter = asyncio.create_task(store.wait_for("s", 2, timeout=5))
+    await asyncio.sleep(0.02)
+    await store.append("s", batch(1, 2))  # ids 1 and 2: not past position 2
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await store.append("s", [new(3)])
+    assert await asyncio.wait_for(waiter, 2) is True
+
+
+async def test_wait_for_is_not_satisfied_by_another_stream(store: SqliteStore) -> None:
+    waiter = asyncio.create_task(store.wait_for("s", 0, timeout=0.2))
+    await asyncio.sleep(0.02)
+    await store.append("other", batch(1, 3))
+    assert await asyncio.wait_for(waiter, 2) is False
+    assert await store.bounds("s") == LogBounds(0, 0)
+
+
+# --- SqliteStore: metadata --------------------------------------------------------
+
+
+def file_record(file_id: str, created_at: float, size: int = 10) -> FileRecord:
+    return FileRecord(file_id, f"{file_id}.txt", size, "text/plain", "a" * 64, created_at)
+
+
+async def test_files_put_get_and_replace(store: SqliteStore) -> None:
+    assert await store.get_file("nope") is None
+    record = file_record("f1", 1000.5)
+    await store.put_file(record)
+    assert await store.get_file("f1") == record
+    replaced = FileRecord("f1", "renamed.bin", 99, "application/octet-stream", "b" * 64, 2000.0)
+    await store.put_file(replaced)
+    assert await store.get_file("f1") == replaced
+    assert await store.list_files(10) == [replaced]
+
+
+async def test_list_files_newest_first_with_limit_and_offset(store: SqliteStore) -> None:
+    for file_id, created_at in [("b", 20.0), ("d", 40.0), ("a", 10.0), ("c", 30.0)]:
+        await store.put_file(file_record(file_id, created_at))
+    assert [f.file_id for f in await store.list_files(10)] == ["d", "c", "b", "a"]
+    assert [f.file_id for f in await store.list_files(2)] == ["d", "c"]
+    assert [f.file_id for f in await store.list_files(2, offset=2)] == ["b", "a"]
+    assert [f.file_id for f in await store.list_files(10, offset=3)] == ["a"]
+    assert await store.list_files(10, offset=4) == []
+    assert await store.list_files(0) == []
+
+
+async def test_delete_file_returns_the_record_once(store: SqliteStore) -> None:
+    keep = file_record("keep", 1.0)
+    gone = file_record("gone", 2.0)
+    await store.put_file(keep)
+    await store.put_file(gone)
+    assert await store.delete_file("gone") == gone
+    assert await store.get_file("gone") is None
+    assert await store.delete_file("gone") is None
+    assert await store.delete_file("never") is None
+    assert await store.list_files(10) == [keep]
+
+
+async def test_uploads_put_get_replace_delete(store: SqliteStore) -> None:
+    assert await store.get_upload("u1") is None
+    upload = UploadRecord("u1", "big.iso", 1 << 40, "application/x-iso9660-image", "c" * 64, 0, 5000.0)
+    await store.put_upload(upload)
+    assert await store.get_upload("u1") == upload
+    progressed = UploadRecord("u1", "big.iso", 1 << 40, "application/x-iso9660-image", "c" * 64, 4096, 6000.0)
+    await store.put_upload(progressed)
+    assert await store.get_upload("u1") == progressed
+    await store.delete_upload("u1")
+    assert await store.get_upload("u1") is None
+    await store.delete_upload("u1")  # idempotent
+    await store.delete_upload("never")
+
+
+async def test_expired_uploads_are_those_expiring_before_now(store: SqliteStore) -> None:
+    for upload_id, expires_at in [("early", 100.0), ("edge", 200.0), ("late", 300.0)]:
+        await store.put_upload(UploadRecord(upload_id, "x", -1, "", "", 0, expires_at))
+    assert await store.expired_uploads(50.0) == []
+    assert {u.upload_id for u in await store.expired_uploads(200.0)} == {"early"}
+    assert {u.upload_id for u in await store.expired_uploads(200.5)} == {"early", "edge"}
+    assert {u.upload_id for u in await store.expired_uploads(1e12)} == {"early", "edge", "late"}
+    await store.delete_upload("early")
+    assert {u.upload_id for u in await store.expired_uploads(1e12)} == {"edge", "late"}
+    assert await store.expired_uploads(250.0) == [UploadRecord("edge", "x", -1, "", "", 0, 200.0)]
+
+
+# --- DirectoryBlobStore -----------------------------------------------------------
+
+
+def test_blob_store_creates_its_layout(tmp_path: pathlib.Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b" / "files").is_dir()
+    assert (tmp_path / "a" / "b" / "partial").is_dir()
+    assert blobs.partial_path("up-1") == tmp_path / "a" / "b" / "partial" / "up-1"
+    assert blobs.blob_path("file_1") == tmp_path / "a" / "b" / "files" / "file_1"
+    assert blobs.usage() == 0
+
+
+def test_commit_moves_the_partial_into_files(tmp_path: pathlib.Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path)
+    blobs.partial_path("up").write_bytes(b"hello world")
+    target = blobs.commit("up", "file")
+    assert target == blobs.blob_path("file")
+    assert target.read_bytes() == b"hello world"
+    assert not blobs.partial_path("up").exists()
+    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["file"]
+
+
+def test_commit_without_a_partial_fails_and_creates_nothing(tmp_path: pathlib.Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        blobs.commit("missing", "file")
+    assert not blobs.blob_path("file").exists()
+
+
+def test_discard_partial_is_idempotent(tmp_path: pathlib.Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path)
+    blobs.partial_path("up").write_bytes(b"half")
+    blobs.partial_path("other").write_bytes(b"keep")
+    blobs.discard_partial("up")
+    assert not blobs.partial_path("up").exists()
+    blobs.discard_partial("up")
+    blobs.discard_partial("never")
+    assert blobs.partial_path("other").read_bytes() == b"keep"
+
+
+def test_delete_returns_the_bytes_freed(tmp_path: pathlib.Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path)
+    blobs.partial_path("up").write_bytes(b"x" * 1234)
+    blobs.commit("up", "f")
+    assert blobs.delete("f") == 1234
+    assert not blobs.blob_path("f").exists()
+    assert blobs.delete("f") == 0
+    assert blobs.delete("never") == 0
+
+
+def test_usage_counts_stored_and_partial_files(tmp_path: pathlib.Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path)
+    blobs.partial_path("done").write_bytes(b"a" * 100)
+    blobs.commit("done", "stored")
+    assert blobs.usage() == 100
+    blobs.partial_path("busy").write_bytes(b"b" * 30)
+    assert blobs.usage() == 130
+    blobs.discard_partial("busy")
+    assert blobs.usage() == 100
+    assert blobs.delete("stored") == 100
+    assert blobs.usage() == 0
+
+
+def test_longest_safe_id_is_accepted(tmp_path: pathlib.Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path)
+    longest = "A-z_9" * 12 + "abcd"
+    assert len(longest) == 64
+    blobs.partial_path(longest).write_bytes(b"ok")
+    assert blobs.commit(longest, longest).read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize("bad", UNSAFE_IDS, ids=repr)
+def test_unsafe_ids_are_refused_and_nothing_escapes_the_root(tmp_path: pathlib.Path, bad: str) -> None:
+    root = tmp_path / "outer" / "root"
+    blobs = DirectoryBlobStore(root)
+    blobs.partial_path("good").write_bytes(b"data")
+    before = tree(tmp_path)
+    with pytest.raises(ValueError, match="invalid id"):
+        blobs.partial_path(bad)
+    with pytest.raises(ValueError, match="invalid id"):
+        blobs.blob_path(bad)
+    with pytest.raises(ValueError, match="invalid id"):
+        blobs.commit(bad, "good")
+    with pytest.raises(ValueError, match="invalid id"):
+        blobs.commit("good", bad)
+    with pytest.raises(ValueError, match="invalid id"):
+        blobs.discard_partial(bad)
+    with pytest.raises(ValueError, match="invalid id"):
+        blobs.delete(bad)
+    assert tree(tmp_path) == before
+    assert blobs.partial_path("good").read_bytes() == b"data"

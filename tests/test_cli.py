@@ -1,0 +1,145 @@
+"""The command tree: help, version, error boundary, exit codes, completions."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import typer.main
+
+from streamcli import __version__
+from streamcli.cli.app import app
+from streamcli.cli.environment import Environment
+from streamcli.cli.main import main
+from streamcli.errors import ExitStatus
+from tests.support.servers import run_cli, serve_process
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _command_paths() -> list[list[str]]:
+    paths: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        paths.append(path)
+        for name, child in sorted(getattr(command, "commands", {}).items()):
+            walk(child, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "streamcli")
+def test_every_command_has_help_with_examples(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*path, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: streamcli" in out
+    assert "Examples" in out
+    assert "--help" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"streamcli {__version__}"
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["health", "--no-such-option"]) == ExitStatus.USAGE
+    assert "No such option" in capsys.readouterr().err
+
+
+def test_unreachable_address_gives_one_line_and_exit_3() -> None:
+    result = run_cli("--address", "127.0.0.1:1", "health")
+    assert result.returncode == ExitStatus.UNAVAILABLE == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("streamcli: error: cannot reach the server at 127.0.0.1:1")
+    assert result.stdout == ""
+
+
+def test_traceback_flag_shows_the_traceback() -> None:
+    env = Environment(stdout=io.StringIO(), stderr=io.StringIO())
+    assert main(["--traceback", "--address", "127.0.0.1:1", "health"], env) == 3
+    err = env.stderr.getvalue()  # type: ignore[attr-defined]
+    assert "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("streamcli: error: cannot reach the server")
+
+
+def test_health_against_a_live_server(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        plain = run_cli("--address", served.address, "health")
+        as_json = run_cli("--address", served.address, "--json", "health", "streaming.v1.StreamingService")
+        unknown = run_cli("--address", served.address, "health", "no.such.Service")
+    assert (plain.returncode, plain.stdout) == (0, "SERVING\n")
+    assert as_json.returncode == 0
+    assert as_json.stdout == (
+        f'{{"address":"{served.address}","service":"streaming.v1.StreamingService","status":"SERVING"}}\n'
+    )
+    assert unknown.returncode == ExitStatus.UNAVAILABLE
+    assert unknown.stdout == "SERVICE_UNKNOWN\n"
+    assert unknown.stderr.strip() == f"streamcli: error: no.such.Service at {served.address} is SERVICE_UNKNOWN"
+
+
+def test_health_probes_need_no_token(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path, "--token", "right") as served:
+        without = run_cli("--address", served.address, "health")
+        wrong = run_cli("--address", served.address, "--token", "wrong", "health")
+    assert (without.returncode, without.stdout) == (0, "SERVING\n")
+    assert (wrong.returncode, wrong.stdout) == (0, "SERVING\n")
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    module = subprocess.run([sys.executable, "-m", "streamcli", "--version"], capture_output=True, text=True)
+    script = pathlib.Path(sys.executable).parent / "streamcli"
+    console = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert module.stdout == console.stdout == f"streamcli {__version__}\n"
+
+
+def test_help_does_not_import_grpc_or_prompt_toolkit() -> None:
+    code = (
+        "import sys\n"
+        "from streamcli.cli.main import main\n"
+        "rc = main(['--help'])\n"
+        "print(sorted(m for m in ('grpc', 'prompt_toolkit', 'google.protobuf') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_completions_are_up_to_date() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_completions.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _bash_complete(words: list[str]) -> list[str]:
+    script = ROOT / "completions" / "streamcli.bash"
+    quoted = " ".join(f"'{w}'" for w in words)
+    command = (
+        f'source {script}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _streamcli; echo "${{COMPREPLY[@]}}"'
+    )
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True)
+    return result.stdout.split()
+
+
+def test_bash_completion_knows_the_tree() -> None:
+    assert _bash_complete(["streamcli", "se"]) == ["serve"]
+    assert _bash_complete(["streamcli", "--address", "h:1", "he"]) == ["health"]
+    assert _bash_complete(["streamcli", "serve", "--log-level", ""]) == ["debug", "info", "warning", "error"]
+    assert "--grace" in _bash_complete(["streamcli", "serve", "--"])
+
+
+def test_fish_and_zsh_completions_load() -> None:
+    fish = subprocess.run(
+        ["fish", "-c", f"source {ROOT / 'completions' / 'streamcli.fish'}; complete -C 'streamcli serve --log-level '"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert sorted(line.split("\t")[0] for line in fish.stdout.splitlines()) == ["debug", "error", "info", "warning"]
+    zsh = subprocess.run(["zsh", "-n", str(ROOT / "completions" / "streamcli.zsh")], capture_output=True, text=True)
+    assert zsh.returncode == 0, zsh.stderr

@@ -1,0 +1,78 @@
+"""``streamcli serve`` as a real process: signals, shutdown, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.servers import run_cli, serve_process
+
+
+def _stderr_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+async def test_shutdown_goes_not_serving_refuses_new_calls_and_exits_zero(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path, "--grace", "2") as served:
+        async with grpc.aio.insecure_channel(served.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            served.process.send_signal(signal.SIGTERM)
+            update = await asyncio.wait_for(watch.read(), 5)
+            assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # New calls are refused while the in-flight watch drains.
+            refused = None
+            async with grpc.aio.insecure_channel(served.address) as fresh:
+                for _ in range(50):
+                    try:
+                        await health_pb2_grpc.HealthStub(fresh).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    except grpc.aio.AioRpcError as exc:
+                        refused = exc.code()
+                        break
+                    await asyncio.sleep(0.05)
+            assert refused == grpc.StatusCode.UNAVAILABLE
+        started = time.monotonic()
+        assert served.process.wait(10) == 0
+        assert time.monotonic() - started < 5  # the grace period bounds the drain
+        assert "shutting down" in served.log()
+
+
+async def test_a_second_signal_exits_at_once(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path, "--grace", "60") as served:
+        async with grpc.aio.insecure_channel(served.address) as channel:
+            # An in-flight stream would hold the server in its 60 s grace period.
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            await watch.read()
+            served.process.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.5)
+            assert served.process.poll() is None  # still draining
+            served.process.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            code = served.process.wait(10)
+        assert code == 128 + signal.SIGINT
+        assert time.monotonic() - started < 3
+        assert "exiting now" in served.log()
+
+
+def test_a_busy_port_is_refused_with_one_line(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        result = run_cli("serve", "--address", served.address, "--data-dir", str(tmp_path / "other"))
+    assert result.returncode == 3
+    assert _stderr_lines(result.stderr) == [
+        f"streamcli: error: cannot listen on {served.address}: the address is in use or not available"
+    ]
+
+
+def test_an_insecure_public_bind_is_refused(tmp_path: pathlib.Path) -> None:
+    result = run_cli("serve", "--address", "0.0.0.0:0", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    lines = _stderr_lines(result.stderr)
+    assert len(lines) == 1
+    assert "refusing to listen on non-loopback address 0.0.0.0:0 without TLS or a token" in lines[0]
+    assert "Traceback" not in result.stderr
