@@ -114,14 +114,19 @@ class FileRecord:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UploadRecord:
-    """A resumable upload in progress."""
+    """A resumable upload in progress.
+
+    Its committed offset is not stored here: it is the size of the partial
+    file (``BlobStore.partial_path``), the one source of truth for what the
+    server has received, whatever way the last stream ended.
+    """
 
     upload_id: str
     filename: str
     total_size: int  # declared size in bytes, -1 when unknown
     content_type: str
     sha256: str  # declared lowercase hex sha256, "" when sent at the end
-    committed_offset: int  # bytes durably written to the partial file
+    created_at: float  # seconds since the epoch
     expires_at: float  # seconds since the epoch
 
 

@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     total_size       INTEGER NOT NULL,
     content_type     TEXT NOT NULL,
     sha256           TEXT NOT NULL,
-    committed_offset INTEGER NOT NULL,
+    created_at       REAL NOT NULL,
     expires_at       REAL NOT NULL
 );
 """
@@ -251,7 +251,7 @@ class SqliteStore:
                     record.total_size,
                     record.content_type,
                     record.sha256,
-                    record.committed_offset,
+                    record.created_at,
                     record.expires_at,
                 ),
             )

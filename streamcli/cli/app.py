@@ -103,10 +103,12 @@ def root(
 
 def _register() -> None:
     # One line per command group; each module only knows about `app`.
-    from streamcli.cli import health, serve
+    from streamcli.cli import files, health, serve, transfer
 
     serve.register(app)
     health.register(app)
+    transfer.register(app)
+    files.register(app)
 
 
 _register()

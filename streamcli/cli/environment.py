@@ -11,13 +11,18 @@ import dataclasses
 import json
 import os
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from streamcli.client.settings import ConnectionSettings
 
 if TYPE_CHECKING:
     import typer
     from rich.console import Console
+
+    from streamcli.client.connection import Connection
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -60,6 +65,18 @@ class Environment:
         if self._err_console is None:
             self._err_console = self._make_console(self.stderr)
         return self._err_console
+
+    def run(self, core: Callable[[Connection], Awaitable[T]]) -> T:
+        """Open a connection with the global options and run ``core`` on it to completion."""
+        import asyncio
+
+        from streamcli.client.connection import connect
+
+        async def main() -> T:
+            async with connect(self.connection) as conn:
+                return await core(conn)
+
+        return asyncio.run(main())
 
     def emit_json(self, record: dict[str, Any]) -> None:
         """Write one NDJSON line to stdout."""

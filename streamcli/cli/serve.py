@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from streamcli.cli.environment import get_env
+from streamcli.cli.parsing import parse_duration, parse_size
 
 
 class LogLevel(str, enum.Enum):
@@ -86,6 +87,18 @@ def serve(
         bool,
         typer.Option(help="Allow a non-loopback address with neither TLS nor a token."),
     ] = False,
+    max_file_size: Annotated[
+        str,
+        typer.Option(envvar="STREAMCLI_MAX_FILE_SIZE", help="Largest file accepted (e.g. 2G); 0 = no limit."),
+    ] = "0",
+    quota: Annotated[
+        str,
+        typer.Option(envvar="STREAMCLI_QUOTA", help="Total size of all stored files (e.g. 100G); 0 = no limit."),
+    ] = "0",
+    upload_ttl: Annotated[
+        str,
+        typer.Option(envvar="STREAMCLI_UPLOAD_TTL", help="How long an interrupted upload stays resumable (e.g. 24h)."),
+    ] = "24h",
     log_level: Annotated[
         LogLevel,
         typer.Option(envvar="STREAMCLI_LOG_LEVEL", case_sensitive=False, help="Log verbosity (logs go to stderr)."),
@@ -130,6 +143,9 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         allow_insecure=allow_insecure,
+        max_file_size=parse_size(max_file_size),
+        quota=parse_size(quota),
+        upload_ttl=parse_duration(upload_ttl),
     )
     asyncio.run(run_server(config))
 

@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 import signal
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,7 @@ from streamcli.backends.base import Backend
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.service import SERVICE_NAME, build_servicer
+from streamcli.services.files import FileLimits, FileService
 
 log = logging.getLogger("streamcli.server")
 
@@ -43,6 +45,9 @@ class ServerConfig:
     tls_key: pathlib.Path | None = None
     tls_client_ca: pathlib.Path | None = None  # set: clients must present a cert it signed (mTLS)
     allow_insecure: bool = False  # allow a non-loopback bind with neither TLS nor a token
+    max_file_size: int = 0  # bytes per stored file; 0 = no limit
+    quota: int = 0  # bytes for all files in the data dir; 0 = no limit
+    upload_ttl: float = 24 * 3600.0  # seconds an interrupted upload is kept for resuming
 
     @property
     def tls(self) -> bool:
@@ -62,6 +67,10 @@ class ServerConfig:
             raise UsageError("the token is empty")
         if self.grace < 0:
             raise UsageError("--grace must be zero or more seconds")
+        if self.max_file_size < 0 or self.quota < 0:
+            raise UsageError("--max-file-size and --quota must be zero (no limit) or more bytes")
+        if self.upload_ttl <= 0:
+            raise UsageError("--upload-ttl must be more than zero seconds")
         if not (self.tls or self.token or self.allow_insecure or transport.is_loopback_address(self.address)):
             raise UsageError(
                 f"refusing to listen on non-loopback address {self.address} without TLS or a token; "
@@ -78,12 +87,16 @@ class RunningServer:
     backend: Backend
     address: str  # the bound address, with the real port when 0 was asked for
     stopping: asyncio.Event  # set when shutdown begins; long-lived streams watch it
+    housekeeping: list[asyncio.Task[None]]  # periodic background jobs
 
     async def stop(self, grace: float | None) -> None:
         """Go NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds."""
         self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        for task in self.housekeeping:
+            task.cancel()
+        await asyncio.gather(*self.housekeeping, return_exceptions=True)
         await self.backend.close()
 
 
@@ -118,22 +131,36 @@ async def start_server(config: ServerConfig) -> RunningServer:
     server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
     backend = open_backend(config.backend, config.data_dir)
     try:
-        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([]), server)
+        port = _bind(server, config.address, credentials)
+        address = f"{config.address.rpartition(':')[0]}:{port}"
+        files = FileService(
+            backend, FileLimits(config.max_file_size, config.quota, config.upload_ttl), public_address=address
+        )
+        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([files]), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        port = _bind(server, config.address, credentials)
     except BaseException:
         await backend.close()
         raise
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    host = config.address.rpartition(":")[0]
-    return RunningServer(server, health_servicer, backend, f"{host}:{port}", asyncio.Event())
+    housekeeping = [asyncio.create_task(_every(min(config.upload_ttl / 4, 300.0), files.expire_uploads))]
+    return RunningServer(server, health_servicer, backend, address, asyncio.Event(), housekeeping)
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` now and then every ``interval`` seconds; log its failures, never stop."""
+    while True:
+        try:
+            await job()
+        except Exception:
+            log.exception("housekeeping job %s failed", getattr(job, "__qualname__", job))
+        await asyncio.sleep(interval)
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -1,0 +1,33 @@
+"""SHA-256 helpers shared by the server and the client (files are read in 1 MiB blocks)."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from typing import BinaryIO
+
+BLOCK = 1 << 20
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    """Hex SHA-256 of a whole file."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def sha256_prefix(handle: BinaryIO, length: int) -> hashlib._Hash:
+    """A SHA-256 object fed with the first ``length`` bytes of ``handle``.
+
+    Used to continue hashing a resumed transfer (hash states cannot be saved).
+    Leaves the position after what was read.
+    """
+    hasher = hashlib.sha256()
+    handle.seek(0)
+    remaining = length
+    while remaining and (block := handle.read(min(remaining, BLOCK))):
+        hasher.update(block)
+        remaining -= len(block)
+    return hasher

@@ -1,0 +1,117 @@
+"""``streamcli files``: list, inspect and delete stored files."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from streamcli.cli.environment import get_env
+
+files_app = typer.Typer(
+    help="List, inspect and delete stored files.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def _file_json(info: object) -> dict[str, object]:
+    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+
+    assert isinstance(info, pb.FileInfo)
+    return {
+        "id": info.file_id,
+        "name": info.filename,
+        "size": info.size,
+        "content_type": info.content_type,
+        "sha256": info.checksum,
+        "created_at": info.created_at.ToJsonString(),
+    }
+
+
+@files_app.command("ls")
+def list_files(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many files, newest first.")] = 1000,
+) -> None:
+    """List stored files, newest first.
+
+    Examples:
+
+      streamcli files ls
+
+      streamcli --json files ls | jq -r .id
+    """
+    from streamcli.client.files import list_files as fetch
+
+    env = get_env(ctx)
+    infos = env.run(lambda conn: fetch(conn, limit))
+    if env.json:
+        for info in infos:
+            env.emit_json(_file_json(info))
+        return
+    from rich.filesize import decimal
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("SIZE", no_wrap=True, justify="right")
+    table.add_column("CREATED (UTC)", no_wrap=True)
+    table.add_column("NAME", overflow="fold")
+    for info in infos:
+        created = info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(info.file_id, decimal(info.size), created, info.filename)
+    env.console.print(table)
+
+
+@files_app.command("info")
+def file_info(
+    ctx: typer.Context,
+    file_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the file.")],
+) -> None:
+    """Show one file's metadata.
+
+    Examples:
+
+      streamcli files info 3f2a9c
+
+      streamcli --json files info 3f2a9c
+    """
+    from streamcli.client.files import get_file_info
+
+    env = get_env(ctx)
+    record = _file_json(env.run(lambda conn: get_file_info(conn, file_id)))
+    if env.json:
+        env.emit_json(record)
+    else:
+        for key, value in record.items():
+            env.stdout.write(f"{key + ':':<14}{value}\n")
+
+
+@files_app.command("rm")
+def remove_files(
+    ctx: typer.Context,
+    file_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids of the files to delete.")],
+) -> None:
+    """Delete stored files.
+
+    Examples:
+
+      streamcli files rm 3f2a9c
+
+      streamcli --json files ls | jq -r .id | xargs streamcli files rm
+    """
+    from streamcli.client.files import delete_file
+
+    env = get_env(ctx)
+    for file_id in file_ids:
+        freed = env.run(lambda conn, file_id=file_id: delete_file(conn, file_id))  # type: ignore[misc]
+        if env.json:
+            env.emit_json({"id": file_id, "deleted": True, "bytes_freed": freed})
+        else:
+            env.stdout.write(f"deleted {file_id}\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``files`` group to the tree."""
+    app.add_typer(files_app, name="files")

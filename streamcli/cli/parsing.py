@@ -1,0 +1,28 @@
+"""Parsers for human-friendly option values: sizes (``10G``) and durations (``24h``)."""
+
+from __future__ import annotations
+
+import re
+
+import typer
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``123``, ``64K``, ``1.5G``, ``10MiB`` (binary units)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a size; use bytes or a K/M/G/T suffix, e.g. 10G")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``500ms``, ``10m``, ``24h``, ``7d``."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration; use seconds or a ms/s/m/h/d/w suffix, e.g. 24h")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]

@@ -1,0 +1,146 @@
+"""``streamcli upload`` and ``streamcli download``: verified, resumable file transfer."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from streamcli.cli.environment import Environment, get_env
+from streamcli.errors import StreamcliError, UsageError
+
+if TYPE_CHECKING:
+    from streamcli.client.transfer import TransferResult
+
+RETRIES_HELP = "Retries with backoff after the server or network goes away; each resumes where the last stopped."
+
+
+def upload(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[pathlib.Path],
+        typer.Argument(help="Files to upload; '-' reads standard input.", show_default=False),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", "-n", show_default=False, help="Name to store a single file under. [default: its file name]"
+        ),
+    ] = None,
+    parallel: Annotated[int, typer.Option("--parallel", "-p", min=1, max=64, help="Files uploaded at once.")] = 4,
+    retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = 5,
+) -> None:
+    """Upload files, verified by SHA-256; interrupted uploads resume on the next run.
+
+    Prints one line per file: its id and name ([cyan]--json[/cyan]: one object per file with
+    id, name, size and sha256). Progress bars appear when stderr is a terminal.
+    Standard input has no size known in advance: it is sent with its size and
+    checksum at the end, and cannot resume.
+
+    Examples:
+
+      streamcli upload report.pdf
+
+      streamcli upload *.iso --parallel 2
+
+      tar c dir | streamcli upload - --name dir.tar
+    """
+    from streamcli.client.retry import RetryPolicy
+    from streamcli.client.transfer import TransferResult, upload_many, upload_stream
+    from streamcli.ui.progress import transfer_progress
+
+    env = get_env(ctx)
+    policy = RetryPolicy(retries=retries)
+    if pathlib.Path("-") in paths:
+        if len(paths) > 1:
+            raise UsageError("'-' (standard input) cannot be combined with other files")
+        stdin = getattr(env.stdin, "buffer", None)
+        if stdin is None:
+            raise UsageError("standard input is not readable as bytes")
+        with transfer_progress(env, 1) as progress:
+            result = env.run(lambda conn: upload_stream(conn, stdin, name or "stdin", progress))
+        _print_results(env, [result])
+        return
+    with transfer_progress(env, len(paths)) as progress:
+        outcomes = env.run(lambda conn: upload_many(conn, paths, progress, parallel=parallel, name=name, retry=policy))
+    _print_results(env, [o for o in outcomes if isinstance(o, TransferResult)])
+    failures = [o for o in outcomes if isinstance(o, StreamcliError)]
+    if failures:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more failed)" if len(failures) > 1 else ""
+        raise type(first)(f"{first.message}{more}")
+
+
+def _print_results(env: Environment, results: list[TransferResult]) -> None:
+    for result in results:
+        if env.json:
+            env.emit_json(result.as_json())
+        else:
+            env.stdout.write(f"{result.file_id}  {result.name}\n")
+
+
+def download(
+    ctx: typer.Context,
+    file_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the file (see 'streamcli files ls').")],
+    output: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            show_default=False,
+            help="File or directory to write to; '-' writes to stdout. [default: the stored name, here]",
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from an existing PATH.part.")] = True,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file.")] = False,
+    retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = 5,
+) -> None:
+    """Download a file, verified by SHA-256, via PATH.part (renamed only when complete).
+
+    An interrupted download resumes from PATH.part on the next run. Prints the
+    path written ([cyan]--json[/cyan]: id, name, size, sha256, path).
+
+    Examples:
+
+      streamcli download 3f2a9c
+
+      streamcli download 3f2a9c -o backups/
+
+      streamcli download 3f2a9c -o - | tar x
+    """
+    from streamcli.client.retry import RetryPolicy
+    from streamcli.client.transfer import download_file
+    from streamcli.ui.progress import transfer_progress
+
+    env = get_env(ctx)
+    policy = RetryPolicy(retries=retries)
+    to_stdout = output == pathlib.Path("-")
+    stdout = getattr(env.stdout, "buffer", None) if to_stdout else None
+    if to_stdout and stdout is None:
+        raise UsageError("standard output is not writable as bytes")
+    with transfer_progress(env, 1) as progress:
+        result = env.run(
+            lambda conn: download_file(
+                conn,
+                file_id,
+                None if to_stdout else output,
+                progress,
+                stdout=stdout,
+                resume=resume,
+                force=force,
+                retry=policy,
+            )
+        )
+    if to_stdout:
+        return
+    if env.json:
+        env.emit_json(result.as_json())
+    else:
+        env.stdout.write(f"{result.path}\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``upload`` and ``download`` to the tree."""
+    app.command()(upload)
+    app.command()(download)

@@ -1,0 +1,72 @@
+"""Retrying with exponential backoff, for transfers and tails that resume."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+
+import grpc
+
+log = logging.getLogger("streamcli.client")
+
+#: Failures worth another attempt: the server or the network went away, or it
+#: was busy finishing the previous attempt's stream.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,  # e.g. a connection reset mid-stream
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry."""
+
+    retries: int = 5  # further attempts after the first
+    initial_delay: float = 0.25  # seconds before the first retry
+    max_delay: float = 8.0  # cap of the doubling delay, seconds
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based), with jitter."""
+        base: float = min(self.max_delay, self.initial_delay * 2 ** (attempt - 1))
+        return base * random.uniform(0.5, 1.0)
+
+
+class Attempts:
+    """Counts attempts of one operation and sleeps between them.
+
+    Usage::
+
+        attempts = Attempts(policy)
+        while True:
+            try:
+                ...
+                break
+            except grpc.aio.AioRpcError as exc:
+                await attempts.backoff(exc)   # re-raises when not retryable or out of retries
+    """
+
+    def __init__(self, policy: RetryPolicy, what: str) -> None:
+        self._policy = policy
+        self._what = what
+        self.failures = 0
+
+    async def backoff(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> None:
+        """Sleep before the next attempt, or re-raise ``exc`` if there is none."""
+        if exc.code() not in RETRYABLE | also or self.failures >= self._policy.retries:
+            raise exc
+        self.failures += 1
+        delay = self._policy.delay(self.failures)
+        log.info(
+            "%s failed (%s: %s); retry %d in %.1fs", self._what, exc.code().name, exc.details(), self.failures, delay
+        )
+        await asyncio.sleep(delay)
+
+
+#: The policy used unless a command says otherwise.
+DEFAULT_RETRY = RetryPolicy()

@@ -1,0 +1,288 @@
+"""Uploads and downloads: chunked, resumable, SHA-256 verified, constant memory.
+
+Uploads of a path are resumable across runs without any client state: the
+upload id is derived from the file's SHA-256, size and name, so running the same
+command again finds the interrupted upload (``GetUploadStatus``) and sends only
+the rest. Downloads write ``NAME.part``, continue from its size, verify the
+SHA-256 and only then rename it into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import pathlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import BinaryIO
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.checksums import sha256_file, sha256_prefix
+from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.progress import ProgressSink
+from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
+from streamcli.errors import ConflictError, IntegrityError, StreamcliError, UsageError
+
+#: Bytes per upload message. 64 KiB moved the most bytes per second through
+#: grpc.aio on loopback of the sizes measured (bench/README.md).
+CHUNK_SIZE = 64 * 1024
+
+#: Codes an upload retries on besides the usual ones: the server may still be
+#: finishing the previous attempt's stream when the next one starts.
+_UPLOAD_RACES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS})
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferResult:
+    """A completed, verified transfer."""
+
+    file_id: str
+    name: str
+    size: int  # bytes
+    sha256: str  # lowercase hex
+    resumed_from: int = 0  # bytes that an earlier attempt had already moved
+    path: str = ""  # where a download was written ("-" for stdout)
+
+    def as_json(self) -> dict[str, object]:
+        record: dict[str, object] = {"id": self.file_id, "name": self.name, "size": self.size, "sha256": self.sha256}
+        if self.path:
+            record["path"] = self.path
+        return record
+
+
+def upload_id_for(sha256: str, size: int, name: str) -> str:
+    """The id under which the same file, under the same name, is uploaded every run."""
+    return hashlib.sha256(f"{sha256}:{size}:{name}".encode()).hexdigest()[:32]
+
+
+async def upload_path(
+    conn: Connection,
+    path: pathlib.Path,
+    progress: ProgressSink,
+    *,
+    name: str | None = None,
+    content_type: str = "",
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> TransferResult:
+    """Upload a regular file, resuming an earlier interrupted upload of it.
+
+    Raises:
+        UsageError: ``path`` is not a readable regular file.
+        StreamcliError: the server refused the upload (size, quota, checksum...).
+    """
+    size, digest = await asyncio.to_thread(_inspect, path)
+    name = name or path.name
+    upload_id = upload_id_for(digest, size, name)
+    metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type, checksum=digest)
+    attempts = Attempts(retry, f"upload of {name}")
+    resumed_from = 0
+    with rpc_errors(conn.settings.address):
+        while True:
+            try:
+                offset = await _committed_offset(conn, upload_id, metadata)
+                if offset is None:
+                    first = pb.UploadFileRequest(metadata=metadata, upload_id=upload_id)
+                    offset = 0
+                else:
+                    first = pb.UploadFileRequest(resume=pb.UploadResume(upload_id=upload_id, offset=offset))
+                    resumed_from = resumed_from or offset
+                progress.start(upload_id, name, size, offset)
+                response = await conn.stub.UploadFile(
+                    _file_requests(first, path, offset, lambda n: progress.advance(upload_id, n)),
+                    metadata=conn.metadata,
+                )
+                break
+            except grpc.aio.AioRpcError as exc:
+                await attempts.backoff(exc, also=_UPLOAD_RACES)
+    progress.finish(upload_id)
+    return TransferResult(response.file_id, name, response.bytes_uploaded, response.checksum, resumed_from)
+
+
+def _inspect(path: pathlib.Path) -> tuple[int, str]:
+    """Size and SHA-256 of the regular file to upload."""
+    try:
+        if not path.is_file():
+            raise UsageError(f"{path} is not a regular file" if path.exists() else f"{path} does not exist")
+        return path.stat().st_size, sha256_file(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+async def _committed_offset(conn: Connection, upload_id: str, metadata: pb.FileMetadata) -> int | None:
+    """The server's offset for this upload, or None when there is nothing to resume."""
+    try:
+        status = await conn.stub.GetUploadStatus(
+            pb.GetUploadStatusRequest(upload_id=upload_id), metadata=conn.metadata, timeout=30
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    if (status.metadata.total_size, status.metadata.checksum) != (metadata.total_size, metadata.checksum):
+        raise ConflictError(f"upload {upload_id} on the server is of a different file")
+    return int(status.committed_offset)
+
+
+async def _file_requests(
+    first: pb.UploadFileRequest, path: pathlib.Path, offset: int, advance: Callable[[int], None]
+) -> AsyncIterator[pb.UploadFileRequest]:
+    yield first
+    with open(path, "rb") as handle:  # noqa: ASYNC230 (local reads of 64 KiB: cheaper inline than a thread hop)
+        handle.seek(offset)
+        while chunk := handle.read(CHUNK_SIZE):
+            yield pb.UploadFileRequest(chunk=chunk)
+            advance(len(chunk))
+
+
+async def upload_stream(
+    conn: Connection, source: BinaryIO, name: str, progress: ProgressSink, *, content_type: str = ""
+) -> TransferResult:
+    """Upload a stream of unknown size (e.g. stdin): size and checksum go in a trailer.
+
+    Such an upload cannot resume: the stream cannot be read a second time.
+    """
+    hasher = hashlib.sha256()
+    key = f"stream:{name}"
+
+    async def requests() -> AsyncIterator[pb.UploadFileRequest]:
+        yield pb.UploadFileRequest(metadata=pb.FileMetadata(filename=name, total_size=-1, content_type=content_type))
+        size = 0
+        while chunk := await asyncio.to_thread(source.read, CHUNK_SIZE):
+            hasher.update(chunk)
+            size += len(chunk)
+            yield pb.UploadFileRequest(chunk=chunk)
+            progress.advance(key, len(chunk))
+        yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=size, checksum=hasher.hexdigest()))
+
+    progress.start(key, name, None)
+    with rpc_errors(conn.settings.address):
+        response = await conn.stub.UploadFile(requests(), metadata=conn.metadata)
+    progress.finish(key)
+    return TransferResult(response.file_id, name, response.bytes_uploaded, response.checksum)
+
+
+async def upload_many(
+    conn: Connection,
+    paths: Sequence[pathlib.Path],
+    progress: ProgressSink,
+    *,
+    parallel: int,
+    name: str | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> list[TransferResult | StreamcliError]:
+    """Upload several files, ``parallel`` at a time; one result or error per path, in order."""
+    if name is not None and len(paths) > 1:
+        raise UsageError("--name applies to a single file")
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(path: pathlib.Path) -> TransferResult | StreamcliError:
+        async with gate:
+            try:
+                return await upload_path(conn, path, progress, name=name, retry=retry)
+            except StreamcliError as exc:
+                return exc
+
+    return list(await asyncio.gather(*(one(p) for p in paths)))
+
+
+async def download_file(
+    conn: Connection,
+    file_id: str,
+    destination: pathlib.Path | None,
+    progress: ProgressSink,
+    *,
+    stdout: BinaryIO | None = None,
+    resume: bool = True,
+    force: bool = False,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> TransferResult:
+    """Download a file to ``destination`` (a path or a directory; None = the current
+    directory) via ``NAME.part``, or to ``stdout`` when given.
+
+    Raises:
+        NotFoundError: no such file.
+        ConflictError: the destination exists and ``force`` is false.
+        IntegrityError: the bytes received do not hash to the stored SHA-256.
+    """
+    with rpc_errors(conn.settings.address):
+        info = (await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)).file
+    if stdout is not None:
+        return await _download(conn, info, stdout, 0, hashlib.sha256(), progress, retry, "-")
+    target, part, handle, offset, hasher = await asyncio.to_thread(
+        _open_part, destination, info.filename, info.size, resume, force
+    )
+    with handle:
+        try:
+            result = await _download(conn, info, handle, offset, hasher, progress, retry, str(target))
+        except IntegrityError:
+            handle.close()
+            part.unlink(missing_ok=True)  # corrupt bytes are not worth resuming
+            raise
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(part, target)
+    return result
+
+
+def _open_part(
+    destination: pathlib.Path | None, filename: str, size: int, resume: bool, force: bool
+) -> tuple[pathlib.Path, pathlib.Path, BinaryIO, int, hashlib._Hash]:
+    """Pick the target path and open its ``.part`` file, keeping what an earlier run wrote."""
+    target = destination or pathlib.Path.cwd()
+    if target.is_dir():
+        target = target / pathlib.Path(filename).name  # names are labels: never let one be a path
+    if target.exists() and not force:
+        raise ConflictError(f"{target} exists; pass --force to overwrite it")
+    part = target.with_name(target.name + ".part")
+    try:
+        offset = part.stat().st_size if resume and part.exists() else 0
+        if offset > size:
+            offset = 0
+        handle = open(part, "r+b" if offset else "wb")  # noqa: SIM115 (the caller closes it)
+    except OSError as exc:
+        raise UsageError(f"cannot write {part}: {exc.strerror or exc}") from exc
+    hasher = sha256_prefix(handle, offset)
+    handle.seek(offset)
+    handle.truncate()
+    return target, part, handle, offset, hasher
+
+
+async def _download(
+    conn: Connection,
+    info: pb.FileInfo,
+    sink: BinaryIO,
+    offset: int,
+    hasher: hashlib._Hash,
+    progress: ProgressSink,
+    retry: RetryPolicy,
+    shown_path: str,
+) -> TransferResult:
+    resumed_from = offset
+    attempts = Attempts(retry, f"download of {info.filename}")
+    progress.start(info.file_id, info.filename, info.size, offset)
+    with rpc_errors(conn.settings.address):
+        while True:  # one pass per attempt; retries continue from `offset`
+            try:
+                request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
+                async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
+                    if response.offset != offset:
+                        raise IntegrityError(f"server sent bytes at offset {response.offset}, expected {offset}")
+                    sink.write(response.data)
+                    hasher.update(response.data)
+                    offset += len(response.data)
+                    progress.advance(info.file_id, len(response.data))
+                break
+            except grpc.aio.AioRpcError as exc:
+                await attempts.backoff(exc)
+    sink.flush()
+    progress.finish(info.file_id)
+    digest = hasher.hexdigest()
+    if offset != info.size or digest != info.checksum:
+        raise IntegrityError(
+            f"download of {info.file_id} failed verification: {offset} bytes hashing to {digest}, "
+            f"expected {info.size} bytes hashing to {info.checksum}"
+        )
+    return TransferResult(info.file_id, info.filename, info.size, digest, resumed_from, shown_path)

@@ -1,0 +1,433 @@
+"""File transfer: UploadFile, DownloadFile, GetUploadStatus and the file companions.
+
+Upload protocol (modelled on tus): the first message carries the metadata of a
+new upload (or ``resume`` for an interrupted one), then byte chunks follow. The
+server writes to a partial file in the data dir, opened once and hashed
+incrementally; only a complete upload whose SHA-256 matches is renamed into the
+store and listed. The committed offset of an interrupted upload is the size of
+its partial file. Uploads of unknown size (stdin) declare ``total_size = -1``
+and end with an ``UploadTrailer`` giving size and checksum; they are not
+resumable, since the client cannot replay its input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import hashlib
+import logging
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO, TypeAlias
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import Backend, FileRecord, UploadRecord
+from streamcli.checksums import sha256_prefix
+
+log = logging.getLogger("streamcli.files")
+
+#: Largest chunk a client may send, in bytes (documented in the proto).
+MAX_CHUNK_SIZE = 1024 * 1024
+#: Chunk size of downloads, in bytes (measured: see bench/README.md).
+DOWNLOAD_CHUNK_SIZE = 64 * 1024
+#: Longest file name, in bytes of UTF-8.
+MAX_FILENAME_BYTES = 255
+#: Client-chosen upload ids: what is safe as a file name.
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileLimits:
+    """Limits ``streamcli serve`` enforces on stored files."""
+
+    max_file_size: int = 0  # bytes per file; 0 = no limit
+    quota: int = 0  # bytes for all stored and partial files together; 0 = no limit
+    upload_ttl: float = 24 * 3600.0  # seconds a partial upload is kept without progress
+
+
+def check_filename(name: str) -> str:
+    """Return ``name`` if it is acceptable as a file's label, else raise ValueError.
+
+    Names are labels, never paths: the bytes are stored under a server id. Still,
+    labels that look like paths or hide characters are refused so that no client
+    can be tricked into writing them somewhere when it downloads.
+    """
+    if not name:
+        raise ValueError("the file name is empty")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise ValueError(f"the file name is longer than {MAX_FILENAME_BYTES} bytes")
+    if "/" in name or "\\" in name:
+        raise ValueError(f"the file name {name!r} contains a path separator; names are labels, not paths")
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a file name")
+    for char in name:
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise ValueError(f"the file name {name!r} contains a control character")
+    return name
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def file_info(record: FileRecord) -> pb.FileInfo:
+    """The wire form of a stored file's metadata."""
+    return pb.FileInfo(
+        file_id=record.file_id,
+        filename=record.filename,
+        size=record.size,
+        content_type=record.content_type,
+        checksum=record.sha256,
+        created_at=_timestamp(record.created_at),
+    )
+
+
+class _PartialFile:
+    """The partial file of one upload stream: opened once, hashed as it grows."""
+
+    def __init__(self, handle: BinaryIO, hasher: Any, size: int) -> None:
+        self.handle = handle
+        self.hasher = hasher
+        self.size = size
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.hasher.update(data)
+        self.size += len(data)
+
+
+class FileService:
+    """The file RPCs of ``StreamingService`` on a backend's blob and metadata stores."""
+
+    def __init__(self, backend: Backend, limits: FileLimits, public_address: str) -> None:
+        self._blobs = backend.blobs
+        self._meta = backend.metadata
+        self._limits = limits
+        self._public_address = public_address
+        self._active: set[str] = set()  # upload ids with a stream open right now
+
+    # --- upload ---------------------------------------------------------------
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: Context
+    ) -> pb.UploadFileResponse:
+        first = await anext(request_iterator, None)
+        if first is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream: send metadata first")
+        assert first is not None
+        kind = first.WhichOneof("payload")
+        if kind == "metadata":
+            upload, partial = await self._start(first, context)
+        elif kind == "resume":
+            upload, partial = await self._resume(first.resume, context)
+        else:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first message must carry metadata or resume, not {kind or 'nothing'}",
+            )
+            raise AssertionError("unreachable")
+        self._active.add(upload.upload_id)
+        try:
+            return await self._receive(upload, partial, request_iterator, context)
+        finally:
+            self._active.discard(upload.upload_id)
+            partial.handle.close()
+
+    async def _start(self, first: pb.UploadFileRequest, context: Context) -> tuple[UploadRecord, _PartialFile]:
+        meta = first.metadata
+        try:
+            filename = check_filename(meta.filename)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if meta.total_size < -1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"total_size {meta.total_size} is negative")
+        checksum = meta.checksum.lower()
+        if meta.total_size >= 0 and not SHA256_HEX.fullmatch(checksum):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "checksum must be the 64-hex-digit SHA-256 of the whole file"
+            )
+        if meta.total_size == -1 and checksum:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "an upload of unknown size sends its checksum in the trailer"
+            )
+        await self._check_room(meta.total_size, 0, context)
+        upload_id = first.upload_id or uuid.uuid4().hex
+        if not UPLOAD_ID.fullmatch(upload_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload_id must be 1-64 letters, digits, '-' or '_'")
+        if upload_id in self._active or await self._meta.get_upload(upload_id) is not None:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
+            )
+        now = time.time()
+        upload = UploadRecord(
+            upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self._limits.upload_ttl
+        )
+        handle = await asyncio.to_thread(open, self._blobs.partial_path(upload_id), "wb")  # closed by UploadFile
+        if meta.total_size >= 0:  # unknown-size uploads cannot be resumed: nothing to record
+            await self._meta.put_upload(upload)
+        return upload, _PartialFile(handle, hashlib.sha256(), 0)
+
+    async def _resume(self, resume: pb.UploadResume, context: Context) -> tuple[UploadRecord, _PartialFile]:
+        upload = await self._meta.get_upload(resume.upload_id) if UPLOAD_ID.fullmatch(resume.upload_id) else None
+        if upload is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {resume.upload_id!r} to resume (expired?)")
+        assert upload is not None
+        if upload.upload_id in self._active:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"upload {upload.upload_id} is being written by another stream"
+            )
+        path = self._blobs.partial_path(upload.upload_id)
+        committed = path.stat().st_size if path.exists() else 0
+        if resume.offset != committed:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"resume offset {resume.offset} disagrees with the server's committed offset {committed}",
+            )
+        # hashlib states cannot be saved, so hash the committed prefix again (off the event loop).
+        handle = await asyncio.to_thread(open, path, "r+b" if path.exists() else "w+b")  # closed by UploadFile
+        hasher = await asyncio.to_thread(sha256_prefix, handle, committed)
+        handle.seek(committed)
+        upload = dataclasses.replace(upload, expires_at=time.time() + self._limits.upload_ttl)
+        await self._meta.put_upload(upload)
+        return upload, _PartialFile(handle, hasher, committed)
+
+    async def _check_room(self, total: int, received: int, context: Context) -> None:
+        """RESOURCE_EXHAUSTED when a file of ``total`` (or ``received`` so far) bytes does not fit."""
+        size = max(total, received)
+        limit = self._limits.max_file_size
+        if limit and size > limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the file is larger than the server's limit of {limit} bytes"
+            )
+        if self._limits.quota and received == 0 and total > 0:
+            used = await asyncio.to_thread(self._blobs.usage)
+            if used + total > self._limits.quota:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server's storage quota would be exceeded ({used} of {self._limits.quota} bytes used)",
+                )
+
+    async def _receive(
+        self,
+        upload: UploadRecord,
+        partial: _PartialFile,
+        requests: AsyncIterator[pb.UploadFileRequest],
+        context: Context,
+    ) -> pb.UploadFileResponse:
+        total, checksum = upload.total_size, upload.sha256
+        trailer_seen = False
+        quota_left = None
+        if self._limits.quota and total == -1:
+            quota_left = self._limits.quota - await asyncio.to_thread(self._blobs.usage)
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("payload")
+                if trailer_seen:
+                    await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, "message after the trailer")
+                if kind == "chunk":
+                    data = request.chunk
+                    if not data:
+                        await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
+                    if len(data) > MAX_CHUNK_SIZE:
+                        await self._fail(
+                            upload,
+                            context,
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
+                        )
+                    end = partial.size + len(data)
+                    if total >= 0 and end > total:
+                        await self._fail(
+                            upload,
+                            context,
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"received more than the declared {total} bytes",
+                        )
+                    if total == -1:
+                        if self._limits.max_file_size and end > self._limits.max_file_size:
+                            await self._fail(
+                                upload,
+                                context,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the file is larger than the server's limit of {self._limits.max_file_size} bytes",
+                            )
+                        if quota_left is not None and end > quota_left:
+                            await self._fail(
+                                upload,
+                                context,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "the server's storage quota would be exceeded",
+                            )
+                    partial.write(data)
+                elif kind == "trailer":
+                    if total != -1:
+                        await self._fail(
+                            upload,
+                            context,
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "a trailer is only for uploads of unknown size",
+                        )
+                    total, checksum = request.trailer.total_size, request.trailer.checksum.lower()
+                    trailer_seen = True
+                    if total != partial.size or not SHA256_HEX.fullmatch(checksum):
+                        await self._fail(
+                            upload,
+                            context,
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the trailer declares {total} bytes and checksum {checksum!r}; "
+                            f"{partial.size} bytes were received",
+                        )
+                else:
+                    await self._fail(
+                        upload,
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{kind or 'an empty message'} after the first message; only chunks may follow",
+                    )
+            partial.handle.flush()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                await self._fail(upload, context, grpc.StatusCode.RESOURCE_EXHAUSTED, "the server's disk is full")
+            raise
+        if total == -1:
+            await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, "the stream ended without a trailer")
+        if partial.size < total:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"upload incomplete: {partial.size} of {total} bytes received; "
+                f"resume upload {upload.upload_id} from offset {partial.size}",
+            )
+        digest = partial.hasher.hexdigest()
+        if digest != checksum:
+            await self._fail(
+                upload,
+                context,
+                grpc.StatusCode.DATA_LOSS,
+                f"checksum mismatch: received bytes hash to {digest}, declared {checksum}",
+            )
+        return await self._commit(upload, partial.size, digest)
+
+    async def _commit(self, upload: UploadRecord, size: int, digest: str) -> pb.UploadFileResponse:
+        file_id = uuid.uuid4().hex
+        await asyncio.to_thread(self._blobs.commit, upload.upload_id, file_id)
+        await self._meta.put_file(FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time()))
+        await self._meta.delete_upload(upload.upload_id)
+        log.info("stored %s (%s, %d bytes)", file_id, upload.filename, size)
+        return pb.UploadFileResponse(
+            file_id=file_id,
+            bytes_uploaded=size,
+            download_url=f"streamcli://{self._public_address}/files/{file_id}",
+            checksum_verified=True,
+            checksum=digest,
+            upload_id=upload.upload_id,
+        )
+
+    async def _fail(self, upload: UploadRecord, context: Context, code: grpc.StatusCode, detail: str) -> None:
+        """Abort the upload for good: nothing of it is kept."""
+        await self._discard(upload.upload_id)
+        await context.abort(code, detail)
+
+    async def _discard(self, upload_id: str) -> None:
+        self._blobs.discard_partial(upload_id)
+        await self._meta.delete_upload(upload_id)
+
+    async def GetUploadStatus(self, request: pb.GetUploadStatusRequest, context: Context) -> pb.GetUploadStatusResponse:
+        upload = await self._meta.get_upload(request.upload_id) if UPLOAD_ID.fullmatch(request.upload_id) else None
+        if upload is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {request.upload_id!r}")
+        assert upload is not None
+        path = self._blobs.partial_path(upload.upload_id)
+        return pb.GetUploadStatusResponse(
+            upload_id=upload.upload_id,
+            committed_offset=path.stat().st_size if path.exists() else 0,
+            metadata=pb.FileMetadata(
+                filename=upload.filename,
+                total_size=upload.total_size,
+                content_type=upload.content_type,
+                checksum=upload.sha256,
+            ),
+            expires_at=_timestamp(upload.expires_at),
+        )
+
+    async def expire_uploads(self) -> int:
+        """Discard partial uploads past their time to live; returns how many."""
+        expired = [u for u in await self._meta.expired_uploads(time.time()) if u.upload_id not in self._active]
+        for upload in expired:
+            await self._discard(upload.upload_id)
+            log.info("discarded expired partial upload %s (%s)", upload.upload_id, upload.filename)
+        return len(expired)
+
+    # --- download and companions -----------------------------------------------
+
+    async def _get(self, file_id: str, context: Context) -> FileRecord:
+        record = await self._meta.get_file(file_id) if UPLOAD_ID.fullmatch(file_id) else None
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {file_id!r}")
+        assert record is not None
+        return record
+
+    async def DownloadFile(
+        self, request: pb.DownloadFileRequest, context: Context
+    ) -> AsyncIterator[pb.DownloadFileResponse]:
+        record = await self._get(request.file_id, context)
+        if not 0 <= request.offset <= record.size:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is outside the file (0-{record.size})"
+            )
+        try:
+            # Opened once; an open handle keeps the bytes readable even if the file is deleted meanwhile.
+            handle = await asyncio.to_thread(open, self._blobs.blob_path(record.file_id), "rb")
+        except FileNotFoundError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"file {record.file_id} was deleted")
+        with handle:
+            handle.seek(request.offset)
+            offset = request.offset
+            first = pb.DownloadFileResponse(file=file_info(record), offset=offset)
+            data = handle.read(DOWNLOAD_CHUNK_SIZE)
+            first.data = data
+            yield first
+            offset += len(data)
+            while offset < record.size:
+                data = handle.read(DOWNLOAD_CHUNK_SIZE)
+                if not data:
+                    await context.abort(grpc.StatusCode.DATA_LOSS, f"file {record.file_id} is shorter than recorded")
+                yield pb.DownloadFileResponse(offset=offset, data=data)
+                offset += len(data)
+
+    async def GetFileInfo(self, request: pb.GetFileInfoRequest, context: Context) -> pb.GetFileInfoResponse:
+        return pb.GetFileInfoResponse(file=file_info(await self._get(request.file_id, context)))
+
+    async def ListFiles(self, request: pb.ListFilesRequest, context: Context) -> pb.ListFilesResponse:
+        if not 0 <= request.page_size <= 1000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be between 1 and 1000")
+        size = request.page_size or 100
+        if request.page_token and not request.page_token.isdigit():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
+        start = int(request.page_token or 0)
+        records = await self._meta.list_files(size + 1, start)
+        more = len(records) > size
+        return pb.ListFilesResponse(
+            files=[file_info(r) for r in records[:size]], next_page_token=str(start + size) if more else ""
+        )
+
+    async def DeleteFile(self, request: pb.DeleteFileRequest, context: Context) -> pb.DeleteFileResponse:
+        record = await self._meta.delete_file(request.file_id) if UPLOAD_ID.fullmatch(request.file_id) else None
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {request.file_id!r}")
+        assert record is not None
+        freed = await asyncio.to_thread(self._blobs.delete, record.file_id)
+        log.info("deleted %s (%s)", record.file_id, record.filename)
+        return pb.DeleteFileResponse(bytes_freed=freed)

@@ -1,0 +1,1 @@
+"""Terminal renderables used by the CLI only: progress bars, tables, the REPL."""

@@ -1,0 +1,80 @@
+"""Rich progress bars for transfers: one bar per file (bytes, speed, ETA) and a total."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from streamcli.cli.environment import Environment
+from streamcli.client.progress import NullProgress, ProgressSink
+
+
+class RichTransferProgress:
+    """A ProgressSink drawing rich bars on a console; use as a context manager."""
+
+    def __init__(self, console: Console, *, with_total: bool) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}", justify="left"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._done: dict[str, int] = {}
+        self._total = self._progress.add_task("total", total=0) if with_total else None
+
+    def __enter__(self) -> RichTransferProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.stop()
+
+    def start(self, key: str, description: str, total: int | None, completed: int = 0) -> None:
+        if key in self._tasks:  # a retry: the server says where we stand now
+            self._progress.update(self._tasks[key], completed=completed)
+        else:
+            self._tasks[key] = self._progress.add_task(description, total=total, completed=completed)
+            if self._total is not None and total is not None:
+                self._progress.update(self._total, total=(self._progress.tasks[self._total].total or 0) + total)
+        self._shift_total(completed - self._done.get(key, 0))
+        self._done[key] = completed
+
+    def advance(self, key: str, amount: int) -> None:
+        self._progress.advance(self._tasks[key], amount)
+        self._done[key] = self._done.get(key, 0) + amount
+        self._shift_total(amount)
+
+    def finish(self, key: str) -> None:
+        task = self._tasks[key]
+        total = self._progress.tasks[task].total
+        if total is None:  # a stream of unknown size: it is as long as it got
+            self._progress.update(task, total=self._done.get(key, 0))
+
+    def _shift_total(self, amount: int) -> None:
+        if self._total is not None and amount:
+            self._progress.advance(self._total, amount)
+
+
+def transfer_progress(env: Environment, count: int) -> RichTransferProgress | NullProgress:
+    """Bars on stderr when it is a terminal; nothing otherwise (pipes, scripts, tests)."""
+    if not env.stderr_isatty:
+        return NullProgress()
+    return RichTransferProgress(env.err_console, with_total=count > 1)
+
+
+__all__ = ["ProgressSink", "RichTransferProgress", "transfer_progress"]
