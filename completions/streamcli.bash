@@ -8,10 +8,19 @@ _streamcli() {
         if [[ $skip == 1 ]]; then skip=0; continue; fi
         case "$cmdpath:$w" in
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
+            ':download') cmdpath='download' ;;
+            ':files') cmdpath='files' ;;
             ':health') cmdpath='health' ;;
             ':serve') cmdpath='serve' ;;
+            ':upload') cmdpath='upload' ;;
+            'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
+            'files:info') cmdpath='files info' ;;
+            'files:ls') cmdpath='files ls' ;;
+            'files:rm') cmdpath='files rm' ;;
+            'files ls:--limit') skip=1 ;;
             'health:--timeout') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--log-level') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--log-level') skip=1 ;;
+            'upload:--name'|'upload:-n'|'upload:--parallel'|'upload:-p'|'upload:--retries') skip=1 ;;
         esac
     done
     if [[ $skip == 1 ]]; then
@@ -21,6 +30,9 @@ _streamcli() {
         ':--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         ':--client-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         ':--client-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'download:--output'|'download:-o') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'download:--retries') COMPREPLY=(); return ;;
+        'files ls:--limit') COMPREPLY=(); return ;;
         'health:--timeout') COMPREPLY=(); return ;;
         'serve:--address'|'serve:-a') COMPREPLY=(); return ;;
         'serve:--data-dir') COMPREPLY=($(compgen -d -- "$cur")); return ;;
@@ -30,13 +42,25 @@ _streamcli() {
         'serve:--tls-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--tls-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--tls-client-ca') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'serve:--max-file-size') COMPREPLY=(); return ;;
+        'serve:--quota') COMPREPLY=(); return ;;
+        'serve:--upload-ttl') COMPREPLY=(); return ;;
         'serve:--log-level') COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return ;;
+        'upload:--name'|'upload:-n') COMPREPLY=(); return ;;
+        'upload:--parallel'|'upload:-p') COMPREPLY=(); return ;;
+        'upload:--retries') COMPREPLY=(); return ;;
         esac
     fi
     case "$cmdpath" in
-        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h health serve' -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h download files health serve upload' -- "$cur")) ;;
+        'download') COMPREPLY=($(compgen -W '--output -o --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
+        'files') COMPREPLY=($(compgen -W '--help -h info ls rm' -- "$cur")) ;;
+        'files info') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
+        'files ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
+        'files rm') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --no-allow-insecure --log-level --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --no-allow-insecure --max-file-size --quota --upload-ttl --log-level --help -h' -- "$cur")) ;;
+        'upload') COMPREPLY=($(compgen -W '--name -n --parallel -p --retries --help -h' -- "$cur")) ;;
     esac
 }
 complete -o bashdefault -o default -F _streamcli streamcli

@@ -11,13 +11,31 @@ function __streamcli_path
         switch "$cmdpath:$w"
             case ':--address' ':-a' ':--token' ':--ca-cert' ':--client-cert' ':--client-key'
                 set skip 1
+            case ':download'
+                set cmdpath 'download'
+            case ':files'
+                set cmdpath 'files'
             case ':health'
                 set cmdpath 'health'
             case ':serve'
                 set cmdpath 'serve'
+            case ':upload'
+                set cmdpath 'upload'
+            case 'download:--output' 'download:-o' 'download:--retries'
+                set skip 1
+            case 'files:info'
+                set cmdpath 'files info'
+            case 'files:ls'
+                set cmdpath 'files ls'
+            case 'files:rm'
+                set cmdpath 'files rm'
+            case 'files ls:--limit'
+                set skip 1
             case 'health:--timeout'
                 set skip 1
-            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--log-level'
+            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--upload-ttl' 'serve:--log-level'
+                set skip 1
+            case 'upload:--name' 'upload:-n' 'upload:--parallel' 'upload:-p' 'upload:--retries'
                 set skip 1
         end
     end
@@ -28,8 +46,11 @@ function __streamcli_at
     test "$cmdpath" = "$argv[1]"
 end
 complete -c streamcli -f
+complete -c streamcli -n '__streamcli_at '\'''\''' -a 'download' -d 'Download a file, verified by SHA-256, via PATH.part (renamed only when complete).'
+complete -c streamcli -n '__streamcli_at '\'''\''' -a 'files' -d 'List, inspect and delete stored files.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'health' -d 'Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'serve' -d 'Run the gRPC streaming server until SIGINT/SIGTERM.'
+complete -c streamcli -n '__streamcli_at '\'''\''' -a 'upload' -d 'Upload files, verified by SHA-256; interrupted uploads resume on the next run.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l address -s a -x -d 'Server address, HOST:PORT.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l token -x -d 'Bearer token sent with every call.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l tls -l no-tls -d 'Connect with TLS.'
@@ -40,6 +61,19 @@ complete -c streamcli -n '__streamcli_at '\'''\''' -l json -d 'Machine output on
 complete -c streamcli -n '__streamcli_at '\'''\''' -l traceback -d 'Show a traceback when a command fails.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l version -d 'Show the version and exit.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''download'\''' -l output -s o -r -F -d 'File or directory to write to; '\''-'\'' writes to stdout. [default: the stored name, here]'
+complete -c streamcli -n '__streamcli_at '\''download'\''' -l resume -l no-resume -d 'Continue from an existing PATH.part.'
+complete -c streamcli -n '__streamcli_at '\''download'\''' -l force -s f -d 'Overwrite an existing file.'
+complete -c streamcli -n '__streamcli_at '\''download'\''' -l retries -x -d 'Retries with backoff after the server or network goes away; each resumes where the last stopped.'
+complete -c streamcli -n '__streamcli_at '\''download'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''files'\''' -a 'info' -d 'Show one file'\''s metadata.'
+complete -c streamcli -n '__streamcli_at '\''files'\''' -a 'ls' -d 'List stored files, newest first.'
+complete -c streamcli -n '__streamcli_at '\''files'\''' -a 'rm' -d 'Delete stored files.'
+complete -c streamcli -n '__streamcli_at '\''files'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''files info'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''files ls'\''' -l limit -x -d 'Show at most this many files, newest first.'
+complete -c streamcli -n '__streamcli_at '\''files ls'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''files rm'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''health'\''' -l timeout -x -d 'Seconds to wait for the answer.'
 complete -c streamcli -n '__streamcli_at '\''health'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l address -s a -x -d 'HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]'
@@ -51,5 +85,12 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-cert -r -F -d 'PE
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-key -r -F -d 'PEM key of --tls-cert.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-client-ca -r -F -d 'Require client certificates signed by this PEM CA (mTLS).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l allow-insecure -l no-allow-insecure -d 'Allow a non-loopback address with neither TLS nor a token.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l max-file-size -x -d 'Largest file accepted (e.g. 2G); 0 = no limit.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l quota -x -d 'Total size of all stored files (e.g. 100G); 0 = no limit.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l upload-ttl -x -d 'How long an interrupted upload stays resumable (e.g. 24h).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l log-level -x -a 'debug info warning error' -d 'Log verbosity (logs go to stderr).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''upload'\''' -l name -s n -x -d 'Name to store a single file under. [default: its file name]'
+complete -c streamcli -n '__streamcli_at '\''upload'\''' -l parallel -s p -x -d 'Files uploaded at once.'
+complete -c streamcli -n '__streamcli_at '\''upload'\''' -l retries -x -d 'Retries with backoff after the server or network goes away; each resumes where the last stopped.'
+complete -c streamcli -n '__streamcli_at '\''upload'\''' -l help -s h -d 'Show help and exit.'

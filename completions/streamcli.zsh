@@ -9,10 +9,19 @@ _streamcli() {
         if [[ $skip == 1 ]]; then skip=0; continue; fi
         case "$cmdpath:$w" in
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
+            ':download') cmdpath='download' ;;
+            ':files') cmdpath='files' ;;
             ':health') cmdpath='health' ;;
             ':serve') cmdpath='serve' ;;
+            ':upload') cmdpath='upload' ;;
+            'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
+            'files:info') cmdpath='files info' ;;
+            'files:ls') cmdpath='files ls' ;;
+            'files:rm') cmdpath='files rm' ;;
+            'files ls:--limit') skip=1 ;;
             'health:--timeout') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--log-level') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--log-level') skip=1 ;;
+            'upload:--name'|'upload:-n'|'upload:--parallel'|'upload:-p'|'upload:--retries') skip=1 ;;
         esac
     done
     if [[ $skip == 1 ]]; then
@@ -22,6 +31,9 @@ _streamcli() {
         ':--ca-cert') _files; return ;;
         ':--client-cert') _files; return ;;
         ':--client-key') _files; return ;;
+        'download:--output'|'download:-o') _files; return ;;
+        'download:--retries') _message 'value'; return ;;
+        'files ls:--limit') _message 'value'; return ;;
         'health:--timeout') _message 'value'; return ;;
         'serve:--address'|'serve:-a') _message 'value'; return ;;
         'serve:--data-dir') _directories; return ;;
@@ -31,13 +43,25 @@ _streamcli() {
         'serve:--tls-cert') _files; return ;;
         'serve:--tls-key') _files; return ;;
         'serve:--tls-client-ca') _files; return ;;
+        'serve:--max-file-size') _message 'value'; return ;;
+        'serve:--quota') _message 'value'; return ;;
+        'serve:--upload-ttl') _message 'value'; return ;;
         'serve:--log-level') compadd -- 'debug' 'info' 'warning' 'error'; return ;;
+        'upload:--name'|'upload:-n') _message 'value'; return ;;
+        'upload:--parallel'|'upload:-p') _message 'value'; return ;;
+        'upload:--retries') _message 'value'; return ;;
         esac
     fi
     case "$cmdpath" in
-        '') items=('--address:Server address, HOST:PORT.' '-a:Server address, HOST:PORT.' '--token:Bearer token sent with every call.' '--tls:Connect with TLS.' '--no-tls:Connect with TLS.' '--ca-cert:PEM CA bundle to verify the server with (implies --tls).' '--client-cert:PEM client certificate, for servers that require mTLS (implies --tls).' '--client-key:PEM key of --client-cert.' '--json:Machine output on stdout: JSON, one object per line.' '--traceback:Show a traceback when a command fails.' '--version:Show the version and exit.' '--help:Show help and exit.' '-h:Show help and exit.' 'health:Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.' 'serve:Run the gRPC streaming server until SIGINT/SIGTERM.') ;;
+        '') items=('--address:Server address, HOST:PORT.' '-a:Server address, HOST:PORT.' '--token:Bearer token sent with every call.' '--tls:Connect with TLS.' '--no-tls:Connect with TLS.' '--ca-cert:PEM CA bundle to verify the server with (implies --tls).' '--client-cert:PEM client certificate, for servers that require mTLS (implies --tls).' '--client-key:PEM key of --client-cert.' '--json:Machine output on stdout: JSON, one object per line.' '--traceback:Show a traceback when a command fails.' '--version:Show the version and exit.' '--help:Show help and exit.' '-h:Show help and exit.' 'download:Download a file, verified by SHA-256, via PATH.part (renamed only when complete).' 'files:List, inspect and delete stored files.' 'health:Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.' 'serve:Run the gRPC streaming server until SIGINT/SIGTERM.' 'upload:Upload files, verified by SHA-256; interrupted uploads resume on the next run.') ;;
+        'download') items=('--output:File or directory to write to; '\''-'\'' writes to stdout. [default: the stored name, here]' '-o:File or directory to write to; '\''-'\'' writes to stdout. [default: the stored name, here]' '--resume:Continue from an existing PATH.part.' '--no-resume:Continue from an existing PATH.part.' '--force:Overwrite an existing file.' '-f:Overwrite an existing file.' '--retries:Retries with backoff after the server or network goes away; each resumes where the last stopped.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'files') items=('--help:Show help and exit.' '-h:Show help and exit.' 'info:Show one file'\''s metadata.' 'ls:List stored files, newest first.' 'rm:Delete stored files.') ;;
+        'files info') items=('--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'files ls') items=('--limit:Show at most this many files, newest first.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'files rm') items=('--help:Show help and exit.' '-h:Show help and exit.') ;;
         'health') items=('--timeout:Seconds to wait for the answer.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
-        'serve') items=('--address:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '-a:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '--data-dir:Where the embedded store keeps its database and files. [default: the user data dir, e.g. ~/.local/share/streamcli]' '--backend:Storage backend: '\''embedded'\'' (SQLite + data dir).' '--grace:Seconds in-flight calls get to finish on SIGINT/SIGTERM.' '--token:Require '\''authorization: Bearer TOKEN'\'' on every call except health. [default: the global --token / STREAMCLI_TOKEN]' '--tls-cert:PEM server certificate (enables TLS).' '--tls-key:PEM key of --tls-cert.' '--tls-client-ca:Require client certificates signed by this PEM CA (mTLS).' '--allow-insecure:Allow a non-loopback address with neither TLS nor a token.' '--no-allow-insecure:Allow a non-loopback address with neither TLS nor a token.' '--log-level:Log verbosity (logs go to stderr).' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'serve') items=('--address:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '-a:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '--data-dir:Where the embedded store keeps its database and files. [default: the user data dir, e.g. ~/.local/share/streamcli]' '--backend:Storage backend: '\''embedded'\'' (SQLite + data dir).' '--grace:Seconds in-flight calls get to finish on SIGINT/SIGTERM.' '--token:Require '\''authorization: Bearer TOKEN'\'' on every call except health. [default: the global --token / STREAMCLI_TOKEN]' '--tls-cert:PEM server certificate (enables TLS).' '--tls-key:PEM key of --tls-cert.' '--tls-client-ca:Require client certificates signed by this PEM CA (mTLS).' '--allow-insecure:Allow a non-loopback address with neither TLS nor a token.' '--no-allow-insecure:Allow a non-loopback address with neither TLS nor a token.' '--max-file-size:Largest file accepted (e.g. 2G); 0 = no limit.' '--quota:Total size of all stored files (e.g. 100G); 0 = no limit.' '--upload-ttl:How long an interrupted upload stays resumable (e.g. 24h).' '--log-level:Log verbosity (logs go to stderr).' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'upload') items=('--name:Name to store a single file under. [default: its file name]' '-n:Name to store a single file under. [default: its file name]' '--parallel:Files uploaded at once.' '-p:Files uploaded at once.' '--retries:Retries with backoff after the server or network goes away; each resumes where the last stopped.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
     esac
     _describe streamcli items || _files
 }

@@ -10,6 +10,7 @@ from streamcli.cli.environment import get_env
 
 files_app = typer.Typer(
     help="List, inspect and delete stored files.",
+    epilog="Examples:\n\n  streamcli files ls\n\n  streamcli files info 3f2a9c\n\n  streamcli files rm 3f2a9c",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )

@@ -47,7 +47,13 @@ class TransferResult:
     path: str = ""  # where a download was written ("-" for stdout)
 
     def as_json(self) -> dict[str, object]:
-        record: dict[str, object] = {"id": self.file_id, "name": self.name, "size": self.size, "sha256": self.sha256}
+        record: dict[str, object] = {
+            "id": self.file_id,
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "resumed_from": self.resumed_from,
+        }
         if self.path:
             record["path"] = self.path
         return record

@@ -51,17 +51,20 @@ LISTENING = re.compile(r"listening on (\S+)")
 
 
 @contextlib.contextmanager
-def serve_process(tmp_path: pathlib.Path, *args: str, timeout: float = 15.0) -> Iterator[ServeProcess]:
-    """Run ``python -m streamcli serve`` on a free port until the block ends."""
+def serve_process(
+    tmp_path: pathlib.Path, *args: str, address: str = "127.0.0.1:0", timeout: float = 15.0
+) -> Iterator[ServeProcess]:
+    """Run ``python -m streamcli serve`` (data in ``tmp_path/data``) until the block ends."""
     log_path = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "streamcli", "serve", "--address", "127.0.0.1:0"]
+    command = [sys.executable, "-m", "streamcli", "serve", "--address", address]
     command += ["--data-dir", str(tmp_path / "data"), *args]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True, env=_env())
+    start = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True, env=clean_env())
     try:
         deadline = time.monotonic() + timeout
         while True:
-            match = LISTENING.search(log_path.read_text())
+            match = LISTENING.search(log_path.read_text()[start:])
             if match:
                 break
             if process.poll() is not None or time.monotonic() > deadline:
@@ -74,7 +77,7 @@ def serve_process(tmp_path: pathlib.Path, *args: str, timeout: float = 15.0) -> 
         process.wait(10)
 
 
-def _env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     env = dict(os.environ)
     for name in list(env):
         if name.startswith("STREAMCLI_"):
@@ -89,6 +92,15 @@ def run_cli(*args: str, timeout: float = 30.0, **kwargs: Any) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(),
+        env=clean_env(),
         **kwargs,
     )
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for tests that restart a server on the same port)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -1,0 +1,122 @@
+"""``streamcli upload`` / ``download`` as real processes: pipes, kills and restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
+from streamcli.client.transfer import upload_id_for
+from tests.support.files import MiB, write_random
+from tests.support.servers import clean_env, free_port, run_cli, serve_process
+
+
+def streamcli(address: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "streamcli", "--address", address, *args]
+
+
+def test_stdin_upload_and_stdout_download_through_pipes(tmp_path: pathlib.Path) -> None:
+    content = bytes(range(256)) * 40_000  # ~10 MB
+    with serve_process(tmp_path) as served:
+        up = subprocess.run(
+            streamcli(served.address, "--json", "upload", "-", "--name", "piped.bin"),
+            input=content,
+            capture_output=True,
+            env=clean_env(),
+            timeout=60,
+        )
+        assert up.returncode == 0, up.stderr
+        record = json.loads(up.stdout)
+        assert (record["name"], record["size"]) == ("piped.bin", len(content))
+        assert record["sha256"] == hashlib.sha256(content).hexdigest()
+        down = subprocess.run(
+            streamcli(served.address, "download", record["id"], "-o", "-"),
+            capture_output=True,
+            env=clean_env(),
+            timeout=60,
+        )
+    assert down.returncode == 0, down.stderr
+    assert down.stdout == content
+    assert down.stderr == b""  # no progress on a non-terminal stderr
+
+
+def test_upload_killed_halfway_resumes_on_the_next_run(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "big.bin"
+    digest = write_random(source, 200 * MiB)
+    upload_id = upload_id_for(digest, 200 * MiB, "big.bin")
+    with serve_process(tmp_path) as served:
+        channel = grpc.insecure_channel(served.address)
+        stub = pb_grpc.StreamingServiceStub(channel)
+        first = subprocess.Popen(
+            streamcli(served.address, "upload", str(source)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+        )
+        offset = 0
+        deadline = time.monotonic() + 60
+        while offset < 100 * MiB and time.monotonic() < deadline and first.poll() is None:
+            with contextlib.suppress(grpc.RpcError):  # NOT_FOUND until the first message arrives
+                offset = stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id=upload_id)).committed_offset
+            time.sleep(0.005)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert first.returncode == -signal.SIGKILL, "the upload finished before it could be killed"
+        assert stub.ListFiles(pb.ListFilesRequest()).files == []  # nothing listed in between
+        committed = stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id=upload_id)).committed_offset
+        assert 0 < committed < 200 * MiB
+
+        second = run_cli("--address", served.address, "--json", "upload", str(source), timeout=120)
+        assert second.returncode == 0, second.stderr
+        record = json.loads(second.stdout)
+        assert record["sha256"] == digest
+        assert record["resumed_from"] >= committed - 1 * MiB  # only the rest was sent
+        target = tmp_path / "copy.bin"
+        download = run_cli("--address", served.address, "download", record["id"], "-o", str(target), timeout=120)
+        assert download.returncode == 0, download.stderr
+        channel.close()
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+
+def test_download_survives_a_server_restart(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "big.bin"
+    digest = write_random(source, 200 * MiB)
+    address = f"127.0.0.1:{free_port()}"
+    with serve_process(tmp_path, address=address) as served:
+        up = run_cli("--address", address, "--json", "upload", str(source), timeout=120)
+        assert up.returncode == 0, up.stderr
+        file_id = json.loads(up.stdout)["id"]
+        # Download to a pipe we read slowly, so the transfer is in flight when the server dies.
+        download = subprocess.Popen(
+            streamcli(address, "download", file_id, "-o", "-", "--retries", "20"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+        )
+        assert download.stdout is not None
+        received = hashlib.sha256()
+        head = download.stdout.read(20 * MiB)
+        received.update(head)
+        served.process.send_signal(signal.SIGKILL)
+        served.process.wait(10)
+    with serve_process(tmp_path, address=address):
+        while block := download.stdout.read(1 * MiB):
+            received.update(block)
+        assert download.wait(60) == 0, download.stderr.read() if download.stderr else ""
+    assert received.hexdigest() == digest
+
+
+def test_download_of_a_missing_file_exits_4(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        result = run_cli("--address", served.address, "download", "0123abcd", "-o", str(tmp_path))
+    assert result.returncode == 4
+    assert result.stderr.strip() == "streamcli: error: no file '0123abcd'"
