@@ -59,7 +59,7 @@ _streamcli() {
         'files ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
         'files rm') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --no-allow-insecure --max-file-size --quota --upload-ttl --log-level --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --log-level --help -h' -- "$cur")) ;;
         'upload') COMPREPLY=($(compgen -W '--name -n --parallel -p --retries --help -h' -- "$cur")) ;;
     esac
 }

@@ -12,9 +12,10 @@
     ├── ResourceExhaustedError         exit 8  size limit, quota, rate limit
     ├── ConflictError                  exit 9  FAILED_PRECONDITION, ALREADY_EXISTS, ABORTED, OUT_OF_RANGE
     ├── DeadlineError                  exit 10 DEADLINE_EXCEEDED
-    └── UnimplementedError             exit 11 the server does not offer this RPC
+    ├── UnimplementedError             exit 11 the server does not offer this RPC
+    └── Interrupted                    exit 130 Ctrl-C
 
-Ctrl-C exits 130. Domain and client code raise these; only the CLI's error
+Domain and client code raise these; only the CLI's error
 boundary (``streamcli.cli.main.main``) turns them into a message and a code.
 This module must stay cheap to import: it does not import grpc.
 """
@@ -117,6 +118,12 @@ class UnimplementedError(StreamcliError):
     """The server does not implement the requested RPC."""
 
     exit_status = ExitStatus.UNIMPLEMENTED
+
+
+class Interrupted(StreamcliError):
+    """The user pressed Ctrl-C."""
+
+    exit_status = ExitStatus.INTERRUPTED
 
 
 # Status code name -> exception class. Keyed by name so this module needs no grpc.

@@ -59,6 +59,23 @@ def client_options() -> Options:
     ]
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of a listen address ``HOST:PORT`` or ``[V6]:PORT``; port 0-65535.
+
+    Raises:
+        UsageError: the address is malformed.
+    """
+    from streamcli.errors import UsageError
+
+    host = split_host(address)
+    port_text = address.rpartition(":")[2]
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535 or address.startswith("unix:"):
+        raise UsageError(
+            f"invalid address {address!r}: expected HOST:PORT with a port of 0-65535, e.g. 127.0.0.1:50051"
+        )
+    return (f"[{host}]" if ":" in host else host), int(port_text)
+
+
 def is_loopback_address(address: str) -> bool:
     """True when ``host:port`` names a loopback interface only."""
     host = split_host(address)
@@ -78,5 +95,5 @@ def split_host(address: str) -> str:
         return "localhost"
     if address.startswith("["):
         return address[1 : address.find("]")]
-    host, _, _ = address.rpartition(":")
-    return host or address
+    host, separator, _ = address.rpartition(":")
+    return host if separator else address

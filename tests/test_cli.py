@@ -143,3 +143,34 @@ def test_fish_and_zsh_completions_load() -> None:
     assert sorted(line.split("\t")[0] for line in fish.stdout.splitlines()) == ["debug", "error", "info", "warning"]
     zsh = subprocess.run(["zsh", "-n", str(ROOT / "completions" / "streamcli.zsh")], capture_output=True, text=True)
     assert zsh.returncode == 0, zsh.stderr
+
+
+def test_tls_failures_print_one_line_without_grpc_core_logs(tmp_path: pathlib.Path) -> None:
+    from tests.support.certs import make_pki
+
+    _, server, _ = make_pki(tmp_path)
+    with serve_process(tmp_path, "--tls-cert", str(server.cert), "--tls-key", str(server.key)) as served:
+        # The client does not trust the test CA: the handshake fails.
+        result = run_cli("--address", served.address.replace("127.0.0.1", "localhost"), "--tls", "health")
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path: pathlib.Path) -> None:
+    import signal
+    import time
+
+    with serve_process(tmp_path) as served:
+        # A stdin upload waits for input: interrupt it there.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamcli", "--address", served.address, "upload", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)  # started and waiting on stdin
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert err.strip() == "streamcli: error: interrupted"

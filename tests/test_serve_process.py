@@ -76,3 +76,40 @@ def test_an_insecure_public_bind_is_refused(tmp_path: pathlib.Path) -> None:
     assert len(lines) == 1
     assert "refusing to listen on non-loopback address 0.0.0.0:0 without TLS or a token" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_an_empty_token_is_refused_not_ignored(tmp_path: pathlib.Path) -> None:
+    result = run_cli("serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path), "--token", "")
+    assert result.returncode == 2
+    assert _stderr_lines(result.stderr) == ["streamcli: error: the token is empty"]
+
+
+def test_out_of_range_ports_are_refused(tmp_path: pathlib.Path) -> None:
+    for address in ("127.0.0.1:99999", "127.0.0.1:", "foo", ":80"):
+        result = run_cli("serve", "--address", address, "--data-dir", str(tmp_path))
+        assert result.returncode == 2, address
+        assert _stderr_lines(result.stderr) == [
+            f"streamcli: error: invalid address {address!r}: expected HOST:PORT with a port of 0-65535, "
+            "e.g. 127.0.0.1:50051"
+        ]
+
+
+def test_a_mismatched_tls_pair_is_a_usage_error(tmp_path: pathlib.Path) -> None:
+    from tests.support.certs import make_pki
+
+    ca, server, _ = make_pki(tmp_path)
+    result = run_cli(
+        "serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+        "--tls-cert", str(server.cert), "--tls-key", str(ca.key),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "invalid TLS certificate" in result.stderr
+
+
+def test_a_data_dir_serves_one_server_at_a_time(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path):
+        result = run_cli("serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    assert _stderr_lines(result.stderr) == [
+        f"streamcli: error: data dir {tmp_path / 'data'} is in use by another streamcli serve"
+    ]

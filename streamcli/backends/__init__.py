@@ -27,12 +27,14 @@ def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
     if name != "embedded":
         raise UsageError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     from streamcli.backends.blobs import DirectoryBlobStore
-    from streamcli.backends.sqlite import SqliteStore
+    from streamcli.backends.sqlite import DatabaseInUseError, SqliteStore
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         blobs = DirectoryBlobStore(data_dir / "blobs")  # first: it holds nothing open on failure
         store = SqliteStore(data_dir / "streamcli.db")
+    except DatabaseInUseError:
+        raise UsageError(f"data dir {data_dir} is in use by another streamcli serve") from None
     except OSError as exc:
         raise UsageError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from exc
     except sqlite3.Error as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import pathlib
 import sqlite3
 import time
@@ -70,15 +71,27 @@ CREATE TABLE IF NOT EXISTS uploads (
 """
 
 
+class DatabaseInUseError(Exception):
+    """Another process has the database open."""
+
+
 class SqliteStore:
     """A ``LogStore`` and ``MetadataStore`` in one SQLite database file."""
 
     def __init__(self, path: pathlib.Path) -> None:
+        # One process per database: wake-ups and the head cache live in this process.
+        self._lock = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 (released by close)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise DatabaseInUseError(f"{path} is in use by another process") from None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamcli-sqlite")
         try:
             self._db = self._executor.submit(self._connect, path).result()
         except BaseException:
             self._executor.shutdown(wait=False)
+            self._lock.close()
             raise
         self._heads: dict[str, LogBounds] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -97,6 +110,7 @@ class SqliteStore:
     async def close(self) -> None:
         await self._run(lambda db: db.close())
         self._executor.shutdown(wait=True)
+        self._lock.close()  # releases the flock
 
     # --- LogStore -----------------------------------------------------------
 

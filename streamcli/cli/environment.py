@@ -71,12 +71,17 @@ class Environment:
         import asyncio
 
         from streamcli.client.connection import connect
+        from streamcli.errors import Interrupted
 
         async def main() -> T:
             async with connect(self.connection) as conn:
                 return await core(conn)
 
-        return asyncio.run(main())
+        try:
+            return asyncio.run(main())
+        except KeyboardInterrupt:
+            # Raised here, where typer does not swallow it, so the boundary can say so.
+            raise Interrupted("interrupted") from None
 
     def emit_json(self, record: dict[str, Any]) -> None:
         """Write one NDJSON line to stdout."""

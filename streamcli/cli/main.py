@@ -7,6 +7,7 @@ catch exceptions themselves.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -20,6 +21,10 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     import typer.main
 
     from streamcli.cli.app import app
+
+    # gRPC's C core logs (to stderr) what we already report in one line; `--traceback` shows it too.
+    if "GRPC_VERBOSITY" not in os.environ:
+        os.environ["GRPC_VERBOSITY"] = "ERROR" if "--traceback" in (argv or sys.argv) else "NONE"
 
     env = env or Environment()
     command = typer.main.get_command(app)

@@ -85,7 +85,7 @@ def serve(
     ] = None,
     allow_insecure: Annotated[
         bool,
-        typer.Option(help="Allow a non-loopback address with neither TLS nor a token."),
+        typer.Option("--allow-insecure", help="Allow a non-loopback address with neither TLS nor a token."),
     ] = False,
     max_file_size: Annotated[
         str,
@@ -123,8 +123,8 @@ def serve(
     logging.basicConfig(
         stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    # gRPC's C core logs its own copy of errors we already report in one line.
-    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if level <= logging.DEBUG else "NONE")
+    if level <= logging.DEBUG:
+        os.environ["GRPC_VERBOSITY"] = "DEBUG"  # main() silences gRPC's C core otherwise
 
     import asyncio
 
@@ -138,7 +138,7 @@ def serve(
         address=address or env.connection.address,
         backend=backend,
         grace=grace,
-        token=token or env.connection.token,
+        token=token if token is not None else env.connection.token,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pathlib
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -19,7 +18,8 @@ import grpc
 from streamcli import transport
 from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.client.settings import ConnectionSettings
-from streamcli.errors import StreamcliError, UsageError, error_for_status
+from streamcli.errors import UsageError, error_for_status
+from streamcli.tls import check_pair, read_pem
 
 
 @dataclasses.dataclass
@@ -32,26 +32,20 @@ class Connection:
     metadata: tuple[tuple[str, str], ...]
 
 
-def _read(path: pathlib.Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
 def _credentials(settings: ConnectionSettings) -> grpc.ChannelCredentials:
-    if (settings.client_cert is None) != (settings.client_key is None):
-        raise UsageError("--client-cert and --client-key must be given together")
+    check_pair(settings.client_cert, settings.client_key, "--client-cert", "--client-key")
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.ca_cert, "CA certificate") if settings.ca_cert else None,
-        private_key=_read(settings.client_key, "client key") if settings.client_key else None,
-        certificate_chain=_read(settings.client_cert, "client certificate") if settings.client_cert else None,
+        root_certificates=read_pem(settings.ca_cert, "CA certificate") if settings.ca_cert else None,
+        private_key=read_pem(settings.client_key, "client key") if settings.client_key else None,
+        certificate_chain=read_pem(settings.client_cert, "client certificate") if settings.client_cert else None,
     )
 
 
 @contextlib.asynccontextmanager
 async def connect(settings: ConnectionSettings) -> AsyncIterator[Connection]:
     """Open a channel for the duration of the ``async with`` block."""
+    if not settings.address.strip():
+        raise UsageError("the server address is empty")
     options = transport.client_options()
     if settings.uses_tls:
         channel = grpc.aio.secure_channel(settings.address, _credentials(settings), options=options)
@@ -73,4 +67,4 @@ def rpc_errors(address: str) -> Iterator[None]:
         raise error_for_status(exc.code(), exc.details(), address=address) from exc
 
 
-__all__ = ["Connection", "ConnectionSettings", "StreamcliError", "connect", "rpc_errors"]
+__all__ = ["Connection", "ConnectionSettings", "connect", "rpc_errors"]

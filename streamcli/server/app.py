@@ -28,6 +28,7 @@ from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.service import SERVICE_NAME, build_servicer
 from streamcli.services.files import FileLimits, FileService
+from streamcli.tls import check_pair, read_pem
 
 log = logging.getLogger("streamcli.server")
 
@@ -59,8 +60,8 @@ class ServerConfig:
         Raises:
             UsageError: with a one-line explanation.
         """
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise UsageError("--tls-cert and --tls-key must be given together")
+        transport.parse_address(self.address)
+        check_pair(self.tls_cert, self.tls_key, "--tls-cert", "--tls-key")
         if self.tls_client_ca is not None and not self.tls:
             raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.token is not None and not self.token.strip():
@@ -100,19 +101,12 @@ class RunningServer:
         await self.backend.close()
 
 
-def _read(path: pathlib.Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
-    cert = _read(config.tls_cert, "TLS certificate")
-    key = _read(config.tls_key, "TLS key")
-    client_ca = _read(config.tls_client_ca, "client CA") if config.tls_client_ca else None
+    cert = read_pem(config.tls_cert, "TLS certificate")
+    key = read_pem(config.tls_key, "TLS key")
+    client_ca = read_pem(config.tls_client_ca, "client CA") if config.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
@@ -132,7 +126,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     backend = open_backend(config.backend, config.data_dir)
     try:
         port = _bind(server, config.address, credentials)
-        address = f"{config.address.rpartition(':')[0]}:{port}"
+        address = f"{transport.parse_address(config.address)[0]}:{port}"
         files = FileService(
             backend, FileLimits(config.max_file_size, config.quota, config.upload_ttl), public_address=address
         )
@@ -143,12 +137,12 @@ async def start_server(config: ServerConfig) -> RunningServer:
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
+        for service in ("", SERVICE_NAME):  # before start: no probe may see SERVICE_UNKNOWN
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await server.start()
     except BaseException:
         await backend.close()
         raise
-    await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     housekeeping = [asyncio.create_task(_every(min(config.upload_ttl / 4, 300.0), files.expire_uploads))]
     return RunningServer(server, health_servicer, backend, address, asyncio.Event(), housekeeping)
 
@@ -164,8 +158,6 @@ async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
-    if ":" not in address or not address.rpartition(":")[2].isdigit():
-        raise UsageError(f"invalid address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
     try:
         if credentials is None:
             port: int = server.add_insecure_port(address)

@@ -20,7 +20,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
     """
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def intercept_service(
         self,
@@ -36,8 +36,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
             if key == "authorization":
                 supplied = value.encode() if isinstance(value, str) else value
                 break
-        if supplied is not None and hmac.compare_digest(supplied, self._expected):
-            return handler
+        if supplied is not None:
+            # The scheme name is case-insensitive (RFC 9110 section 11.1); the token is not.
+            scheme, _, token = supplied.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._expected):
+                return handler
         if supplied is None:
             detail = "missing bearer token: pass --token or set STREAMCLI_TOKEN"
         else:
