@@ -413,20 +413,21 @@ def round_raw(served: Served, size: int) -> dict[str, Sample]:
     return samples
 
 
-def round_reference(served: Served, data_dir: pathlib.Path, src: pathlib.Path, size: int, digest: str) -> dict:
+def round_reference(
+    served: Served, data_dir: pathlib.Path, src: pathlib.Path, size: int, digest: str
+) -> dict[str, Sample]:
     address = ("--address", served.address)
     run, result = timed(worker_argv("reference-client", *address, "--direction", "upload", "--path", str(src)))
     check(result["bytes"] == size and result["sha256"] == digest, f"reference upload: {result}")
     samples = {"upload": sample(run, result)}
+    file_id = result["id"]
     out = src.with_name("reference.out")
-    args = ("--direction", "download", "--path", str(out), "--file-id", result["id"])
+    args = ("--direction", "download", "--path", str(out), "--file-id", file_id)
     run, result = timed(worker_argv("reference-client", *address, *args))
     check(result["bytes"] == size and sha256_of(out) == digest, "reference download: wrong bytes")
     samples["download"] = sample(run, result)
     out.unlink()
-    (data_dir / result.get("id", "")).unlink(missing_ok=True) if "id" in result else None
-    for stored in data_dir.iterdir():
-        stored.unlink()
+    (data_dir / file_id).unlink()
     return samples
 
 
@@ -525,12 +526,10 @@ def report(results: Results) -> None:
     size = results.size
     median_rate: dict[tuple[str, str], float] = {}
     print(f"\n{size / MIB:.0f} MiB per transfer, median of {len(results.samples['raw', 'upload'])} rounds:\n")
-    header = (
-        f"{'transfer':<28}  {'MB/s':>7}  {'min':>7}  {'max':>7}  {'s':>6}  {'transfer-only MB/s':>18}"
-        f"  {'client peak MB':>14}"
-    )
-    print(header)
-    print("  ".join("-" * len(part) for part in re.findall(r"\S+(?: \S+)*", header.replace("  ", "\0")) if part))
+    columns = (("transfer", -28), ("MB/s", 7), ("min", 7), ("max", 7), ("s", 6), ("transfer-only MB/s", 18))
+    columns += (("client peak MB", 14),)
+    print("  ".join(f"{name:<{-width}}" if width < 0 else f"{name:>{width}}" for name, width in columns))
+    print("  ".join("-" * abs(width) for _, width in columns))
     for direction in DIRECTIONS:
         for kind in KINDS:
             samples = results.samples[kind, direction]
@@ -543,7 +542,10 @@ def report(results: Results) -> None:
                 f"  {max(rates):>7.1f}  {statistics.median(s.seconds for s in samples):>6.2f}  {only_text:>18}"
                 f"  {max(s.peak_rss for s in samples) / MB:>14.1f}"
             )
-    print("\nserver peak RSS over all rounds (MB): " + ", ".join(f"{LABELS[k]} {v / MB:.1f}" for k, v in results.server_rss.items()))
+    print(
+        "\nserver peak RSS over all rounds (MB): "
+        + ", ".join(f"{LABELS[k]} {v / MB:.1f}" for k, v in results.server_rss.items())
+    )
 
     print(f"\n{'target (from the issue)':<52}  {'measured':>22}  verdict")
     print(f"{'-' * 52}  {'-' * 22}  -------")
@@ -571,7 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return worker_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--size-mib", type=int, default=1024, help="file moved in the timed runs (default: %(default)s)")
+    parser.add_argument(
+        "--size-mib", type=int, default=1024, help="file moved in the timed runs (default: %(default)s)"
+    )
     parser.add_argument(
         "--rss-size-mib", type=int, default=2048, help="file moved in the memory run; 0 skips it (default: %(default)s)"
     )

@@ -91,6 +91,10 @@ class LogStore(Protocol):
         """
         ...
 
+    def release_readers(self) -> None:
+        """Make every ``wait_for``, now and later, return False at once (server shutdown)."""
+        ...
+
     async def trim(self, stream: str, *, older_than: float | None = None, keep_last: int | None = None) -> int:
         """Remove records appended before ``older_than`` and/or all but the newest ``keep_last``.
 

@@ -14,6 +14,7 @@ replicas).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import fcntl
 import pathlib
@@ -32,6 +33,9 @@ from streamcli.backends.base import (
 )
 
 T = TypeVar("T")
+
+#: Records per stream kept in memory for readers that have caught up.
+TAIL_RECORDS = 8192
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -95,6 +99,10 @@ class SqliteStore:
             raise
         self._heads: dict[str, LogBounds] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
+        # The newest records of each stream appended by this process: readers that
+        # have caught up are served from memory, not from disk.
+        self._tails: dict[str, collections.deque[LogRecord]] = {}
+        self._readers_released = False
 
     @staticmethod
     def _connect(path: pathlib.Path) -> sqlite3.Connection:
@@ -139,12 +147,24 @@ class SqliteStore:
 
         stored, bounds = await self._run(write)
         self._heads[stream] = bounds
+        tail = self._tails.setdefault(stream, collections.deque(maxlen=TAIL_RECORDS))
+        if tail and tail[-1].id != stored[0].id - 1:
+            tail.clear()  # never leave a hole in the cached run of ids
+        tail.extend(stored)
         wakeup = self._wakeups.pop(stream, None)
         if wakeup is not None:
             wakeup.set()
         return stored
 
     async def read(self, stream: str, after_id: int, limit: int) -> list[LogRecord]:
+        tail = self._tails.get(stream)
+        if tail and after_id + 1 >= tail[0].id:
+            bounds = self._heads[stream]
+            if after_id < bounds.trimmed_through:
+                raise TrimmedError(stream, after_id, bounds.trimmed_through)
+            start = after_id + 1 - tail[0].id
+            return [tail[i] for i in range(start, min(len(tail), start + limit))]
+
         def query(db: sqlite3.Connection) -> tuple[list[LogRecord], int]:
             # One read transaction, so the trim check and the rows agree.
             with _transaction(db, deferred=True):
@@ -189,7 +209,7 @@ class SqliteStore:
         deadline = loop.time() + timeout
         while (await self.bounds(stream)).last_id <= after_id:
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._readers_released:
                 return False
             wakeup = self._wakeups.setdefault(stream, asyncio.Event())
             try:
@@ -197,6 +217,12 @@ class SqliteStore:
             except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                 return False
         return True
+
+    def release_readers(self) -> None:
+        self._readers_released = True
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+        self._wakeups.clear()
 
     async def trim(self, stream: str, *, older_than: float | None = None, keep_last: int | None = None) -> int:
         def delete(db: sqlite3.Connection) -> tuple[int, LogBounds | None]:
@@ -222,6 +248,9 @@ class SqliteStore:
         removed, bounds = await self._run(delete)
         if bounds is not None:
             self._heads[stream] = bounds
+            tail = self._tails.get(stream)
+            while tail and tail[0].id <= bounds.trimmed_through:
+                tail.popleft()
         return removed
 
     # --- MetadataStore --------------------------------------------------------

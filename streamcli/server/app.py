@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -27,7 +28,12 @@ from streamcli.backends.base import Backend
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.service import SERVICE_NAME, build_servicer
+from streamcli.services.events import STREAM as EVENTS_STREAM
+from streamcli.services.events import EventService
 from streamcli.services.files import FileLimits, FileService
+from streamcli.services.logs import LogSettings, Retention
+from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
+from streamcli.services.notifications import NotificationService
 from streamcli.tls import check_pair, read_pem
 
 log = logging.getLogger("streamcli.server")
@@ -49,6 +55,9 @@ class ServerConfig:
     max_file_size: int = 0  # bytes per stored file; 0 = no limit
     quota: int = 0  # bytes for all files in the data dir; 0 = no limit
     upload_ttl: float = 24 * 3600.0  # seconds an interrupted upload is kept for resuming
+    heartbeat: float = 15.0  # seconds between heartbeats on idle log streams
+    retention: Retention = dataclasses.field(default_factory=Retention)  # of the event and notification logs
+    housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
 
     @property
     def tls(self) -> bool:
@@ -72,6 +81,8 @@ class ServerConfig:
             raise UsageError("--max-file-size and --quota must be zero (no limit) or more bytes")
         if self.upload_ttl <= 0:
             raise UsageError("--upload-ttl must be more than zero seconds")
+        if self.heartbeat <= 0 or self.housekeeping_interval <= 0:
+            raise UsageError("--heartbeat must be more than zero seconds")
         if not (self.tls or self.token or self.allow_insecure or transport.is_loopback_address(self.address)):
             raise UsageError(
                 f"refusing to listen on non-loopback address {self.address} without TLS or a token; "
@@ -91,8 +102,13 @@ class RunningServer:
     housekeeping: list[asyncio.Task[None]]  # periodic background jobs
 
     async def stop(self, grace: float | None) -> None:
-        """Go NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds."""
+        """Go NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds.
+
+        Log streams (tails, chat) end at once with UNAVAILABLE naming the id to
+        resume after; their clients reconnect elsewhere or later.
+        """
         self.stopping.set()
+        self.backend.log.release_readers()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for task in self.housekeeping:
@@ -127,10 +143,17 @@ async def start_server(config: ServerConfig) -> RunningServer:
     try:
         port = _bind(server, config.address, credentials)
         address = f"{transport.parse_address(config.address)[0]}:{port}"
+        stopping = asyncio.Event()
+        log_settings = LogSettings(config.heartbeat, config.retention)
+        notifications = NotificationService(backend.log, log_settings, stopping)
+        events = EventService(backend.log, log_settings, stopping)
         files = FileService(
-            backend, FileLimits(config.max_file_size, config.quota, config.upload_ttl), public_address=address
+            backend,
+            FileLimits(config.max_file_size, config.quota, config.upload_ttl),
+            public_address=address,
+            notifications=notifications,
         )
-        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([files]), server)
+        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([files, events, notifications]), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -143,8 +166,21 @@ async def start_server(config: ServerConfig) -> RunningServer:
     except BaseException:
         await backend.close()
         raise
-    housekeeping = [asyncio.create_task(_every(min(config.upload_ttl / 4, 300.0), files.expire_uploads))]
-    return RunningServer(server, health_servicer, backend, address, asyncio.Event(), housekeeping)
+    interval = min(config.housekeeping_interval, config.upload_ttl / 4)
+
+    async def apply_retention() -> None:
+        for stream in (EVENTS_STREAM, NOTIFICATIONS_STREAM):
+            await backend.log.trim(
+                stream,
+                older_than=time.time() - config.retention.max_age if config.retention.max_age else None,
+                keep_last=config.retention.max_count,
+            )
+
+    housekeeping = [
+        asyncio.create_task(_every(interval, files.expire_uploads)),
+        asyncio.create_task(_every(config.housekeeping_interval, apply_retention)),
+    ]
+    return RunningServer(server, health_servicer, backend, address, stopping, housekeeping)
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:

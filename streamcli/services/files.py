@@ -25,11 +25,12 @@ from collections.abc import AsyncIterator
 from typing import Any, BinaryIO, TypeAlias
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord, UploadRecord
 from streamcli.checksums import sha256_prefix
+from streamcli.services.logs import timestamp
+from streamcli.services.notifications import EVERYONE, NotificationService
 
 log = logging.getLogger("streamcli.files")
 
@@ -76,12 +77,6 @@ def check_filename(name: str) -> str:
     return name
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
 def file_info(record: FileRecord) -> pb.FileInfo:
     """The wire form of a stored file's metadata."""
     return pb.FileInfo(
@@ -90,7 +85,7 @@ def file_info(record: FileRecord) -> pb.FileInfo:
         size=record.size,
         content_type=record.content_type,
         checksum=record.sha256,
-        created_at=_timestamp(record.created_at),
+        created_at=timestamp(record.created_at),
     )
 
 
@@ -111,7 +106,14 @@ class _PartialFile:
 class FileService:
     """The file RPCs of ``StreamingService`` on a backend's blob and metadata stores."""
 
-    def __init__(self, backend: Backend, limits: FileLimits, public_address: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        limits: FileLimits,
+        public_address: str,
+        notifications: NotificationService | None = None,
+    ) -> None:
+        self._notifications = notifications
         self._blobs = backend.blobs
         self._meta = backend.metadata
         self._limits = limits
@@ -326,6 +328,14 @@ class FileService:
         await self._meta.put_file(FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time()))
         await self._meta.delete_upload(upload.upload_id)
         log.info("stored %s (%s, %d bytes)", file_id, upload.filename, size)
+        if self._notifications is not None:
+            await self._notifications.raise_(
+                EVERYONE,
+                "files",
+                f"upload completed: {upload.filename}",
+                f"{size} bytes, sha256 {digest}",
+                attributes={"file_id": file_id, "filename": upload.filename, "size": str(size)},
+            )
         return pb.UploadFileResponse(
             file_id=file_id,
             bytes_uploaded=size,
@@ -359,7 +369,7 @@ class FileService:
                 content_type=upload.content_type,
                 checksum=upload.sha256,
             ),
-            expires_at=_timestamp(upload.expires_at),
+            expires_at=timestamp(upload.expires_at),
         )
 
     async def expire_uploads(self) -> int:

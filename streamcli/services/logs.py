@@ -1,0 +1,166 @@
+"""Serving a log to a stream: start positions, cursors, heartbeats, trimming, shutdown.
+
+Events, notifications and chat rooms are all logs (DESIGN.md). A reader is a
+``LogCursor``: it replays from its start position in batches, then waits for
+new records and reads on. There is no per-subscriber queue: a slow reader just
+falls behind in the log and catches up at its own pace, holding one batch in
+memory. A position that retention has trimmed gives OUT_OF_RANGE, never a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streamcli.backends.base import LogRecord, LogStore, TrimmedError
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+#: Records read from the store per step; also the most sent in one response.
+BATCH_RECORDS = 500
+#: Payload bytes per response at most (well under the 4 MiB message limit).
+BATCH_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """How much of a log to keep; None = no limit on that axis."""
+
+    max_age: float | None = 30 * 86400.0  # seconds
+    max_count: int | None = None  # records
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    """Server-wide settings of log streams."""
+
+    heartbeat: float = 15.0  # seconds between responses on an idle stream
+    retention: Retention = dataclasses.field(default_factory=Retention)
+
+
+def timestamp(seconds: float) -> Timestamp:
+    """A protobuf Timestamp from seconds since the epoch."""
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+async def start_position(
+    log: LogStore, stream: str, resume_after_id: int, start_time: Timestamp | None, context: Context
+) -> int:
+    """Where a reader starts: after ``resume_after_id``, else at ``start_time``, else live (the end).
+
+    Aborts with OUT_OF_RANGE for a resume id that is trimmed or beyond the end,
+    INVALID_ARGUMENT for a start time in the future.
+    """
+    bounds = await log.bounds(stream)
+    if resume_after_id:
+        if resume_after_id > bounds.last_id:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"resume id {resume_after_id} is beyond the end of the log (last id {bounds.last_id})",
+            )
+        if resume_after_id < bounds.trimmed_through:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"records after {resume_after_id} have been trimmed by retention "
+                f"(the oldest kept is {bounds.trimmed_through + 1})",
+            )
+        return resume_after_id
+    if start_time is not None:
+        seconds = start_time.ToNanoseconds() / 1e9
+        if seconds > time.time() + 1.0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start_time is in the future")
+        return await log.position_before(stream, seconds)
+    return bounds.last_id
+
+
+class LogCursor:
+    """Reads one stream after ``position``, yielding batches of matching records.
+
+    ``position`` is the newest id examined, matched or not: resuming after it
+    skips nothing the filter would have let through.
+    """
+
+    def __init__(self, log: LogStore, stream: str, position: int, match: Callable[[LogRecord], bool]) -> None:
+        self.log = log
+        self.stream = stream
+        self.position = position
+        self.match = match
+
+    async def batches(
+        self, *, follow: bool, heartbeat: float, stopping: asyncio.Event
+    ) -> AsyncIterator[list[LogRecord]]:
+        """Matching records in order; ``[]`` is a heartbeat (nothing new for ``heartbeat`` seconds).
+
+        Raises:
+            TrimmedError: the cursor's position was trimmed while it was behind.
+            ServerStopping: the server is shutting down (``stopping`` is set).
+        """
+        last_sent = time.monotonic()
+        while True:
+            records = await self.log.read(self.stream, self.position, BATCH_RECORDS)
+            if records:
+                records = _within_budget(records)
+                self.position = records[-1].id
+                matched = [r for r in records if self.match(r)]
+                if matched:
+                    yield matched
+                    last_sent = time.monotonic()
+                elif time.monotonic() - last_sent >= heartbeat:
+                    yield []
+                    last_sent = time.monotonic()
+                continue
+            if not follow:
+                return
+            if stopping.is_set():
+                raise ServerStopping(self.position)
+            if not await self.log.wait_for(self.stream, self.position, heartbeat):
+                if stopping.is_set():
+                    raise ServerStopping(self.position)
+                yield []
+                last_sent = time.monotonic()
+
+
+class ServerStopping(Exception):
+    """The server is shutting down; the reader should resume after ``position`` elsewhere or later."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
+
+
+def _within_budget(records: list[LogRecord]) -> list[LogRecord]:
+    total = 0
+    for index, record in enumerate(records):
+        total += len(record.payload)
+        if total > BATCH_BYTES and index:
+            return records[:index]
+    return records
+
+
+async def serve_cursor(
+    cursor: LogCursor, *, follow: bool, settings: LogSettings, stopping: asyncio.Event, context: Context
+) -> AsyncIterator[list[LogRecord]]:
+    """``cursor.batches`` with its two ends mapped to statuses for the client.
+
+    Trimmed while behind → OUT_OF_RANGE; shutdown → UNAVAILABLE naming the id to
+    resume after (clients reconnect and resume by themselves).
+    """
+    try:
+        async for records in cursor.batches(follow=follow, heartbeat=settings.heartbeat, stopping=stopping):
+            yield records
+    except TrimmedError as exc:
+        await context.abort(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"this reader fell behind retention: records up to {exc.trimmed_through} were trimmed "
+            f"before it read past {cursor.position}",
+        )
+    except ServerStopping as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume after id {exc.position}")

@@ -1,0 +1,105 @@
+"""Notifications: SubscribeToNotifications, SendNotification, and notifications the server raises.
+
+The ``notifications`` log is keyed by recipient ("*" = everyone) with the
+topic as kind; it is read exactly like the event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import LogRecord, LogStore, NewRecord
+from streamcli.services.logs import Context, LogCursor, LogSettings, serve_cursor, start_position, timestamp
+
+STREAM = "notifications"
+EVERYONE = "*"
+MAX_FIELD = 256  # characters of recipient, topic and title
+MAX_BODY = 16 * 1024  # characters
+
+
+def notification_from_record(record: LogRecord) -> pb.Notification:
+    """The stored notification with its log id and append time."""
+    notification = pb.Notification.FromString(record.payload)
+    notification.id = record.id
+    notification.timestamp.CopyFrom(timestamp(record.timestamp))
+    return notification
+
+
+class NotificationService:
+    """The notification RPCs of ``StreamingService``, and ``raise_`` for the server's own."""
+
+    def __init__(self, log: LogStore, settings: LogSettings, stopping: asyncio.Event) -> None:
+        self._log = log
+        self._settings = settings
+        self._stopping = stopping
+
+    async def raise_(
+        self,
+        recipient: str,
+        topic: str,
+        title: str,
+        body: str = "",
+        severity: pb.NotificationSeverity.ValueType = pb.NOTIFICATION_SEVERITY_INFO,
+        attributes: Mapping[str, str] | None = None,
+    ) -> pb.Notification:
+        """Append a notification and return it with its id and time."""
+        notification = pb.Notification(
+            recipient=recipient,
+            topic=topic,
+            title=title,
+            body=body,
+            severity=severity or pb.NOTIFICATION_SEVERITY_INFO,
+            attributes=dict(attributes or {}),
+        )
+        [record] = await self._log.append(STREAM, [NewRecord(recipient, topic, notification.SerializeToString())])
+        return notification_from_record(record)
+
+    async def SendNotification(
+        self, request: pb.SendNotificationRequest, context: Context
+    ) -> pb.SendNotificationResponse:
+        for field in ("recipient", "topic", "title"):
+            value = getattr(request, field)
+            if not value.strip():
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required")
+            if len(value) > MAX_FIELD:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_FIELD} characters")
+        if len(request.body) > MAX_BODY:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"body is longer than {MAX_BODY} characters")
+        if request.severity not in pb.NotificationSeverity.values():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown severity {request.severity}")
+        notification = await self.raise_(
+            request.recipient, request.topic, request.title, request.body, request.severity, request.attributes
+        )
+        return pb.SendNotificationResponse(notification=notification)
+
+    async def SubscribeToNotifications(
+        self, request: pb.SubscribeToNotificationsRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeToNotificationsResponse]:
+        if not request.recipient:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "recipient is required")
+        start = await start_position(
+            self._log,
+            STREAM,
+            request.resume_after_id,
+            request.start_time if request.HasField("start_time") else None,
+            context,
+        )
+        recipient, topics = request.recipient, set(request.topics)
+
+        def match(record: LogRecord) -> bool:
+            return (record.key == recipient or record.key == EVERYONE) and (not topics or record.kind in topics)
+
+        cursor = LogCursor(self._log, STREAM, start, match)
+        async for records in serve_cursor(
+            cursor, follow=not request.no_follow, settings=self._settings, stopping=self._stopping, context=context
+        ):
+            yield pb.SubscribeToNotificationsResponse(
+                notifications=[notification_from_record(r) for r in records],
+                position=cursor.position,
+                server_time=timestamp(time.time()),
+            )
