@@ -20,14 +20,17 @@ stopping for servers):
 
 Every transfer is timed as the wall time of its client process, spawn to exit, for all three alike; the raw
 and reference clients also report the time of the transfer alone (connected channel to last byte). Rounds
-run the three round-robin, starting with a different one each round, with ``os.sync()`` before every timed
-transfer so that one's dirty pages are not written back on the next one's time; the figures are the medians
-over rounds. Every transfer is verified (size, and SHA-256 where bytes are stored) outside its timing.
-MB = 10**6 bytes.
+run the three round-robin, starting with a different one each round, after ``--warmup`` untimed rounds (on a
+VM, page cache that lands in guest memory never touched before can be several times slower to write than
+page cache reused from deleted files: the warm-up makes every timed round reuse it alike), with ``os.sync()``
+before every timed transfer so that one's dirty pages are not written back on the next one's time; the
+figures are the medians over rounds. Every transfer is verified (size, and SHA-256 where bytes are stored)
+outside its timing; stored copies and downloads are deleted after each round. MB = 10**6 bytes.
 
-Run from anywhere, with the interpreter of the environment streamcli is installed in (Linux only)::
+Run from anywhere, with the interpreter of the environment streamcli is installed in (Linux only; the
+files go to a temporary directory under /tmp: about 3x --size-mib, then 3x --rss-size-mib, of free space)::
 
-    python bench/transfer.py [--size-mib N] [--rss-size-mib N] [--rounds N]
+    python bench/transfer.py [--size-mib N] [--rss-size-mib N] [--rounds N] [--warmup N]
 
 Standard library, grpc and streamcli only; not part of the test suite.
 """
@@ -115,13 +118,18 @@ def run_client(argv: Sequence[str], poll: float = 0.01) -> Run:
         peak = 0
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT, env=clean_env())
-        while True:
-            peak = max(peak, vm_hwm(proc.pid) or 0)
-            try:
-                proc.wait(poll)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        try:
+            while True:
+                peak = max(peak, vm_hwm(proc.pid) or 0)
+                try:
+                    proc.wait(poll)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:
+            if proc.poll() is None:  # interrupted: leave nothing behind
+                proc.kill()
+                proc.wait()
         elapsed = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
@@ -459,7 +467,7 @@ class Results:
     rss_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int) -> Results:
+def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int, warmup: int) -> Results:
     src = tmp / "source.bin"
     print(f"writing {size / MIB:.0f} MiB of random bytes ...", flush=True)
     digest = write_random(src, size)
@@ -480,18 +488,20 @@ def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int) -> Results
                 )
             ),
         }
-        for round_ in range(rounds):
+        for round_ in range(warmup + rounds):
             shift = round_ % len(KINDS)
             for kind in (*KINDS[shift:], *KINDS[:shift]):
-                print(f"round {round_ + 1}/{rounds}: {kind} upload + download ...", flush=True)
+                what = f"warm-up round {round_ + 1}" if round_ < warmup else f"round {round_ - warmup + 1}/{rounds}"
+                print(f"{what}: {kind} upload + download ...", flush=True)
                 if kind == "raw":
                     samples = round_raw(servers[kind], size)
                 elif kind == "reference":
                     samples = round_reference(servers[kind], ref_dir, src, size, digest)
                 else:
                     samples = streamcli_transfers(servers[kind], src, size, digest)
-                for direction, value in samples.items():
-                    results.samples[kind, direction].append(value)
+                if round_ >= warmup:
+                    for direction, value in samples.items():
+                        results.samples[kind, direction].append(value)
         results.server_rss = {kind: served.peak_rss() for kind, served in servers.items()}
     src.unlink()
 
@@ -542,10 +552,11 @@ def report(results: Results) -> None:
                 f"  {max(rates):>7.1f}  {statistics.median(s.seconds for s in samples):>6.2f}  {only_text:>18}"
                 f"  {max(s.peak_rss for s in samples) / MB:>14.1f}"
             )
-    print(
-        "\nserver peak RSS over all rounds (MB): "
-        + ", ".join(f"{LABELS[k]} {v / MB:.1f}" for k, v in results.server_rss.items())
-    )
+    print("\nMB/s: the client process's wall time, spawn to exit; transfer-only: connected channel to last byte.")
+    ceiling = ", ".join(f"{d} {median_rate['raw', d] / median_rate['reference', d]:.2f}x" for d in DIRECTIONS)
+    print(f"raw / reference: {ceiling} (streamcli/ref can only reach this much while streamcli <= raw)")
+    servers = ", ".join(f"{LABELS[k]} {v / MB:.1f}" for k, v in results.server_rss.items())
+    print(f"server peak RSS over all rounds, MB: {servers}")
 
     print(f"\n{'target (from the issue)':<52}  {'measured':>22}  verdict")
     print(f"{'-' * 52}  {'-' * 22}  -------")
@@ -580,16 +591,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rss-size-mib", type=int, default=2048, help="file moved in the memory run; 0 skips it (default: %(default)s)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of every transfer (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.size_mib < 1 or args.rss_size_mib < 0 or args.rounds < 1:
-        parser.error("--size-mib and --rounds must be >= 1 and --rss-size-mib >= 0")
+    if args.size_mib < 1 or args.rss_size_mib < 0 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--size-mib and --rounds must be >= 1, --rss-size-mib and --warmup >= 0")
 
+    # SIGTERM unwinds like Ctrl-C: every server and client started is stopped, the temporary files deleted.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(f"python {platform.python_version()} ({PY}), {os.cpu_count()} CPUs, {platform.platform()}")
     print(f"grpcio {grpc.__version__}; streamcli client: {' '.join(STREAMCLI)}")
     print(f"chunks: upload {CHUNK_SIZE // 1024} KiB (CHUNK_SIZE), download {DOWNLOAD_CHUNK_SIZE // 1024} KiB")
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="streamcli-bench-", dir="/tmp") as tmp:
-        results = measure(pathlib.Path(tmp), args.size_mib * MIB, args.rss_size_mib * MIB, args.rounds)
+        results = measure(pathlib.Path(tmp), args.size_mib * MIB, args.rss_size_mib * MIB, args.rounds, args.warmup)
     report(results)
+    print(
+        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
+            *load, *os.getloadavg()
+        )
+    )
     return 0
 
 

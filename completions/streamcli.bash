@@ -9,17 +9,28 @@ _streamcli() {
         case "$cmdpath:$w" in
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
             ':download') cmdpath='download' ;;
+            ':events') cmdpath='events' ;;
             ':files') cmdpath='files' ;;
             ':health') cmdpath='health' ;;
+            ':notify') cmdpath='notify' ;;
             ':serve') cmdpath='serve' ;;
+            ':tail') cmdpath='tail' ;;
             ':upload') cmdpath='upload' ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
+            'events:publish') cmdpath='events publish' ;;
+            'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp') skip=1 ;;
             'files:info') cmdpath='files info' ;;
             'files:ls') cmdpath='files ls' ;;
             'files:rm') cmdpath='files rm' ;;
             'files ls:--limit') skip=1 ;;
             'health:--timeout') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--log-level') skip=1 ;;
+            'notify:send') cmdpath='notify send' ;;
+            'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--event-retention'|'serve:--log-level') skip=1 ;;
+            'tail:events') cmdpath='tail events' ;;
+            'tail:notifications') cmdpath='tail notifications' ;;
+            'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
+            'tail notifications:--user'|'tail notifications:-u'|'tail notifications:--topic'|'tail notifications:--since'|'tail notifications:-s'|'tail notifications:--max'|'tail notifications:-n'|'tail notifications:--idle-timeout') skip=1 ;;
             'upload:--name'|'upload:-n'|'upload:--parallel'|'upload:-p'|'upload:--retries') skip=1 ;;
         esac
     done
@@ -32,8 +43,18 @@ _streamcli() {
         ':--client-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'download:--output'|'download:-o') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'download:--retries') COMPREPLY=(); return ;;
+        'events publish:--user'|'events publish:-u') COMPREPLY=(); return ;;
+        'events publish:--type'|'events publish:-t') COMPREPLY=(); return ;;
+        'events publish:--data'|'events publish:-d') COMPREPLY=(); return ;;
+        'events publish:--timestamp') COMPREPLY=(); return ;;
         'files ls:--limit') COMPREPLY=(); return ;;
         'health:--timeout') COMPREPLY=(); return ;;
+        'notify send:--to') COMPREPLY=(); return ;;
+        'notify send:--topic') COMPREPLY=(); return ;;
+        'notify send:--title') COMPREPLY=(); return ;;
+        'notify send:--body') COMPREPLY=(); return ;;
+        'notify send:--severity') COMPREPLY=(); return ;;
+        'notify send:--attr') COMPREPLY=(); return ;;
         'serve:--address'|'serve:-a') COMPREPLY=(); return ;;
         'serve:--data-dir') COMPREPLY=($(compgen -d -- "$cur")); return ;;
         'serve:--backend') COMPREPLY=(); return ;;
@@ -45,21 +66,40 @@ _streamcli() {
         'serve:--max-file-size') COMPREPLY=(); return ;;
         'serve:--quota') COMPREPLY=(); return ;;
         'serve:--upload-ttl') COMPREPLY=(); return ;;
+        'serve:--heartbeat') COMPREPLY=(); return ;;
+        'serve:--event-retention') COMPREPLY=(); return ;;
         'serve:--log-level') COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return ;;
+        'tail events:--user'|'tail events:-u') COMPREPLY=(); return ;;
+        'tail events:--type'|'tail events:-t') COMPREPLY=(); return ;;
+        'tail events:--since'|'tail events:-s') COMPREPLY=(); return ;;
+        'tail events:--max'|'tail events:-n') COMPREPLY=(); return ;;
+        'tail events:--idle-timeout') COMPREPLY=(); return ;;
+        'tail notifications:--user'|'tail notifications:-u') COMPREPLY=(); return ;;
+        'tail notifications:--topic') COMPREPLY=(); return ;;
+        'tail notifications:--since'|'tail notifications:-s') COMPREPLY=(); return ;;
+        'tail notifications:--max'|'tail notifications:-n') COMPREPLY=(); return ;;
+        'tail notifications:--idle-timeout') COMPREPLY=(); return ;;
         'upload:--name'|'upload:-n') COMPREPLY=(); return ;;
         'upload:--parallel'|'upload:-p') COMPREPLY=(); return ;;
         'upload:--retries') COMPREPLY=(); return ;;
         esac
     fi
     case "$cmdpath" in
-        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h download files health serve upload' -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h download events files health notify serve tail upload' -- "$cur")) ;;
         'download') COMPREPLY=($(compgen -W '--output -o --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
+        'events') COMPREPLY=($(compgen -W '--help -h publish' -- "$cur")) ;;
+        'events publish') COMPREPLY=($(compgen -W '--user -u --type -t --data -d --timestamp --help -h' -- "$cur")) ;;
         'files') COMPREPLY=($(compgen -W '--help -h info ls rm' -- "$cur")) ;;
         'files info') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'files ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
         'files rm') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --log-level --help -h' -- "$cur")) ;;
+        'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
+        'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --event-retention --log-level --help -h' -- "$cur")) ;;
+        'tail') COMPREPLY=($(compgen -W '--help -h events notifications' -- "$cur")) ;;
+        'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
+        'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
         'upload') COMPREPLY=($(compgen -W '--name -n --parallel -p --retries --help -h' -- "$cur")) ;;
     esac
 }

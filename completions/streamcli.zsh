@@ -10,17 +10,28 @@ _streamcli() {
         case "$cmdpath:$w" in
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
             ':download') cmdpath='download' ;;
+            ':events') cmdpath='events' ;;
             ':files') cmdpath='files' ;;
             ':health') cmdpath='health' ;;
+            ':notify') cmdpath='notify' ;;
             ':serve') cmdpath='serve' ;;
+            ':tail') cmdpath='tail' ;;
             ':upload') cmdpath='upload' ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
+            'events:publish') cmdpath='events publish' ;;
+            'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp') skip=1 ;;
             'files:info') cmdpath='files info' ;;
             'files:ls') cmdpath='files ls' ;;
             'files:rm') cmdpath='files rm' ;;
             'files ls:--limit') skip=1 ;;
             'health:--timeout') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--log-level') skip=1 ;;
+            'notify:send') cmdpath='notify send' ;;
+            'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--event-retention'|'serve:--log-level') skip=1 ;;
+            'tail:events') cmdpath='tail events' ;;
+            'tail:notifications') cmdpath='tail notifications' ;;
+            'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
+            'tail notifications:--user'|'tail notifications:-u'|'tail notifications:--topic'|'tail notifications:--since'|'tail notifications:-s'|'tail notifications:--max'|'tail notifications:-n'|'tail notifications:--idle-timeout') skip=1 ;;
             'upload:--name'|'upload:-n'|'upload:--parallel'|'upload:-p'|'upload:--retries') skip=1 ;;
         esac
     done
@@ -33,8 +44,18 @@ _streamcli() {
         ':--client-key') _files; return ;;
         'download:--output'|'download:-o') _files; return ;;
         'download:--retries') _message 'value'; return ;;
+        'events publish:--user'|'events publish:-u') _message 'value'; return ;;
+        'events publish:--type'|'events publish:-t') _message 'value'; return ;;
+        'events publish:--data'|'events publish:-d') _message 'value'; return ;;
+        'events publish:--timestamp') _message 'value'; return ;;
         'files ls:--limit') _message 'value'; return ;;
         'health:--timeout') _message 'value'; return ;;
+        'notify send:--to') _message 'value'; return ;;
+        'notify send:--topic') _message 'value'; return ;;
+        'notify send:--title') _message 'value'; return ;;
+        'notify send:--body') _message 'value'; return ;;
+        'notify send:--severity') _message 'value'; return ;;
+        'notify send:--attr') _message 'value'; return ;;
         'serve:--address'|'serve:-a') _message 'value'; return ;;
         'serve:--data-dir') _directories; return ;;
         'serve:--backend') _message 'value'; return ;;
@@ -46,21 +67,40 @@ _streamcli() {
         'serve:--max-file-size') _message 'value'; return ;;
         'serve:--quota') _message 'value'; return ;;
         'serve:--upload-ttl') _message 'value'; return ;;
+        'serve:--heartbeat') _message 'value'; return ;;
+        'serve:--event-retention') _message 'value'; return ;;
         'serve:--log-level') compadd -- 'debug' 'info' 'warning' 'error'; return ;;
+        'tail events:--user'|'tail events:-u') _message 'value'; return ;;
+        'tail events:--type'|'tail events:-t') _message 'value'; return ;;
+        'tail events:--since'|'tail events:-s') _message 'value'; return ;;
+        'tail events:--max'|'tail events:-n') _message 'value'; return ;;
+        'tail events:--idle-timeout') _message 'value'; return ;;
+        'tail notifications:--user'|'tail notifications:-u') _message 'value'; return ;;
+        'tail notifications:--topic') _message 'value'; return ;;
+        'tail notifications:--since'|'tail notifications:-s') _message 'value'; return ;;
+        'tail notifications:--max'|'tail notifications:-n') _message 'value'; return ;;
+        'tail notifications:--idle-timeout') _message 'value'; return ;;
         'upload:--name'|'upload:-n') _message 'value'; return ;;
         'upload:--parallel'|'upload:-p') _message 'value'; return ;;
         'upload:--retries') _message 'value'; return ;;
         esac
     fi
     case "$cmdpath" in
-        '') items=('--address:Server address, HOST:PORT.' '-a:Server address, HOST:PORT.' '--token:Bearer token sent with every call.' '--tls:Connect with TLS.' '--no-tls:Connect with TLS.' '--ca-cert:PEM CA bundle to verify the server with (implies --tls).' '--client-cert:PEM client certificate, for servers that require mTLS (implies --tls).' '--client-key:PEM key of --client-cert.' '--json:Machine output on stdout: JSON, one object per line.' '--traceback:Show a traceback when a command fails.' '--version:Show the version and exit.' '--help:Show help and exit.' '-h:Show help and exit.' 'download:Download a file, verified by SHA-256, via PATH.part (renamed only when complete).' 'files:List, inspect and delete stored files.' 'health:Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.' 'serve:Run the gRPC streaming server until SIGINT/SIGTERM.' 'upload:Upload files, verified by SHA-256; interrupted uploads resume on the next run.') ;;
+        '') items=('--address:Server address, HOST:PORT.' '-a:Server address, HOST:PORT.' '--token:Bearer token sent with every call.' '--tls:Connect with TLS.' '--no-tls:Connect with TLS.' '--ca-cert:PEM CA bundle to verify the server with (implies --tls).' '--client-cert:PEM client certificate, for servers that require mTLS (implies --tls).' '--client-key:PEM key of --client-cert.' '--json:Machine output on stdout: JSON, one object per line.' '--traceback:Show a traceback when a command fails.' '--version:Show the version and exit.' '--help:Show help and exit.' '-h:Show help and exit.' 'download:Download a file, verified by SHA-256, via PATH.part (renamed only when complete).' 'events:Publish user events.' 'files:List, inspect and delete stored files.' 'health:Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.' 'notify:Raise notifications.' 'serve:Run the gRPC streaming server until SIGINT/SIGTERM.' 'tail:Follow a log live: events or notifications (history first with --since).' 'upload:Upload files, verified by SHA-256; interrupted uploads resume on the next run.') ;;
         'download') items=('--output:File or directory to write to; '\''-'\'' writes to stdout. [default: the stored name, here]' '-o:File or directory to write to; '\''-'\'' writes to stdout. [default: the stored name, here]' '--resume:Continue from an existing PATH.part.' '--no-resume:Continue from an existing PATH.part.' '--force:Overwrite an existing file.' '-f:Overwrite an existing file.' '--retries:Retries with backoff after the server or network goes away; each resumes where the last stopped.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'events') items=('--help:Show help and exit.' '-h:Show help and exit.' 'publish:Publish one event from the options, or many from NDJSON on stdin.') ;;
+        'events publish') items=('--user:The event'\''s user.' '-u:The event'\''s user.' '--type:login, logout, profile_update or password_change.' '-t:login, logout, profile_update or password_change.' '--data:JSON payload, e.g. '\''{"ip": "10.0.0.1"}'\''.' '-d:JSON payload, e.g. '\''{"ip": "10.0.0.1"}'\''.' '--timestamp:When it happened (RFC 3339). [default: the server'\''s append time]' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'files') items=('--help:Show help and exit.' '-h:Show help and exit.' 'info:Show one file'\''s metadata.' 'ls:List stored files, newest first.' 'rm:Delete stored files.') ;;
         'files info') items=('--help:Show help and exit.' '-h:Show help and exit.') ;;
         'files ls') items=('--limit:Show at most this many files, newest first.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'files rm') items=('--help:Show help and exit.' '-h:Show help and exit.') ;;
         'health') items=('--timeout:Seconds to wait for the answer.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
-        'serve') items=('--address:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '-a:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '--data-dir:Where the embedded store keeps its database and files. [default: the user data dir, e.g. ~/.local/share/streamcli]' '--backend:Storage backend: '\''embedded'\'' (SQLite + data dir).' '--grace:Seconds in-flight calls get to finish on SIGINT/SIGTERM.' '--token:Require '\''authorization: Bearer TOKEN'\'' on every call except health. [default: the global --token / STREAMCLI_TOKEN]' '--tls-cert:PEM server certificate (enables TLS).' '--tls-key:PEM key of --tls-cert.' '--tls-client-ca:Require client certificates signed by this PEM CA (mTLS).' '--allow-insecure:Allow a non-loopback address with neither TLS nor a token.' '--max-file-size:Largest file accepted (e.g. 2G); 0 = no limit.' '--quota:Total size of all stored files (e.g. 100G); 0 = no limit.' '--upload-ttl:How long an interrupted upload stays resumable (e.g. 24h).' '--log-level:Log verbosity (logs go to stderr).' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'notify') items=('--help:Show help and exit.' '-h:Show help and exit.' 'send:Raise one notification; subscribers of the recipient see it live.') ;;
+        'notify send') items=('--to:Recipient user; '\''*'\'' for everyone.' '--topic:Topic, e.g. deploy, files.' '--title:One-line summary.' '--body:Longer text.' '--severity:info, warning or error.' '--attr:KEY=VALUE detail for machines (repeatable).' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'serve') items=('--address:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '-a:HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]' '--data-dir:Where the embedded store keeps its database and files. [default: the user data dir, e.g. ~/.local/share/streamcli]' '--backend:Storage backend: '\''embedded'\'' (SQLite + data dir).' '--grace:Seconds in-flight calls get to finish on SIGINT/SIGTERM.' '--token:Require '\''authorization: Bearer TOKEN'\'' on every call except health. [default: the global --token / STREAMCLI_TOKEN]' '--tls-cert:PEM server certificate (enables TLS).' '--tls-key:PEM key of --tls-cert.' '--tls-client-ca:Require client certificates signed by this PEM CA (mTLS).' '--allow-insecure:Allow a non-loopback address with neither TLS nor a token.' '--max-file-size:Largest file accepted (e.g. 2G); 0 = no limit.' '--quota:Total size of all stored files (e.g. 100G); 0 = no limit.' '--upload-ttl:How long an interrupted upload stays resumable (e.g. 24h).' '--heartbeat:Seconds between heartbeats on idle tail and chat streams.' '--event-retention:What the event and notification logs keep: an age (7d), a record count (100000), both (7d,100000) or none. Readers behind what is trimmed get OUT_OF_RANGE.' '--log-level:Log verbosity (logs go to stderr).' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'tail') items=('--help:Show help and exit.' '-h:Show help and exit.' 'events:Show user events: history from --since, then live as they are published.' 'notifications:Show notifications for a user: history from --since, then live.') ;;
+        'tail events') items=('--user:Whose events to show.' '-u:Whose events to show.' '--all-users:Show every user'\''s events.' '--type:Only this event type (repeatable): login, logout, ...' '-t:Only this event type (repeatable): login, logout, ...' '--since:Replay history from this time first: a duration back (10m, 2h, 7d) or a time (2026-11-24T10:00:00Z).' '-s:Replay history from this time first: a duration back (10m, 2h, 7d) or a time (2026-11-24T10:00:00Z).' '--follow:Keep following live; --no-follow prints history and exits.' '--no-follow:Keep following live; --no-follow prints history and exits.' '--max:Exit (0) after this many records.' '-n:Exit (0) after this many records.' '--idle-timeout:Exit (0) after this many seconds without a record.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'tail notifications') items=('--user:Whose notifications (those for everyone too).' '-u:Whose notifications (those for everyone too).' '--topic:Only this topic (repeatable).' '--since:Replay history from this time first: a duration back (10m, 2h, 7d) or a time (2026-11-24T10:00:00Z).' '-s:Replay history from this time first: a duration back (10m, 2h, 7d) or a time (2026-11-24T10:00:00Z).' '--follow:Keep following live; --no-follow prints history and exits.' '--no-follow:Keep following live; --no-follow prints history and exits.' '--max:Exit (0) after this many records.' '-n:Exit (0) after this many records.' '--idle-timeout:Exit (0) after this many seconds without a record.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'upload') items=('--name:Name to store a single file under. [default: its file name]' '-n:Name to store a single file under. [default: its file name]' '--parallel:Files uploaded at once.' '-p:Files uploaded at once.' '--retries:Retries with backoff after the server or network goes away; each resumes where the last stopped.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
     esac
     _describe streamcli items || _files

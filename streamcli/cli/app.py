@@ -103,12 +103,15 @@ def root(
 
 def _register() -> None:
     # One line per command group; each module only knows about `app`.
-    from streamcli.cli import files, health, serve, transfer
+    from streamcli.cli import events, files, health, notify, serve, tail, transfer
 
     serve.register(app)
     health.register(app)
     transfer.register(app)
     files.register(app)
+    tail.register(app)
+    events.register(app)
+    notify.register(app)
 
 
 _register()

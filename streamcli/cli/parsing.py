@@ -26,3 +26,29 @@ def parse_duration(text: str) -> float:
     if not match:
         raise typer.BadParameter(f"{text!r} is not a duration; use seconds or a ms/s/m/h/d/w suffix, e.g. 24h")
     return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+def parse_retention(text: str) -> tuple[float | None, int | None]:
+    """``(max_age_seconds, max_count)`` from ``7d``, ``100000``, ``7d,100000`` or ``none``.
+
+    A bare integer is a count of records; an age needs a unit (s, m, h, d, w).
+    """
+    if text.strip().lower() in ("none", "off", "0"):
+        return None, None
+    age: float | None = None
+    count: int | None = None
+    for part in text.split(","):
+        part = part.strip()
+        if part.isdigit():
+            if count is not None:
+                raise typer.BadParameter(f"{text!r} gives two counts")
+            count = int(part)
+        elif part and part[-1].isalpha():
+            if age is not None:
+                raise typer.BadParameter(f"{text!r} gives two ages")
+            age = parse_duration(part)
+        else:
+            raise typer.BadParameter(
+                f"{part!r}: use an age with a unit (7d), a record count (100000), or both (7d,100000)"
+            )
+    return age, count

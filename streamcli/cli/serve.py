@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from streamcli.cli.environment import get_env
-from streamcli.cli.parsing import parse_duration, parse_size
+from streamcli.cli.parsing import parse_duration, parse_retention, parse_size
 
 
 class LogLevel(str, enum.Enum):
@@ -99,6 +99,18 @@ def serve(
         str,
         typer.Option(envvar="STREAMCLI_UPLOAD_TTL", help="How long an interrupted upload stays resumable (e.g. 24h)."),
     ] = "24h",
+    heartbeat: Annotated[
+        float,
+        typer.Option(min=0.05, help="Seconds between heartbeats on idle tail and chat streams."),
+    ] = 15.0,
+    event_retention: Annotated[
+        str,
+        typer.Option(
+            envvar="STREAMCLI_EVENT_RETENTION",
+            help="What the event and notification logs keep: an age (7d), a record count (100000), both "
+            "(7d,100000) or none. Readers behind what is trimmed get OUT_OF_RANGE.",
+        ),
+    ] = "30d",
     log_level: Annotated[
         LogLevel,
         typer.Option(envvar="STREAMCLI_LOG_LEVEL", case_sensitive=False, help="Log verbosity (logs go to stderr)."),
@@ -132,6 +144,7 @@ def serve(
 
     from streamcli.server.app import ServerConfig
     from streamcli.server.app import serve as run_server
+    from streamcli.services.logs import Retention
 
     config = ServerConfig(
         data_dir=data_dir or pathlib.Path(platformdirs.user_data_dir("streamcli")),
@@ -146,6 +159,8 @@ def serve(
         max_file_size=parse_size(max_file_size),
         quota=parse_size(quota),
         upload_ttl=parse_duration(upload_ttl),
+        heartbeat=heartbeat,
+        retention=Retention(*parse_retention(event_retention)),
     )
     asyncio.run(run_server(config))
 

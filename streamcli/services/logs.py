@@ -148,12 +148,13 @@ def _within_budget(records: list[LogRecord]) -> list[LogRecord]:
 async def serve_cursor(
     cursor: LogCursor, *, follow: bool, settings: LogSettings, stopping: asyncio.Event, context: Context
 ) -> AsyncIterator[list[LogRecord]]:
-    """``cursor.batches`` with its two ends mapped to statuses for the client.
+    """``cursor.batches`` after an empty first batch, with its two ends mapped to statuses for the client.
 
     Trimmed while behind → OUT_OF_RANGE; shutdown → UNAVAILABLE naming the id to
     resume after (clients reconnect and resume by themselves).
     """
     try:
+        yield []  # at once: tells the client its start position, so it can resume even before any record
         async for records in cursor.batches(follow=follow, heartbeat=settings.heartbeat, stopping=stopping):
             yield records
     except TrimmedError as exc:

@@ -1,0 +1,187 @@
+"""``streamcli tail events`` and ``tail notifications``: history, then live, gap-free across reconnects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from streamcli.cli.environment import Environment, get_env
+from streamcli.cli.parsing import parse_duration
+from streamcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from rich.text import Text
+
+    from streamcli.client.connection import Connection
+    from streamcli.client.tail import TailOptions
+
+R = TypeVar("R")
+
+tail_app = typer.Typer(
+    help="Follow a log live: events or notifications (history first with --since).",
+    epilog=(
+        "Examples:\n\n  streamcli tail events --user alice --since 1h\n\n"
+        "  streamcli tail notifications --user alice --topic files"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        "-s",
+        show_default=False,
+        help="Replay history from this time first: a duration back (10m, 2h, 7d) or a time (2026-11-24T10:00:00Z).",
+    ),
+]
+FollowOption = Annotated[
+    bool, typer.Option("--follow/--no-follow", help="Keep following live; --no-follow prints history and exits.")
+]
+MaxOption = Annotated[
+    int | None, typer.Option("--max", "-n", min=1, show_default=False, help="Exit (0) after this many records.")
+]
+IdleOption = Annotated[
+    float | None,
+    typer.Option(min=0.0, show_default=False, help="Exit (0) after this many seconds without a record."),
+]
+
+
+def _since(text: str | None) -> Timestamp | None:
+    if text is None:
+        return None
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from streamcli.client.events import parse_timestamp
+
+    if text.strip()[:1].isdigit() and not any(c in text for c in "-:T"):
+        stamp = Timestamp()
+        stamp.FromNanoseconds(int((time.time() - parse_duration(text)) * 1e9))
+        return stamp
+    return parse_timestamp(text)
+
+
+def _options(follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
+    from streamcli.client.tail import TailOptions
+
+    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout)
+
+
+def _print_all(
+    env: Environment,
+    open_records: Callable[[Connection], AsyncIterator[R]],
+    to_json: Callable[[R], dict[str, Any]],
+    to_line: Callable[[R], Text],
+) -> None:
+    """Print every record of the stream ``open_records`` opens, as it arrives."""
+
+    async def consume(conn: Connection) -> None:
+        async for record in open_records(conn):
+            if env.json:
+                env.emit_json(to_json(record))
+            else:
+                env.console.print(to_line(record), soft_wrap=True)
+
+    env.run(consume)
+
+
+@tail_app.command("events")
+def tail_events(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option("--user", "-u", show_default=False, help="Whose events to show.")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help="Show every user's events.")] = False,
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", "-t", show_default=False, help="Only this event type (repeatable): login, logout, ..."),
+    ] = None,
+    since: SinceOption = None,
+    follow: FollowOption = True,
+    max_records: MaxOption = None,
+    idle_timeout: IdleOption = None,
+) -> None:
+    """Show user events: history from --since, then live as they are published.
+
+    Reconnects by itself after the server or network goes away and resumes after
+    the last event shown: no gap, no duplicate. [cyan]--json[/cyan] prints one object per
+    event with id, user_id, type, timestamp and data.
+
+    Examples:
+
+      streamcli tail events --user alice
+
+      streamcli tail events --all-users --type login --since 1h --no-follow
+
+      streamcli --json tail events --user alice --max 10 | jq .data
+    """
+    from streamcli.client.events import EVENT_TYPES, event_to_json
+    from streamcli.client.events import tail_events as stream
+    from streamcli.ui.records import event_line
+
+    env = get_env(ctx)
+    if all_users == bool(user):
+        raise UsageError("give --user USER or --all-users (one of them)")
+    values = [EVENT_TYPES.parse(t) for t in types or []]
+    options = _options(follow, max_records, idle_timeout)
+    start = _since(since)
+    _print_all(
+        env,
+        lambda conn: stream(
+            conn,
+            user_id=user or "",
+            all_users=all_users,
+            types=values,  # type: ignore[arg-type]
+            since=start,
+            options=options,
+        ),
+        event_to_json,
+        event_line,
+    )
+
+
+@tail_app.command("notifications")
+def tail_notifications(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Option("--user", "-u", help="Whose notifications (those for everyone too).")],
+    topics: Annotated[
+        list[str] | None, typer.Option("--topic", show_default=False, help="Only this topic (repeatable).")
+    ] = None,
+    since: SinceOption = None,
+    follow: FollowOption = True,
+    max_records: MaxOption = None,
+    idle_timeout: IdleOption = None,
+) -> None:
+    """Show notifications for a user: history from --since, then live.
+
+    The server raises notifications itself (e.g. topic [bold]files[/bold]: an upload
+    completed); [bold]streamcli notify send[/bold] raises others. Reconnects and resumes
+    like [bold]tail events[/bold].
+
+    Examples:
+
+      streamcli tail notifications --user alice
+
+      streamcli --json tail notifications --user alice --topic files --since 1d --no-follow
+    """
+    from streamcli.client.notifications import notification_to_json
+    from streamcli.client.notifications import tail_notifications as stream
+    from streamcli.ui.records import notification_line
+
+    env = get_env(ctx)
+    options = _options(follow, max_records, idle_timeout)
+    start = _since(since)
+    _print_all(
+        env,
+        lambda conn: stream(conn, recipient=user, topics=topics or [], since=start, options=options),
+        notification_to_json,
+        notification_line,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``tail`` group to the tree."""
+    app.add_typer(tail_app, name="tail")

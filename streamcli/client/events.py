@@ -1,0 +1,155 @@
+"""Publishing and tailing user events; JSON conversion of events."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.enums import ShortNames
+from streamcli.client.tail import TailOptions, tail_log
+from streamcli.errors import StreamcliError, UsageError
+
+#: Events per PublishEventsRequest: several ride in one message (per-message cost dominates).
+PUBLISH_BATCH = 500
+
+EVENT_TYPES = ShortNames(pb.UserEventType, "USER_EVENT_TYPE_", "event type")
+
+
+def pack_data(data: Any) -> AnyMessage:
+    """JSON data as a google.protobuf.Any holding a Struct (objects) or a Value (anything else)."""
+    packed = AnyMessage()
+    if isinstance(data, dict):
+        struct = struct_pb2.Struct()
+        struct.update(data)
+        packed.Pack(struct)
+    else:
+        value = struct_pb2.Value()
+        json_format.ParseDict(data, value)
+        packed.Pack(value)
+    return packed
+
+
+def unpack_data(data: AnyMessage) -> Any:
+    """The JSON a packed Any carries (None when empty; foreign types as @type + base64)."""
+    if not data.type_url:
+        return None
+    for message_type in (struct_pb2.Struct, struct_pb2.Value):
+        if data.Is(message_type.DESCRIPTOR):
+            message = message_type()
+            data.Unpack(message)
+            return json_format.MessageToDict(message)
+    return {"@type": data.type_url, "base64": base64.b64encode(data.value).decode()}
+
+
+def event_from_json(record: dict[str, Any]) -> pb.UserEvent:
+    """An event from ``{"user_id", "type", "timestamp"?, "data"?}``."""
+    if not isinstance(record, dict):
+        raise UsageError("an event must be a JSON object")
+    unknown = set(record) - {"user_id", "type", "timestamp", "data"}
+    if unknown:
+        raise UsageError(f"unknown field(s) {', '.join(sorted(unknown))}")
+    user = record.get("user_id")
+    if not isinstance(user, str) or not user:
+        raise UsageError("user_id must be a non-empty string")
+    kind = record.get("type")
+    if not isinstance(kind, str):
+        raise UsageError("type must be a string")
+    event = pb.UserEvent(user_id=user, type=EVENT_TYPES.parse(kind))  # type: ignore[arg-type]
+    if record.get("timestamp") is not None:
+        event.timestamp.CopyFrom(parse_timestamp(str(record["timestamp"])))
+    if record.get("data") is not None:
+        event.data.CopyFrom(pack_data(record["data"]))
+    return event
+
+
+def event_to_json(event: pb.UserEvent) -> dict[str, Any]:
+    """The NDJSON form printed by ``tail events --json``."""
+    return {
+        "id": event.id,
+        "user_id": event.user_id,
+        "type": EVENT_TYPES.name(event.type),
+        "timestamp": event.timestamp.ToJsonString(),
+        "data": unpack_data(event.data),
+    }
+
+
+def parse_timestamp(text: str) -> Timestamp:
+    """An RFC 3339 / ISO 8601 time; without a zone it is taken as UTC."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(datetime.timezone.utc))
+    return stamp
+
+
+async def publish_events(conn: Connection, events: Iterable[pb.UserEvent]) -> pb.PublishEventsResponse:
+    """Publish events in batches over one client stream; returns the server's acknowledgement.
+
+    If ``events`` raises a StreamcliError (say, a malformed input line), the
+    stream is ended there, so that the server acknowledges exactly what it
+    appended, and the error is raised with that count added.
+    """
+    failure: list[StreamcliError] = []
+
+    def batches() -> Iterator[pb.PublishEventsRequest]:
+        batch: list[pb.UserEvent] = []
+        try:
+            for event in events:
+                batch.append(event)
+                if len(batch) == PUBLISH_BATCH:
+                    yield pb.PublishEventsRequest(events=batch)
+                    batch = []
+        except StreamcliError as exc:
+            failure.append(exc)
+        if batch:
+            yield pb.PublishEventsRequest(events=batch)
+
+    with rpc_errors(conn.settings.address):
+        response: pb.PublishEventsResponse = await conn.stub.PublishEvents(batches(), metadata=conn.metadata)
+    if failure:
+        published = (
+            f"the {response.count} event(s) before it were published (ids {response.first_id}-{response.last_id})"
+            if response.count
+            else "nothing was published"
+        )
+        raise type(failure[0])(f"{failure[0].message}; {published}")
+    return response
+
+
+def tail_events(
+    conn: Connection,
+    *,
+    user_id: str,
+    all_users: bool,
+    types: Sequence[pb.UserEventType.ValueType],
+    since: Timestamp | None,
+    options: TailOptions,
+) -> AsyncIterator[pb.UserEvent]:
+    """Events from the server, history (``since``) then live, resuming across reconnects."""
+
+    def open_stream(resume_after: int | None) -> Any:
+        request = pb.StreamUserEventsRequest(
+            user_id=user_id, all_users=all_users, event_types=types, no_follow=not options.follow
+        )
+        if resume_after is None:
+            if since is not None:
+                request.start_time.CopyFrom(since)
+        elif resume_after:
+            request.resume_after_id = resume_after
+        else:
+            request.start_time.CopyFrom(Timestamp())  # after position 0: everything
+        return conn.stub.StreamUserEvents(request, metadata=conn.metadata)
+
+    return tail_log(conn, open_stream, lambda response: response.events, options)

@@ -1,0 +1,54 @@
+"""One line per event or notification: rich and colour-coded on a terminal, plain elsewhere."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.text import Text
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.events import EVENT_TYPES, unpack_data
+from streamcli.client.notifications import SEVERITIES
+
+TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "password_change": "magenta"}
+SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "bold red"}
+SUMMARY_CHARS = 120
+
+
+def _time(stamp: Any) -> str:
+    return str(stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3])
+
+
+def _summary(data: Any) -> str:
+    if data is None:
+        return ""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
+
+
+def event_line(event: pb.UserEvent) -> Text:
+    """``time  #id  user  type  data``, the type coloured."""
+    kind = EVENT_TYPES.name(event.type)
+    line = Text()
+    line.append(_time(event.timestamp), style="dim")
+    line.append(f"  #{event.id:<6} ", style="dim")
+    line.append(f"{event.user_id:<12} ", style="bold")
+    line.append(f"{kind:<15} ", style=TYPE_STYLES.get(kind, ""))
+    line.append(_summary(unpack_data(event.data)))
+    return line
+
+
+def notification_line(notification: pb.Notification) -> Text:
+    """``time  #id  [severity] topic  → recipient  title: body``."""
+    severity = SEVERITIES.name(notification.severity)
+    line = Text()
+    line.append(_time(notification.timestamp), style="dim")
+    line.append(f"  #{notification.id:<6} ", style="dim")
+    line.append(f"{severity:<7} ", style=SEVERITY_STYLES.get(severity, ""))
+    line.append(f"{notification.topic:<10} ", style="bold")
+    line.append(f"→ {notification.recipient:<10} ", style="dim")
+    line.append(notification.title)
+    if notification.body:
+        line.append(f": {notification.body}", style="dim")
+    return line
