@@ -1,0 +1,256 @@
+"""Events and notifications against the real server: hand-over, filters, trimming, heartbeats, slow readers."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.events import event_from_json, event_to_json, publish_events, tail_events
+from streamcli.client.notifications import send_notification, tail_notifications
+from streamcli.client.tail import TailOptions
+from streamcli.errors import ConflictError, InvalidArgumentError
+from streamcli.server.app import RunningServer
+from streamcli.services.logs import Retention
+from tests.support.servers import client, running_server
+
+LOGIN, LOGOUT = pb.USER_EVENT_TYPE_LOGIN, pb.USER_EVENT_TYPE_LOGOUT
+
+
+@pytest.fixture
+async def conn(server: RunningServer) -> AsyncIterator[Connection]:
+    async with client(server.address) as connection:
+        yield connection
+
+
+def event(user: str, kind: int = LOGIN, **data: object) -> pb.UserEvent:
+    message = pb.UserEvent(user_id=user, type=kind)  # type: ignore[arg-type]
+    if data:
+        message.data.CopyFrom(event_from_json({"user_id": user, "type": "login", "data": data}).data)
+    return message
+
+
+def epoch() -> Timestamp:
+    return Timestamp(seconds=1)
+
+
+async def collect(stream: AsyncIterator[pb.UserEvent]) -> list[pb.UserEvent]:
+    return [e async for e in stream]
+
+
+async def test_publish_acknowledges_ids_and_tail_replays_with_data(conn: Connection) -> None:
+    reply = await publish_events(conn, [event("alice", ip="10.0.0.1"), event("bob", LOGOUT)])
+    assert (reply.count, reply.first_id, reply.last_id) == (2, 1, 2)
+    history = await collect(
+        tail_events(conn, user_id="", all_users=True, types=[], since=epoch(), options=TailOptions(follow=False))
+    )
+    assert [event_to_json(e)["type"] for e in history] == ["login", "logout"]
+    assert event_to_json(history[0])["data"] == {"ip": "10.0.0.1"}
+    assert history[0].HasField("timestamp") and history[0].id == 1
+
+
+async def test_history_then_live_has_no_gap_or_duplicate_at_the_hand_over(conn: Connection) -> None:
+    await publish_events(conn, [event(f"user{n % 3}") for n in range(2000)])
+    total = 4000
+
+    async def publisher() -> None:
+        # Keep appending while the reader replays, so appends land during the hand-over.
+        for start in range(2000, total, 100):
+            await publish_events(conn, [event(f"user{n % 3}") for n in range(start, start + 100)])
+            await asyncio.sleep(0)
+
+    reader = tail_events(
+        conn, user_id="", all_users=True, types=[], since=epoch(), options=TailOptions(max_records=total)
+    )
+    task = asyncio.create_task(publisher())
+    ids = [e.id for e in await asyncio.wait_for(collect(reader), 60)]
+    await task
+    assert ids == list(range(1, total + 1))
+
+
+async def test_filters_by_user_and_type(conn: Connection) -> None:
+    await publish_events(conn, [event("alice"), event("bob"), event("alice", LOGOUT), event("carol", LOGOUT)])
+
+    async def tail(**kwargs: object) -> list[int]:
+        options = TailOptions(follow=False)
+        found = tail_events(conn, since=epoch(), options=options, **kwargs)  # type: ignore[arg-type]
+        return [e.id for e in await collect(found)]
+
+    assert await tail(user_id="alice", all_users=False, types=[]) == [1, 3]
+    assert await tail(user_id="alice", all_users=False, types=[LOGOUT]) == [3]
+    assert await tail(user_id="", all_users=True, types=[LOGOUT]) == [3, 4]
+
+
+async def test_since_replays_from_that_time(conn: Connection) -> None:
+    await publish_events(conn, [event("alice"), event("alice")])
+    await asyncio.sleep(0.05)
+    middle = Timestamp()
+    middle.GetCurrentTime()
+    await asyncio.sleep(0.05)
+    await publish_events(conn, [event("alice", LOGOUT)])
+    found = tail_events(
+        conn, user_id="alice", all_users=False, types=[], since=middle, options=TailOptions(follow=False)
+    )
+    assert [e.id for e in await collect(found)] == [3]
+
+
+async def test_resume_after_an_id_continues_exactly(conn: Connection) -> None:
+    await publish_events(conn, [event("alice") for _ in range(5)])
+    request = pb.StreamUserEventsRequest(user_id="alice", resume_after_id=3, no_follow=True)
+    responses = [r async for r in conn.stub.StreamUserEvents(request)]
+    assert [e.id for r in responses for e in r.events] == [4, 5]
+    assert responses[-1].position == 5
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "detail"),
+    [
+        (pb.StreamUserEventsRequest(), grpc.StatusCode.INVALID_ARGUMENT, "user_id is required"),
+        (pb.StreamUserEventsRequest(user_id="a", all_users=True), grpc.StatusCode.INVALID_ARGUMENT, "not both"),
+        (pb.StreamUserEventsRequest(user_id="a", event_types=[99]), grpc.StatusCode.INVALID_ARGUMENT, "type 99"),
+        (
+            pb.StreamUserEventsRequest(user_id="a", start_time=Timestamp(seconds=int(time.time()) + 3600)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "start_time is in the future",
+        ),
+        (pb.StreamUserEventsRequest(user_id="a", resume_after_id=50), grpc.StatusCode.OUT_OF_RANGE, "beyond the end"),
+    ],
+    ids=["no-user", "user-and-all", "unknown-type", "future-start", "resume-beyond-end"],
+)
+async def test_bad_tail_requests_get_precise_codes(
+    conn: Connection, request_: pb.StreamUserEventsRequest, code: grpc.StatusCode, detail: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        _ = [r async for r in conn.stub.StreamUserEvents(request_)]
+    assert failure.value.code() == code
+    assert detail in failure.value.details()
+
+
+@pytest.mark.parametrize(
+    ("bad", "detail"),
+    [(pb.UserEvent(type=LOGIN), "user_id is required"), (pb.UserEvent(user_id="a"), "unknown event type 0")],
+)
+async def test_bad_events_are_refused_on_publish(conn: Connection, bad: pb.UserEvent, detail: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=detail):
+        await publish_events(conn, [event("fine"), bad])
+
+
+async def test_a_trimmed_resume_point_is_out_of_range(tmp_path: pathlib.Path) -> None:
+    retention = Retention(max_age=None, max_count=3)
+    async with (
+        running_server(tmp_path, retention=retention, housekeeping_interval=0.05) as server,
+        client(server.address) as conn,
+    ):
+        await publish_events(conn, [event("alice") for _ in range(10)])
+        for _ in range(100):
+            if (await server.backend.log.bounds("events")).trimmed_through == 7:
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            _ = [
+                r
+                async for r in conn.stub.StreamUserEvents(
+                    pb.StreamUserEventsRequest(user_id="alice", resume_after_id=2)
+                )
+            ]
+        assert failure.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "trimmed by retention" in failure.value.details()
+        kept = pb.StreamUserEventsRequest(user_id="alice", resume_after_id=7, no_follow=True)
+        assert [e.id for r in [r async for r in conn.stub.StreamUserEvents(kept)] for e in r.events] == [8, 9, 10]
+        with pytest.raises(ConflictError), rpc_errors(server.address):  # the CLI's exit code 9
+            await conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="alice", resume_after_id=1)).read()
+
+
+async def test_idle_streams_get_heartbeats_with_the_position(tmp_path: pathlib.Path) -> None:
+    async with running_server(tmp_path, heartbeat=0.1) as server, client(server.address) as conn:
+        await publish_events(conn, [event("someone-else")])
+        call = conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="alice"))
+        started = time.monotonic()
+        beats = [await call.read() for _ in range(4)]
+        call.cancel()
+    assert all(not b.events for b in beats)
+    assert all(b.position == 1 for b in beats)
+    assert all(b.HasField("server_time") for b in beats)
+    assert time.monotonic() - started < 2
+
+
+async def test_a_stalled_reader_slows_neither_the_publisher_nor_other_readers(conn: Connection) -> None:
+    stalled = conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(all_users=True, start_time=epoch()))
+    await stalled.read()  # connected, then never reads again
+    total = 20_000
+    payload = "x" * 500
+
+    reader = asyncio.create_task(
+        collect(
+            tail_events(
+                conn, user_id="", all_users=True, types=[], since=epoch(), options=TailOptions(max_records=total)
+            )
+        )
+    )
+    started = time.monotonic()
+    for start in range(0, total, 1000):
+        await publish_events(conn, [event("u", pad=payload) for _ in range(start, start + 1000)])
+    published_in = time.monotonic() - started
+    received = await asyncio.wait_for(reader, 60)
+    stalled.cancel()
+    assert [e.id for e in received] == list(range(1, total + 1))
+    assert published_in < 30  # ~10 MB of events; a publisher blocked by the stalled reader would hang here
+
+
+async def test_shutdown_ends_tails_with_a_resume_point(tmp_path: pathlib.Path) -> None:
+    server_cm = running_server(tmp_path)
+    server = await server_cm.__aenter__()
+    try:
+        async with client(server.address) as conn:
+            await publish_events(conn, [event("alice")])
+            call = conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="alice", start_time=epoch()))
+            first = await call.read()
+            replay = await call.read()
+            assert first.position == 0 and [e.id for e in replay.events] == [1]
+            stopping = asyncio.create_task(server.stop(5))
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await asyncio.wait_for(call.read(), 3)
+            await stopping
+    finally:
+        if not server.stopping.is_set():
+            await server_cm.__aexit__(None, None, None)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "resume after id 1" in failure.value.details()
+
+
+async def test_notifications_by_recipient_topic_and_for_everyone(conn: Connection, tmp_path: pathlib.Path) -> None:
+    await send_notification(conn, recipient="alice", topic="deploy", title="v2 is live")
+    await send_notification(conn, recipient="bob", topic="deploy", title="not for alice")
+    await send_notification(conn, recipient="*", topic="maintenance", title="restart at 22:00")
+    source = tmp_path / "hello.txt"
+    source.write_text("hello")
+    from streamcli.client.progress import NullProgress
+    from streamcli.client.transfer import upload_path
+
+    uploaded = await upload_path(conn, source, NullProgress())
+
+    async def titles(topics: list[str]) -> list[str]:
+        found = tail_notifications(
+            conn, recipient="alice", topics=topics, since=epoch(), options=TailOptions(follow=False)
+        )
+        return [n.title async for n in found]
+
+    assert await titles([]) == ["v2 is live", "restart at 22:00", "upload completed: hello.txt"]
+    assert await titles(["files"]) == ["upload completed: hello.txt"]
+    files = tail_notifications(conn, recipient="x", topics=["files"], since=epoch(), options=TailOptions(follow=False))
+    assert [n.attributes["file_id"] async for n in files] == [uploaded.file_id]
+
+
+async def test_bad_notifications_are_refused(conn: Connection) -> None:
+    with pytest.raises(InvalidArgumentError, match="title is required"):
+        await send_notification(conn, recipient="alice", topic="deploy", title=" ")
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        _ = [r async for r in conn.stub.SubscribeToNotifications(pb.SubscribeToNotificationsRequest())]
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT

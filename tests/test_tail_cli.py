@@ -1,0 +1,115 @@
+"""``streamcli tail`` / ``events publish`` / ``notify send`` as real processes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from tests.support.servers import clean_env, free_port, run_cli, serve_process
+
+
+def publish(address: str, *lines: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "--address", address, "--json", "events", "publish", input="".join(json.dumps(x) + "\n" for x in lines)
+    )
+
+
+def test_publish_then_history_as_ndjson_and_exit_0(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        published = publish(
+            served.address,
+            {"user_id": "alice", "type": "login", "data": {"ip": "10.0.0.1"}},
+            {"user_id": "bob", "type": "USER_EVENT_TYPE_LOGOUT"},
+            {"user_id": "alice", "type": "logout", "timestamp": "2026-11-24T10:00:00Z"},
+        )
+        history = run_cli("--address", served.address, "--json", "tail", "events", "--user", "alice", "--since",
+                          "1h", "--no-follow")  # fmt: skip
+        human = run_cli("--address", served.address, "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+    assert published.returncode == 0, published.stderr
+    assert json.loads(published.stdout) == {"count": 3, "first_id": 1, "last_id": 3}
+    assert history.returncode == 0, history.stderr
+    records = [json.loads(line) for line in history.stdout.splitlines()]
+    assert [(r["id"], r["type"], r["data"]) for r in records] == [(1, "login", {"ip": "10.0.0.1"}), (3, "logout", None)]
+    assert records[1]["timestamp"] == "2026-11-24T10:00:00Z"
+    assert set(records[0]) == {"id", "user_id", "type", "timestamp", "data"}
+    assert human.returncode == 0 and len(human.stdout.splitlines()) == 3
+    assert "bob" in human.stdout and "logout" in human.stdout
+
+
+def test_max_and_idle_timeout_end_with_exit_0(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        publish(served.address, *({"user_id": "a", "type": "login"} for _ in range(5)))
+        limited = run_cli("--address", served.address, "--json", "tail", "events", "-u", "a", "--since", "1h",
+                          "--max", "2")  # fmt: skip
+        started = time.monotonic()
+        idle = run_cli("--address", served.address, "tail", "events", "-u", "nobody", "--idle-timeout", "0.5")
+        elapsed = time.monotonic() - started
+    assert limited.returncode == 0 and [json.loads(x)["id"] for x in limited.stdout.splitlines()] == [1, 2]
+    assert idle.returncode == 0 and idle.stdout == ""
+    assert elapsed < 10
+
+
+def test_tail_resumes_across_a_server_restart_without_gap_or_duplicate(tmp_path: pathlib.Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    with serve_process(tmp_path, address=address) as served:
+        publish(address, *({"user_id": "a", "type": "login"} for _ in range(10)))
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "streamcli", "--address", address, "--json", "tail", "events", "--all-users",
+             "--since", "1h", "--max", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+        assert tail.stdout is not None
+        first = [json.loads(tail.stdout.readline())["id"] for _ in range(10)]
+        served.process.send_signal(signal.SIGKILL)
+        served.process.wait(10)
+    with serve_process(tmp_path, address=address):
+        publish(address, *({"user_id": "b", "type": "logout"} for _ in range(20)))
+        out, err = tail.communicate(timeout=60)
+    assert tail.returncode == 0, err
+    ids = first + [json.loads(line)["id"] for line in out.splitlines()]
+    assert ids == list(range(1, 31))
+
+
+def test_ctrl_c_ends_a_tail_with_130(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "streamcli", "--address", served.address, "tail", "events", "-u", "a"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+        time.sleep(1.5)
+        tail.send_signal(signal.SIGINT)
+        _, err = tail.communicate(timeout=20)
+    assert tail.returncode == 130
+    assert err.strip() == "streamcli: error: interrupted"
+
+
+def test_notify_send_and_tail_notifications(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        sent = run_cli("--address", served.address, "--json", "notify", "send", "--to", "alice", "--topic", "deploy",
+                       "--title", "v2", "--severity", "warning", "--attr", "version=2")  # fmt: skip
+        bad = run_cli("--address", served.address, "notify", "send", "--to", "alice", "--topic", "t", "--title", "x",
+                      "--severity", "loud")  # fmt: skip
+        shown = run_cli("--address", served.address, "--json", "tail", "notifications", "--user", "alice",
+                        "--since", "1h", "--no-follow")  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["severity"] == "warning"
+    assert bad.returncode == 2 and "unknown severity 'loud'" in bad.stderr
+    [record] = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert (record["title"], record["attributes"]) == ("v2", {"version": "2"})
+
+
+def test_a_bad_line_on_stdin_is_reported_with_what_was_published(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        result = run_cli(
+            "--address", served.address, "events", "publish",
+            input='{"user_id": "a", "type": "login"}\n{"user_id": "a", "type": "nope"}\n',
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "streamcli: error: stdin line 2: unknown event type 'nope'; one of: login, logout, profile_update, "
+        "password_change; the 1 event(s) before it were published (ids 1-1)"
+    )
