@@ -8,6 +8,7 @@ _streamcli() {
         if [[ $skip == 1 ]]; then skip=0; continue; fi
         case "$cmdpath:$w" in
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
+            ':chat') cmdpath='chat' ;;
             ':download') cmdpath='download' ;;
             ':events') cmdpath='events' ;;
             ':files') cmdpath='files' ;;
@@ -16,6 +17,7 @@ _streamcli() {
             ':serve') cmdpath='serve' ;;
             ':tail') cmdpath='tail' ;;
             ':upload') cmdpath='upload' ;;
+            'chat:--room'|'chat:-r'|'chat:--user'|'chat:-u'|'chat:--backlog') skip=1 ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
             'events:publish') cmdpath='events publish' ;;
             'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp') skip=1 ;;
@@ -26,7 +28,7 @@ _streamcli() {
             'health:--timeout') skip=1 ;;
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--event-retention'|'serve:--log-level') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
             'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
@@ -41,6 +43,9 @@ _streamcli() {
         ':--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         ':--client-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         ':--client-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'chat:--room'|'chat:-r') COMPREPLY=(); return ;;
+        'chat:--user'|'chat:-u') COMPREPLY=(); return ;;
+        'chat:--backlog') COMPREPLY=(); return ;;
         'download:--output'|'download:-o') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'download:--retries') COMPREPLY=(); return ;;
         'events publish:--user'|'events publish:-u') COMPREPLY=(); return ;;
@@ -68,6 +73,9 @@ _streamcli() {
         'serve:--upload-ttl') COMPREPLY=(); return ;;
         'serve:--heartbeat') COMPREPLY=(); return ;;
         'serve:--event-retention') COMPREPLY=(); return ;;
+        'serve:--chat-backlog') COMPREPLY=(); return ;;
+        'serve:--chat-rate') COMPREPLY=(); return ;;
+        'serve:--stall-limit') COMPREPLY=(); return ;;
         'serve:--log-level') COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return ;;
         'tail events:--user'|'tail events:-u') COMPREPLY=(); return ;;
         'tail events:--type'|'tail events:-t') COMPREPLY=(); return ;;
@@ -85,7 +93,8 @@ _streamcli() {
         esac
     fi
     case "$cmdpath" in
-        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h download events files health notify serve tail upload' -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h chat download events files health notify serve tail upload' -- "$cur")) ;;
+        'chat') COMPREPLY=($(compgen -W '--room -r --user -u --backlog --allow-duplicate --help -h' -- "$cur")) ;;
         'download') COMPREPLY=($(compgen -W '--output -o --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
         'events') COMPREPLY=($(compgen -W '--help -h publish' -- "$cur")) ;;
         'events publish') COMPREPLY=($(compgen -W '--user -u --type -t --data -d --timestamp --help -h' -- "$cur")) ;;
@@ -96,7 +105,7 @@ _streamcli() {
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
         'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --event-retention --log-level --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
         'tail') COMPREPLY=($(compgen -W '--help -h events notifications' -- "$cur")) ;;
         'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
         'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;

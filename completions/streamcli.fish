@@ -11,6 +11,8 @@ function __streamcli_path
         switch "$cmdpath:$w"
             case ':--address' ':-a' ':--token' ':--ca-cert' ':--client-cert' ':--client-key'
                 set skip 1
+            case ':chat'
+                set cmdpath 'chat'
             case ':download'
                 set cmdpath 'download'
             case ':events'
@@ -27,6 +29,8 @@ function __streamcli_path
                 set cmdpath 'tail'
             case ':upload'
                 set cmdpath 'upload'
+            case 'chat:--room' 'chat:-r' 'chat:--user' 'chat:-u' 'chat:--backlog'
+                set skip 1
             case 'download:--output' 'download:-o' 'download:--retries'
                 set skip 1
             case 'events:publish'
@@ -47,7 +51,7 @@ function __streamcli_path
                 set cmdpath 'notify send'
             case 'notify send:--to' 'notify send:--topic' 'notify send:--title' 'notify send:--body' 'notify send:--severity' 'notify send:--attr'
                 set skip 1
-            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--event-retention' 'serve:--log-level'
+            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
                 set skip 1
             case 'tail:events'
                 set cmdpath 'tail events'
@@ -68,6 +72,7 @@ function __streamcli_at
     test "$cmdpath" = "$argv[1]"
 end
 complete -c streamcli -f
+complete -c streamcli -n '__streamcli_at '\'''\''' -a 'chat' -d 'Chat in a room: incoming messages print above your input line.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'download' -d 'Download a file, verified by SHA-256, via PATH.part (renamed only when complete).'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'events' -d 'Publish user events.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'files' -d 'List, inspect and delete stored files.'
@@ -86,6 +91,11 @@ complete -c streamcli -n '__streamcli_at '\'''\''' -l json -d 'Machine output on
 complete -c streamcli -n '__streamcli_at '\'''\''' -l traceback -d 'Show a traceback when a command fails.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l version -d 'Show the version and exit.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''chat'\''' -l room -s r -x -d 'Room to join (letters, digits, - _ .).'
+complete -c streamcli -n '__streamcli_at '\''chat'\''' -l user -s u -x -d 'Your name. [default: $USER]'
+complete -c streamcli -n '__streamcli_at '\''chat'\''' -l backlog -x -d 'Recent messages to show on joining; 0: the server'\''s.'
+complete -c streamcli -n '__streamcli_at '\''chat'\''' -l allow-duplicate -d 'Join even if this user is already in the room elsewhere.'
+complete -c streamcli -n '__streamcli_at '\''chat'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''download'\''' -l output -s o -r -F -d 'File or directory to write to; '\''-'\'' writes to stdout. [default: the stored name, here]'
 complete -c streamcli -n '__streamcli_at '\''download'\''' -l resume -l no-resume -d 'Continue from an existing PATH.part.'
 complete -c streamcli -n '__streamcli_at '\''download'\''' -l force -s f -d 'Overwrite an existing file.'
@@ -131,6 +141,9 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l quota -x -d 'Total si
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l upload-ttl -x -d 'How long an interrupted upload stays resumable (e.g. 24h).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l heartbeat -x -d 'Seconds between heartbeats on idle tail and chat streams.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l event-retention -x -d 'What the event and notification logs keep: an age (7d), a record count (100000), both (7d,100000) or none. Readers behind what is trimmed get OUT_OF_RANGE.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l chat-backlog -x -d 'Chat messages a joining client gets when it does not say how many.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l chat-rate -x -d 'Chat messages per second one user may send to a room (bursts of 20).'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l stall-limit -x -d 'Seconds a chat client may stop reading before it is disconnected (it can resume).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l log-level -x -a 'debug info warning error' -d 'Log verbosity (logs go to stderr).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''tail'\''' -a 'events' -d 'Show user events: history from --since, then live as they are published.'

@@ -14,6 +14,7 @@ from streamcli.client.health import check_health
 from streamcli.client.settings import ConnectionSettings
 from streamcli.errors import AuthError, UnavailableError, UsageError
 from streamcli.server.app import RunningServer, ServerConfig
+from streamcli.services.chat import ChatService
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
 from streamcli.services.notifications import NotificationService
@@ -33,7 +34,7 @@ NINE_RPCS = {
     "ProcessLiveData": "stream_stream",
 }
 ONE_PER_KIND = {kind(m): m for m in METHODS}
-DOMAINS = (FileService, EventService, NotificationService)
+DOMAINS = (FileService, EventService, NotificationService, ChatService)
 UNBUILT = [m for m in METHODS if not any(hasattr(domain, m.name) for domain in DOMAINS)]
 
 

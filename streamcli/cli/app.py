@@ -103,7 +103,7 @@ def root(
 
 def _register() -> None:
     # One line per command group; each module only knows about `app`.
-    from streamcli.cli import events, files, health, notify, serve, tail, transfer
+    from streamcli.cli import chat, events, files, health, notify, serve, tail, transfer
 
     serve.register(app)
     health.register(app)
@@ -112,6 +112,7 @@ def _register() -> None:
     tail.register(app)
     events.register(app)
     notify.register(app)
+    chat.register(app)
 
 
 _register()

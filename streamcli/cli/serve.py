@@ -111,6 +111,16 @@ def serve(
             "(7d,100000) or none. Readers behind what is trimmed get OUT_OF_RANGE.",
         ),
     ] = "30d",
+    chat_backlog: Annotated[
+        int, typer.Option(min=0, help="Chat messages a joining client gets when it does not say how many.")
+    ] = 50,
+    chat_rate: Annotated[
+        float, typer.Option(min=0.1, help="Chat messages per second one user may send to a room (bursts of 20).")
+    ] = 5.0,
+    stall_limit: Annotated[
+        float,
+        typer.Option(min=1.0, help="Seconds a chat client may stop reading before it is disconnected (it can resume)."),
+    ] = 30.0,
     log_level: Annotated[
         LogLevel,
         typer.Option(envvar="STREAMCLI_LOG_LEVEL", case_sensitive=False, help="Log verbosity (logs go to stderr)."),
@@ -144,6 +154,7 @@ def serve(
 
     from streamcli.server.app import ServerConfig
     from streamcli.server.app import serve as run_server
+    from streamcli.services.chat import ChatSettings
     from streamcli.services.logs import Retention
 
     config = ServerConfig(
@@ -161,6 +172,7 @@ def serve(
         upload_ttl=parse_duration(upload_ttl),
         heartbeat=heartbeat,
         retention=Retention(*parse_retention(event_retention)),
+        chat=ChatSettings(backlog=chat_backlog, rate=chat_rate, stall_limit=stall_limit),
     )
     asyncio.run(run_server(config))
 

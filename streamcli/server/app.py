@@ -28,6 +28,7 @@ from streamcli.backends.base import Backend
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.service import SERVICE_NAME, build_servicer
+from streamcli.services.chat import ChatService, ChatSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileLimits, FileService
@@ -58,6 +59,7 @@ class ServerConfig:
     heartbeat: float = 15.0  # seconds between heartbeats on idle log streams
     retention: Retention = dataclasses.field(default_factory=Retention)  # of the event and notification logs
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
+    chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
 
     @property
     def tls(self) -> bool:
@@ -153,7 +155,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
             public_address=address,
             notifications=notifications,
         )
-        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([files, events, notifications]), server)
+        chat = ChatService(backend, log_settings, config.chat, stopping, notifications)
+        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([files, events, notifications, chat]), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -1585,14 +1585,19 @@ class ChatJoin(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     BACKLOG_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
+    ALLOW_DUPLICATE_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     """Room to join. Required: 1-64 characters of letters, digits, '-', '_', '.'."""
     user_id: _builtins.str
     """Who joins; ignored when the server derives identity from the token."""
     backlog: _builtins.int
-    """Number of recent messages to replay on join (0 = server default)."""
+    """Number of recent messages to replay on join (0 = the server's default)."""
     resume_after_id: _builtins.int
     """Continue exactly after this room log id (reconnect); 0 = unset."""
+    allow_duplicate: _builtins.bool
+    """Join even if the same user already has a live session in the room (e.g. a
+    second terminal). Without it such a join fails with ALREADY_EXISTS.
+    """
     def __init__(
         self,
         *,
@@ -1600,10 +1605,11 @@ class ChatJoin(_message.Message):
         user_id: _builtins.str = ...,
         backlog: _builtins.int = ...,
         resume_after_id: _builtins.int = ...,
+        allow_duplicate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_duplicate", b"allow_duplicate", "backlog", b"backlog", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,127 @@
+"""``streamcli chat``: the terminal chat client (a REPL, or line mode for scripts)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from streamcli.cli.environment import Environment, get_env
+
+if TYPE_CHECKING:
+    import pathlib
+
+    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+    from streamcli.client.connection import Connection
+
+
+def chat(
+    ctx: typer.Context,
+    room: Annotated[str, typer.Option("--room", "-r", help="Room to join (letters, digits, - _ .).")] = "general",
+    user: Annotated[
+        str | None,
+        typer.Option("--user", "-u", envvar="STREAMCLI_USER", show_default=False, help="Your name. [default: $USER]"),
+    ] = None,
+    backlog: Annotated[int, typer.Option(min=0, help="Recent messages to show on joining; 0: the server's.")] = 0,
+    allow_duplicate: Annotated[
+        bool, typer.Option("--allow-duplicate", help="Join even if this user is already in the room elsewhere.")
+    ] = False,
+) -> None:
+    """Chat in a room: incoming messages print above your input line.
+
+    Enter sends, Alt-Enter starts a new line, Tab completes /commands; Ctrl-C
+    clears the line, Ctrl-D or /quit leaves. Commands: /join ROOM, /leave, /who,
+    /me ACTION, /send PATH, /get ID [PATH], /history N, /help. Reconnects by itself
+    and shows nothing twice. Input history is kept across sessions.
+
+    When stdin is not a terminal each input line is sent as a message, incoming
+    messages print as lines ([cyan]--json[/cyan]: NDJSON), and the end of input leaves.
+
+    Examples:
+
+      streamcli chat --room dev --user alice
+
+      echo 'deploy finished' | streamcli chat --room ops --user ci-bot
+
+      streamcli --json chat --room ops --user logger < /dev/null
+    """
+    env = get_env(ctx)
+    name = user or os.environ.get("USER") or getpass.getuser()
+    if env.stdin.isatty() and env.stdout.isatty() and not env.json:
+        import pathlib
+
+        import platformdirs
+
+        state = pathlib.Path(platformdirs.user_state_dir("streamcli"))
+        state.mkdir(parents=True, exist_ok=True)
+        env.run(lambda conn: _interactive(conn, name, room, backlog, state / "chat_history"))
+    else:
+        env.run(lambda conn: _line_mode(env, conn, name, room, backlog, allow_duplicate))
+
+
+async def _interactive(conn: Connection, user: str, room: str, backlog: int, history: pathlib.Path) -> None:
+    from prompt_toolkit.history import FileHistory
+
+    from streamcli.ui.chat import ChatRepl
+
+    await ChatRepl(conn, user, room, backlog=backlog, history=FileHistory(str(history))).run()
+
+
+async def _line_mode(env: Environment, conn: Connection, user: str, room: str, backlog: int, duplicate: bool) -> None:
+    """Each stdin line becomes a message; incoming messages print as lines; EOF leaves."""
+    import asyncio
+
+    from streamcli.client.chat import ChatClient, ChatHandlers
+    from streamcli.errors import StreamcliError
+
+    def show(message: pb.ChatMessage) -> None:
+        if env.json:
+            env.emit_json(message_json(message))
+        else:
+            author = "--" if message.user_id == "system" else f"<{message.user_id}>"
+            env.stdout.write(f"{message.timestamp.ToJsonString()} {author} {message.content}\n")
+            env.stdout.flush()
+
+    def notice(item: Any) -> None:
+        env.error(f"{item.message} ({item.code})")
+
+    client = ChatClient(conn, room, user, ChatHandlers(message=show, notice=notice), backlog=backlog,
+                        allow_duplicate=duplicate)  # fmt: skip
+    runner = asyncio.create_task(client.run())
+
+    async def pump() -> None:
+        while line := await asyncio.to_thread(env.stdin.readline):
+            if line.strip():
+                client.send_text(line.rstrip("\n"))
+        client.leave()
+
+    feeder = asyncio.create_task(pump())
+    try:
+        await runner
+    except StreamcliError:
+        feeder.cancel()
+        raise
+
+
+def message_json(message: pb.ChatMessage) -> dict[str, Any]:
+    """The NDJSON form of a chat message."""
+    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+    from streamcli.client.enums import ShortNames
+
+    types = ShortNames(pb.ChatMessageType, "CHAT_MESSAGE_TYPE_", "message type")
+    return {
+        "id": message.id,
+        "room_id": message.room_id,
+        "user_id": message.user_id,
+        "type": types.name(message.type),
+        "content": message.content,
+        "file_id": message.file_id,
+        "timestamp": message.timestamp.ToJsonString(),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``chat`` to the tree."""
+    app.command()(chat)

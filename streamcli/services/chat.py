@@ -1,0 +1,326 @@
+"""Chat: the bidirectional Chat RPC and ListRoomMembers.
+
+A room is a log (``room:<id>``, key = user, kind = message type). A session
+joins first (presence + a SYSTEM message), then reads the room's log from its
+backlog or resume point while its requests are appended. TYPING is delivered
+live to the sessions of this server and never stored. Each session writes at
+its own pace; one whose client stops reading for ``stall_limit`` seconds is
+disconnected with RESOURCE_EXHAUSTED and can resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import re
+import time
+import unicodedata
+from collections.abc import AsyncIterator
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
+from streamcli.services.logs import Context, LogCursor, LogSettings, ServerStopping, timestamp
+from streamcli.services.notifications import NotificationService
+
+log = logging.getLogger("streamcli.chat")
+
+ROOM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.-]{1,32})")
+SYSTEM_USER = "system"
+MAX_CONTENT_BYTES = 16 * 1024
+#: TYPING indicators one user sends to a room are passed on at most this often (seconds).
+TYPING_INTERVAL = 1.0
+#: Per-session undelivered notices, presence answers and typing indicators kept (oldest dropped: all ephemeral).
+OUTBOX_SIZE = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatSettings:
+    """Limits and defaults of chat rooms."""
+
+    backlog: int = 50  # messages replayed on join when the client does not say
+    rate: float = 5.0  # messages per second per user and room (sustained)
+    burst: int = 20  # messages a user may send at once before the rate applies
+    stall_limit: float = 30.0  # seconds a client may leave its stream unread before it is disconnected
+
+
+class _Kicked(Exception):
+    """The session's client stopped reading."""
+
+
+class Session:
+    """One client's stream in a room."""
+
+    def __init__(self, room: Room, user: str, task: asyncio.Task[object] | None) -> None:
+        self.room = room
+        self.user = user
+        self.task = task  # the handler's task: cancelled when its client stops reading
+        self.wake = asyncio.Event()
+        self.outbox: collections.deque[pb.ChatResponse] = collections.deque(maxlen=OUTBOX_SIZE)
+        self.writing_since: float | None = None  # loop time a pending write started
+        self.kicked = False
+        self.tokens = float(room.settings.burst)
+        self.refilled = time.monotonic()
+
+    def push(self, response: pb.ChatResponse) -> None:
+        """Queue an ephemeral, per-session response (notice, presence, typing)."""
+        self.outbox.append(response)
+        self.wake.set()
+
+    def take_token(self) -> bool:
+        """Token bucket of the rate limit: True if one more message may be sent now."""
+        now = time.monotonic()
+        settings = self.room.settings
+        self.tokens = min(settings.burst, self.tokens + (now - self.refilled) * settings.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class Room:
+    """The sessions of one room on this server, and the task that wakes them."""
+
+    def __init__(self, room_id: str, service: ChatService) -> None:
+        self.room_id = room_id
+        self.stream = f"room:{room_id}"
+        self.service = service
+        self.settings = service.settings
+        self.sessions: set[Session] = set()
+        self.last_typing: dict[str, float] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    def members(self) -> list[str]:
+        return sorted({s.user for s in self.sessions})
+
+    def add(self, session: Session) -> None:
+        self.sessions.add(session)
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name=f"room {self.room_id}")
+
+    def remove(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions and self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+            self.service.rooms.pop(self.room_id, None)
+
+    async def _watch(self) -> None:
+        """Wake every session when the log grows; disconnect sessions whose client stopped reading."""
+        store = self.service.backend.log
+        seen = (await store.bounds(self.stream)).last_id
+        while True:
+            if await store.wait_for(self.stream, seen, 1.0):
+                seen = (await store.bounds(self.stream)).last_id
+                for session in self.sessions:
+                    session.wake.set()
+            elif self.service.stopping.is_set():
+                for session in self.sessions:
+                    session.wake.set()  # each raises ServerStopping with its resume point
+                return
+            now = asyncio.get_running_loop().time()
+            for session in list(self.sessions):
+                stalled = session.writing_since is not None and now - session.writing_since > self.settings.stall_limit
+                if stalled and not session.kicked and session.task is not None:
+                    session.kicked = True
+                    session.task.cancel()
+
+
+class ChatService:
+    """The chat RPCs of ``StreamingService``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        log_settings: LogSettings,
+        settings: ChatSettings,
+        stopping: asyncio.Event,
+        notifications: NotificationService | None = None,
+    ) -> None:
+        self.backend = backend
+        self.log_settings = log_settings
+        self.settings = settings
+        self.stopping = stopping
+        self.notifications = notifications
+        self.rooms: dict[str, Room] = {}
+
+    async def ListRoomMembers(self, request: pb.ListRoomMembersRequest, context: Context) -> pb.ListRoomMembersResponse:
+        room = self.rooms.get(request.room_id)
+        return pb.ListRoomMembersResponse(
+            presence=pb.ChatPresence(room_id=request.room_id, users=room.members() if room else [])
+        )
+
+    async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context) -> None:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("action") != "join":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a chat stream must be a join")
+        assert first is not None
+        join = first.join
+        if not ROOM_ID.fullmatch(join.room_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "room_id must be 1-64 letters, digits, '-', '_' or '.'"
+            )
+        if not USER_ID.fullmatch(join.user_id) or join.user_id == SYSTEM_USER:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-32 letters, digits, '-', '_' or '.' (not 'system')"
+            )
+        room = self.rooms.get(join.room_id) or self.rooms.setdefault(join.room_id, Room(join.room_id, self))
+        if not join.allow_duplicate and join.user_id in room.members():
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"{join.user_id} is already in room {join.room_id} in another session"
+            )
+        store = self.backend.log
+        bounds = await store.bounds(room.stream)
+        if join.resume_after_id:
+            if join.resume_after_id > bounds.last_id:
+                await context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE, f"resume id {join.resume_after_id} is beyond the end of the room"
+                )
+            start = join.resume_after_id
+        else:
+            start = max(bounds.trimmed_through, bounds.last_id - (join.backlog or self.settings.backlog))
+
+        session = Session(room, join.user_id, asyncio.current_task())
+        room.add(session)  # joining comes first: presence, then the join message, then reading
+        await self._system(room, f"{session.user} joined", session.user)
+        cursor = LogCursor(store, room.stream, start, lambda record: True)
+        receiver = asyncio.create_task(self._receive(session, request_iterator))
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                async for response in self._deliver(session, cursor, receiver):
+                    session.writing_since = loop.time()
+                    await context.write(response)
+                    session.writing_since = None
+            except asyncio.CancelledError:
+                if not session.kicked:
+                    raise
+                # The room's watcher cancelled a write the client left pending for too long.
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                raise _Kicked from None
+        except TrimmedError:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"messages after {start} were trimmed")
+        except ServerStopping as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume after id {exc.position}"
+            )
+        except _Kicked:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"disconnected: the client did not read for {self.settings.stall_limit:g} s; "
+                f"resume after id {cursor.position}",
+            )
+        finally:
+            receiver.cancel()
+            room.remove(session)
+            # Said even when the client vanished without a goodbye.
+            await asyncio.shield(self._system(room, f"{session.user} left", session.user))
+
+    async def _deliver(
+        self, session: Session, cursor: LogCursor, receiver: asyncio.Task[None]
+    ) -> AsyncIterator[pb.ChatResponse]:
+        """Backlog, then live messages and this session's ephemeral responses, until the client leaves."""
+        store = self.backend.log
+        while True:
+            session.wake.clear()
+            records = await store.read(cursor.stream, cursor.position, 200)
+            if records:
+                cursor.position = records[-1].id
+                batches = [pb.ChatResponse(messages=[_message(r) for r in records])]
+            else:
+                batches = []
+            while session.outbox:
+                batches.append(session.outbox.popleft())
+            for response in batches:
+                yield response
+            if records or batches:
+                continue
+            if receiver.done():
+                return  # the client half-closed (left) and everything up to now was delivered
+            if self.stopping.is_set():
+                raise ServerStopping(cursor.position)
+            waiter = asyncio.ensure_future(session.wake.wait())
+            done, _ = await asyncio.wait({waiter, receiver}, timeout=self.log_settings.heartbeat,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            waiter.cancel()
+            if not done:
+                yield pb.ChatResponse()  # heartbeat
+
+    async def _receive(self, session: Session, requests: AsyncIterator[pb.ChatRequest]) -> None:
+        """Append what the client sends; answer bad messages with an in-band notice."""
+        async for request in requests:
+            action = request.WhichOneof("action")
+            if action == "send":
+                problem = await self._post(session, request.send)
+                if problem:
+                    code, text = problem
+                    session.push(pb.ChatResponse(notice=pb.ChatNotice(code=code, message=text)))
+            elif action == "who":
+                room = session.room
+                session.push(pb.ChatResponse(presence=pb.ChatPresence(room_id=room.room_id, users=room.members())))
+            else:
+                session.push(
+                    pb.ChatResponse(
+                        notice=pb.ChatNotice(code="INVALID_ARGUMENT", message=f"unexpected {action or 'empty message'}")
+                    )
+                )
+
+    async def _post(self, session: Session, send: pb.ChatSend) -> tuple[str, str] | None:
+        """Validate and append (or relay, for TYPING) one message; returns (code, why) when refused."""
+        room = session.room
+        if send.type == pb.CHAT_MESSAGE_TYPE_TYPING:
+            now = time.monotonic()
+            if now - room.last_typing.get(session.user, 0.0) >= TYPING_INTERVAL:
+                room.last_typing[session.user] = now
+                typing = pb.ChatMessage(
+                    user_id=session.user, room_id=room.room_id, type=pb.CHAT_MESSAGE_TYPE_TYPING,
+                    timestamp=timestamp(time.time()),
+                )  # fmt: skip
+                for other in room.sessions:
+                    if other.user != session.user:
+                        other.push(pb.ChatResponse(messages=[typing]))
+            return None
+        if send.type not in (pb.CHAT_MESSAGE_TYPE_TEXT, pb.CHAT_MESSAGE_TYPE_IMAGE, pb.CHAT_MESSAGE_TYPE_FILE):
+            return "INVALID_ARGUMENT", f"message type {send.type} cannot be sent (use TEXT, IMAGE, FILE or TYPING)"
+        if len(send.content.encode()) > MAX_CONTENT_BYTES:
+            return "INVALID_ARGUMENT", f"message longer than {MAX_CONTENT_BYTES} bytes"
+        if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in send.content):
+            return "INVALID_ARGUMENT", "message contains control characters"
+        if send.type == pb.CHAT_MESSAGE_TYPE_TEXT and not send.content.strip():
+            return "INVALID_ARGUMENT", "empty message"
+        if send.type != pb.CHAT_MESSAGE_TYPE_TEXT and await self.backend.metadata.get_file(send.file_id) is None:
+            return "NOT_FOUND", f"no file {send.file_id!r} to share"
+        if not session.take_token():
+            return "RESOURCE_EXHAUSTED", f"slow down: at most {self.settings.rate:g} messages per second"
+        message = pb.ChatMessage(user_id=session.user, room_id=room.room_id, content=send.content, type=send.type,
+                                 file_id=send.file_id)  # fmt: skip
+        await self.backend.log.append(
+            room.stream, [NewRecord(session.user, pb.ChatMessageType.Name(send.type), message.SerializeToString())]
+        )
+        if self.notifications is not None:
+            for mentioned in set(MENTION.findall(send.content)) - {session.user}:
+                await self.notifications.raise_(
+                    mentioned, "chat", f"{session.user} mentioned you in {room.room_id}", send.content[:200],
+                    attributes={"room_id": room.room_id},
+                )  # fmt: skip
+        return None
+
+    async def _system(self, room: Room, text: str, about: str) -> None:
+        message = pb.ChatMessage(user_id=SYSTEM_USER, room_id=room.room_id, content=text,
+                                 type=pb.CHAT_MESSAGE_TYPE_SYSTEM)  # fmt: skip
+        await self.backend.log.append(
+            room.stream, [NewRecord(about, "CHAT_MESSAGE_TYPE_SYSTEM", message.SerializeToString())]
+        )
+
+
+def _message(record: LogRecord) -> pb.ChatMessage:
+    message = pb.ChatMessage.FromString(record.payload)
+    message.id = record.id
+    message.timestamp.CopyFrom(timestamp(record.timestamp))
+    return message
