@@ -107,8 +107,10 @@ class RunningServer:
         """Go NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds.
 
         Log streams (tails, chat) end at once with UNAVAILABLE naming the id to
-        resume after; their clients reconnect elsewhere or later.
+        resume after; their clients reconnect elsewhere or later. Stopping twice is harmless.
         """
+        if self.stopping.is_set():
+            return
         self.stopping.set()
         self.backend.log.release_readers()
         await self.health.enter_graceful_shutdown()

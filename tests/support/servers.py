@@ -20,8 +20,9 @@ from streamcli.server.app import RunningServer, ServerConfig, start_server
 
 @contextlib.asynccontextmanager
 async def running_server(data_dir: pathlib.Path, **config: Any) -> AsyncIterator[RunningServer]:
-    """Start the real server on 127.0.0.1:<free port>; stop it on exit."""
-    server = await start_server(ServerConfig(data_dir=data_dir, address="127.0.0.1:0", **config))
+    """Start the real server (on 127.0.0.1:<free port> unless ``address`` is given); stop it on exit."""
+    config.setdefault("address", "127.0.0.1:0")
+    server = await start_server(ServerConfig(data_dir=data_dir, **config))
     try:
         yield server
     finally:

@@ -1,0 +1,340 @@
+"""Chat against the real server: join/leave, backlog, resume, typing, limits, stalled clients, the REPL."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.chat import ChatClient, ChatHandlers, ChatState
+from streamcli.client.connection import Connection
+from streamcli.server.app import RunningServer
+from streamcli.services.chat import ChatSettings
+from streamcli.ui.chat import ChatRepl
+from tests.support.servers import client, running_server
+
+TEXT, TYPING = pb.CHAT_MESSAGE_TYPE_TEXT, pb.CHAT_MESSAGE_TYPE_TYPING
+
+
+@pytest.fixture
+async def conn(server: RunningServer) -> AsyncIterator[Connection]:
+    async with client(server.address) as connection:
+        yield connection
+
+
+class RawChat:
+    """A bare Chat stream, for looking at exactly what the server sends."""
+
+    def __init__(self, conn: Connection, room: str, user: str, **join: object) -> None:
+        self.call = conn.stub.Chat()
+        self.join = pb.ChatJoin(room_id=room, user_id=user, **join)  # type: ignore[arg-type]
+
+    async def open(self) -> RawChat:
+        await self.call.write(pb.ChatRequest(join=self.join))
+        return self
+
+    async def say(self, content: str, kind: int = TEXT, file_id: str = "") -> None:
+        await self.call.write(pb.ChatRequest(send=pb.ChatSend(type=kind, content=content, file_id=file_id)))  # type: ignore[arg-type]
+
+    async def next(self, timeout: float = 5) -> pb.ChatResponse:
+        while True:
+            response: pb.ChatResponse = await asyncio.wait_for(self.call.read(), timeout)
+            if response.messages or response.HasField("presence") or response.HasField("notice"):
+                return response
+
+    async def messages_until(self, content: str, timeout: float = 5) -> list[pb.ChatMessage]:
+        seen: list[pb.ChatMessage] = []
+        while not any(m.content == content for m in seen):
+            seen.extend((await self.next(timeout)).messages)
+        return seen
+
+    async def close(self) -> None:
+        await self.call.done_writing()
+        _ = [r async for r in self.call]
+
+
+async def test_join_and_leave_are_announced_to_the_room(conn: Connection) -> None:
+    alice = await RawChat(conn, "lobby", "alice").open()
+    assert [m.content for m in await alice.messages_until("alice joined")] == ["alice joined"]
+    bob = await RawChat(conn, "lobby", "bob").open()
+    assert (await alice.messages_until("bob joined"))[-1].type == pb.CHAT_MESSAGE_TYPE_SYSTEM
+    await bob.say("hi alice")
+    said = (await alice.messages_until("hi alice"))[-1]
+    assert (said.user_id, said.room_id, said.type) == ("bob", "lobby", TEXT)
+    assert said.id > 0 and said.HasField("timestamp")
+    await bob.close()
+    assert (await alice.messages_until("bob left"))[-1].user_id == "system"
+    # A client that vanishes without a goodbye is announced too.
+    carol = await RawChat(conn, "lobby", "carol").open()
+    await alice.messages_until("carol joined")
+    carol.call.cancel()
+    await alice.messages_until("carol left")
+    alice.call.cancel()
+
+
+async def test_backlog_on_join_then_live(conn: Connection) -> None:
+    writer = await RawChat(conn, "history", "writer").open()
+    for n in range(10):
+        await writer.say(f"message {n}")
+    await writer.messages_until("message 9")
+    reader = await RawChat(conn, "history", "reader", backlog=3).open()
+    seen = await reader.messages_until("reader joined")
+    assert [m.content for m in seen] == ["message 7", "message 8", "message 9", "reader joined"]
+    await writer.say("live one")
+    assert (await reader.messages_until("live one"))[-1].user_id == "writer"
+    writer.call.cancel()
+    reader.call.cancel()
+
+
+async def test_resume_after_an_id_gets_exactly_what_was_missed(conn: Connection) -> None:
+    writer = await RawChat(conn, "resume", "writer").open()
+    await writer.say("before")
+    before = (await writer.messages_until("before"))[-1]
+    for n in range(5):
+        await writer.say(f"missed {n}")
+    await writer.messages_until("missed 4")
+    back = await RawChat(conn, "resume", "back", resume_after_id=before.id).open()
+    seen = await back.messages_until("back joined")
+    assert [m.content for m in seen] == [f"missed {n}" for n in range(5)] + ["back joined"]
+    assert [m.id for m in seen] == list(range(before.id + 1, before.id + 7))
+    writer.call.cancel()
+    back.call.cancel()
+
+
+async def test_typing_is_relayed_live_and_never_stored(conn: Connection) -> None:
+    alice = await RawChat(conn, "typing", "alice").open()
+    bob = await RawChat(conn, "typing", "bob").open()
+    await alice.messages_until("bob joined")
+    await bob.say("", kind=TYPING)
+    await bob.say("", kind=TYPING)  # within the throttle interval: not relayed again
+    await bob.say("done typing")
+    seen = await alice.messages_until("done typing")
+    typing = [m for m in seen if m.type == TYPING]
+    assert [(m.user_id, m.id) for m in typing] == [("bob", 0)]
+    late = await RawChat(conn, "typing", "late", backlog=50).open()
+    assert all(m.type != TYPING for m in await late.messages_until("late joined"))
+    for chat in (alice, bob, late):
+        chat.call.cancel()
+
+
+async def test_who_and_list_room_members(conn: Connection) -> None:
+    alice = await RawChat(conn, "presence", "alice").open()
+    bob = await RawChat(conn, "presence", "bob").open()
+    await alice.messages_until("bob joined")
+    await alice.call.write(pb.ChatRequest(who=True))
+    while not (response := await alice.next()).HasField("presence"):
+        pass
+    assert list(response.presence.users) == ["alice", "bob"]
+    listed = await conn.stub.ListRoomMembers(pb.ListRoomMembersRequest(room_id="presence"))
+    assert list(listed.presence.users) == ["alice", "bob"]
+    alice.call.cancel()
+    bob.call.cancel()
+
+
+async def test_one_name_one_session_unless_allowed(conn: Connection) -> None:
+    first = await RawChat(conn, "names", "alice").open()
+    await first.messages_until("alice joined")
+    second = await RawChat(conn, "names", "alice").open()
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await second.next()
+    assert failure.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    third = await RawChat(conn, "names", "alice", allow_duplicate=True).open()
+    assert (await third.messages_until("alice joined"))[-1].user_id == "system"
+    first.call.cancel()
+    third.call.cancel()
+
+
+@pytest.mark.parametrize(
+    ("join", "detail"),
+    [
+        (pb.ChatJoin(room_id="a room", user_id="x"), "room_id must be"),
+        (pb.ChatJoin(room_id="r", user_id="system"), "not 'system'"),
+        (pb.ChatJoin(room_id="r", user_id="a\x1bb"), "user_id must be"),
+    ],
+)
+async def test_bad_joins_are_refused(conn: Connection, join: pb.ChatJoin, detail: str) -> None:
+    call = conn.stub.Chat()
+    await call.write(pb.ChatRequest(join=join))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await call.read()
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail in failure.value.details()
+
+
+async def test_the_first_message_must_be_a_join(conn: Connection) -> None:
+    call = conn.stub.Chat()
+    await call.write(pb.ChatRequest(send=pb.ChatSend(type=TEXT, content="hi")))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await call.read()
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("content", "kind", "code", "detail"),
+    [
+        ("x" * 20_000, TEXT, "INVALID_ARGUMENT", "longer than 16384 bytes"),
+        ("bell\x07", TEXT, "INVALID_ARGUMENT", "control characters"),
+        ("   ", TEXT, "INVALID_ARGUMENT", "empty message"),
+        ("hi", 42, "INVALID_ARGUMENT", "message type 42 cannot be sent"),
+        ("hi", pb.CHAT_MESSAGE_TYPE_SYSTEM, "INVALID_ARGUMENT", "cannot be sent"),
+        ("look", pb.CHAT_MESSAGE_TYPE_FILE, "NOT_FOUND", "no file"),
+    ],
+    ids=["huge", "control-chars", "empty", "unknown-type", "system", "missing-file"],
+)
+async def test_hostile_messages_get_a_notice_and_the_session_lives_on(
+    conn: Connection, content: str, kind: int, code: str, detail: str
+) -> None:
+    alice = await RawChat(conn, "hostile", "alice").open()
+    await alice.messages_until("alice joined")
+    await alice.say(content, kind=kind, file_id="nope" if kind == pb.CHAT_MESSAGE_TYPE_FILE else "")
+    notice = (await alice.next()).notice
+    assert (notice.code, detail in notice.message) == (code, True)
+    await alice.say("still here")
+    assert (await alice.messages_until("still here"))[-1].user_id == "alice"
+    alice.call.cancel()
+
+
+async def test_rate_limit_is_an_in_band_notice(tmp_path: pathlib.Path) -> None:
+    async with running_server(tmp_path, chat=ChatSettings(rate=1, burst=3)) as server, client(server.address) as conn:
+        alice = await RawChat(conn, "fast", "alice").open()
+        await alice.messages_until("alice joined")
+        for n in range(5):
+            await alice.say(f"m{n}")
+        notices, messages = [], []
+        while len(notices) < 2 or len(messages) < 3:
+            response = await alice.next()
+            messages.extend(m.content for m in response.messages)
+            if response.HasField("notice"):
+                notices.append(response.notice.code)
+        assert messages == ["m0", "m1", "m2"]
+        assert notices == ["RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
+        alice.call.cancel()
+
+
+async def test_a_stalled_client_is_cut_off_without_slowing_the_room(tmp_path: pathlib.Path) -> None:
+    settings = ChatSettings(rate=10_000, burst=10_000, stall_limit=1.0)
+    async with running_server(tmp_path, chat=settings) as server, client(server.address) as conn:
+        stalled = await RawChat(conn, "busy", "stalled").open()
+        await stalled.messages_until("stalled joined")  # then never reads again
+        reader = await RawChat(conn, "busy", "reader").open()
+        writer = await RawChat(conn, "busy", "writer").open()
+        big = "y" * 15_000
+        for n in range(400):  # ~6 MB: far beyond what flow control lets the stalled stream buffer
+            await writer.say(f"{n} {big}")
+        await writer.say("last")
+        seen = await reader.messages_until("last", timeout=20)
+        assert sum(1 for m in seen if m.user_id == "writer") == 401
+        await asyncio.sleep(2.5)  # past the stall limit
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            while True:
+                await stalled.next(timeout=10)
+        assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "resume after id" in failure.value.details()
+        reader.call.cancel()
+        writer.call.cancel()
+
+
+async def test_chat_client_resumes_across_a_server_restart(tmp_path: pathlib.Path) -> None:
+    from tests.support.servers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    received: list[pb.ChatMessage] = []
+    states: list[ChatState] = []
+    async with running_server(tmp_path, address=address) as server, client(address) as conn:
+        listener = ChatClient(
+            conn, "ops", "listener",
+            ChatHandlers(message=received.append, state=lambda state, _: states.append(state)),
+        )  # fmt: skip
+        task = asyncio.create_task(listener.run())
+        async with client(address) as other:
+            talker = await RawChat(other, "ops", "talker").open()
+            for n in range(3):
+                await talker.say(f"before {n}")
+            await talker.messages_until("before 2")
+            talker.call.cancel()
+        while not any(m.content == "before 2" for m in received):
+            await asyncio.sleep(0.02)
+        await server.stop(1)
+        async with running_server(tmp_path, address=address), client(address) as other:
+            talker = await RawChat(other, "ops", "talker").open()
+            for n in range(3):
+                await talker.say(f"after {n}")
+            for _ in range(300):
+                if any(m.content == "after 2" for m in received):
+                    break
+                await asyncio.sleep(0.05)
+            listener.leave()
+            await asyncio.wait_for(task, 10)
+    ids = [m.id for m in received]
+    assert ids == sorted(set(ids))  # no duplicate, in order
+    assert ids == list(range(ids[0], ids[-1] + 1))  # no gap
+    contents = [m.content for m in received]
+    assert contents.index("before 2") < contents.index("after 0")
+    assert ChatState.RECONNECTING in states and states[-1] == ChatState.CLOSED
+
+
+async def test_repl_sends_lines_and_commands_through_pipe_input(conn: Connection, tmp_path: pathlib.Path) -> None:
+    watcher = await RawChat(conn, "repl", "watcher").open()
+    await watcher.messages_until("watcher joined")
+    shared = tmp_path / "notes.txt"
+    shared.write_text("shared notes")
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        repl = ChatRepl(conn, "alice", "repl", input=pipe, output=DummyOutput())
+        running = asyncio.create_task(repl.run())
+        await watcher.messages_until("alice joined")
+        pipe.send_text("hello there\r")
+        await watcher.messages_until("hello there")
+        pipe.send_text("/me waves\r")
+        await watcher.messages_until("/me waves")
+        pipe.send_text("line one\x1b\rline two\r")  # Alt-Enter inserts a newline
+        await watcher.messages_until("line one\nline two")
+        pipe.send_text(f"/send {shared}\r")
+        shared_message = (await watcher.messages_until("notes.txt"))[-1]
+        assert shared_message.type == pb.CHAT_MESSAGE_TYPE_FILE
+        target = tmp_path / "fetched.txt"
+        pipe.send_text(f"/get {shared_message.file_id} {target}\r")
+        for _ in range(100):
+            if target.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert target.read_text() == "shared notes"
+        pipe.send_text("\x04")  # Ctrl-D leaves
+        await asyncio.wait_for(running, 10)
+    assert (await watcher.messages_until("alice left"))[-1].user_id == "system"
+    assert [m.content for m in repl.seen if m.user_id == "alice"] == [
+        "hello there",
+        "/me waves",
+        "line one\nline two",
+        "notes.txt",
+    ]
+    watcher.call.cancel()
+
+
+async def test_repl_shows_who_is_typing_and_switches_rooms(conn: Connection) -> None:
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        repl = ChatRepl(conn, "alice", "one", input=pipe, output=DummyOutput())
+        running = asyncio.create_task(repl.run())
+        bob = await RawChat(conn, "one", "bob").open()
+        await bob.messages_until("bob joined")
+        await bob.say("", kind=TYPING)
+        for _ in range(100):
+            if "bob is typing" in repl._toolbar().value:
+                break
+            await asyncio.sleep(0.02)
+        assert "bob is typing" in repl._toolbar().value
+        pipe.send_text("/join two\r")
+        for _ in range(100):
+            if repl.room == "two" and repl.state == "connected":
+                break
+            await asyncio.sleep(0.02)
+        assert (await bob.messages_until("alice left"))[-1].user_id == "system"
+        pipe.send_text("/quit\r")
+        await asyncio.wait_for(running, 10)
+    bob.call.cancel()

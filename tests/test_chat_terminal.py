@@ -1,0 +1,107 @@
+"""``streamcli chat`` as real processes: two REPLs in real terminals (tmux), and line mode for scripts."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.servers import clean_env, run_cli, serve_process
+
+
+class Tmux:
+    """A private tmux server; each session is a real pseudo-terminal."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.socket = f"streamcli-test-{uuid.uuid4().hex[:8]}"
+        self.directory = directory
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True)
+        return result.stdout
+
+    def start(self, name: str, command: list[str]) -> None:
+        env = {"XDG_STATE_HOME": str(self.directory / name), "TERM": "xterm-256color", "NO_COLOR": "1"}
+        line = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(command)
+        self.run("new-session", "-d", "-s", name, "-x", "100", "-y", "20", f"env {line}")
+
+    def screen(self, name: str) -> list[str]:
+        return [line.rstrip() for line in self.run("capture-pane", "-p", "-t", name).splitlines()]
+
+    def wait_for(self, name: str, text: str, timeout: float = 15) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.screen(name)
+            if any(text in line for line in lines):
+                return lines
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared on {name}'s screen:\n" + "\n".join(self.screen(name)))
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def tmux(tmp_path: pathlib.Path) -> Iterator[Tmux]:
+    terminals = Tmux(tmp_path)
+    try:
+        yield terminals
+    finally:
+        terminals.kill()
+
+
+def chat_command(address: str, user: str) -> list[str]:
+    return [sys.executable, "-m", "streamcli", "--address", address, "chat", "--room", "dev", "--user", user]
+
+
+def test_an_incoming_message_prints_above_what_the_user_is_typing(tmux: Tmux, tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        tmux.start("alice", chat_command(served.address, "alice"))
+        tmux.wait_for("alice", "alice joined")
+        tmux.start("bob", chat_command(served.address, "bob"))
+        tmux.wait_for("alice", "bob joined")
+        tmux.run("send-keys", "-t", "alice", "-l", "half-typed draft")
+        tmux.wait_for("alice", "dev> half-typed draft")
+        tmux.run("send-keys", "-t", "bob", "-l", "hello from bob")
+        tmux.run("send-keys", "-t", "bob", "Enter")
+        screen = tmux.wait_for("alice", "<bob> hello from bob")
+        message_row = next(i for i, line in enumerate(screen) if "<bob> hello from bob" in line)
+        prompt_row = next(i for i, line in enumerate(screen) if "dev> " in line)
+        assert message_row < prompt_row, "\n".join(screen)
+        assert "dev> half-typed draft" in screen[prompt_row]  # the draft is intact
+        # The draft was never sent: bob saw alice typing, not a message.
+        assert not any("half-typed draft" in line for line in tmux.screen("bob"))
+        tmux.run("send-keys", "-t", "alice", "C-u", "C-d")
+        tmux.wait_for("bob", "alice left")
+
+
+def test_line_mode_for_scripts(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        listener = subprocess.Popen(
+            [sys.executable, "-m", "streamcli", "--address", served.address, "--json", "chat", "--room", "ops",
+             "--user", "listener"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+        assert listener.stdout is not None
+        first = json.loads(listener.stdout.readline())
+        assert (first["type"], first["content"]) == ("system", "listener joined")
+        bot = run_cli("--address", served.address, "chat", "--room", "ops", "--user", "ci-bot",
+                      input="deploy started\ndeploy finished\n")  # fmt: skip
+        assert bot.returncode == 0, bot.stderr
+        seen = [json.loads(listener.stdout.readline()) for _ in range(4)]
+        out, err = listener.communicate("", timeout=20)  # end of input: leave
+    assert [(m["user_id"], m["content"]) for m in seen] == [
+        ("system", "ci-bot joined"),
+        ("ci-bot", "deploy started"),
+        ("ci-bot", "deploy finished"),
+        ("system", "ci-bot left"),
+    ]
+    assert listener.returncode == 0, err
+    assert out == ""  # nothing after its own leave (the room sees "listener left")
