@@ -33,7 +33,7 @@ class RawChat:
     """A bare Chat stream, for looking at exactly what the server sends."""
 
     def __init__(self, conn: Connection, room: str, user: str, **join: object) -> None:
-        self.call = conn.stub.Chat()
+        self.call = conn.stub.Chat(metadata=conn.metadata)
         self.join = pb.ChatJoin(room_id=room, user_id=user, **join)  # type: ignore[arg-type]
 
     async def open(self) -> RawChat:
@@ -338,3 +338,23 @@ async def test_repl_shows_who_is_typing_and_switches_rooms(conn: Connection) -> 
         pipe.send_text("/quit\r")
         await asyncio.wait_for(running, 10)
     bob.call.cancel()
+
+
+async def test_a_per_user_token_decides_who_is_talking(tmp_path: pathlib.Path) -> None:
+    async with running_server(tmp_path, token="shared", user_tokens={"alice": "alice-secret"}) as server:
+        async with client(server.address, token="alice-secret") as conn:
+            impostor = await RawChat(conn, "auth", "mallory").open()
+            joined = (await impostor.messages_until("alice joined"))[-1]
+            assert joined.content == "alice joined"  # the token's name, not the claimed one
+            await impostor.say("hi")
+            assert (await impostor.messages_until("hi"))[-1].user_id == "alice"
+            impostor.call.cancel()
+        async with client(server.address, token="shared") as conn:
+            bob = await RawChat(conn, "auth", "bob").open()
+            assert (await bob.messages_until("bob joined"))[-1].user_id == "system"
+            bob.call.cancel()
+        async with client(server.address, token="wrong") as conn:
+            denied = await RawChat(conn, "auth", "eve").open()
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await denied.next()
+            assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED

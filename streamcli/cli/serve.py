@@ -13,6 +13,7 @@ import typer
 
 from streamcli.cli.environment import get_env
 from streamcli.cli.parsing import parse_duration, parse_retention, parse_size
+from streamcli.errors import UsageError
 
 
 class LogLevel(str, enum.Enum):
@@ -59,6 +60,15 @@ def serve(
                 "Require 'authorization: Bearer TOKEN' on every call except health."
                 " [default: the global --token / STREAMCLI_TOKEN]"
             ),
+        ),
+    ] = None,
+    user_tokens: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user-token",
+            show_default=False,
+            help="NAME=TOKEN: a token that also says who the caller is (chat uses NAME, whatever --user says). "
+            "Repeatable.",
         ),
     ] = None,
     tls_cert: Annotated[
@@ -157,12 +167,19 @@ def serve(
     from streamcli.services.chat import ChatSettings
     from streamcli.services.logs import Retention
 
+    named_tokens = {}
+    for item in user_tokens or []:
+        name, separator, secret = item.partition("=")
+        if not separator:
+            raise UsageError(f"--user-token {item!r}: expected NAME=TOKEN")
+        named_tokens[name] = secret
     config = ServerConfig(
         data_dir=data_dir or pathlib.Path(platformdirs.user_data_dir("streamcli")),
         address=address or env.connection.address,
         backend=backend,
         grace=grace,
         token=token if token is not None else env.connection.token,
+        user_tokens=named_tokens,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,

@@ -15,7 +15,7 @@ import os
 import pathlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,10 +25,11 @@ from streamcli import transport
 from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.backends import open_backend
 from streamcli.backends.base import Backend
+from streamcli.credentials import Credentials
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.service import SERVICE_NAME, build_servicer
-from streamcli.services.chat import ChatService, ChatSettings
+from streamcli.services.chat import USER_ID, ChatService, ChatSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileLimits, FileService
@@ -48,7 +49,8 @@ class ServerConfig:
     address: str = transport.DEFAULT_ADDRESS
     backend: str = "embedded"
     grace: float = 10.0  # seconds in-flight calls get on shutdown
-    token: str | None = None
+    token: str | None = None  # shared bearer token
+    user_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)  # user -> token naming that user
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
     tls_client_ca: pathlib.Path | None = None  # set: clients must present a cert it signed (mTLS)
@@ -77,6 +79,13 @@ class ServerConfig:
             raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.token is not None and not self.token.strip():
             raise UsageError("the token is empty")
+        for user, token in self.user_tokens.items():
+            if not USER_ID.fullmatch(user) or not token.strip():
+                raise UsageError(
+                    f"--user-token {user}=...: a name of 1-32 letters, digits, '-', '_' or '.' and a token"
+                )
+        if len(set(self.user_tokens.values()) | {self.token}) < len(self.user_tokens) + 1:
+            raise UsageError("every --user-token must be different from the others and from --token")
         if self.grace < 0:
             raise UsageError("--grace must be zero or more seconds")
         if self.max_file_size < 0 or self.quota < 0:
@@ -85,7 +94,13 @@ class ServerConfig:
             raise UsageError("--upload-ttl must be more than zero seconds")
         if self.heartbeat <= 0 or self.housekeeping_interval <= 0:
             raise UsageError("--heartbeat must be more than zero seconds")
-        if not (self.tls or self.token or self.allow_insecure or transport.is_loopback_address(self.address)):
+        if not (
+            self.tls
+            or self.token
+            or self.user_tokens
+            or self.allow_insecure
+            or transport.is_loopback_address(self.address)
+        ):
             raise UsageError(
                 f"refusing to listen on non-loopback address {self.address} without TLS or a token; "
                 "add --tls-cert/--tls-key or --token, or pass --allow-insecure"
@@ -141,7 +156,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     """
     config.validate()
     credentials = _credentials(config)
-    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    credentials_ = Credentials(config.token, config.user_tokens)
+    interceptors = [BearerTokenInterceptor(credentials_)] if credentials_.enabled else []
     server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
     backend = open_backend(config.backend, config.data_dir)
     try:
@@ -157,7 +173,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             public_address=address,
             notifications=notifications,
         )
-        chat = ChatService(backend, log_settings, config.chat, stopping, notifications)
+        chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([files, events, notifications, chat]), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -220,7 +236,7 @@ async def serve(config: ServerConfig) -> None:
         config.backend,
         config.data_dir,
         "on" if config.tls else "off",
-        "token" if config.token else "off",
+        "token" if config.token or config.user_tokens else "off",
     )
     loop = asyncio.get_running_loop()
     first_signal = asyncio.Event()

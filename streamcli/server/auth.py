@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from streamcli.credentials import Credentials
 
 #: Methods callable without a token: load balancers and orchestrators probe health.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
-    """Rejects calls whose ``authorization`` metadata is not ``Bearer <token>``.
+    """Rejects calls whose ``authorization`` metadata is not ``Bearer <an accepted token>``.
 
     The rejection is a handler of the same kind as the real one that aborts
     with UNAUTHENTICATED, so streaming calls fail as cleanly as unary ones.
     """
 
-    def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
 
     async def intercept_service(
         self,
@@ -36,11 +37,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
             if key == "authorization":
                 supplied = value.encode() if isinstance(value, str) else value
                 break
-        if supplied is not None:
-            # The scheme name is case-insensitive (RFC 9110 section 11.1); the token is not.
-            scheme, _, token = supplied.partition(b" ")
-            if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._expected):
-                return handler
+        if supplied is not None and self._credentials.check(supplied)[0]:
+            return handler
         if supplied is None:
             detail = "missing bearer token: pass --token or set STREAMCLI_TOKEN"
         else:

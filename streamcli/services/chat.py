@@ -23,6 +23,7 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
+from streamcli.credentials import Credentials
 from streamcli.services.logs import Context, LogCursor, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
 
@@ -142,7 +143,9 @@ class ChatService:
         settings: ChatSettings,
         stopping: asyncio.Event,
         notifications: NotificationService | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        self.credentials = credentials or Credentials()
         self.backend = backend
         self.log_settings = log_settings
         self.settings = settings
@@ -162,6 +165,10 @@ class ChatService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a chat stream must be a join")
         assert first is not None
         join = first.join
+        # A per-user token says who the caller is, whatever name it claims.
+        named = self.credentials.user_of(context.invocation_metadata())
+        if named is not None:
+            join.user_id = named
         if not ROOM_ID.fullmatch(join.room_id):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "room_id must be 1-64 letters, digits, '-', '_' or '.'"
