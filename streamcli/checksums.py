@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import pathlib
 from typing import BinaryIO
 
 BLOCK = 1 << 20
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    """Hex SHA-256 of a whole file."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def sha256_prefix(handle: BinaryIO, length: int) -> hashlib._Hash:

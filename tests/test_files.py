@@ -150,7 +150,7 @@ async def test_checksum_mismatch_is_data_loss_and_keeps_nothing(conn: Connection
         ),
         (
             [metadata(b"abc"), pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=3))],
-            "a trailer is only for uploads of unknown size",
+            "a trailer is only for uploads whose checksum was not declared up front",
         ),
     ],
     ids=[
@@ -198,6 +198,39 @@ async def test_a_long_utf8_name_within_255_bytes_is_kept(conn: Connection) -> No
     assert (await get_file_info(conn, response.file_id)).filename == name
 
 
+async def test_known_size_with_the_checksum_in_the_trailer(conn: Connection) -> None:
+    content = b"hashed while sent"
+    first = pb.UploadFileRequest(metadata=pb.FileMetadata(filename="t.txt", total_size=len(content)))
+    digest = hashlib.sha256(content).hexdigest()
+    ok = await raw_upload(
+        conn,
+        first,
+        pb.UploadFileRequest(chunk=content),
+        pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=len(content), checksum=digest)),
+    )
+    assert ok.checksum == digest
+    with pytest.raises(grpc.aio.AioRpcError) as wrong_size:
+        await raw_upload(
+            conn,
+            first,
+            pb.UploadFileRequest(chunk=content),
+            pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=len(content) + 1, checksum=digest)),
+        )
+    assert "the metadata declared 17" in wrong_size.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as tampered:
+        await raw_upload(
+            conn,
+            first,
+            pb.UploadFileRequest(chunk=content),
+            pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=len(content), checksum="0" * 64)),
+        )
+    assert tampered.value.code() == grpc.StatusCode.DATA_LOSS
+    with pytest.raises(grpc.aio.AioRpcError) as no_trailer:
+        await raw_upload(conn, first, pb.UploadFileRequest(chunk=content))
+    assert no_trailer.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no trailer received" in no_trailer.value.details()
+
+
 async def test_unknown_size_upload_with_trailer(conn: Connection) -> None:
     content = b"streamed " * 1000
     response = await raw_upload(
@@ -216,13 +249,17 @@ async def test_unknown_size_upload_with_trailer(conn: Connection) -> None:
 # --- resume ---------------------------------------------------------------------------
 
 
-async def _interrupted_upload(conn: Connection, content: bytes, sent: int, upload_id: str) -> None:
+async def _interrupted_upload(
+    conn: Connection, content: bytes, sent: int, upload_id: str, *, declare_checksum: bool = True
+) -> None:
     """Send metadata and the first ``sent`` bytes, wait until the server has them, then drop the stream."""
     hold = asyncio.Event()
 
     async def requests() -> AsyncIterator[pb.UploadFileRequest]:
         first = metadata(content)
         first.upload_id = upload_id
+        if not declare_checksum:
+            first.metadata.checksum = ""
         yield first
         for start in range(0, sent, CHUNK_SIZE):
             yield pb.UploadFileRequest(chunk=content[start : min(start + CHUNK_SIZE, sent)])
@@ -283,15 +320,17 @@ async def test_a_short_stream_stays_resumable(conn: Connection) -> None:
     assert await list_files(conn, 10) == []
 
 
+@pytest.mark.parametrize("declare_checksum", [False, True], ids=["checksum-in-trailer", "checksum-up-front"])
 async def test_client_upload_resumes_an_interrupted_upload_of_the_same_file(
-    conn: Connection, tmp_path: pathlib.Path
+    conn: Connection, tmp_path: pathlib.Path, declare_checksum: bool
 ) -> None:
     from streamcli.client.transfer import upload_id_for
 
     source = tmp_path / "again.bin"
     digest = write_random(source, 6 * CHUNK_SIZE)
     content = source.read_bytes()
-    await _interrupted_upload(conn, content, 4 * CHUNK_SIZE, upload_id_for(digest, len(content), "again.bin"))
+    upload_id = upload_id_for(source, len(content), source.stat().st_mtime_ns, "again.bin")
+    await _interrupted_upload(conn, content, 4 * CHUNK_SIZE, upload_id, declare_checksum=declare_checksum)
     await asyncio.sleep(0.1)
     result = await upload_path(conn, source, NullProgress())
     assert result.resumed_from == 4 * CHUNK_SIZE

@@ -52,7 +52,7 @@ def test_stdin_upload_and_stdout_download_through_pipes(tmp_path: pathlib.Path) 
 def test_upload_killed_halfway_resumes_on_the_next_run(tmp_path: pathlib.Path) -> None:
     source = tmp_path / "big.bin"
     digest = write_random(source, 200 * MiB)
-    upload_id = upload_id_for(digest, 200 * MiB, "big.bin")
+    upload_id = upload_id_for(source, 200 * MiB, source.stat().st_mtime_ns, "big.bin")
     with serve_process(tmp_path) as served:
         channel = grpc.insecure_channel(served.address)
         stub = pb_grpc.StreamingServiceStub(channel)

@@ -1,9 +1,10 @@
 """Uploads and downloads: chunked, resumable, SHA-256 verified, constant memory.
 
 Uploads of a path are resumable across runs without any client state: the
-upload id is derived from the file's SHA-256, size and name, so running the same
-command again finds the interrupted upload (``GetUploadStatus``) and sends only
-the rest. Downloads write ``NAME.part``, continue from its size, verify the
+upload id is derived from the file's path, size, modification time and name, so
+running the same command again finds the interrupted upload
+(``GetUploadStatus``) and sends only the rest. The file is read once, hashed as
+it is sent; the checksum rides in the trailer. Downloads write ``NAME.part``, continue from its size, verify the
 SHA-256 and only then rename it into place.
 """
 
@@ -20,7 +21,7 @@ from typing import BinaryIO
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.checksums import sha256_file, sha256_prefix
+from streamcli.checksums import sha256_prefix
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
@@ -59,9 +60,14 @@ class TransferResult:
         return record
 
 
-def upload_id_for(sha256: str, size: int, name: str) -> str:
-    """The id under which the same file, under the same name, is uploaded every run."""
-    return hashlib.sha256(f"{sha256}:{size}:{name}".encode()).hexdigest()[:32]
+def upload_id_for(path: pathlib.Path, size: int, mtime_ns: int, name: str) -> str:
+    """The id under which this version of a file (path, size, modification time) is uploaded as ``name``.
+
+    Running the same upload again finds the same id, hence the interrupted
+    upload, without reading the file first or keeping client state.
+    """
+    key = f"{path.resolve()}:{size}:{mtime_ns}:{name}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 async def upload_path(
@@ -75,31 +81,37 @@ async def upload_path(
 ) -> TransferResult:
     """Upload a regular file, resuming an earlier interrupted upload of it.
 
+    The file is read once: hashed as it is sent, its SHA-256 travels in the
+    trailer and the server stores the file only if the bytes it received match.
+
     Raises:
         UsageError: ``path`` is not a readable regular file.
         StreamcliError: the server refused the upload (size, quota, checksum...).
     """
-    size, digest = await asyncio.to_thread(_inspect, path)
+    size, mtime_ns = await asyncio.to_thread(_inspect, path)
     name = name or path.name
-    upload_id = upload_id_for(digest, size, name)
-    metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type, checksum=digest)
+    upload_id = upload_id_for(path, size, mtime_ns, name)
+    metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
     attempts = Attempts(retry, f"upload of {name}")
     resumed_from = 0
     with rpc_errors(conn.settings.address):
         while True:
             try:
-                offset = await _committed_offset(conn, upload_id, metadata)
-                if offset is None:
+                status = await _upload_status(conn, upload_id, size)
+                if status is None:
                     first = pb.UploadFileRequest(metadata=metadata, upload_id=upload_id)
-                    offset = 0
+                    offset, declared = 0, ""
                 else:
+                    offset, declared = status
                     first = pb.UploadFileRequest(resume=pb.UploadResume(upload_id=upload_id, offset=offset))
                     resumed_from = resumed_from or offset
+                hasher = await asyncio.to_thread(_hash_head, path, offset)
                 progress.start(upload_id, name, size, offset)
-                response = await conn.stub.UploadFile(
-                    _file_requests(first, path, offset, lambda n: progress.advance(upload_id, n)),
-                    metadata=conn.metadata,
-                )
+                requests = _file_requests(
+                    first, path, offset, size, hasher, trailer=not declared,
+                    advance=lambda n: progress.advance(upload_id, n),
+                )  # fmt: skip
+                response = await conn.stub.UploadFile(requests, metadata=conn.metadata)
                 break
             except grpc.aio.AioRpcError as exc:
                 await attempts.backoff(exc, also=_UPLOAD_RACES)
@@ -107,18 +119,26 @@ async def upload_path(
     return TransferResult(response.file_id, name, response.bytes_uploaded, response.checksum, resumed_from)
 
 
-def _inspect(path: pathlib.Path) -> tuple[int, str]:
-    """Size and SHA-256 of the regular file to upload."""
+def _inspect(path: pathlib.Path) -> tuple[int, int]:
+    """Size and modification time (ns) of the regular file to upload."""
     try:
         if not path.is_file():
             raise UsageError(f"{path} is not a regular file" if path.exists() else f"{path} does not exist")
-        return path.stat().st_size, sha256_file(path)
+        with open(path, "rb"):  # readable?
+            pass
+        stat = path.stat()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return stat.st_size, stat.st_mtime_ns
 
 
-async def _committed_offset(conn: Connection, upload_id: str, metadata: pb.FileMetadata) -> int | None:
-    """The server's offset for this upload, or None when there is nothing to resume."""
+def _hash_head(path: pathlib.Path, length: int) -> hashlib._Hash:
+    with open(path, "rb") as handle:
+        return sha256_prefix(handle, length)
+
+
+async def _upload_status(conn: Connection, upload_id: str, size: int) -> tuple[int, str] | None:
+    """(committed offset, declared checksum) of the server's upload, or None when there is none to resume."""
     try:
         status = await conn.stub.GetUploadStatus(
             pb.GetUploadStatusRequest(upload_id=upload_id), metadata=conn.metadata, timeout=30
@@ -127,20 +147,33 @@ async def _committed_offset(conn: Connection, upload_id: str, metadata: pb.FileM
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             return None
         raise
-    if (status.metadata.total_size, status.metadata.checksum) != (metadata.total_size, metadata.checksum):
+    if status.metadata.total_size != size:
         raise ConflictError(f"upload {upload_id} on the server is of a different file")
-    return int(status.committed_offset)
+    return int(status.committed_offset), str(status.metadata.checksum)
 
 
 async def _file_requests(
-    first: pb.UploadFileRequest, path: pathlib.Path, offset: int, advance: Callable[[int], None]
+    first: pb.UploadFileRequest,
+    path: pathlib.Path,
+    offset: int,
+    size: int,
+    hasher: hashlib._Hash,
+    *,
+    trailer: bool,
+    advance: Callable[[int], None],
 ) -> AsyncIterator[pb.UploadFileRequest]:
+    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer."""
     yield first
+    sent = offset
     with open(path, "rb") as handle:  # noqa: ASYNC230 (local reads of 64 KiB: cheaper inline than a thread hop)
         handle.seek(offset)
-        while chunk := handle.read(CHUNK_SIZE):
+        while sent < size and (chunk := handle.read(min(CHUNK_SIZE, size - sent))):
+            hasher.update(chunk)
+            sent += len(chunk)
             yield pb.UploadFileRequest(chunk=chunk)
             advance(len(chunk))
+    if trailer:
+        yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=sent, checksum=hasher.hexdigest()))
 
 
 async def upload_stream(

@@ -5,9 +5,11 @@ new upload (or ``resume`` for an interrupted one), then byte chunks follow. The
 server writes to a partial file in the data dir, opened once and hashed
 incrementally; only a complete upload whose SHA-256 matches is renamed into the
 store and listed. The committed offset of an interrupted upload is the size of
-its partial file. Uploads of unknown size (stdin) declare ``total_size = -1``
-and end with an ``UploadTrailer`` giving size and checksum; they are not
-resumable, since the client cannot replay its input.
+its partial file. A client that hashes while it sends leaves the checksum out
+of the metadata and ends with an ``UploadTrailer`` carrying it. Uploads of
+unknown size (stdin) declare ``total_size = -1`` and end with a trailer giving
+size and checksum; they are not resumable, since the client cannot replay its
+input.
 """
 
 from __future__ import annotations
@@ -156,9 +158,10 @@ class FileService:
         if meta.total_size < -1:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"total_size {meta.total_size} is negative")
         checksum = meta.checksum.lower()
-        if meta.total_size >= 0 and not SHA256_HEX.fullmatch(checksum):
+        if checksum and not SHA256_HEX.fullmatch(checksum):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "checksum must be the 64-hex-digit SHA-256 of the whole file"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "checksum must be the 64-hex-digit SHA-256 of the whole file (or empty, to send it in the trailer)",
             )
         if meta.total_size == -1 and checksum:
             await context.abort(
@@ -275,23 +278,11 @@ class FileService:
                             )
                     partial.write(data)
                 elif kind == "trailer":
-                    if total != -1:
-                        await self._fail(
-                            upload,
-                            context,
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            "a trailer is only for uploads of unknown size",
-                        )
+                    problem = _trailer_problem(request.trailer, total, checksum, partial.size)
+                    if problem:
+                        await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, problem)
                     total, checksum = request.trailer.total_size, request.trailer.checksum.lower()
                     trailer_seen = True
-                    if total != partial.size or not SHA256_HEX.fullmatch(checksum):
-                        await self._fail(
-                            upload,
-                            context,
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the trailer declares {total} bytes and checksum {checksum!r}; "
-                            f"{partial.size} bytes were received",
-                        )
                 else:
                     await self._fail(
                         upload,
@@ -306,11 +297,11 @@ class FileService:
             raise
         if total == -1:
             await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, "the stream ended without a trailer")
-        if partial.size < total:
+        if partial.size < total or not checksum:
+            missing = f"{partial.size} of {total} bytes received" if partial.size < total else "no trailer received"
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"upload incomplete: {partial.size} of {total} bytes received; "
-                f"resume upload {upload.upload_id} from offset {partial.size}",
+                f"upload incomplete: {missing}; resume upload {upload.upload_id} from offset {partial.size}",
             )
         digest = partial.hasher.hexdigest()
         if digest != checksum:
@@ -441,3 +432,17 @@ class FileService:
         freed = await asyncio.to_thread(self._blobs.delete, record.file_id)
         log.info("deleted %s (%s)", record.file_id, record.filename)
         return pb.DeleteFileResponse(bytes_freed=freed)
+
+
+def _trailer_problem(trailer: pb.UploadTrailer, total: int, checksum: str, received: int) -> str:
+    """Why this trailer cannot end the upload ("" when it can)."""
+    if checksum:
+        return "a trailer is only for uploads whose checksum was not declared up front"
+    if total >= 0 and trailer.total_size != total:
+        return f"the trailer declares {trailer.total_size} bytes; the metadata declared {total}"
+    if trailer.total_size != received or not SHA256_HEX.fullmatch(trailer.checksum.lower()):
+        return (
+            f"the trailer declares {trailer.total_size} bytes and checksum {trailer.checksum!r}; "
+            f"{received} bytes were received"
+        )
+    return ""

@@ -366,8 +366,9 @@ class FileMetadata(_message.Message):
     content_type: _builtins.str
     """MIME type, e.g. "application/octet-stream". Optional."""
     checksum: _builtins.str
-    """Lowercase hex SHA-256 of the whole file. Required when `total_size` is
-    known; otherwise sent in the UploadTrailer.
+    """Lowercase hex SHA-256 of the whole file. Optional: when empty (always for
+    `total_size` -1), the upload ends with an UploadTrailer carrying it, which
+    lets a client hash the file while it sends it instead of reading it twice.
     """
     def __init__(
         self,
@@ -416,7 +417,9 @@ Global___UploadResume: _TypeAlias = UploadResume  # noqa: Y015
 
 @_typing.final
 class UploadTrailer(_message.Message):
-    """UploadTrailer ends an upload whose size was unknown when it started."""
+    """UploadTrailer ends an upload whose checksum (or size) was not declared when
+    it started. Its total_size must equal the declared size, when one was given.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -469,7 +472,7 @@ class UploadFileRequest(_message.Message):
 
     @_builtins.property
     def trailer(self) -> Global___UploadTrailer:
-        """Last message of an upload of unknown size."""
+        """Last message of an upload that declared no checksum (or size)."""
 
     def __init__(
         self,
