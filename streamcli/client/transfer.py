@@ -11,7 +11,10 @@ SHA-256 and only then rename it into place.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import os
 import pathlib
@@ -25,7 +28,7 @@ from streamcli.checksums import sha256_prefix
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
-from streamcli.errors import ConflictError, IntegrityError, StreamcliError, UsageError
+from streamcli.errors import ConflictError, IntegrityError, ResourceExhaustedError, StreamcliError, UsageError
 
 #: Bytes per upload message. 64 KiB moved the most bytes per second through
 #: grpc.aio on loopback of the sizes measured (bench/README.md).
@@ -266,6 +269,64 @@ async def download_file(
     return result
 
 
+class _BackgroundWriter:
+    """Writes and hashes received bytes on a worker thread, in order, with bounded memory.
+
+    The event loop only receives: ~1 MiB blocks go to one worker thread (file
+    writes and SHA-256 release the GIL, so the two overlap on two cores), and at
+    most ``MAX_PENDING`` blocks wait, so memory stays constant whatever the size.
+    """
+
+    BLOCK = 1 << 20
+    MAX_PENDING = 8
+
+    def __init__(self, sink: BinaryIO, hasher: hashlib._Hash) -> None:
+        self._sink = sink
+        self._hasher = hasher
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamcli-writer")
+        self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+
+    def __enter__(self) -> _BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _write(self, block: bytes) -> None:
+        self._sink.write(block)
+        self._hasher.update(block)
+
+    async def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self.BLOCK:
+            await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        block = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        self._pending.append(asyncio.get_running_loop().run_in_executor(self._executor, self._write, block))
+        while len(self._pending) > self.MAX_PENDING:
+            await self._settle()
+
+    async def drain(self) -> None:
+        """Wait until everything given to ``write`` is written and hashed."""
+        if self._buffer:
+            await self._dispatch()
+        while self._pending:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        try:
+            await self._pending.popleft()
+        except OSError as exc:
+            kind = ResourceExhaustedError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else UsageError
+            raise kind(f"cannot write the download: {exc.strerror or exc}") from exc
+
+
 def _open_part(
     destination: pathlib.Path | None, filename: str, size: int, resume: bool, force: bool
 ) -> tuple[pathlib.Path, pathlib.Path, BinaryIO, int, hashlib._Hash]:
@@ -302,20 +363,20 @@ async def _download(
     resumed_from = offset
     attempts = Attempts(retry, f"download of {info.filename}")
     progress.start(info.file_id, info.filename, info.size, offset)
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings.address), _BackgroundWriter(sink, hasher) as writer:
         while True:  # one pass per attempt; retries continue from `offset`
             try:
                 request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
                 async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
                     if response.offset != offset:
                         raise IntegrityError(f"server sent bytes at offset {response.offset}, expected {offset}")
-                    sink.write(response.data)
-                    hasher.update(response.data)
+                    await writer.write(response.data)
                     offset += len(response.data)
                     progress.advance(info.file_id, len(response.data))
                 break
             except grpc.aio.AioRpcError as exc:
                 await attempts.backoff(exc)
+        await writer.drain()
     sink.flush()
     progress.finish(info.file_id)
     digest = hasher.hexdigest()
