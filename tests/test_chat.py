@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from prompt_toolkit.application import create_app_session
+from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
@@ -285,8 +286,9 @@ async def test_repl_sends_lines_and_commands_through_pipe_input(conn: Connection
     await watcher.messages_until("watcher joined")
     shared = tmp_path / "notes.txt"
     shared.write_text("shared notes")
+    history_file = tmp_path / "history"
     with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
-        repl = ChatRepl(conn, "alice", "repl", input=pipe, output=DummyOutput())
+        repl = ChatRepl(conn, "alice", "repl", input=pipe, output=DummyOutput(), history=FileHistory(str(history_file)))
         running = asyncio.create_task(repl.run())
         await watcher.messages_until("alice joined")
         pipe.send_text("hello there\r")
@@ -314,6 +316,8 @@ async def test_repl_sends_lines_and_commands_through_pipe_input(conn: Connection
         "line one\nline two",
         "notes.txt",
     ]
+    # Input history survives the session.
+    assert "hello there" in list(FileHistory(str(history_file)).load_history_strings())
     watcher.call.cancel()
 
 

@@ -452,3 +452,20 @@ async def test_list_pages_info_and_delete(conn: Connection, tmp_path: pathlib.Pa
     with pytest.raises(NotFoundError):
         await delete_file(conn, ids[0])
     assert len(stored_files(tmp_path / "data")) == 2
+
+
+async def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(conn: Connection, tmp_path: pathlib.Path) -> None:
+    # The partial file of this upload is /dev/full: every write fails with ENOSPC, as on a full disk.
+    partial = tmp_path / "data" / "blobs" / "partial" / "disk-full"
+    partial.symlink_to("/dev/full")
+    first = metadata(b"z" * 100_000)
+    first.upload_id = "disk-full"
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await raw_upload(conn, first, pb.UploadFileRequest(chunk=b"z" * 100_000))
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "disk is full" in failure.value.details()
+    assert not partial.exists() and not partial.is_symlink()
+    assert await list_files(conn, 10) == []
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await conn.stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id="disk-full"))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,25 @@
+"""The rich transfer display: one bar per file plus a total that follows resumes and retries."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from streamcli.ui.progress import RichTransferProgress
+
+
+def test_bars_and_total_follow_starts_resumes_and_retries() -> None:
+    console = Console(file=io.StringIO(), width=100, color_system=None, force_terminal=True)
+    with RichTransferProgress(console, with_total=True) as progress:
+        progress.start("a", "a.bin", 1000)
+        progress.start("b", "b.bin", 500, completed=200)  # resumed: 200 bytes were already there
+        progress.advance("a", 300)
+        progress.start("a", "a.bin", 1000, completed=250)  # a retry: the server had only 250
+        progress.advance("b", 300)
+        progress.finish("b")
+        tasks = {task.description: task for task in progress._progress.tasks}
+    assert (tasks["a.bin"].completed, tasks["a.bin"].total) == (250, 1000)
+    assert (tasks["b.bin"].completed, tasks["b.bin"].total) == (500, 500)
+    assert (tasks["total"].completed, tasks["total"].total) == (750, 1500)
+    assert "a.bin" in console.file.getvalue()  # type: ignore[attr-defined]
