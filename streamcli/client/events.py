@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.enums import ShortNames
-from streamcli.client.tail import TailOptions, tail_log
+from streamcli.client.tail import TailOptions, set_start, tail_log
 from streamcli.errors import StreamcliError, UsageError
 
 #: Events per PublishEventsRequest: several ride in one message (per-message cost dominates).
@@ -143,13 +143,7 @@ def tail_events(
         request = pb.StreamUserEventsRequest(
             user_id=user_id, all_users=all_users, event_types=types, no_follow=not options.follow
         )
-        if resume_after is None:
-            if since is not None:
-                request.start_time.CopyFrom(since)
-        elif resume_after:
-            request.resume_after_id = resume_after
-        else:
-            request.start_time.CopyFrom(Timestamp())  # after position 0: everything
+        set_start(request, resume_after, since)
         return conn.stub.StreamUserEvents(request, metadata=conn.metadata)
 
     return tail_log(conn, open_stream, lambda response: response.events, options)

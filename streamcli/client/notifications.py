@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.enums import ShortNames
-from streamcli.client.tail import TailOptions, tail_log
+from streamcli.client.tail import TailOptions, set_start, tail_log
 
 SEVERITIES = ShortNames(pb.NotificationSeverity, "NOTIFICATION_SEVERITY_", "severity")
 
@@ -56,13 +56,7 @@ def tail_notifications(
 
     def open_stream(resume_after: int | None) -> Any:
         request = pb.SubscribeToNotificationsRequest(recipient=recipient, topics=topics, no_follow=not options.follow)
-        if resume_after is None:
-            if since is not None:
-                request.start_time.CopyFrom(since)
-        elif resume_after:
-            request.resume_after_id = resume_after
-        else:
-            request.start_time.CopyFrom(Timestamp())  # after position 0: everything
+        set_start(request, resume_after, since)
         return conn.stub.SubscribeToNotifications(request, metadata=conn.metadata)
 
     return tail_log(conn, open_stream, lambda response: response.notifications, options)

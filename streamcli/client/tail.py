@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.retry import Attempts, RetryPolicy
@@ -35,6 +36,20 @@ class TailOptions:
 
 class _Positioned(Protocol):
     position: int
+
+
+def set_start(request: Any, resume_after: int | None, since: Timestamp | None) -> None:
+    """Where a (re)opened log stream starts: at ``since`` (or live) the first time, then just after ``resume_after``.
+
+    ``request`` is a StreamUserEventsRequest or SubscribeToNotificationsRequest (both have these fields).
+    """
+    if resume_after is None:
+        if since is not None:
+            request.start_time.CopyFrom(since)
+    elif resume_after:
+        request.resume_after_id = resume_after
+    else:
+        request.start_time.CopyFrom(Timestamp())  # after position 0: everything
 
 
 async def tail_log(

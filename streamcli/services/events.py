@@ -6,15 +6,14 @@ name); readers filter on those two without parsing payloads.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import LogRecord, LogStore, NewRecord
-from streamcli.services.logs import Context, LogCursor, LogSettings, serve_cursor, start_position, timestamp
+from streamcli.backends.base import LogRecord, NewRecord
+from streamcli.services.logs import Context, LogService, timestamp
 
 STREAM = "events"
 #: Events accepted in one PublishEventsRequest.
@@ -32,13 +31,8 @@ def event_from_record(record: LogRecord) -> pb.UserEvent:
     return event
 
 
-class EventService:
+class EventService(LogService):
     """The event RPCs of ``StreamingService`` on a log store."""
-
-    def __init__(self, log: LogStore, settings: LogSettings, stopping: asyncio.Event) -> None:
-        self._log = log
-        self._settings = settings
-        self._stopping = stopping
 
     async def PublishEvents(
         self, request_iterator: AsyncIterator[pb.PublishEventsRequest], context: Context
@@ -83,26 +77,14 @@ class EventService:
             if value == pb.USER_EVENT_TYPE_UNSPECIFIED or value not in pb.UserEventType.values():
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown event type {value}")
             types.add(pb.UserEventType.Name(value))
-        start = await start_position(
-            self._log,
-            STREAM,
-            request.resume_after_id,
-            request.start_time if request.HasField("start_time") else None,
-            context,
-        )
         user = request.user_id
 
         def match(record: LogRecord) -> bool:
             return (not user or record.key == user) and (not types or record.kind in types)
 
-        cursor = LogCursor(self._log, STREAM, start, match)
-        async for records in serve_cursor(
-            cursor, follow=not request.no_follow, settings=self._settings, stopping=self._stopping, context=context
-        ):
+        async for records, position in self.follow(STREAM, request, match, context):
             yield pb.StreamUserEventsResponse(
-                events=[event_from_record(r) for r in records],
-                position=cursor.position,
-                server_time=timestamp(time.time()),
+                events=[event_from_record(r) for r in records], position=position, server_time=timestamp(time.time())
             )
 
 

@@ -165,3 +165,31 @@ async def serve_cursor(
         )
     except ServerStopping as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume after id {exc.position}")
+
+
+class LogService:
+    """Base of the services that serve a log to streams (events, notifications)."""
+
+    def __init__(self, log: LogStore, settings: LogSettings, stopping: asyncio.Event) -> None:
+        self._log = log
+        self._settings = settings
+        self._stopping = stopping
+
+    async def follow(
+        self, stream: str, request: Any, match: Callable[[LogRecord], bool], context: Context
+    ) -> AsyncIterator[tuple[list[LogRecord], int]]:
+        """Batches of matching records with the position read up to, for a request with the common
+        ``resume_after_id`` / ``start_time`` / ``no_follow`` fields."""
+        start = await start_position(
+            self._log,
+            stream,
+            request.resume_after_id,
+            request.start_time if request.HasField("start_time") else None,
+            context,
+        )
+        cursor = LogCursor(self._log, stream, start, match)
+        batches = serve_cursor(
+            cursor, follow=not request.no_follow, settings=self._settings, stopping=self._stopping, context=context
+        )
+        async for records in batches:
+            yield records, cursor.position

@@ -6,15 +6,14 @@ topic as kind; it is read exactly like the event log.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import LogRecord, LogStore, NewRecord
-from streamcli.services.logs import Context, LogCursor, LogSettings, serve_cursor, start_position, timestamp
+from streamcli.backends.base import LogRecord, NewRecord
+from streamcli.services.logs import Context, LogService, timestamp
 
 STREAM = "notifications"
 EVERYONE = "*"
@@ -30,13 +29,8 @@ def notification_from_record(record: LogRecord) -> pb.Notification:
     return notification
 
 
-class NotificationService:
+class NotificationService(LogService):
     """The notification RPCs of ``StreamingService``, and ``raise_`` for the server's own."""
-
-    def __init__(self, log: LogStore, settings: LogSettings, stopping: asyncio.Event) -> None:
-        self._log = log
-        self._settings = settings
-        self._stopping = stopping
 
     async def raise_(
         self,
@@ -82,24 +76,14 @@ class NotificationService:
     ) -> AsyncIterator[pb.SubscribeToNotificationsResponse]:
         if not request.recipient:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "recipient is required")
-        start = await start_position(
-            self._log,
-            STREAM,
-            request.resume_after_id,
-            request.start_time if request.HasField("start_time") else None,
-            context,
-        )
         recipient, topics = request.recipient, set(request.topics)
 
         def match(record: LogRecord) -> bool:
             return (record.key == recipient or record.key == EVERYONE) and (not topics or record.kind in topics)
 
-        cursor = LogCursor(self._log, STREAM, start, match)
-        async for records in serve_cursor(
-            cursor, follow=not request.no_follow, settings=self._settings, stopping=self._stopping, context=context
-        ):
+        async for records, position in self.follow(STREAM, request, match, context):
             yield pb.SubscribeToNotificationsResponse(
                 notifications=[notification_from_record(r) for r in records],
-                position=cursor.position,
+                position=position,
                 server_time=timestamp(time.time()),
             )
