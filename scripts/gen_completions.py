@@ -18,6 +18,7 @@ import enum
 import pathlib
 import sys
 import typing
+from collections.abc import Callable
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -121,22 +122,36 @@ def _walk_cases(specs: list[CommandSpec], indent: str, skip: str, descend: str) 
     return lines
 
 
-def bash_script(specs: list[CommandSpec]) -> str:
-    value_cases = []
+def _value_cases(
+    specs: list[CommandSpec], *, choices: Callable[[list[str]], str], directory: str, file: str, free: str
+) -> list[str]:
+    """Case arms (bash/zsh syntax) completing the value of the option just typed."""
+    cases = []
     for spec in specs:
         for option in spec.options:
             if not option.takes_value:
                 continue
             patterns = "|".join(_sq(f"{spec.path}:{n}") for n in option.names)
             if option.choices:
-                action = f'COMPREPLY=($(compgen -W {_sq(" ".join(option.choices))} -- "$cur"))'
+                action = choices(option.choices)
             elif option.value == "dir":
-                action = 'COMPREPLY=($(compgen -d -- "$cur"))'
+                action = directory
             elif option.value:
-                action = 'COMPREPLY=($(compgen -f -- "$cur"))'
+                action = file
             else:
-                action = "COMPREPLY=()"
-            value_cases.append(f"        {patterns}) {action}; return ;;")
+                action = free
+            cases.append(f"        {patterns}) {action}; return ;;")
+    return cases
+
+
+def bash_script(specs: list[CommandSpec]) -> str:
+    value_cases = _value_cases(
+        specs,
+        choices=lambda choices: f'COMPREPLY=($(compgen -W {_sq(" ".join(choices))} -- "$cur"))',
+        directory='COMPREPLY=($(compgen -d -- "$cur"))',
+        file='COMPREPLY=($(compgen -f -- "$cur"))',
+        free="COMPREPLY=()",
+    )
     word_cases = []
     for spec in specs:
         words = [n for o in spec.options for n in o.names] + [name for name, _ in spec.subcommands]
@@ -176,21 +191,13 @@ def _zsh_item(name: str, help_text: str) -> str:
 
 
 def zsh_script(specs: list[CommandSpec]) -> str:
-    value_cases = []
-    for spec in specs:
-        for option in spec.options:
-            if not option.takes_value:
-                continue
-            patterns = "|".join(_sq(f"{spec.path}:{n}") for n in option.names)
-            if option.choices:
-                action = "compadd -- " + " ".join(_sq(c) for c in option.choices)
-            elif option.value == "dir":
-                action = "_directories"
-            elif option.value:
-                action = "_files"
-            else:
-                action = "_message 'value'"
-            value_cases.append(f"        {patterns}) {action}; return ;;")
+    value_cases = _value_cases(
+        specs,
+        choices=lambda choices: "compadd -- " + " ".join(_sq(c) for c in choices),
+        directory="_directories",
+        file="_files",
+        free="_message 'value'",
+    )
     item_cases = []
     for spec in specs:
         items = [_zsh_item(n, o.help) for o in spec.options for n in o.names]
