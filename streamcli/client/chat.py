@@ -117,7 +117,7 @@ class ChatClient:
                     if self._joined.is_set():
                         attempts.failures = 0  # that stream worked: start the backoff afresh
                     self._joined.clear()
-                    self.handlers.state(ChatState.RECONNECTING, exc.details() or exc.code().name)
+                    self.handlers.state(ChatState.RECONNECTING, exc.code().name)
                     # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
                     await attempts.backoff(exc, also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
 

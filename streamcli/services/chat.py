@@ -225,6 +225,8 @@ class ChatService:
             )
         finally:
             receiver.cancel()
+            if receiver.done() and not receiver.cancelled():
+                receiver.exception()  # a broken request stream just ends the session
             room.remove(session)
             # Said even when the client vanished without a goodbye.
             await asyncio.shield(self._system(room, f"{session.user} left", session.user))

@@ -130,6 +130,8 @@ class ChatRepl:
             bottom_toolbar=self._toolbar,
             key_bindings=bindings,
             refresh_interval=0.5,
+            # What was typed reappears as the room's copy of the message: do not show it twice.
+            erase_when_done=True,
             input=input,
             output=output,
         )
