@@ -37,16 +37,42 @@ def pack_data(data: Any) -> AnyMessage:
     return packed
 
 
+STRUCT_URL = "type.googleapis.com/google.protobuf.Struct"
+VALUE_URL = "type.googleapis.com/google.protobuf.Value"
+
+
 def unpack_data(data: AnyMessage) -> Any:
     """The JSON a packed Any carries (None when empty; foreign types as @type + base64)."""
     if not data.type_url:
         return None
-    for message_type in (struct_pb2.Struct, struct_pb2.Value):
-        if data.Is(message_type.DESCRIPTOR):
-            message = message_type()
-            data.Unpack(message)
-            return json_format.MessageToDict(message)
+    if data.type_url == STRUCT_URL:
+        return _struct_to_python(struct_pb2.Struct.FromString(data.value))
+    if data.type_url == VALUE_URL:
+        return _value_to_python(struct_pb2.Value.FromString(data.value))
     return {"@type": data.type_url, "base64": base64.b64encode(data.value).decode()}
+
+
+def _struct_to_python(struct: struct_pb2.Struct) -> dict[str, Any]:
+    # Direct field access: several times faster than json_format.MessageToDict, which matters
+    # when a tail prints a hundred thousand events a second.
+    return {key: _value_to_python(value) for key, value in struct.fields.items()}
+
+
+def _value_to_python(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        # JSON has one number type; give integers back as integers.
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct_to_python(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_python(item) for item in value.list_value.values]
+    return None
 
 
 def event_from_json(record: dict[str, Any]) -> pb.UserEvent:
