@@ -22,13 +22,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from streamcli import transport
-from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.backends import open_backend
 from streamcli.backends.base import Backend
 from streamcli.credentials import Credentials
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
-from streamcli.server.service import SERVICE_NAME, build_servicer
+from streamcli.server.service import SERVICE_NAME, add_service
 from streamcli.services.chat import USER_ID, ChatService, ChatSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
@@ -174,7 +173,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             notifications=notifications,
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
-        pb_grpc.add_StreamingServiceServicer_to_server(build_servicer([files, events, notifications, chat]), server)
+        add_service(server, [files, events, notifications, chat])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -13,6 +13,7 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, NewRecord
+from streamcli.services import wire
 from streamcli.services.logs import Context, LogService, timestamp
 
 STREAM = "events"
@@ -22,13 +23,18 @@ MAX_EVENTS_PER_REQUEST = 10_000
 MAX_USER_ID = 256
 
 
-def event_from_record(record: LogRecord) -> pb.UserEvent:
-    """The stored event with its log id (and the append time when it came without one)."""
-    event = pb.UserEvent.FromString(record.payload)
-    event.id = record.id
-    if not event.HasField("timestamp"):
-        event.timestamp.CopyFrom(timestamp(record.timestamp))
-    return event
+def encode_response(records: list[LogRecord], position: int) -> bytes:
+    """A serialized StreamUserEventsResponse, assembled from the stored events without parsing them.
+
+    Each stored payload is a UserEvent without its id; appending the id field
+    to it gives the event as the client sees it (later fields merge in).
+    """
+    events = (record.payload + wire.varint_field(1, record.id) for record in records)
+    return (
+        wire.repeated_messages(1, events)
+        + wire.varint_field(2, position)
+        + wire.bytes_field(3, timestamp(time.time()).SerializeToString())
+    )
 
 
 class EventService(LogService):
@@ -55,6 +61,8 @@ class EventService(LogService):
                 stored = pb.UserEvent()
                 stored.CopyFrom(event)
                 stored.ClearField("id")
+                if not stored.HasField("timestamp"):
+                    stored.timestamp.GetCurrentTime()  # the server's time, as the contract says
                 records.append(NewRecord(event.user_id, pb.UserEventType.Name(event.type), stored.SerializeToString()))
             appended = await self._log.append(STREAM, records)
             if appended:
@@ -63,9 +71,7 @@ class EventService(LogService):
                 count += len(appended)
         return pb.PublishEventsResponse(count=count, first_id=first_id, last_id=last_id)
 
-    async def StreamUserEvents(
-        self, request: pb.StreamUserEventsRequest, context: Context
-    ) -> AsyncIterator[pb.StreamUserEventsResponse]:
+    async def StreamUserEvents(self, request: pb.StreamUserEventsRequest, context: Context) -> AsyncIterator[bytes]:
         if request.all_users and request.user_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give user_id or all_users, not both")
         if not request.all_users and not request.user_id:
@@ -83,9 +89,7 @@ class EventService(LogService):
             return (not user or record.key == user) and (not types or record.kind in types)
 
         async for records, position in self.follow(STREAM, request, match, context):
-            yield pb.StreamUserEventsResponse(
-                events=[event_from_record(r) for r in records], position=position, server_time=timestamp(time.time())
-            )
+            yield encode_response(records, position)
 
 
 def _check_event(event: pb.UserEvent) -> str:
