@@ -24,6 +24,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
 from streamcli.credentials import Credentials
+from streamcli.services import wire
 from streamcli.services.logs import Context, LogCursor, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
 
@@ -36,6 +37,8 @@ SYSTEM_USER = "system"
 MAX_CONTENT_BYTES = 16 * 1024
 #: TYPING indicators one user sends to a room are passed on at most this often (seconds).
 TYPING_INTERVAL = 1.0
+#: Serialized messages a room keeps for its sessions.
+ENCODED_CACHE = 2048
 #: Per-session undelivered notices, presence answers and typing indicators kept (oldest dropped: all ephemeral).
 OUTBOX_SIZE = 64
 
@@ -96,6 +99,17 @@ class Room:
         self.sessions: set[Session] = set()
         self.last_typing: dict[str, float] = {}
         self._watcher: asyncio.Task[None] | None = None
+        # Serialized messages by id: every session of the room sends the same bytes, encoded once.
+        self._encoded: dict[int, bytes] = {}
+
+    def encoded(self, record: LogRecord) -> bytes:
+        """The wire form of a room message, cached for the other sessions."""
+        cached = self._encoded.get(record.id)
+        if cached is None:
+            cached = self._encoded[record.id] = _encode(record)
+            if len(self._encoded) > ENCODED_CACHE:
+                del self._encoded[next(iter(self._encoded))]  # the oldest
+        return cached
 
     def members(self) -> list[str]:
         return sorted({s.user for s in self.sessions})
@@ -233,17 +247,17 @@ class ChatService:
 
     async def _deliver(
         self, session: Session, cursor: LogCursor, receiver: asyncio.Task[None]
-    ) -> AsyncIterator[pb.ChatResponse]:
+    ) -> AsyncIterator[pb.ChatResponse | bytes]:
         """Backlog, then live messages and this session's ephemeral responses, until the client leaves."""
         store = self.backend.log
         while True:
             session.wake.clear()
             records = await store.read(cursor.stream, cursor.position, 200)
+            batches: list[pb.ChatResponse | bytes] = []
             if records:
                 cursor.position = records[-1].id
-                batches = [pb.ChatResponse(messages=[_message(r) for r in records])]
-            else:
-                batches = []
+                room = session.room
+                batches.append(wire.repeated_messages(1, (room.encoded(r) for r in records)))
             while session.outbox:
                 batches.append(session.outbox.popleft())
             for response in batches:
@@ -328,8 +342,7 @@ class ChatService:
         )
 
 
-def _message(record: LogRecord) -> pb.ChatMessage:
-    message = pb.ChatMessage.FromString(record.payload)
-    message.id = record.id
-    message.timestamp.CopyFrom(timestamp(record.timestamp))
-    return message
+def _encode(record: LogRecord) -> bytes:
+    """The serialized ChatMessage of a stored record: its payload plus id and server time fields."""
+    stamp = timestamp(record.timestamp).SerializeToString()
+    return record.payload + wire.varint_field(1, record.id) + wire.bytes_field(5, stamp)
