@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import signal
-import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,9 +36,8 @@ async def test_shutdown_goes_not_serving_refuses_new_calls_and_exits_zero(tmp_pa
                         break
                     await asyncio.sleep(0.05)
             assert refused == grpc.StatusCode.UNAVAILABLE
-        started = time.monotonic()
-        assert served.process.wait(10) == 0
-        assert time.monotonic() - started < 5  # the grace period bounds the drain
+        # The watch would stay open for ever: only the 2 s grace period ends it.
+        assert served.process.wait(30) == 0
         assert "shutting down" in served.log()
 
 
@@ -53,10 +51,8 @@ async def test_a_second_signal_exits_at_once(tmp_path: pathlib.Path) -> None:
             await asyncio.sleep(0.5)
             assert served.process.poll() is None  # still draining
             served.process.send_signal(signal.SIGINT)
-            started = time.monotonic()
-            code = served.process.wait(10)
+            code = served.process.wait(20)  # far less than the 60 s grace period it would otherwise take
         assert code == 128 + signal.SIGINT
-        assert time.monotonic() - started < 3
         assert "exiting now" in served.log()
 
 

@@ -45,12 +45,10 @@ def test_max_and_idle_timeout_end_with_exit_0(tmp_path: pathlib.Path) -> None:
         publish(served.address, *({"user_id": "a", "type": "login"} for _ in range(5)))
         limited = run_cli("--address", served.address, "--json", "tail", "events", "-u", "a", "--since", "1h",
                           "--max", "2")  # fmt: skip
-        started = time.monotonic()
+        # Without the idle timeout this tail would wait for ever (run_cli's 30 s timeout would fail the test).
         idle = run_cli("--address", served.address, "tail", "events", "-u", "nobody", "--idle-timeout", "0.5")
-        elapsed = time.monotonic() - started
     assert limited.returncode == 0 and [json.loads(x)["id"] for x in limited.stdout.splitlines()] == [1, 2]
     assert idle.returncode == 0 and idle.stdout == ""
-    assert elapsed < 10
 
 
 def test_tail_resumes_across_a_server_restart_without_gap_or_duplicate(tmp_path: pathlib.Path) -> None:
