@@ -6,10 +6,12 @@ name); readers filter on those two without parsing payloads.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, NewRecord
@@ -21,6 +23,10 @@ STREAM = "events"
 MAX_EVENTS_PER_REQUEST = 10_000
 #: Longest user id, in characters.
 MAX_USER_ID = 256
+#: Publish messages received and not yet appended, at most (the stream waits beyond that).
+PUBLISH_QUEUE = 64
+#: Valid event types (UNSPECIFIED excluded) and their enum names, the log's record kinds.
+TYPE_NAMES = {value: pb.UserEventType.Name(value) for value in pb.UserEventType.values() if value}
 
 
 def encode_response(records: list[LogRecord], position: int) -> bytes:
@@ -43,32 +49,44 @@ class EventService(LogService):
     async def PublishEvents(
         self, request_iterator: AsyncIterator[pb.PublishEventsRequest], context: Context
     ) -> pb.PublishEventsResponse:
+        # Group commit: requests that arrive while an append is in flight are appended together,
+        # in one transaction, so a publisher sending one event per message is not held to one
+        # append (and one wake-up of every reader) per event.
+        queue: asyncio.Queue[pb.PublishEventsRequest | None] = asyncio.Queue(PUBLISH_QUEUE)
+        receiver = asyncio.create_task(_drain_into(request_iterator, queue))
         count = first_id = last_id = 0
-        async for request in request_iterator:
-            if len(request.events) > MAX_EVENTS_PER_REQUEST:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{len(request.events)} events in one message; at most {MAX_EVENTS_PER_REQUEST}",
-                )
-            records = []
-            for index, event in enumerate(request.events, start=count):
-                problem = _check_event(event)
-                if problem:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"event {index}: {problem} ({count} earlier events were appended)",
-                    )
-                stored = pb.UserEvent()
-                stored.CopyFrom(event)
-                stored.ClearField("id")
-                if not stored.HasField("timestamp"):
-                    stored.timestamp.GetCurrentTime()  # the server's time, as the contract says
-                records.append(NewRecord(event.user_id, pb.UserEventType.Name(event.type), stored.SerializeToString()))
-            appended = await self._log.append(STREAM, records)
-            if appended:
-                first_id = first_id or appended[0].id
-                last_id = appended[-1].id
-                count += len(appended)
+        try:
+            finished = False
+            while not finished:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                finished = items[-1] is None  # the end of the stream is always the last item
+                batch = [item for item in items if item is not None]
+                now = Timestamp()
+                now.GetCurrentTime()  # the server's time for events sent without one
+                records: list[NewRecord] = []
+                for request in batch:
+                    if len(request.events) > MAX_EVENTS_PER_REQUEST:
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{len(request.events)} events in one message; at most {MAX_EVENTS_PER_REQUEST}",
+                        )
+                    for event in request.events:
+                        problem = _check_event(event)
+                        if problem:
+                            await context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT,
+                                f"event {count + len(records)}: {problem} ({count} earlier events were appended)",
+                            )
+                        records.append(_stored(event, now))
+                appended = await self._log.append(STREAM, records)
+                if appended:
+                    first_id = first_id or appended[0].id
+                    last_id = appended[-1].id
+                    count += len(appended)
+        finally:
+            receiver.cancel()
         return pb.PublishEventsResponse(count=count, first_id=first_id, last_id=last_id)
 
     async def StreamUserEvents(self, request: pb.StreamUserEventsRequest, context: Context) -> AsyncIterator[bytes]:
@@ -80,9 +98,9 @@ class EventService(LogService):
             )
         types = set()
         for value in request.event_types:
-            if value == pb.USER_EVENT_TYPE_UNSPECIFIED or value not in pb.UserEventType.values():
+            if value not in TYPE_NAMES:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown event type {value}")
-            types.add(pb.UserEventType.Name(value))
+            types.add(TYPE_NAMES[value])
         user = request.user_id
 
         def match(record: LogRecord) -> bool:
@@ -92,12 +110,32 @@ class EventService(LogService):
             yield encode_response(records, position)
 
 
+async def _drain_into(
+    requests: AsyncIterator[pb.PublishEventsRequest], queue: asyncio.Queue[pb.PublishEventsRequest | None]
+) -> None:
+    try:
+        async for request in requests:
+            await queue.put(request)
+    finally:
+        await queue.put(None)
+
+
+def _stored(event: pb.UserEvent, now: Timestamp) -> NewRecord:
+    """The record of a published event: the event without its id, stamped ``now`` if it had no time."""
+    stored = pb.UserEvent()
+    stored.CopyFrom(event)
+    stored.ClearField("id")
+    if not stored.HasField("timestamp"):
+        stored.timestamp.CopyFrom(now)
+    return NewRecord(event.user_id, TYPE_NAMES[event.type], stored.SerializeToString())
+
+
 def _check_event(event: pb.UserEvent) -> str:
     """Why ``event`` cannot be published, or "" when it can."""
     if not event.user_id:
         return "user_id is required"
     if len(event.user_id) > MAX_USER_ID:
         return f"user_id is longer than {MAX_USER_ID} characters"
-    if event.type == pb.USER_EVENT_TYPE_UNSPECIFIED or event.type not in pb.UserEventType.values():
+    if event.type not in TYPE_NAMES:
         return f"unknown event type {event.type}"
     return ""
