@@ -362,3 +362,13 @@ async def test_a_per_user_token_decides_who_is_talking(tmp_path: pathlib.Path) -
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 await denied.next()
             assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_idle_chat_streams_get_heartbeats(tmp_path: pathlib.Path) -> None:
+    async with running_server(tmp_path, heartbeat=0.1) as server, client(server.address) as conn:
+        alice = await RawChat(conn, "quiet", "alice").open()
+        await alice.messages_until("alice joined")
+        # Nothing else happens in the room: without heartbeats these reads would wait for ever.
+        beats = [await asyncio.wait_for(alice.call.read(), 10) for _ in range(3)]
+        alice.call.cancel()
+    assert all(beat == pb.ChatResponse() for beat in beats)

@@ -68,6 +68,7 @@ class Session:
         self.outbox: collections.deque[pb.ChatResponse] = collections.deque(maxlen=OUTBOX_SIZE)
         self.writing_since: float | None = None  # loop time a pending write started
         self.kicked = False
+        self.heartbeat_due = False  # set by the room's timer: send an empty response if idle
         self.tokens = float(room.settings.burst)
         self.refilled = time.monotonic()
 
@@ -129,9 +130,14 @@ class Room:
     async def _watch(self) -> None:
         """Wake every session when the log grows; disconnect sessions whose client stopped reading."""
         store = self.service.backend.log
+        loop = asyncio.get_running_loop()
+        heartbeat = self.service.log_settings.heartbeat
         seen = (await store.bounds(self.stream)).last_id
+        next_check = loop.time() + 1.0
+        next_beat = loop.time() + heartbeat
         while True:
-            if await store.wait_for(self.stream, seen, 1.0):
+            timeout = max(0.0, min(next_check, next_beat) - loop.time())
+            if await store.wait_for(self.stream, seen, timeout):
                 seen = (await store.bounds(self.stream)).last_id
                 for session in self.sessions:
                     session.wake.set()
@@ -139,12 +145,21 @@ class Room:
                 for session in self.sessions:
                     session.wake.set()  # each raises ServerStopping with its resume point
                 return
-            now = asyncio.get_running_loop().time()
-            for session in list(self.sessions):
-                stalled = session.writing_since is not None and now - session.writing_since > self.settings.stall_limit
-                if stalled and not session.kicked and session.task is not None:
-                    session.kicked = True
-                    session.task.cancel()
+            now = loop.time()
+            if now >= next_beat:  # one timer for the room, instead of one per session
+                next_beat = now + heartbeat
+                for session in self.sessions:
+                    session.heartbeat_due = True
+                    session.wake.set()
+            if now >= next_check:
+                next_check = now + 1.0
+                for session in list(self.sessions):
+                    stalled = (
+                        session.writing_since is not None and now - session.writing_since > self.settings.stall_limit
+                    )
+                    if stalled and not session.kicked and session.task is not None:
+                        session.kicked = True
+                        session.task.cancel()
 
 
 class ChatService:
@@ -212,6 +227,7 @@ class ChatService:
         await self._system(room, f"{session.user} joined", session.user)
         cursor = LogCursor(store, room.stream, start, lambda record: True)
         receiver = asyncio.create_task(self._receive(session, request_iterator))
+        receiver.add_done_callback(lambda _: session.wake.set())
         loop = asyncio.get_running_loop()
         try:
             try:
@@ -260,20 +276,20 @@ class ChatService:
                 batches.append(wire.repeated_messages(1, (room.encoded(r) for r in records)))
             while session.outbox:
                 batches.append(session.outbox.popleft())
+            if not batches and session.heartbeat_due:
+                batches.append(pb.ChatResponse())  # heartbeat
+            session.heartbeat_due = False
             for response in batches:
                 yield response
-            if records or batches:
+            if batches:
                 continue
             if receiver.done():
                 return  # the client half-closed (left) and everything up to now was delivered
             if self.stopping.is_set():
                 raise ServerStopping(cursor.position)
-            waiter = asyncio.ensure_future(session.wake.wait())
-            done, _ = await asyncio.wait({waiter, receiver}, timeout=self.log_settings.heartbeat,
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-            waiter.cancel()
-            if not done:
-                yield pb.ChatResponse()  # heartbeat
+            # Woken by the room (new messages, heartbeat, shutdown), a push, or the receiver ending:
+            # no task or timer per session and message.
+            await session.wake.wait()
 
     async def _receive(self, session: Session, requests: AsyncIterator[pb.ChatRequest]) -> None:
         """Append what the client sends; answer bad messages with an in-band notice."""
