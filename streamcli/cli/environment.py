@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 @dataclasses.dataclass
 class Environment:
@@ -83,10 +85,11 @@ class Environment:
             # Raised here, where typer does not swallow it, so the boundary can say so.
             raise Interrupted("interrupted") from None
 
-    def emit_json(self, record: dict[str, Any]) -> None:
-        """Write one NDJSON line to stdout."""
-        self.stdout.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
-        self.stdout.flush()
+    def emit_json(self, record: dict[str, Any], *, flush: bool = True) -> None:
+        """Write one NDJSON line to stdout (``flush=False``: the caller flushes after a batch)."""
+        self.stdout.write(_JSON.encode(record) + "\n")
+        if flush:
+            self.stdout.flush()
 
     def error(self, message: str) -> None:
         """Write one diagnostic line to stderr."""

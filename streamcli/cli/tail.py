@@ -66,10 +66,10 @@ def _since(text: str | None) -> Timestamp | None:
     return parse_timestamp(text)
 
 
-def _options(follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
+def _options(env: Environment, follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
     from streamcli.client.tail import TailOptions
 
-    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout)
+    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout, on_batch_end=env.stdout.flush)
 
 
 def _print_all(
@@ -83,11 +83,14 @@ def _print_all(
     async def consume(conn: Connection) -> None:
         async for record in open_records(conn):
             if env.json:
-                env.emit_json(to_json(record))
+                env.emit_json(to_json(record), flush=False)  # flushed once per response (on_batch_end)
             else:
                 env.console.print(to_line(record), soft_wrap=True)
 
-    env.run(consume)
+    try:
+        env.run(consume)
+    finally:
+        env.stdout.flush()
 
 
 @tail_app.command("events")
@@ -126,7 +129,7 @@ def tail_events(
     if all_users == bool(user):
         raise UsageError("give --user USER or --all-users (one of them)")
     values = [EVENT_TYPES.parse(t) for t in types or []]
-    options = _options(follow, max_records, idle_timeout)
+    options = _options(env, follow, max_records, idle_timeout)
     start = _since(since)
     _print_all(
         env,
@@ -172,7 +175,7 @@ def tail_notifications(
     from streamcli.ui.records import notification_line
 
     env = get_env(ctx)
-    options = _options(follow, max_records, idle_timeout)
+    options = _options(env, follow, max_records, idle_timeout)
     start = _since(since)
     _print_all(
         env,

@@ -102,9 +102,30 @@ def event_to_json(event: pb.UserEvent) -> dict[str, Any]:
         "id": event.id,
         "user_id": event.user_id,
         "type": EVENT_TYPES.name(event.type),
-        "timestamp": event.timestamp.ToJsonString(),
+        "timestamp": rfc3339(event.timestamp),
         "data": unpack_data(event.data),
     }
+
+
+_second_text: tuple[int, str] = (-1, "")
+
+
+def rfc3339(stamp: Timestamp) -> str:
+    """``Timestamp.ToJsonString``'s text (fraction of 0, 3, 6 or 9 digits), several times faster:
+    the seconds part is formatted once per second."""
+    global _second_text
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if _second_text[0] != seconds:
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+        _second_text = (seconds, moment.strftime("%Y-%m-%dT%H:%M:%S"))
+    text = _second_text[1]
+    if not nanos:
+        return text + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{text}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1_000 == 0:
+        return f"{text}.{nanos // 1_000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
 
 
 def parse_timestamp(text: str) -> Timestamp:

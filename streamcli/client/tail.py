@@ -31,6 +31,8 @@ class TailOptions:
     follow: bool = True  # False: history only
     max_records: int | None = None  # end after this many records
     idle_timeout: float | None = None  # end after this many seconds without a record
+    # Called after the records of each response: the moment to flush output (once per response, not per line).
+    on_batch_end: Callable[[], None] | None = None
     retry: RetryPolicy = dataclasses.field(default_factory=lambda: RetryPolicy(retries=TAIL_RETRIES))
 
 
@@ -102,6 +104,8 @@ async def tail_log(
                             call.cancel()
                             return
                     resume_after = int(response.position)
+                    if options.on_batch_end is not None:
+                        options.on_batch_end()
             except grpc.aio.AioRpcError as exc:
                 if not connected:
                     raise
