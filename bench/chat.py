@@ -5,45 +5,53 @@ Both servers speak the real ``streaming.v1.StreamingService/Chat`` (``ChatReques
 
 1. raw: a ``grpc.aio`` server (handler registered with ``grpc.method_handlers_generic_handler``) that relays
    each ``ChatSend`` it receives, from memory, to every stream of the room through one ``asyncio.Queue`` per
-   stream: one ``ChatResponse`` per message, no storage, no checks, no SYSTEM messages -- the stack's limit;
+   stream: one ``ChatResponse`` per message (what queued up for a stream while its previous write was in flight
+   goes out in one, as streamcli sends a backlog), no storage, no checks, no SYSTEM messages -- the stack's
+   limit;
 2. streamcli: ``streamcli serve --data-dir TMP --address 127.0.0.1:PORT --chat-rate 1000`` (the rate limit
-   raised so that the load is not throttled; refused messages are counted and reported).
+   raised so that the load is not throttled; refused messages are counted, and a warning says so).
 
 The chat clients are ``grpc.aio`` clients, many per process (``python bench/chat.py _worker clients ...``),
 each with a channel and TCP connection of its own (``grpc.use_local_subchannel_pool``) and one Chat stream,
 speaking the client side of the protocol as ``streamcli chat`` does: a ``ChatJoin`` first (distinct user ids:
-the server refuses a second live session of one name), then ``ChatSend`` TEXT messages written from a queue
-by a sender task, while a reader task reads responses. Every message carries its send time (``time.time()``)
-in its content; the driver (this script) steers the client processes over their stdin and stdout.
+the server refuses a second live session of one name; backlog 0, the server's default), then ``ChatSend`` TEXT
+messages written from a queue by a sender task, while a reader task reads responses. Every message carries
+its send time (``time.time()``) in its content; the driver (this script) steers the client processes over
+their stdin and stdout.
 
-The loads, on one server of each kind (A and B share it, C gets a fresh one):
+The loads:
 
 A. latency: ``--clients`` (200) clients in one room, sending ``--rate`` (50) messages/s in total for
    ``--duration`` (10) s, paced on a shared schedule (open loop, round robin over the clients); every client
-   records receive time - send time of every message it receives from others: p50/p90/p99/max in ms, and
-   delivered against expected (messages sent x (clients - 1));
+   records receive time - send time of every message it receives from others: p50/p90/p99/max in ms over
+   all rounds, and delivered against expected (messages sent x (clients - 1));
 B. burst: one client sends ``--burst`` (1000) messages as fast as its stream takes them; deliveries/s =
    messages x clients (the sender's own copies included) / (first send to the moment the last client has all
-   of them);
-C. idle: ``--idle-clients`` (1000) clients joined to ``--idle-rooms`` (10) rooms, doing nothing; the server's
-   ``VmRSS`` and ``VmHWM`` (``/proc/PID/status``) once the joins have settled, and before any client connected.
+   of them), median over rounds;
+C. idle: ``--idle-clients`` (1000) clients joined to ``--idle-rooms`` (10) rooms, doing nothing, on a fresh
+   server of each kind; the server's ``VmRSS`` and ``VmHWM`` (``/proc/PID/status``) once the joins have
+   settled, and before any client connected.
 
-Joins settle before anything is measured: on streamcli every join is a SYSTEM message to everyone in the room
-(200 joins are some 20,000 deliveries, plus each joiner's backlog), so the driver sends a marker message in
-every room and waits until every client has received it (room logs are ordered: whatever came before has been
-delivered). The same barrier closes load A (after a 1 s grace) before the figures are collected. Server and
-client CPU time (``/proc/PID/stat``) over each load is reported as % of one core: on 2 cores the clients and
-the server compete, and a saturated client process adds its own queueing to the latencies.
+Both servers of A and B run at once, each with its room of clients joined (``--client-procs`` processes each),
+and take turns: ``--rounds`` (3) rounds of A for each kind, then B for each kind, the order of the kinds
+reversed every other round, so that whatever else runs on the machine falls on both alike. Joins settle
+before anything is measured: on streamcli every join is a SYSTEM message to everyone in the room (200 joins
+are some 20,000 deliveries, plus each joiner's backlog), so the driver sends a marker message in every room
+and waits until every client has received it (room logs are ordered: whatever came before has been
+delivered). The same barrier closes every round of A (after a 1 s grace) before its figures are collected.
+CPU time over each load (``/proc/PID/stat``, ``/proc/stat``) is reported as % of one core for the server, its
+client processes and all other processes of the machine: on 2 cores the clients and the server compete, a
+busy client process adds its own queueing to the latencies, and other work on the machine shows.
 
 Run from anywhere, with the interpreter of the environment streamcli is installed in (Linux only)::
 
-    python bench/chat.py [--clients 200] [--rate 50] [--duration 10] [--burst 1000] [--client-procs 2]
-                         [--idle-clients 1000] [--idle-rooms 10] [--idle-procs 4] [--chat-rate 1000]
-                         [--py-spy DIR]
+    python bench/chat.py [--clients 200] [--rate 50] [--duration 10] [--burst 1000] [--rounds 3]
+                         [--client-procs 2] [--idle-clients 1000] [--idle-rooms 10] [--idle-procs 4]
+                         [--chat-rate 1000] [--py-spy DIR]
 
-``--py-spy DIR`` records both servers with py-spy (``--nonblocking``, 100 Hz, raw collapsed stacks) during
-loads A and B into DIR (``raw-latency.txt``, ``streamcli-burst.txt``, ...); it costs the servers some CPU, so
-figures of such a run are not for the record.
+``--py-spy DIR`` records both servers with py-spy (``--nonblocking``, 100 Hz, raw collapsed stacks) during the
+first round of loads A and B into DIR (``raw-latency.txt``, ``streamcli-burst.txt``, ...); it costs the
+servers some CPU, so figures of such a run are not for the record.
 
 Standard library, grpc and streamcli only (py-spy only for ``--py-spy``); not part of the test suite.
 """
