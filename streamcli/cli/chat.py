@@ -73,12 +73,12 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
     """Each stdin line becomes a message; incoming messages print as lines; EOF leaves."""
     import asyncio
 
-    from streamcli.client.chat import ChatClient, ChatHandlers
+    from streamcli.client.chat import ChatClient, ChatHandlers, message_to_json
     from streamcli.errors import StreamcliError
 
     def show(message: pb.ChatMessage) -> None:
         if env.json:
-            env.emit_json(message_json(message))
+            env.emit_json(message_to_json(message))
         else:
             author = "--" if message.user_id == "system" else f"<{message.user_id}>"
             env.stdout.write(f"{message.timestamp.ToJsonString()} {author} {message.content}\n")
@@ -103,23 +103,6 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
     except StreamcliError:
         feeder.cancel()
         raise
-
-
-def message_json(message: pb.ChatMessage) -> dict[str, Any]:
-    """The NDJSON form of a chat message."""
-    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-    from streamcli.client.enums import ShortNames
-
-    types = ShortNames(pb.ChatMessageType, "CHAT_MESSAGE_TYPE_", "message type")
-    return {
-        "id": message.id,
-        "room_id": message.room_id,
-        "user_id": message.user_id,
-        "type": types.name(message.type),
-        "content": message.content,
-        "file_id": message.file_id,
-        "timestamp": message.timestamp.ToJsonString(),
-    }
 
 
 def register(app: typer.Typer) -> None:

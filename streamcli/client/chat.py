@@ -12,15 +12,34 @@ import asyncio
 import dataclasses
 import enum
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.enums import ShortNames
+from streamcli.client.events import rfc3339
 from streamcli.client.retry import Attempts, RetryPolicy
 
 #: Messages typed while disconnected that are kept for sending on reconnect.
 OUTGOING_LIMIT = 1000
+
+
+MESSAGE_TYPES = ShortNames(pb.ChatMessageType, "CHAT_MESSAGE_TYPE_", "message type")
+
+
+def message_to_json(message: pb.ChatMessage) -> dict[str, Any]:
+    """The NDJSON form printed by ``chat --json`` (like ``event_to_json`` for events)."""
+    return {
+        "id": message.id,
+        "room_id": message.room_id,
+        "user_id": message.user_id,
+        "type": MESSAGE_TYPES.name(message.type),
+        "content": message.content,
+        "file_id": message.file_id,
+        "timestamp": rfc3339(message.timestamp),
+    }
 
 
 class ChatState(enum.Enum):
