@@ -8,7 +8,7 @@ Both servers speak the real ``streaming.v1.StreamingService/Chat`` (``ChatReques
    stream: one ``ChatResponse`` per message (what queued up for a stream while its previous write was in flight
    goes out in one, as streamcli sends a backlog), no storage, no checks, no SYSTEM messages -- the stack's
    limit;
-2. streamcli: ``streamcli serve --data-dir TMP --address 127.0.0.1:PORT --chat-rate 1000`` (the rate limit
+2. streamcli: ``streamcli serve --data-dir TMP --address 127.0.0.1:PORT --chat-rate 100000`` (the rate limit
    raised so that the load is not throttled; refused messages are counted, and a warning says so).
 
 The chat clients are ``grpc.aio`` clients, many per process (``python bench/chat.py _worker clients ...``),
@@ -47,7 +47,7 @@ Run from anywhere, with the interpreter of the environment streamcli is installe
 
     python bench/chat.py [--clients 200] [--rate 50] [--duration 10] [--burst 1000] [--rounds 3]
                          [--client-procs 2] [--idle-clients 1000] [--idle-rooms 10] [--idle-procs 4]
-                         [--chat-rate 1000] [--py-spy DIR]
+                         [--chat-rate 100000] [--py-spy DIR]
 
 ``--py-spy DIR`` records both servers with py-spy (``--nonblocking``, 100 Hz, raw collapsed stacks) during the
 first round of loads A and B into DIR (``raw-latency.txt``, ``streamcli-burst.txt``, ...); it costs the
@@ -993,7 +993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--idle-clients", type=int, default=1000, help="idle clients of load C; 0 skips it (default: %(default)s)")
     add("--idle-rooms", type=int, default=10, help="rooms of load C (default: %(default)s)")
     add("--idle-procs", type=int, default=4, help="client processes of load C (default: %(default)s)")
-    add("--chat-rate", type=float, default=1000.0, help="streamcli serve --chat-rate (default: %(default)s)")
+    add("--chat-rate", type=float, default=100000.0, help="streamcli serve --chat-rate (default: %(default)s)")
     add("--py-spy", type=pathlib.Path, help="record the servers during loads A and B into this directory")
     args = parser.parse_args(argv)
     if (

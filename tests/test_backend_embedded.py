@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from streamcli.backends import open_backend
-from streamcli.backends.base import FileRecord, LogBounds, NewRecord, TrimmedError, UploadRecord
+from streamcli.backends.base import FileRecord, LogBounds, LogRecord, NewRecord, TrimmedError, UploadRecord
 from streamcli.backends.blobs import DirectoryBlobStore
 from streamcli.backends.sqlite import SqliteStore
 from streamcli.errors import UsageError
+from streamcli.services.logs import Appender
 
 UNSAFE_IDS = ["../x", "", "a/b", "a" * 65, "..", ".", "/etc/passwd", "x\n", "a b", "é"]
 
@@ -347,6 +348,58 @@ async def test_wait_for_is_not_satisfied_by_another_stream(store: SqliteStore) -
     await store.append("other", batch(1, 3))
     assert await asyncio.wait_for(waiter, 2) is False
     assert await store.bounds("s") == LogBounds(0, 0)
+
+
+# --- Appender: batched appends on the real store -----------------------------------
+
+
+class Recorder:
+    """The appender's callbacks, noting what each append stored and what failed."""
+
+    def __init__(self) -> None:
+        self.appends: list[list[tuple[int, int]]] = []  # per append: (id, tag)
+        self.failed: list[tuple[str, list[int]]] = []
+
+    async def stored(self, records: list[LogRecord], tags: list[int]) -> None:
+        self.appends.append([(r.id, tag) for r, tag in zip(records, tags, strict=True)])
+
+    def on_failed(self, exc: BaseException, tags: list[int]) -> None:
+        self.failed.append((str(exc), tags))
+
+
+async def test_appender_posts_without_waiting_and_batches_what_queued(store: SqliteStore) -> None:
+    seen = Recorder()
+    appender: Appender[int] = Appender(store, "s", seen.stored, seen.on_failed)
+    for n in range(300):
+        await appender.post(new(n), n)
+    assert await store.bounds("s") == LogBounds(0, 0)  # nothing waited for the disk yet
+    await appender.stored()
+    stored = [pair for append in seen.appends for pair in append]
+    assert stored == [(n + 1, n) for n in range(300)]  # posting order, ids contiguous, tags matched
+    assert len(seen.appends) < 10  # batched, not one append per record
+    records = await store.read("s", 0, 1000)
+    assert [r.payload for r in records] == [new(n).payload for n in range(300)]
+
+
+async def test_appender_makes_posters_wait_beyond_its_limit(store: SqliteStore) -> None:
+    seen = Recorder()
+    appender: Appender[int] = Appender(store, "s", seen.stored, seen.on_failed, limit=10)
+    for n in range(25):  # the 11th post waits until a batch has been taken
+        await appender.post(new(n), n)
+    assert (await store.bounds("s")).last_id >= 10
+    await appender.stored()
+    assert [tag for append in seen.appends for _, tag in append] == list(range(25))
+
+
+async def test_appender_reports_a_failed_append_and_carries_on(tmp_path: pathlib.Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    seen = Recorder()
+    appender: Appender[int] = Appender(store, "s", seen.stored, seen.on_failed)
+    await store.close()
+    await appender.post(new(1), 1)
+    await asyncio.wait_for(appender.stored(), 5)  # returns: the failure was handed over
+    assert seen.appends == []
+    assert [tags for _, tags in seen.failed] == [[1]]
 
 
 # --- SqliteStore: metadata --------------------------------------------------------

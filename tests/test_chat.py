@@ -14,6 +14,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.client.chat import ChatClient, ChatHandlers, ChatState
 from streamcli.client.connection import Connection
 from streamcli.server.app import RunningServer
@@ -219,10 +220,38 @@ async def test_rate_limit_is_an_in_band_notice(tmp_path: pathlib.Path) -> None:
         alice.call.cancel()
 
 
+async def test_a_burst_is_stored_and_delivered_in_batches_in_order(tmp_path: pathlib.Path) -> None:
+    settings = ChatSettings(rate=10_000, burst=10_000)
+    async with running_server(tmp_path, chat=settings) as server, client(server.address) as conn:
+        reader = await RawChat(conn, "burst", "reader").open()
+        await reader.messages_until("reader joined")
+        writer = await RawChat(conn, "burst", "writer").open()
+        await reader.messages_until("writer joined")
+        for n in range(300):
+            await writer.say(f"m{n}")
+        received: list[pb.ChatMessage] = []
+        responses = 0
+        while len(received) < 300:
+            received.extend((await reader.next()).messages)
+            responses += 1
+        assert [m.content for m in received] == [f"m{n}" for n in range(300)]
+        assert [m.id for m in received] == list(range(received[0].id, received[0].id + 300))
+        assert responses < 300  # what queued up while an append was in flight went out together
+        reader.call.cancel()
+        writer.call.cancel()
+
+
 async def test_a_stalled_client_is_cut_off_without_slowing_the_room(tmp_path: pathlib.Path) -> None:
     settings = ChatSettings(rate=10_000, burst=10_000, stall_limit=1.0)
-    async with running_server(tmp_path, chat=settings) as server, client(server.address) as conn:
-        stalled = await RawChat(conn, "busy", "stalled").open()
+    async with (
+        running_server(tmp_path, chat=settings) as server,
+        client(server.address) as conn,
+        # A connection of its own without BDP probing: the flow-control window that the stalled
+        # reader can absorb stays at gRPC's default instead of growing with the others' traffic.
+        grpc.aio.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)]) as channel,
+    ):
+        own = Connection(conn.settings, channel, pb_grpc.StreamingServiceStub(channel), conn.metadata)
+        stalled = await RawChat(own, "busy", "stalled").open()
         await stalled.messages_until("stalled joined")  # then never reads again
         reader = await RawChat(conn, "busy", "reader").open()
         writer = await RawChat(conn, "busy", "writer").open()

@@ -116,6 +116,7 @@ class RunningServer:
     address: str  # the bound address, with the real port when 0 was asked for
     stopping: asyncio.Event  # set when shutdown begins; long-lived streams watch it
     housekeeping: list[asyncio.Task[None]]  # periodic background jobs
+    chat: ChatService  # closed after the calls end: stores the last leave messages
 
     async def stop(self, grace: float | None) -> None:
         """Go NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds.
@@ -129,6 +130,7 @@ class RunningServer:
         self.backend.log.release_readers()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.chat.close()
         for task in self.housekeeping:
             task.cancel()
         await asyncio.gather(*self.housekeeping, return_exceptions=True)
@@ -200,7 +202,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         asyncio.create_task(_every(interval, files.expire_uploads)),
         asyncio.create_task(_every(config.housekeeping_interval, apply_retention)),
     ]
-    return RunningServer(server, health_servicer, backend, address, stopping, housekeeping)
+    return RunningServer(server, health_servicer, backend, address, stopping, housekeeping, chat)
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:

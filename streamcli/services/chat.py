@@ -18,6 +18,7 @@ import re
 import time
 import unicodedata
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import grpc
 
@@ -25,7 +26,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
 from streamcli.credentials import Credentials
 from streamcli.services import wire
-from streamcli.services.logs import Context, LogCursor, LogSettings, ServerStopping, timestamp
+from streamcli.services.logs import Appender, Context, LogCursor, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
 
 log = logging.getLogger("streamcli.chat")
@@ -39,6 +40,10 @@ MAX_CONTENT_BYTES = 16 * 1024
 TYPING_INTERVAL = 1.0
 #: Serialized messages a room keeps for its sessions.
 ENCODED_CACHE = 2048
+#: Framed responses of its newest appends a room keeps for the sessions that were caught up.
+RECENT_RESPONSES = 16
+#: Messages read from the log per response by a session that is behind.
+READ_MESSAGES = 200
 #: Per-session undelivered notices, presence answers and typing indicators kept (oldest dropped: all ephemeral).
 OUTBOX_SIZE = 64
 
@@ -89,8 +94,22 @@ class Session:
         return True
 
 
+class _Post(NamedTuple):
+    """What the room's appender needs to know about a message besides its record."""
+
+    session: Session | None  # the sender (None: a SYSTEM message)
+    mentions: tuple[str, ...] = ()  # users to notify once it is stored
+    content: str = ""
+
+
 class Room:
-    """The sessions of one room on this server, and the task that wakes them."""
+    """The sessions of one room on this server, its appender and the task that wakes them.
+
+    Messages are appended in batches by the room's ``Appender``: a sender never
+    waits for the disk, and what a burst queued up is stored (and delivered) in
+    one go. Each append is framed once as a response for every session that was
+    caught up, which is nearly all of them.
+    """
 
     def __init__(self, room_id: str, service: ChatService) -> None:
         self.room_id = room_id
@@ -99,9 +118,13 @@ class Room:
         self.settings = service.settings
         self.sessions: set[Session] = set()
         self.last_typing: dict[str, float] = {}
+        self.last_id = 0  # the newest message the sessions have been woken for
+        self.appender: Appender[_Post] = Appender(service.backend.log, self.stream, self._stored, self._failed)
         self._watcher: asyncio.Task[None] | None = None
         # Serialized messages by id: every session of the room sends the same bytes, encoded once.
         self._encoded: dict[int, bytes] = {}
+        # The newest appends, framed: position before them -> (response bytes, their last id).
+        self._recent: dict[int, tuple[bytes, int]] = {}
 
     def encoded(self, record: LogRecord) -> bytes:
         """The wire form of a room message, cached for the other sessions."""
@@ -111,6 +134,10 @@ class Room:
             if len(self._encoded) > ENCODED_CACHE:
                 del self._encoded[next(iter(self._encoded))]  # the oldest
         return cached
+
+    def recent(self, position: int) -> tuple[bytes, int] | None:
+        """The framed messages right after ``position`` and the last one's id, if they were appended lately."""
+        return self._recent.get(position)
 
     def members(self) -> list[str]:
         return sorted({s.user for s in self.sessions})
@@ -127,20 +154,47 @@ class Room:
             self._watcher = None
             self.service.rooms.pop(self.room_id, None)
 
+    def advance(self, last_id: int) -> None:
+        """The log holds messages up to ``last_id``: wake the sessions if that is news."""
+        if last_id > self.last_id:
+            self.last_id = last_id
+            for session in self.sessions:
+                session.wake.set()
+
+    async def _stored(self, records: list[LogRecord], posts: list[_Post]) -> None:
+        framed = wire.repeated_messages(1, (self.encoded(r) for r in records))
+        self._recent[records[0].id - 1] = (framed, records[-1].id)
+        if len(self._recent) > RECENT_RESPONSES:
+            del self._recent[next(iter(self._recent))]  # the oldest
+        self.advance(records[-1].id)
+        notifications = self.service.notifications
+        for post in posts:
+            if post.session is not None and notifications is not None:
+                for mentioned in post.mentions:
+                    await notifications.raise_(
+                        mentioned, "chat", f"{post.session.user} mentioned you in {self.room_id}", post.content[:200],
+                        attributes={"room_id": self.room_id},
+                    )  # fmt: skip
+
+    def _failed(self, exc: BaseException, posts: list[_Post]) -> None:
+        log.error("room %s: %d messages not stored: %s", self.room_id, len(posts), exc)
+        for post in posts:
+            if post.session is not None:
+                post.session.push(
+                    pb.ChatResponse(notice=pb.ChatNotice(code="UNAVAILABLE", message=f"message not stored: {exc}"))
+                )
+
     async def _watch(self) -> None:
-        """Wake every session when the log grows; disconnect sessions whose client stopped reading."""
+        """Wake every session when the log grows by other hands; disconnect sessions whose client stopped reading."""
         store = self.service.backend.log
         loop = asyncio.get_running_loop()
         heartbeat = self.service.log_settings.heartbeat
-        seen = (await store.bounds(self.stream)).last_id
         next_check = loop.time() + 1.0
         next_beat = loop.time() + heartbeat
         while True:
             timeout = max(0.0, min(next_check, next_beat) - loop.time())
-            if await store.wait_for(self.stream, seen, timeout):
-                seen = (await store.bounds(self.stream)).last_id
-                for session in self.sessions:
-                    session.wake.set()
+            if await store.wait_for(self.stream, self.last_id, timeout):
+                self.advance((await store.bounds(self.stream)).last_id)  # a no-op after this room's own appends
             elif self.service.stopping.is_set():
                 for session in self.sessions:
                     session.wake.set()  # each raises ServerStopping with its resume point
@@ -181,6 +235,11 @@ class ChatService:
         self.stopping = stopping
         self.notifications = notifications
         self.rooms: dict[str, Room] = {}
+        self._leaving: set[asyncio.Future[None]] = set()
+
+    async def close(self) -> None:
+        """Wait until the leave messages of ended sessions are stored (before the store closes)."""
+        await asyncio.gather(*self._leaving, return_exceptions=True)
 
     async def ListRoomMembers(self, request: pb.ListRoomMembersRequest, context: Context) -> pb.ListRoomMembersResponse:
         room = self.rooms.get(request.room_id)
@@ -213,6 +272,7 @@ class ChatService:
             )
         store = self.backend.log
         bounds = await store.bounds(room.stream)
+        room.advance(bounds.last_id)
         if join.resume_after_id:
             if join.resume_after_id > bounds.last_id:
                 await context.abort(
@@ -228,13 +288,9 @@ class ChatService:
         cursor = LogCursor(store, room.stream, start, lambda record: True)
         receiver = asyncio.create_task(self._receive(session, request_iterator))
         receiver.add_done_callback(lambda _: session.wake.set())
-        loop = asyncio.get_running_loop()
         try:
             try:
-                async for response in self._deliver(session, cursor, receiver):
-                    session.writing_since = loop.time()
-                    await context.write(response)
-                    session.writing_since = None
+                await self._deliver(session, cursor, receiver, context)
             except asyncio.CancelledError:
                 if not session.kicked:
                     raise
@@ -258,30 +314,41 @@ class ChatService:
             if receiver.done() and not receiver.cancelled():
                 receiver.exception()  # a broken request stream just ends the session
             room.remove(session)
-            # Said even when the client vanished without a goodbye.
-            await asyncio.shield(self._system(room, f"{session.user} left", session.user))
+            # Said even when the client vanished without a goodbye, and stored before the server closes.
+            leave = asyncio.ensure_future(self._system(room, f"{session.user} left", session.user))
+            self._leaving.add(leave)
+            leave.add_done_callback(self._leaving.discard)
+            await asyncio.shield(leave)
 
     async def _deliver(
-        self, session: Session, cursor: LogCursor, receiver: asyncio.Task[None]
-    ) -> AsyncIterator[pb.ChatResponse | bytes]:
+        self, session: Session, cursor: LogCursor, receiver: asyncio.Task[None], context: Context
+    ) -> None:
         """Backlog, then live messages and this session's ephemeral responses, until the client leaves."""
         store = self.backend.log
+        room = session.room
+        loop = asyncio.get_running_loop()
         while True:
             session.wake.clear()
-            records = await store.read(cursor.stream, cursor.position, 200)
-            batches: list[pb.ChatResponse | bytes] = []
-            if records:
-                cursor.position = records[-1].id
-                room = session.room
-                batches.append(wire.repeated_messages(1, (room.encoded(r) for r in records)))
+            responses: list[pb.ChatResponse | bytes] = []
+            if cursor.position < room.last_id:
+                framed = room.recent(cursor.position)  # what a caught-up session needs, framed once for all
+                if framed is None:
+                    records = await store.read(cursor.stream, cursor.position, READ_MESSAGES)
+                    if records:
+                        framed = wire.repeated_messages(1, (room.encoded(r) for r in records)), records[-1].id
+                if framed is not None:
+                    responses.append(framed[0])
+                    cursor.position = framed[1]
             while session.outbox:
-                batches.append(session.outbox.popleft())
-            if not batches and session.heartbeat_due:
-                batches.append(pb.ChatResponse())  # heartbeat
+                responses.append(session.outbox.popleft())
+            if not responses and session.heartbeat_due:
+                responses.append(pb.ChatResponse())  # heartbeat
             session.heartbeat_due = False
-            for response in batches:
-                yield response
-            if batches:
+            for response in responses:
+                session.writing_since = loop.time()
+                await context.write(response)
+                session.writing_since = None
+            if responses:
                 continue
             if receiver.done():
                 return  # the client half-closed (left) and everything up to now was delivered
@@ -309,6 +376,7 @@ class ChatService:
                         notice=pb.ChatNotice(code="INVALID_ARGUMENT", message=f"unexpected {action or 'empty message'}")
                     )
                 )
+        await session.room.appender.stored()  # what the client sent is in the log before it counts as gone
 
     async def _post(self, session: Session, send: pb.ChatSend) -> tuple[str, str] | None:
         """Validate and append (or relay, for TYPING) one message; returns (code, why) when refused."""
@@ -339,23 +407,18 @@ class ChatService:
             return "RESOURCE_EXHAUSTED", f"slow down: at most {self.settings.rate:g} messages per second"
         message = pb.ChatMessage(user_id=session.user, room_id=room.room_id, content=send.content, type=send.type,
                                  file_id=send.file_id)  # fmt: skip
-        await self.backend.log.append(
-            room.stream, [NewRecord(session.user, pb.ChatMessageType.Name(send.type), message.SerializeToString())]
+        mentions = tuple(set(MENTION.findall(send.content)) - {session.user}) if "@" in send.content else ()
+        await room.appender.post(
+            NewRecord(session.user, pb.ChatMessageType.Name(send.type), message.SerializeToString()),
+            _Post(session, mentions, send.content),
         )
-        if self.notifications is not None:
-            for mentioned in set(MENTION.findall(send.content)) - {session.user}:
-                await self.notifications.raise_(
-                    mentioned, "chat", f"{session.user} mentioned you in {room.room_id}", send.content[:200],
-                    attributes={"room_id": room.room_id},
-                )  # fmt: skip
         return None
 
     async def _system(self, room: Room, text: str, about: str) -> None:
         message = pb.ChatMessage(user_id=SYSTEM_USER, room_id=room.room_id, content=text,
                                  type=pb.CHAT_MESSAGE_TYPE_SYSTEM)  # fmt: skip
-        await self.backend.log.append(
-            room.stream, [NewRecord(about, "CHAT_MESSAGE_TYPE_SYSTEM", message.SerializeToString())]
-        )
+        await room.appender.post(NewRecord(about, "CHAT_MESSAGE_TYPE_SYSTEM", message.SerializeToString()), _Post(None))
+        await room.appender.stored()
 
 
 def _encode(record: LogRecord) -> bytes:

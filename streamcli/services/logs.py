@@ -10,17 +10,19 @@ memory. A position that retention has trimmed gives OUT_OF_RANGE, never a gap.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from streamcli.backends.base import LogRecord, LogStore, TrimmedError
+from streamcli.backends.base import LogRecord, LogStore, NewRecord, TrimmedError
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Tag = TypeVar("Tag")
 
 #: Records read from the store per step; also the most sent in one response.
 BATCH_RECORDS = 500
@@ -193,3 +195,90 @@ class LogService:
         )
         async for records in batches:
             yield records, cursor.position
+
+
+class Appender(Generic[Tag]):
+    """Appends the records many tasks post to one stream, in batches: posting does not wait for the store.
+
+    Records posted while an append is in flight go into the next one, in posting
+    order and in one ``append`` call (one transaction, one wake-up of the
+    readers). A burst of posts therefore costs a few appends instead of one
+    each, and a poster is never held up by the disk. At most ``limit`` records
+    wait; ``post`` waits beyond that. ``stored()`` waits until everything posted
+    so far is stored.
+
+    Each record carries a tag of the caller's choosing, handed back to
+    ``on_stored`` (after each append, with the stored records) or
+    ``on_failed`` (when an append raises; those records are not stored).
+    """
+
+    def __init__(
+        self,
+        log: LogStore,
+        stream: str,
+        on_stored: Callable[[list[LogRecord], list[Tag]], Awaitable[None]],
+        on_failed: Callable[[BaseException, list[Tag]], None],
+        *,
+        limit: int = 1000,
+    ) -> None:
+        self._log = log
+        self._stream = stream
+        self._on_stored = on_stored
+        self._on_failed = on_failed
+        self._limit = limit
+        self._pending: collections.deque[tuple[NewRecord, Tag]] = collections.deque()
+        self._posted = 0  # records ever posted
+        self._done = 0  # records ever appended or failed
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def post(self, record: NewRecord, tag: Tag) -> None:
+        """Queue ``record`` for the next append; returns at once unless ``limit`` records are waiting."""
+        while len(self._pending) >= self._limit:
+            await self._reached(self._done + 1)
+        self._pending.append((record, tag))
+        self._posted += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"append {self._stream}")
+
+    async def stored(self) -> None:
+        """Wait until every record posted so far has been appended (or has failed)."""
+        await self._reached(self._posted)
+
+    async def _reached(self, count: int) -> None:
+        if self._done < count:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((count, future))
+            await future
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                records: list[NewRecord] = []
+                tags: list[Tag] = []
+                size = 0
+                while self._pending and len(records) < BATCH_RECORDS and (size < BATCH_BYTES or not records):
+                    record, tag = self._pending.popleft()
+                    records.append(record)
+                    tags.append(tag)
+                    size += len(record.payload)
+                try:
+                    stored = await self._log.append(self._stream, records)
+                except Exception as exc:  # handed to on_failed; the next batch may succeed
+                    self._on_failed(exc, tags)
+                else:
+                    await self._on_stored(stored, tags)
+                self._done += len(records)
+                waiting, self._waiters = self._waiters, []
+                for count, future in waiting:
+                    if count <= self._done:
+                        if not future.done():
+                            future.set_result(None)
+                    else:
+                        self._waiters.append((count, future))
+        finally:
+            self._task = None
+            if self._pending:  # cancelled (the loop is closing): nothing more will be stored
+                for _, future in self._waiters:
+                    future.cancel()
+                self._waiters.clear()
