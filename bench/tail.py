@@ -484,16 +484,17 @@ async def tails(address: str, count: int, expect: int, deadline: float) -> tuple
         async with channel(address) as chan:
             conn = Connection(settings, chan, _ReadyStub(pb_grpc.StreamingServiceStub(chan), ready[index]), ())  # type: ignore[arg-type]
             last = 0
-            async for event in tail_events(conn, user_id="", all_users=True, types=(), since=None, options=options):
+            async for batch in tail_events(conn, user_id="", all_users=True, types=(), since=None, options=options):
                 now = time.time()
-                received[index] += 1
-                if last and event.id != last + 1:
-                    out_of_order[index] += 1
-                last = event.id
-                if event.user_id != WARMUP_USER:
-                    measured[index] += 1
-                    stamp = event.timestamp
-                    latencies.append(now - stamp.seconds - stamp.nanos * 1e-9)
+                for event in batch:
+                    received[index] += 1
+                    if last and event.id != last + 1:
+                        out_of_order[index] += 1
+                    last = event.id
+                    if event.user_id != WARMUP_USER:
+                        measured[index] += 1
+                        stamp = event.timestamp
+                        latencies.append(now - stamp.seconds - stamp.nanos * 1e-9)
 
     tasks = [asyncio.create_task(tail(i)) for i in range(count)]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 30)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -20,6 +21,8 @@ from streamcli.errors import ConflictError, InvalidArgumentError
 from streamcli.server.app import RunningServer
 from streamcli.services.logs import Retention
 from tests.support.servers import client, running_server
+
+R = TypeVar("R")
 
 LOGIN, LOGOUT = pb.USER_EVENT_TYPE_LOGIN, pb.USER_EVENT_TYPE_LOGOUT
 
@@ -41,8 +44,8 @@ def epoch() -> Timestamp:
     return Timestamp(seconds=1)
 
 
-async def collect(stream: AsyncIterator[pb.UserEvent]) -> list[pb.UserEvent]:
-    return [e async for e in stream]
+async def collect(stream: AsyncIterator[Sequence[R]]) -> list[R]:
+    return [record async for batch in stream for record in batch]
 
 
 async def test_publish_acknowledges_ids_and_tail_replays_with_data(conn: Connection) -> None:
@@ -241,12 +244,12 @@ async def test_notifications_by_recipient_topic_and_for_everyone(conn: Connectio
         found = tail_notifications(
             conn, recipient="alice", topics=topics, since=epoch(), options=TailOptions(follow=False)
         )
-        return [n.title async for n in found]
+        return [n.title for n in await collect(found)]
 
     assert await titles([]) == ["v2 is live", "restart at 22:00", "upload completed: hello.txt"]
     assert await titles(["files"]) == ["upload completed: hello.txt"]
     files = tail_notifications(conn, recipient="x", topics=["files"], since=epoch(), options=TailOptions(follow=False))
-    assert [n.attributes["file_id"] async for n in files] == [uploaded.file_id]
+    assert [n.attributes["file_id"] for n in await collect(files)] == [uploaded.file_id]
 
 
 async def test_bad_notifications_are_refused(conn: Connection) -> None:

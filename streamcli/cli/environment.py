@@ -8,12 +8,12 @@ own ``Environment`` with string buffers and pass it to ``main``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from streamcli.client.jsontext import ENCODER
 from streamcli.client.settings import ConnectionSettings
 
 if TYPE_CHECKING:
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from streamcli.client.connection import Connection
 
 T = TypeVar("T")
-
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclasses.dataclass
@@ -87,7 +85,7 @@ class Environment:
 
     def emit_json(self, record: dict[str, Any], *, flush: bool = True) -> None:
         """Write one NDJSON line to stdout (``flush=False``: the caller flushes after a batch)."""
-        self.stdout.write(_JSON.encode(record) + "\n")
+        self.stdout.write(ENCODER.encode(record) + "\n")
         if flush:
             self.stdout.flush()
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -66,26 +66,28 @@ def _since(text: str | None) -> Timestamp | None:
     return parse_timestamp(text)
 
 
-def _options(env: Environment, follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
+def _options(follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
     from streamcli.client.tail import TailOptions
 
-    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout, on_batch_end=env.stdout.flush)
+    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout)
 
 
 def _print_all(
     env: Environment,
-    open_records: Callable[[Connection], AsyncIterator[R]],
-    to_json: Callable[[R], dict[str, Any]],
+    open_batches: Callable[[Connection], AsyncIterator[Sequence[R]]],
+    to_json_line: Callable[[R], str],
     to_line: Callable[[R], Text],
 ) -> None:
-    """Print every record of the stream ``open_records`` opens, as it arrives."""
+    """Print every record of the stream ``open_batches`` opens, as it arrives (one write per batch)."""
 
     async def consume(conn: Connection) -> None:
-        async for record in open_records(conn):
+        async for batch in open_batches(conn):
             if env.json:
-                env.emit_json(to_json(record), flush=False)  # flushed once per response (on_batch_end)
+                env.stdout.write("\n".join([to_json_line(record) for record in batch]) + "\n")
+                env.stdout.flush()
             else:
-                env.console.print(to_line(record), soft_wrap=True)
+                for record in batch:
+                    env.console.print(to_line(record), soft_wrap=True)
 
     try:
         env.run(consume)
@@ -121,7 +123,7 @@ def tail_events(
 
       streamcli --json tail events --user alice --max 10 | jq .data
     """
-    from streamcli.client.events import EVENT_TYPES, event_to_json
+    from streamcli.client.events import EVENT_TYPES, event_json_line
     from streamcli.client.events import tail_events as stream
     from streamcli.ui.records import event_line
 
@@ -129,7 +131,7 @@ def tail_events(
     if all_users == bool(user):
         raise UsageError("give --user USER or --all-users (one of them)")
     values = [EVENT_TYPES.parse(t) for t in types or []]
-    options = _options(env, follow, max_records, idle_timeout)
+    options = _options(follow, max_records, idle_timeout)
     start = _since(since)
     _print_all(
         env,
@@ -141,7 +143,7 @@ def tail_events(
             since=start,
             options=options,
         ),
-        event_to_json,
+        event_json_line,
         event_line,
     )
 
@@ -170,17 +172,18 @@ def tail_notifications(
 
       streamcli --json tail notifications --user alice --topic files --since 1d --no-follow
     """
+    from streamcli.client.jsontext import ENCODER
     from streamcli.client.notifications import notification_to_json
     from streamcli.client.notifications import tail_notifications as stream
     from streamcli.ui.records import notification_line
 
     env = get_env(ctx)
-    options = _options(env, follow, max_records, idle_timeout)
+    options = _options(follow, max_records, idle_timeout)
     start = _since(since)
     _print_all(
         env,
         lambda conn: stream(conn, recipient=user, topics=topics or [], since=start, options=options),
-        notification_to_json,
+        lambda notification: ENCODER.encode(notification_to_json(notification)),
         notification_line,
     )
 

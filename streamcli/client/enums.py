@@ -16,6 +16,7 @@ class ShortNames:
         self._what = what
         full_names: list[str] = list(enum.keys())
         self.choices = [n[len(prefix) :].lower() for n in full_names if not n.endswith("_UNSPECIFIED")]
+        self._names: dict[int, str] = {int(enum.Value(n)): n[len(prefix) :].lower() for n in full_names}
 
     def parse(self, text: str) -> int:
         """``login``, ``LOGIN`` or ``USER_EVENT_TYPE_LOGIN`` → the enum value."""
@@ -28,7 +29,5 @@ class ShortNames:
 
     def name(self, value: int) -> str:
         """The short name of ``value`` (``unspecified`` for 0, the number if unknown)."""
-        try:
-            return str(self._enum.Name(value))[len(self._prefix) :].lower()
-        except ValueError:
-            return str(value)
+        name = self._names.get(value)
+        return str(value) if name is None else name

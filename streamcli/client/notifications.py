@@ -51,8 +51,8 @@ async def send_notification(
 
 def tail_notifications(
     conn: Connection, *, recipient: str, topics: Sequence[str], since: Timestamp | None, options: TailOptions
-) -> AsyncIterator[pb.Notification]:
-    """Notifications for ``recipient`` (and everyone), history then live, resuming across reconnects."""
+) -> AsyncIterator[Sequence[pb.Notification]]:
+    """Notifications for ``recipient`` (and everyone) in batches, history then live, resuming across reconnects."""
 
     def open_stream(resume_after: int | None) -> Any:
         request = pb.SubscribeToNotificationsRequest(recipient=recipient, topics=topics, no_follow=not options.follow)
