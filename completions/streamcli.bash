@@ -28,7 +28,7 @@ _streamcli() {
             'health:--timeout') skip=1 ;;
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
             'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
@@ -73,6 +73,7 @@ _streamcli() {
         'serve:--quota') COMPREPLY=(); return ;;
         'serve:--upload-ttl') COMPREPLY=(); return ;;
         'serve:--heartbeat') COMPREPLY=(); return ;;
+        'serve:--live-interval') COMPREPLY=(); return ;;
         'serve:--event-retention') COMPREPLY=(); return ;;
         'serve:--chat-backlog') COMPREPLY=(); return ;;
         'serve:--chat-rate') COMPREPLY=(); return ;;
@@ -106,7 +107,7 @@ _streamcli() {
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
         'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
         'tail') COMPREPLY=($(compgen -W '--help -h events notifications' -- "$cur")) ;;
         'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
         'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;

@@ -51,7 +51,7 @@ function __streamcli_path
                 set cmdpath 'notify send'
             case 'notify send:--to' 'notify send:--topic' 'notify send:--title' 'notify send:--body' 'notify send:--severity' 'notify send:--attr'
                 set skip 1
-            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
+            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
                 set skip 1
             case 'tail:events'
                 set cmdpath 'tail events'
@@ -141,6 +141,7 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l max-file-size -x -d '
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l quota -x -d 'Total size of all stored files (e.g. 100G); 0 = no limit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l upload-ttl -x -d 'How long an interrupted upload stays resumable (e.g. 24h).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l heartbeat -x -d 'Seconds between heartbeats on idle tail and chat streams.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l live-interval -x -d 'Seconds a live tail waits at least between two responses: what is published meanwhile rides in the next one (an event after a quiet spell goes out at once). 0 = a response per append.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l event-retention -x -d 'What the event and notification logs keep: an age (7d), a record count (100000), both (7d,100000) or none. Readers behind what is trimmed get OUT_OF_RANGE.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l chat-backlog -x -d 'Chat messages a joining client gets when it does not say how many.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l chat-rate -x -d 'Chat messages per second one user may send to a room (bursts of 20).'

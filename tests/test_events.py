@@ -183,6 +183,26 @@ async def test_idle_streams_get_heartbeats_with_the_position(tmp_path: pathlib.P
     assert all(b.HasField("server_time") for b in beats)
 
 
+async def test_live_responses_are_paced_but_the_first_after_a_quiet_spell_goes_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with running_server(tmp_path, live_interval=1.0) as server, client(server.address) as conn:
+        call = conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(all_users=True))
+        await call.read()  # the start position
+        loop = asyncio.get_running_loop()
+        published = loop.time()
+        await publish_events(conn, [event("a")])
+        first = await asyncio.wait_for(call.read(), 10)
+        waited = loop.time() - published
+        for _ in range(5):  # one append each, within the interval
+            await publish_events(conn, [event("a")])
+        paced = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+    assert [e.id for e in first.events] == [1]
+    assert waited < 0.8  # not held back by the interval
+    assert [e.id for e in paced.events] == [2, 3, 4, 5, 6]  # what came meanwhile, in one response
+
+
 async def test_a_stalled_reader_slows_neither_the_publisher_nor_other_readers(conn: Connection) -> None:
     stalled = conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(all_users=True, start_time=epoch()))
     await stalled.read()  # connected, then never reads again

@@ -113,6 +113,15 @@ def serve(
         float,
         typer.Option(min=0.05, help="Seconds between heartbeats on idle tail and chat streams."),
     ] = 15.0,
+    live_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Seconds a live tail waits at least between two responses: what is published meanwhile rides in "
+            "the next one (an event after a quiet spell goes out at once). 0 = a response per append.",
+        ),
+    ] = 0.01,
     event_retention: Annotated[
         str,
         typer.Option(
@@ -188,6 +197,7 @@ def serve(
         quota=parse_size(quota),
         upload_ttl=parse_duration(upload_ttl),
         heartbeat=heartbeat,
+        live_interval=live_interval,
         retention=Retention(*parse_retention(event_retention)),
         chat=ChatSettings(backlog=chat_backlog, rate=chat_rate, stall_limit=stall_limit),
     )

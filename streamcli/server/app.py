@@ -58,6 +58,7 @@ class ServerConfig:
     quota: int = 0  # bytes for all files in the data dir; 0 = no limit
     upload_ttl: float = 24 * 3600.0  # seconds an interrupted upload is kept for resuming
     heartbeat: float = 15.0  # seconds between heartbeats on idle log streams
+    live_interval: float = 0.01  # seconds a live tail waits at least between two responses
     retention: Retention = dataclasses.field(default_factory=Retention)  # of the event and notification logs
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
     chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
@@ -93,6 +94,8 @@ class ServerConfig:
             raise UsageError("--upload-ttl must be more than zero seconds")
         if self.heartbeat <= 0 or self.housekeeping_interval <= 0:
             raise UsageError("--heartbeat must be more than zero seconds")
+        if not 0 <= self.live_interval <= 1:
+            raise UsageError("--live-interval must be between 0 and 1 second")
         if not (
             self.tls
             or self.token
@@ -165,7 +168,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         port = _bind(server, config.address, credentials)
         address = f"{transport.parse_address(config.address)[0]}:{port}"
         stopping = asyncio.Event()
-        log_settings = LogSettings(config.heartbeat, config.retention)
+        log_settings = LogSettings(config.heartbeat, config.retention, config.live_interval)
         notifications = NotificationService(backend.log, log_settings, stopping)
         events = EventService(backend.log, log_settings, stopping)
         files = FileService(

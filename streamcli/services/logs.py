@@ -44,6 +44,10 @@ class LogSettings:
 
     heartbeat: float = 15.0  # seconds between responses on an idle stream
     retention: Retention = dataclasses.field(default_factory=Retention)
+    # Seconds a live reader waits at least between two responses, so that what is appended meanwhile
+    # rides in one: a hundred tails of a log appended a thousand times a second would otherwise send
+    # a hundred thousand responses a second. A record after a quiet spell still goes out at once.
+    live_interval: float = 0.01
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -97,15 +101,19 @@ class LogCursor:
         self.match = match
 
     async def batches(
-        self, *, follow: bool, heartbeat: float, stopping: asyncio.Event
+        self, *, follow: bool, heartbeat: float, stopping: asyncio.Event, live_interval: float = 0.0
     ) -> AsyncIterator[list[LogRecord]]:
         """Matching records in order; ``[]`` is a heartbeat (nothing new for ``heartbeat`` seconds).
+
+        Once caught up, a batch follows the previous one after ``live_interval`` seconds at the
+        earliest (replay runs at full speed).
 
         Raises:
             TrimmedError: the cursor's position was trimmed while it was behind.
             ServerStopping: the server is shutting down (``stopping`` is set).
         """
-        last_sent = time.monotonic()
+        last_sent = time.monotonic()  # any response, heartbeats included
+        last_batch = -live_interval  # the last one with records
         while True:
             records = await self.log.read(self.stream, self.position, BATCH_RECORDS)
             if records:
@@ -114,7 +122,7 @@ class LogCursor:
                 matched = [r for r in records if self.match(r)]
                 if matched:
                     yield matched
-                    last_sent = time.monotonic()
+                    last_sent = last_batch = time.monotonic()
                 elif time.monotonic() - last_sent >= heartbeat:
                     yield []
                     last_sent = time.monotonic()
@@ -123,6 +131,11 @@ class LogCursor:
                 return
             if stopping.is_set():
                 raise ServerStopping(self.position)
+            pause = last_batch + live_interval - time.monotonic()
+            if pause > 0:
+                # Sent a moment ago: sleep out the interval instead of being woken by every append.
+                await asyncio.sleep(pause)
+                continue
             if not await self.log.wait_for(self.stream, self.position, heartbeat):
                 if stopping.is_set():
                     raise ServerStopping(self.position)
@@ -157,7 +170,10 @@ async def serve_cursor(
     """
     try:
         yield []  # at once: tells the client its start position, so it can resume even before any record
-        async for records in cursor.batches(follow=follow, heartbeat=settings.heartbeat, stopping=stopping):
+        batches = cursor.batches(
+            follow=follow, heartbeat=settings.heartbeat, stopping=stopping, live_interval=settings.live_interval
+        )
+        async for records in batches:
             yield records
     except TrimmedError as exc:
         await context.abort(
