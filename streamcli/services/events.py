@@ -14,9 +14,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import LogRecord, NewRecord
+from streamcli.backends.base import LogRecord, LogStore, NewRecord
 from streamcli.services import wire
-from streamcli.services.logs import Context, LogService, timestamp
+from streamcli.services.logs import Context, LogService, LogSettings, timestamp
 
 STREAM = "events"
 #: Events accepted in one PublishEventsRequest.
@@ -29,22 +29,44 @@ PUBLISH_QUEUE = 64
 TYPE_NAMES = {value: pb.UserEventType.Name(value) for value in pb.UserEventType.values() if value}
 
 
-def encode_response(records: list[LogRecord], position: int) -> bytes:
-    """A serialized StreamUserEventsResponse, assembled from the stored events without parsing them.
+#: Framed events kept for other readers: live readers all send the newest ones.
+FRAMED_CACHE = 4096
 
-    Each stored payload is a UserEvent without its id; appending the id field
-    to it gives the event as the client sees it (later fields merge in).
+
+class Framer:
+    """Frames stored events into StreamUserEventsResponses without parsing them, each event once.
+
+    A stored payload is a UserEvent without its id; appending the id field to it
+    gives the event as the client sees it (later fields merge in). A hundred live
+    tails send the same new events: the framed bytes of the newest are kept, so
+    each is framed once, not once per reader.
     """
-    events = (record.payload + wire.varint_field(1, record.id) for record in records)
-    return (
-        wire.repeated_messages(1, events)
-        + wire.varint_field(2, position)
-        + wire.bytes_field(3, timestamp(time.time()).SerializeToString())
-    )
+
+    def __init__(self) -> None:
+        self._framed: dict[int, bytes] = {}
+
+    def response(self, records: list[LogRecord], position: int) -> bytes:
+        """A serialized StreamUserEventsResponse of ``records``, read up to ``position``."""
+        framed = self._framed
+        parts = []
+        for record in records:
+            event = framed.get(record.id)
+            if event is None:
+                event = framed[record.id] = wire.bytes_field(1, record.payload + wire.varint_field(1, record.id))
+                if len(framed) > FRAMED_CACHE:
+                    del framed[next(iter(framed))]  # the oldest
+            parts.append(event)
+        parts.append(wire.varint_field(2, position))
+        parts.append(wire.bytes_field(3, timestamp(time.time()).SerializeToString()))
+        return b"".join(parts)
 
 
 class EventService(LogService):
     """The event RPCs of ``StreamingService`` on a log store."""
+
+    def __init__(self, log: LogStore, settings: LogSettings, stopping: asyncio.Event) -> None:
+        super().__init__(log, settings, stopping)
+        self._framer = Framer()
 
     async def PublishEvents(
         self, request_iterator: AsyncIterator[pb.PublishEventsRequest], context: Context
@@ -107,7 +129,7 @@ class EventService(LogService):
             return (not user or record.key == user) and (not types or record.kind in types)
 
         async for records, position in self.follow(STREAM, request, match, context):
-            yield encode_response(records, position)
+            yield self._framer.response(records, position)
 
 
 async def _drain_into(
