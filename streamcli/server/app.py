@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import pathlib
@@ -231,9 +232,22 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
     return port
 
 
+#: The collector's thresholds in the server (Python's defaults: 700, 10, 10). Streams allocate and
+#: free objects all the time, nearly all freed by reference counting; with the defaults a full
+#: pass (a stall of every stream for as long as it walks every long-lived object) came a few times a
+#: second under bench/chat.py's load. Fewer, larger young passes cost the same in all.
+GC_THRESHOLDS = (5000, 20, 50)
+
+
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully (a second signal exits at once)."""
     running = await start_server(config)
+    # What exists now lives as long as the server: keep it out of the collector's full passes,
+    # which otherwise walk every module, descriptor and handler object (gen-2 passes of 26-34 ms
+    # were seen in bench/chat.py, each a stall of every stream).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     log.info(
         "listening on %s (backend %s, data dir %s, TLS %s, auth %s)",
         running.address,
