@@ -131,10 +131,12 @@ class LogCursor:
                 return
             if stopping.is_set():
                 raise ServerStopping(self.position)
-            pause = last_batch + live_interval - time.monotonic()
-            if pause > 0:
-                # Sent a moment ago: sleep out the interval instead of being woken by every append.
-                await asyncio.sleep(pause)
+            now = time.monotonic()
+            if now - last_batch < live_interval:
+                # Sent a moment ago: sleep instead of being woken by every append, until the next tick
+                # of a clock shared by every reader (monotonic, as the event loop's), so that their
+                # responses go out together and the loop is free between ticks for what publishers send.
+                await asyncio.sleep(live_interval - now % live_interval)
                 continue
             if not await self.log.wait_for(self.stream, self.position, heartbeat):
                 if stopping.is_set():
