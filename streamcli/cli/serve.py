@@ -118,8 +118,9 @@ def serve(
         typer.Option(
             min=0.0,
             max=1.0,
-            help="Seconds a live tail waits at least between two responses: what is published meanwhile rides in "
-            "the next one (an event after a quiet spell goes out at once). 0 = a response per append.",
+            help="A live tail sends at most one response per tick of this many seconds: what is published "
+            "meanwhile rides in the next one (an event after a quiet spell goes out at once). 0 = a response "
+            "per append.",
         ),
     ] = 0.01,
     event_retention: Annotated[

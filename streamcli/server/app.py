@@ -59,7 +59,7 @@ class ServerConfig:
     quota: int = 0  # bytes for all files in the data dir; 0 = no limit
     upload_ttl: float = 24 * 3600.0  # seconds an interrupted upload is kept for resuming
     heartbeat: float = 15.0  # seconds between heartbeats on idle log streams
-    live_interval: float = 0.01  # seconds a live tail waits at least between two responses
+    live_interval: float = 0.01  # a live tail sends at most one response per tick of this many seconds
     retention: Retention = dataclasses.field(default_factory=Retention)  # of the event and notification logs
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
     chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)

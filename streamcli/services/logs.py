@@ -44,9 +44,10 @@ class LogSettings:
 
     heartbeat: float = 15.0  # seconds between responses on an idle stream
     retention: Retention = dataclasses.field(default_factory=Retention)
-    # Seconds a live reader waits at least between two responses, so that what is appended meanwhile
-    # rides in one: a hundred tails of a log appended a thousand times a second would otherwise send
-    # a hundred thousand responses a second. A record after a quiet spell still goes out at once.
+    # A live reader sends at most one response per tick of this many seconds (ticks shared by all
+    # readers), so that what is appended meanwhile rides in one: a hundred tails of a log appended a
+    # thousand times a second would otherwise send a hundred thousand responses a second. A record
+    # after a quiet spell still goes out at once.
     live_interval: float = 0.01
 
 
@@ -105,8 +106,8 @@ class LogCursor:
     ) -> AsyncIterator[list[LogRecord]]:
         """Matching records in order; ``[]`` is a heartbeat (nothing new for ``heartbeat`` seconds).
 
-        Once caught up, a batch follows the previous one after ``live_interval`` seconds at the
-        earliest (replay runs at full speed).
+        Once caught up, a reader that sent a batch less than ``live_interval`` seconds ago waits for
+        the next tick of a ``live_interval`` clock shared by all readers (replay runs at full speed).
 
         Raises:
             TrimmedError: the cursor's position was trimmed while it was behind.
