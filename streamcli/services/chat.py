@@ -122,9 +122,10 @@ class Room:
         self.appender: Appender[_Post] = Appender(service.backend.log, self.stream, self._stored, self._failed)
         self._watcher: asyncio.Task[None] | None = None
         # Serialized messages by id: every session of the room sends the same bytes, encoded once.
-        self._encoded: dict[int, bytes] = {}
+        # (OrderedDict: dropping the oldest is O(1); on a dict, next(iter(d)) scans the deleted slots.)
+        self._encoded: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         # The newest appends, framed: position before them -> (response bytes, their last id).
-        self._recent: dict[int, tuple[bytes, int]] = {}
+        self._recent: collections.OrderedDict[int, tuple[bytes, int]] = collections.OrderedDict()
 
     def encoded(self, record: LogRecord) -> bytes:
         """The wire form of a room message, cached for the other sessions."""
@@ -132,7 +133,7 @@ class Room:
         if cached is None:
             cached = self._encoded[record.id] = _encode(record)
             if len(self._encoded) > ENCODED_CACHE:
-                del self._encoded[next(iter(self._encoded))]  # the oldest
+                self._encoded.popitem(last=False)  # the oldest
         return cached
 
     def recent(self, position: int) -> tuple[bytes, int] | None:
@@ -165,7 +166,7 @@ class Room:
         framed = wire.repeated_messages(1, (self.encoded(r) for r in records))
         self._recent[records[0].id - 1] = (framed, records[-1].id)
         if len(self._recent) > RECENT_RESPONSES:
-            del self._recent[next(iter(self._recent))]  # the oldest
+            self._recent.popitem(last=False)  # the oldest
         self.advance(records[-1].id)
         notifications = self.service.notifications
         for post in posts:

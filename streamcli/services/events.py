@@ -7,6 +7,7 @@ name); readers filter on those two without parsing payloads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import AsyncIterator
 
@@ -43,7 +44,8 @@ class Framer:
     """
 
     def __init__(self) -> None:
-        self._framed: dict[int, bytes] = {}
+        # OrderedDict: dropping the oldest is O(1) (on a dict, next(iter(d)) scans the deleted slots).
+        self._framed: collections.OrderedDict[int, bytes] = collections.OrderedDict()
 
     def response(self, records: list[LogRecord], position: int) -> bytes:
         """A serialized StreamUserEventsResponse of ``records``, read up to ``position``."""
@@ -54,7 +56,7 @@ class Framer:
             if event is None:
                 event = framed[record.id] = wire.bytes_field(1, record.payload + wire.varint_field(1, record.id))
                 if len(framed) > FRAMED_CACHE:
-                    del framed[next(iter(framed))]  # the oldest
+                    framed.popitem(last=False)  # the oldest
             parts.append(event)
         parts.append(wire.varint_field(2, position))
         parts.append(wire.bytes_field(3, timestamp(time.time()).SerializeToString()))
