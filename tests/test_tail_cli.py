@@ -111,3 +111,58 @@ def test_a_bad_line_on_stdin_is_reported_with_what_was_published(tmp_path: pathl
         "streamcli: error: stdin line 2: unknown event type 'nope'; one of: login, logout, profile_update, "
         "password_change; the 1 event(s) before it were published (ids 1-1)"
     )
+
+
+def test_publish_sends_each_line_of_a_live_pipe_at_once(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        publisher = subprocess.Popen(
+            [sys.executable, "-m", "streamcli", "--address", served.address, "--json", "events", "publish"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+        assert publisher.stdin is not None
+
+        def stored() -> list[int]:
+            history = run_cli("--address", served.address, "--json", "tail", "events", "--all-users", "--since",
+                              "1h", "--no-follow")  # fmt: skip
+            return [json.loads(line)["id"] for line in history.stdout.splitlines()]
+
+        def wait_for(ids: list[int]) -> list[int]:
+            deadline = time.monotonic() + 20
+            while (found := stored()) != ids and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return found
+
+        try:
+            for n in (1, 2):  # one line at a time, stdin kept open: each is published before the next is written
+                publisher.stdin.write(json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n")
+                publisher.stdin.flush()
+                assert wait_for(list(range(1, n + 1))) == list(range(1, n + 1))
+            out, err = publisher.communicate(timeout=30)  # closes stdin: the end of the input
+        finally:
+            publisher.kill()
+    assert publisher.returncode == 0, err
+    assert json.loads(out) == {"count": 2, "first_id": 1, "last_id": 2}
+
+
+def test_publish_reads_odd_input_line_by_line(tmp_path: pathlib.Path) -> None:
+    lines = [
+        json.dumps({"user_id": "a", "type": "login", "data": {"text": "line\u2028separator é"}}, ensure_ascii=False),
+        "",  # blank lines are skipped
+        json.dumps({"user_id": "b", "type": "logout"}),  # and the last line has no newline
+    ]
+    with serve_process(tmp_path) as served:
+        published = run_cli("--address", served.address, "--json", "events", "publish", input="\n".join(lines))
+        history = run_cli("--address", served.address, "--json", "tail", "events", "--all-users", "--since", "1h",
+                          "--no-follow")  # fmt: skip
+        bad = subprocess.run(
+            [sys.executable, "-m", "streamcli", "--address", served.address, "events", "publish"],
+            input=b'{"user_id": "c", "type": "login"}\n{"user_id": "\xff"}\n', capture_output=True, env=clean_env(),
+        )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    assert json.loads(published.stdout)["count"] == 2
+    records = [json.loads(line) for line in history.stdout.split("\n") if line]  # not splitlines(): U+2028
+    assert [r["data"] for r in records] == [{"text": "line\u2028separator é"}, None]
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip() == (
+        "streamcli: error: stdin line 2: not UTF-8; the 1 event(s) before it were published (ids 3-3)"
+    )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated
+import os
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +16,9 @@ from streamcli.errors import UsageError
 
 if TYPE_CHECKING:
     from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+
+#: Bytes read from stdin at a time at most (a read returns what the pipe has; from a file, this much).
+READ_SIZE = 1 << 20
 
 events_app = typer.Typer(
     help="Publish user events.",
@@ -45,16 +51,19 @@ def publish(
 
     Without --user, every stdin line is one event:
     [dim]{"user_id": "alice", "type": "login", "timestamp": "…" (optional), "data": {…} (optional)}[/dim].
-    Events travel in batches over one client stream and are acknowledged once
-    appended; prints how many, with their ids ([cyan]--json[/cyan]: count, first_id, last_id).
+    Events travel in batches over one client stream (the lines of a live pipe as they
+    arrive) and are acknowledged once appended; prints how many, with their ids
+    ([cyan]--json[/cyan]: count, first_id, last_id).
 
     Examples:
 
       streamcli events publish --user alice --type login --data '{"ip": "10.0.0.1"}'
 
       streamcli events publish < events.ndjson
+
+      my-app --events | streamcli events publish
     """
-    from streamcli.client.events import event_from_json, publish_events
+    from streamcli.client.events import event_from_json, publish_batches, publish_events
 
     env = get_env(ctx)
     if user is not None:
@@ -65,14 +74,14 @@ def publish(
         except json.JSONDecodeError as exc:
             raise UsageError(f"--data is not JSON: {exc}") from None
         record = {"user_id": user, "type": event_type, "timestamp": timestamp, "data": payload}
-        events: Iterator[pb.UserEvent] = iter([event_from_json(record)])
+        event = event_from_json(record)
+        reply = env.run(lambda conn: publish_events(conn, [event]))
     else:
         if event_type is not None or data is not None or timestamp is not None:
             raise UsageError("--type, --data and --timestamp go with --user; without it events come from stdin")
         if env.stdin.isatty():
             raise UsageError("give --user and --type, or pipe NDJSON events to stdin")
-        events = _read_ndjson(env.stdin)
-    reply = env.run(lambda conn: publish_events(conn, events))
+        reply = env.run(lambda conn: publish_batches(conn, _ndjson_batches(env.stdin)))
     if env.json:
         env.emit_json({"count": reply.count, "first_id": reply.first_id, "last_id": reply.last_id})
     elif reply.count:
@@ -81,18 +90,94 @@ def publish(
         env.stdout.write("published 0 events\n")
 
 
-def _read_ndjson(lines: Iterator[str]) -> Iterator[pb.UserEvent]:
+async def _ndjson_batches(stdin: IO[str]) -> AsyncIterator[list[pb.UserEvent]]:
+    """Events from NDJSON lines, a batch per read from the pipe: what arrives together goes out together,
+    and a line that arrives alone goes out at once (``tail -f app.log | ... | streamcli events publish``)."""
     from streamcli.client.events import event_from_json
 
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    number = 0
+
+    def parse(lines: Iterable[bytes | str]) -> Iterator[list[pb.UserEvent]]:
+        """The events of ``lines`` as one batch; a bad line ends it (the good ones before it are yielded)."""
+        nonlocal number
+        batch = []
+        problem = None
+        for line in lines:
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                batch.append(event_from_json(json.loads(line)))
+            except json.JSONDecodeError as exc:
+                problem = f"not JSON: {exc.msg}"
+            except UnicodeDecodeError:
+                problem = "not UTF-8"
+            except UsageError as exc:
+                problem = exc.message
+            if problem:
+                break
+        if batch:
+            yield batch
+        if problem:
+            raise UsageError(f"stdin line {number}: {problem}")
+
+    try:
+        fd = stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+        for batch in parse(stdin):
+            yield batch
+        return
+    pending = b""
+    async for chunk in _chunks(fd):
+        data = pending + chunk
+        cut = data.rfind(b"\n") + 1  # complete lines only: a character may straddle two reads
+        pending = data[cut:]
+        for batch in parse(_lines(data[:cut])):
+            yield batch
+    for batch in parse(_lines(pending)):
+        yield batch  # a last line without a newline
+
+
+def _lines(data: bytes) -> list[str] | list[bytes]:
+    """The lines of ``data`` (split at newlines only: JSON text may hold U+2028), decoded at once, or as
+    bytes if they are not all UTF-8 (``parse`` then says which line is not)."""
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    if not data:
+        return []
+    try:
+        return data.decode().split("\n")
+    except UnicodeDecodeError:
+        return data.split(b"\n")
+
+
+async def _chunks(fd: int) -> AsyncIterator[bytes]:
+    """What ``fd`` has, as it comes, read on a thread (a pipe's read blocks) so that the event loop runs on.
+
+    The thread only reads (without the GIL); the caller parses. A daemon: it may be blocked in a
+    read when the command ends (Ctrl-C, a lost server). At most a few chunks wait in memory.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+    room = threading.Semaphore(4)
+
+    def read() -> None:
         try:
-            yield event_from_json(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"stdin line {number}: not JSON: {exc.msg}") from None
-        except UsageError as exc:
-            raise UsageError(f"stdin line {number}: {exc.message}") from None
+            while True:
+                room.acquire()
+                chunk = os.read(fd, READ_SIZE)
+                loop.call_soon_threadsafe(ready.put_nowait, chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # an unreadable stdin: raised in the loop
+            loop.call_soon_threadsafe(ready.put_nowait, exc)
+
+    threading.Thread(target=read, name="streamcli-stdin", daemon=True).start()
+    while chunk := await ready.get():
+        if isinstance(chunk, BaseException):
+            raise chunk
+        room.release()
+        yield chunk
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
@@ -167,29 +167,52 @@ def parse_timestamp(text: str) -> Timestamp:
 
 
 async def publish_events(conn: Connection, events: Iterable[pb.UserEvent]) -> pb.PublishEventsResponse:
-    """Publish events in batches over one client stream; returns the server's acknowledgement.
+    """Publish events in messages of up to PUBLISH_BATCH over one client stream; returns the acknowledgement.
 
-    If ``events`` raises a StreamcliError (say, a malformed input line), the
-    stream is ended there, so that the server acknowledges exactly what it
-    appended, and the error is raised with that count added.
+    ``events`` is iterated in the event loop: an in-memory source. For one that blocks (a pipe),
+    see ``publish_batches``.
     """
-    failure: list[StreamcliError] = []
 
-    def batches() -> Iterator[pb.PublishEventsRequest]:
+    async def chunks() -> AsyncIterator[list[pb.UserEvent]]:
         batch: list[pb.UserEvent] = []
         try:
             for event in events:
                 batch.append(event)
                 if len(batch) == PUBLISH_BATCH:
-                    yield pb.PublishEventsRequest(events=batch)
+                    yield batch
                     batch = []
+        except StreamcliError:
+            if batch:  # what came before a bad input is published, and acknowledged
+                yield batch
+            raise
+        if batch:
+            yield batch
+
+    return await publish_batches(conn, chunks())
+
+
+async def publish_batches(conn: Connection, batches: AsyncIterable[Sequence[pb.UserEvent]]) -> pb.PublishEventsResponse:
+    """Publish each batch of events as soon as ``batches`` yields it, over one client stream.
+
+    A source that yields what it has when it has it gets its events published at once: one
+    at a time from a trickle, in full messages (PUBLISH_BATCH events) from a flood.
+
+    If ``batches`` raises a StreamcliError (a malformed input line, say), the stream is ended
+    there, so that the server acknowledges exactly what it appended, and the error is raised
+    with that count added.
+    """
+    failure: list[StreamcliError] = []
+
+    async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
+        try:
+            async for batch in batches:
+                for start in range(0, len(batch), PUBLISH_BATCH):
+                    yield pb.PublishEventsRequest(events=batch[start : start + PUBLISH_BATCH])
         except StreamcliError as exc:
             failure.append(exc)
-        if batch:
-            yield pb.PublishEventsRequest(events=batch)
 
     with rpc_errors(conn.settings.address):
-        response: pb.PublishEventsResponse = await conn.stub.PublishEvents(batches(), metadata=conn.metadata)
+        response: pb.PublishEventsResponse = await conn.stub.PublishEvents(requests(), metadata=conn.metadata)
     if failure:
         published = (
             f"the {response.count} event(s) before it were published (ids {response.first_id}-{response.last_id})"
