@@ -68,10 +68,8 @@ import math
 import os
 import pathlib
 import platform
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -81,19 +79,26 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
+from _common import (
+    MB,
+    PY,
+    ROOT,
+    SERVICE,
+    STREAMCLI,
+    Served,
+    clean_env,
+    cpu_seconds,
+    free_port,
+    run_raw_server,
+    serve,
+    verdict,
+)
 
 from streamcli import transport
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 
-PY = sys.executable
 SCRIPT = pathlib.Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-_console = pathlib.Path(PY).with_name("streamcli")
-STREAMCLI: tuple[str, ...] = (str(_console),) if _console.exists() else (PY, "-m", "streamcli")
-SERVICE = pb.DESCRIPTOR.services_by_name["StreamingService"].full_name
-LISTENING = re.compile(r"listening on (\S+:\d+)")
-MB = 10**6
 KINDS = ("raw", "streamcli")
 LABELS = {"raw": "raw grpc.aio", "streamcli": "streamcli serve"}
 TEXT = pb.CHAT_MESSAGE_TYPE_TEXT
@@ -109,77 +114,6 @@ PATIENCE = 120.0
 
 
 # --- processes -------------------------------------------------------------------------------------------------
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without STREAMCLI_* settings (a token or address there would change what is measured)."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("STREAMCLI_")}
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` of ``pid`` in bytes (empty once it has exited)."""
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    return {
-        line.split(":")[0]: int(line.split()[1]) * 1024
-        for line in status.splitlines()
-        if line.startswith(("VmRSS:", "VmHWM:"))
-    }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads) so far."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
-
-
-@dataclasses.dataclass
-class Served:
-    """A running server process and the address it listens on."""
-
-    label: str
-    process: subprocess.Popen[bytes]
-    address: str
-
-    def memory(self) -> dict[str, int]:
-        status = proc_status(self.process.pid)
-        if not status or self.process.poll() is not None:
-            sys.exit(f"{self.label} exited early")
-        return status
-
-
-@contextlib.contextmanager
-def serve(label: str, argv: Sequence[str], log_path: pathlib.Path, timeout: float = 30.0) -> Iterator[Served]:
-    """Start a server that logs "listening on HOST:PORT"; SIGTERM it (then SIGKILL) when the block ends."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=clean_env())
-    try:
-        deadline = time.monotonic() + timeout
-        while not (match := LISTENING.search(log_path.read_text(errors="replace"))):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{label} did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield Served(label, proc, match.group(1))
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def server_argv(kind: str, tmp: pathlib.Path, name: str, chat_rate: float) -> list[str]:
@@ -261,17 +195,7 @@ async def raw_server() -> None:
             )
         },
     )
-    server = grpc.aio.server(options=transport.server_options())
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop(1)
+    await run_raw_server(handler)
 
 
 class Member:
@@ -817,10 +741,6 @@ async def measure_idle(kind: str, args: argparse.Namespace, tmp: pathlib.Path) -
 
 
 # --- the report --------------------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def table(rows: Sequence[Sequence[str]], right: int = 1) -> None:

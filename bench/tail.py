@@ -50,20 +50,34 @@ import math
 import os
 import pathlib
 import platform
-import re
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import IO, Any
 
 import grpc
+from _common import (
+    MB,
+    PY,
+    SERVICE,
+    STREAMCLI,
+    Served,
+    check,
+    children_cpu,
+    free_port,
+    last_json,
+    run_client,
+    run_raw_server,
+    serve,
+    spawn,
+    verdict,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import streamcli
@@ -73,21 +87,13 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.client.events import PUBLISH_BATCH, pack_data
 from streamcli.services.logs import BATCH_RECORDS
 
-PY = sys.executable
 SCRIPT = pathlib.Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-_console = pathlib.Path(PY).with_name("streamcli")
-STREAMCLI: tuple[str, ...] = (str(_console),) if _console.exists() else (PY, "-m", "streamcli")
 ROOT_OF_STREAMCLI = pathlib.Path(streamcli.__file__).parent  # PYTHONPATH may point the run at a snapshot
-SERVICE = pb.DESCRIPTOR.services_by_name["StreamingService"].full_name
-LISTENING = re.compile(r"listening on (\S+:\d+)")
-MB = 10**6
 RSS_LIMIT_MB = 150.0  # "bounded": the issue gives no number; the limit bench/transfer.py holds servers to
 REPLAY_TARGET = 150_000.0  # events/s end to end
 P99_TARGET_MS = 50.0
 POOL = 10_000  # distinct events the raw server cycles through
 WARMUP_USER = "bench-warmup"  # events of the warm-up second, left out of the latencies
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPLAY_KINDS = ("raw1", "raw-batched", "streamcli")
 
 
@@ -130,134 +136,6 @@ def stamp_now(event: pb.UserEvent) -> None:
 
 
 # --- processes -------------------------------------------------------------------------------------------------
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without STREAMCLI_* settings (a token or address there would change what is measured)."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("STREAMCLI_")}
-
-
-def vm_hwm(pid: int) -> int | None:
-    """Peak resident set size of ``pid`` so far, in bytes (None once it has exited)."""
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024  # kB
-    return None  # a zombie: no memory any more
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads) so far."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15 of proc(5)
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One finished client process."""
-
-    seconds: float  # wall time, spawn to exit
-    cpu: float  # user + system seconds
-    peak_rss: int  # bytes: the largest VmHWM polled
-    stdout: str  # "" when it went to a file
-
-
-def run_client(argv: Sequence[str], stdout: pathlib.Path | None = None, poll: float = 0.01) -> Run:
-    """Run ``argv`` to completion (stdout to ``stdout``, else captured), polling its VmHWM; exit if it fails."""
-    with tempfile.TemporaryFile() as captured, tempfile.TemporaryFile() as err:
-        with open(stdout, "wb") if stdout is not None else contextlib.nullcontext(captured) as out:
-            peak = 0
-            cpu = children_cpu()  # the servers are children too, but they are reaped only at the end
-            start = time.perf_counter()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT, env=clean_env())
-            try:
-                while True:
-                    peak = max(peak, vm_hwm(proc.pid) or 0)
-                    try:
-                        proc.wait(poll)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
-            finally:
-                if proc.poll() is None:  # interrupted: leave nothing behind
-                    proc.kill()
-                    proc.wait()
-            elapsed = time.perf_counter() - start
-            cpu = children_cpu() - cpu
-        err.seek(0)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(argv)} exited with {proc.returncode}:\n{err.read().decode(errors='replace')}")
-        captured.seek(0)
-        return Run(elapsed, cpu, peak, captured.read().decode() if stdout is None else "")
-
-
-@dataclasses.dataclass
-class Served:
-    """A running server process and the address it listens on."""
-
-    label: str
-    process: subprocess.Popen[bytes]
-    address: str
-
-    def peak_rss(self) -> int:
-        peak = vm_hwm(self.process.pid)
-        if peak is None:
-            sys.exit(f"{self.label} exited early")
-        return peak
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.process.pid)
-
-
-@contextlib.contextmanager
-def serve(label: str, argv: Sequence[str], log_path: pathlib.Path, timeout: float = 30.0) -> Iterator[Served]:
-    """Start a server that logs "listening on HOST:PORT"; SIGTERM it (then SIGKILL) when the block ends."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=clean_env())
-    try:
-        deadline = time.monotonic() + timeout
-        while not (match := LISTENING.search(log_path.read_text(errors="replace"))):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{label} did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield Served(label, proc, match.group(1))
-    finally:
-        stop(proc)
-
-
-@contextlib.contextmanager
-def spawn(argv: Sequence[str], stdout: int | IO[bytes], log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """A client process running in the background; stopped (SIGTERM, then SIGKILL) when the block ends."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, cwd=ROOT, env=clean_env())
-    try:
-        yield proc
-    finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def streamcli_serve(data_dir: pathlib.Path) -> tuple[str, ...]:
@@ -361,17 +239,7 @@ async def raw_server() -> None:
             ),
         },
     )
-    server = grpc.aio.server(options=transport.server_options())
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    try:
-        await stopping.wait()
-    finally:
-        await server.stop(1)
+    await run_raw_server(handler)
 
 
 async def raw_client(address: str, total: int, batch: int) -> dict[str, object]:
@@ -540,18 +408,6 @@ def worker_main(argv: Sequence[str]) -> int:
 
 
 # --- the measurements --------------------------------------------------------------------------------------------
-
-
-def check(condition: bool, what: str) -> None:
-    if not condition:
-        sys.exit(f"verification failed: {what}")
-
-
-def last_json(text: str) -> dict[str, Any]:
-    lines = [line for line in text.splitlines() if line.strip()]
-    check(bool(lines), "a client printed nothing")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -761,10 +617,6 @@ def measure(tmp: pathlib.Path, args: argparse.Namespace) -> Results:
 
 
 # --- the report --------------------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float:

@@ -48,9 +48,7 @@ import pathlib
 import platform
 import re
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,6 +59,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from _common import (
+    MB,
+    PY,
+    SERVICE,
+    STREAMCLI,
+    Run,
+    Served,
+    check,
+    free_port,
+    last_json,
+    run_client,
+    run_raw_server,
+    serve,
+    verdict,
+)
 
 from streamcli import transport
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
@@ -68,15 +81,8 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.client.transfer import CHUNK_SIZE
 from streamcli.services.files import DOWNLOAD_CHUNK_SIZE
 
-PY = sys.executable
 SCRIPT = pathlib.Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-_console = pathlib.Path(PY).with_name("streamcli")
-STREAMCLI: tuple[str, ...] = (str(_console),) if _console.exists() else (PY, "-m", "streamcli")
-SERVICE = pb.DESCRIPTOR.services_by_name["StreamingService"].full_name
-LISTENING = re.compile(r"listening on (\S+:\d+)")
 MIB = 1 << 20
-MB = 10**6
 RSS_LIMIT_MB = 150.0
 KINDS = ("raw", "reference", "streamcli")
 DIRECTIONS = ("upload", "download")
@@ -84,102 +90,6 @@ LABELS = {"raw": "raw grpc.aio", "reference": "reference (sync)", "streamcli": "
 
 
 # --- processes -------------------------------------------------------------------------------------------------
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without STREAMCLI_* settings (a token or address there would change what is measured)."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("STREAMCLI_")}
-
-
-def vm_hwm(pid: int) -> int | None:
-    """Peak resident set size of ``pid`` so far, in bytes (None once it has exited)."""
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024  # kB
-    return None  # a zombie: no memory any more
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One finished client process."""
-
-    seconds: float  # wall time, spawn to exit
-    peak_rss: int  # bytes: the largest VmHWM polled
-    stdout: str
-
-
-def run_client(argv: Sequence[str], poll: float = 0.01) -> Run:
-    """Run ``argv`` to completion, polling its VmHWM; exit with its stderr if it fails."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        peak = 0
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT, env=clean_env())
-        try:
-            while True:
-                peak = max(peak, vm_hwm(proc.pid) or 0)
-                try:
-                    proc.wait(poll)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        finally:
-            if proc.poll() is None:  # interrupted: leave nothing behind
-                proc.kill()
-                proc.wait()
-        elapsed = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(argv)} exited with {proc.returncode}:\n{err.read().decode(errors='replace')}")
-        return Run(elapsed, peak, out.read().decode())
-
-
-@dataclasses.dataclass
-class Served:
-    """A running server process and the address it listens on."""
-
-    label: str
-    process: subprocess.Popen[bytes]
-    address: str
-
-    def peak_rss(self) -> int:
-        peak = vm_hwm(self.process.pid)
-        if peak is None:
-            sys.exit(f"{self.label} exited early")
-        return peak
-
-
-@contextlib.contextmanager
-def serve(label: str, argv: Sequence[str], log_path: pathlib.Path, timeout: float = 30.0) -> Iterator[Served]:
-    """Start a server that logs "listening on HOST:PORT"; SIGTERM it (then SIGKILL) when the block ends."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=clean_env())
-    try:
-        deadline = time.monotonic() + timeout
-        while not (match := LISTENING.search(log_path.read_text(errors="replace"))):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{label} did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield Served(label, proc, match.group(1))
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def write_random(path: pathlib.Path, size: int) -> str:
@@ -246,17 +156,7 @@ async def raw_server() -> None:
             yield pb.DownloadFileResponse(offset=offset, data=block if size == len(block) else block[:size])
             offset += size
 
-    server = grpc.aio.server(options=transport.server_options())
-    server.add_generic_rpc_handlers((generic_handler(upload, download),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop(1)
+    await run_raw_server(generic_handler(upload, download))
 
 
 async def raw_client(address: str, direction: str, total: int) -> dict[str, object]:
@@ -387,18 +287,6 @@ class Sample:
     peak_rss: int  # bytes, client process
 
 
-def check(condition: bool, what: str) -> None:
-    if not condition:
-        sys.exit(f"verification failed: {what}")
-
-
-def last_json(text: str) -> dict[str, Any]:
-    lines = [line for line in text.splitlines() if line.strip()]
-    check(bool(lines), "a client printed nothing")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
-
-
 def timed(argv: Sequence[str]) -> tuple[Run, dict[str, Any]]:
     os.sync()  # earlier transfers' dirty pages are written back now, not on this one's time
     run = run_client(argv)
@@ -526,10 +414,6 @@ def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int, warmup: in
 
 def mbps(size: int, seconds: float) -> float:
     return size / seconds / MB
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def report(results: Results) -> None:
