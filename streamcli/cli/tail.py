@@ -79,15 +79,15 @@ def _print_all(
     to_line: Callable[[R], Text],
 ) -> None:
     """Print every record of the stream ``open_batches`` opens, as it arrives (one write per batch)."""
+    from rich.text import Text
 
     async def consume(conn: Connection) -> None:
         async for batch in open_batches(conn):
             if env.json:
                 env.stdout.write("\n".join([to_json_line(record) for record in batch]) + "\n")
                 env.stdout.flush()
-            else:
-                for record in batch:
-                    env.console.print(to_line(record), soft_wrap=True)
+            else:  # one print per batch: rich's per-call work would cost more than the lines
+                env.console.print(Text("\n").join([to_line(record) for record in batch]), soft_wrap=True)
 
     try:
         env.run(consume)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import datetime
 from typing import Any
 
+from google.protobuf.any_pb2 import Any as AnyMessage
 from rich.text import Text
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import EVENT_TYPES, unpack_data
+from streamcli.client.events import EVENT_TYPES, data_json
 from streamcli.client.notifications import SEVERITIES
 
 TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "password_change": "magenta"}
@@ -16,14 +17,23 @@ SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 SUMMARY_CHARS = 120
 
 
+_second_text: tuple[int, str] = (-1, "")
+
+
 def _time(stamp: Any) -> str:
-    return str(stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3])
+    """``YYYY-MM-DD HH:MM:SS.mmm`` (UTC); the seconds part is formatted once per second."""
+    global _second_text
+    seconds = stamp.seconds
+    if _second_text[0] != seconds:
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+        _second_text = (seconds, moment.strftime("%Y-%m-%d %H:%M:%S"))
+    return f"{_second_text[1]}.{stamp.nanos // 1_000_000:03d}"
 
 
-def _summary(data: Any) -> str:
-    if data is None:
+def _summary(data: AnyMessage) -> str:
+    if not data.type_url:
         return ""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = data_json(data)
     return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
@@ -35,7 +45,7 @@ def event_line(event: pb.UserEvent) -> Text:
     line.append(f"  #{event.id:<6} ", style="dim")
     line.append(f"{event.user_id:<12} ", style="bold")
     line.append(f"{kind:<15} ", style=TYPE_STYLES.get(kind, ""))
-    line.append(_summary(unpack_data(event.data)))
+    line.append(_summary(event.data))
     return line
 
 

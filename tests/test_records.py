@@ -1,0 +1,35 @@
+"""The one-line views of events and notifications (``tail`` without --json)."""
+
+from __future__ import annotations
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.events import pack_data
+from streamcli.ui.records import SUMMARY_CHARS, event_line, notification_line
+
+
+def test_event_line_shows_time_id_user_type_and_data() -> None:
+    event = pb.UserEvent(id=7, user_id="alice", type=pb.USER_EVENT_TYPE_LOGIN)
+    event.timestamp.FromNanoseconds(1_764_000_000_987_654_321)  # 2025-11-24 16:00:00.987654321 UTC
+    event.data.CopyFrom(pack_data({"ip": "10.0.0.1"}))  # one key: a Struct's key order is its map's
+    line = event_line(event)
+    assert line.plain == '2025-11-24 16:00:00.987  #7      alice        login           {"ip":"10.0.0.1"}'
+    assert any(span.style == "green" for span in line.spans)  # the type's colour
+
+
+def test_event_line_without_data_and_with_long_data() -> None:
+    bare = pb.UserEvent(id=1, user_id="bob", type=pb.USER_EVENT_TYPE_LOGOUT)
+    bare.timestamp.FromNanoseconds(1_764_000_001_000_000_000)
+    assert event_line(bare).plain.endswith("logout          ")
+    long = pb.UserEvent(id=2, user_id="bob", type=pb.USER_EVENT_TYPE_LOGOUT)
+    long.data.CopyFrom(pack_data({"text": "x" * 500}))
+    summary = event_line(long).plain.split("logout          ", 1)[1]
+    assert len(summary) == SUMMARY_CHARS and summary.endswith("…")
+
+
+def test_notification_line() -> None:
+    note = pb.Notification(id=3, recipient="alice", topic="files", title="upload completed", body="a.bin",
+                           severity=pb.NOTIFICATION_SEVERITY_WARNING)  # fmt: skip
+    note.timestamp.FromNanoseconds(1_764_000_000_000_000_000)
+    assert notification_line(note).plain == (
+        "2025-11-24 16:00:00.000  #3      warning files      → alice      upload completed: a.bin"
+    )
