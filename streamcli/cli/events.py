@@ -158,23 +158,29 @@ async def _chunks(fd: int) -> AsyncIterator[bytes]:
     read when the command ends (Ctrl-C, a lost server). At most a few chunks wait in memory.
     """
     loop = asyncio.get_running_loop()
-    ready: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+    ready: asyncio.Queue[bytes | OSError] = asyncio.Queue()
     room = threading.Semaphore(4)
+
+    def hand_over(item: bytes | OSError) -> bool:
+        try:
+            loop.call_soon_threadsafe(ready.put_nowait, item)
+        except RuntimeError:  # the loop has closed: the command has ended, nobody is reading
+            return False
+        return True
 
     def read() -> None:
         try:
             while True:
                 room.acquire()
                 chunk = os.read(fd, READ_SIZE)
-                loop.call_soon_threadsafe(ready.put_nowait, chunk)
-                if not chunk:
+                if not hand_over(chunk) or not chunk:
                     return
-        except BaseException as exc:  # an unreadable stdin: raised in the loop
-            loop.call_soon_threadsafe(ready.put_nowait, exc)
+        except OSError as exc:  # an unreadable stdin: raised in the loop
+            hand_over(exc)
 
     threading.Thread(target=read, name="streamcli-stdin", daemon=True).start()
     while chunk := await ready.get():
-        if isinstance(chunk, BaseException):
+        if isinstance(chunk, OSError):
             raise chunk
         room.release()
         yield chunk
