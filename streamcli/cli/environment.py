@@ -83,11 +83,10 @@ class Environment:
             # Raised here, where typer does not swallow it, so the boundary can say so.
             raise Interrupted("interrupted") from None
 
-    def emit_json(self, record: dict[str, Any], *, flush: bool = True) -> None:
-        """Write one NDJSON line to stdout (``flush=False``: the caller flushes after a batch)."""
+    def emit_json(self, record: dict[str, Any]) -> None:
+        """Write one NDJSON line to stdout."""
         self.stdout.write(ENCODER.encode(record) + "\n")
-        if flush:
-            self.stdout.flush()
+        self.stdout.flush()
 
     def error(self, message: str) -> None:
         """Write one diagnostic line to stderr."""
