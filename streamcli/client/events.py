@@ -135,15 +135,20 @@ def data_json(data: AnyMessage) -> str:
 _second_text: tuple[int, str] = (-1, "")
 
 
-def rfc3339(stamp: Timestamp) -> str:
-    """``Timestamp.ToJsonString``'s text (fraction of 0, 3, 6 or 9 digits), several times faster:
-    the seconds part is formatted once per second."""
+def utc_second(seconds: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` (UTC) of seconds since the epoch, formatted once per second: the
+    records of a replay or a live tail come many to a second."""
     global _second_text
-    seconds, nanos = stamp.seconds, stamp.nanos
     if _second_text[0] != seconds:
         moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
         _second_text = (seconds, moment.strftime("%Y-%m-%dT%H:%M:%S"))
-    text = _second_text[1]
+    return _second_text[1]
+
+
+def rfc3339(stamp: Timestamp) -> str:
+    """``Timestamp.ToJsonString``'s text (fraction of 0, 3, 6 or 9 digits), several times faster."""
+    nanos = stamp.nanos
+    text = utc_second(stamp.seconds)
     if not nanos:
         return text + "Z"
     if nanos % 1_000_000 == 0:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from google.protobuf.any_pb2 import Any as AnyMessage
 from rich.text import Text
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import EVENT_TYPES, data_json
+from streamcli.client.events import EVENT_TYPES, data_json, utc_second
 from streamcli.client.notifications import SEVERITIES
 
 TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "password_change": "magenta"}
@@ -17,17 +16,9 @@ SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 SUMMARY_CHARS = 120
 
 
-_second_text: tuple[int, str] = (-1, "")
-
-
 def _time(stamp: Any) -> str:
-    """``YYYY-MM-DD HH:MM:SS.mmm`` (UTC); the seconds part is formatted once per second."""
-    global _second_text
-    seconds = stamp.seconds
-    if _second_text[0] != seconds:
-        moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-        _second_text = (seconds, moment.strftime("%Y-%m-%d %H:%M:%S"))
-    return f"{_second_text[1]}.{stamp.nanos // 1_000_000:03d}"
+    """``YYYY-MM-DD HH:MM:SS.mmm`` (UTC)."""
+    return f"{utc_second(stamp.seconds).replace('T', ' ')}.{stamp.nanos // 1_000_000:03d}"
 
 
 def _summary(data: AnyMessage) -> str:
