@@ -203,6 +203,29 @@ async def test_live_responses_are_paced_but_the_first_after_a_quiet_spell_goes_a
     assert [e.id for e in paced.events] == [2, 3, 4, 5, 6]  # what came meanwhile, in one response
 
 
+async def test_the_idle_timeout_counts_from_the_last_record_not_from_the_start(conn: Connection) -> None:
+    idle = 0.4
+    options = TailOptions(idle_timeout=idle)
+    tail = tail_events(conn, user_id="alice", all_users=False, types=[], since=None, options=options)
+    received: list[tuple[float, int]] = []
+
+    async def read() -> None:
+        async for batch in tail:
+            received.extend((time.monotonic(), e.id) for e in batch)
+            if batch[0].id == 3:
+                await asyncio.sleep(2 * idle)  # a slow consumer: its time with the records is not idle time
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.1)  # the tail is open (it starts live)
+    for _ in range(6):  # records for twice the idle timeout, each well within it of the one before
+        await publish_events(conn, [event("alice")])
+        await asyncio.sleep(idle / 3)
+    await asyncio.wait_for(reader, 10)
+    ended = time.monotonic()
+    assert [id_ for _, id_ in received] == [1, 2, 3, 4, 5, 6]
+    assert idle * 0.9 <= ended - received[-1][0] < idle + 1.0
+
+
 async def test_a_stalled_reader_slows_neither_the_publisher_nor_other_readers(conn: Connection) -> None:
     stalled = conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(all_users=True, start_time=epoch()))
     await stalled.read()  # connected, then never reads again

@@ -73,25 +73,23 @@ async def tail_log(
         records_of: the records of one response (empty for a heartbeat).
         options: follow, max records, idle timeout, retries.
     """
-    loop = asyncio.get_running_loop()
     attempts = Attempts(options.retry, "tail")
     resume_after: int | None = None
     connected = False  # until the server first answers, a failure is reported, not retried
     seen = 0
-    last_record_at = loop.time()
-    with rpc_errors(conn.settings.address):
+    idle = _IdleWatch(options.idle_timeout)
+    with rpc_errors(conn.settings.address), idle:
         while True:
             call = open_stream(resume_after)
+            idle.watch(call)
             try:
                 while True:
-                    timeout = None
-                    if options.idle_timeout is not None:
-                        timeout = options.idle_timeout - (loop.time() - last_record_at)
                     try:
-                        response = await asyncio.wait_for(call.read(), timeout)
-                    except asyncio.TimeoutError:
-                        call.cancel()
-                        return
+                        response = await call.read()
+                    except asyncio.CancelledError:
+                        if idle.expired:
+                            return
+                        raise
                     if response is grpc.aio.EOF:
                         return  # history replayed (--no-follow)
                     attempts.failures = 0
@@ -102,11 +100,65 @@ async def tail_log(
                             yield records[: options.max_records - seen]
                             call.cancel()
                             return
+                        idle.pause()  # the consumer's time with the records is not idle time
                         yield records
                         seen += len(records)
-                        last_record_at = loop.time()
+                        idle.touch()
                     resume_after = int(response.position)
             except grpc.aio.AioRpcError as exc:
                 if not connected:
                     raise
                 await attempts.backoff(exc)
+
+
+class _IdleWatch:
+    """Cancels the stream being read once ``seconds`` pass without a record (None: never).
+
+    One timer for the whole tail, moved on only when it fires: a ``wait_for``
+    around every read would cost a task and a timer per response, and live
+    tails read hundreds of responses a second.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._call: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self.expired = False
+
+    def __enter__(self) -> _IdleWatch:
+        if self._seconds is not None:
+            self._timer = self._loop.call_at(self._last + self._seconds, self._check)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def watch(self, call: Any) -> None:
+        """The call to cancel on expiry (cancelled at once if the time ran out meanwhile, e.g. in a backoff)."""
+        self._call = call
+        if self.expired:
+            call.cancel()
+
+    def pause(self) -> None:
+        """Records are being handed on: not idle until ``touch``."""
+        self._paused = True
+
+    def touch(self) -> None:
+        """Records were handed on; idle from now."""
+        self._paused = False
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        assert self._seconds is not None
+        due = (self._loop.time() if self._paused else self._last) + self._seconds
+        if due > self._loop.time():
+            self._timer = self._loop.call_at(due, self._check)
+        else:
+            self._timer = None
+            self.expired = True
+            if self._call is not None:
+                self._call.cancel()
