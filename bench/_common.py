@@ -156,9 +156,11 @@ def serve(label: str, argv: Sequence[str], log_path: pathlib.Path, timeout: floa
 
 
 @contextlib.contextmanager
-def spawn(argv: Sequence[str], stdout: int | IO[bytes], log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+def spawn(
+    argv: Sequence[str], stdout: int | IO[bytes], log: IO[bytes], stdin: int | IO[bytes] = subprocess.DEVNULL
+) -> Iterator[subprocess.Popen[bytes]]:
     """A client process running in the background; stopped (SIGTERM, then SIGKILL) when the block ends."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, cwd=ROOT, env=clean_env())
+    proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=log, cwd=ROOT, env=clean_env())
     try:
         yield proc
     finally:

@@ -24,7 +24,10 @@ What it measures, on loopback (127.0.0.1), every server and every client in a pr
    schedule, every event stamped with its send time (``time.time()``) in its ``timestamp``; every tail records
    receive time minus send time (one machine, one clock). A warm-up second of events is published first and
    left out. Besides, --cli-tails real ``streamcli --json tail events --all-users`` processes print to a pipe
-   read by this script, which notes the time each line arrives: publish to printed.
+   read by this script, which notes the time each line arrives: publish to printed. One more run per server
+   (unless --no-cli-publisher) has the real publishing path instead: a process writing one NDJSON line at a
+   time (stamped when written, on the same schedule) to the stdin of ``streamcli --json events publish``, which
+   batches what arrives within its --linger (ev/msg "cli" in the report).
 
 Peak RSS is ``VmHWM`` of ``/proc/PID/status`` (servers: read before they are stopped; CLI clients: polled every
 10 ms). CPU seconds: of the servers from ``/proc/PID/stat``, of the clients from the rusage of reaped children
@@ -34,6 +37,7 @@ Run from anywhere, with the interpreter of the environment streamcli is installe
 database goes to a temporary directory under /tmp, about 250 bytes per event)::
 
     python bench/tail.py [--events N] [--rounds N] [--tails N] [--rate N] [--seconds S] [--batch N ...]
+                         [--no-cli-publisher]
 
 Standard library, grpc and streamcli only; not part of the test suite.
 """
@@ -45,6 +49,7 @@ import array
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -107,10 +112,13 @@ _AGENTS = (
 _FIELDS = (["email"], ["display_name", "avatar"], ["timezone"])
 
 
-def make_event(i: int, user: str | None = None) -> pb.UserEvent:
-    """Event number ``i``: one of 1,000 users, types skewed as in life (half of them logins), small JSON data."""
+def event_fields(i: int, user: str | None = None) -> tuple[str, pb.UserEventType.ValueType, dict[str, Any]]:
+    """Event number ``i`` (user, type, data): one of 1,000 users, types skewed as in life (half of them
+    logins), small JSON data."""
     spread = (i * 2654435761) % 2**32
     slot = i % 20
+    kind: pb.UserEventType.ValueType
+    data: dict[str, Any]
     if slot < 10:
         kind, data = (
             pb.USER_EVENT_TYPE_LOGIN,
@@ -126,9 +134,23 @@ def make_event(i: int, user: str | None = None) -> pb.UserEvent:
         kind, data = pb.USER_EVENT_TYPE_PROFILE_UPDATE, {"fields": _FIELDS[spread % 3], "source": "web"}
     else:
         kind, data = pb.USER_EVENT_TYPE_PASSWORD_CHANGE, {"ip": f"192.168.{spread % 256}.7", "mfa": True}
-    event = pb.UserEvent(user_id=user or f"user-{spread % 1000:04d}", type=kind)
+    return user or f"user-{spread % 1000:04d}", kind, data
+
+
+def make_event(i: int, user: str | None = None) -> pb.UserEvent:
+    """Event number ``i`` as a message (``event_fields``)."""
+    user_id, kind, data = event_fields(i, user)
+    event = pb.UserEvent(user_id=user_id, type=kind)
     event.data.CopyFrom(pack_data(data))
     return event
+
+
+def event_line(i: int, user: str | None = None) -> bytes:
+    """Event number ``i`` as a line for ``streamcli events publish``, stamped now (to the microsecond)."""
+    user_id, kind, data = event_fields(i, user)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    record = {"user_id": user_id, "type": pb.UserEventType.Name(kind), "timestamp": now, "data": data}
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def stamp_now(event: pb.UserEvent) -> None:
@@ -305,6 +327,23 @@ async def live_publisher(address: str, rate: float, seconds: float, warmup: floa
     }
 
 
+def feed(rate: float, seconds: float, warmup: float) -> dict[str, object]:
+    """Write ``rate`` event lines a second to stdout for ``warmup`` + ``seconds``, each on its own (one write
+    per line, as an application logging events would), stamped when written: the input of a live
+    ``streamcli events publish``."""
+    warm_lines, lines = round(warmup * rate), round(seconds * rate)
+    late: list[float] = []
+    start = time.monotonic()
+    for n in range(warm_lines + lines):
+        due = start + n / rate
+        if (wait := due - time.monotonic()) > 0:
+            time.sleep(wait)
+        late.append(time.monotonic() - due)
+        os.write(1, event_line(n, WARMUP_USER if n < warm_lines else None))
+    late.sort()
+    return {"lines": warm_lines + lines, "late_p99_ms": late[int(0.99 * (len(late) - 1))] * 1e3}
+
+
 class _ReadyCall:
     """A StreamUserEvents call that sets ``ready`` on its first response (the server's empty one, at once)."""
 
@@ -377,7 +416,7 @@ async def tails(address: str, count: int, expect: int, deadline: float) -> tuple
 
 def worker_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="tail.py _worker")
-    parser.add_argument("role", choices=("raw-server", "raw-client", "publish", "live-publish", "tails"))
+    parser.add_argument("role", choices=("raw-server", "raw-client", "publish", "live-publish", "feed", "tails"))
     parser.add_argument("--address", default="")
     parser.add_argument("--events", type=int, default=0)
     parser.add_argument("--batch", type=int, default=1)
@@ -398,6 +437,10 @@ def worker_main(argv: Sequence[str]) -> int:
         result = asyncio.run(publisher(args.address, args.events))
     elif args.role == "live-publish":
         result = asyncio.run(live_publisher(args.address, args.rate, args.seconds, args.warmup, args.batch))
+    elif args.role == "feed":
+        result = feed(args.rate, args.seconds, args.warmup)
+        print(json.dumps(result), file=sys.stderr, flush=True)  # stdout is the events
+        return 0
     else:
         result, latencies = asyncio.run(tails(args.address, args.tails, args.events, args.seconds))
         with open(args.out, "wb") as handle:  # doubles, read back by the parent
@@ -520,17 +563,20 @@ class LiveSetup:
     warmup: float = 1.0
 
 
-def live_run(tmp: pathlib.Path, kind: str, batch: int, setup: LiveSetup) -> dict[str, Any]:
-    """One live run against a fresh server of ``kind`` ("raw" or "streamcli"), ``batch`` events per message."""
-    messages = round(setup.seconds * setup.rate / batch)
-    warm_events, events = round(setup.warmup * setup.rate / batch) * batch, messages * batch
+def live_run(tmp: pathlib.Path, kind: str, batch: int | None, setup: LiveSetup) -> dict[str, Any]:
+    """One live run against a fresh server of ``kind`` ("raw" or "streamcli"): the events published ``batch``
+    per message on a steady schedule, or (None) by ``streamcli events publish`` fed a line at a time."""
+    per = batch or 1
+    warm_events = round(setup.warmup * setup.rate / per) * per
+    events = round(setup.seconds * setup.rate / per) * per
     expect = warm_events + events  # per tail, warm-up included
     deadline = setup.warmup + setup.seconds + 180.0
     sizes = [setup.tails // setup.procs + (1 if p < setup.tails % setup.procs else 0) for p in range(setup.procs)]
     sizes = [size for size in sizes if size]
     printed: list[list[tuple[float, bytes]]] = [[] for _ in range(setup.cli_tails)]
-    live: dict[str, Any] = {"kind": kind, "batch": batch, "procs": len(sizes), "expect": events}
-    name = f"live-{kind}-{batch}"
+    label = str(batch) if batch else "cli"
+    live: dict[str, Any] = {"kind": kind, "batch": label, "procs": len(sizes), "expect": events}
+    name = f"live-{kind}-{label}"
     if kind == "raw":
         server = ("raw server (live)", worker_argv("raw-server"))
     else:
@@ -560,13 +606,25 @@ def live_run(tmp: pathlib.Path, kind: str, batch: int, setup: LiveSetup) -> dict
                 sys.exit(f"a tail worker did not start:\n{(tmp / f'{name}-clients.log').read_text(errors='replace')}")
         print(
             f"live, {server[0]}: {setup.tails} tails in {len(sizes)} processes (+{setup.cli_tails} CLI) ready;"
-            f" publishing {setup.rate:g} events/s for {setup.warmup:g} + {setup.seconds:g} s, {batch} per message ...",
+            f" publishing {setup.rate:g} events/s for {setup.warmup:g} + {setup.seconds:g} s,"
+            f" {f'{batch} per message' if batch else 'a line at a time to streamcli events publish'} ...",
             flush=True,
         )
         server_cpu, wall = served.cpu(), time.perf_counter()
-        argv = worker_argv("live-publish", "--address", served.address, "--rate", str(setup.rate))
-        argv += ["--seconds", str(setup.seconds), "--warmup", str(setup.warmup), "--batch", str(batch)]
-        live["publish"] = last_json(run_client(argv).stdout)
+        schedule = ["--rate", str(setup.rate), "--seconds", str(setup.seconds), "--warmup", str(setup.warmup)]
+        if batch:
+            argv = worker_argv("live-publish", "--address", served.address, *schedule, "--batch", str(batch))
+            live["publish"] = last_json(run_client(argv).stdout)
+        else:
+            argv = (*STREAMCLI, "--address", served.address, "--json", "events", "publish")
+            publisher = stack.enter_context(spawn(argv, subprocess.PIPE, log, stdin=subprocess.PIPE))
+            assert publisher.stdin is not None
+            stack.enter_context(spawn(worker_argv("feed", *schedule), publisher.stdin, log))
+            publisher.stdin.close()  # the feeder has the pipe: its exit is the end of the input
+            assert publisher.stdout is not None
+            out = publisher.stdout.read()  # until it exits (the acknowledgement, as JSON)
+            check(publisher.wait(30) == 0, f"streamcli events publish exited with {publisher.returncode}")
+            live["publish"] = last_json(out.decode()) | {"seconds": time.perf_counter() - wall}
         check(live["publish"]["count"] == expect, f"live publish appended {live['publish']['count']} of {expect}")
         latencies = array.array("d")
         received = measured = out_of_order = unfinished = 0
@@ -610,7 +668,7 @@ def measure(tmp: pathlib.Path, args: argparse.Namespace) -> Results:
     results = Results(args.events, min(args.events, args.raw1_events))
     measure_replay(tmp, results, args.rounds)
     setup = LiveSetup(args.tails, args.tail_procs, args.cli_tails, args.rate, args.seconds)
-    for batch in args.batch:
+    for batch in [*args.batch, *([None] if args.cli_publisher else [])]:
         for kind in ("raw", "streamcli"):
             results.live.append(live_run(tmp, kind, batch, setup) | {"setup": setup})
     return results
@@ -722,13 +780,13 @@ def report(results: Results) -> None:
     for live in results.live:
         if live["out_of_order"] or live["unfinished"]:
             print(
-                f"{live['kind']} ({live['batch']} per message): {live['out_of_order']} gaps or reorderings seen,"
+                f"{live['kind']} (publisher {live['batch']}): {live['out_of_order']} gaps or reorderings seen,"
                 f" {live['unfinished']} tails cut at the deadline"
             )
 
     replay_rate = statistics.median(total / t.seconds for t in results.replay["streamcli"])
-    print(f"\n{'target (issue 4)':<56}  {'measured':>26}  verdict")
-    print(f"{'-' * 56}  {'-' * 26}  -------")
+    print(f"\n{'target (issue 4)':<68}  {'measured':>20}  verdict")
+    print(f"{'-' * 68}  {'-' * 20}  -------")
     rows_t = [
         ("replay >= 150,000 events/s end to end (--json)", f"{replay_rate:,.0f} events/s", replay_rate >= REPLAY_TARGET)
     ]
@@ -737,7 +795,7 @@ def report(results: Results) -> None:
             continue
         lat = live["latencies"]
         p99 = percentile(lat, 0.99) * 1e3 if lat else math.inf
-        what = f"{setup.tails} tails, {live['batch']} ev/msg"
+        what = f"{setup.tails} tails, " + ("CLI publish" if live["batch"] == "cli" else f"{live['batch']} ev/msg")
         rows_t.append((f"live p99 <= {P99_TARGET_MS:.0f} ms ({what})", f"{p99:,.1f} ms", p99 <= P99_TARGET_MS))
         complete = live["measured"] == live["expect"] * setup.tails and not live["out_of_order"]
         rows_t.append((f"live: every event to every tail in order ({what})", f"{live['measured']:,} events", complete))
@@ -746,7 +804,7 @@ def report(results: Results) -> None:
     rss_ok = max(results.replay_server_rss, live_rss) / MB < RSS_LIMIT_MB
     rows_t.append((f"server peak RSS < {RSS_LIMIT_MB:.0f} MB (replay, live)", rss_text, rss_ok))
     for label, measured_text, ok in rows_t:
-        print(f"{label:<56}  {measured_text:>26}  {verdict(ok)}")
+        print(f"{label:<68}  {measured_text:>20}  {verdict(ok)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -774,6 +832,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=[1, 10],
         help="live events per PublishEvents message, one run each (default: 1 10)",
+    )
+    option(
+        "--cli-publisher",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one more live run, the events written a line at a time to `streamcli events publish` (default: on)",
     )
     args = parser.parse_args(argv)
     positive = (args.events, args.raw1_events, args.rounds, args.tails, args.tail_procs, *args.batch)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from tests.support.servers import clean_env, free_port, run_cli, serve_process
 
@@ -113,6 +114,21 @@ def test_a_bad_line_on_stdin_is_reported_with_what_was_published(tmp_path: pathl
     )
 
 
+def stored_events(address: str) -> list[dict[str, Any]]:
+    history = run_cli("--address", address, "--json", "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+    return [json.loads(line) for line in history.stdout.splitlines()]
+
+
+def wait_for_ids(address: str, count: int) -> list[int]:
+    """The ids stored, once they are 1..count (or after 20 s)."""
+    deadline = time.monotonic() + 20
+    while (found := [e["id"] for e in stored_events(address)]) != list(range(1, count + 1)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return found
+
+
 def test_publish_sends_each_line_of_a_live_pipe_at_once(tmp_path: pathlib.Path) -> None:
     with serve_process(tmp_path) as served:
         publisher = subprocess.Popen(
@@ -121,27 +137,57 @@ def test_publish_sends_each_line_of_a_live_pipe_at_once(tmp_path: pathlib.Path) 
         )  # fmt: skip
         assert publisher.stdin is not None
 
-        def stored() -> list[int]:
-            history = run_cli("--address", served.address, "--json", "tail", "events", "--all-users", "--since",
-                              "1h", "--no-follow")  # fmt: skip
-            return [json.loads(line)["id"] for line in history.stdout.splitlines()]
-
-        def wait_for(ids: list[int]) -> list[int]:
-            deadline = time.monotonic() + 20
-            while (found := stored()) != ids and time.monotonic() < deadline:
-                time.sleep(0.2)
-            return found
-
         try:
             for n in (1, 2):  # one line at a time, stdin kept open: each is published before the next is written
                 publisher.stdin.write(json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n")
                 publisher.stdin.flush()
-                assert wait_for(list(range(1, n + 1))) == list(range(1, n + 1))
+                assert wait_for_ids(served.address, n) == list(range(1, n + 1))
             out, err = publisher.communicate(timeout=30)  # closes stdin: the end of the input
         finally:
             publisher.kill()
     assert publisher.returncode == 0, err
     assert json.loads(out) == {"count": 2, "first_id": 1, "last_id": 2}
+
+
+def test_publish_lingers_for_more_lines_and_sends_them_in_one_message(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        publisher = subprocess.Popen(
+            [sys.executable, "-m", "streamcli", "--address", served.address, "--json", "events", "publish",
+             "--linger", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+        assert publisher.stdin is not None
+
+        def write(n: int) -> None:
+            publisher.stdin.write(json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n")
+            publisher.stdin.flush()
+
+        try:
+            write(0)
+            assert wait_for_ids(served.address, 1) == [1]  # the publisher is up and has sent the first line
+            for n in range(1, 6):  # then five lines 20 ms apart: within one --linger
+                write(n)
+                time.sleep(0.02)
+            out, err = publisher.communicate(timeout=30)
+        finally:
+            publisher.kill()
+        events = stored_events(served.address)
+    assert publisher.returncode == 0, err
+    assert json.loads(out) == {"count": 6, "first_id": 1, "last_id": 6}
+    # Events sent without a time get the server's time of the message they came in.
+    stamps = [event["timestamp"] for event in events]
+    assert len(set(stamps[1:])) == 1 and stamps[1] > stamps[0]
+
+
+def test_publish_does_not_linger_past_the_end_of_the_input(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        lines = "".join(json.dumps({"user_id": "a", "type": "login"}) + "\n" for _ in range(3))
+        start = time.monotonic()
+        result = run_cli("--address", served.address, "--json", "events", "publish", "--linger", "20", input=lines)
+        took = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["count"] == 3
+    assert took < 10
 
 
 def test_publish_reads_odd_input_line_by_line(tmp_path: pathlib.Path) -> None:

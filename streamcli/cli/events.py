@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 #: Bytes read from stdin at a time at most (a read returns what the pipe has; from a file, this much).
 READ_SIZE = 1 << 20
+#: Default of --linger, seconds.
+LINGER = 0.01
 
 events_app = typer.Typer(
     help="Publish user events.",
@@ -46,14 +48,26 @@ def publish(
         str | None,
         typer.Option(show_default=False, help="When it happened (RFC 3339). [default: the server's append time]"),
     ] = None,
+    linger: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=60.0,
+            metavar="SECONDS",
+            help="From stdin: after a line arrives, wait this long for more before sending them together "
+            "(0: send what each read brings at once).",
+        ),
+    ] = LINGER,
 ) -> None:
     """Publish one event from the options, or many from NDJSON on stdin.
 
     Without --user, every stdin line is one event:
     [dim]{"user_id": "alice", "type": "login", "timestamp": "…" (optional), "data": {…} (optional)}[/dim].
-    Events travel in batches over one client stream (the lines of a live pipe as they
-    arrive) and are acknowledged once appended; prints how many, with their ids
-    ([cyan]--json[/cyan]: count, first_id, last_id).
+    Events travel in batches over one client stream and are acknowledged once
+    appended; prints how many, with their ids ([cyan]--json[/cyan]: count, first_id,
+    last_id). The lines of a live pipe go out as they arrive, those that come within
+    [cyan]--linger[/cyan] of each other in one message: one message per line costs the server
+    far more at a thousand lines a second.
 
     Examples:
 
@@ -81,7 +95,7 @@ def publish(
             raise UsageError("--type, --data and --timestamp go with --user; without it events come from stdin")
         if env.stdin.isatty():
             raise UsageError("give --user and --type, or pipe NDJSON events to stdin")
-        reply = env.run(lambda conn: publish_batches(conn, _ndjson_batches(env.stdin)))
+        reply = env.run(lambda conn: publish_batches(conn, _ndjson_batches(env.stdin, linger)))
     if env.json:
         env.emit_json({"count": reply.count, "first_id": reply.first_id, "last_id": reply.last_id})
     elif reply.count:
@@ -90,9 +104,10 @@ def publish(
         env.stdout.write("published 0 events\n")
 
 
-async def _ndjson_batches(stdin: IO[str]) -> AsyncIterator[list[pb.UserEvent]]:
-    """Events from NDJSON lines, a batch per read from the pipe: what arrives together goes out together,
-    and a line that arrives alone goes out at once (``tail -f app.log | ... | streamcli events publish``)."""
+async def _ndjson_batches(stdin: IO[str], linger: float = 0.0) -> AsyncIterator[list[pb.UserEvent]]:
+    """Events from NDJSON lines, a batch per read from the pipe, with what more arrives within ``linger``
+    seconds of it: a line that arrives alone goes out after ``linger``
+    (``tail -f app.log | ... | streamcli events publish``), a flood in full batches at once."""
     from streamcli.client.events import event_from_json
 
     number = 0
@@ -128,7 +143,7 @@ async def _ndjson_batches(stdin: IO[str]) -> AsyncIterator[list[pb.UserEvent]]:
             yield batch
         return
     pending = b""
-    async for chunk in _chunks(fd):
+    async for chunk in _chunks(fd, linger):
         data = pending + chunk
         cut = data.rfind(b"\n") + 1  # complete lines only: a character may straddle two reads
         pending = data[cut:]
@@ -151,8 +166,9 @@ def _lines(data: bytes) -> list[str] | list[bytes]:
         return data.split(b"\n")
 
 
-async def _chunks(fd: int) -> AsyncIterator[bytes]:
-    """What ``fd`` has, as it comes, read on a thread (a pipe's read blocks) so that the event loop runs on.
+async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
+    """What ``fd`` has, as it comes: each read together with those that follow within ``linger`` seconds
+    (up to READ_SIZE bytes), read on a thread (a pipe's read blocks) so that the event loop runs on.
 
     The thread only reads (without the GIL); the caller parses. A daemon: it may be blocked in a
     read when the command ends (Ctrl-C, a lost server). At most a few chunks wait in memory.
@@ -179,11 +195,34 @@ async def _chunks(fd: int) -> AsyncIterator[bytes]:
             hand_over(exc)
 
     threading.Thread(target=read, name="streamcli-stdin", daemon=True).start()
-    while chunk := await ready.get():
+    finished = False
+    while not finished:
+        chunk = await ready.get()
         if isinstance(chunk, OSError):
             raise chunk
+        if not chunk:
+            return
         room.release()
-        yield chunk
+        parts, size = [chunk], len(chunk)
+        failure = None
+        deadline = loop.time() + linger
+        while size < READ_SIZE and (remaining := deadline - loop.time()) > 0:
+            try:
+                more = await asyncio.wait_for(ready.get(), remaining)
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
+                break
+            if isinstance(more, OSError):
+                failure = more
+                break
+            if not more:
+                finished = True  # the end of the input came while lingering
+                break
+            room.release()
+            parts.append(more)
+            size += len(more)
+        yield b"".join(parts)
+        if failure is not None:
+            raise failure
 
 
 def register(app: typer.Typer) -> None:
