@@ -325,4 +325,17 @@ class _transaction:
         self._db.execute(self._begin)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite ends the transaction itself on some errors (a full disk): a ROLLBACK then would
+        # fail and hide the error being raised.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")

@@ -104,7 +104,13 @@ class EventService(LogService):
                                 f"event {count + len(records)}: {problem} ({count} earlier events were appended)",
                             )
                         records.append(_stored(event, now))
-                appended = await self._log.append(STREAM, records)
+                try:
+                    appended = await self._log.append(STREAM, records)
+                except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"could not append events: {exc} ({count} earlier events were appended)",
+                    )
                 if appended:
                     first_id = first_id or appended[0].id
                     last_id = appended[-1].id
