@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Annotated
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 #: Bytes read from stdin at a time at most (a read returns what the pipe has; from a file, this much).
 READ_SIZE = 1 << 20
 #: Default of --linger, seconds.
-LINGER = 0.01
+LINGER = 0.005
 
 events_app = typer.Typer(
     help="Publish user events.",
@@ -167,11 +169,12 @@ def _lines(data: bytes) -> list[str] | list[bytes]:
 
 
 async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
-    """What ``fd`` has, as it comes: each read together with those that follow within ``linger`` seconds
-    (up to READ_SIZE bytes), read on a thread (a pipe's read blocks) so that the event loop runs on.
+    """What ``fd`` has, as it comes: each read together with what follows within ``linger`` seconds (up to
+    READ_SIZE bytes), read on a thread (a pipe's read blocks) so that the event loop runs on.
 
-    The thread only reads (without the GIL); the caller parses. A daemon: it may be blocked in a
-    read when the command ends (Ctrl-C, a lost server). At most a few chunks wait in memory.
+    The thread only reads and waits (without the GIL), and wakes the loop once per chunk; the caller
+    parses. A daemon: it may be blocked in a read when the command ends (Ctrl-C, a lost server). At most
+    a few chunks wait in memory.
     """
     loop = asyncio.get_running_loop()
     ready: asyncio.Queue[bytes | OSError] = asyncio.Queue()
@@ -185,44 +188,37 @@ async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
         return True
 
     def read() -> None:
+        parts: list[bytes] = []
         try:
-            while True:
+            ended = False
+            while not ended:
                 room.acquire()
-                chunk = os.read(fd, READ_SIZE)
-                if not hand_over(chunk) or not chunk:
+                parts = [os.read(fd, READ_SIZE)]
+                size = len(parts[0])
+                ended = not size
+                deadline = time.monotonic() + linger
+                while not ended and size < READ_SIZE and (remaining := deadline - time.monotonic()) > 0:
+                    if not select.select([fd], [], [], remaining)[0]:
+                        break  # nothing more within the linger
+                    more = os.read(fd, READ_SIZE - size)
+                    parts.append(more)
+                    size += len(more)
+                    ended = not more
+                chunk, parts = b"".join(parts), []
+                if chunk and not hand_over(chunk):
                     return
-        except OSError as exc:  # an unreadable stdin: raised in the loop
+            hand_over(b"")
+        except OSError as exc:  # an unreadable stdin: what came before it is used, then it is raised
+            if parts and any(parts):
+                hand_over(b"".join(parts))
             hand_over(exc)
 
     threading.Thread(target=read, name="streamcli-stdin", daemon=True).start()
-    finished = False
-    while not finished:
-        chunk = await ready.get()
+    while chunk := await ready.get():
         if isinstance(chunk, OSError):
             raise chunk
-        if not chunk:
-            return
         room.release()
-        parts, size = [chunk], len(chunk)
-        failure = None
-        deadline = loop.time() + linger
-        while size < READ_SIZE and (remaining := deadline - loop.time()) > 0:
-            try:
-                more = await asyncio.wait_for(ready.get(), remaining)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
-                break
-            if isinstance(more, OSError):
-                failure = more
-                break
-            if not more:
-                finished = True  # the end of the input came while lingering
-                break
-            room.release()
-            parts.append(more)
-            size += len(more)
-        yield b"".join(parts)
-        if failure is not None:
-            raise failure
+        yield chunk
 
 
 def register(app: typer.Typer) -> None:
