@@ -146,28 +146,29 @@ async def test_bad_events_are_refused_on_publish(conn: Connection, bad: pb.UserE
         await publish_events(conn, [event("fine"), bad])
 
 
-async def test_a_failed_append_is_unavailable_and_says_what_was_appended(tmp_path: pathlib.Path) -> None:
+async def test_a_failed_append_is_internal_and_says_what_was_appended(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path) as server, client(server.address) as conn:
         await publish_events(conn, [event("alice")])
         store = server.backend.log
         assert isinstance(store, SqliteStore)
-        # The database may not grow any more: the next append fails as on a full disk.
-        await store._run(lambda db: db.execute("PRAGMA max_page_count = 1"))
-        large = [event("alice", blob="x" * 100_000)]
+
+        async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
+            yield pb.PublishEventsRequest(events=[event("alice"), event("alice")])
+            while (await store.bounds("events")).last_id < 3:  # appended
+                await asyncio.sleep(0.01)
+            # The database may not grow any more: the next append fails as on a full disk.
+            await store._run(lambda db: db.execute("PRAGMA max_page_count = 1"))
+            yield pb.PublishEventsRequest(events=[event("alice", blob="x" * 100_000)])
+
         with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await conn.stub.PublishEvents(aiter_of([pb.PublishEventsRequest(events=large)]))
-        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "could not append events: database or disk is full (0 earlier events were appended)" in (
+            await conn.stub.PublishEvents(requests())
+        assert failure.value.code() == grpc.StatusCode.INTERNAL
+        assert "could not append events: database or disk is full (2 earlier events were appended)" in (
             failure.value.details() or ""
         )
         history = tail_events(conn, user_id="alice", all_users=False, types=[], since=epoch(),
                               options=TailOptions(follow=False))  # fmt: skip
-        assert [e.id for e in await collect(history)] == [1]
-
-
-async def aiter_of(items: Sequence[R]) -> AsyncIterator[R]:
-    for item in items:
-        yield item
+        assert [e.id for e in await collect(history)] == [1, 2, 3]
 
 
 async def test_a_trimmed_resume_point_is_out_of_range(tmp_path: pathlib.Path) -> None:

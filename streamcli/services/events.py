@@ -107,8 +107,9 @@ class EventService(LogService):
                 try:
                     appended = await self._log.append(STREAM, records)
                 except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
+                    # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
                     await context.abort(
-                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.INTERNAL,
                         f"could not append events: {exc} ({count} earlier events were appended)",
                     )
                 if appended:
