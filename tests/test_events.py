@@ -232,7 +232,7 @@ async def test_live_responses_are_paced_but_the_first_after_a_quiet_spell_goes_a
 async def test_the_idle_timeout_counts_from_the_last_record_not_from_the_start(conn: Connection) -> None:
     idle = 0.4
     options = TailOptions(idle_timeout=idle)
-    tail = tail_events(conn, user_id="alice", all_users=False, types=[], since=None, options=options)
+    tail = tail_events(conn, user_id="alice", all_users=False, types=[], since=epoch(), options=options)
     received: list[tuple[float, int]] = []
 
     async def read() -> None:
@@ -242,7 +242,6 @@ async def test_the_idle_timeout_counts_from_the_last_record_not_from_the_start(c
                 await asyncio.sleep(2 * idle)  # a slow consumer: its time with the records is not idle time
 
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.1)  # the tail is open (it starts live)
     for _ in range(6):  # records for twice the idle timeout, each well within it of the one before
         await publish_events(conn, [event("alice")])
         await asyncio.sleep(idle / 3)
@@ -250,6 +249,20 @@ async def test_the_idle_timeout_counts_from_the_last_record_not_from_the_start(c
     ended = time.monotonic()
     assert [id_ for _, id_ in received] == [1, 2, 3, 4, 5, 6]
     assert idle * 0.9 <= ended - received[-1][0] < idle + 1.0
+
+
+async def test_the_idle_timeout_ends_a_tail_that_is_reconnecting(tmp_path: pathlib.Path) -> None:
+    async with running_server(tmp_path) as server, client(server.address) as conn:
+        await publish_events(conn, [event("alice")])
+        options = TailOptions(idle_timeout=0.5)
+        tail = tail_events(conn, user_id="alice", all_users=False, types=[], since=epoch(), options=options)
+        first = await anext(tail)
+        assert [e.id for e in first] == [1]
+        await server.stop(0)  # the tail now retries with backoff (for minutes) against a server that is gone
+        started = time.monotonic()
+        with pytest.raises(StopAsyncIteration):  # ends quietly, as an idle tail does
+            await asyncio.wait_for(anext(tail), 10)
+        assert time.monotonic() - started < 9
 
 
 async def test_a_stalled_reader_slows_neither_the_publisher_nor_other_readers(conn: Connection) -> None:

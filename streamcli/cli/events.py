@@ -177,10 +177,10 @@ async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
     a few chunks wait in memory.
     """
     loop = asyncio.get_running_loop()
-    ready: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+    ready: asyncio.Queue[bytes | Exception] = asyncio.Queue()
     room = threading.Semaphore(4)
 
-    def hand_over(item: bytes | OSError) -> bool:
+    def hand_over(item: bytes | Exception) -> bool:
         try:
             loop.call_soon_threadsafe(ready.put_nowait, item)
         except RuntimeError:  # the loop has closed: the command has ended, nobody is reading
@@ -190,6 +190,8 @@ async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
     def read() -> None:
         parts: list[bytes] = []
         try:
+            waiter = select.poll()  # (select.select refuses descriptors from 1024 on)
+            waiter.register(fd, select.POLLIN)
             ended = False
             while not ended:
                 room.acquire()
@@ -198,7 +200,7 @@ async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
                 ended = not size
                 deadline = time.monotonic() + linger
                 while not ended and size < READ_SIZE and (remaining := deadline - time.monotonic()) > 0:
-                    if not select.select([fd], [], [], remaining)[0]:
+                    if not waiter.poll(remaining * 1000):
                         break  # nothing more within the linger
                     more = os.read(fd, READ_SIZE - size)
                     parts.append(more)
@@ -208,14 +210,14 @@ async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
                 if chunk and not hand_over(chunk):
                     return
             hand_over(b"")
-        except OSError as exc:  # an unreadable stdin: what came before it is used, then it is raised
-            if parts and any(parts):
+        except Exception as exc:  # an unreadable stdin: what came before it is used, then it is raised
+            if any(parts):
                 hand_over(b"".join(parts))
             hand_over(exc)
 
     threading.Thread(target=read, name="streamcli-stdin", daemon=True).start()
     while chunk := await ready.get():
-        if isinstance(chunk, OSError):
+        if isinstance(chunk, Exception):
             raise chunk
         room.release()
         yield chunk

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -79,7 +80,7 @@ async def tail_log(
     seen = 0
     idle = _IdleWatch(options.idle_timeout)
     with rpc_errors(conn.settings.address), idle:
-        while True:
+        while not idle.expired:  # (it may run out during a reconnect's backoff)
             call = open_stream(resume_after)
             idle.watch(call)
             try:
@@ -87,7 +88,7 @@ async def tail_log(
                     try:
                         response = await call.read()
                     except asyncio.CancelledError:
-                        if idle.expired:
+                        if idle.expired and not _cancelling():
                             return
                         raise
                     if response is grpc.aio.EOF:
@@ -109,6 +110,12 @@ async def tail_log(
                 if not connected:
                     raise
                 await attempts.backoff(exc)
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (Ctrl-C, say), not just a call it was reading."""
+    task = asyncio.current_task()
+    return sys.version_info >= (3, 11) and task is not None and task.cancelling() > 0
 
 
 class _IdleWatch:
