@@ -145,10 +145,8 @@ class _IdleWatch:
             self._timer.cancel()
 
     def watch(self, call: Any) -> None:
-        """The call to cancel on expiry (cancelled at once if the time ran out meanwhile, e.g. in a backoff)."""
+        """The call to cancel on expiry."""
         self._call = call
-        if self.expired:
-            call.cancel()
 
     def pause(self) -> None:
         """Records are being handed on: not idle until ``touch``."""
