@@ -779,8 +779,8 @@ def report(results: Results) -> None:
             )
 
     replay_rate = statistics.median(total / t.seconds for t in results.replay["streamcli"])
-    print(f"\n{'target (issue 4)':<68}  {'measured':>20}  verdict")
-    print(f"{'-' * 68}  {'-' * 20}  -------")
+    print(f"\n{'target (issue 4)':<78}  {'measured':>20}  verdict")
+    print(f"{'-' * 78}  {'-' * 20}  -------")
     rows_t = [
         ("replay >= 150,000 events/s end to end (--json)", f"{replay_rate:,.0f} events/s", replay_rate >= REPLAY_TARGET)
     ]
@@ -791,6 +791,11 @@ def report(results: Results) -> None:
         p99 = percentile(lat, 0.99) * 1e3 if lat else math.inf
         what = f"{setup.tails} tails, " + ("CLI publish" if live["batch"] == "cli" else f"{live['batch']} ev/msg")
         rows_t.append((f"live p99 <= {P99_TARGET_MS:.0f} ms ({what})", f"{p99:,.1f} ms", p99 <= P99_TARGET_MS))
+        printed = live["cli_latencies"]
+        if printed:  # the issue's "publish -> printed", by the `streamcli tail events` process(es)
+            p99 = percentile(printed, 0.99) * 1e3
+            label = f"live p99 <= {P99_TARGET_MS:.0f} ms, printed by the CLI tail ({what})"
+            rows_t.append((label, f"{p99:,.1f} ms", p99 <= P99_TARGET_MS))
         complete = live["measured"] == live["expect"] * setup.tails and not live["out_of_order"]
         rows_t.append((f"live: every event to every tail in order ({what})", f"{live['measured']:,} events", complete))
     live_rss = max(live["server_rss"] for live in results.live if live["kind"] == "streamcli")
@@ -798,7 +803,7 @@ def report(results: Results) -> None:
     rss_ok = max(results.replay_server_rss, live_rss) / MB < RSS_LIMIT_MB
     rows_t.append((f"server peak RSS < {RSS_LIMIT_MB:.0f} MB (replay, live)", rss_text, rss_ok))
     for label, measured_text, ok in rows_t:
-        print(f"{label:<68}  {measured_text:>20}  {verdict(ok)}")
+        print(f"{label:<78}  {measured_text:>20}  {verdict(ok)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
