@@ -139,7 +139,12 @@ async def test_bad_tail_requests_get_precise_codes(
 
 @pytest.mark.parametrize(
     ("bad", "detail"),
-    [(pb.UserEvent(type=LOGIN), "user_id is required"), (pb.UserEvent(user_id="a"), "unknown event type 0")],
+    [
+        (pb.UserEvent(type=LOGIN), "user_id is required"),
+        (pb.UserEvent(user_id="a"), "unknown event type 0"),
+        (pb.UserEvent(user_id="mal\x1b[31mlory", type=LOGIN), "user_id has a control character"),
+        (pb.UserEvent(user_id="two\nlines", type=LOGIN), "user_id has a control character"),
+    ],
 )
 async def test_bad_events_are_refused_on_publish(conn: Connection, bad: pb.UserEvent, detail: str) -> None:
     with pytest.raises(InvalidArgumentError, match=detail):
@@ -337,6 +342,14 @@ async def test_notifications_by_recipient_topic_and_for_everyone(conn: Connectio
 async def test_bad_notifications_are_refused(conn: Connection) -> None:
     with pytest.raises(InvalidArgumentError, match="title is required"):
         await send_notification(conn, recipient="alice", topic="deploy", title=" ")
+    with pytest.raises(InvalidArgumentError, match="title has a control character"):
+        await send_notification(conn, recipient="alice", topic="deploy", title="\x1b]0;pwned\x07")
+    with pytest.raises(InvalidArgumentError, match="recipient has a control character"):
+        await send_notification(conn, recipient="al\nice", topic="deploy", title="hi")
+    with pytest.raises(InvalidArgumentError, match="body has a control character"):
+        await send_notification(conn, recipient="alice", topic="deploy", title="hi", body="a\x1b[2Jb")
+    sent = await send_notification(conn, recipient="alice", topic="deploy", title="hi", body="line 1\n\tline 2")
+    assert sent.body == "line 1\n\tline 2"  # newline and tab are text in a body
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         _ = [r async for r in conn.stub.SubscribeToNotifications(pb.SubscribeToNotificationsRequest())]
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT

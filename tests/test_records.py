@@ -33,3 +33,26 @@ def test_notification_line() -> None:
     assert notification_line(note).plain == (
         "2025-11-24 16:00:00.000  #3      warning files      → alice      upload completed: a.bin"
     )
+
+
+def test_what_publishers_send_is_shown_escaped_never_obeyed() -> None:
+    # ESC sequences (retitle, clear screen, colour), a carriage return, a newline, a C1 CSI and a
+    # right-to-left override: each would act on the terminal or split the record's line.
+    hostile = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\rOVER\nWRITE\x9b\u202e"
+    event = pb.UserEvent(id=1, user_id="mal\x1b[31mlory", type=pb.USER_EVENT_TYPE_LOGIN)
+    event.data.CopyFrom(pack_data({"note": "\x9b\x7f"}))
+    note = pb.Notification(id=2, recipient="al\nice", topic="t\x1bx", title=hostile, body=hostile)
+    for line in (event_line(event).plain, notification_line(note).plain):
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in line), repr(line)
+    assert "mal\\x1b[31mlory" in event_line(event).plain
+    assert "\\x9b\\x7f" in event_line(event).plain
+    shown = notification_line(note).plain
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mred\\rOVER\\nWRITE\\x9b\\u202e" in shown
+    assert "al\\nice" in shown and "t\\x1bx" in shown
+
+
+def test_ordinary_text_is_shown_as_it_is() -> None:
+    event = pb.UserEvent(id=1, user_id="zoë 日本", type=pb.USER_EVENT_TYPE_LOGIN)
+    event.data.CopyFrom(pack_data({"city": "Zürich", "tab": "a\tb"}))  # JSON escapes the tab itself
+    plain = event_line(event).plain
+    assert "zoë 日本" in plain and "Zürich" in plain and '"a\\tb"' in plain

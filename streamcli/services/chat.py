@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import re
 import time
-import unicodedata
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
@@ -26,6 +25,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
 from streamcli.credentials import Credentials
 from streamcli.services import wire
+from streamcli.services.checks import has_control
 from streamcli.services.logs import Appender, Context, LogCursor, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
 
@@ -398,7 +398,7 @@ class ChatService:
             return "INVALID_ARGUMENT", f"message type {send.type} cannot be sent (use TEXT, IMAGE, FILE or TYPING)"
         if len(send.content.encode()) > MAX_CONTENT_BYTES:
             return "INVALID_ARGUMENT", f"message longer than {MAX_CONTENT_BYTES} bytes"
-        if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in send.content):
+        if has_control(send.content, multiline=True):
             return "INVALID_ARGUMENT", "message contains control characters"
         if send.type == pb.CHAT_MESSAGE_TYPE_TEXT and not send.content.strip():
             return "INVALID_ARGUMENT", "empty message"

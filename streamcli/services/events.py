@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, LogStore, NewRecord
 from streamcli.services import wire
+from streamcli.services.checks import has_control
 from streamcli.services.logs import Context, LogService, LogSettings, timestamp
 
 STREAM = "events"
@@ -169,6 +170,8 @@ def _check_event(event: pb.UserEvent) -> str:
         return "user_id is required"
     if len(event.user_id) > MAX_USER_ID:
         return f"user_id is longer than {MAX_USER_ID} characters"
+    if has_control(event.user_id):
+        return "user_id has a control character"
     if event.type not in TYPE_NAMES:
         return f"unknown event type {event.type}"
     return ""

@@ -13,6 +13,7 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, NewRecord
+from streamcli.services.checks import has_control
 from streamcli.services.logs import Context, LogService, timestamp
 
 STREAM = "notifications"
@@ -62,8 +63,14 @@ class NotificationService(LogService):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required")
             if len(value) > MAX_FIELD:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_FIELD} characters")
+            if has_control(value):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} has a control character")
         if len(request.body) > MAX_BODY:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"body is longer than {MAX_BODY} characters")
+        if has_control(request.body, multiline=True):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "body has a control character (other than newline, tab)"
+            )
         if request.severity not in pb.NotificationSeverity.values():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown severity {request.severity}")
         notification = await self.raise_(

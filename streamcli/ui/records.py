@@ -15,6 +15,18 @@ TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "
 SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 SUMMARY_CHARS = 120
 
+# What publishers send is shown, never obeyed: control characters (C0, DEL, C1) would let it move the
+# cursor, retitle or clear the terminal (ESC) or break the one line per record (newline), and the
+# bidirectional overrides would reorder what is shown. Each is shown as its escape instead.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES |= {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+_ESCAPES |= {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters and bidirectional overrides escaped (``\\x1b``, ``\\n``)."""
+    return text if text.isprintable() else text.translate(_ESCAPES)
+
 
 def _time(stamp: Any) -> str:
     """``YYYY-MM-DD HH:MM:SS.mmm`` (UTC)."""
@@ -24,7 +36,7 @@ def _time(stamp: Any) -> str:
 def _summary(data: AnyMessage) -> str:
     if not data.type_url:
         return ""
-    text = data_json(data)
+    text = visible(data_json(data))
     return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
@@ -34,7 +46,7 @@ def event_line(event: pb.UserEvent) -> Text:
     line = Text()
     line.append(_time(event.timestamp), style="dim")
     line.append(f"  #{event.id:<6} ", style="dim")
-    line.append(f"{event.user_id:<12} ", style="bold")
+    line.append(f"{visible(event.user_id):<12} ", style="bold")
     line.append(f"{kind:<15} ", style=TYPE_STYLES.get(kind, ""))
     line.append(_summary(event.data))
     return line
@@ -47,9 +59,9 @@ def notification_line(notification: pb.Notification) -> Text:
     line.append(_time(notification.timestamp), style="dim")
     line.append(f"  #{notification.id:<6} ", style="dim")
     line.append(f"{severity:<7} ", style=SEVERITY_STYLES.get(severity, ""))
-    line.append(f"{notification.topic:<10} ", style="bold")
-    line.append(f"→ {notification.recipient:<10} ", style="dim")
-    line.append(notification.title)
+    line.append(f"{visible(notification.topic):<10} ", style="bold")
+    line.append(f"→ {visible(notification.recipient):<10} ", style="dim")
+    line.append(visible(notification.title))
     if notification.body:
-        line.append(f": {notification.body}", style="dim")
+        line.append(f": {visible(notification.body)}", style="dim")
     return line
