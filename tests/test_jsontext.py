@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import data_json, event_json_line, event_to_json, pack_data, unpack_data
-from streamcli.client.jsontext import ENCODER, Unusual, struct_json, value_json
+from streamcli.client.events import data_json, event_json_line, event_to_json, pack_data, rfc3339, unpack_data
+from streamcli.client.jsontext import ENCODER, Unusual, number_json, struct_json, value_json
 
 ODD_STRINGS = [
     "",
@@ -65,7 +66,70 @@ def test_numbers_are_written_as_the_general_path_writes_them() -> None:
     for number in [0.0, -0.0, 1.0, 2.0**53, 2.0**53 - 1, 1e300, 0.1, -2.5, math.inf, -math.inf]:
         packed = pack_data({"n": number})
         assert data_json(packed) == ENCODER.encode(unpack_data(packed))
-    assert data_json(pack_data({"n": math.nan})) == '{"n":NaN}'  # as json.dumps writes it
+
+
+def strict_loads(text: str) -> Any:
+    """json.loads that refuses NaN and the infinities (as strict parsers do)."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_numbers_are_written_as_protobufs_json_mapping_strings() -> None:
+    assert number_json(math.nan) == '"NaN"'
+    assert number_json(math.inf) == '"Infinity"'
+    assert number_json(-math.inf) == '"-Infinity"'
+    data = {"nan": math.nan, "inf": math.inf, "list": [1.5, -math.inf, {"deep": math.nan}]}
+    packed = pack_data(data)
+    fast = struct_json(packed.value)  # no fallback here
+    expected = {"nan": "NaN", "inf": "Infinity", "list": [1.5, "-Infinity", {"deep": "NaN"}]}
+    assert strict_loads(fast) == expected == unpack_data(packed)  # the general path gives the same strings
+    assert data_json(packed) == fast
+    assert strict_loads(ENCODER.encode(unpack_data(packed))) == expected
+    for number, text in [(math.nan, '"NaN"'), (math.inf, '"Infinity"'), (-math.inf, '"-Infinity"')]:
+        value = AnyMessage()
+        value.Pack(struct_pb2.Value(number_value=number))
+        assert value_json(value.value) == text == ENCODER.encode(unpack_data(value))
+
+
+def test_the_general_path_writes_non_finite_numbers_as_strings_too() -> None:
+    # Two kinds in one Value: the fast path leaves it to the general parser, which keeps the last.
+    two = (
+        struct_pb2.Value(string_value="x").SerializeToString()
+        + struct_pb2.Value(number_value=math.nan).SerializeToString()
+    )
+    with pytest.raises(Unusual):
+        value_json(two)
+    packed = AnyMessage(type_url="type.googleapis.com/google.protobuf.Value", value=two)
+    assert data_json(packed) == '"NaN"'
+    listed = struct_pb2.Value()
+    listed.list_value.values.add().number_value = -math.inf
+    packed = AnyMessage(type_url="type.googleapis.com/google.protobuf.Value", value=listed.SerializeToString() * 2)
+    assert data_json(packed) == '["-Infinity","-Infinity"]'  # repeated list items: merged by the general parser
+
+
+def test_finite_floats_are_written_as_json_writes_them() -> None:
+    for number in [0.1, -2.5, 1e-7, 1e300, -1e300, 5e-324, 2.0**53 + 2, 1.7976931348623157e308, 3.141592653589793]:
+        assert number_json(number) == json.dumps(number)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (-62135596800, "0001-01-01T00:00:00Z"),  # the first second a Timestamp can hold
+        (-59042995201, "0098-12-31T23:59:59Z"),
+        (-30610224000, "1000-01-01T00:00:00Z"),
+        (0, "1970-01-01T00:00:00Z"),
+        (253402300799, "9999-12-31T23:59:59Z"),  # the last
+    ],
+)
+def test_rfc3339_years_have_four_digits(seconds: int, text: str) -> None:
+    stamp = Timestamp(seconds=seconds)
+    assert rfc3339(stamp) == text == stamp.ToJsonString()
+    stamp.nanos = 5_000
+    assert rfc3339(stamp) == text[:-1] + ".000005Z" == stamp.ToJsonString()
 
 
 def test_events_as_json_lines_match_the_dict_form() -> None:

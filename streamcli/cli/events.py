@@ -79,16 +79,18 @@ def publish(
 
       my-app --events | streamcli events publish
     """
-    from streamcli.client.events import event_from_json, publish_batches, publish_events
+    from streamcli.client.events import NonFiniteNumber, event_from_json, parse_json, publish_batches, publish_events
 
     env = get_env(ctx)
     if user is not None:
         if event_type is None:
             raise UsageError("--type is required with --user")
         try:
-            payload = json.loads(data) if data is not None else None
+            payload = parse_json(data) if data is not None else None
         except json.JSONDecodeError as exc:
             raise UsageError(f"--data is not JSON: {exc}") from None
+        except NonFiniteNumber as exc:
+            raise UsageError(f"--data: {exc.msg}") from None
         record = {"user_id": user, "type": event_type, "timestamp": timestamp, "data": payload}
         event = event_from_json(record)
         reply = env.run(lambda conn: publish_events(conn, [event]))
@@ -110,7 +112,7 @@ async def _ndjson_batches(stdin: IO[str], linger: float = 0.0) -> AsyncIterator[
     """Events from NDJSON lines, a batch per read from the pipe, with what more arrives within ``linger``
     seconds of it: a line that arrives alone goes out after ``linger``
     (``tail -f app.log | ... | streamcli events publish``), a flood in full batches at once."""
-    from streamcli.client.events import event_from_json
+    from streamcli.client.events import NonFiniteNumber, event_from_json, parse_json
 
     number = 0
 
@@ -124,9 +126,11 @@ async def _ndjson_batches(stdin: IO[str], linger: float = 0.0) -> AsyncIterator[
             if not line.strip():
                 continue
             try:
-                batch.append(event_from_json(json.loads(line)))
+                batch.append(event_from_json(parse_json(line)))
             except json.JSONDecodeError as exc:
                 problem = f"not JSON: {exc.msg}"
+            except NonFiniteNumber as exc:
+                problem = exc.msg
             except UnicodeDecodeError:
                 problem = "not UTF-8"
             except UsageError as exc:

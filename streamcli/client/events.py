@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from json.encoder import encode_basestring as _quote
-from typing import Any
+from typing import Any, NoReturn
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -15,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.enums import ShortNames
-from streamcli.client.jsontext import ENCODER, Unusual, struct_json, value_json
+from streamcli.client.jsontext import ENCODER, Unusual, non_finite_name, struct_json, value_json
 from streamcli.client.tail import TailOptions, set_start, tail_log
 from streamcli.errors import StreamcliError, UsageError
 
@@ -25,17 +27,69 @@ PUBLISH_BATCH = 500
 EVENT_TYPES = ShortNames(pb.UserEventType, "USER_EVENT_TYPE_", "event type")
 
 
+class NonFiniteNumber(ValueError):
+    """JSON text holds NaN, Infinity or -Infinity, or a number beyond the range of a double (which
+    Python reads as infinite). ``json.loads`` accepts them, but that is not JSON: strict parsers
+    refuse it, and a tail would print it back as it came."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.msg = msg
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise NonFiniteNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # (text is a JSON number: never NaN)
+        raise NonFiniteNumber(f"{text} is beyond the range of a double")
+    return number
+
+
+# One decoder: json.loads with hooks would build a decoder and its scanner for every line.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` of what is JSON proper: the one parser of published events and their data.
+
+    Numbers with a fraction or an exponent pass through a check for infinity; integers and
+    everything else are parsed as fast as by ``json.loads``.
+
+    Raises:
+        json.JSONDecodeError: the text is not JSON.
+        NonFiniteNumber: it holds NaN, Infinity, -Infinity or a number too large for a double.
+        UnicodeDecodeError: bytes that are not UTF-8.
+    """
+    try:
+        if isinstance(text, bytes):  # decoded, and a BOM refused, as by json.loads
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        elif text.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
+    except ValueError as exc:
+        if isinstance(exc, (json.JSONDecodeError, NonFiniteNumber, UnicodeDecodeError)):
+            raise
+        # Python refuses to convert an integer of over 4300 digits: far beyond a double anyway.
+        raise NonFiniteNumber("an integer is beyond the range of a double") from None
+
+
 def pack_data(data: Any) -> AnyMessage:
     """JSON data as a google.protobuf.Any holding a Struct (objects) or a Value (anything else)."""
     packed = AnyMessage()
-    if isinstance(data, dict):
-        struct = struct_pb2.Struct()
-        struct.update(data)
-        packed.Pack(struct)
-    else:
-        value = struct_pb2.Value()
-        json_format.ParseDict(data, value)
-        packed.Pack(value)
+    try:
+        if isinstance(data, dict):
+            struct = struct_pb2.Struct()
+            struct.update(data)
+            packed.Pack(struct)
+        else:
+            value = struct_pb2.Value()
+            json_format.ParseDict(data, value)
+            packed.Pack(value)
+    except OverflowError:  # an integer too large for a double (a number's only type in a Struct)
+        raise UsageError("data holds an integer beyond the range of a double") from None
     return packed
 
 
@@ -67,7 +121,10 @@ def _value_to_python(value: struct_pb2.Value) -> Any:
     if kind == "number_value":
         number = value.number_value
         # JSON has one number type; give integers back as integers.
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        if number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        # NaN and the infinities as protobuf's JSON mapping writes them: strings, as JSON has no such numbers.
+        return number if math.isfinite(number) else non_finite_name(number)
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
@@ -133,6 +190,7 @@ def data_json(data: AnyMessage) -> str:
 
 
 _second_text: tuple[int, str] = (-1, "")
+_EPOCH = datetime.datetime(1970, 1, 1)
 
 
 def utc_second(seconds: int) -> str:
@@ -140,8 +198,8 @@ def utc_second(seconds: int) -> str:
     records of a replay or a live tail come many to a second."""
     global _second_text
     if _second_text[0] != seconds:
-        moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-        _second_text = (seconds, moment.strftime("%Y-%m-%dT%H:%M:%S"))
+        # isoformat, not strftime: %Y does not pad years before 1000 to four digits (glibc).
+        _second_text = (seconds, (_EPOCH + datetime.timedelta(seconds=seconds)).isoformat())
     return _second_text[1]
 
 

@@ -8,7 +8,8 @@ they go is about twice as fast (bench/README.md), which is what lets a tail
 keep up with a fast replay.
 
 The text is exactly what ``ENCODER.encode`` gives for the dict the message
-would parse into (numbers that are integers as integers, as
+would parse into (numbers that are integers as integers, NaN and the
+infinities as the strings "NaN", "Infinity" and "-Infinity", as
 ``streamcli.client.events.unpack_data`` does), keys in wire order. Anything
 unusual -- a field twice where the parsers would merge, an unknown wire type,
 truncated or invalid bytes -- raises ``Unusual``; the caller then takes the
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import json
 import struct
+from math import isfinite
 
 #: How streamcli writes JSON: compact, UTF-8 as is.
 ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 _quote = json.encoder.encode_basestring  # the C version where available, as ENCODER uses
 _double = struct.Struct("<d").unpack_from
+_float_text = float.__repr__  # as json writes finite floats
 _INTEGRAL = float(2**53)
 
 # Tags (field number << 3 | wire type) of the fields read here; all fit one byte.
@@ -54,10 +57,21 @@ def value_json(data: bytes) -> str:
 
 
 def number_json(number: float) -> str:
-    """A Value's number as JSON: integers without a fraction, as ENCODER writes floats otherwise."""
+    """A Value's number as JSON: integers without a fraction, as ENCODER writes floats otherwise; NaN and
+    the infinities, which JSON has not, as the strings of protobuf's JSON mapping (``non_finite_name``)."""
     if number.is_integer() and abs(number) < _INTEGRAL:
         return str(int(number))
-    return ENCODER.encode(number)
+    if isfinite(number):
+        return _float_text(number)  # what ENCODER writes for a finite float, without its set-up per call
+    return '"' + non_finite_name(number) + '"'
+
+
+def non_finite_name(number: float) -> str:
+    """How protobuf's JSON mapping writes a double that is not finite: ``NaN``, ``Infinity`` or ``-Infinity``
+    (as a string: a tail of ``--json`` prints JSON that strict parsers read, whatever a publisher stored)."""
+    if number != number:
+        return "NaN"
+    return "Infinity" if number > 0 else "-Infinity"
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:

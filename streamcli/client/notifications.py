@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.enums import ShortNames
+from streamcli.client.events import rfc3339
 from streamcli.client.tail import TailOptions, set_start, tail_log
 
 SEVERITIES = ShortNames(pb.NotificationSeverity, "NOTIFICATION_SEVERITY_", "severity")
@@ -24,7 +25,7 @@ def notification_to_json(notification: pb.Notification) -> dict[str, Any]:
         "severity": SEVERITIES.name(notification.severity),
         "title": notification.title,
         "body": notification.body,
-        "timestamp": notification.timestamp.ToJsonString(),
+        "timestamp": rfc3339(notification.timestamp),
         "attributes": dict(notification.attributes),
     }
 

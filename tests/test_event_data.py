@@ -1,0 +1,191 @@
+"""Event data and record times as published and printed: only JSON in, only JSON (and RFC 3339) out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import pathlib
+import random
+import re
+from typing import Any
+
+import pytest
+from google.protobuf import struct_pb2
+from google.protobuf.any_pb2 import Any as AnyMessage
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.events import NonFiniteNumber, parse_json
+from streamcli.services.logs import timestamp
+from tests.support.servers import client, run_cli, serve_process
+
+#: RFC 3339 as streamcli writes it: a four-digit year, and a fraction of 3 or 6 digits (or none).
+RFC3339_MICROS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6})?Z")
+
+
+def strict_loads(text: str) -> Any:
+    """json.loads as strict parsers read JSON: NaN, Infinity and -Infinity are refused."""
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in {text!r} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def tail_json(address: str, what: str = "events") -> list[dict[str, Any]]:
+    who = ["--all-users"] if what == "events" else ["--user", "alice"]
+    result = run_cli("--address", address, "--json", "tail", what, *who, "--since", "1h", "--no-follow")
+    assert result.returncode == 0, result.stderr
+    return [strict_loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": [1, Infinity]}', "Infinity is not a JSON number"),
+        ('{"a": {"b": -Infinity}}', "-Infinity is not a JSON number"),
+        ('{"big": 1e400}', "1e400 is beyond the range of a double"),
+        ("-1.5E+309", "-1.5E+309 is beyond the range of a double"),
+        ('{"huge": 1' + "0" * 400 + "}", "data holds an integer beyond the range of a double"),
+        ('{"huger": 1' + "0" * 5000 + "}", "an integer is beyond the range of a double"),
+    ],
+)
+def test_parse_json_refuses_what_json_loads_lets_through(text: str, problem: str) -> None:
+    from streamcli.client.events import event_from_json
+    from streamcli.errors import UsageError
+
+    with pytest.raises((NonFiniteNumber, UsageError), match=re.escape(problem)):
+        event_from_json({"user_id": "a", "type": "login", "data": parse_json(text)})
+
+
+def test_parse_json_reads_finite_numbers_as_json_loads_does() -> None:
+    text = '{"f": [0.5, -1e-7, 1e308, 1.7976931348623157e308, 1e-400, 2E3], "i": [0, -1, 12345678901234567890]}'
+    assert parse_json(text) == json.loads(text)
+    assert parse_json(text.encode()) == json.loads(text)
+    for bad in ["\ufeff{}", "{", '{"a": nan}', "[1,]"]:  # not JSON: the same error as from json.loads
+        with pytest.raises(json.JSONDecodeError) as theirs:
+            json.loads(bad)
+        with pytest.raises(json.JSONDecodeError, match=re.escape(str(theirs.value))):
+            parse_json(bad)
+
+
+def test_publish_refuses_non_finite_numbers_in_data(tmp_path: pathlib.Path) -> None:
+    cases = {
+        '{"a":NaN}': "--data: NaN is not a JSON number",
+        '{"a":[Infinity]}': "--data: Infinity is not a JSON number",
+        "-Infinity": "--data: -Infinity is not a JSON number",
+        '{"big":1e400}': "--data: 1e400 is beyond the range of a double",
+    }
+    with serve_process(tmp_path) as served:
+        results = {
+            data: run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login", "--data", data)
+            for data in cases
+        }
+        stored = tail_json(served.address)
+    for data, message in cases.items():
+        result = results[data]
+        assert (result.returncode, result.stdout) == (2, ""), (data, result.stderr)
+        assert result.stderr.splitlines() == [f"streamcli: error: {message}"]
+    assert stored == []
+
+
+def test_publish_refuses_non_finite_numbers_on_stdin(tmp_path: pathlib.Path) -> None:
+    good = '{"user_id": "a", "type": "login", "data": {"n": 1.5}}\n'
+    cases = [
+        (good + '{"user_id": "a", "type": "login", "data": {"n": NaN}}\n' + good,
+         "stdin line 2: NaN is not a JSON number; the 1 event(s) before it were published (ids 1-1)"),
+        ('{"user_id": "a", "type": "login", "data": [1e400]}\n',
+         "stdin line 1: 1e400 is beyond the range of a double; nothing was published"),
+        (good + good + '{"user_id": "a", "type": "login", "data": {"x": {"y": -Infinity}}}\n',
+         "stdin line 3: -Infinity is not a JSON number; the 2 event(s) before it were published (ids 2-3)"),
+        ('{"user_id": "a", "type": "login", "data": Infinity}\n',
+         "stdin line 1: Infinity is not a JSON number; nothing was published"),
+    ]  # fmt: skip
+    with serve_process(tmp_path) as served:
+        results = [run_cli("--address", served.address, "events", "publish", input=lines) for lines, _ in cases]
+        stored = tail_json(served.address)
+    for (_, message), result in zip(cases, results, strict=True):
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert result.stderr.splitlines() == [f"streamcli: error: {message}"]
+    assert [(event["id"], event["data"]) for event in stored] == [(1, {"n": 1.5}), (2, {"n": 1.5}), (3, {"n": 1.5})]
+
+
+def _data(message: struct_pb2.Struct | struct_pb2.Value) -> AnyMessage:
+    packed = AnyMessage()
+    packed.Pack(message)
+    return packed
+
+
+async def _publish_unchecked(address: str, events: list[pb.UserEvent]) -> None:
+    """Publish through the gRPC API, as a client that lets NaN and infinities through would."""
+    async with client(address) as conn:
+        reply = await conn.stub.PublishEvents(iter([pb.PublishEventsRequest(events=events)]), timeout=10)
+    assert reply.count == len(events)
+
+
+def test_stored_non_finite_numbers_are_printed_as_json_strings(tmp_path: pathlib.Path) -> None:
+    struct = struct_pb2.Struct()
+    struct.update({"nan": math.nan, "inf": math.inf, "list": [1.5, -math.inf], "nested": {"x": math.nan}})
+    # Two kinds in one Value: the fast path leaves it to the general parser (which keeps the last kind).
+    two_kinds = AnyMessage(
+        type_url="type.googleapis.com/google.protobuf.Value",
+        value=struct_pb2.Value(string_value="s").SerializeToString()
+        + struct_pb2.Value(number_value=-math.inf).SerializeToString(),
+    )
+    datas = [
+        _data(struct),
+        _data(struct_pb2.Value(number_value=math.inf)),
+        _data(struct_pb2.Value(number_value=math.nan)),
+        two_kinds,
+    ]
+    events = [pb.UserEvent(user_id="a", type=pb.USER_EVENT_TYPE_LOGIN, data=data) for data in datas]
+    with serve_process(tmp_path) as served:
+        asyncio.run(_publish_unchecked(served.address, events))
+        stored = tail_json(served.address)  # each line read by strict_loads
+        human = run_cli("--address", served.address, "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+    assert [event["data"] for event in stored] == [
+        {"nan": "NaN", "inf": "Infinity", "list": [1.5, "-Infinity"], "nested": {"x": "NaN"}},
+        "Infinity",
+        "NaN",
+        "-Infinity",
+    ]
+    assert human.returncode == 0, human.stderr
+    assert '"nan":"NaN"' in human.stdout and "NaN," not in human.stdout and ":Infinity" not in human.stdout
+
+
+def test_a_timestamp_before_the_year_1000_prints_with_four_digits(tmp_path: pathlib.Path) -> None:
+    stamps = ["0001-01-01T00:00:00Z", "0999-12-31T23:59:59.250Z", "2026-11-24T10:00:00.000001Z"]
+    with serve_process(tmp_path) as served:
+        for stamp in stamps:
+            published = run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login",
+                                "--timestamp", stamp)  # fmt: skip
+            assert published.returncode == 0, published.stderr
+        stored = tail_json(served.address)
+    assert [event["timestamp"] for event in stored] == stamps
+
+
+def test_server_times_are_whole_microseconds() -> None:
+    assert timestamp(1764156636.01486).nanos == 14_860_000  # not 14_860_288, the float's noise
+    assert (timestamp(1.9999999).seconds, timestamp(1.9999999).nanos) == (2, 0)
+    assert (timestamp(-1.5).seconds, timestamp(-1.5).nanos) == (-2, 500_000_000)
+    rng = random.Random(7)
+    for _ in range(1000):
+        micros = rng.randrange(1_700_000_000_000_000, 1_900_000_000_000_000)
+        stamp = timestamp(micros / 1e6)
+        assert stamp.ToMicroseconds() == micros and stamp.nanos % 1000 == 0
+
+
+def test_notification_times_print_like_event_times(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        send = ["--address", served.address, "--json", "notify", "send", "--to", "alice", "--topic", "t", "--title"]
+        sent = [run_cli(*send, f"n{n}") for n in range(3)]
+        shown = tail_json(served.address, "notifications")
+        published = run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login")
+        assert published.returncode == 0, published.stderr
+        [event] = tail_json(served.address)
+    assert all(result.returncode == 0 for result in sent), [result.stderr for result in sent]
+    times = [strict_loads(result.stdout)["timestamp"] for result in sent]
+    assert [record["timestamp"] for record in shown] == times
+    for text in [*times, event["timestamp"]]:
+        assert RFC3339_MICROS.fullmatch(text), text
