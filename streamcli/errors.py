@@ -45,6 +45,7 @@ class ExitStatus(enum.IntEnum):
     TIMEOUT = 10  # a deadline expired
     UNIMPLEMENTED = 11  # the server does not implement this RPC
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    BROKEN_PIPE = 141  # stdout's reader went away (`| head`): quietly, as if killed by SIGPIPE (128 + 13)
 
 
 class StreamcliError(Exception):

@@ -15,7 +15,7 @@ from streamcli.cli.app import app
 from streamcli.cli.environment import Environment
 from streamcli.cli.main import main
 from streamcli.errors import ExitStatus
-from tests.support.servers import run_cli, serve_process
+from tests.support.servers import clean_env, run_cli, serve_process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -46,9 +46,47 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"streamcli {__version__}"
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["health", "--no-such-option"]) == ExitStatus.USAGE
-    assert "No such option" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["tail", "events", "--all-users", "--since", "1h", "--max", "0"],
+            "invalid value for '--max' / '-n': Input should be greater than or equal to 1"
+            " (see streamcli tail events --help)",
+        ),
+        (
+            ["tail", "events", "--all-users", "--idle-timeout", "nan"],
+            "invalid value for '--idle-timeout': Input should be greater than or equal to 0"
+            " (see streamcli tail events --help)",
+        ),
+        (
+            ["events", "publish", "--linger", "-1"],
+            "invalid value for '--linger': Input should be greater than or equal to 0"
+            " (see streamcli events publish --help)",
+        ),
+        (["tail", "notifications"], "missing option '--user' / '-u' (see streamcli tail notifications --help)"),
+        (["health", "--no-such-option"], "no such option: --no-such-option (see streamcli health --help)"),
+        (["helth"], "no such command 'helth'. Did you mean 'health'? (see streamcli --help)"),
+        (
+            ["tail", "events", "--all-users", "--json"],
+            "--json is a global option: put it before the command, e.g. streamcli --json tail events ...",
+        ),
+        (
+            ["tail", "events", "--all-users", "--address", "127.0.0.1:1"],
+            "--address is a global option: put it before the command, e.g. streamcli --address VALUE tail events ...",
+        ),
+    ],
+)
+def test_usage_errors_print_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert (result.returncode, result.stderr, result.stdout) == (ExitStatus.USAGE, f"streamcli: error: {message}\n", "")
+
+
+def test_a_group_without_its_command_still_shows_its_help() -> None:
+    result = run_cli("tail")
+    assert result.returncode == ExitStatus.USAGE
+    assert "Usage: streamcli tail [OPTIONS] COMMAND [ARGS]..." in result.stdout
+    assert result.stderr == ""
 
 
 def test_unreachable_address_gives_one_line_and_exit_3() -> None:
@@ -174,3 +212,24 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path: pathlib.Path) -> None:
         _, err = process.communicate(timeout=20)
     assert process.returncode == 130
     assert err.strip() == "streamcli: error: interrupted"
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.15])
+def test_ctrl_c_while_starting_exits_130_with_one_line(delay: float) -> None:
+    import signal
+    import time
+
+    # Interrupted while main() imports typer, rich and grpc. The closed port makes the command fail
+    # (exit 3) only after about 0.3 s, so the signal arrives while it is still starting.
+    script = pathlib.Path(sys.executable).parent / "streamcli"
+    process = subprocess.Popen(
+        [str(script), "--address", "127.0.0.1:1", "tail", "events", "--all-users"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert (process.returncode, err) == (ExitStatus.INTERRUPTED, "streamcli: error: interrupted\n")

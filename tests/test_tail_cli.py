@@ -212,3 +212,24 @@ def test_publish_reads_odd_input_line_by_line(tmp_path: pathlib.Path) -> None:
     assert bad.stderr.decode().strip() == (
         "streamcli: error: stdin line 2: not UTF-8; the 1 event(s) before it were published (ids 3-3)"
     )
+
+
+def test_a_reader_that_closes_the_pipe_ends_a_tail_quietly_with_141(tmp_path: pathlib.Path) -> None:
+    from streamcli.errors import ExitStatus
+
+    with serve_process(tmp_path) as served:
+        # About 150 KiB of history, more than a pipe holds: the tail is still writing when the reader goes.
+        published = publish(served.address, *[{"user_id": "x", "type": "login", "data": {"pad": "p" * 100}}] * 1000)
+        assert published.returncode == 0, published.stderr
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "streamcli", "--address", served.address, "tail", "events", "--user", "x",
+             "--since", "1h", "--no-follow"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+        assert tail.stdout is not None
+        first = tail.stdout.readline()
+        tail.stdout.close()  # like `| head -1`
+        _, err = tail.communicate(timeout=30)
+    assert "#1 " in first
+    # Nothing on stderr: no error line, no "Exception ignored ... BrokenPipeError" at exit.
+    assert (tail.returncode, err) == (ExitStatus.BROKEN_PIPE, "")

@@ -1,55 +1,121 @@
 """The console-script entry point and the CLI's only error boundary.
 
 ``main`` runs the command tree and turns every expected failure into one line
-on stderr and an exit code from ``streamcli.errors.ExitStatus``. Commands never
+on stderr and an exit code from ``streamcli.errors.ExitStatus``: the commands'
+own failures, click's usage errors, Ctrl-C and a closed stdout. Commands never
 catch exceptions themselves.
 """
 
 from __future__ import annotations
 
+# Nothing else at module level: a Ctrl-C is only reported once ``run``/``main`` runs, so the
+# console script must get there fast; everything else is imported inside ``main``.
 import os
 import sys
-import traceback
-from collections.abc import Sequence
 
-from streamcli.cli.environment import Environment
-from streamcli.errors import ExitStatus, StreamcliError, error_for_status
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the idiom)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from typer._click.core import Command
+    from typer._click.exceptions import UsageError
+
+    from streamcli.cli.environment import Environment
+    from streamcli.errors import ExitStatus
+
+_INTERRUPTED = 130  # ExitStatus.INTERRUPTED, for when streamcli.errors may not be imported yet
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     """Run ``streamcli`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    try:
+        from streamcli.cli.environment import Environment
+
+        env = env or Environment()
+        return _run(argv, env)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C while starting (importing typer, rich, grpc...) or while a failure was reported.
+        return _interrupted(env, exc)
+
+
+def _run(argv: Sequence[str] | None, env: Environment) -> int:
+    """``main`` without its Ctrl-C guard: run the command tree and map what it raises."""
     import typer.main
 
+    # typer vendors click here; these are the exceptions its parser raises.
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
     from streamcli.cli.app import app
+    from streamcli.errors import ExitStatus, StreamcliError, error_for_status
 
     # gRPC's C core logs (to stderr) what we already report in one line; `--traceback` shows it too.
     if "GRPC_VERBOSITY" not in os.environ:
         os.environ["GRPC_VERBOSITY"] = "ERROR" if "--traceback" in (argv or sys.argv) else "NONE"
 
-    env = env or Environment()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="streamcli", obj=env, standalone_mode=True)
+        # Not standalone: click raises its errors to us instead of printing a box and exiting.
+        # It still handles --help and --version, and returns the code of a typer.Exit.
+        result = command.main(args=argv, prog_name="streamcli", obj=env, standalone_mode=False)
     except SystemExit as exit_:
+        if isinstance(exit_.__context__, BrokenPipeError):
+            return _stdout_closed(env)  # typer turns a broken pipe into sys.exit(1) while handling it
         return _exit_code(exit_.code)
+    except NoArgsIsHelpError:
+        return ExitStatus.USAGE  # a group without its command: typer has printed the group's help
+    except UsageError as exc:
+        return _fail(env, exc, _usage_message(exc, command), ExitStatus.USAGE)
+    except ClickException as exc:
+        return _fail(env, exc, _one_line(exc.format_message()), ExitStatus.ERROR)
+    except typer.Abort as exc:  # end of input at a prompt
+        return _fail(env, exc, "aborted", ExitStatus.ERROR)
     except StreamcliError as exc:
         return _fail(env, exc, exc.message, exc.exit_status)
-    except KeyboardInterrupt as exc:
-        return _fail(env, exc, "interrupted", ExitStatus.INTERRUPTED)
     except Exception as exc:
         grpc = sys.modules.get("grpc")
         if grpc is not None and isinstance(exc, grpc.aio.AioRpcError):
             translated = error_for_status(exc.code(), exc.details(), address=env.connection.address)
             return _fail(env, exc, translated.message, translated.exit_status)
         if isinstance(exc, BrokenPipeError):
-            return ExitStatus.ERROR  # the reader went away (e.g. `| head`): nothing to say
+            return _stdout_closed(env)
         # A bug, not an expected failure: always show the traceback.
         env.traceback = True
         return _fail(env, exc, f"unexpected {type(exc).__name__}: {exc}", ExitStatus.ERROR)
-    return ExitStatus.SUCCESS
+    if result == ExitStatus.INTERRUPTED:
+        # typer turns a Ctrl-C outside Environment.run (parsing, imports in a command) into Exit(130).
+        env.error("interrupted")
+    return _exit_code(result)
+
+
+def _usage_message(exc: UsageError, root: Command) -> str:
+    """Click's message on one line, with where to get help."""
+    from typer._click.exceptions import NoSuchOption
+
+    ctx = exc.ctx
+    if isinstance(exc, NoSuchOption) and ctx is not None and ctx.parent is not None:
+        # A global option after the command: say where it goes.
+        for param in root.params:
+            if exc.option_name in (*param.opts, *param.secondary_opts):
+                value = "" if getattr(param, "is_flag", False) else " VALUE"
+                command = ctx.command_path.partition(" ")[2]
+                return (
+                    f"{exc.option_name} is a global option: put it before the command, "
+                    f"e.g. streamcli {exc.option_name}{value} {command} ..."
+                )
+    message = _one_line(exc.format_message())
+    message = message[:1].lower() + message[1:]  # like our own messages
+    if ctx is not None:
+        message = f"{message.rstrip('.')} (see {ctx.command_path} --help)"
+    return message
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _exit_code(code: object) -> int:
+    from streamcli.errors import ExitStatus
+
     if code is None:
         return ExitStatus.SUCCESS
     if isinstance(code, int):
@@ -59,11 +125,43 @@ def _exit_code(code: object) -> int:
 
 def _fail(env: Environment, exc: BaseException, message: str, status: ExitStatus) -> int:
     if env.traceback:
+        import traceback
+
         traceback.print_exception(exc, file=env.stderr)
     env.error(message)
     return int(status)
 
 
+def _interrupted(env: Environment | None, exc: KeyboardInterrupt) -> int:
+    if env is None:  # interrupted before the Environment existed: its error() format, by hand
+        sys.stderr.write("streamcli: error: interrupted\n")
+        sys.stderr.flush()
+        return _INTERRUPTED
+    from streamcli.errors import ExitStatus
+
+    return _fail(env, exc, "interrupted", ExitStatus.INTERRUPTED)
+
+
+def _stdout_closed(env: Environment) -> int:
+    """The reader of stdout went away (``| head``): exit quietly, as if killed by SIGPIPE."""
+    from streamcli.errors import ExitStatus
+
+    # What is still buffered for stdout would fail again when Python flushes it at exit
+    # ("Exception ignored ... BrokenPipeError"): let it go to /dev/null instead.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, env.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # not a real file (tests) or already closed: nothing to flush at exit
+    return ExitStatus.BROKEN_PIPE
+
+
 def run() -> None:
     """Console-script entry point: ``sys.exit(main())``."""
-    sys.exit(main())
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        # A second Ctrl-C while main() was reporting the first.
+        status = _INTERRUPTED
+    sys.exit(status)
