@@ -71,6 +71,9 @@ def test_tail_resumes_across_a_server_restart_without_gap_or_duplicate(tmp_path:
     assert tail.returncode == 0, err
     ids = first + [json.loads(line)["id"] for line in out.splitlines()]
     assert ids == list(range(1, 31))
+    # The outage is told on stderr, once when it begins and once when the tail resumes.
+    assert err.startswith("streamcli: lost the stream (UNAVAILABLE: "), err
+    assert err.endswith("; reconnecting, up to 25 tries\nstreamcli: reconnected; resuming after id 10\n"), err
 
 
 def test_ctrl_c_ends_a_tail_with_130(tmp_path: pathlib.Path) -> None:
@@ -233,3 +236,71 @@ def test_a_reader_that_closes_the_pipe_ends_a_tail_quietly_with_141(tmp_path: pa
     assert "#1 " in first
     # Nothing on stderr: no error line, no "Exception ignored ... BrokenPipeError" at exit.
     assert (tail.returncode, err) == (ExitStatus.BROKEN_PIPE, "")
+
+
+def test_since_far_back_is_everything_and_a_bad_since_is_a_usage_error(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        publish(served.address, {"user_id": "a", "type": "login"})
+        everything = run_cli("--address", served.address, "--json", "tail", "events", "--all-users",
+                             "--since", "99999999999d", "--no-follow")  # fmt: skip
+    # Refused before connecting: no server needed.
+    future = run_cli("--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "2999-01-01T00:00:00Z")
+    beyond = run_cli(
+        "--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "0001-01-01T00:00:00+01:00"
+    )
+    two_units = run_cli("--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "1h30m")
+    assert everything.returncode == 0, everything.stderr
+    assert [json.loads(line)["id"] for line in everything.stdout.splitlines()] == [1]
+    assert (future.returncode, future.stderr) == (
+        2,
+        "streamcli: error: --since 2999-01-01T00:00:00Z is in the future\n",
+    )
+    assert (beyond.returncode, beyond.stderr) == (
+        2,
+        "streamcli: error: --since 0001-01-01T00:00:00+01:00: the time is out of range\n",
+    )
+    assert (two_units.returncode, two_units.stderr) == (
+        2,
+        "streamcli: error: --since '1h30m' is not a duration or a time: use one unit (90m, 2h, 7d) or a time like "
+        "2026-11-24T10:00:00Z\n",
+    )
+
+
+def _publishing(address: str, events: int) -> subprocess.Popen[str]:
+    """A live ``events publish`` that has sent ``events`` events (they are stored) and waits for more."""
+    publisher = subprocess.Popen(
+        [sys.executable, "-m", "streamcli", "--address", address, "events", "publish"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )  # fmt: skip
+    assert publisher.stdin is not None
+    publisher.stdin.write('{"user_id": "a", "type": "login"}\n' * events)
+    publisher.stdin.flush()
+    deadline = time.monotonic() + 20
+    history = ("--address", address, "--json", "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+    while len(run_cli(*history).stdout.splitlines()) < events:
+        assert time.monotonic() < deadline, f"fewer than {events} events stored"
+        time.sleep(0.1)
+    return publisher
+
+
+def test_an_interrupted_publish_says_how_many_events_were_sent(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        publisher = _publishing(served.address, 3)
+        publisher.send_signal(signal.SIGINT)
+        _, err = publisher.communicate(timeout=20)
+    assert publisher.returncode == 130
+    assert err == (
+        "streamcli: error: interrupted after 3 event(s) had been sent; none was acknowledged, so some of them may "
+        "have been stored (see streamcli tail events --since)\n"
+    )
+
+
+def test_a_publish_that_loses_the_server_says_how_many_events_were_sent(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        publisher = _publishing(served.address, 2)
+        served.process.send_signal(signal.SIGKILL)
+        served.process.wait(10)
+        _, err = publisher.communicate(timeout=30)  # stdin still open: the lost server ends it
+    assert publisher.returncode == 3
+    assert err.startswith(f"streamcli: error: cannot reach the server at {served.address}")
+    assert "after 2 event(s) had been sent; none was acknowledged" in err and err.count("\n") == 1

@@ -90,7 +90,11 @@ class Environment:
 
     def error(self, message: str) -> None:
         """Write one diagnostic line to stderr."""
-        self.stderr.write(f"streamcli: error: {message}\n")
+        self.notice(f"error: {message}")
+
+    def notice(self, message: str) -> None:
+        """Write one line about the command's progress to stderr (``streamcli: MESSAGE``)."""
+        self.stderr.write(f"streamcli: {message}\n")
         self.stderr.flush()
 
 

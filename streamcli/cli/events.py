@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Annotated
 import typer
 
 from streamcli.cli.environment import get_env
-from streamcli.errors import UsageError
+from streamcli.errors import Interrupted, UnavailableError, UsageError
 
 if TYPE_CHECKING:
     from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
@@ -99,7 +99,24 @@ def publish(
             raise UsageError("--type, --data and --timestamp go with --user; without it events come from stdin")
         if env.stdin.isatty():
             raise UsageError("give --user and --type, or pipe NDJSON events to stdin")
-        reply = env.run(lambda conn: publish_batches(conn, _ndjson_batches(env.stdin, linger)))
+        sent = 0
+
+        async def counted() -> AsyncIterator[list[pb.UserEvent]]:
+            nonlocal sent
+            async for batch in _ndjson_batches(env.stdin, linger):
+                yield batch
+                sent += len(batch)  # taken by the stream: asked for the next
+
+        try:
+            reply = env.run(lambda conn: publish_batches(conn, counted()))
+        except (Interrupted, UnavailableError) as exc:
+            if not sent:
+                raise
+            # The server acknowledges at the end of the stream: what it stored of these is not known.
+            raise type(exc)(
+                f"{exc.message} after {sent} event(s) had been sent; none was acknowledged, so some of them "
+                "may have been stored (see streamcli tail events --since)"
+            ) from exc
     if env.json:
         env.emit_json({"count": reply.count, "first_id": reply.first_id, "last_id": reply.last_id})
     elif reply.count:

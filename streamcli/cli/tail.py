@@ -37,7 +37,8 @@ SinceOption = Annotated[
         "--since",
         "-s",
         show_default=False,
-        help="Replay history from this time first: a duration back (10m, 2h, 7d) or a time (2026-11-24T10:00:00Z).",
+        help="Replay history from this time first: a duration back (10m, 2h, 7d) or a time (2026-11-24T10:00:00Z; "
+        "UTC if no zone). Compared with when the server appended each record.",
     ),
 ]
 FollowOption = Annotated[
@@ -53,6 +54,7 @@ IdleOption = Annotated[
 
 
 def _since(text: str | None) -> Timestamp | None:
+    """``--since``: a duration back from now (``10m``; longer ago than 1970 means everything) or a time."""
     if text is None:
         return None
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -60,16 +62,29 @@ def _since(text: str | None) -> Timestamp | None:
     from streamcli.client.events import parse_timestamp
 
     if text.strip()[:1].isdigit() and not any(c in text for c in "-:T"):
+        try:
+            back = parse_duration(text)
+        except typer.BadParameter:
+            raise UsageError(
+                f"--since {text.strip()!r} is not a duration or a time: use one unit (90m, 2h, 7d) "
+                "or a time like 2026-11-24T10:00:00Z"
+            ) from None
         stamp = Timestamp()
-        stamp.FromNanoseconds(int((time.time() - parse_duration(text)) * 1e9))
+        stamp.FromNanoseconds(int(max(0.0, time.time() - back) * 1e9))
         return stamp
-    return parse_timestamp(text)
+    try:
+        stamp = parse_timestamp(text)
+    except (OverflowError, ValueError):  # a valid ISO text outside the years 1-9999 once in UTC
+        raise UsageError(f"--since {text.strip()}: the time is out of range") from None
+    if stamp.seconds > time.time() + 1.0:
+        raise UsageError(f"--since {text.strip()} is in the future")
+    return stamp
 
 
-def _options(follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
+def _options(env: Environment, follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
     from streamcli.client.tail import TailOptions
 
-    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout)
+    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout, notice=env.notice)
 
 
 def _print_all(
@@ -131,7 +146,7 @@ def tail_events(
     if all_users == bool(user):
         raise UsageError("give --user USER or --all-users (one of them)")
     values = [EVENT_TYPES.parse(t) for t in types or []]
-    options = _options(follow, max_records, idle_timeout)
+    options = _options(env, follow, max_records, idle_timeout)
     start = _since(since)
     _print_all(
         env,
@@ -178,7 +193,7 @@ def tail_notifications(
     from streamcli.ui.records import notification_line
 
     env = get_env(ctx)
-    options = _options(follow, max_records, idle_timeout)
+    options = _options(env, follow, max_records, idle_timeout)
     start = _since(since)
     _print_all(
         env,

@@ -56,9 +56,13 @@ class Attempts:
         self._what = what
         self.failures = 0
 
+    def will_retry(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> bool:
+        """Whether ``backoff`` would retry after ``exc`` (rather than re-raise it)."""
+        return exc.code() in RETRYABLE | also and self.failures < self._policy.retries
+
     async def backoff(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> None:
         """Sleep before the next attempt, or re-raise ``exc`` if there is none."""
-        if exc.code() not in RETRYABLE | also or self.failures >= self._policy.retries:
+        if not self.will_retry(exc, also=also):
             raise exc
         self.failures += 1
         delay = self._policy.delay(self.failures)

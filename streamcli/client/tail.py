@@ -33,6 +33,8 @@ class TailOptions:
     max_records: int | None = None  # end after this many records
     idle_timeout: float | None = None  # end after this many seconds without a record
     retry: RetryPolicy = dataclasses.field(default_factory=lambda: RetryPolicy(retries=TAIL_RETRIES))
+    # Told (a line of text) when the stream is lost and the tail starts reconnecting, and when it resumes.
+    notice: Callable[[str], None] | None = None
 
 
 class _Positioned(Protocol):
@@ -93,7 +95,10 @@ async def tail_log(
                         raise
                     if response is grpc.aio.EOF:
                         return  # history replayed (--no-follow)
-                    attempts.failures = 0
+                    if attempts.failures:
+                        attempts.failures = 0
+                        if options.notice:
+                            options.notice(f"reconnected; resuming after id {resume_after}")
                     connected = True
                     records = records_of(response)
                     if records:
@@ -109,6 +114,9 @@ async def tail_log(
             except grpc.aio.AioRpcError as exc:
                 if not connected:
                     raise
+                if not attempts.failures and options.notice and attempts.will_retry(exc):  # an outage begins
+                    reason = f"{exc.code().name}: {exc.details()}"
+                    options.notice(f"lost the stream ({reason}); reconnecting, up to {options.retry.retries} tries")
                 await attempts.backoff(exc)
 
 
