@@ -30,6 +30,16 @@ def test_publish_then_history_as_ndjson_and_exit_0(tmp_path: pathlib.Path) -> No
         history = run_cli("--address", served.address, "--json", "tail", "events", "--user", "alice", "--since",
                           "1h", "--no-follow")  # fmt: skip
         human = run_cli("--address", served.address, "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+        one = run_cli("--address", served.address, "events", "publish", "-u", "carol", "-t", "login")
+        two = publish(served.address, *[{"user_id": "carol", "type": "logout"}] * 2)  # --json, checked above
+        two_human = run_cli(
+            "--address", served.address, "events", "publish", input='{"user_id":"d","type":"login"}\n' * 2
+        )
+    assert (one.stdout, two.returncode, two_human.stdout) == (
+        "published 1 event, id 4\n",
+        0,
+        "published 2 events, ids 7-8\n",
+    )
     assert published.returncode == 0, published.stderr
     assert json.loads(published.stdout) == {"count": 3, "first_id": 1, "last_id": 3}
     assert history.returncode == 0, history.stderr
@@ -249,6 +259,7 @@ def test_since_far_back_is_everything_and_a_bad_since_is_a_usage_error(tmp_path:
         "--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "0001-01-01T00:00:00+01:00"
     )
     two_units = run_cli("--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "1h30m")
+    nothing = run_cli("--address", "127.0.0.1:1", "tail", "notifications", "--user", "a", "--no-follow")
     assert everything.returncode == 0, everything.stderr
     assert [json.loads(line)["id"] for line in everything.stdout.splitlines()] == [1]
     assert (future.returncode, future.stderr) == (
@@ -263,6 +274,10 @@ def test_since_far_back_is_everything_and_a_bad_since_is_a_usage_error(tmp_path:
         2,
         "streamcli: error: --since '1h30m' is not a duration or a time: use one unit (90m, 2h, 7d) or a time like "
         "2026-11-24T10:00:00Z\n",
+    )
+    assert (nothing.returncode, nothing.stderr) == (
+        2,
+        "streamcli: error: --no-follow prints history and exits: give --since too, e.g. --since 1h\n",
     )
 
 

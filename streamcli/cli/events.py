@@ -120,7 +120,8 @@ def publish(
     if env.json:
         env.emit_json({"count": reply.count, "first_id": reply.first_id, "last_id": reply.last_id})
     elif reply.count:
-        env.stdout.write(f"published {reply.count} event(s), ids {reply.first_id}-{reply.last_id}\n")
+        ids = f"id {reply.first_id}" if reply.count == 1 else f"ids {reply.first_id}-{reply.last_id}"
+        env.stdout.write(f"published {reply.count} event{'s' if reply.count != 1 else ''}, {ids}\n")
     else:
         env.stdout.write("published 0 events\n")
 

@@ -42,7 +42,10 @@ SinceOption = Annotated[
     ),
 ]
 FollowOption = Annotated[
-    bool, typer.Option("--follow/--no-follow", help="Keep following live; --no-follow prints history and exits.")
+    bool,
+    typer.Option(
+        "--follow/--no-follow", help="Keep following live; --no-follow prints history (from --since) and exits."
+    ),
 ]
 MaxOption = Annotated[
     int | None, typer.Option("--max", "-n", min=1, show_default=False, help="Exit (0) after this many records.")
@@ -81,9 +84,13 @@ def _since(text: str | None) -> Timestamp | None:
     return stamp
 
 
-def _options(env: Environment, follow: bool, max_records: int | None, idle_timeout: float | None) -> TailOptions:
+def _options(
+    env: Environment, follow: bool, max_records: int | None, idle_timeout: float | None, since: str | None
+) -> TailOptions:
     from streamcli.client.tail import TailOptions
 
+    if not follow and since is None:  # it would start at the end and print nothing
+        raise UsageError("--no-follow prints history and exits: give --since too, e.g. --since 1h")
     return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout, notice=env.notice)
 
 
@@ -146,7 +153,7 @@ def tail_events(
     if all_users == bool(user):
         raise UsageError("give --user USER or --all-users (one of them)")
     values = [EVENT_TYPES.parse(t) for t in types or []]
-    options = _options(env, follow, max_records, idle_timeout)
+    options = _options(env, follow, max_records, idle_timeout, since)
     start = _since(since)
     _print_all(
         env,
@@ -193,7 +200,7 @@ def tail_notifications(
     from streamcli.ui.records import notification_line
 
     env = get_env(ctx)
-    options = _options(env, follow, max_records, idle_timeout)
+    options = _options(env, follow, max_records, idle_timeout, since)
     start = _since(since)
     _print_all(
         env,
