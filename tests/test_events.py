@@ -168,9 +168,11 @@ async def test_a_failed_append_is_internal_and_says_what_was_appended(tmp_path: 
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await conn.stub.PublishEvents(requests())
         assert failure.value.code() == grpc.StatusCode.INTERNAL
-        assert "could not append events: database or disk is full (2 earlier events were appended)" in (
-            failure.value.details() or ""
+        assert failure.value.details() == (
+            "could not append events: database or disk is full; "
+            "the first 2 events of this stream were stored (ids 2-3), none after them"
         )
+        assert failure.value.trailing_metadata() == (("stored-count", "2"), ("last-stored-id", "3"))
         history = tail_events(conn, user_id="alice", all_users=False, types=[], since=epoch(),
                               options=TailOptions(follow=False))  # fmt: skip
         assert [e.id for e in await collect(history)] == [1, 2, 3]

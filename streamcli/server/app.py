@@ -28,6 +28,7 @@ from streamcli.backends.base import Backend
 from streamcli.credentials import Credentials
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
+from streamcli.server.decoding import DecodingBoundary
 from streamcli.server.service import SERVICE_NAME, add_service
 from streamcli.services.chat import USER_ID, ChatService, ChatSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
@@ -162,7 +163,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
     config.validate()
     credentials = _credentials(config)
     credentials_ = Credentials(config.token, config.user_tokens)
+    # The token is checked first: a caller without one learns nothing else, not even a decoding error.
     interceptors = [BearerTokenInterceptor(credentials_)] if credentials_.enabled else []
+    interceptors.append(DecodingBoundary())
     server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
     backend = open_backend(config.backend, config.data_dir)
     try:

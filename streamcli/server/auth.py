@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from streamcli.credentials import Credentials
+from streamcli.server.decoding import HANDLER_FACTORIES
 
 #: Methods callable without a token: load balancers and orchestrators probe health.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -50,10 +51,4 @@ def _rejecting_handler(like: grpc.RpcMethodHandler, detail: str) -> grpc.RpcMeth
     async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
 
-    if like.request_streaming and like.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(reject)
-    if like.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(reject)
-    if like.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(reject)
-    return grpc.unary_unary_rpc_method_handler(reject)
+    return HANDLER_FACTORIES[(like.request_streaming, like.response_streaming)](reject)

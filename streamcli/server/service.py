@@ -17,18 +17,11 @@ from google.protobuf.message_factory import GetMessageClass
 
 from streamcli import __version__
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.server.decoding import HANDLER_FACTORIES
 from streamcli.services.wire import serialize
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["StreamingService"]
 SERVICE_NAME = SERVICE_DESCRIPTOR.full_name
-
-
-_HANDLER_FACTORIES = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 def add_service(server: grpc.aio.Server, domains: Iterable[object]) -> None:
@@ -44,7 +37,7 @@ def add_service(server: grpc.aio.Server, domains: Iterable[object]) -> None:
             (getattr(domain, method.name) for domain in domains if hasattr(domain, method.name)),
             None,
         )
-        factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             implementation or _unimplemented(method.name),
             request_deserializer=GetMessageClass(method.input_type).FromString,

@@ -25,7 +25,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
 from streamcli.credentials import Credentials
 from streamcli.services import wire
-from streamcli.services.checks import has_control
+from streamcli.services.checks import MalformedRequest, has_control
 from streamcli.services.logs import Appender, Context, LogCursor, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
 
@@ -292,6 +292,13 @@ class ChatService:
         try:
             try:
                 await self._deliver(session, cursor, receiver, context)
+                malformed = receiver.exception()  # (done: _deliver returns when the client's half ends)
+                if isinstance(malformed, MalformedRequest):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{malformed.detail}; every message before it was handled (stored, or refused with a "
+                        f"notice) and delivered up to id {cursor.position}; resume after it",
+                    )
             except asyncio.CancelledError:
                 if not session.kicked:
                     raise
@@ -360,7 +367,19 @@ class ChatService:
             await session.wake.wait()
 
     async def _receive(self, session: Session, requests: AsyncIterator[pb.ChatRequest]) -> None:
-        """Append what the client sends; answer bad messages with an in-band notice."""
+        """Append what the client sends; answer bad messages with an in-band notice.
+
+        Raises:
+            MalformedRequest: a message did not decode; what came before it is stored first.
+        """
+        try:
+            await self._receive_all(session, requests)
+        except MalformedRequest:
+            await session.room.appender.stored()
+            raise
+        await session.room.appender.stored()  # what the client sent is in the log before it counts as gone
+
+    async def _receive_all(self, session: Session, requests: AsyncIterator[pb.ChatRequest]) -> None:
         async for request in requests:
             action = request.WhichOneof("action")
             if action == "send":
@@ -377,7 +396,6 @@ class ChatService:
                         notice=pb.ChatNotice(code="INVALID_ARGUMENT", message=f"unexpected {action or 'empty message'}")
                     )
                 )
-        await session.room.appender.stored()  # what the client sent is in the log before it counts as gone
 
     async def _post(self, session: Session, send: pb.ChatSend) -> tuple[str, str] | None:
         """Validate and append (or relay, for TYPING) one message; returns (code, why) when refused."""

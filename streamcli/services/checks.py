@@ -1,4 +1,4 @@
-"""Checks of the text fields clients send, shared by the services."""
+"""Checks of what clients send, shared by the services."""
 
 from __future__ import annotations
 
@@ -13,3 +13,22 @@ _CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # newline and 
 def has_control(text: str, *, multiline: bool = False) -> bool:
     """Whether ``text`` holds a control character; ``multiline`` allows newline and tab."""
     return (_CONTROL_BUT_LINES if multiline else _CONTROL).search(text) is not None
+
+
+class MalformedRequest(Exception):
+    """Message ``index`` (from 0) of a request stream is not a valid ``type_name``.
+
+    Raised by the request iterator a streaming handler receives, at the bad message
+    (``streamcli.server.decoding``). A handler that stores what it receives catches it
+    to say what was stored; otherwise the call ends INVALID_ARGUMENT with ``detail``.
+    """
+
+    def __init__(self, index: int, type_name: str, reason: str) -> None:
+        self.index = index
+        self.type_name = type_name
+        self.reason = reason
+        super().__init__(self.detail)
+
+    @property
+    def detail(self) -> str:
+        return f"message {self.index} of the request stream is not a valid {self.type_name}: {self.reason}"

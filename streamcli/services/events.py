@@ -12,12 +12,16 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, LogStore, NewRecord
 from streamcli.services import wire
-from streamcli.services.checks import has_control
+from streamcli.services.checks import MalformedRequest, has_control
 from streamcli.services.logs import Context, LogService, LogSettings, timestamp
 
 STREAM = "events"
@@ -79,49 +83,61 @@ class EventService(LogService):
         # Group commit: requests that arrive while an append is in flight are appended together,
         # in one transaction, so a publisher sending one event per message is not held to one
         # append (and one wake-up of every reader) per event.
-        queue: asyncio.Queue[pb.PublishEventsRequest | None] = asyncio.Queue(PUBLISH_QUEUE)
+        queue: asyncio.Queue[pb.PublishEventsRequest | _End] = asyncio.Queue(PUBLISH_QUEUE)
         receiver = asyncio.create_task(_drain_into(request_iterator, queue))
-        count = first_id = last_id = 0
+        stored = _Stored()
+        received = 0  # messages taken from the queue
         try:
-            finished = False
-            while not finished:
+            while True:
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
-                finished = items[-1] is None  # the end of the stream is always the last item
-                batch = [item for item in items if item is not None]
                 now = Timestamp()
                 now.GetCurrentTime()  # the server's time for events sent without one
                 records: list[NewRecord] = []
-                for request in batch:
-                    if len(request.events) > MAX_EVENTS_PER_REQUEST:
-                        await context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"{len(request.events)} events in one message; at most {MAX_EVENTS_PER_REQUEST}",
+                refusal = ""  # why the stream ends here, with what came before it stored
+                end: _End | None = None
+                for item in items:
+                    if isinstance(item, _End):
+                        end = item
+                        if isinstance(item.error, MalformedRequest):
+                            refusal = item.error.detail
+                        break
+                    if len(item.events) > MAX_EVENTS_PER_REQUEST:
+                        refusal = (
+                            f"message {received} holds {len(item.events)} events; "
+                            f"at most {MAX_EVENTS_PER_REQUEST} per message"
                         )
-                    for event in request.events:
+                        break
+                    for event in item.events:  # the valid events before an invalid one are stored
                         problem = _check_event(event)
                         if problem:
-                            await context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT,
-                                f"event {count + len(records)}: {problem} ({count} earlier events were appended)",
-                            )
+                            refusal = f"event {stored.count + len(records)} (message {received}): {problem}"
+                            break
                         records.append(_stored(event, now))
-                try:
-                    appended = await self._log.append(STREAM, records)
-                except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
-                    # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
+                    if refusal:
+                        break
+                    received += 1
+                if records:
+                    try:
+                        stored.add(await self._log.append(STREAM, records))
+                    except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
+                        # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
+                        await context.abort(
+                            grpc.StatusCode.INTERNAL,
+                            f"could not append events: {exc}; {stored.summary()}",
+                            stored.trailer(),
+                        )
+                if refusal:
                     await context.abort(
-                        grpc.StatusCode.INTERNAL,
-                        f"could not append events: {exc} ({count} earlier events were appended)",
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{refusal}; {stored.summary()}", stored.trailer()
                     )
-                if appended:
-                    first_id = first_id or appended[0].id
-                    last_id = appended[-1].id
-                    count += len(appended)
+                if end is not None:
+                    if end.error is not None:
+                        raise end.error  # the request stream broke: the client is gone
+                    return stored.response()
         finally:
             receiver.cancel()
-        return pb.PublishEventsResponse(count=count, first_id=first_id, last_id=last_id)
 
     async def StreamUserEvents(self, request: pb.StreamUserEventsRequest, context: Context) -> AsyncIterator[bytes]:
         if request.all_users and request.user_id:
@@ -144,14 +160,54 @@ class EventService(LogService):
             yield self._framer.response(records, position)
 
 
+class _End:
+    """The end of a request stream, as queued for the appending loop: normal, or the error that ended it."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+
+class _Stored:
+    """What one publish stream has appended so far."""
+
+    def __init__(self) -> None:
+        self.count = self.first_id = self.last_id = 0
+
+    def add(self, appended: list[LogRecord]) -> None:
+        if appended:
+            self.first_id = self.first_id or appended[0].id
+            self.last_id = appended[-1].id
+            self.count += len(appended)
+
+    def summary(self) -> str:
+        """What a failed stream stored, for the status detail: exactly the events sent before the failure."""
+        if not self.count:
+            return "no event of this stream was stored"
+        if self.count == 1:
+            return f"the first event of this stream was stored (id {self.last_id}), none after it"
+        return (
+            f"the first {self.count} events of this stream were stored (ids {self.first_id}-{self.last_id}), "
+            "none after them"
+        )
+
+    def response(self) -> pb.PublishEventsResponse:
+        return pb.PublishEventsResponse(count=self.count, first_id=self.first_id, last_id=self.last_id)
+
+    def trailer(self) -> tuple[tuple[str, str], ...]:
+        """The same as trailing metadata, for programs: resume with event number ``stored-count``."""
+        return (("stored-count", str(self.count)), ("last-stored-id", str(self.last_id)))
+
+
 async def _drain_into(
-    requests: AsyncIterator[pb.PublishEventsRequest], queue: asyncio.Queue[pb.PublishEventsRequest | None]
+    requests: AsyncIterator[pb.PublishEventsRequest], queue: asyncio.Queue[pb.PublishEventsRequest | _End]
 ) -> None:
+    end = _End()
     try:
         async for request in requests:
             await queue.put(request)
-    finally:
-        await queue.put(None)
+    except Exception as exc:  # a message that does not decode, or a broken stream: what came before counts
+        end = _End(exc)
+    await queue.put(end)
 
 
 def _stored(event: pb.UserEvent, now: Timestamp) -> NewRecord:
@@ -174,4 +230,59 @@ def _check_event(event: pb.UserEvent) -> str:
         return "user_id has a control character"
     if event.type not in TYPE_NAMES:
         return f"unknown event type {event.type}"
+    if event.data.type_url or event.data.value:
+        return _data_problem(event.data)
+    return ""
+
+
+def _data_types() -> dict[str, type[Message]]:
+    """The message types ``data`` may hold: those of the contract's file and its imports, which is what the
+    server's reflection describes (so that any client can render them), except types holding an Any
+    (whose own content could again be anything)."""
+    found: dict[str, Descriptor] = {}
+    files = [pb.DESCRIPTOR]
+    while files:
+        file = files.pop()
+        files.extend(file.dependencies)
+        pending = list(file.message_types_by_name.values())
+        while pending:
+            message = pending.pop()
+            if not message.GetOptions().map_entry:
+                found[message.full_name] = message
+            pending.extend(message.nested_types)
+
+    def holds_any(message: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+        if message.full_name == ANY_TYPE:
+            return True
+        return any(
+            field.message_type is not None
+            and field.message_type.full_name not in seen
+            and holds_any(field.message_type, seen | {message.full_name})
+            for field in message.fields
+        )
+
+    return {name: GetMessageClass(message) for name, message in found.items() if not holds_any(message)}
+
+
+ANY_TYPE = "google.protobuf.Any"
+#: Type name -> message class of what an event's ``data`` may hold.
+DATA_TYPES = _data_types()
+
+
+def _data_problem(data: AnyMessage) -> str:
+    """Why an event's ``data`` cannot be stored ("" when it can): its type must be one the server
+    describes, and its value must decode as that type."""
+    url = data.type_url
+    prefix, _, name = url.rpartition("/")
+    message_class = DATA_TYPES.get(name) if prefix else None
+    if message_class is None:
+        shown = url if len(url) <= 200 else url[:200] + "..."
+        return (
+            f"data holds type {shown!r}, which this server does not describe; use a type of the contract or "
+            "its imports (the CLI sends JSON as google.protobuf.Struct or Value)"
+        )
+    try:
+        message_class.FromString(data.value)
+    except DecodeError:
+        return f"data is not a valid {name} (or it is nested too deeply)"
     return ""

@@ -15,6 +15,12 @@ them without trial and error):
   * one gRPC message is at most 4 MiB (the gRPC default);
   * a file chunk is at most 1 MiB (MAX_CHUNK_SIZE);
   * a file name is at most 255 bytes of UTF-8, without NUL or control chars.
+
+Malformed requests: a request message that does not decode as its type
+(corrupt wire format, a string field that is not UTF-8) ends the call with
+INVALID_ARGUMENT naming the type and, on a request stream, the zero-based
+index of the bad message. Streams that store what they receive never answer
+OK after such a message; their RPC comments say what was stored.
 """
 
 from collections import abc as _abc
@@ -175,7 +181,14 @@ class UserEvent(_message.Message):
 
     @_builtins.property
     def data(self) -> _any_pb2.Any:
-        """Free-form payload. The CLI carries JSON as a google.protobuf.Struct."""
+        """Free-form payload. The CLI carries JSON as a google.protobuf.Struct (an
+        object) or a google.protobuf.Value (anything else). On publish it must be
+        empty or hold a message type of this file or of the files it imports (the
+        types the server's reflection describes, so that any client can render
+        it), except types that themselves hold an Any; its value must decode as
+        that type (within protobuf's nesting limit of 100). Anything else is
+        refused with INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

@@ -175,7 +175,13 @@ class StreamingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishEvents(self, request_iterator, context):
-        """Appends user events to the event log; acknowledged once appended.
+        """Appends user events to the event log; acknowledged once appended. A
+        stream that fails (a message that does not decode, an invalid event, a
+        store failure) ends with an error status, never OK: every event sent
+        before the failing one is stored, none after it. The status detail says
+        so, and the trailing metadata `stored-count` (events stored) and
+        `last-stored-id` (log id of the last of them, 0 when none) give it to
+        programs: resume with the event at index `stored-count`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

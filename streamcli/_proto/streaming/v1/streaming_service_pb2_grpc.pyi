@@ -15,6 +15,12 @@ them without trial and error):
   * one gRPC message is at most 4 MiB (the gRPC default);
   * a file chunk is at most 1 MiB (MAX_CHUNK_SIZE);
   * a file name is at most 255 bytes of UTF-8, without NUL or control chars.
+
+Malformed requests: a request message that does not decode as its type
+(corrupt wire format, a string field that is not UTF-8) ends the call with
+INVALID_ARGUMENT naming the type and, on a request stream, the zero-based
+index of the bad message. Streams that store what they receive never answer
+OK after such a message; their RPC comments say what was stored.
 """
 
 from collections import abc as _abc
@@ -72,7 +78,14 @@ class StreamingServiceStub:
     CollectMetrics: _grpc.StreamUnaryMultiCallable[_streaming_service_pb2.CollectMetricsRequest, _streaming_service_pb2.CollectMetricsResponse]
     """Ingests metric samples and answers with per-series aggregates."""
     PublishEvents: _grpc.StreamUnaryMultiCallable[_streaming_service_pb2.PublishEventsRequest, _streaming_service_pb2.PublishEventsResponse]
-    """Appends user events to the event log; acknowledged once appended."""
+    """Appends user events to the event log; acknowledged once appended. A
+    stream that fails (a message that does not decode, an invalid event, a
+    store failure) ends with an error status, never OK: every event sent
+    before the failing one is stored, none after it. The status detail says
+    so, and the trailing metadata `stored-count` (events stored) and
+    `last-stored-id` (log id of the last of them, 0 when none) give it to
+    programs: resume with the event at index `stored-count`.
+    """
     Chat: _grpc.StreamStreamMultiCallable[_streaming_service_pb2.ChatRequest, _streaming_service_pb2.ChatResponse]
     """--- Bidirectional streaming ----------------------------------------------
 
@@ -129,7 +142,14 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     CollectMetrics: _aio.StreamUnaryMultiCallable[_streaming_service_pb2.CollectMetricsRequest, _streaming_service_pb2.CollectMetricsResponse]  # type: ignore[assignment]
     """Ingests metric samples and answers with per-series aggregates."""
     PublishEvents: _aio.StreamUnaryMultiCallable[_streaming_service_pb2.PublishEventsRequest, _streaming_service_pb2.PublishEventsResponse]  # type: ignore[assignment]
-    """Appends user events to the event log; acknowledged once appended."""
+    """Appends user events to the event log; acknowledged once appended. A
+    stream that fails (a message that does not decode, an invalid event, a
+    store failure) ends with an error status, never OK: every event sent
+    before the failing one is stored, none after it. The status detail says
+    so, and the trailing metadata `stored-count` (events stored) and
+    `last-stored-id` (log id of the last of them, 0 when none) give it to
+    programs: resume with the event at index `stored-count`.
+    """
     Chat: _aio.StreamStreamMultiCallable[_streaming_service_pb2.ChatRequest, _streaming_service_pb2.ChatResponse]  # type: ignore[assignment]
     """--- Bidirectional streaming ----------------------------------------------
 
@@ -225,7 +245,14 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_streaming_service_pb2.PublishEventsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_streaming_service_pb2.PublishEventsResponse, _abc.Awaitable[_streaming_service_pb2.PublishEventsResponse]]:
-        """Appends user events to the event log; acknowledged once appended."""
+        """Appends user events to the event log; acknowledged once appended. A
+        stream that fails (a message that does not decode, an invalid event, a
+        store failure) ends with an error status, never OK: every event sent
+        before the failing one is stored, none after it. The status detail says
+        so, and the trailing metadata `stored-count` (events stored) and
+        `last-stored-id` (log id of the last of them, 0 when none) give it to
+        programs: resume with the event at index `stored-count`.
+        """
 
     @_abc_1.abstractmethod
     def Chat(
