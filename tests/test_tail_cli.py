@@ -319,3 +319,23 @@ def test_a_publish_that_loses_the_server_says_how_many_events_were_sent(tmp_path
     assert publisher.returncode == 3
     assert err.startswith(f"streamcli: error: cannot reach the server at {served.address}")
     assert "after 2 event(s) had been sent; none was acknowledged" in err and err.count("\n") == 1
+
+
+def test_publish_refused_by_the_server_midway_exits_5_saying_what_was_stored(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        refused = publish(
+            served.address,
+            {"user_id": "a", "type": "login"},
+            {"user_id": "b", "type": "login"},
+            {"user_id": "bell\u0007", "type": "login"},  # the server refuses control characters in user ids
+            {"user_id": "c", "type": "login"},
+        )
+        history = run_cli("--address", served.address, "--json", "tail", "events", "--all-users", "--since", "1h",
+                          "--no-follow")  # fmt: skip
+    assert refused.returncode == 5
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "streamcli: error: event 2 (message 0): user_id has a control character; "
+        "the first 2 events of this stream were stored (ids 1-2), none after them\n"
+    )
+    assert [json.loads(line)["user_id"] for line in history.stdout.splitlines()] == ["a", "b"]

@@ -284,5 +284,8 @@ def _data_problem(data: AnyMessage) -> str:
     try:
         message_class.FromString(data.value)
     except DecodeError:
-        return f"data is not a valid {name} (or it is nested too deeply)"
+        return (
+            f"data is not a valid {name} (or it is nested deeper than protobuf's limit of 100 messages: "
+            "about 33 levels of JSON objects or arrays)"
+        )
     return ""

@@ -1,0 +1,239 @@
+"""The decoding boundary, over real gRPC with raw bytes: what a foreign client with a bug would send."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.events import tail_events
+from streamcli.client.tail import TailOptions
+from streamcli.server.app import RunningServer
+from streamcli.services.chat import ChatService
+from streamcli.services.events import EventService
+from streamcli.services.files import FileService
+from streamcli.services.notifications import NotificationService
+from tests.support.rpc import METHODS
+from tests.support.servers import client
+
+SERVICE = "/streaming.v1.StreamingService/"
+#: Not protobuf: field 31, wire type 7 (there is no wire type 7).
+CORRUPT = b"\xff\xff\xff\xff"
+#: Field 1 (a string in GetFileInfoRequest; in ChatRequest the join, whose field 1 is the room id) holding a
+#: byte that is not UTF-8. ``not_utf8`` builds the same for any request type.
+NOT_UTF8 = b"\x0a\x01\xff"
+#: A length that runs past the end of the message.
+TRUNCATED = b"\x0a\x10ab"
+DOMAINS = (FileService, EventService, NotificationService, ChatService)
+
+
+def not_utf8(message: Descriptor, depth: int = 3) -> bytes | None:
+    """``message`` with its first string field (searched through nested messages) set to a byte that is not UTF-8."""
+    for field in message.fields:
+        tag = bytes([field.number << 3 | 2]) if field.number < 16 else None
+        if tag is None:
+            continue
+        if field.type == FieldDescriptor.TYPE_STRING:
+            return tag + b"\x01\xff"
+        if field.type == FieldDescriptor.TYPE_MESSAGE and depth:
+            inner = not_utf8(field.message_type, depth - 1)
+            if inner is not None and len(inner) < 128:
+                return tag + bytes([len(inner)]) + inner
+    return None
+
+
+def implemented(method: MethodDescriptor) -> bool:
+    # Which RPCs answer UNIMPLEMENTED is pinned by test_server.py; here it only picks the expected code.
+    return any(callable(getattr(domain, method.name, None)) for domain in DOMAINS)
+
+
+async def raw_call(
+    channel: grpc.aio.Channel, method: MethodDescriptor, messages: Sequence[bytes], timeout: float = 10
+) -> tuple[grpc.StatusCode, str, list[bytes]]:
+    """Call ``method`` with ``messages`` as they are; returns the status, its detail and the responses."""
+    path = SERVICE + method.name
+    responses: list[bytes] = []
+    try:
+        if method.client_streaming and method.server_streaming:
+            async for response in channel.stream_stream(path)(iter(messages), timeout=timeout):
+                responses.append(response)
+        elif method.client_streaming:
+            responses = [await channel.stream_unary(path)(iter(messages), timeout=timeout)]
+        elif method.server_streaming:
+            async for response in channel.unary_stream(path)(messages[0], timeout=timeout):
+                responses.append(response)
+        else:
+            responses = [await channel.unary_unary(path)(messages[0], timeout=timeout)]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or "", responses
+    return grpc.StatusCode.OK, "", responses
+
+
+@pytest.fixture
+async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(server.address) as open_channel:
+        yield open_channel
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
+@pytest.mark.parametrize("payload", [CORRUPT, NOT_UTF8, TRUNCATED], ids=["corrupt", "not-utf8", "truncated"])
+async def test_a_first_message_that_does_not_decode_is_invalid_argument_naming_the_type(
+    channel: grpc.aio.Channel, method: MethodDescriptor, payload: bytes
+) -> None:
+    if payload == NOT_UTF8:
+        found = not_utf8(method.input_type)
+        assert found is not None, f"{method.input_type.full_name} has no string field"
+        assert method.input_type._concrete_class.FromString(found.replace(b"\xff", b"x")) is not None  # valid as UTF-8
+        payload = found
+    code, detail, _ = await raw_call(channel, method, [payload])
+    if not implemented(method):
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+        return
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, detail
+    assert f"not a valid {method.input_type.full_name}" in detail
+    if method.client_streaming:
+        assert detail.startswith("message 0 of the request stream")
+
+
+async def test_health_and_reflection_are_behind_the_boundary(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as check:
+        await channel.unary_unary("/grpc.health.v1.Health/Check")(CORRUPT, timeout=10)
+    assert check.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "grpc.health.v1.HealthCheckRequest" in (check.value.details() or "")
+    reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    with pytest.raises(grpc.aio.AioRpcError) as listing:
+        async for _ in reflect(iter([CORRUPT]), timeout=10):
+            pass
+    assert listing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message 0" in (listing.value.details() or "")
+
+
+def publish(*events: pb.UserEvent) -> bytes:
+    return pb.PublishEventsRequest(events=list(events)).SerializeToString()
+
+
+def login(user: str, data: AnyMessage | None = None) -> pb.UserEvent:
+    event = pb.UserEvent(user_id=user, type=pb.USER_EVENT_TYPE_LOGIN)
+    if data is not None:
+        event.data.CopyFrom(data)
+    return event
+
+
+async def stored_users(server: RunningServer) -> list[str]:
+    async with client(server.address) as conn:
+        history = tail_events(
+            conn, user_id="", all_users=True, types=[], since=Timestamp(seconds=1), options=TailOptions(follow=False)
+        )
+        return [event.user_id async for batch in history for event in batch]
+
+
+PUBLISH = pb.DESCRIPTOR.services_by_name["StreamingService"].methods_by_name["PublishEvents"]
+
+
+async def test_publish_after_a_message_that_does_not_decode_ends_with_what_was_stored(
+    server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    # This stream was answered OK with count 1, and the third message was lost without a word.
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await channel.stream_unary(SERVICE + "PublishEvents")(
+            iter([publish(login("a1"), login("a2")), CORRUPT, publish(login("lost"))]), timeout=10
+        )
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.value.details() == (
+        "message 1 of the request stream is not a valid streaming.v1.PublishEventsRequest: the bytes are not "
+        "protobuf wire format of that type (or a string field is not UTF-8); "
+        "the first 2 events of this stream were stored (ids 1-2), none after them"
+    )
+    assert dict(failure.value.trailing_metadata() or ()) == {"stored-count": "2", "last-stored-id": "2"}
+    assert await stored_users(server) == ["a1", "a2"]
+
+
+async def test_publish_stores_the_valid_events_before_an_invalid_one_in_the_same_message(
+    server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    code, detail, _ = await raw_call(
+        channel, PUBLISH, [publish(login("b0")), publish(login("b1"), login(""), login("b3"))]
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail.startswith("event 2 (message 1): user_id is required; the first 2 events of this stream")
+    assert await stored_users(server) == ["b0", "b1"]
+
+
+def nested_struct(depth: int) -> struct_pb2.Struct:
+    """``{"x": {"x": ...}}``, ``depth`` objects deep: each costs three levels of protobuf nesting."""
+    inner = struct_pb2.Struct()
+    for _ in range(depth):
+        outer = struct_pb2.Struct()
+        outer.fields["x"].struct_value.CopyFrom(inner)
+        inner = outer
+    return inner
+
+
+STRUCT = "type.googleapis.com/google.protobuf.Struct"
+
+
+def packed(type_url: str, value: bytes) -> AnyMessage:
+    return AnyMessage(type_url=type_url, value=value)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (packed("type.googleapis.com/acme.v1.Custom", b"\x08\x01"), "data holds type 'type.googleapis.com/acme"),
+        (packed("", b"\x08\x01"), "data holds type ''"),
+        (packed("google.protobuf.Struct", b""), "data holds type 'google.protobuf.Struct'"),  # no '/': not a type URL
+        (packed(STRUCT, CORRUPT), "data is not a valid google.protobuf.Struct"),
+        # An Any inside an Any could again be anything: types that hold one are refused.
+        (packed("type.googleapis.com/streaming.v1.UserEvent", b""), "streaming.v1.UserEvent"),
+        (packed(STRUCT, nested_struct(34).SerializeToString()), "nested deeper than protobuf's limit"),
+    ],
+    ids=["unknown-type", "no-type", "not-a-url", "corrupt-struct", "holds-any", "too-deep"],
+)  # fmt: skip
+async def test_event_data_must_be_a_type_the_server_describes(
+    server: RunningServer, channel: grpc.aio.Channel, data: AnyMessage, problem: str
+) -> None:
+    code, detail, _ = await raw_call(channel, PUBLISH, [publish(login("ok"), login("bad", data))])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail.startswith("event 1 (message 0): ") and problem in detail, detail
+    assert await stored_users(server) == ["ok"]
+
+
+async def test_event_data_of_described_types_is_stored(server: RunningServer, channel: grpc.aio.Channel) -> None:
+    stamp = Timestamp(seconds=1_800_000_000)
+    accepted = [
+        packed("type.googleapis.com/google.protobuf.Struct", nested_struct(30).SerializeToString()),
+        packed("type.googleapis.com/google.protobuf.Timestamp", stamp.SerializeToString()),
+        packed("type.example/google.protobuf.Value", struct_pb2.Value(number_value=1.5).SerializeToString()),
+    ]
+    code, detail, _ = await raw_call(channel, PUBLISH, [publish(*(login(f"u{i}", d) for i, d in enumerate(accepted)))])
+    assert code == grpc.StatusCode.OK, detail
+    assert await stored_users(server) == ["u0", "u1", "u2"]
+
+
+CHAT = pb.DESCRIPTOR.services_by_name["StreamingService"].methods_by_name["Chat"]
+
+
+async def test_chat_after_a_message_that_does_not_decode_is_invalid_argument_and_keeps_what_came_before(
+    server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    join = pb.ChatRequest(join=pb.ChatJoin(room_id="r1", user_id="ann")).SerializeToString()
+    send = pb.ChatRequest(send=pb.ChatSend(content="kept", type=pb.CHAT_MESSAGE_TYPE_TEXT)).SerializeToString()
+    lost = pb.ChatRequest(send=pb.ChatSend(content="lost", type=pb.CHAT_MESSAGE_TYPE_TEXT)).SerializeToString()
+    code, detail, responses = await raw_call(channel, CHAT, [join, send, NOT_UTF8, lost])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail.startswith("message 2 of the request stream is not a valid streaming.v1.ChatRequest")
+    assert "delivered up to id 2; resume after it" in detail
+    delivered = [m.content for r in responses for m in pb.ChatResponse.FromString(r).messages]
+    assert delivered == ["ann joined", "kept"]
+    # What the room stored: a later session's backlog.
+    again = pb.ChatRequest(join=pb.ChatJoin(room_id="r1", user_id="bob")).SerializeToString()
+    code, _, responses = await raw_call(channel, CHAT, [again])
+    backlog = [m.content for r in responses for m in pb.ChatResponse.FromString(r).messages]
+    assert backlog[:4] == ["ann joined", "kept", "ann left", "bob joined"]
+    assert "lost" not in backlog
