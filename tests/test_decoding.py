@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
@@ -237,3 +238,45 @@ async def test_chat_after_a_message_that_does_not_decode_is_invalid_argument_and
     backlog = [m.content for r in responses for m in pb.ChatResponse.FromString(r).messages]
     assert backlog[:4] == ["ann joined", "kept", "ann left", "bob joined"]
     assert "lost" not in backlog
+
+
+UPLOAD = pb.DESCRIPTOR.services_by_name["StreamingService"].methods_by_name["UploadFile"]
+
+
+def upload_request(**fields: object) -> bytes:
+    return pb.UploadFileRequest(**fields).SerializeToString()  # type: ignore[arg-type]
+
+
+async def test_an_upload_cut_by_a_bad_message_keeps_what_came_before_for_resuming(
+    server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    data = b"0123456789" * 10
+    meta = pb.FileMetadata(filename="kept.bin", total_size=len(data))
+    first = upload_request(upload_id="u1", metadata=meta)
+    code, detail, _ = await raw_call(channel, UPLOAD, [first, upload_request(chunk=data[:40]), CORRUPT])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail == (
+        "message 2 of the request stream is not a valid streaming.v1.UploadFileRequest: the bytes are not protobuf "
+        "wire format of that type (or a string field is not UTF-8); upload u1 keeps the 40 bytes received before "
+        "it: resume from offset 40"
+    )
+    async with client(server.address) as conn:
+        assert (await conn.stub.ListFiles(pb.ListFilesRequest())).files == []  # nothing partial is listed
+        status = await conn.stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id="u1"))
+        assert status.committed_offset == 40
+    digest = hashlib.sha256(data).hexdigest()
+    resume = upload_request(resume=pb.UploadResume(upload_id="u1", offset=40))
+    trailer = upload_request(trailer=pb.UploadTrailer(total_size=len(data), checksum=digest))
+    code, detail, responses = await raw_call(channel, UPLOAD, [resume, upload_request(chunk=data[40:]), trailer])
+    assert code == grpc.StatusCode.OK, detail
+    assert pb.UploadFileResponse.FromString(responses[0]).checksum == digest
+
+
+async def test_an_upload_of_unknown_size_cut_by_a_bad_message_stores_nothing(
+    server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    first = upload_request(upload_id="u2", metadata=pb.FileMetadata(filename="stdin.bin", total_size=-1))
+    code, detail, _ = await raw_call(channel, UPLOAD, [first, upload_request(chunk=b"abc"), TRUNCATED])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail.startswith("message 2 of the request stream") and detail.endswith("; nothing was stored")
+    assert not server.backend.blobs.partial_path("u2").exists()

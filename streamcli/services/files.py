@@ -31,6 +31,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord, UploadRecord
 from streamcli.checksums import sha256_prefix
+from streamcli.services.checks import MalformedRequest
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
 
@@ -145,6 +146,9 @@ class FileService:
         self._active.add(upload.upload_id)
         try:
             return await self._receive(upload, partial, request_iterator, context)
+        except MalformedRequest as exc:
+            await self._malformed(upload, partial, exc, context)
+            raise AssertionError("unreachable") from None
         finally:
             self._active.discard(upload.upload_id)
             partial.handle.close()
@@ -312,6 +316,19 @@ class FileService:
                 f"checksum mismatch: received bytes hash to {digest}, declared {checksum}",
             )
         return await self._commit(upload, partial.size, digest)
+
+    async def _malformed(
+        self, upload: UploadRecord, partial: _PartialFile, exc: MalformedRequest, context: Context
+    ) -> None:
+        """End an upload at a message that did not decode, saying what was kept."""
+        if upload.total_size >= 0:  # resumable: what came before the bad message stays, like an interrupted stream
+            await asyncio.to_thread(partial.handle.flush)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{exc.detail}; upload {upload.upload_id} keeps the {partial.size} bytes received before it: "
+                f"resume from offset {partial.size}",
+            )
+        await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.detail}; nothing was stored")
 
     async def _commit(self, upload: UploadRecord, size: int, digest: str) -> pb.UploadFileResponse:
         file_id = uuid.uuid4().hex
