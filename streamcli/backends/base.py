@@ -185,8 +185,8 @@ class BlobStore(Protocol):
         """Durably and atomically move a finished upload to its stored place."""
         ...
 
-    def discard_partial(self, upload_id: str) -> None:
-        """Delete an upload's partial bytes (idempotent)."""
+    def discard_partial(self, upload_id: str) -> int:
+        """Delete an upload's partial bytes (idempotent); returns the bytes freed (0 if absent)."""
         ...
 
     def delete(self, file_id: str) -> int:
