@@ -25,7 +25,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias, TypeGuard
 
 import grpc
 
@@ -47,6 +47,8 @@ MAX_FILENAME_BYTES = 255
 #: Client-chosen upload ids: what is safe as a file name.
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: What a client is told when the data dir's filesystem has no room left.
+DISK_FULL = "the server's disk is full"
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -213,11 +215,13 @@ class FileService:
             handle = await self._open_partial(upload_id, "wb")
             if meta.total_size >= 0:  # unknown-size uploads cannot be resumed: nothing to record
                 await self._meta.put_upload(upload)
-        except BaseException:
+        except BaseException as exc:
             reservation.release()
             if handle is not None:  # an upload that never started leaves nothing behind
                 handle.close()
                 self._blobs.discard_partial(upload_id)
+            if _disk_full(exc):
+                await self._refuse_full_disk(upload, "could not start", exc, context)
             raise
         return upload, _PartialFile(handle, hashlib.sha256(), 0, reservation)
 
@@ -248,10 +252,12 @@ class FileService:
             handle.seek(committed)
             upload = dataclasses.replace(upload, expires_at=time.time() + self._limits.upload_ttl)
             await self._meta.put_upload(upload)
-        except BaseException:
+        except BaseException as exc:
             reservation.release()
             if handle is not None:
                 handle.close()  # the partial file stays: the upload can be resumed again
+            if _disk_full(exc):
+                await self._refuse_full_disk(upload, "could not resume", exc, context)
             raise
         return upload, _PartialFile(handle, hasher, committed, reservation)
 
@@ -308,11 +314,9 @@ class FileService:
         except _Refusal as refusal:
             await self._fail(upload, partial, context, refusal.code, refusal.detail)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                await self._fail(
-                    upload, partial, context, grpc.StatusCode.RESOURCE_EXHAUSTED, "the server's disk is full"
-                )
-            raise
+            if not _disk_full(exc):
+                raise
+            await self._fail(upload, partial, context, grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
         if partial.size < total or not checksum:
             missing = f"{partial.size} of {total} bytes received" if partial.size < total else "no trailer received"
             await context.abort(
@@ -328,7 +332,7 @@ class FileService:
                 grpc.StatusCode.DATA_LOSS,
                 f"checksum mismatch: received bytes hash to {digest}, declared {checksum}",
             )
-        return await self._commit(upload, partial.size, digest)
+        return await self._commit(upload, partial, digest, context)
 
     def _write_chunk(self, data: bytes, partial: _PartialFile, total: int) -> None:
         """Append one chunk to the partial file, or raise ``_Refusal`` saying why it may not be."""
@@ -354,20 +358,35 @@ class FileService:
                 raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         partial.write(data)
 
-    async def _commit(self, upload: UploadRecord, size: int, digest: str) -> pb.UploadFileResponse:
-        file_id = uuid.uuid4().hex
-        await asyncio.to_thread(self._blobs.commit, upload.upload_id, file_id)
-        await self._meta.put_file(FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time()))
-        await self._meta.delete_upload(upload.upload_id)
+    async def _commit(
+        self, upload: UploadRecord, partial: _PartialFile, digest: str, context: Context
+    ) -> pb.UploadFileResponse:
+        file_id, size = uuid.uuid4().hex, partial.size
+        try:
+            await asyncio.to_thread(self._blobs.commit, upload.upload_id, file_id)
+            await self._meta.put_file(
+                FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time())
+            )
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            # Not recorded, so not stored: the bytes go, whichever side of the rename they are on
+            # (the partial's are counted, and removed, by _fail).
+            self._blobs.delete(file_id)
+            await self._fail(upload, partial, context, grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
+        await self._forget_upload(upload.upload_id)
         log.info("stored %s (%s, %d bytes)", file_id, upload.filename, size)
         if self._notifications is not None:
-            await self._notifications.raise_(
-                EVERYONE,
-                "files",
-                f"upload completed: {upload.filename}",
-                f"{size} bytes, sha256 {digest}",
-                attributes={"file_id": file_id, "filename": upload.filename, "size": str(size)},
-            )
+            try:
+                await self._notifications.raise_(
+                    EVERYONE,
+                    "files",
+                    f"upload completed: {upload.filename}",
+                    f"{size} bytes, sha256 {digest}",
+                    attributes={"file_id": file_id, "filename": upload.filename, "size": str(size)},
+                )
+            except Exception as exc:  # the file is stored: the client must hear so, whatever the log store says
+                log.warning("could not notify that %s was stored: %s", file_id, exc)
         return pb.UploadFileResponse(
             file_id=file_id,
             bytes_uploaded=size,
@@ -378,17 +397,50 @@ class FileService:
         )
 
     async def _fail(
-        self, upload: UploadRecord, partial: _PartialFile, context: Context, code: grpc.StatusCode, detail: str
-    ) -> None:
-        """Abort the upload for good: nothing of it is kept."""
+        self,
+        upload: UploadRecord,
+        partial: _PartialFile,
+        context: Context,
+        code: grpc.StatusCode,
+        detail: str,
+        *,
+        cause: OSError | None = None,
+    ) -> NoReturn:
+        """Abort the upload for good: nothing of it is kept.
+
+        The partial file goes first: on a full disk that makes room for the
+        metadata write that follows, which may still fail (then expiry forgets the
+        upload later). ``cause``, a full disk, is logged in one line.
+        """
         partial.handle.close()  # before the unlink: an open file keeps its space
         self._blobs.discard_partial(upload.upload_id)
         # What this stream did not write goes back now, so that a stream refused for lack of
         # room makes room for the next one at once.
         self._space.freed(partial.size)
         partial.reservation.release()
-        await self._meta.delete_upload(upload.upload_id)
+        if cause is not None:
+            log.warning(
+                "upload %s (%s) failed after %d bytes: %s; its partial file is removed",
+                upload.upload_id,
+                upload.filename,
+                partial.size,
+                cause,
+            )
+        await self._forget_upload(upload.upload_id)
         await context.abort(code, detail)
+        raise AssertionError("unreachable")  # abort raises
+
+    async def _refuse_full_disk(self, upload: UploadRecord, what: str, cause: OSError, context: Context) -> NoReturn:
+        log.warning("%s upload %s (%s): %s", what, upload.upload_id, upload.filename, cause)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL)
+        raise AssertionError("unreachable")  # abort raises
+
+    async def _forget_upload(self, upload_id: str) -> None:
+        """Delete an upload's record; when the store cannot write, leave it to expiry."""
+        try:
+            await self._meta.delete_upload(upload_id)
+        except OSError as exc:
+            log.warning("could not delete the record of upload %s (%s); expiry will retry", upload_id, exc)
 
     async def _discard(self, upload_id: str) -> None:
         """Delete an upload that no stream is writing: its partial file and its record."""
@@ -416,10 +468,16 @@ class FileService:
     async def expire_uploads(self) -> int:
         """Discard partial uploads past their time to live; returns how many."""
         expired = [u for u in await self._meta.expired_uploads(time.time()) if u.upload_id not in self._active]
+        discarded = 0
         for upload in expired:
-            await self._discard(upload.upload_id)
+            try:
+                await self._discard(upload.upload_id)
+            except OSError as exc:  # a full disk, say: the next round tries again
+                log.warning("could not discard expired upload %s (%s): %s", upload.upload_id, upload.filename, exc)
+                continue
+            discarded += 1
             log.info("discarded expired partial upload %s (%s)", upload.upload_id, upload.filename)
-        return len(expired)
+        return discarded
 
     # --- download and companions -----------------------------------------------
 
@@ -475,7 +533,14 @@ class FileService:
         )
 
     async def DeleteFile(self, request: pb.DeleteFileRequest, context: Context) -> pb.DeleteFileResponse:
-        record = await self._meta.delete_file(request.file_id) if UPLOAD_ID.fullmatch(request.file_id) else None
+        try:
+            record = await self._meta.delete_file(request.file_id) if UPLOAD_ID.fullmatch(request.file_id) else None
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            # Even a delete appends to SQLite's write-ahead log; the bytes stay until it can.
+            log.warning("could not delete %s: %s", request.file_id, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{DISK_FULL}: cannot record the deletion")
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {request.file_id!r}")
         assert record is not None
@@ -497,3 +562,8 @@ def _trailer_problem(trailer: pb.UploadTrailer, total: int, checksum: str, recei
             f"{received} bytes were received"
         )
     return ""
+
+
+def _disk_full(exc: BaseException) -> TypeGuard[OSError]:
+    """Whether ``exc`` says the data dir's filesystem (or the user's disk quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
