@@ -148,8 +148,10 @@ class _FirstStatus:
         call.add_done_callback(self._record)
 
     def _record(self, call: grpc.aio.Call) -> None:
-        self.code = _settled(call.code())
-        self.details = _settled(call.details())
+        try:
+            self.code, self.details = _settled(call.code()), _settled(call.details())
+        except RuntimeError:  # not expected; this runs inside grpc, which must not see it: keep exc as is
+            self.code = None
 
     def unmask(self, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
         """``exc``, or the server's own status when ``exc`` is grpc.aio's stand-in for it."""
