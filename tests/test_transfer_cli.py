@@ -120,3 +120,19 @@ def test_download_of_a_missing_file_exits_4(tmp_path: pathlib.Path) -> None:
         result = run_cli("--address", served.address, "download", "0123abcd", "-o", str(tmp_path))
     assert result.returncode == 4
     assert result.stderr.strip() == "streamcli: error: no file '0123abcd'"
+
+
+def test_parallel_uploads_over_the_quota_store_what_fits_and_exit_8(tmp_path: pathlib.Path) -> None:
+    # Issue 11: with `--quota 5M`, eight 1.9 MB files uploaded eight at a time were all stored.
+    paths = []
+    for n in range(8):
+        paths.append(tmp_path / f"f{n}.bin")
+        write_random(paths[-1], 1_900_000)
+    with serve_process(tmp_path, "--quota", "5M") as served:
+        up = run_cli("--address", served.address, "upload", *map(str, paths), "--parallel", "8", timeout=120)
+        listed = run_cli("--address", served.address, "--json", "files", "ls")
+    assert up.returncode == 8, up.stderr
+    assert len(up.stdout.splitlines()) == 2  # two fit under 5 MiB; the others are refused, not retried
+    (line,) = up.stderr.splitlines()
+    assert "quota would be exceeded" in line and line.endswith("(and 5 more failed)")
+    assert sum(json.loads(record)["size"] for record in listed.stdout.splitlines()) == 2 * 1_900_000

@@ -17,6 +17,7 @@ picks the implementation.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import pathlib
 from collections.abc import Sequence
 from typing import Protocol
@@ -104,6 +105,20 @@ class LogStore(Protocol):
         ...
 
 
+class StorageFullError(OSError):
+    """A store could not write because its disk is full.
+
+    An ``OSError`` with ``errno.ENOSPC``, so that callers handle a full disk
+    the same way whichever store (blob files or metadata) hit it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the store's own words, without "[Errno 28]"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileRecord:
     """A stored, verified file."""
@@ -185,8 +200,8 @@ class BlobStore(Protocol):
         """Durably and atomically move a finished upload to its stored place."""
         ...
 
-    def discard_partial(self, upload_id: str) -> None:
-        """Delete an upload's partial bytes (idempotent)."""
+    def discard_partial(self, upload_id: str) -> int:
+        """Delete an upload's partial bytes (idempotent); returns the bytes freed (0 if absent)."""
         ...
 
     def delete(self, file_id: str) -> int:

@@ -55,8 +55,14 @@ class DirectoryBlobStore:
             os.close(directory)
         return target
 
-    def discard_partial(self, upload_id: str) -> None:
-        self.partial_path(upload_id).unlink(missing_ok=True)
+    def discard_partial(self, upload_id: str) -> int:
+        path = self.partial_path(upload_id)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
 
     def delete(self, file_id: str) -> int:
         path = self.blob_path(file_id)

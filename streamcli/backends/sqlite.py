@@ -28,6 +28,7 @@ from streamcli.backends.base import (
     LogBounds,
     LogRecord,
     NewRecord,
+    StorageFullError,
     TrimmedError,
     UploadRecord,
 )
@@ -113,7 +114,12 @@ class SqliteStore:
         return db
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                raise StorageFullError(str(exc)) from exc
+            raise
 
     async def close(self) -> None:
         await self._run(lambda db: db.close())
@@ -312,6 +318,16 @@ class SqliteStore:
     async def expired_uploads(self, now: float) -> list[UploadRecord]:
         rows = await self._run(lambda db: db.execute("SELECT * FROM uploads WHERE expires_at < ?", (now,)).fetchall())
         return [UploadRecord(*row) for row in rows]
+
+
+#: SQLite's result code for a write that found the disk (or max_page_count) full.
+_SQLITE_FULL = 13
+
+
+def _is_full(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed because the disk is full."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; 3.10 has only the message
+    return code == _SQLITE_FULL if code is not None else str(exc) == "database or disk is full"
 
 
 class _transaction:

@@ -18,13 +18,14 @@ import asyncio
 import dataclasses
 import errno
 import hashlib
+import io
 import logging
 import re
 import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, BinaryIO, TypeAlias
+from typing import Any, NoReturn, TypeAlias, TypeGuard
 
 import grpc
 
@@ -34,6 +35,7 @@ from streamcli.checksums import sha256_prefix
 from streamcli.services.checks import MalformedRequest
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
+from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
 
 log = logging.getLogger("streamcli.files")
 
@@ -46,6 +48,8 @@ MAX_FILENAME_BYTES = 255
 #: Client-chosen upload ids: what is safe as a file name.
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: What a client is told when the data dir's filesystem has no room left.
+DISK_FULL = "the server's disk is full"
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -93,17 +97,38 @@ def file_info(record: FileRecord) -> pb.FileInfo:
 
 
 class _PartialFile:
-    """The partial file of one upload stream: opened once, hashed as it grows."""
+    """The partial file of one upload stream: opened once, hashed as it grows.
 
-    def __init__(self, handle: BinaryIO, hasher: Any, size: int) -> None:
+    The handle is unbuffered, so ``size`` is always what is on disk: a close
+    has nothing left to flush (and cannot fail on a full disk), and the quota
+    ledger counts exactly the bytes written, even when a write fails partway.
+    """
+
+    def __init__(self, handle: io.FileIO, hasher: Any, size: int, reservation: Reservation) -> None:
         self.handle = handle
         self.hasher = hasher
-        self.size = size
+        self.size = size  # bytes in the file: the committed offset plus what this stream wrote
+        self.reservation = reservation
 
     def write(self, data: bytes) -> None:
-        self.handle.write(data)
+        view = memoryview(data)
+        while view:
+            written = self.handle.write(view)  # an unbuffered write may take only part
+            if not written:
+                raise OSError(errno.EIO, "the partial file accepted no bytes")
+            self.size += written
+            self.reservation.wrote(written)
+            view = view[written:]
         self.hasher.update(data)
-        self.size += len(data)
+
+
+class _Refusal(Exception):
+    """Ends an upload stream for good with ``code`` and ``detail`` (see ``FileService._fail``)."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
 
 
 class FileService:
@@ -122,6 +147,8 @@ class FileService:
         self._limits = limits
         self._public_address = public_address
         self._active: set[str] = set()  # upload ids with a stream open right now
+        # Without a quota nothing is ever refused, so the disk need not be walked for a starting count.
+        self._space = QuotaLedger(limits.quota, backend.blobs.usage() if limits.quota else 0)
 
     # --- upload ---------------------------------------------------------------
 
@@ -148,10 +175,10 @@ class FileService:
             return await self._receive(upload, partial, request_iterator, context)
         except MalformedRequest as exc:
             await self._malformed(upload, partial, exc, context)
-            raise AssertionError("unreachable") from None
         finally:
             self._active.discard(upload.upload_id)
             partial.handle.close()
+            partial.reservation.release()
 
     async def _start(self, first: pb.UploadFileRequest, context: Context) -> tuple[UploadRecord, _PartialFile]:
         meta = first.metadata
@@ -171,7 +198,7 @@ class FileService:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "an upload of unknown size sends its checksum in the trailer"
             )
-        await self._check_room(meta.total_size, 0, context)
+        await self._check_size(meta.total_size, context)
         upload_id = first.upload_id or uuid.uuid4().hex
         if not UPLOAD_ID.fullmatch(upload_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload_id must be 1-64 letters, digits, '-' or '_'")
@@ -184,10 +211,22 @@ class FileService:
         upload = UploadRecord(
             upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self._limits.upload_ttl
         )
-        handle = await asyncio.to_thread(open, self._blobs.partial_path(upload_id), "wb")  # closed by UploadFile
-        if meta.total_size >= 0:  # unknown-size uploads cannot be resumed: nothing to record
-            await self._meta.put_upload(upload)
-        return upload, _PartialFile(handle, hashlib.sha256(), 0)
+        # Unknown sizes reserve chunk by chunk as they arrive (in _receive).
+        reservation = await self._reserve(max(meta.total_size, 0), context)
+        handle = None
+        try:
+            handle = await self._open_partial(upload_id, "wb")
+            if meta.total_size >= 0:  # unknown-size uploads cannot be resumed: nothing to record
+                await self._meta.put_upload(upload)
+        except BaseException as exc:
+            reservation.release()
+            if handle is not None:  # an upload that never started leaves nothing behind
+                handle.close()
+                self._blobs.discard_partial(upload_id)
+            if _disk_full(exc):
+                await self._refuse_full_disk(upload, "could not start", exc, context)
+            raise
+        return upload, _PartialFile(handle, hashlib.sha256(), 0, reservation)
 
     async def _resume(self, resume: pb.UploadResume, context: Context) -> tuple[UploadRecord, _PartialFile]:
         upload = await self._meta.get_upload(resume.upload_id) if UPLOAD_ID.fullmatch(resume.upload_id) else None
@@ -205,29 +244,46 @@ class FileService:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"resume offset {resume.offset} disagrees with the server's committed offset {committed}",
             )
-        # hashlib states cannot be saved, so hash the committed prefix again (off the event loop).
-        handle = await asyncio.to_thread(open, path, "r+b" if path.exists() else "w+b")  # closed by UploadFile
-        hasher = await asyncio.to_thread(sha256_prefix, handle, committed)
-        handle.seek(committed)
-        upload = dataclasses.replace(upload, expires_at=time.time() + self._limits.upload_ttl)
-        await self._meta.put_upload(upload)
-        return upload, _PartialFile(handle, hasher, committed)
+        # The committed bytes are already counted as used; only the rest may still arrive. A refused
+        # resume keeps its partial file: it can go on once space is freed.
+        reservation = await self._reserve(upload.total_size - committed, context)
+        handle = None
+        try:
+            handle = await self._open_partial(upload.upload_id, "r+b" if path.exists() else "w+b")
+            # hashlib states cannot be saved, so hash the committed prefix again (off the event loop).
+            hasher = await asyncio.to_thread(sha256_prefix, handle, committed)
+            handle.seek(committed)
+            upload = dataclasses.replace(upload, expires_at=time.time() + self._limits.upload_ttl)
+            await self._meta.put_upload(upload)
+        except BaseException as exc:
+            reservation.release()
+            if handle is not None:
+                handle.close()  # the partial file stays: the upload can be resumed again
+            if _disk_full(exc):
+                await self._refuse_full_disk(upload, "could not resume", exc, context)
+            raise
+        return upload, _PartialFile(handle, hasher, committed, reservation)
 
-    async def _check_room(self, total: int, received: int, context: Context) -> None:
-        """RESOURCE_EXHAUSTED when a file of ``total`` (or ``received`` so far) bytes does not fit."""
-        size = max(total, received)
+    async def _open_partial(self, upload_id: str, mode: str) -> io.FileIO:
+        """The upload's partial file, unbuffered (see ``_PartialFile``); closed by UploadFile."""
+        return await asyncio.to_thread(io.FileIO, self._blobs.partial_path(upload_id), mode)
+
+    async def _check_size(self, total: int, context: Context) -> None:
+        """RESOURCE_EXHAUSTED when a file of ``total`` bytes is over the server's size limit."""
         limit = self._limits.max_file_size
-        if limit and size > limit:
+        if limit and total > limit:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"the file is larger than the server's limit of {limit} bytes"
             )
-        if self._limits.quota and received == 0 and total > 0:
-            used = await asyncio.to_thread(self._blobs.usage)
-            if used + total > self._limits.quota:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the server's storage quota would be exceeded ({used} of {self._limits.quota} bytes used)",
-                )
+
+    async def _reserve(self, size: int, context: Context) -> Reservation:
+        """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
+        reservation = self._space.reservation()
+        try:
+            reservation.reserve(size)
+        except QuotaExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return reservation
 
     async def _receive(
         self,
@@ -238,69 +294,32 @@ class FileService:
     ) -> pb.UploadFileResponse:
         total, checksum = upload.total_size, upload.sha256
         trailer_seen = False
-        quota_left = None
-        if self._limits.quota and total == -1:
-            quota_left = self._limits.quota - await asyncio.to_thread(self._blobs.usage)
         try:
             async for request in requests:
                 kind = request.WhichOneof("payload")
                 if trailer_seen:
-                    await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, "message after the trailer")
+                    raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "message after the trailer")
                 if kind == "chunk":
-                    data = request.chunk
-                    if not data:
-                        await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
-                    if len(data) > MAX_CHUNK_SIZE:
-                        await self._fail(
-                            upload,
-                            context,
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
-                        )
-                    end = partial.size + len(data)
-                    if total >= 0 and end > total:
-                        await self._fail(
-                            upload,
-                            context,
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"received more than the declared {total} bytes",
-                        )
-                    if total == -1:
-                        if self._limits.max_file_size and end > self._limits.max_file_size:
-                            await self._fail(
-                                upload,
-                                context,
-                                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the file is larger than the server's limit of {self._limits.max_file_size} bytes",
-                            )
-                        if quota_left is not None and end > quota_left:
-                            await self._fail(
-                                upload,
-                                context,
-                                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                "the server's storage quota would be exceeded",
-                            )
-                    partial.write(data)
+                    self._write_chunk(request.chunk, partial, total)
                 elif kind == "trailer":
                     problem = _trailer_problem(request.trailer, total, checksum, partial.size)
                     if problem:
-                        await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+                        raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, problem)
                     total, checksum = request.trailer.total_size, request.trailer.checksum.lower()
                     trailer_seen = True
                 else:
-                    await self._fail(
-                        upload,
-                        context,
+                    raise _Refusal(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"{kind or 'an empty message'} after the first message; only chunks may follow",
                     )
-            partial.handle.flush()
+            if total == -1:
+                raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended without a trailer")
+        except _Refusal as refusal:
+            await self._fail(upload, partial, context, refusal.code, refusal.detail)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                await self._fail(upload, context, grpc.StatusCode.RESOURCE_EXHAUSTED, "the server's disk is full")
-            raise
-        if total == -1:
-            await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, "the stream ended without a trailer")
+            if not _disk_full(exc):
+                raise
+            await self._fail(upload, partial, context, grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
         if partial.size < total or not checksum:
             missing = f"{partial.size} of {total} bytes received" if partial.size < total else "no trailer received"
             await context.abort(
@@ -311,39 +330,80 @@ class FileService:
         if digest != checksum:
             await self._fail(
                 upload,
+                partial,
                 context,
                 grpc.StatusCode.DATA_LOSS,
                 f"checksum mismatch: received bytes hash to {digest}, declared {checksum}",
             )
-        return await self._commit(upload, partial.size, digest)
+        return await self._commit(upload, partial, digest, context)
 
     async def _malformed(
         self, upload: UploadRecord, partial: _PartialFile, exc: MalformedRequest, context: Context
-    ) -> None:
+    ) -> NoReturn:
         """End an upload at a message that did not decode, saying what was kept."""
         if upload.total_size >= 0:  # resumable: what came before the bad message stays, like an interrupted stream
-            await asyncio.to_thread(partial.handle.flush)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{exc.detail}; upload {upload.upload_id} keeps the {partial.size} bytes received before it: "
                 f"resume from offset {partial.size}",
             )
-        await self._fail(upload, context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.detail}; nothing was stored")
+        await self._fail(
+            upload, partial, context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.detail}; nothing was stored"
+        )
 
-    async def _commit(self, upload: UploadRecord, size: int, digest: str) -> pb.UploadFileResponse:
-        file_id = uuid.uuid4().hex
-        await asyncio.to_thread(self._blobs.commit, upload.upload_id, file_id)
-        await self._meta.put_file(FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time()))
-        await self._meta.delete_upload(upload.upload_id)
+    def _write_chunk(self, data: bytes, partial: _PartialFile, total: int) -> None:
+        """Append one chunk to the partial file, or raise ``_Refusal`` saying why it may not be."""
+        if not data:
+            raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
+        if len(data) > MAX_CHUNK_SIZE:
+            raise _Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
+            )
+        end = partial.size + len(data)
+        if total >= 0 and end > total:
+            raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"received more than the declared {total} bytes")
+        if total == -1:  # the size was not known up front: check and reserve as the file grows
+            limit = self._limits.max_file_size
+            if limit and end > limit:
+                raise _Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"the file is larger than the server's limit of {limit} bytes"
+                )
+            try:
+                partial.reservation.reserve(len(data))
+            except QuotaExceeded as exc:
+                raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        partial.write(data)
+
+    async def _commit(
+        self, upload: UploadRecord, partial: _PartialFile, digest: str, context: Context
+    ) -> pb.UploadFileResponse:
+        file_id, size = uuid.uuid4().hex, partial.size
+        try:
+            await asyncio.to_thread(self._blobs.commit, upload.upload_id, file_id)
+            await self._meta.put_file(
+                FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time())
+            )
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            # Not recorded, so not stored: the bytes go, whichever side of the rename they are on
+            # (the partial's are counted, and removed, by _fail).
+            self._blobs.delete(file_id)
+            await self._fail(upload, partial, context, grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
+        await self._forget_upload(upload.upload_id)
         log.info("stored %s (%s, %d bytes)", file_id, upload.filename, size)
         if self._notifications is not None:
-            await self._notifications.raise_(
-                EVERYONE,
-                "files",
-                f"upload completed: {upload.filename}",
-                f"{size} bytes, sha256 {digest}",
-                attributes={"file_id": file_id, "filename": upload.filename, "size": str(size)},
-            )
+            try:
+                await self._notifications.raise_(
+                    EVERYONE,
+                    "files",
+                    f"upload completed: {upload.filename}",
+                    f"{size} bytes, sha256 {digest}",
+                    attributes={"file_id": file_id, "filename": upload.filename, "size": str(size)},
+                )
+            except Exception as exc:  # the file is stored: the client must hear so, whatever the log store says
+                log.warning("could not notify that %s was stored: %s", file_id, exc)
         return pb.UploadFileResponse(
             file_id=file_id,
             bytes_uploaded=size,
@@ -353,13 +413,55 @@ class FileService:
             upload_id=upload.upload_id,
         )
 
-    async def _fail(self, upload: UploadRecord, context: Context, code: grpc.StatusCode, detail: str) -> None:
-        """Abort the upload for good: nothing of it is kept."""
-        await self._discard(upload.upload_id)
+    async def _fail(
+        self,
+        upload: UploadRecord,
+        partial: _PartialFile,
+        context: Context,
+        code: grpc.StatusCode,
+        detail: str,
+        *,
+        cause: OSError | None = None,
+    ) -> NoReturn:
+        """Abort the upload for good: nothing of it is kept.
+
+        The partial file goes first: on a full disk that makes room for the
+        metadata write that follows, which may still fail (then expiry forgets the
+        upload later). ``cause``, a full disk, is logged in one line.
+        """
+        partial.handle.close()  # before the unlink: an open file keeps its space
+        self._blobs.discard_partial(upload.upload_id)
+        # What this stream did not write goes back now, so that a stream refused for lack of
+        # room makes room for the next one at once.
+        self._space.freed(partial.size)
+        partial.reservation.release()
+        if cause is not None:
+            log.warning(
+                "upload %s (%s) failed after %d bytes: %s; its partial file is removed",
+                upload.upload_id,
+                upload.filename,
+                partial.size,
+                cause,
+            )
+        await self._forget_upload(upload.upload_id)
         await context.abort(code, detail)
+        raise AssertionError("unreachable")  # abort raises
+
+    async def _refuse_full_disk(self, upload: UploadRecord, what: str, cause: OSError, context: Context) -> NoReturn:
+        log.warning("%s upload %s (%s): %s", what, upload.upload_id, upload.filename, cause)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL)
+        raise AssertionError("unreachable")  # abort raises
+
+    async def _forget_upload(self, upload_id: str) -> None:
+        """Delete an upload's record; when the store cannot write, leave it to expiry."""
+        try:
+            await self._meta.delete_upload(upload_id)
+        except OSError as exc:
+            log.warning("could not delete the record of upload %s (%s); expiry will retry", upload_id, exc)
 
     async def _discard(self, upload_id: str) -> None:
-        self._blobs.discard_partial(upload_id)
+        """Delete an upload that no stream is writing: its partial file and its record."""
+        self._space.freed(self._blobs.discard_partial(upload_id))
         await self._meta.delete_upload(upload_id)
 
     async def GetUploadStatus(self, request: pb.GetUploadStatusRequest, context: Context) -> pb.GetUploadStatusResponse:
@@ -383,10 +485,16 @@ class FileService:
     async def expire_uploads(self) -> int:
         """Discard partial uploads past their time to live; returns how many."""
         expired = [u for u in await self._meta.expired_uploads(time.time()) if u.upload_id not in self._active]
+        discarded = 0
         for upload in expired:
-            await self._discard(upload.upload_id)
+            try:
+                await self._discard(upload.upload_id)
+            except OSError as exc:  # a full disk, say: the next round tries again
+                log.warning("could not discard expired upload %s (%s): %s", upload.upload_id, upload.filename, exc)
+                continue
+            discarded += 1
             log.info("discarded expired partial upload %s (%s)", upload.upload_id, upload.filename)
-        return len(expired)
+        return discarded
 
     # --- download and companions -----------------------------------------------
 
@@ -442,11 +550,19 @@ class FileService:
         )
 
     async def DeleteFile(self, request: pb.DeleteFileRequest, context: Context) -> pb.DeleteFileResponse:
-        record = await self._meta.delete_file(request.file_id) if UPLOAD_ID.fullmatch(request.file_id) else None
+        try:
+            record = await self._meta.delete_file(request.file_id) if UPLOAD_ID.fullmatch(request.file_id) else None
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            # Even a delete appends to SQLite's write-ahead log; the bytes stay until it can.
+            log.warning("could not delete %s: %s", request.file_id, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{DISK_FULL}: cannot record the deletion")
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {request.file_id!r}")
         assert record is not None
         freed = await asyncio.to_thread(self._blobs.delete, record.file_id)
+        self._space.freed(freed)
         log.info("deleted %s (%s)", record.file_id, record.filename)
         return pb.DeleteFileResponse(bytes_freed=freed)
 
@@ -463,3 +579,8 @@ def _trailer_problem(trailer: pb.UploadTrailer, total: int, checksum: str, recei
             f"{received} bytes were received"
         )
     return ""
+
+
+def _disk_full(exc: BaseException) -> TypeGuard[OSError]:
+    """Whether ``exc`` says the data dir's filesystem (or the user's disk quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from streamcli.client.connection import Connection, connect
@@ -53,11 +53,19 @@ LISTENING = re.compile(r"listening on (\S+)")
 
 @contextlib.contextmanager
 def serve_process(
-    tmp_path: pathlib.Path, *args: str, address: str = "127.0.0.1:0", timeout: float = 15.0
+    tmp_path: pathlib.Path,
+    *args: str,
+    address: str = "127.0.0.1:0",
+    timeout: float = 15.0,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[ServeProcess]:
-    """Run ``python -m streamcli serve`` (data in ``tmp_path/data``) until the block ends."""
+    """Run ``python -m streamcli serve`` (data in ``tmp_path/data``) until the block ends.
+
+    ``wrapper`` is a command that runs the server as its last arguments (and must ``exec`` it, so
+    that the process is the server's), e.g. one that first mounts a filesystem on the data dir.
+    """
     log_path = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "streamcli", "serve", "--address", address]
+    command = [*wrapper, sys.executable, "-m", "streamcli", "serve", "--address", address]
     command += ["--data-dir", str(tmp_path / "data"), *args]
     start = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
     with open(log_path, "a") as log:
