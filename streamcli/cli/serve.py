@@ -16,7 +16,7 @@ from streamcli.cli.parsing import parse_duration, parse_retention, parse_size
 from streamcli.errors import UsageError
 
 
-class LogLevel(str, enum.Enum):
+class LogLevel(enum.StrEnum):
     debug = "debug"
     info = "info"
     warning = "warning"

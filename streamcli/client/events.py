@@ -223,9 +223,9 @@ def parse_timestamp(text: str) -> Timestamp:
     except ValueError:
         raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
+        moment = moment.replace(tzinfo=datetime.UTC)
     stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(datetime.timezone.utc))
+    stamp.FromDatetime(moment.astimezone(datetime.UTC))
     return stamp
 
 

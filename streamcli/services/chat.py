@@ -65,7 +65,7 @@ class _Kicked(Exception):
 class Session:
     """One client's stream in a room."""
 
-    def __init__(self, room: Room, user: str, task: asyncio.Task[object] | None) -> None:
+    def __init__(self, room: Room, user: str, task: asyncio.Task[object]) -> None:
         self.room = room
         self.user = user
         self.task = task  # the handler's task: cancelled when its client stops reading
@@ -212,7 +212,7 @@ class Room:
                     stalled = (
                         session.writing_since is not None and now - session.writing_since > self.settings.stall_limit
                     )
-                    if stalled and not session.kicked and session.task is not None:
+                    if stalled and not session.kicked:
                         session.kicked = True
                         session.task.cancel()
 
@@ -283,7 +283,9 @@ class ChatService:
         else:
             start = max(bounds.trimmed_through, bounds.last_id - (join.backlog or self.settings.backlog))
 
-        session = Session(room, join.user_id, asyncio.current_task())
+        handler = asyncio.current_task()
+        assert handler is not None  # grpc.aio runs each handler in a task
+        session = Session(room, join.user_id, handler)
         room.add(session)  # joining comes first: presence, then the join message, then reading
         await self._system(room, f"{session.user} joined", session.user)
         cursor = LogCursor(store, room.stream, start, lambda record: True)
@@ -295,8 +297,10 @@ class ChatService:
             except asyncio.CancelledError:
                 if not session.kicked:
                     raise
-                # The room's watcher cancelled a write the client left pending for too long.
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                # The room's watcher cancelled a write the client left pending for too long. That
+                # cancellation is handled here: withdraw it, or the task would still count as being
+                # cancelled (cancelling() > 0) for asyncio.timeout and TaskGroup in what follows.
+                handler.uncancel()
                 raise _Kicked from None
         except TrimmedError:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"messages after {start} were trimmed")

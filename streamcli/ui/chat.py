@@ -214,7 +214,7 @@ class ChatRepl:
             client.leave()
             try:
                 await asyncio.wait_for(runner, 5)
-            except (asyncio.TimeoutError, StreamcliError):
+            except (TimeoutError, StreamcliError):
                 runner.cancel()
         self.state = "disconnected"
 
