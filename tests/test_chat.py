@@ -373,6 +373,28 @@ async def test_repl_shows_who_is_typing_and_switches_rooms(conn: Connection) -> 
     bob.call.cancel()
 
 
+async def test_repl_allow_duplicate_applies_to_the_first_join_and_to_slash_join(conn: Connection) -> None:
+    here = await RawChat(conn, "twice", "alice").open()
+    await here.messages_until("alice joined")
+    there = await RawChat(conn, "elsewhere", "alice").open()
+    await there.messages_until("alice joined")
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        repl = ChatRepl(conn, "alice", "twice", allow_duplicate=True, input=pipe, output=DummyOutput())
+        running = asyncio.create_task(repl.run())
+        # The server refuses a second session of alice in a room (ALREADY_EXISTS) unless the join allows it.
+        assert (await here.messages_until("alice joined"))[-1].user_id == "system"
+        pipe.send_text("/join elsewhere\r")
+        assert (await here.messages_until("alice left"))[-1].user_id == "system"
+        assert (await there.messages_until("alice joined"))[-1].user_id == "system"
+        pipe.send_text("from the second session\r")
+        said = (await there.messages_until("from the second session"))[-1]
+        assert (said.user_id, said.room_id) == ("alice", "elsewhere")
+        pipe.send_text("/quit\r")
+        await asyncio.wait_for(running, 10)
+    here.call.cancel()
+    there.call.cancel()
+
+
 async def test_a_per_user_token_decides_who_is_talking(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path, token="shared", user_tokens={"alice": "alice-secret"}) as server:
         async with client(server.address, token="alice-secret") as conn:
