@@ -140,6 +140,18 @@ async def test_who_and_list_room_members(conn: Connection) -> None:
     bob.call.cancel()
 
 
+@pytest.mark.parametrize("room_id", ["", "{}", "bad room!", "r" * 65])
+async def test_list_room_members_refuses_the_room_ids_that_chat_refuses(conn: Connection, room_id: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as listed:
+        await conn.stub.ListRoomMembers(pb.ListRoomMembersRequest(room_id=room_id))
+    call = conn.stub.Chat()
+    await call.write(pb.ChatRequest(join=pb.ChatJoin(room_id=room_id, user_id="alice")))
+    with pytest.raises(grpc.aio.AioRpcError) as joined:
+        await call.read()
+    assert listed.value.code() == joined.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert listed.value.details() == joined.value.details() == "room_id must be 1-64 letters, digits, '-', '_' or '.'"
+
+
 async def test_one_name_one_session_unless_allowed(conn: Connection) -> None:
     first = await RawChat(conn, "names", "alice").open()
     await first.messages_until("alice joined")

@@ -32,6 +32,7 @@ from streamcli.services.notifications import NotificationService
 log = logging.getLogger("streamcli.chat")
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ROOM_ID_RULE = "room_id must be 1-64 letters, digits, '-', '_' or '.'"
 USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.-]{1,32})")
 SYSTEM_USER = "system"
@@ -243,6 +244,9 @@ class ChatService:
         await asyncio.gather(*self._leaving, return_exceptions=True)
 
     async def ListRoomMembers(self, request: pb.ListRoomMembersRequest, context: Context) -> pb.ListRoomMembersResponse:
+        # A room id that Chat refuses names no room: say so, rather than list nobody in it.
+        if not ROOM_ID.fullmatch(request.room_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
         room = self.rooms.get(request.room_id)
         return pb.ListRoomMembersResponse(
             presence=pb.ChatPresence(room_id=request.room_id, users=room.members() if room else [])
@@ -259,9 +263,7 @@ class ChatService:
         if named is not None:
             join.user_id = named
         if not ROOM_ID.fullmatch(join.room_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "room_id must be 1-64 letters, digits, '-', '_' or '.'"
-            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
         if not USER_ID.fullmatch(join.user_id) or join.user_id == SYSTEM_USER:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-32 letters, digits, '-', '_' or '.' (not 'system')"
