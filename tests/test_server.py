@@ -83,15 +83,27 @@ async def test_every_rpc_kind_requires_the_token(tmp_path: pathlib.Path, rpc_kin
             await invoke(conn.stub, method)
         with pytest.raises(grpc.aio.AioRpcError) as wrong:
             await invoke(conn.stub, method, (("authorization", "Bearer nope"),))
+        with pytest.raises(grpc.aio.AioRpcError) as bare:
+            await invoke(conn.stub, method, (("authorization", "s3cret"),))
+        with pytest.raises(grpc.aio.AioRpcError) as basic:
+            await invoke(conn.stub, method, (("authorization", "Basic czNjcmV0"),))
         try:
             await invoke(conn.stub, method, (("authorization", "Bearer s3cret"),))
             right_code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
             right_code = exc.code()
-    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "missing bearer token" in missing.value.details()
-    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "invalid bearer token" in wrong.value.details()
+    assert {failure.value.code() for failure in (missing, wrong, bare, basic)} == {grpc.StatusCode.UNAUTHENTICATED}
+    # Generic tools (grpcurl, buf curl) need to hear which metadata to send, not only streamcli's flags.
+    assert missing.value.details() == (
+        "missing bearer token: send the metadata 'authorization: Bearer <token>' "
+        "(streamcli: --token or STREAMCLI_TOKEN)"
+    )
+    assert wrong.value.details() == "invalid bearer token"
+    not_bearer = (
+        "invalid bearer token: send the metadata as 'authorization: Bearer <token>', not another scheme or a bare token"
+    )
+    assert bare.value.details() == basic.value.details() == not_bearer
+    assert "s3cret" not in bare.value.details()  # a token sent without its scheme is not echoed back
     # With the token the call gets past authentication to the method (which may reject the empty request).
     assert right_code != grpc.StatusCode.UNAUTHENTICATED
 
