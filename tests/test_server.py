@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from streamcli.client.health import check_health
 from streamcli.client.settings import ConnectionSettings
 from streamcli.errors import AuthError, UnavailableError, UsageError
-from streamcli.server.app import RunningServer, ServerConfig
+from streamcli.server.app import RunningServer, ServerConfig, start_server
 from streamcli.services.chat import ChatService
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
@@ -166,10 +166,46 @@ def test_unsafe_or_incomplete_configurations_are_refused(
         ServerConfig(data_dir=tmp_path, **config).validate()  # type: ignore[arg-type]
 
 
-def test_public_bind_is_allowed_with_a_token_or_explicit_consent(tmp_path: pathlib.Path) -> None:
-    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", token="t").validate()
+@pytest.mark.parametrize(
+    "tokens",
+    [{"token": "t"}, {"user_tokens": {"alice": "a"}}, {"token": "t", "user_tokens": {"alice": "a"}}],
+    ids=["token", "user-token", "both"],
+)
+@pytest.mark.parametrize("address", ["0.0.0.0:50051", "[::]:50051", "192.0.2.1:50051"])
+async def test_tokens_without_tls_on_a_public_address_are_refused(
+    tmp_path: pathlib.Path, tokens: dict[str, object], address: str
+) -> None:
+    config = ServerConfig(data_dir=tmp_path, address=address, **tokens)  # type: ignore[arg-type]
+    with pytest.raises(UsageError) as refused:
+        config.validate()
+    assert str(refused.value) == (
+        f"refusing to accept tokens without TLS on non-loopback address {address}: they would cross the network "
+        "in clear text; add --tls-cert/--tls-key, or pass --allow-insecure"
+    )
+    with pytest.raises(UsageError):  # before it binds anything
+        await start_server(config)
+
+
+def test_a_public_bind_with_neither_tls_nor_token_says_to_add_tls(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(UsageError) as refused:
+        ServerConfig(data_dir=tmp_path, address="0.0.0.0:50051").validate()
+    assert str(refused.value) == (
+        "refusing to listen on non-loopback address 0.0.0.0:50051 without TLS; "
+        "add --tls-cert/--tls-key (and --token), or pass --allow-insecure"
+    )
+
+
+def test_public_bind_is_allowed_with_tls_or_explicit_consent(tmp_path: pathlib.Path) -> None:
+    _, server_cert, _ = make_pki(tmp_path)
+    tls = {"tls_cert": server_cert.cert, "tls_key": server_cert.key}
+    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", token="t", **tls).validate()  # type: ignore[arg-type]
+    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", **tls).validate()  # type: ignore[arg-type]
+    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", token="t", allow_insecure=True).validate()
+    ServerConfig(data_dir=tmp_path, address="[::]:1", user_tokens={"a": "b"}, allow_insecure=True).validate()
     ServerConfig(data_dir=tmp_path, address="[::]:1", allow_insecure=True).validate()
-    ServerConfig(data_dir=tmp_path, address="[::1]:1").validate()
+    # Loopback traffic does not leave the machine: tokens without TLS are fine there.
+    ServerConfig(data_dir=tmp_path, address="[::1]:1", token="t").validate()
+    ServerConfig(data_dir=tmp_path, address="127.0.0.1:1", user_tokens={"a": "b"}).validate()
     ServerConfig(data_dir=tmp_path, address="localhost:1").validate()
 
 
