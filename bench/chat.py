@@ -432,7 +432,7 @@ class Worker:
             self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
             await self.proc.stdin.drain()
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             line = b""
         if not line:
             fail(f"{self.label} gave no answer to {cmd['cmd']}:\n{self.log_path.read_text(errors='replace')[-3000:]}")

@@ -148,7 +148,7 @@ def make_event(i: int, user: str | None = None) -> pb.UserEvent:
 def event_line(i: int, user: str | None = None) -> bytes:
     """Event number ``i`` as a line for ``streamcli events publish``, stamped now (to the microsecond)."""
     user_id, kind, data = event_fields(i, user)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     record = {"user_id": user_id, "type": pb.UserEventType.Name(kind), "timestamp": now, "data": data}
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 

@@ -137,7 +137,7 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l user-token -x -d 'NAM
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-cert -r -F -d 'PEM server certificate (enables TLS).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-key -r -F -d 'PEM key of --tls-cert.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-client-ca -r -F -d 'Require client certificates signed by this PEM CA (mTLS).'
-complete -c streamcli -n '__streamcli_at '\''serve'\''' -l allow-insecure -d 'Allow a non-loopback address with neither TLS nor a token.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l allow-insecure -d 'Allow a non-loopback address without TLS (a --token would then travel in clear text).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l max-file-size -x -d 'Largest file accepted (e.g. 2G); 0 = no limit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l quota -x -d 'Total size of all stored files (e.g. 100G); 0 = no limit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l upload-ttl -x -d 'How long an interrupted upload stays resumable (e.g. 24h).'

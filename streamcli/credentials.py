@@ -25,11 +25,9 @@ class Credentials:
 
     def check(self, supplied: bytes) -> tuple[bool, str | None]:
         """(accepted, user) for an ``authorization`` value; user is None for the shared token."""
-        # The scheme name is case-insensitive (RFC 9110 section 11.1); the token is not.
-        scheme, _, token = supplied.partition(b" ")
-        if scheme.lower() != b"bearer":
+        token = bearer_token(supplied)
+        if token is None:
             return False, None
-        token = token.strip()
         found: tuple[bool, str | None] = (False, None)
         for expected, user in self._tokens:  # compare with every token: timing says nothing about which
             if hmac.compare_digest(token, expected):
@@ -42,3 +40,12 @@ class Credentials:
             if key == "authorization":
                 return self.check(value.encode() if isinstance(value, str) else value)[1]
         return None
+
+
+def bearer_token(supplied: bytes) -> bytes | None:
+    """The token of an ``authorization`` value ``Bearer <token>``; None if it names another scheme or none."""
+    # The scheme name is case-insensitive (RFC 9110 section 11.1); the token is not.
+    scheme, _, token = supplied.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return token.strip()

@@ -140,6 +140,18 @@ async def test_who_and_list_room_members(conn: Connection) -> None:
     bob.call.cancel()
 
 
+@pytest.mark.parametrize("room_id", ["", "{}", "bad room!", "r" * 65])
+async def test_list_room_members_refuses_the_room_ids_that_chat_refuses(conn: Connection, room_id: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as listed:
+        await conn.stub.ListRoomMembers(pb.ListRoomMembersRequest(room_id=room_id))
+    call = conn.stub.Chat()
+    await call.write(pb.ChatRequest(join=pb.ChatJoin(room_id=room_id, user_id="alice")))
+    with pytest.raises(grpc.aio.AioRpcError) as joined:
+        await call.read()
+    assert listed.value.code() == joined.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert listed.value.details() == joined.value.details() == "room_id must be 1-64 letters, digits, '-', '_' or '.'"
+
+
 async def test_one_name_one_session_unless_allowed(conn: Connection) -> None:
     first = await RawChat(conn, "names", "alice").open()
     await first.messages_until("alice joined")
@@ -373,6 +385,28 @@ async def test_repl_shows_who_is_typing_and_switches_rooms(conn: Connection) -> 
     bob.call.cancel()
 
 
+async def test_repl_allow_duplicate_applies_to_the_first_join_and_to_slash_join(conn: Connection) -> None:
+    here = await RawChat(conn, "twice", "alice").open()
+    await here.messages_until("alice joined")
+    there = await RawChat(conn, "elsewhere", "alice").open()
+    await there.messages_until("alice joined")
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        repl = ChatRepl(conn, "alice", "twice", allow_duplicate=True, input=pipe, output=DummyOutput())
+        running = asyncio.create_task(repl.run())
+        # The server refuses a second session of alice in a room (ALREADY_EXISTS) unless the join allows it.
+        assert (await here.messages_until("alice joined"))[-1].user_id == "system"
+        pipe.send_text("/join elsewhere\r")
+        assert (await here.messages_until("alice left"))[-1].user_id == "system"
+        assert (await there.messages_until("alice joined"))[-1].user_id == "system"
+        pipe.send_text("from the second session\r")
+        said = (await there.messages_until("from the second session"))[-1]
+        assert (said.user_id, said.room_id) == ("alice", "elsewhere")
+        pipe.send_text("/quit\r")
+        await asyncio.wait_for(running, 10)
+    here.call.cancel()
+    there.call.cancel()
+
+
 async def test_a_per_user_token_decides_who_is_talking(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path, token="shared", user_tokens={"alice": "alice-secret"}) as server:
         async with client(server.address, token="alice-secret") as conn:
@@ -387,8 +421,9 @@ async def test_a_per_user_token_decides_who_is_talking(tmp_path: pathlib.Path) -
             assert (await bob.messages_until("bob joined"))[-1].user_id == "system"
             bob.call.cancel()
         async with client(server.address, token="wrong") as conn:
-            denied = await RawChat(conn, "auth", "eve").open()
             with pytest.raises(grpc.aio.AioRpcError) as failure:
+                # The refusal may end the call before the join is written: then the write raises it.
+                denied = await RawChat(conn, "auth", "eve").open()
                 await denied.next()
             assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
 

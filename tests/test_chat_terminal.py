@@ -82,6 +82,23 @@ def test_an_incoming_message_prints_above_what_the_user_is_typing(tmux: Tmux, tm
         tmux.wait_for("bob", "alice left")
 
 
+def test_allow_duplicate_lets_a_second_session_of_a_user_in(tmux: Tmux, tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as served:
+        tmux.start("first", chat_command(served.address, "alice"))
+        tmux.wait_for("first", "alice joined")
+        tmux.start("second", [*chat_command(served.address, "alice"), "--allow-duplicate"])
+        tmux.wait_for("second", "connected")
+        deadline = time.monotonic() + 15
+        while sum("-- alice joined" in line for line in tmux.screen("first")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum("-- alice joined" in line for line in tmux.screen("first")) == 2, "\n".join(tmux.screen("first"))
+        tmux.start("refused", chat_command(served.address, "alice"))
+        screen = tmux.wait_for("refused", "!! cannot stay in #dev")
+        assert any("alice is already in room dev in another session" in line for line in screen), "\n".join(screen)
+        tmux.run("send-keys", "-t", "second", "C-d")
+        tmux.wait_for("first", "alice left")
+
+
 def test_line_mode_for_scripts(tmp_path: pathlib.Path) -> None:
     with serve_process(tmp_path) as served:
         listener = subprocess.Popen(

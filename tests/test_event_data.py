@@ -165,6 +165,53 @@ def test_a_timestamp_before_the_year_1000_prints_with_four_digits(tmp_path: path
     assert [event["timestamp"] for event in stored] == stamps
 
 
+def test_published_times_keep_their_nanoseconds_and_may_use_lowercase_t_z_or_an_offset(
+    tmp_path: pathlib.Path,
+) -> None:
+    flag = "2026-11-24T10:00:00.123456789Z"
+    piped = {  # as published -> as stored (UTC), printed like protobuf's Timestamp.ToJsonString
+        "2026-11-24t10:00:00.5z": "2026-11-24T10:00:00.500Z",
+        "2026-11-24T10:00:00.000000001+05:30": "2026-11-24T04:30:00.000000001Z",
+        "2026-11-23T23:00:00.000001-05:30": "2026-11-24T04:30:00.000001Z",
+        "2026-11-24 10:00:00.987654321": "2026-11-24T10:00:00.987654321Z",  # no zone: UTC
+    }
+    lines = "".join(json.dumps({"user_id": "a", "type": "login", "timestamp": t}) + "\n" for t in piped)
+    with serve_process(tmp_path) as served:
+        one = run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login", "--timestamp", flag)
+        many = run_cli("--address", served.address, "events", "publish", input=lines)
+        stored = tail_json(served.address)
+        # --since reads times the same way (it picks by append time: all of these are after it).
+        tail = ("--address", served.address, "--json", "tail", "events", "--all-users", "--no-follow", "--since")
+        since = [run_cli(*tail, start) for start in ("2000-01-01t00:00:00z", "2000-01-01T05:30:00.000000001+05:30")]
+    assert (one.returncode, many.returncode) == (0, 0), one.stderr + many.stderr
+    assert [event["timestamp"] for event in stored] == [flag, *piped.values()]
+    assert [(result.returncode, len(result.stdout.splitlines())) for result in since] == [(0, 5), (0, 5)]
+
+
+def test_time_options_keep_nanoseconds_and_refuse_what_a_timestamp_cannot_hold() -> None:
+    from streamcli.client.events import TimeOutOfRange, parse_timestamp
+    from streamcli.errors import UsageError
+
+    assert (parse_timestamp("2026-11-24T10:00:00.123456789Z").nanos) == 123_456_789
+    assert parse_timestamp("2026-11-24T10:00:00.999999999-00:00").ToJsonString() == "2026-11-24T10:00:00.999999999Z"
+    assert parse_timestamp("9999-12-31T23:59:59.999999999Z").ToJsonString() == "9999-12-31T23:59:59.999999999Z"
+    with pytest.raises(TimeOutOfRange):
+        parse_timestamp("9999-12-31T23:59:59-00:01")
+    assert parse_timestamp("2026-11-24T10:00:00+0530").ToJsonString() == "2026-11-24T04:30:00Z"  # date +%z
+    for bad in ("2026-02-30T00:00:00Z", "2026-11-24T24:00:00Z", "2026-11-24T10:00:00+05", "tomorrow", "1h"):
+        with pytest.raises(UsageError, match="is not a time like 2026-11-24T10:00:00Z"):
+            parse_timestamp(bad)
+
+
+def test_an_out_of_range_timestamp_is_a_usage_error(tmp_path: pathlib.Path) -> None:
+    result = run_cli("--address", "127.0.0.1:1", "events", "publish", "-u", "a", "-t", "login",
+                     "--timestamp", "0001-01-01T00:00:00+01:00")  # fmt: skip
+    assert (result.returncode, result.stderr) == (
+        2,
+        "streamcli: error: '0001-01-01T00:00:00+01:00' is out of range (years 0001-9999 in UTC)\n",
+    )
+
+
 def test_server_times_are_whole_microseconds() -> None:
     assert timestamp(1764156636.01486).nanos == 14_860_000  # not 14_860_288, the float's noise
     assert (timestamp(1.9999999).seconds, timestamp(1.9999999).nanos) == (2, 0)

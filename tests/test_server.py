@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from streamcli.client.health import check_health
 from streamcli.client.settings import ConnectionSettings
 from streamcli.errors import AuthError, UnavailableError, UsageError
-from streamcli.server.app import RunningServer, ServerConfig
+from streamcli.server.app import RunningServer, ServerConfig, start_server
 from streamcli.services.chat import ChatService
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
@@ -83,15 +83,27 @@ async def test_every_rpc_kind_requires_the_token(tmp_path: pathlib.Path, rpc_kin
             await invoke(conn.stub, method)
         with pytest.raises(grpc.aio.AioRpcError) as wrong:
             await invoke(conn.stub, method, (("authorization", "Bearer nope"),))
+        with pytest.raises(grpc.aio.AioRpcError) as bare:
+            await invoke(conn.stub, method, (("authorization", "s3cret"),))
+        with pytest.raises(grpc.aio.AioRpcError) as basic:
+            await invoke(conn.stub, method, (("authorization", "Basic czNjcmV0"),))
         try:
             await invoke(conn.stub, method, (("authorization", "Bearer s3cret"),))
             right_code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
             right_code = exc.code()
-    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "missing bearer token" in missing.value.details()
-    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "invalid bearer token" in wrong.value.details()
+    assert {failure.value.code() for failure in (missing, wrong, bare, basic)} == {grpc.StatusCode.UNAUTHENTICATED}
+    # Generic tools (grpcurl, buf curl) need to hear which metadata to send, not only streamcli's flags.
+    assert missing.value.details() == (
+        "missing bearer token: send the metadata 'authorization: Bearer <token>' "
+        "(streamcli: --token or STREAMCLI_TOKEN)"
+    )
+    assert wrong.value.details() == "invalid bearer token"
+    not_bearer = (
+        "invalid bearer token: send the metadata as 'authorization: Bearer <token>', not another scheme or a bare token"
+    )
+    assert bare.value.details() == basic.value.details() == not_bearer
+    assert "s3cret" not in bare.value.details()  # a token sent without its scheme is not echoed back
     # With the token the call gets past authentication to the method (which may reject the empty request).
     assert right_code != grpc.StatusCode.UNAUTHENTICATED
 
@@ -154,10 +166,46 @@ def test_unsafe_or_incomplete_configurations_are_refused(
         ServerConfig(data_dir=tmp_path, **config).validate()  # type: ignore[arg-type]
 
 
-def test_public_bind_is_allowed_with_a_token_or_explicit_consent(tmp_path: pathlib.Path) -> None:
-    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", token="t").validate()
+@pytest.mark.parametrize(
+    "tokens",
+    [{"token": "t"}, {"user_tokens": {"alice": "a"}}, {"token": "t", "user_tokens": {"alice": "a"}}],
+    ids=["token", "user-token", "both"],
+)
+@pytest.mark.parametrize("address", ["0.0.0.0:50051", "[::]:50051", "192.0.2.1:50051"])
+async def test_tokens_without_tls_on_a_public_address_are_refused(
+    tmp_path: pathlib.Path, tokens: dict[str, object], address: str
+) -> None:
+    config = ServerConfig(data_dir=tmp_path, address=address, **tokens)  # type: ignore[arg-type]
+    with pytest.raises(UsageError) as refused:
+        config.validate()
+    assert str(refused.value) == (
+        f"refusing to accept tokens without TLS on non-loopback address {address}: they would cross the network "
+        "in clear text; add --tls-cert/--tls-key, or pass --allow-insecure"
+    )
+    with pytest.raises(UsageError):  # before it binds anything
+        await start_server(config)
+
+
+def test_a_public_bind_with_neither_tls_nor_token_says_to_add_tls(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(UsageError) as refused:
+        ServerConfig(data_dir=tmp_path, address="0.0.0.0:50051").validate()
+    assert str(refused.value) == (
+        "refusing to listen on non-loopback address 0.0.0.0:50051 without TLS; "
+        "add --tls-cert/--tls-key (and --token), or pass --allow-insecure"
+    )
+
+
+def test_public_bind_is_allowed_with_tls_or_explicit_consent(tmp_path: pathlib.Path) -> None:
+    _, server_cert, _ = make_pki(tmp_path)
+    tls = {"tls_cert": server_cert.cert, "tls_key": server_cert.key}
+    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", token="t", **tls).validate()  # type: ignore[arg-type]
+    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", **tls).validate()  # type: ignore[arg-type]
+    ServerConfig(data_dir=tmp_path, address="0.0.0.0:1", token="t", allow_insecure=True).validate()
+    ServerConfig(data_dir=tmp_path, address="[::]:1", user_tokens={"a": "b"}, allow_insecure=True).validate()
     ServerConfig(data_dir=tmp_path, address="[::]:1", allow_insecure=True).validate()
-    ServerConfig(data_dir=tmp_path, address="[::1]:1").validate()
+    # Loopback traffic does not leave the machine: tokens without TLS are fine there.
+    ServerConfig(data_dir=tmp_path, address="[::1]:1", token="t").validate()
+    ServerConfig(data_dir=tmp_path, address="127.0.0.1:1", user_tokens={"a": "b"}).validate()
     ServerConfig(data_dir=tmp_path, address="localhost:1").validate()
 
 

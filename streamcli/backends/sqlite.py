@@ -220,7 +220,7 @@ class SqliteStore:
             wakeup = self._wakeups.setdefault(stream, asyncio.Event())
             try:
                 await asyncio.wait_for(wakeup.wait(), remaining)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
+            except TimeoutError:
                 return False
         return True
 

@@ -56,17 +56,20 @@ def chat(
 
         state = pathlib.Path(platformdirs.user_state_dir("streamcli"))
         state.mkdir(parents=True, exist_ok=True)
-        env.run(lambda conn: _interactive(conn, name, room, backlog, state / "chat_history"))
+        env.run(lambda conn: _interactive(conn, name, room, backlog, allow_duplicate, state / "chat_history"))
     else:
         env.run(lambda conn: _line_mode(env, conn, name, room, backlog, allow_duplicate))
 
 
-async def _interactive(conn: Connection, user: str, room: str, backlog: int, history: pathlib.Path) -> None:
+async def _interactive(
+    conn: Connection, user: str, room: str, backlog: int, duplicate: bool, history: pathlib.Path
+) -> None:
     from prompt_toolkit.history import FileHistory
 
     from streamcli.ui.chat import ChatRepl
 
-    await ChatRepl(conn, user, room, backlog=backlog, history=FileHistory(str(history))).run()
+    repl = ChatRepl(conn, user, room, backlog=backlog, allow_duplicate=duplicate, history=FileHistory(str(history)))
+    await repl.run()
 
 
 async def _line_mode(env: Environment, conn: Connection, user: str, room: str, backlog: int, duplicate: bool) -> None:

@@ -16,7 +16,7 @@ from streamcli.cli.parsing import parse_duration, parse_retention, parse_size
 from streamcli.errors import UsageError
 
 
-class LogLevel(str, enum.Enum):
+class LogLevel(enum.StrEnum):
     debug = "debug"
     info = "info"
     warning = "warning"
@@ -95,7 +95,10 @@ def serve(
     ] = None,
     allow_insecure: Annotated[
         bool,
-        typer.Option("--allow-insecure", help="Allow a non-loopback address with neither TLS nor a token."),
+        typer.Option(
+            "--allow-insecure",
+            help="Allow a non-loopback address without TLS (a --token would then travel in clear text).",
+        ),
     ] = False,
     max_file_size: Annotated[
         str,

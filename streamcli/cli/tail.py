@@ -62,7 +62,7 @@ def _since(text: str | None) -> Timestamp | None:
         return None
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from streamcli.client.events import parse_timestamp
+    from streamcli.client.events import TimeOutOfRange, parse_timestamp
 
     if text.strip()[:1].isdigit() and not any(c in text for c in "-:T"):
         try:
@@ -77,7 +77,7 @@ def _since(text: str | None) -> Timestamp | None:
         return stamp
     try:
         stamp = parse_timestamp(text)
-    except (OverflowError, ValueError):  # a valid ISO text outside the years 1-9999 once in UTC
+    except TimeOutOfRange:
         raise UsageError(f"--since {text.strip()}: the time is out of range") from None
     if stamp.seconds > time.time() + 1.0:
         raise UsageError(f"--since {text.strip()} is in the future")

@@ -6,6 +6,7 @@ import base64
 import datetime
 import json
 import math
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any, NoReturn
@@ -216,16 +217,46 @@ def rfc3339(stamp: Timestamp) -> str:
     return f"{text}.{nanos:09d}Z"
 
 
+class TimeOutOfRange(UsageError):
+    """A well-formed time that falls outside the years 0001-9999 once in UTC (what a Timestamp can hold)."""
+
+
+#: The times the client reads: RFC 3339 (``T``/``Z`` in either case, section 5.6), plus what people type: a
+#: space for the ``T``, no zone (UTC), no seconds, a bare date (midnight UTC), an offset without its colon
+#: (``date +%Y-%m-%dT%H:%M:%S%z`` writes ``+0530``).
+_TIME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[Tt ](?P<clock>\d{2}:\d{2})(?P<seconds>:\d{2})?(?:\.(?P<fraction>\d+))?"
+    r"(?:(?P<utc>[Zz])|(?P<offset>[+-](?:[01]\d|2[0-3])):?(?P<offset_minutes>[0-5]\d))?)?"
+)
+
+
 def parse_timestamp(text: str) -> Timestamp:
-    """An RFC 3339 / ISO 8601 time; without a zone it is taken as UTC."""
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    """An RFC 3339 time (``2026-11-24T10:00:00.123456789+05:30``), to the nanosecond; without a zone it is UTC.
+
+    Raises:
+        UsageError: the text is not such a time.
+        TimeOutOfRange: it is one, outside the years 0001-9999 in UTC.
+    """
+    text = text.strip()
+    match = _TIME.fullmatch(text)
+    if match is None:
+        raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z")
+    clock = f"{match['clock'] or '00:00'}{match['seconds'] or ':00'}"
+    # A Timestamp holds nanoseconds: digits beyond them are cut, as the fraction of a datetime cuts them.
+    fraction = f".{match['fraction'][:9]}" if match["fraction"] else ""
+    zone = f"{match['offset']}:{match['offset_minutes']}" if match["offset"] else "Z"
     stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(datetime.timezone.utc))
+    try:
+        # protobuf's own reader of the JSON form (uppercase T and Z, HH:MM offsets), so that times mean what
+        # they mean to every other protobuf runtime; it refuses what a Timestamp cannot hold.
+        stamp.FromJsonString(f"{match['date']}T{clock}{fraction}{zone}")
+    except ValueError:
+        try:
+            datetime.datetime.fromisoformat(f"{match['date']}T{clock}")  # a real date and time of day?
+        except ValueError:
+            raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z") from None
+        raise TimeOutOfRange(f"{text!r} is out of range (years 0001-9999 in UTC)") from None
     return stamp
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -123,7 +122,7 @@ async def tail_log(
 def _cancelling() -> bool:
     """Whether the current task is being cancelled (Ctrl-C, say), not just a call it was reading."""
     task = asyncio.current_task()
-    return sys.version_info >= (3, 11) and task is not None and task.cancelling() > 0
+    return task is not None and task.cancelling() > 0
 
 
 class _IdleWatch:

@@ -55,7 +55,7 @@ class ServerConfig:
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
     tls_client_ca: pathlib.Path | None = None  # set: clients must present a cert it signed (mTLS)
-    allow_insecure: bool = False  # allow a non-loopback bind with neither TLS nor a token
+    allow_insecure: bool = False  # allow a non-loopback bind without TLS (tokens then travel in clear text)
     max_file_size: int = 0  # bytes per stored file; 0 = no limit
     quota: int = 0  # bytes for all files in the data dir; 0 = no limit
     upload_ttl: float = 24 * 3600.0  # seconds an interrupted upload is kept for resuming
@@ -98,16 +98,16 @@ class ServerConfig:
             raise UsageError("--heartbeat must be more than zero seconds")
         if not 0 <= self.live_interval <= 1:
             raise UsageError("--live-interval must be between 0 and 1 second")
-        if not (
-            self.tls
-            or self.token
-            or self.user_tokens
-            or self.allow_insecure
-            or transport.is_loopback_address(self.address)
-        ):
+        if not (self.tls or self.allow_insecure or transport.is_loopback_address(self.address)):
+            # Without TLS a token would cross the network in clear text: it protects nothing there.
+            if self.token or self.user_tokens:
+                raise UsageError(
+                    f"refusing to accept tokens without TLS on non-loopback address {self.address}: they would "
+                    "cross the network in clear text; add --tls-cert/--tls-key, or pass --allow-insecure"
+                )
             raise UsageError(
-                f"refusing to listen on non-loopback address {self.address} without TLS or a token; "
-                "add --tls-cert/--tls-key or --token, or pass --allow-insecure"
+                f"refusing to listen on non-loopback address {self.address} without TLS; "
+                "add --tls-cert/--tls-key (and --token), or pass --allow-insecure"
             )
 
 

@@ -7,11 +7,18 @@ from typing import Any
 
 import grpc
 
-from streamcli.credentials import Credentials
+from streamcli.credentials import Credentials, bearer_token
 from streamcli.server.decoding import HANDLER_FACTORIES
 
 #: Methods callable without a token: load balancers and orchestrators probe health.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+#: The details of UNAUTHENTICATED when the ``authorization`` metadata is missing or names another scheme.
+MISSING_TOKEN = (
+    "missing bearer token: send the metadata 'authorization: Bearer <token>' (streamcli: --token or STREAMCLI_TOKEN)"
+)
+NOT_BEARER = (
+    "invalid bearer token: send the metadata as 'authorization: Bearer <token>', not another scheme or a bare token"
+)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
@@ -40,8 +47,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
                 break
         if supplied is not None and self._credentials.check(supplied)[0]:
             return handler
+        # Callers may be generic tools (grpcurl, buf curl), not streamcli: name the metadata they must send.
         if supplied is None:
-            detail = "missing bearer token: pass --token or set STREAMCLI_TOKEN"
+            detail = MISSING_TOKEN
+        elif bearer_token(supplied) is None:
+            detail = NOT_BEARER  # the value itself is not repeated: it may be a secret
         else:
             detail = "invalid bearer token"
         return _rejecting_handler(handler, detail)

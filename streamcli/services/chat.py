@@ -32,6 +32,7 @@ from streamcli.services.notifications import NotificationService
 log = logging.getLogger("streamcli.chat")
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ROOM_ID_RULE = "room_id must be 1-64 letters, digits, '-', '_' or '.'"
 USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.-]{1,32})")
 SYSTEM_USER = "system"
@@ -65,7 +66,7 @@ class _Kicked(Exception):
 class Session:
     """One client's stream in a room."""
 
-    def __init__(self, room: Room, user: str, task: asyncio.Task[object] | None) -> None:
+    def __init__(self, room: Room, user: str, task: asyncio.Task[object]) -> None:
         self.room = room
         self.user = user
         self.task = task  # the handler's task: cancelled when its client stops reading
@@ -212,7 +213,7 @@ class Room:
                     stalled = (
                         session.writing_since is not None and now - session.writing_since > self.settings.stall_limit
                     )
-                    if stalled and not session.kicked and session.task is not None:
+                    if stalled and not session.kicked:
                         session.kicked = True
                         session.task.cancel()
 
@@ -243,6 +244,9 @@ class ChatService:
         await asyncio.gather(*self._leaving, return_exceptions=True)
 
     async def ListRoomMembers(self, request: pb.ListRoomMembersRequest, context: Context) -> pb.ListRoomMembersResponse:
+        # A room id that Chat refuses names no room: say so, rather than list nobody in it.
+        if not ROOM_ID.fullmatch(request.room_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
         room = self.rooms.get(request.room_id)
         return pb.ListRoomMembersResponse(
             presence=pb.ChatPresence(room_id=request.room_id, users=room.members() if room else [])
@@ -259,9 +263,7 @@ class ChatService:
         if named is not None:
             join.user_id = named
         if not ROOM_ID.fullmatch(join.room_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "room_id must be 1-64 letters, digits, '-', '_' or '.'"
-            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
         if not USER_ID.fullmatch(join.user_id) or join.user_id == SYSTEM_USER:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-32 letters, digits, '-', '_' or '.' (not 'system')"
@@ -283,7 +285,9 @@ class ChatService:
         else:
             start = max(bounds.trimmed_through, bounds.last_id - (join.backlog or self.settings.backlog))
 
-        session = Session(room, join.user_id, asyncio.current_task())
+        handler = asyncio.current_task()
+        assert handler is not None  # grpc.aio runs each handler in a task
+        session = Session(room, join.user_id, handler)
         room.add(session)  # joining comes first: presence, then the join message, then reading
         await self._system(room, f"{session.user} joined", session.user)
         cursor = LogCursor(store, room.stream, start, lambda record: True)
@@ -302,8 +306,10 @@ class ChatService:
             except asyncio.CancelledError:
                 if not session.kicked:
                     raise
-                # The room's watcher cancelled a write the client left pending for too long.
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                # The room's watcher cancelled a write the client left pending for too long. That
+                # cancellation is handled here: withdraw it, or the task would still count as being
+                # cancelled (cancelling() > 0) for asyncio.timeout and TaskGroup in what follows.
+                handler.uncancel()
                 raise _Kicked from None
         except TrimmedError:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"messages after {start} were trimmed")

@@ -103,6 +103,7 @@ class ChatRepl:
         room: str | None,
         *,
         backlog: int = 0,
+        allow_duplicate: bool = False,
         history: History | None = None,
         input: Input | None = None,
         output: Output | None = None,
@@ -111,6 +112,7 @@ class ChatRepl:
         self.user = user
         self.room = room
         self.backlog = backlog
+        self.allow_duplicate = allow_duplicate  # for every join, /join included
         self.client: ChatClient | None = None
         self._runner: asyncio.Task[None] | None = None
         self.state = "disconnected"
@@ -194,7 +196,9 @@ class ChatRepl:
             state=self._on_state,
         )
         self.room = room
-        self.client = ChatClient(self.conn, room, self.user, handlers, backlog=self.backlog)
+        self.client = ChatClient(
+            self.conn, room, self.user, handlers, backlog=self.backlog, allow_duplicate=self.allow_duplicate
+        )
         self._runner = asyncio.create_task(self._run_client(self.client))
 
     async def _run_client(self, client: ChatClient) -> None:
@@ -214,7 +218,7 @@ class ChatRepl:
             client.leave()
             try:
                 await asyncio.wait_for(runner, 5)
-            except (asyncio.TimeoutError, StreamcliError):
+            except (TimeoutError, StreamcliError):
                 runner.cancel()
         self.state = "disconnected"
 

@@ -39,7 +39,7 @@ def make_pki(directory: pathlib.Path) -> tuple[CertFiles, CertFiles, CertFiles]:
     Returns:
         (ca, server, client) file pairs.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
