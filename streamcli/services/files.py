@@ -31,6 +31,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord, UploadRecord
 from streamcli.checksums import sha256_prefix
+from streamcli.services.checks import quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
 
@@ -188,7 +189,7 @@ class FileService:
     async def _resume(self, resume: pb.UploadResume, context: Context) -> tuple[UploadRecord, _PartialFile]:
         upload = await self._meta.get_upload(resume.upload_id) if UPLOAD_ID.fullmatch(resume.upload_id) else None
         if upload is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {resume.upload_id!r} to resume (expired?)")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(resume.upload_id)} to resume (expired?)")
         assert upload is not None
         if upload.upload_id in self._active:
             await context.abort(
@@ -348,7 +349,7 @@ class FileService:
     async def GetUploadStatus(self, request: pb.GetUploadStatusRequest, context: Context) -> pb.GetUploadStatusResponse:
         upload = await self._meta.get_upload(request.upload_id) if UPLOAD_ID.fullmatch(request.upload_id) else None
         if upload is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {request.upload_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(request.upload_id)}")
         assert upload is not None
         path = self._blobs.partial_path(upload.upload_id)
         return pb.GetUploadStatusResponse(
@@ -376,7 +377,7 @@ class FileService:
     async def _get(self, file_id: str, context: Context) -> FileRecord:
         record = await self._meta.get_file(file_id) if UPLOAD_ID.fullmatch(file_id) else None
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {file_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {quoted(file_id)}")
         assert record is not None
         return record
 
@@ -427,7 +428,7 @@ class FileService:
     async def DeleteFile(self, request: pb.DeleteFileRequest, context: Context) -> pb.DeleteFileResponse:
         record = await self._meta.delete_file(request.file_id) if UPLOAD_ID.fullmatch(request.file_id) else None
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {request.file_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {quoted(request.file_id)}")
         assert record is not None
         freed = await asyncio.to_thread(self._blobs.delete, record.file_id)
         log.info("deleted %s (%s)", record.file_id, record.filename)
@@ -442,7 +443,7 @@ def _trailer_problem(trailer: pb.UploadTrailer, total: int, checksum: str, recei
         return f"the trailer declares {trailer.total_size} bytes; the metadata declared {total}"
     if trailer.total_size != received or not SHA256_HEX.fullmatch(trailer.checksum.lower()):
         return (
-            f"the trailer declares {trailer.total_size} bytes and checksum {trailer.checksum!r}; "
+            f"the trailer declares {trailer.total_size} bytes and checksum {quoted(trailer.checksum)}; "
             f"{received} bytes were received"
         )
     return ""
