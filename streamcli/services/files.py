@@ -46,6 +46,8 @@ MAX_FILENAME_BYTES = 255
 #: Client-chosen upload ids: what is safe as a file name.
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: What ListFiles hands out as a page token: an offset.
+PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -416,7 +418,9 @@ class FileService:
         if not 0 <= request.page_size <= 1000:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be between 1 and 1000")
         size = request.page_size or 100
-        if request.page_token and not request.page_token.isdigit():
+        # The server's tokens are offsets of at most 18 ASCII digits: str.isdigit() alone also takes
+        # "²" (which int() refuses) and numbers beyond SQLite's 64-bit integers.
+        if request.page_token and not PAGE_TOKEN.fullmatch(request.page_token):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
         start = int(request.page_token or 0)
         records = await self._meta.list_files(size + 1, start)
