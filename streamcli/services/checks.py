@@ -15,6 +15,19 @@ def has_control(text: str, *, multiline: bool = False) -> bool:
     return (_CONTROL_BUT_LINES if multiline else _CONTROL).search(text) is not None
 
 
+#: Most characters of a client's value quoted in a status detail. The detail travels in a header
+#: (grpc-message), and clients refuse headers over 16 KiB: a call quoting a 100 KB id in full would
+#: reach its client as RESOURCE_EXHAUSTED "Stream removed", not with the server's status.
+MAX_QUOTED = 200
+
+
+def quoted(value: str) -> str:
+    """``repr(value)``, cut after ``MAX_QUOTED`` characters: safe to put in a status detail."""
+    if len(value) <= MAX_QUOTED:
+        return repr(value)
+    return f"{value[:MAX_QUOTED]!r}... ({len(value)} characters)"
+
+
 class MalformedRequest(Exception):
     """Message ``index`` (from 0) of a request stream is not a valid ``type_name``.
 

@@ -32,7 +32,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord, UploadRecord
 from streamcli.checksums import sha256_prefix
-from streamcli.services.checks import MalformedRequest
+from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
 from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
@@ -50,6 +50,8 @@ UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a client is told when the data dir's filesystem has no room left.
 DISK_FULL = "the server's disk is full"
+#: What ListFiles hands out as a page token: an offset.
+PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -231,7 +233,7 @@ class FileService:
     async def _resume(self, resume: pb.UploadResume, context: Context) -> tuple[UploadRecord, _PartialFile]:
         upload = await self._meta.get_upload(resume.upload_id) if UPLOAD_ID.fullmatch(resume.upload_id) else None
         if upload is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {resume.upload_id!r} to resume (expired?)")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(resume.upload_id)} to resume (expired?)")
         assert upload is not None
         if upload.upload_id in self._active:
             await context.abort(
@@ -467,7 +469,7 @@ class FileService:
     async def GetUploadStatus(self, request: pb.GetUploadStatusRequest, context: Context) -> pb.GetUploadStatusResponse:
         upload = await self._meta.get_upload(request.upload_id) if UPLOAD_ID.fullmatch(request.upload_id) else None
         if upload is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {request.upload_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(request.upload_id)}")
         assert upload is not None
         path = self._blobs.partial_path(upload.upload_id)
         return pb.GetUploadStatusResponse(
@@ -501,7 +503,7 @@ class FileService:
     async def _get(self, file_id: str, context: Context) -> FileRecord:
         record = await self._meta.get_file(file_id) if UPLOAD_ID.fullmatch(file_id) else None
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {file_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {quoted(file_id)}")
         assert record is not None
         return record
 
@@ -540,7 +542,9 @@ class FileService:
         if not 0 <= request.page_size <= 1000:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be between 1 and 1000")
         size = request.page_size or 100
-        if request.page_token and not request.page_token.isdigit():
+        # The server's tokens are offsets of at most 18 ASCII digits: str.isdigit() alone also takes
+        # "²" (which int() refuses) and numbers beyond SQLite's 64-bit integers.
+        if request.page_token and not PAGE_TOKEN.fullmatch(request.page_token):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
         start = int(request.page_token or 0)
         records = await self._meta.list_files(size + 1, start)
@@ -559,7 +563,7 @@ class FileService:
             log.warning("could not delete %s: %s", request.file_id, exc)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{DISK_FULL}: cannot record the deletion")
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {request.file_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {quoted(request.file_id)}")
         assert record is not None
         freed = await asyncio.to_thread(self._blobs.delete, record.file_id)
         self._space.freed(freed)
@@ -575,7 +579,7 @@ def _trailer_problem(trailer: pb.UploadTrailer, total: int, checksum: str, recei
         return f"the trailer declares {trailer.total_size} bytes; the metadata declared {total}"
     if trailer.total_size != received or not SHA256_HEX.fullmatch(trailer.checksum.lower()):
         return (
-            f"the trailer declares {trailer.total_size} bytes and checksum {trailer.checksum!r}; "
+            f"the trailer declares {trailer.total_size} bytes and checksum {quoted(trailer.checksum)}; "
             f"{received} bytes were received"
         )
     return ""

@@ -68,7 +68,7 @@ async def start_position(
     """Where a reader starts: after ``resume_after_id``, else at ``start_time``, else live (the end).
 
     Aborts with OUT_OF_RANGE for a resume id that is trimmed or beyond the end,
-    INVALID_ARGUMENT for a start time in the future.
+    INVALID_ARGUMENT for a start time in the future or outside protobuf's Timestamp range.
     """
     bounds = await log.bounds(stream)
     if resume_after_id:
@@ -85,7 +85,10 @@ async def start_position(
             )
         return resume_after_id
     if start_time is not None:
-        seconds = start_time.ToNanoseconds() / 1e9
+        try:
+            seconds = start_time.ToNanoseconds() / 1e9
+        except ValueError as exc:  # protobuf's range: years 1-9999, nanos 0-999999999
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start_time is not a valid time: {exc}")
         if seconds > time.time() + 1.0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start_time is in the future")
         return await log.position_before(stream, seconds)
