@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import NonFiniteNumber, parse_json
@@ -201,6 +203,46 @@ def test_time_options_keep_nanoseconds_and_refuse_what_a_timestamp_cannot_hold()
     for bad in ("2026-02-30T00:00:00Z", "2026-11-24T24:00:00Z", "2026-11-24T10:00:00+05", "tomorrow", "1h"):
         with pytest.raises(UsageError, match="is not a time like 2026-11-24T10:00:00Z"):
             parse_timestamp(bad)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    year=st.integers(1, 9999),
+    month=st.integers(1, 12),
+    day=st.integers(1, 31),
+    clock=st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59)),
+    fraction=st.text("0123456789", max_size=9),
+    zone=st.one_of(
+        st.sampled_from(["Z", "z"]), st.tuples(st.sampled_from("+-"), st.integers(0, 23), st.integers(0, 59))
+    ),
+    separator=st.sampled_from("Tt"),
+)
+def test_times_read_as_protobufs_own_rfc_3339_reader_reads_them(
+    year: int,
+    month: int,
+    day: int,
+    clock: tuple[int, int, int],
+    fraction: str,
+    zone: str | tuple[str, int, int],
+    separator: str,
+) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from streamcli.client.events import parse_timestamp
+    from streamcli.errors import UsageError
+
+    offset = zone if isinstance(zone, str) else f"{zone[0]}{zone[1]:02d}:{zone[2]:02d}"
+    text = f"{year:04d}-{month:02d}-{day:02d}{separator}{clock[0]:02d}:{clock[1]:02d}:{clock[2]:02d}"
+    text += f".{fraction}" if fraction else ""
+    text += offset
+    expected = Timestamp()
+    try:
+        expected.FromJsonString(text.replace("t", "T").replace("z", "Z"))  # protobuf reads the uppercase forms
+    except ValueError:
+        with pytest.raises(UsageError):  # an impossible date, or outside what a Timestamp holds
+            parse_timestamp(text)
+        return
+    assert parse_timestamp(text) == expected
 
 
 def test_an_out_of_range_timestamp_is_a_usage_error(tmp_path: pathlib.Path) -> None:

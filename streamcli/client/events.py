@@ -231,8 +231,17 @@ _TIME = re.compile(
 )
 
 
+#: Days from 0001-01-01 to 1970-01-01, and the seconds a Timestamp can hold (years 0001-9999 in UTC).
+_EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
+_FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
+
+
 def parse_timestamp(text: str) -> Timestamp:
     """An RFC 3339 time (``2026-11-24T10:00:00.123456789+05:30``), to the nanosecond; without a zone it is UTC.
+
+    What protobuf's ``Timestamp.FromJsonString`` gives for the RFC 3339 forms it reads (a test holds the two
+    together), computed directly: that function costs four times as much, which an NDJSON publish of a
+    hundred thousand timestamped lines would feel.
 
     Raises:
         UsageError: the text is not such a time.
@@ -242,22 +251,25 @@ def parse_timestamp(text: str) -> Timestamp:
     match = _TIME.fullmatch(text)
     if match is None:
         raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z")
-    clock = f"{match['clock'] or '00:00'}{match['seconds'] or ':00'}"
-    # A Timestamp holds nanoseconds: digits beyond them are cut, as the fraction of a datetime cuts them.
-    fraction = f".{match['fraction'][:9]}" if match["fraction"] else ""
-    zone = f"{match['offset']}:{match['offset_minutes']}" if match["offset"] else "Z"
-    stamp = Timestamp()
+    clock = match["clock"]
+    hours, minutes = (int(clock[:2]), int(clock[3:])) if clock else (0, 0)
+    seconds = int(match["seconds"][1:]) if match["seconds"] else 0
     try:
-        # protobuf's own reader of the JSON form (uppercase T and Z, HH:MM offsets), so that times mean what
-        # they mean to every other protobuf runtime; it refuses what a Timestamp cannot hold.
-        stamp.FromJsonString(f"{match['date']}T{clock}{fraction}{zone}")
+        day = datetime.date.fromisoformat(match["date"]).toordinal()
     except ValueError:
-        try:
-            datetime.datetime.fromisoformat(f"{match['date']}T{clock}")  # a real date and time of day?
-        except ValueError:
-            raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z") from None
-        raise TimeOutOfRange(f"{text!r} is out of range (years 0001-9999 in UTC)") from None
-    return stamp
+        day = None
+    if day is None or hours > 23 or minutes > 59 or seconds > 59:
+        raise UsageError(f"{text!r} is not a time like 2026-11-24T10:00:00Z")
+    total = (day - _EPOCH_DAY) * 86_400 + hours * 3600 + minutes * 60 + seconds
+    if match["offset"]:
+        offset = int(match["offset"][1:]) * 3600 + int(match["offset_minutes"]) * 60
+        total -= offset if match["offset"][0] == "+" else -offset
+    if not _FIRST_SECOND <= total <= _LAST_SECOND:
+        raise TimeOutOfRange(f"{text!r} is out of range (years 0001-9999 in UTC)")
+    # A Timestamp holds nanoseconds: digits beyond them are cut, as the fraction of a datetime cuts them.
+    fraction = match["fraction"]
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return Timestamp(seconds=total, nanos=nanos)
 
 
 async def publish_events(conn: Connection, events: Iterable[pb.UserEvent]) -> pb.PublishEventsResponse:
