@@ -280,3 +280,16 @@ async def test_an_upload_of_unknown_size_cut_by_a_bad_message_stores_nothing(
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert detail.startswith("message 2 of the request stream") and detail.endswith("; nothing was stored")
     assert not server.backend.blobs.partial_path("u2").exists()
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(253_402_300_800, 0), (-62_135_596_801, 0), (0, -1), (0, 10**9)])
+async def test_an_event_time_rfc_3339_cannot_write_is_refused(
+    server: RunningServer, channel: grpc.aio.Channel, seconds: int, nanos: int
+) -> None:
+    # Stored, such a time made every tail of that user fail (the CLI) or abort (buf curl).
+    late = login("late")
+    late.timestamp.seconds, late.timestamp.nanos = seconds, nanos
+    code, detail, _ = await raw_call(channel, PUBLISH, [publish(login("ok"), late)])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail.startswith("event 1 (message 0): timestamp is outside what RFC 3339 can write")
+    assert await stored_users(server) == ["ok"]

@@ -56,3 +56,17 @@ def test_ordinary_text_is_shown_as_it_is() -> None:
     event.data.CopyFrom(pack_data({"city": "Zürich", "tab": "a\tb"}))  # JSON escapes the tab itself
     plain = event_line(event).plain
     assert "zoë 日本" in plain and "Zürich" in plain and '"a\\tb"' in plain
+
+
+def test_a_time_rfc_3339_cannot_write_is_shown_as_invalid_not_a_crash() -> None:
+    import json
+
+    from streamcli.client.events import event_json_line
+
+    # The server refuses such times on publish; another server implementing the contract may send them.
+    for seconds, nanos in ((10**15, 0), (-(10**15), 0), (0, -1), (0, 2_000_000_000)):
+        event = pb.UserEvent(id=1, user_id="x", type=pb.USER_EVENT_TYPE_LOGIN)
+        event.timestamp.seconds, event.timestamp.nanos = seconds, nanos
+        shown = f"invalid time ({seconds} s, {nanos} ns)"
+        assert event_line(event).plain.startswith(shown + "  #1")
+        assert json.loads(event_json_line(event))["timestamp"] == shown

@@ -21,6 +21,7 @@ from streamcli.client.enums import ShortNames
 from streamcli.client.jsontext import ENCODER, Unusual, non_finite_name, struct_json, value_json
 from streamcli.client.tail import TailOptions, set_start, tail_log
 from streamcli.errors import StreamcliError, UsageError
+from streamcli.times import FIRST_SECOND, LAST_SECOND, writable
 
 #: Events per PublishEventsRequest: several ride in one message (per-message cost dominates).
 PUBLISH_BATCH = 500
@@ -190,6 +191,10 @@ def data_json(data: AnyMessage) -> str:
     return ENCODER.encode(unpack_data(data))
 
 
+#: Days from 0001-01-01 to 1970-01-01.
+_EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
+
+
 _second_text: tuple[int, str] = (-1, "")
 _EPOCH = datetime.datetime(1970, 1, 1)
 
@@ -204,9 +209,19 @@ def utc_second(seconds: int) -> str:
     return _second_text[1]
 
 
+def invalid_time(stamp: Timestamp) -> str | None:
+    """What to show for a time no RFC 3339 text can hold (outside the years 0001-9999, or nanos outside a
+    second), or None for a valid one. The server refuses such times; another server may send them."""
+    if writable(stamp):
+        return None
+    return f"invalid time ({stamp.seconds} s, {stamp.nanos} ns)"
+
+
 def rfc3339(stamp: Timestamp) -> str:
     """``Timestamp.ToJsonString``'s text (fraction of 0, 3, 6 or 9 digits), several times faster."""
     nanos = stamp.nanos
+    if not writable(stamp):
+        return invalid_time(stamp) or ""
     text = utc_second(stamp.seconds)
     if not nanos:
         return text + "Z"
@@ -229,11 +244,6 @@ _TIME = re.compile(
     r"(?:[Tt ](?P<clock>\d{2}:\d{2})(?P<seconds>:\d{2})?(?:\.(?P<fraction>\d+))?"
     r"(?:(?P<utc>[Zz])|(?P<offset>[+-](?:[01]\d|2[0-3])):?(?P<offset_minutes>[0-5]\d))?)?"
 )
-
-
-#: Days from 0001-01-01 to 1970-01-01, and the seconds a Timestamp can hold (years 0001-9999 in UTC).
-_EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
-_FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
 
 
 def parse_timestamp(text: str) -> Timestamp:
@@ -264,7 +274,7 @@ def parse_timestamp(text: str) -> Timestamp:
     if match["offset"]:
         offset = int(match["offset"][1:]) * 3600 + int(match["offset_minutes"]) * 60
         total -= offset if match["offset"][0] == "+" else -offset
-    if not _FIRST_SECOND <= total <= _LAST_SECOND:
+    if not FIRST_SECOND <= total <= LAST_SECOND:
         raise TimeOutOfRange(f"{text!r} is out of range (years 0001-9999 in UTC)")
     # A Timestamp holds nanoseconds: digits beyond them are cut, as the fraction of a datetime cuts them.
     fraction = match["fraction"]

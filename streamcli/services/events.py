@@ -23,6 +23,7 @@ from streamcli.backends.base import LogRecord, LogStore, NewRecord
 from streamcli.services import wire
 from streamcli.services.checks import MalformedRequest, has_control
 from streamcli.services.logs import Context, LogService, LogSettings, timestamp
+from streamcli.times import writable
 
 STREAM = "events"
 #: Events accepted in one PublishEventsRequest.
@@ -230,6 +231,8 @@ def _check_event(event: pb.UserEvent) -> str:
         return "user_id has a control character"
     if event.type not in TYPE_NAMES:
         return f"unknown event type {event.type}"
+    if event.HasField("timestamp") and not writable(event.timestamp):
+        return "timestamp is outside what RFC 3339 can write (years 0001-9999, nanos 0-999999999)"
     if event.data.type_url or event.data.value:
         return _data_problem(event.data)
     return ""

@@ -8,7 +8,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from rich.text import Text
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import EVENT_TYPES, data_json, utc_second
+from streamcli.client.events import EVENT_TYPES, data_json, invalid_time, utc_second
 from streamcli.client.notifications import SEVERITIES
 
 TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "password_change": "magenta"}
@@ -30,6 +30,9 @@ def visible(text: str) -> str:
 
 def _time(stamp: Any) -> str:
     """``YYYY-MM-DD HH:MM:SS.mmm`` (UTC)."""
+    invalid = invalid_time(stamp)
+    if invalid is not None:
+        return invalid
     return f"{utc_second(stamp.seconds).replace('T', ' ')}.{stamp.nanos // 1_000_000:03d}"
 
 
