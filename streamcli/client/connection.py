@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import grpc
 
@@ -67,4 +68,56 @@ def rpc_errors(address: str) -> Iterator[None]:
         raise error_for_status(exc.code(), exc.details(), address=address) from exc
 
 
-__all__ = ["Connection", "ConnectionSettings", "connect", "rpc_errors"]
+T = TypeVar("T")
+
+#: What grpc.aio reports when a client write fails because the call had already ended.
+_CORE_WRITE_FAILURE = "Internal error from Core"
+
+
+class FirstStatus:
+    """The status a call ended with, kept before grpc.aio can overwrite it.
+
+    When a server ends a client stream early (an upload refused for the quota
+    or a full disk, a publish refused at an invalid event) while a write of the client is under way, grpc.aio replaces
+    the server's status with INTERNAL "Internal error from Core" if it handles
+    the failed write after the status (grpc/grpc#36066). That INTERNAL would be
+    retried, and the retry refused again. The done callback runs when the first
+    status is set, so reading it there keeps the server's.
+    """
+
+    def __init__(self, call: grpc.aio.Call) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        call.add_done_callback(self._record)
+
+    def _record(self, call: grpc.aio.Call) -> None:
+        try:
+            self.code, self.details = _settled(call.code()), _settled(call.details())
+        except RuntimeError:  # not expected; this runs inside grpc, which must not see it: keep exc as is
+            self.code = None
+
+    def unmask(self, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """``exc``, or the server's own status when ``exc`` is grpc.aio's stand-in for it."""
+        masked = exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_WRITE_FAILURE
+        if not masked or self.code in (None, grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
+            return exc
+        assert self.code is not None
+        return grpc.aio.AioRpcError(self.code, exc.initial_metadata(), exc.trailing_metadata(), self.details)
+
+
+def _settled(pending: Coroutine[Any, Any, T]) -> T:
+    """The value of a finished call's ``code()`` or ``details()``, read without awaiting.
+
+    They only await the call's status, which is already set in a done callback,
+    so the coroutine completes at its first step.
+    """
+    try:
+        pending.send(None)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+    pending.close()
+    raise RuntimeError("the call's status is not set yet")
+
+
+__all__ = ["Connection", "ConnectionSettings", "FirstStatus", "connect", "rpc_errors"]

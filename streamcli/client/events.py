@@ -11,12 +11,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any, NoReturn
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.enums import ShortNames
 from streamcli.client.jsontext import ENCODER, Unusual, non_finite_name, struct_json, value_json
 from streamcli.client.tail import TailOptions, set_start, tail_log
@@ -328,7 +329,12 @@ async def publish_batches(conn: Connection, batches: AsyncIterable[Sequence[pb.U
             failure.append(exc)
 
     with rpc_errors(conn.settings.address):
-        response: pb.PublishEventsResponse = await conn.stub.PublishEvents(requests(), metadata=conn.metadata)
+        call = conn.stub.PublishEvents(requests(), metadata=conn.metadata)
+        first_status = FirstStatus(call)  # a refusal midway must reach the user as the server said it
+        try:
+            response: pb.PublishEventsResponse = await call
+        except grpc.aio.AioRpcError as exc:
+            raise first_status.unmask(exc) from exc
     if failure:
         published = (
             f"the {response.count} event(s) before it were published (ids {response.first_id}-{response.last_id})"

@@ -18,14 +18,14 @@ import errno
 import hashlib
 import os
 import pathlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, BinaryIO, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import BinaryIO
 
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.checksums import sha256_prefix
-from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import ConflictError, IntegrityError, ResourceExhaustedError, StreamcliError, UsageError
@@ -116,65 +116,13 @@ async def upload_path(
                     advance=lambda n: progress.advance(upload_id, n),
                 )  # fmt: skip
                 call = conn.stub.UploadFile(requests, metadata=conn.metadata)
-                first_status = _FirstStatus(call)
+                first_status = FirstStatus(call)
                 response = await call
                 break
             except grpc.aio.AioRpcError as exc:
                 await attempts.backoff(first_status.unmask(exc) if first_status else exc, also=_UPLOAD_RACES)
     progress.finish(upload_id)
     return TransferResult(response.file_id, name, response.bytes_uploaded, response.checksum, resumed_from)
-
-
-T = TypeVar("T")
-
-#: What grpc.aio reports when a client write fails because the call had already ended.
-_CORE_WRITE_FAILURE = "Internal error from Core"
-
-
-class _FirstStatus:
-    """The status a call ended with, kept before grpc.aio can overwrite it.
-
-    When a server ends a client stream early (an upload refused for the quota
-    or a full disk) while a write of the client is under way, grpc.aio replaces
-    the server's status with INTERNAL "Internal error from Core" if it handles
-    the failed write after the status (grpc/grpc#36066). That INTERNAL would be
-    retried, and the retry refused again. The done callback runs when the first
-    status is set, so reading it there keeps the server's.
-    """
-
-    def __init__(self, call: grpc.aio.StreamUnaryCall[Any, Any]) -> None:
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-        call.add_done_callback(self._record)
-
-    def _record(self, call: grpc.aio.Call) -> None:
-        try:
-            self.code, self.details = _settled(call.code()), _settled(call.details())
-        except RuntimeError:  # not expected; this runs inside grpc, which must not see it: keep exc as is
-            self.code = None
-
-    def unmask(self, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
-        """``exc``, or the server's own status when ``exc`` is grpc.aio's stand-in for it."""
-        masked = exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_WRITE_FAILURE
-        if not masked or self.code in (None, grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
-            return exc
-        assert self.code is not None
-        return grpc.aio.AioRpcError(self.code, exc.initial_metadata(), exc.trailing_metadata(), self.details)
-
-
-def _settled(pending: Coroutine[Any, Any, T]) -> T:
-    """The value of a finished call's ``code()`` or ``details()``, read without awaiting.
-
-    They only await the call's status, which is already set in a done callback,
-    so the coroutine completes at its first step.
-    """
-    try:
-        pending.send(None)
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
-    pending.close()
-    raise RuntimeError("the call's status is not set yet")
 
 
 def _inspect(path: pathlib.Path) -> tuple[int, int]:
@@ -257,7 +205,7 @@ async def upload_stream(
     progress.start(key, name, None)
     with rpc_errors(conn.settings.address):
         call = conn.stub.UploadFile(requests(), metadata=conn.metadata)
-        first_status = _FirstStatus(call)
+        first_status = FirstStatus(call)
         try:
             response = await call
         except grpc.aio.AioRpcError as exc:

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import FirstStatus
 
 METHODS: list[MethodDescriptor] = list(pb.DESCRIPTOR.services_by_name["StreamingService"].methods)
 
@@ -27,9 +28,15 @@ async def invoke(stub: Any, method: MethodDescriptor, metadata: tuple[tuple[str,
     callable_ = getattr(stub, method.name)
     argument: Any = iter([request]) if method.client_streaming else request
     call = callable_(argument, metadata=metadata, timeout=10)
-    if method.server_streaming:
-        return [response async for response in call]
-    return [await call]
+    # A server that refuses before reading races the client's write; grpc.aio may then report INTERNAL
+    # instead of the server's status (grpc/grpc#36066). The client library keeps the first status.
+    first_status = FirstStatus(call)
+    try:
+        if method.server_streaming:
+            return [response async for response in call]
+        return [await call]
+    except grpc.aio.AioRpcError as exc:
+        raise first_status.unmask(exc) from exc
 
 
 @dataclasses.dataclass
