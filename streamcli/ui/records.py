@@ -16,6 +16,7 @@ TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "
 SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 SUMMARY_CHARS = 120
 
+
 def _time(stamp: Any) -> str:
     """``YYYY-MM-DD HH:MM:SS.mmm`` (UTC)."""
     return f"{utc_second(stamp.seconds).replace('T', ' ')}.{stamp.nanos // 1_000_000:03d}"
