@@ -20,35 +20,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamcli.cli.environment import Environment
-from streamcli.cli.main import main
 from streamcli.errors import ExitStatus
 from tests.support.foreign import foreign_file, foreign_server
+from tests.support.inprocess import cli
 from tests.support.servers import clean_env
 from tests.support.threaded import threaded_server
 
 CONTENT = b"%PDF-1.7 the report\n" * 5000  # ~100 kB: several download messages
 VICTIM = b"precious data\n"
-
-
-class Run:
-    """What one in-process ``streamcli`` run printed, and its exit code."""
-
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def error_lines(self) -> list[str]:
-        return self.err.splitlines()
-
-
-def cli(address: str, *args: str, stdout: io.TextIOBase | None = None) -> Run:
-    """Run ``streamcli --address ADDRESS ARGS`` in-process with string streams."""
-    out = stdout if stdout is not None else io.StringIO()
-    env = Environment(stdin=io.StringIO(), stdout=out, stderr=io.StringIO())  # type: ignore[arg-type]
-    code = main(["--address", address, *args], env)
-    text = out.getvalue() if isinstance(out, io.StringIO) else ""
-    return Run(code, text, env.stderr.getvalue())  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ class ForeignFileService(pb_grpc.StreamingServiceServicer):
     async def _get(self, file_id: str, context: Context) -> ForeignFile:
         found = self.files.get(file_id)
         if found is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {file_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {file_id}")  # raw, as a hostile server would
         assert found is not None
         return found
 
