@@ -73,3 +73,33 @@ def test_an_error_quoting_the_server_is_escaped() -> None:
         run = cli(address, "files", "info", "\x1b[2Jgone")
     assert run.code == ExitStatus.NOT_FOUND
     assert run.err == "streamcli: error: no file \\x1b[2Jgone\n"
+
+
+# --- files rm --------------------------------------------------------------------------------
+
+
+def test_rm_goes_on_after_a_missing_id_and_exits_with_the_first_failure(tmp_path: pathlib.Path) -> None:
+    from tests.support.threaded import threaded_server
+
+    sources = []
+    for n in range(2):
+        sources.append(tmp_path / f"keep{n}.txt")
+        sources[-1].write_text(f"file {n}\n")
+    with threaded_server(tmp_path / "data") as address:
+        up = cli(address, "--json", "upload", *map(str, sources))
+        assert up.code == 0, up.err
+        first, second = (json.loads(line)["id"] for line in up.out.splitlines())
+        removed = cli(address, "files", "rm", "nosuch", first, "nosuch2", second)
+        left = cli(address, "--json", "files", "ls")
+    assert removed.code == ExitStatus.NOT_FOUND
+    assert removed.out == f"deleted {first}\ndeleted {second}\n"
+    assert removed.err == "streamcli: error: no file 'nosuch'\nstreamcli: error: no file 'nosuch2'\n"
+    assert left.out == ""
+
+
+def test_rm_stops_when_the_server_cannot_be_reached() -> None:
+    run = cli("127.0.0.1:1", "files", "rm", "a", "b", "c")
+    assert run.code == ExitStatus.UNAVAILABLE
+    assert len(run.error_lines) == 1
+    assert run.error_lines[0].startswith("streamcli: error: cannot reach the server at 127.0.0.1:1")
+    assert run.error_lines[0].endswith("(stopped: 2 more not deleted)")

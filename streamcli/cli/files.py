@@ -107,16 +107,29 @@ def remove_files(
       streamcli files rm 3f2a9c
 
       streamcli --json files ls | jq -r .id | xargs streamcli files rm
+
+    An id that cannot be deleted (no such file...) is reported on stderr and
+    the others are still deleted; the exit code is then that of the first
+    failure.
     """
-    from streamcli.client.files import delete_file
+    from streamcli.client.files import delete_files
+    from streamcli.errors import StreamcliError
+    from streamcli.terminal_text import visible
 
     env = get_env(ctx)
-    for file_id in file_ids:
-        freed = env.run(lambda conn, file_id=file_id: delete_file(conn, file_id))  # type: ignore[misc]
-        if env.json:
-            env.emit_json({"id": file_id, "deleted": True, "bytes_freed": freed})
+
+    def report(file_id: str, outcome: int | StreamcliError) -> None:
+        if isinstance(outcome, StreamcliError):
+            env.error(outcome.message)
+        elif env.json:
+            env.emit_json({"id": file_id, "deleted": True, "bytes_freed": outcome})
         else:
-            env.stdout.write(f"deleted {file_id}\n")
+            env.stdout.write(f"deleted {visible(file_id)}\n")
+            env.stdout.flush()
+
+    failures = env.run(lambda conn: delete_files(conn, file_ids, report))
+    if failures:
+        raise typer.Exit(int(failures[0].exit_status))  # each failure has been reported already
 
 
 def register(app: typer.Typer) -> None:
