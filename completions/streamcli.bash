@@ -98,7 +98,7 @@ _streamcli() {
     case "$cmdpath" in
         '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h chat download events files health notify serve tail upload' -- "$cur")) ;;
         'chat') COMPREPLY=($(compgen -W '--room -r --user -u --backlog --allow-duplicate --help -h' -- "$cur")) ;;
-        'download') COMPREPLY=($(compgen -W '--output -o --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
+        'download') COMPREPLY=($(compgen -W '--output -o --create-dirs --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
         'events') COMPREPLY=($(compgen -W '--help -h publish' -- "$cur")) ;;
         'events publish') COMPREPLY=($(compgen -W '--user -u --type -t --data -d --timestamp --linger --help -h' -- "$cur")) ;;
         'files') COMPREPLY=($(compgen -W '--help -h info ls rm' -- "$cur")) ;;

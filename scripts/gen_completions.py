@@ -68,7 +68,8 @@ def _option(param: Any) -> OptionSpec | None:
     choices: list[str] = []
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         choices = [str(member.value) for member in annotation]
-    elif annotation is pathlib.Path:
+    elif annotation is pathlib.Path or (annotation is str and getattr(info, "metavar", None) == "PATH"):
+        # A str option with metavar PATH is a path kept as typed (a Path would drop a trailing slash).
         file_okay = getattr(info, "file_okay", True)
         dir_okay = getattr(info, "dir_okay", True)
         value = "dir" if not file_okay else ("file" if not dir_okay else "path")

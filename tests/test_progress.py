@@ -23,3 +23,13 @@ def test_bars_and_total_follow_starts_resumes_and_retries() -> None:
     assert (tasks["b.bin"].completed, tasks["b.bin"].total) == (500, 500)
     assert (tasks["total"].completed, tasks["total"].total) == (750, 1500)
     assert "a.bin" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_hostile_file_name_is_shown_not_obeyed() -> None:
+    console = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=True)
+    with RichTransferProgress(console, with_total=False) as progress:
+        progress.start("a", "\x1b]0;PWNED\x07[link=https://evil.example]x[/link]", 10)
+        progress.advance("a", 10)
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "\\x1b]0;PWNED\\x07[link=https://evil.example]x[/link]" in shown  # markup shown as typed, escaped
+    assert "PWNED\x07" not in shown and "evil.example\x1b" not in shown

@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from streamcli.client.jsontext import ENCODER
 from streamcli.client.settings import ConnectionSettings
+from streamcli.terminal_text import visible
 
 if TYPE_CHECKING:
     import typer
@@ -93,8 +94,12 @@ class Environment:
         self.notice(f"error: {message}")
 
     def notice(self, message: str) -> None:
-        """Write one line about the command's progress to stderr (``streamcli: MESSAGE``)."""
-        self.stderr.write(f"streamcli: {message}\n")
+        """Write one line about the command's progress to stderr (``streamcli: MESSAGE``).
+
+        Messages quote what servers and files said (names, status details): escaped, so
+        that it can neither act on the terminal nor break the line.
+        """
+        self.stderr.write(f"streamcli: {visible(message)}\n")
         self.stderr.flush()
 
 

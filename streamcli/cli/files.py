@@ -53,6 +53,9 @@ def list_files(
         return
     from rich.filesize import decimal
     from rich.table import Table
+    from rich.text import Text
+
+    from streamcli.terminal_text import visible
 
     table = Table(box=None, header_style="bold")
     table.add_column("ID", no_wrap=True)
@@ -61,7 +64,9 @@ def list_files(
     table.add_column("NAME", overflow="fold")
     for info in infos:
         created = info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(info.file_id, decimal(info.size), created, info.filename)
+        # Text, not str: rich would read markup ("[link=...]") in a string; visible(): nor may the terminal
+        # read escape sequences in what the server sent.
+        table.add_row(Text(visible(info.file_id)), decimal(info.size), created, Text(visible(info.filename)))
     env.console.print(table)
 
 
@@ -79,6 +84,7 @@ def file_info(
       streamcli --json files info 3f2a9c
     """
     from streamcli.client.files import get_file_info
+    from streamcli.terminal_text import visible
 
     env = get_env(ctx)
     record = _file_json(env.run(lambda conn: get_file_info(conn, file_id)))
@@ -86,7 +92,7 @@ def file_info(
         env.emit_json(record)
     else:
         for key, value in record.items():
-            env.stdout.write(f"{key + ':':<14}{value}\n")
+            env.stdout.write(f"{key + ':':<14}{visible(str(value))}\n")
 
 
 @files_app.command("rm")
@@ -101,16 +107,29 @@ def remove_files(
       streamcli files rm 3f2a9c
 
       streamcli --json files ls | jq -r .id | xargs streamcli files rm
+
+    An id that cannot be deleted (no such file...) is reported on stderr and
+    the others are still deleted; the exit code is then that of the first
+    failure.
     """
-    from streamcli.client.files import delete_file
+    from streamcli.client.files import delete_files
+    from streamcli.errors import StreamcliError
+    from streamcli.terminal_text import visible
 
     env = get_env(ctx)
-    for file_id in file_ids:
-        freed = env.run(lambda conn, file_id=file_id: delete_file(conn, file_id))  # type: ignore[misc]
-        if env.json:
-            env.emit_json({"id": file_id, "deleted": True, "bytes_freed": freed})
+
+    def report(file_id: str, outcome: int | StreamcliError) -> None:
+        if isinstance(outcome, StreamcliError):
+            env.error(outcome.message)
+        elif env.json:
+            env.emit_json({"id": file_id, "deleted": True, "bytes_freed": outcome})
         else:
-            env.stdout.write(f"deleted {file_id}\n")
+            env.stdout.write(f"deleted {visible(file_id)}\n")
+            env.stdout.flush()
+
+    failures = env.run(lambda conn: delete_files(conn, file_ids, report))
+    if failures:
+        raise typer.Exit(int(failures[0].exit_status))  # each failure has been reported already
 
 
 def register(app: typer.Typer) -> None:

@@ -73,52 +73,73 @@ def upload(
 
 
 def _print_results(env: Environment, results: list[TransferResult]) -> None:
+    from streamcli.terminal_text import visible
+
     for result in results:
         if env.json:
             env.emit_json(result.as_json())
         else:
-            env.stdout.write(f"{result.file_id}  {result.name}\n")
+            env.stdout.write(f"{visible(result.file_id)}  {visible(result.name)}\n")
 
 
 def download(
     ctx: typer.Context,
     file_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the file (see 'streamcli files ls').")],
+    # A string, not a Path: a Path drops the trailing slash that says "a directory".
     output: Annotated[
-        pathlib.Path | None,
+        str | None,
         typer.Option(
             "--output",
             "-o",
+            metavar="PATH",
             show_default=False,
-            help="File or directory to write to; '-' writes to stdout. [default: the stored name, here]",
+            help="File or directory to write to (a trailing '/' means a directory); '-' writes to stdout."
+            " [default: the stored name, here]",
         ),
     ] = None,
+    create_dirs: Annotated[
+        bool, typer.Option("--create-dirs", help="Create the directory to write to, and its parents, if missing.")
+    ] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from an existing PATH.part.")] = True,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", "-f", help="Overwrite an existing file (or symbolic link); write binary output to a terminal."
+        ),
+    ] = False,
     retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = 5,
 ) -> None:
     """Download a file, verified by SHA-256, via PATH.part (renamed only when complete).
 
     An interrupted download resumes from PATH.part on the next run. Prints the
-    path written ([cyan]--json[/cyan]: id, name, size, sha256, path).
+    path written ([cyan]--json[/cyan]: id, name, size, sha256, path). The name
+    comes from the server: one that is not a plain file name is replaced by the
+    id. Symbolic links at PATH.part or PATH are never followed (exit 9).
 
     Examples:
 
       streamcli download 3f2a9c
 
-      streamcli download 3f2a9c -o backups/
+      streamcli download 3f2a9c -o backups/ --create-dirs
 
       streamcli download 3f2a9c -o - | tar x
     """
     from streamcli.client.retry import RetryPolicy
     from streamcli.client.transfer import download_file
+    from streamcli.terminal_text import visible
     from streamcli.ui.progress import transfer_progress
 
     env = get_env(ctx)
     policy = RetryPolicy(retries=retries)
-    to_stdout = output == pathlib.Path("-")
+    to_stdout = output == "-"
     stdout = getattr(env.stdout, "buffer", None) if to_stdout else None
     if to_stdout and stdout is None:
         raise UsageError("standard output is not writable as bytes")
+    if to_stdout and env.stdout_isatty and not force:
+        # As curl: the bytes would be taken for escape sequences, and a terminal is rarely what was meant.
+        raise UsageError(
+            "binary output can mess up your terminal; pipe it, use -o FILE, or pass --force to write it anyway"
+        )
     with transfer_progress(env, 1) as progress:
         result = env.run(
             lambda conn: download_file(
@@ -129,6 +150,7 @@ def download(
                 stdout=stdout,
                 resume=resume,
                 force=force,
+                create_dirs=create_dirs,
                 retry=policy,
             )
         )
@@ -137,7 +159,7 @@ def download(
     if env.json:
         env.emit_json(result.as_json())
     else:
-        env.stdout.write(f"{result.path}\n")
+        env.stdout.write(f"{visible(result.path)}\n")
 
 
 def register(app: typer.Typer) -> None:

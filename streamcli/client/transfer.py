@@ -18,6 +18,7 @@ import errno
 import hashlib
 import os
 import pathlib
+import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import BinaryIO
 
@@ -29,6 +30,7 @@ from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import ConflictError, IntegrityError, ResourceExhaustedError, StreamcliError, UsageError
+from streamcli.names import check_filename, is_filename
 
 #: Bytes per upload message. 64 KiB moved the most bytes per second through
 #: grpc.aio on loopback of the sizes measured (bench/README.md).
@@ -241,29 +243,42 @@ async def upload_many(
 async def download_file(
     conn: Connection,
     file_id: str,
-    destination: pathlib.Path | None,
+    destination: str | os.PathLike[str] | None,
     progress: ProgressSink,
     *,
     stdout: BinaryIO | None = None,
     resume: bool = True,
     force: bool = False,
+    create_dirs: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> TransferResult:
-    """Download a file to ``destination`` (a path or a directory; None = the current
-    directory) via ``NAME.part``, or to ``stdout`` when given.
+    """Download a file to ``destination`` via ``NAME.part``, or to ``stdout`` when given.
+
+    ``destination`` is a file, or a directory to write the server's name into: one
+    that exists, or any path ending in ``/`` (created with ``create_dirs``, as are
+    the missing parents of a file). None means the current directory. The server's
+    name is checked like the server checks the names it accepts
+    (``streamcli.names``); one that fails is replaced by ``file_id``. Neither
+    ``NAME.part`` nor ``NAME`` is ever followed if it is a link: a partial file
+    must be a regular file with no other link, and ``force`` replaces only a
+    regular file or a symbolic link (the link itself) at ``NAME``.
 
     Raises:
         NotFoundError: no such file.
-        ConflictError: the destination exists and ``force`` is false.
+        UsageError: a directory that does not exist, or a path that cannot be written.
+        ConflictError: the destination exists and ``force`` is false; it is a directory;
+            ``NAME.part`` is a link or not a regular file.
         IntegrityError: the bytes received do not hash to the stored SHA-256.
+        ResourceExhaustedError: the disk (or stdout) is full.
     """
     with rpc_errors(conn.settings.address):
         info = (await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)).file
     if stdout is not None:
         return await _download(conn, info, stdout, 0, hashlib.sha256(), progress, retry, "-")
-    target, part, handle, offset, hasher = await asyncio.to_thread(
-        _open_part, destination, info.filename, info.size, resume, force
+    target = await asyncio.to_thread(
+        _choose_target, destination, lambda: _local_name(info.filename, file_id), force, create_dirs
     )
+    part, handle, offset, hasher = await asyncio.to_thread(_open_part, target, info.size, resume)
     with handle:
         try:
             result = await _download(conn, info, handle, offset, hasher, progress, retry, str(target))
@@ -273,8 +288,146 @@ async def download_file(
             raise
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(part, target)
+    await asyncio.to_thread(_install, part, target, force)
     return result
+
+
+def _local_name(server_name: str, file_id: str) -> str:
+    """The name to write a download under in a directory: the server's if it is a file name, else the id."""
+    try:
+        return check_filename(server_name)
+    except ValueError as problem:
+        if is_filename(file_id):
+            return file_id
+        raise UsageError(
+            f"the server's name for {file_id!r} is not a usable file name: {problem}; name the file with -o PATH"
+        ) from None
+
+
+def _choose_target(
+    destination: str | os.PathLike[str] | None, name: Callable[[], str], force: bool, create_dirs: bool
+) -> pathlib.Path:
+    """The path to download to, checked before any byte is fetched."""
+    raw = os.fspath(destination) if destination is not None else ""
+    if not raw:
+        target = pathlib.Path.cwd() / name()
+    elif raw.endswith(("/", os.sep)):  # a trailing slash says "a directory", as in cp, rsync and curl
+        directory = pathlib.Path(raw)
+        _ensure_directory(directory, create_dirs)
+        target = directory / name()
+    elif (path := pathlib.Path(raw)).is_dir():  # one the user named: following a link there is their choice
+        target = path / name()
+    else:
+        _ensure_directory(path.parent, create_dirs)
+        target = path
+    _check_target(target, force)
+    return target
+
+
+def _ensure_directory(directory: pathlib.Path, create: bool) -> None:
+    if directory.is_dir():
+        return
+    if directory.exists() or directory.is_symlink():
+        raise UsageError(f"{directory} is not a directory")
+    if not create:
+        raise UsageError(f"directory {directory} does not exist (pass --create-dirs to create it)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create directory {directory}: {exc.strerror or exc}") from exc
+
+
+def _check_target(target: pathlib.Path, force: bool) -> None:
+    """Refuse to put the download at ``target`` unless nothing is there, or ``force`` and it is replaceable."""
+    try:
+        mode = os.lstat(target).st_mode  # lstat: a link is judged as a link, never by what it points to
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(mode):
+        raise ConflictError(f"{target} is a directory; not replacing it")
+    if not force:
+        raise ConflictError(f"{target} exists; pass --force to overwrite it")
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise ConflictError(f"{target} is not a regular file; not replacing it")
+
+
+def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.Path, BinaryIO, int, hashlib._Hash]:
+    """Open ``target``'s ``.part`` file without following links, keeping what an earlier run wrote.
+
+    Someone else may have put a link at ``NAME.part`` (to make the download write or append to
+    another file): the partial file must be a regular file with no other link. O_NOFOLLOW and,
+    when creating, O_EXCL close the gap between looking and opening; O_NONBLOCK keeps a FIFO
+    swapped in meanwhile from blocking the open (it changes nothing for a regular file).
+    """
+    part = target.with_name(target.name + ".part")
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            seen = os.lstat(part)
+        except FileNotFoundError:
+            fd = os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        else:
+            _check_part(part, seen)
+            fd = os.open(part, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EEXIST, errno.EISDIR, errno.ENXIO):  # replaced since we looked
+            raise ConflictError(f"{part} changed while being opened; try again") from exc
+        raise UsageError(f"cannot write {part}: {exc.strerror or exc}") from exc
+    handle = os.fdopen(fd, "r+b")
+    try:
+        opened = os.fstat(fd)
+        _check_part(part, opened)
+        offset = opened.st_size if resume and opened.st_size <= size else 0
+        hasher = sha256_prefix(handle, offset)
+        handle.seek(offset)
+        handle.truncate()
+    except BaseException:
+        handle.close()
+        raise
+    return part, handle, offset, hasher
+
+
+def _check_part(part: pathlib.Path, status: os.stat_result) -> None:
+    again = " (remove it and try again)"
+    if stat.S_ISLNK(status.st_mode):
+        raise ConflictError(f"{part} is a symbolic link; not following it{again}")
+    if not stat.S_ISREG(status.st_mode):
+        raise ConflictError(f"{part} is not a regular file{again}")
+    if status.st_nlink > 1:  # a hard link to another file: writing would change that file too
+        raise ConflictError(f"{part} has other links ({status.st_nlink}); not writing through them{again}")
+
+
+def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
+    """Rename the verified ``part`` to ``target``, re-checking what is there now.
+
+    Without ``force``, a hard link then an unlink: linking fails if anything appeared at
+    ``target`` during the download, so nothing is clobbered. ``os.replace`` (with ``force``,
+    or where the file system has no hard links) replaces a link itself, never its target.
+    """
+    if not force:
+        try:
+            os.link(part, target, follow_symlinks=False)
+        except FileExistsError:
+            raise ConflictError(f"{target} exists; pass --force to overwrite it") from None
+        except OSError:
+            pass  # no hard links here (EPERM, ENOTSUP...): check, then rename
+        else:
+            part.unlink()
+            return
+    _check_target(target, force)
+    try:
+        os.replace(part, target)
+    except OSError as exc:
+        if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise ConflictError(f"{target} is a directory; not replacing it") from exc
+        raise UsageError(f"cannot rename {part} to {target}: {exc.strerror or exc}") from exc
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _BackgroundWriter:
@@ -316,7 +469,11 @@ class _BackgroundWriter:
         block = b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        self._pending.append(asyncio.get_running_loop().run_in_executor(self._executor, self._write, block))
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._write, block)
+        # Marks a failure as retrieved even if the download ends before awaiting this block (the stream
+        # failed, an earlier block failed): "Future exception was never retrieved" is not for users.
+        future.add_done_callback(_retrieve)
+        self._pending.append(future)
         while len(self._pending) > self.MAX_PENDING:
             await self._settle()
 
@@ -331,31 +488,13 @@ class _BackgroundWriter:
         try:
             await self._pending.popleft()
         except OSError as exc:
+            for later in self._pending:  # nothing after a failed block may be written
+                later.cancel()
+            self._pending.clear()
+            if exc.errno == errno.EPIPE:
+                raise  # stdout's reader went away (`| head`): the CLI's boundary exits 141, quietly
             kind = ResourceExhaustedError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else UsageError
             raise kind(f"cannot write the download: {exc.strerror or exc}") from exc
-
-
-def _open_part(
-    destination: pathlib.Path | None, filename: str, size: int, resume: bool, force: bool
-) -> tuple[pathlib.Path, pathlib.Path, BinaryIO, int, hashlib._Hash]:
-    """Pick the target path and open its ``.part`` file, keeping what an earlier run wrote."""
-    target = destination or pathlib.Path.cwd()
-    if target.is_dir():
-        target = target / pathlib.Path(filename).name  # names are labels: never let one be a path
-    if target.exists() and not force:
-        raise ConflictError(f"{target} exists; pass --force to overwrite it")
-    part = target.with_name(target.name + ".part")
-    try:
-        offset = part.stat().st_size if resume and part.exists() else 0
-        if offset > size:
-            offset = 0
-        handle = open(part, "r+b" if offset else "wb")  # noqa: SIM115 (the caller closes it)
-    except OSError as exc:
-        raise UsageError(f"cannot write {part}: {exc.strerror or exc}") from exc
-    hasher = sha256_prefix(handle, offset)
-    handle.seek(offset)
-    handle.truncate()
-    return target, part, handle, offset, hasher
 
 
 async def _download(

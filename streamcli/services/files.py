@@ -22,7 +22,6 @@ import io
 import logging
 import re
 import time
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn, TypeAlias, TypeGuard
@@ -32,6 +31,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord, UploadRecord
 from streamcli.checksums import sha256_prefix
+from streamcli.names import check_filename
 from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
@@ -43,8 +43,6 @@ log = logging.getLogger("streamcli.files")
 MAX_CHUNK_SIZE = 1024 * 1024
 #: Chunk size of downloads, in bytes (measured: see bench/README.md).
 DOWNLOAD_CHUNK_SIZE = 64 * 1024
-#: Longest file name, in bytes of UTF-8.
-MAX_FILENAME_BYTES = 255
 #: Client-chosen upload ids: what is safe as a file name.
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -63,27 +61,6 @@ class FileLimits:
     max_file_size: int = 0  # bytes per file; 0 = no limit
     quota: int = 0  # bytes for all stored and partial files together; 0 = no limit
     upload_ttl: float = 24 * 3600.0  # seconds a partial upload is kept without progress
-
-
-def check_filename(name: str) -> str:
-    """Return ``name`` if it is acceptable as a file's label, else raise ValueError.
-
-    Names are labels, never paths: the bytes are stored under a server id. Still,
-    labels that look like paths or hide characters are refused so that no client
-    can be tricked into writing them somewhere when it downloads.
-    """
-    if not name:
-        raise ValueError("the file name is empty")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
-        raise ValueError(f"the file name is longer than {MAX_FILENAME_BYTES} bytes")
-    if "/" in name or "\\" in name:
-        raise ValueError(f"the file name {name!r} contains a path separator; names are labels, not paths")
-    if name in (".", ".."):
-        raise ValueError(f"{name!r} is not a file name")
-    for char in name:
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise ValueError(f"the file name {name!r} contains a control character")
-    return name
 
 
 def file_info(record: FileRecord) -> pb.FileInfo:

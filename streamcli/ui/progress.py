@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -17,6 +18,7 @@ from rich.progress import (
 
 from streamcli.cli.environment import Environment
 from streamcli.client.progress import NullProgress, ProgressSink
+from streamcli.terminal_text import visible
 
 
 class RichTransferProgress:
@@ -48,7 +50,9 @@ class RichTransferProgress:
         if key in self._tasks:  # a retry: the server says where we stand now
             self._progress.update(self._tasks[key], completed=completed)
         else:
-            self._tasks[key] = self._progress.add_task(description, total=total, completed=completed)
+            # The description is a file name, maybe the server's: shown, never read as markup or escapes.
+            shown = escape(visible(description))
+            self._tasks[key] = self._progress.add_task(shown, total=total, completed=completed)
             if self._total is not None and total is not None:
                 self._progress.update(self._total, total=(self._progress.tasks[self._total].total or 0) + total)
         self._shift_total(completed - self._done.get(key, 0))

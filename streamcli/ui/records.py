@@ -10,22 +10,11 @@ from rich.text import Text
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import EVENT_TYPES, data_json, invalid_time, utc_second
 from streamcli.client.notifications import SEVERITIES
+from streamcli.terminal_text import visible
 
 TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "password_change": "magenta"}
 SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 SUMMARY_CHARS = 120
-
-# What publishers send is shown, never obeyed: control characters (C0, DEL, C1) would let it move the
-# cursor, retitle or clear the terminal (ESC) or break the one line per record (newline), and the
-# bidirectional overrides would reorder what is shown. Each is shown as its escape instead.
-_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
-_ESCAPES |= {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
-_ESCAPES |= {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
-
-
-def visible(text: str) -> str:
-    """``text`` with control characters and bidirectional overrides escaped (``\\x1b``, ``\\n``)."""
-    return text if text.isprintable() else text.translate(_ESCAPES)
 
 
 def _time(stamp: Any) -> str:
