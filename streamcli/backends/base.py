@@ -168,6 +168,10 @@ class MetadataStore(Protocol):
         """Remove and return the file's metadata (None when unknown)."""
         ...
 
+    async def find_file(self, filename: str, sha256: str, size: int) -> FileRecord | None:
+        """A stored file of this name and content (the oldest, when several), or None."""
+        ...
+
     async def put_upload(self, record: UploadRecord) -> None:
         """Insert or replace an upload."""
         ...

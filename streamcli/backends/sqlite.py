@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS files (
     created_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_by_time ON files (created_at DESC, file_id);
+CREATE INDEX IF NOT EXISTS files_by_content ON files (sha256, filename);
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id        TEXT PRIMARY KEY,
     filename         TEXT NOT NULL,
@@ -280,6 +281,15 @@ class SqliteStore:
             ).fetchall()
         )
         return [FileRecord(*row) for row in rows]
+
+    async def find_file(self, filename: str, sha256: str, size: int) -> FileRecord | None:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT * FROM files WHERE sha256 = ? AND filename = ? AND size = ? ORDER BY created_at LIMIT 1",
+                (sha256, filename, size),
+            ).fetchone()
+        )
+        return FileRecord(*row) if row else None
 
     async def delete_file(self, file_id: str) -> FileRecord | None:
         def delete(db: sqlite3.Connection) -> FileRecord | None:

@@ -8,12 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from streamcli.cli.environment import Environment, get_env
+from streamcli.client.settings import RECONNECT_RETRIES
 from streamcli.errors import StreamcliError, UsageError
 
 if TYPE_CHECKING:
     from streamcli.client.transfer import TransferResult
 
-RETRIES_HELP = "Retries with backoff after the server or network goes away; each resumes where the last stopped."
+RETRIES_HELP = (
+    "Retries with backoff (up to 8 s apart) after the server or network goes away, each said on stderr; "
+    "each resumes where the last stopped. The default waits about three minutes, as tails do."
+)
 
 
 def upload(
@@ -29,14 +33,17 @@ def upload(
         ),
     ] = None,
     parallel: Annotated[int, typer.Option("--parallel", "-p", min=1, max=64, help="Files uploaded at once.")] = 4,
-    retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = 5,
+    retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = RECONNECT_RETRIES,
 ) -> None:
     """Upload files, verified by SHA-256; interrupted uploads resume on the next run.
 
-    Prints one line per file: its id and name ([cyan]--json[/cyan]: one object per file with
-    id, name, size and sha256). Progress bars appear when stderr is a terminal.
-    Standard input has no size known in advance: it is sent with its size and
-    checksum at the end, and cannot resume.
+    Prints one line per file as soon as it is stored: its id and name, and
+    "(already stored)" when the server had a file of that name and content and
+    answered with its id instead of storing it again ([cyan]--json[/cyan]: one object per
+    file with id, name, size, sha256 and already_stored). A run interrupted by
+    Ctrl-C has printed the files it finished. Progress bars appear when stderr is
+    a terminal. Standard input has no size known in advance: it is sent with its
+    size and checksum at the end, and cannot resume.
 
     Examples:
 
@@ -47,11 +54,11 @@ def upload(
       tar c dir | streamcli upload - --name dir.tar
     """
     from streamcli.client.retry import RetryPolicy
-    from streamcli.client.transfer import TransferResult, upload_many, upload_stream
+    from streamcli.client.transfer import upload_many, upload_stream
     from streamcli.ui.progress import transfer_progress
 
     env = get_env(ctx)
-    policy = RetryPolicy(retries=retries)
+    policy = RetryPolicy(retries=retries, notice=env.notice)
     if pathlib.Path("-") in paths:
         if len(paths) > 1:
             raise UsageError("'-' (standard input) cannot be combined with other files")
@@ -63,8 +70,12 @@ def upload(
         _print_results(env, [result])
         return
     with transfer_progress(env, len(paths)) as progress:
-        outcomes = env.run(lambda conn: upload_many(conn, paths, progress, parallel=parallel, name=name, retry=policy))
-    _print_results(env, [o for o in outcomes if isinstance(o, TransferResult)])
+        outcomes = env.run(
+            lambda conn: upload_many(
+                conn, paths, progress, parallel=parallel, name=name, retry=policy,
+                on_result=lambda result: _print_results(env, [result]),
+            )
+        )  # fmt: skip
     failures = [o for o in outcomes if isinstance(o, StreamcliError)]
     if failures:
         first = failures[0]
@@ -79,7 +90,9 @@ def _print_results(env: Environment, results: list[TransferResult]) -> None:
         if env.json:
             env.emit_json(result.as_json())
         else:
-            env.stdout.write(f"{visible(result.file_id)}  {visible(result.name)}\n")
+            again = "  (already stored)" if result.already_stored else ""
+            env.stdout.write(f"{visible(result.file_id)}  {visible(result.name)}{again}\n")
+        env.stdout.flush()  # a line per file as it is stored, for a reader of a pipe too
 
 
 def download(
@@ -107,7 +120,7 @@ def download(
             "--force", "-f", help="Overwrite an existing file (or symbolic link); write binary output to a terminal."
         ),
     ] = False,
-    retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = 5,
+    retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = RECONNECT_RETRIES,
 ) -> None:
     """Download a file, verified by SHA-256, via PATH.part (renamed only when complete).
 
@@ -130,7 +143,7 @@ def download(
     from streamcli.ui.progress import transfer_progress
 
     env = get_env(ctx)
-    policy = RetryPolicy(retries=retries)
+    policy = RetryPolicy(retries=retries, notice=env.notice)
     to_stdout = output == "-"
     stdout = getattr(env.stdout, "buffer", None) if to_stdout else None
     if to_stdout and stdout is None:

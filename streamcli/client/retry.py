@@ -6,8 +6,11 @@ import asyncio
 import dataclasses
 import logging
 import random
+from collections.abc import Callable
 
 import grpc
+
+from streamcli.client.settings import RECONNECT_RETRIES
 
 log = logging.getLogger("streamcli.client")
 
@@ -25,11 +28,13 @@ RETRYABLE = frozenset(
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently to retry."""
+    """How often and how patiently to retry, and whom to tell."""
 
-    retries: int = 5  # further attempts after the first
+    retries: int = RECONNECT_RETRIES  # further attempts after the first
     initial_delay: float = 0.25  # seconds before the first retry
     max_delay: float = 8.0  # cap of the doubling delay, seconds
+    # Told a line of text before each retry (the CLI prints it on stderr): a retry is never silent.
+    notice: Callable[[str], None] | None = dataclasses.field(default=None, compare=False)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based), with jitter."""
@@ -60,6 +65,10 @@ class Attempts:
         """Whether ``backoff`` would retry after ``exc`` (rather than re-raise it)."""
         return exc.code() in RETRYABLE | also and self.failures < self._policy.retries
 
+    def exhausted(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> bool:
+        """Whether ``exc`` is worth retrying but the retries are used up (time to say how to resume)."""
+        return exc.code() in RETRYABLE | also and not self.will_retry(exc, also=also)
+
     async def backoff(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> None:
         """Sleep before the next attempt, or re-raise ``exc`` if there is none."""
         if not self.will_retry(exc, also=also):
@@ -69,6 +78,11 @@ class Attempts:
         log.info(
             "%s failed (%s: %s); retry %d in %.1fs", self._what, exc.code().name, exc.details(), self.failures, delay
         )
+        if self._policy.notice is not None:
+            reason = f"{exc.code().name}: {exc.details()}" if exc.details() else exc.code().name
+            self._policy.notice(
+                f"{self._what}: {reason}; retry {self.failures} of {self._policy.retries} in {delay:.1f} s"
+            )
         await asyncio.sleep(delay)
 
 

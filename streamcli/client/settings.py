@@ -7,6 +7,11 @@ import pathlib
 
 from streamcli.transport import DEFAULT_ADDRESS
 
+#: Retries after a lost server before giving up, by default: with the doubling delay capped at 8 s,
+#: about three minutes, long enough for a server to restart. Tails, transfers and chat all wait this long.
+#: (Here, not in client/retry.py: the CLI's options name it without importing grpc.)
+RECONNECT_RETRIES = 25
+
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionSettings:

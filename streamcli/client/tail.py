@@ -20,9 +20,6 @@ from streamcli.client.retry import Attempts, RetryPolicy
 
 R = TypeVar("R")
 
-#: Consecutive failed reconnects before a tail gives up (the delay caps at 8 s: about 3 minutes).
-TAIL_RETRIES = 25
-
 
 @dataclasses.dataclass(frozen=True)
 class TailOptions:
@@ -31,7 +28,7 @@ class TailOptions:
     follow: bool = True  # False: history only
     max_records: int | None = None  # end after this many records
     idle_timeout: float | None = None  # end after this many seconds without a record
-    retry: RetryPolicy = dataclasses.field(default_factory=lambda: RetryPolicy(retries=TAIL_RETRIES))
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)  # consecutive failed reconnects
     # Told (a line of text) when the stream is lost and the tail starts reconnecting, and when it resumes.
     notice: Callable[[str], None] | None = None
 

@@ -29,7 +29,14 @@ from streamcli.checksums import sha256_prefix
 from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
-from streamcli.errors import ConflictError, IntegrityError, ResourceExhaustedError, StreamcliError, UsageError
+from streamcli.errors import (
+    ConflictError,
+    IntegrityError,
+    ResourceExhaustedError,
+    StreamcliError,
+    UsageError,
+    error_for_status,
+)
 from streamcli.names import check_filename, is_filename
 
 #: Bytes per upload message. 64 KiB moved the most bytes per second through
@@ -51,6 +58,7 @@ class TransferResult:
     sha256: str  # lowercase hex
     resumed_from: int = 0  # bytes that an earlier attempt had already moved
     path: str = ""  # where a download was written ("-" for stdout)
+    already_stored: bool = False  # an upload the server had stored already (same name and content)
 
     def as_json(self) -> dict[str, object]:
         record: dict[str, object] = {
@@ -62,6 +70,8 @@ class TransferResult:
         }
         if self.path:
             record["path"] = self.path
+        else:
+            record["already_stored"] = self.already_stored
         return record
 
 
@@ -100,8 +110,15 @@ async def upload_path(
     attempts = Attempts(retry, f"upload of {name}")
     resumed_from = 0
     with rpc_errors(conn.settings.address):
+        sent = [0]  # bytes the current attempt handed to the stream
+
+        def advance(n: int) -> None:
+            sent[0] += n
+            progress.advance(upload_id, n)
+
         while True:
             first_status = None
+            sent[0] = 0
             try:
                 status = await _upload_status(conn, upload_id, size)
                 if status is None:
@@ -115,16 +132,30 @@ async def upload_path(
                 progress.start(upload_id, name, size, offset)
                 requests = _file_requests(
                     first, path, offset, size, hasher, trailer=not declared,
-                    advance=lambda n: progress.advance(upload_id, n),
+                    advance=advance,
                 )  # fmt: skip
                 call = conn.stub.UploadFile(requests, metadata=conn.metadata)
                 first_status = FirstStatus(call)
                 response = await call
                 break
             except grpc.aio.AioRpcError as exc:
-                await attempts.backoff(first_status.unmask(exc) if first_status else exc, also=_UPLOAD_RACES)
+                exc = first_status.unmask(exc) if first_status else exc
+                if attempts.exhausted(exc, also=_UPLOAD_RACES):
+                    raise _gave_up(conn, exc, attempts, "run the same command again to resume the upload") from exc
+                if sent[0]:
+                    attempts.failures = 0  # that attempt moved bytes: a flaky network is not a dead server
+                await attempts.backoff(exc, also=_UPLOAD_RACES)
     progress.finish(upload_id)
-    return TransferResult(response.file_id, name, response.bytes_uploaded, response.checksum, resumed_from)
+    return TransferResult(
+        response.file_id, name, response.bytes_uploaded, response.checksum, resumed_from,
+        already_stored=response.already_stored,
+    )  # fmt: skip
+
+
+def _gave_up(conn: Connection, exc: grpc.aio.AioRpcError, attempts: Attempts, hint: str) -> StreamcliError:
+    """The error of a transfer that ran out of retries, saying how to go on."""
+    detail = f"{exc.details() or exc.code().name.lower()}; gave up after {attempts.failures} retries; {hint}"
+    return error_for_status(exc.code(), detail, address=conn.settings.address)
 
 
 def _inspect(path: pathlib.Path) -> tuple[int, int]:
@@ -213,7 +244,9 @@ async def upload_stream(
         except grpc.aio.AioRpcError as exc:
             raise first_status.unmask(exc) from None
     progress.finish(key)
-    return TransferResult(response.file_id, name, response.bytes_uploaded, response.checksum)
+    return TransferResult(
+        response.file_id, name, response.bytes_uploaded, response.checksum, already_stored=response.already_stored
+    )
 
 
 async def upload_many(
@@ -224,8 +257,13 @@ async def upload_many(
     parallel: int,
     name: str | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    on_result: Callable[[TransferResult], None] | None = None,
 ) -> list[TransferResult | StreamcliError]:
-    """Upload several files, ``parallel`` at a time; one result or error per path, in order."""
+    """Upload several files, ``parallel`` at a time; one result or error per path, in order.
+
+    ``on_result`` hears of each stored file as soon as it is stored, so that a run interrupted later
+    has said what it finished.
+    """
     if name is not None and len(paths) > 1:
         raise UsageError("--name applies to a single file")
     gate = asyncio.Semaphore(parallel)
@@ -233,9 +271,12 @@ async def upload_many(
     async def one(path: pathlib.Path) -> TransferResult | StreamcliError:
         async with gate:
             try:
-                return await upload_path(conn, path, progress, name=name, retry=retry)
+                result = await upload_path(conn, path, progress, name=name, retry=retry)
             except StreamcliError as exc:
                 return exc
+            if on_result is not None:
+                on_result(result)
+            return result
 
     return list(await asyncio.gather(*(one(p) for p in paths)))
 
@@ -512,6 +553,7 @@ async def _download(
     progress.start(info.file_id, info.filename, info.size, offset)
     with rpc_errors(conn.settings.address), _BackgroundWriter(sink, hasher) as writer:
         while True:  # one pass per attempt; retries continue from `offset`
+            attempt_start = offset
             try:
                 request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
                 async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
@@ -522,6 +564,13 @@ async def _download(
                     progress.advance(info.file_id, len(response.data))
                 break
             except grpc.aio.AioRpcError as exc:
+                if attempts.exhausted(exc):
+                    hint = "run the same command again to resume from the .part file"
+                    if shown_path == "-":
+                        hint = "standard output cannot resume: run it again, or download to a file"
+                    raise _gave_up(conn, exc, attempts, hint) from exc
+                if offset > attempt_start:
+                    attempts.failures = 0  # that attempt moved bytes: a flaky network is not a dead server
                 await attempts.backoff(exc)
         await writer.drain()
     sink.flush()

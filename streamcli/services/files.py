@@ -358,6 +358,14 @@ class FileService:
         self, upload: UploadRecord, partial: _PartialFile, digest: str, context: Context
     ) -> pb.UploadFileResponse:
         file_id, size = uuid.uuid4().hex, partial.size
+        existing = await self._meta.find_file(upload.filename, digest, size)
+        if existing is not None:  # the same name and bytes are stored already: answer with that file
+            partial.handle.close()
+            self._space.freed(self._blobs.discard_partial(upload.upload_id))
+            await self._forget_upload(upload.upload_id)
+            log.info("%s (%s, %d bytes) is stored already as %s", upload.upload_id, upload.filename, size,
+                     existing.file_id)  # fmt: skip
+            return self._response(existing, upload.upload_id, already_stored=True)
         try:
             await asyncio.to_thread(self._blobs.commit, upload.upload_id, file_id)
             await self._meta.put_file(
@@ -383,13 +391,19 @@ class FileService:
                 )
             except Exception as exc:  # the file is stored: the client must hear so, whatever the log store says
                 log.warning("could not notify that %s was stored: %s", file_id, exc)
+        return self._response(
+            FileRecord(file_id, upload.filename, size, upload.content_type, digest, 0), upload.upload_id
+        )
+
+    def _response(self, stored: FileRecord, upload_id: str, *, already_stored: bool = False) -> pb.UploadFileResponse:
         return pb.UploadFileResponse(
-            file_id=file_id,
-            bytes_uploaded=size,
-            download_url=f"streamcli://{self._public_address}/files/{file_id}",
+            file_id=stored.file_id,
+            bytes_uploaded=stored.size,
+            download_url=f"streamcli://{self._public_address}/files/{stored.file_id}",
             checksum_verified=True,
-            checksum=digest,
-            upload_id=upload.upload_id,
+            checksum=stored.sha256,
+            upload_id=upload_id,
+            already_stored=already_stored,
         )
 
     async def _fail(

@@ -518,6 +518,7 @@ class UploadFileResponse(_message.Message):
     CHECKSUM_VERIFIED_FIELD_NUMBER: _builtins.int
     CHECKSUM_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    ALREADY_STORED_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
     """Id of the stored file."""
     bytes_uploaded: _builtins.int
@@ -530,6 +531,11 @@ class UploadFileResponse(_message.Message):
     """Lowercase hex SHA-256 of the stored bytes."""
     upload_id: _builtins.str
     """The upload id the transfer ran under."""
+    already_stored: _builtins.bool
+    """True: a file of the same name and content (SHA-256 and size) was stored
+    already, and `file_id` is that file's; the bytes received were dropped,
+    nothing new is listed, and no "upload completed" notification is raised.
+    """
     def __init__(
         self,
         *,
@@ -539,10 +545,11 @@ class UploadFileResponse(_message.Message):
         checksum_verified: _builtins.bool = ...,
         checksum: _builtins.str = ...,
         upload_id: _builtins.str = ...,
+        already_stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_uploaded", b"bytes_uploaded", "checksum", b"checksum", "checksum_verified", b"checksum_verified", "download_url", b"download_url", "file_id", b"file_id", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_stored", b"already_stored", "bytes_uploaded", b"bytes_uploaded", "checksum", b"checksum", "checksum_verified", b"checksum_verified", "download_url", b"download_url", "file_id", b"file_id", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
