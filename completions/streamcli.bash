@@ -28,7 +28,7 @@ _streamcli() {
             'health:--timeout') skip=1 ;;
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
             'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
@@ -67,6 +67,7 @@ _streamcli() {
         'serve:--grace') COMPREPLY=(); return ;;
         'serve:--token') COMPREPLY=(); return ;;
         'serve:--user-token') COMPREPLY=(); return ;;
+        'serve:--user-tokens') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--tls-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--tls-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--tls-client-ca') COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -108,7 +109,7 @@ _streamcli() {
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
         'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
         'tail') COMPREPLY=($(compgen -W '--help -h events notifications' -- "$cur")) ;;
         'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
         'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;

@@ -51,7 +51,7 @@ function __streamcli_path
                 set cmdpath 'notify send'
             case 'notify send:--to' 'notify send:--topic' 'notify send:--title' 'notify send:--body' 'notify send:--severity' 'notify send:--attr'
                 set skip 1
-            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
+            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
                 set skip 1
             case 'tail:events'
                 set cmdpath 'tail events'
@@ -134,7 +134,8 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l data-dir -r -F -d 'Wh
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l backend -x -d 'Storage backend: '\''embedded'\'' (SQLite + data dir).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l grace -x -d 'Seconds in-flight calls get to finish on SIGINT/SIGTERM.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l token -x -d 'Require '\''authorization: Bearer TOKEN'\'' on every call except health. [default: the global --token / STREAMCLI_TOKEN]'
-complete -c streamcli -n '__streamcli_at '\''serve'\''' -l user-token -x -d 'NAME=TOKEN: a token that also says who the caller is (chat uses NAME, whatever --user says). Repeatable.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l user-token -x -d 'NAME=TOKEN: a user token. Its holder acts as NAME and reaches only NAME'\''s events, notifications and files (and files posted in rooms NAME joined); chat uses NAME whatever --user says. Repeatable.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l user-tokens -r -F -d 'File of user tokens, one NAME=TOKEN a line ('\''#'\'' comments), for many users; read again on SIGHUP (a file that fails to read keeps the tokens in force). Calls then always need a token.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-cert -r -F -d 'PEM server certificate (enables TLS).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-key -r -F -d 'PEM key of --tls-cert.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls-client-ca -r -F -d 'Require client certificates signed by this PEM CA (mTLS).'

@@ -1,45 +1,99 @@
 """Which bearer tokens a server accepts, and who a token names.
 
-One shared token (callers say who they are themselves, e.g. ``chat --user``)
-and/or per-user tokens, which fix the caller's identity: services ask
-``Credentials.user_of`` and ignore the name the client claims.
+Two kinds of credential (README, "Access"):
+
+- the service token (``serve --token``): an application that acts for its
+  users (publishes their events, administers files); it may act for anyone;
+- user tokens (``serve --user-token NAME=TOKEN``, ``--user-tokens FILE``): a
+  token names its user, and reaches only that user's data.
+
+A server without any token is a single-user tool: every caller acts as the
+service. Tokens are looked up by their SHA-256, so a call costs one hash and a
+dictionary look-up however many users there are, and no comparison's timing
+depends on how much of a guess was right.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 
 
-class Credentials:
-    """The tokens a server accepts and the users they name."""
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who a call comes from, as its token says."""
 
-    def __init__(self, shared: str | None = None, users: Mapping[str, str] | None = None) -> None:
-        self._tokens: list[tuple[bytes, str | None]] = [(t.encode(), u) for u, t in (users or {}).items()]
-        if shared:
-            self._tokens.append((shared.encode(), None))
+    user: str | None  # the user a user token names; None: the service token, or a server without tokens
+
+    @property
+    def is_service(self) -> bool:
+        """Whether the caller may act for any user."""
+        return self.user is None
+
+    def may_act_as(self, user: str) -> bool:
+        """Whether the caller may read or write ``user``'s data."""
+        return self.user is None or self.user == user
+
+
+SERVICE = Caller(None)
+
+
+class Credentials:
+    """The tokens a server accepts and the users they name; user tokens may be replaced while serving."""
+
+    def __init__(
+        self, shared: str | None = None, users: Mapping[str, str] | None = None, *, required: bool = False
+    ) -> None:
+        """``required``: refuse calls without a token even while no token is configured (a tokens file
+        that is empty for now)."""
+        self._shared = _digest(shared.encode()) if shared else None
+        self._required = required
+        self._users: dict[bytes, str] = {}
+        self._names: frozenset[str] = frozenset()
+        self.replace_users(users or {})
+
+    def replace_users(self, users: Mapping[str, str]) -> None:
+        """Accept exactly these user tokens (NAME -> TOKEN) from now on (a reload)."""
+        self._users = {_digest(token.encode()): name for name, token in users.items()}
+        self._names = frozenset(users)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._tokens)
+        """Whether calls need a token."""
+        return self._required or self._shared is not None or bool(self._users)
+
+    @property
+    def user_names(self) -> frozenset[str]:
+        """The users that have a token: their names are theirs alone (in chat, say)."""
+        return self._names
 
     def check(self, supplied: bytes) -> tuple[bool, str | None]:
-        """(accepted, user) for an ``authorization`` value; user is None for the shared token."""
+        """(accepted, user) for an ``authorization`` value; user is None for the service token."""
         token = bearer_token(supplied)
         if token is None:
             return False, None
-        found: tuple[bool, str | None] = (False, None)
-        for expected, user in self._tokens:  # compare with every token: timing says nothing about which
-            if hmac.compare_digest(token, expected):
-                found = (True, user)
-        return found
+        digest = _digest(token)
+        user = self._users.get(digest)
+        if user is not None:
+            return True, user
+        return self._shared is not None and hmac.compare_digest(digest, self._shared), None
+
+    def caller(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
+        """Who a call comes from (its token was checked on the way in; without auth, the service)."""
+        return Caller(self.user_of(metadata))
 
     def user_of(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-        """The user a call's per-user token names, or None (shared token, or auth off)."""
+        """The user a call's user token names, or None (service token, or auth off)."""
         for key, value in metadata or ():
             if key == "authorization":
                 return self.check(value.encode() if isinstance(value, str) else value)[1]
         return None
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
 
 
 def bearer_token(supplied: bytes) -> bytes | None:

@@ -129,6 +129,7 @@ class FileRecord:
     content_type: str
     sha256: str  # lowercase hex
     created_at: float  # seconds since the epoch
+    owner: str = ""  # the user whose token uploaded it; "" for the service token (or a server without tokens)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,6 +148,7 @@ class UploadRecord:
     sha256: str  # declared lowercase hex sha256, "" when sent at the end
     created_at: float  # seconds since the epoch
     expires_at: float  # seconds since the epoch
+    owner: str = ""  # as FileRecord.owner: who may resume it
 
 
 class MetadataStore(Protocol):
@@ -160,16 +162,28 @@ class MetadataStore(Protocol):
         """The file's metadata, or None."""
         ...
 
-    async def list_files(self, limit: int, offset: int = 0) -> list[FileRecord]:
-        """Files newest first."""
+    async def list_files(self, limit: int, offset: int = 0, *, visible_to: str | None = None) -> list[FileRecord]:
+        """Files newest first; with ``visible_to``, only those that user may see (``file_visible_to``)."""
+        ...
+
+    async def file_visible_to(self, record: FileRecord, user: str) -> bool:
+        """Whether ``user`` may see a file: they own it, or it was posted in a chat room they have joined."""
+        ...
+
+    async def add_room_member(self, room_id: str, user: str) -> None:
+        """Remember that ``user`` joined ``room_id`` (the files posted there become visible to them)."""
+        ...
+
+    async def share_file(self, file_id: str, room_id: str) -> None:
+        """Remember that ``file_id`` was posted in ``room_id``."""
         ...
 
     async def delete_file(self, file_id: str) -> FileRecord | None:
         """Remove and return the file's metadata (None when unknown)."""
         ...
 
-    async def find_file(self, filename: str, sha256: str, size: int) -> FileRecord | None:
-        """A stored file of this name and content (the oldest, when several), or None."""
+    async def find_file(self, filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:
+        """A stored file of this owner, name and content (the oldest, when several), or None."""
         ...
 
     async def put_upload(self, record: UploadRecord) -> None:

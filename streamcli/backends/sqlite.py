@@ -65,6 +65,16 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_time ON files (created_at DESC, file_id);
 CREATE INDEX IF NOT EXISTS files_by_content ON files (sha256, filename);
+CREATE TABLE IF NOT EXISTS room_members (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS file_shares (
+    file_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    PRIMARY KEY (file_id, room_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id        TEXT PRIMARY KEY,
     filename         TEXT NOT NULL,
@@ -75,6 +85,12 @@ CREATE TABLE IF NOT EXISTS uploads (
     expires_at       REAL NOT NULL
 );
 """
+
+
+#: The files posted in the rooms a user (the one parameter) has joined.
+_SHARED_WITH = (
+    "SELECT file_shares.file_id FROM file_shares JOIN room_members USING (room_id) WHERE room_members.user_id = ?"
+)
 
 
 class DatabaseInUseError(Exception):
@@ -112,6 +128,10 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        for table in ("files", "uploads"):  # databases from before files had owners
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if "owner" not in columns:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         return db
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -265,8 +285,16 @@ class SqliteStore:
     async def put_file(self, record: FileRecord) -> None:
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                (record.file_id, record.filename, record.size, record.content_type, record.sha256, record.created_at),
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.file_id,
+                    record.filename,
+                    record.size,
+                    record.content_type,
+                    record.sha256,
+                    record.created_at,
+                    record.owner,
+                ),
             )
         )
 
@@ -274,19 +302,40 @@ class SqliteStore:
         row = await self._run(lambda db: db.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone())
         return FileRecord(*row) if row else None
 
-    async def list_files(self, limit: int, offset: int = 0) -> list[FileRecord]:
-        rows = await self._run(
-            lambda db: db.execute(
-                "SELECT * FROM files ORDER BY created_at DESC, file_id LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
-        )
+    async def list_files(self, limit: int, offset: int = 0, *, visible_to: str | None = None) -> list[FileRecord]:
+        if visible_to is None:
+            query, args = "SELECT * FROM files ORDER BY created_at DESC, file_id LIMIT ? OFFSET ?", (limit, offset)
+        else:
+            query = (
+                f"SELECT * FROM files WHERE owner = ? OR file_id IN ({_SHARED_WITH}) "
+                "ORDER BY created_at DESC, file_id LIMIT ? OFFSET ?"
+            )
+            args = (visible_to, visible_to, limit, offset)  # type: ignore[assignment]
+        rows = await self._run(lambda db: db.execute(query, args).fetchall())
         return [FileRecord(*row) for row in rows]
 
-    async def find_file(self, filename: str, sha256: str, size: int) -> FileRecord | None:
+    async def file_visible_to(self, record: FileRecord, user: str) -> bool:
+        if record.owner == user:
+            return True
         row = await self._run(
             lambda db: db.execute(
-                "SELECT * FROM files WHERE sha256 = ? AND filename = ? AND size = ? ORDER BY created_at LIMIT 1",
-                (sha256, filename, size),
+                f"SELECT 1 FROM ({_SHARED_WITH}) WHERE file_id = ?", (user, record.file_id)
+            ).fetchone()
+        )
+        return row is not None
+
+    async def add_room_member(self, room_id: str, user: str) -> None:
+        await self._run(lambda db: db.execute("INSERT OR IGNORE INTO room_members VALUES (?, ?)", (room_id, user)))
+
+    async def share_file(self, file_id: str, room_id: str) -> None:
+        await self._run(lambda db: db.execute("INSERT OR IGNORE INTO file_shares VALUES (?, ?)", (file_id, room_id)))
+
+    async def find_file(self, filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT * FROM files WHERE sha256 = ? AND filename = ? AND size = ? AND owner = ? "
+                "ORDER BY created_at LIMIT 1",
+                (sha256, filename, size, owner),
             ).fetchone()
         )
         return FileRecord(*row) if row else None
@@ -303,7 +352,7 @@ class SqliteStore:
     async def put_upload(self, record: UploadRecord) -> None:
         await self._run(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.upload_id,
                     record.filename,
@@ -312,6 +361,7 @@ class SqliteStore:
                     record.sha256,
                     record.created_at,
                     record.expires_at,
+                    record.owner,
                 ),
             )
         )

@@ -67,8 +67,19 @@ def serve(
         typer.Option(
             "--user-token",
             show_default=False,
-            help="NAME=TOKEN: a token that also says who the caller is (chat uses NAME, whatever --user says). "
-            "Repeatable.",
+            help="NAME=TOKEN: a user token. Its holder acts as NAME and reaches only NAME's events, notifications "
+            "and files (and files posted in rooms NAME joined); chat uses NAME whatever --user says. Repeatable.",
+        ),
+    ] = None,
+    user_tokens_file: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--user-tokens",
+            envvar="STREAMCLI_USER_TOKENS",
+            dir_okay=False,
+            show_default=False,
+            help="File of user tokens, one NAME=TOKEN a line ('#' comments), for many users; read again on "
+            "SIGHUP (a file that fails to read keeps the tokens in force). Calls then always need a token.",
         ),
     ] = None,
     tls_cert: Annotated[
@@ -193,6 +204,7 @@ def serve(
         grace=grace,
         token=token if token is not None else env.connection.token,
         user_tokens=named_tokens,
+        user_tokens_file=user_tokens_file,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,

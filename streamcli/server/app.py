@@ -30,7 +30,8 @@ from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.decoding import DecodingBoundary
 from streamcli.server.service import SERVICE_NAME, add_service
-from streamcli.services.chat import USER_ID, ChatService, ChatSettings
+from streamcli.server.tokens import check_user_tokens, read_user_tokens, world_readable
+from streamcli.services.chat import ChatService, ChatSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileLimits, FileService
@@ -52,6 +53,7 @@ class ServerConfig:
     grace: float = 10.0  # seconds in-flight calls get on shutdown
     token: str | None = None  # shared bearer token
     user_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)  # user -> token naming that user
+    user_tokens_file: pathlib.Path | None = None  # more user tokens, NAME=TOKEN a line; read again on SIGHUP
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
     tls_client_ca: pathlib.Path | None = None  # set: clients must present a cert it signed (mTLS)
@@ -81,13 +83,8 @@ class ServerConfig:
             raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.token is not None and not self.token.strip():
             raise UsageError("the token is empty")
-        for user, token in self.user_tokens.items():
-            if not USER_ID.fullmatch(user) or not token.strip():
-                raise UsageError(
-                    f"--user-token {user}=...: a name of 1-32 letters, digits, '-', '_' or '.' and a token"
-                )
-        if len(set(self.user_tokens.values()) | {self.token}) < len(self.user_tokens) + 1:
-            raise UsageError("every --user-token must be different from the others and from --token")
+        check_user_tokens(self.user_tokens, "--user-token")
+        self.all_user_tokens()  # the file's, when there is one, read and checked
         if self.grace < 0:
             raise UsageError("--grace must be zero or more seconds")
         if self.max_file_size < 0 or self.quota < 0:
@@ -100,7 +97,7 @@ class ServerConfig:
             raise UsageError("--live-interval must be between 0 and 1 second")
         if not (self.tls or self.allow_insecure or transport.is_loopback_address(self.address)):
             # Without TLS a token would cross the network in clear text: it protects nothing there.
-            if self.token or self.user_tokens:
+            if self.token or self.user_tokens or self.user_tokens_file:
                 raise UsageError(
                     f"refusing to accept tokens without TLS on non-loopback address {self.address}: they would "
                     "cross the network in clear text; add --tls-cert/--tls-key, or pass --allow-insecure"
@@ -109,6 +106,23 @@ class ServerConfig:
                 f"refusing to listen on non-loopback address {self.address} without TLS; "
                 "add --tls-cert/--tls-key (and --token), or pass --allow-insecure"
             )
+
+    def all_user_tokens(self) -> dict[str, str]:
+        """The user tokens of the flags and of the file (read now).
+
+        Raises:
+            UsageError: the file is unreadable or malformed, a user has a token in both places, or two
+                tokens (or a user token and the service token) are the same.
+        """
+        users = dict(self.user_tokens)
+        if self.user_tokens_file is not None:
+            for name, token in read_user_tokens(self.user_tokens_file).items():
+                if name in users:
+                    raise UsageError(f"{name} has a token in --user-tokens {self.user_tokens_file} and --user-token")
+                users[name] = token
+        if len(set(users.values()) | {self.token}) < len(users) + 1:
+            raise UsageError("every user token must be different from the others and from --token")
+        return users
 
 
 @dataclasses.dataclass
@@ -122,6 +136,21 @@ class RunningServer:
     stopping: asyncio.Event  # set when shutdown begins; long-lived streams watch it
     housekeeping: list[asyncio.Task[None]]  # periodic background jobs
     chat: ChatService  # closed after the calls end: stores the last leave messages
+    credentials: Credentials
+    config: ServerConfig
+
+    def reload_user_tokens(self) -> None:
+        """Read ``--user-tokens FILE`` again (on SIGHUP); a file that fails keeps the tokens in force."""
+        if self.config.user_tokens_file is None:
+            log.info("SIGHUP: no --user-tokens file to read again")
+            return
+        try:
+            users = self.config.all_user_tokens()
+        except UsageError as exc:
+            log.error("SIGHUP: keeping the user tokens in force: %s", exc)
+            return
+        self.credentials.replace_users(users)
+        log.info("SIGHUP: %d user tokens from %s and the flags", len(users), self.config.user_tokens_file)
 
     async def stop(self, grace: float | None) -> None:
         """Go NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds.
@@ -162,7 +191,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
     """
     config.validate()
     credentials = _credentials(config)
-    credentials_ = Credentials(config.token, config.user_tokens)
+    credentials_ = Credentials(config.token, config.all_user_tokens(), required=config.user_tokens_file is not None)
+    if config.user_tokens_file is not None and world_readable(config.user_tokens_file):
+        log.warning("--user-tokens %s is readable by every user of this machine", config.user_tokens_file)
     # The token is checked first: a caller without one learns nothing else, not even a decoding error.
     interceptors = [BearerTokenInterceptor(credentials_)] if credentials_.enabled else []
     interceptors.append(DecodingBoundary())
@@ -173,13 +204,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
         address = f"{transport.parse_address(config.address)[0]}:{port}"
         stopping = asyncio.Event()
         log_settings = LogSettings(config.heartbeat, config.retention, config.live_interval)
-        notifications = NotificationService(backend.log, log_settings, stopping)
-        events = EventService(backend.log, log_settings, stopping)
+        notifications = NotificationService(backend.log, log_settings, stopping, credentials_)
+        events = EventService(backend.log, log_settings, stopping, credentials_)
         files = FileService(
             backend,
             FileLimits(config.max_file_size, config.quota, config.upload_ttl),
             public_address=address,
             notifications=notifications,
+            credentials=credentials_,
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         add_service(server, [files, events, notifications, chat])
@@ -209,7 +241,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         asyncio.create_task(_every(interval, files.expire_uploads)),
         asyncio.create_task(_every(config.housekeeping_interval, apply_retention)),
     ]
-    return RunningServer(server, health_servicer, backend, address, stopping, housekeeping, chat)
+    return RunningServer(server, health_servicer, backend, address, stopping, housekeeping, chat, credentials_, config)
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:
@@ -257,7 +289,7 @@ async def serve(config: ServerConfig) -> None:
         config.backend,
         config.data_dir,
         "on" if config.tls else "off",
-        "token" if config.token or config.user_tokens else "off",
+        "tokens" if running.credentials.enabled else "off",
     )
     loop = asyncio.get_running_loop()
     first_signal = asyncio.Event()
@@ -272,10 +304,11 @@ async def serve(config: ServerConfig) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, running.reload_user_tokens)
     try:
         await first_signal.wait()
         await running.stop(config.grace)
         log.info("stopped")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)

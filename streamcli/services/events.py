@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, LogStore, NewRecord
+from streamcli.credentials import Credentials
 from streamcli.services import wire
 from streamcli.services.checks import MalformedRequest, has_control
 from streamcli.services.logs import Context, LogService, LogSettings, timestamp
@@ -74,8 +75,10 @@ class Framer:
 class EventService(LogService):
     """The event RPCs of ``StreamingService`` on a log store."""
 
-    def __init__(self, log: LogStore, settings: LogSettings, stopping: asyncio.Event) -> None:
-        super().__init__(log, settings, stopping)
+    def __init__(
+        self, log: LogStore, settings: LogSettings, stopping: asyncio.Event, credentials: Credentials | None = None
+    ) -> None:
+        super().__init__(log, settings, stopping, credentials)
         self._framer = Framer()
 
     async def PublishEvents(
@@ -88,6 +91,7 @@ class EventService(LogService):
         receiver = asyncio.create_task(_drain_into(request_iterator, queue))
         stored = _Stored()
         received = 0  # messages taken from the queue
+        caller = self._credentials.caller(context.invocation_metadata())
         try:
             while True:
                 items = [await queue.get()]
@@ -97,6 +101,7 @@ class EventService(LogService):
                 now.GetCurrentTime()  # the server's time for events sent without one
                 records: list[NewRecord] = []
                 refusal = ""  # why the stream ends here, with what came before it stored
+                refusal_code = grpc.StatusCode.INVALID_ARGUMENT
                 end: _End | None = None
                 for item in items:
                     if isinstance(item, _End):
@@ -112,6 +117,9 @@ class EventService(LogService):
                         break
                     for event in item.events:  # the valid events before an invalid one are stored
                         problem = _check_event(event)
+                        if not problem and not caller.may_act_as(event.user_id):
+                            problem = f"this token is {caller.user}'s: it publishes {caller.user}'s events only"
+                            refusal_code = grpc.StatusCode.PERMISSION_DENIED
                         if problem:
                             refusal = f"event {stored.count + len(records)} (message {received}): {problem}"
                             break
@@ -130,9 +138,7 @@ class EventService(LogService):
                             stored.trailer(),
                         )
                 if refusal:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"{refusal}; {stored.summary()}", stored.trailer()
-                    )
+                    await context.abort(refusal_code, f"{refusal}; {stored.summary()}", stored.trailer())
                 if end is not None:
                     if end.error is not None:
                         raise end.error  # the request stream broke: the client is gone
@@ -147,6 +153,13 @@ class EventService(LogService):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "user_id is required (or set all_users to stream every user)"
             )
+        if request.all_users and not self._credentials.caller(context.invocation_metadata()).is_service:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "all_users needs the service token: a user token reads its own events",
+            )
+        if request.user_id:
+            await self.check_acting_as(request.user_id, context, "reading events")
         types = set()
         for value in request.event_types:
             if value not in TYPE_NAMES:

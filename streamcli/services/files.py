@@ -31,6 +31,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord, UploadRecord
 from streamcli.checksums import sha256_prefix
+from streamcli.credentials import Credentials
 from streamcli.names import check_filename
 from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.logs import timestamp
@@ -119,8 +120,10 @@ class FileService:
         limits: FileLimits,
         public_address: str,
         notifications: NotificationService | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self._notifications = notifications
+        self._credentials = credentials or Credentials()
         self._blobs = backend.blobs
         self._meta = backend.metadata
         self._limits = limits
@@ -187,9 +190,11 @@ class FileService:
                 f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
             )
         now = time.time()
+        owner = self._credentials.caller(context.invocation_metadata()).user or ""
         upload = UploadRecord(
-            upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self._limits.upload_ttl
-        )
+            upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self._limits.upload_ttl,
+            owner,
+        )  # fmt: skip
         # Unknown sizes reserve chunk by chunk as they arrive (in _receive).
         reservation = await self._reserve(max(meta.total_size, 0), context)
         handle = None
@@ -212,6 +217,7 @@ class FileService:
         if upload is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(resume.upload_id)} to resume (expired?)")
         assert upload is not None
+        await self._check_upload_owner(upload, context)
         if upload.upload_id in self._active:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"upload {upload.upload_id} is being written by another stream"
@@ -358,7 +364,7 @@ class FileService:
         self, upload: UploadRecord, partial: _PartialFile, digest: str, context: Context
     ) -> pb.UploadFileResponse:
         file_id, size = uuid.uuid4().hex, partial.size
-        existing = await self._meta.find_file(upload.filename, digest, size)
+        existing = await self._meta.find_file(upload.filename, digest, size, upload.owner)
         if existing is not None:  # the same name and bytes are stored already: answer with that file
             partial.handle.close()
             self._space.freed(self._blobs.discard_partial(upload.upload_id))
@@ -369,7 +375,7 @@ class FileService:
         try:
             await asyncio.to_thread(self._blobs.commit, upload.upload_id, file_id)
             await self._meta.put_file(
-                FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time())
+                FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time(), upload.owner)
             )
         except OSError as exc:
             if not _disk_full(exc):
@@ -380,10 +386,12 @@ class FileService:
             await self._fail(upload, partial, context, grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
         await self._forget_upload(upload.upload_id)
         log.info("stored %s (%s, %d bytes)", file_id, upload.filename, size)
-        if self._notifications is not None:
+        # To its owner; a file of the service token to everyone only where there are no users to keep apart.
+        recipient = upload.owner or (EVERYONE if not self._credentials.user_names else "")
+        if self._notifications is not None and recipient:
             try:
                 await self._notifications.raise_(
-                    EVERYONE,
+                    recipient,
                     "files",
                     f"upload completed: {upload.filename}",
                     f"{size} bytes, sha256 {digest}",
@@ -462,6 +470,7 @@ class FileService:
         if upload is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(request.upload_id)}")
         assert upload is not None
+        await self._check_upload_owner(upload, context)
         path = self._blobs.partial_path(upload.upload_id)
         return pb.GetUploadStatusResponse(
             upload_id=upload.upload_id,
@@ -491,11 +500,31 @@ class FileService:
 
     # --- download and companions -----------------------------------------------
 
-    async def _get(self, file_id: str, context: Context) -> FileRecord:
+    async def _check_upload_owner(self, upload: UploadRecord, context: Context) -> None:
+        caller = self._credentials.caller(context.invocation_metadata())
+        if not caller.may_act_as(upload.owner):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"upload {upload.upload_id} was started with another token"
+            )
+
+    async def _get(self, file_id: str, context: Context, *, to_delete: bool = False) -> FileRecord:
+        """The file ``file_id`` if the caller may see it (``to_delete``: may delete it)."""
         record = await self._meta.get_file(file_id) if UPLOAD_ID.fullmatch(file_id) else None
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {quoted(file_id)}")
         assert record is not None
+        caller = self._credentials.caller(context.invocation_metadata())
+        if caller.user is None or record.owner == caller.user:
+            return record
+        if to_delete:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"file {record.file_id} is not yours: only its owner may delete it"
+            )
+        if not await self._meta.file_visible_to(record, caller.user):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"file {record.file_id} is not yours, nor posted in a chat room you have joined",
+            )
         return record
 
     async def DownloadFile(
@@ -538,13 +567,15 @@ class FileService:
         if request.page_token and not PAGE_TOKEN.fullmatch(request.page_token):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
         start = int(request.page_token or 0)
-        records = await self._meta.list_files(size + 1, start)
+        caller = self._credentials.caller(context.invocation_metadata())
+        records = await self._meta.list_files(size + 1, start, visible_to=caller.user)
         more = len(records) > size
         return pb.ListFilesResponse(
             files=[file_info(r) for r in records[:size]], next_page_token=str(start + size) if more else ""
         )
 
     async def DeleteFile(self, request: pb.DeleteFileRequest, context: Context) -> pb.DeleteFileResponse:
+        await self._get(request.file_id, context, to_delete=True)  # NOT_FOUND or PERMISSION_DENIED first
         try:
             record = await self._meta.delete_file(request.file_id) if UPLOAD_ID.fullmatch(request.file_id) else None
         except OSError as exc:

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli.backends.base import LogRecord, LogStore, NewRecord, TrimmedError
+from streamcli.credentials import Credentials
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Tag = TypeVar("Tag")
@@ -198,10 +199,21 @@ async def serve_cursor(
 class LogService:
     """Base of the services that serve a log to streams (events, notifications)."""
 
-    def __init__(self, log: LogStore, settings: LogSettings, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, log: LogStore, settings: LogSettings, stopping: asyncio.Event, credentials: Credentials | None = None
+    ) -> None:
         self._log = log
         self._settings = settings
         self._stopping = stopping
+        self._credentials = credentials or Credentials()
+
+    async def check_acting_as(self, user: str, context: Context, what: str) -> None:
+        """PERMISSION_DENIED unless the caller's token may act for ``user`` (``what``: the action, for the detail)."""
+        caller = self._credentials.caller(context.invocation_metadata())
+        if not caller.may_act_as(user):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{what}: this token is {caller.user}'s, not {user}'s"
+            )
 
     async def follow(
         self, stream: str, request: Any, match: Callable[[LogRecord], bool], context: Context

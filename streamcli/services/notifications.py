@@ -73,6 +73,8 @@ class NotificationService(LogService):
             )
         if request.severity not in pb.NotificationSeverity.values():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown severity {request.severity}")
+        # A user token notifies its own user only (a reminder); the service token anyone, "*" included.
+        await self.check_acting_as(request.recipient, context, "sending a notification")
         notification = await self.raise_(
             request.recipient, request.topic, request.title, request.body, request.severity, request.attributes
         )
@@ -83,6 +85,7 @@ class NotificationService(LogService):
     ) -> AsyncIterator[pb.SubscribeToNotificationsResponse]:
         if not request.recipient:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "recipient is required")
+        await self.check_acting_as(request.recipient, context, "reading notifications")
         recipient, topics = request.recipient, set(request.topics)
 
         def match(record: LogRecord) -> bool:

@@ -1,0 +1,218 @@
+"""Per-user access over real gRPC: a user token reaches only its user's data; the service token anyone's.
+
+The server runs with a service token and two user tokens. Every RPC that
+touches a user's data is called with each kind of credential: what is allowed
+works, what is not is PERMISSION_DENIED with a reason, and nothing of the other
+user shows up in listings or notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import pathlib
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.server.app import RunningServer
+from tests.support.servers import client, running_server, serve_process
+
+TOKENS = {"alice": "alice-token", "bob": "bob-token"}
+SERVICE = "service-token"
+LOGIN = pb.USER_EVENT_TYPE_LOGIN
+
+
+@pytest.fixture
+async def server(tmp_path: pathlib.Path) -> AsyncIterator[RunningServer]:
+    async with running_server(tmp_path / "data", token=SERVICE, user_tokens=TOKENS) as running:
+        yield running
+
+
+def auth(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+ALICE, BOB, SVC = auth(TOKENS["alice"]), auth(TOKENS["bob"]), auth(SERVICE)
+
+
+async def denied(call: Any) -> str:
+    """The detail of a call that must end PERMISSION_DENIED."""
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        result = call
+        if hasattr(result, "__aiter__"):
+            async for _ in result:
+                pass
+        else:
+            await result
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED, failure.value.details()
+    return failure.value.details() or ""
+
+
+def events(*users: str) -> list[pb.PublishEventsRequest]:
+    return [pb.PublishEventsRequest(events=[pb.UserEvent(user_id=u, type=LOGIN) for u in users])]
+
+
+async def history(stub: Any, metadata: Any, **request: Any) -> list[pb.UserEvent]:
+    call = stub.StreamUserEvents(
+        pb.StreamUserEventsRequest(start_time=Timestamp(seconds=1), no_follow=True, **request), metadata=metadata
+    )
+    return [event async for response in call for event in response.events]
+
+
+async def test_events_a_user_token_publishes_and_reads_its_own_user_only(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = conn.stub
+        assert (await stub.PublishEvents(iter(events("alice")), metadata=ALICE)).count == 1
+        detail = await denied(stub.PublishEvents(iter(events("alice", "bob", "alice")), metadata=ALICE))
+        assert detail.startswith("event 1 (message 0): this token is alice's: it publishes alice's events only; ")
+        assert "the first event of this stream was stored" in detail
+        assert (await stub.PublishEvents(iter(events("bob")), metadata=SVC)).count == 1  # the service: anyone
+        assert "not bob's" in await denied(
+            stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="bob"), metadata=ALICE)
+        )
+        assert "all_users needs the service token" in await denied(
+            stub.StreamUserEvents(pb.StreamUserEventsRequest(all_users=True), metadata=ALICE)
+        )
+        assert [e.user_id for e in await history(stub, ALICE, user_id="alice")] == ["alice", "alice"]
+        assert [e.user_id for e in await history(stub, BOB, user_id="bob")] == ["bob"]
+        assert [e.user_id for e in await history(stub, SVC, all_users=True)] == ["alice", "alice", "bob"]
+
+
+async def notifications_of(stub: Any, metadata: Any, recipient: str) -> list[pb.Notification]:
+    request = pb.SubscribeToNotificationsRequest(recipient=recipient, start_time=Timestamp(seconds=1), no_follow=True)
+    call = stub.SubscribeToNotifications(request, metadata=metadata)
+    return [n async for response in call for n in response.notifications]
+
+
+async def test_notifications_a_user_token_reads_and_sends_its_own_only(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = conn.stub
+
+        def note(recipient: str, title: str) -> pb.SendNotificationRequest:
+            return pb.SendNotificationRequest(recipient=recipient, topic="t", title=title)
+
+        await stub.SendNotification(note("alice", "a reminder"), metadata=ALICE)
+        await stub.SendNotification(note("bob", "for bob: secret plan"), metadata=SVC)
+        await stub.SendNotification(note("*", "for everyone"), metadata=SVC)
+        assert "not bob's" in await denied(stub.SendNotification(note("bob", "spoofed"), metadata=ALICE))
+        assert "not *'s" in await denied(stub.SendNotification(note("*", "to all"), metadata=ALICE))
+        assert "not bob's" in await denied(
+            stub.SubscribeToNotifications(pb.SubscribeToNotificationsRequest(recipient="bob"), metadata=ALICE)
+        )
+        assert [n.title for n in await notifications_of(stub, ALICE, "alice")] == ["a reminder", "for everyone"]
+        assert [n.title for n in await notifications_of(stub, BOB, "bob")] == ["for bob: secret plan", "for everyone"]
+
+
+async def upload(stub: Any, metadata: Any, name: str, data: bytes, upload_id: str = "") -> pb.UploadFileResponse:
+    digest = hashlib.sha256(data).hexdigest()
+    requests = [
+        pb.UploadFileRequest(
+            upload_id=upload_id, metadata=pb.FileMetadata(filename=name, total_size=len(data), checksum=digest)
+        ),
+        pb.UploadFileRequest(chunk=data),
+    ]
+    response: pb.UploadFileResponse = await stub.UploadFile(iter(requests), metadata=metadata)
+    return response
+
+
+async def listed(stub: Any, metadata: Any) -> list[str]:
+    return [f.filename for f in (await stub.ListFiles(pb.ListFilesRequest(), metadata=metadata)).files]
+
+
+async def test_files_are_their_owners_and_the_service_tokens(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = conn.stub
+        mine = await upload(stub, ALICE, "alice.txt", b"alice's")
+        await upload(stub, SVC, "service.txt", b"the service's")
+        assert await listed(stub, ALICE) == ["alice.txt"]
+        assert await listed(stub, BOB) == []
+        assert sorted(await listed(stub, SVC)) == ["alice.txt", "service.txt"]
+        file_id = mine.file_id
+        for call in (
+            stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=BOB),
+            stub.DownloadFile(pb.DownloadFileRequest(file_id=file_id), metadata=BOB),
+        ):
+            assert "is not yours, nor posted in a chat room you have joined" in await denied(call)
+        assert "only its owner may delete it" in await denied(
+            stub.DeleteFile(pb.DeleteFileRequest(file_id=file_id), metadata=BOB)
+        )
+        info = await stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=ALICE)
+        assert info.file.filename == "alice.txt"
+        data = b"".join(
+            [r.data async for r in stub.DownloadFile(pb.DownloadFileRequest(file_id=file_id), metadata=SVC)]
+        )
+        assert data == b"alice's"
+        # The upload's notification went to its owner only (it used to go to everyone, with the file id).
+        alice_sees = [n.attributes.get("file_id") for n in await notifications_of(stub, ALICE, "alice")]
+        assert alice_sees == [file_id]
+        assert await notifications_of(stub, BOB, "bob") == []
+        assert (await stub.DeleteFile(pb.DeleteFileRequest(file_id=file_id), metadata=ALICE)).bytes_freed == 7
+
+
+async def test_an_upload_is_resumed_only_with_the_token_that_started_it(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = conn.stub
+        first = pb.UploadFileRequest(upload_id="u-alice", metadata=pb.FileMetadata(filename="big", total_size=10))
+        with pytest.raises(grpc.aio.AioRpcError):  # ends incomplete: resumable
+            await stub.UploadFile(iter([first, pb.UploadFileRequest(chunk=b"12345")]), metadata=ALICE)
+        status = await stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id="u-alice"), metadata=ALICE)
+        assert status.committed_offset == 5
+        assert "started with another token" in await denied(
+            stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id="u-alice"), metadata=BOB)
+        )
+        resume = pb.UploadFileRequest(resume=pb.UploadResume(upload_id="u-alice", offset=5))
+        assert "started with another token" in await denied(
+            stub.UploadFile(iter([resume, pb.UploadFileRequest(chunk=b"67890")]), metadata=BOB)
+        )
+
+
+async def test_a_tokens_file_is_read_again_when_asked(tmp_path: pathlib.Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# users\ncarol = carol-1\n\ndave=dave-1\n")
+    async with running_server(tmp_path / "data", user_tokens_file=tokens) as server, client(server.address) as conn:
+        stub = conn.stub
+        request = pb.SendNotificationRequest(recipient="carol", topic="t", title="hi")
+        await stub.SendNotification(request, metadata=auth("carol-1"))
+        tokens.write_text("carol=carol-2\n")
+        server.reload_user_tokens()
+        with pytest.raises(grpc.aio.AioRpcError) as old:
+            await stub.SendNotification(request, metadata=auth("carol-1"))
+        assert old.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        await stub.SendNotification(request, metadata=auth("carol-2"))
+        tokens.write_text("carol=carol-3\nnot a token line\n")
+        server.reload_user_tokens()  # refused: the tokens in force stay
+        await stub.SendNotification(request, metadata=auth("carol-2"))
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.SendNotification(request, metadata=auth("dave-1"))
+        assert gone.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_serve_reads_its_tokens_file_again_on_sighup(tmp_path: pathlib.Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("erin=erin-1\n")
+
+    async def send(address: str, token: str) -> grpc.StatusCode:
+        async with client(address, token=token) as conn:
+            request = pb.SendNotificationRequest(recipient="erin", topic="t", title="hi")
+            try:
+                await conn.stub.SendNotification(request, metadata=conn.metadata)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+    with serve_process(tmp_path, "--user-tokens", str(tokens)) as served:
+        before = asyncio.run(send(served.address, "erin-2"))
+        tokens.write_text("erin=erin-2\n")
+        served.process.send_signal(signal.SIGHUP)
+        for _ in range(100):  # the reload is logged once done
+            if "SIGHUP: 1 user tokens" in served.log():
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        after = asyncio.run(send(served.address, "erin-2"))
+    assert (before, after) == (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK)
