@@ -133,3 +133,14 @@ async def test_a_bad_client_id_is_refused(tmp_path: pathlib.Path, client_id: str
             await joining.next()
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "client_id must be" in failure.value.details()
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_user_name_is_a_usage_error(name: str) -> None:
+    env = Environment(stdin=io.StringIO(""), stdout=io.StringIO(), stderr=io.StringIO())
+    assert main(["--address", "127.0.0.1:1", "chat", "--room", "r", "--user", name], env) == 2
+    assert isinstance(env.stderr, io.StringIO)
+    assert env.stderr.getvalue() == (
+        "streamcli: error: invalid value for '--user' / '-u' (env var: 'STREAMCLI_USER'): the name must not be empty"
+        " (see streamcli chat --help)\n"
+    )

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from streamcli.client.connection import Connection
 
 
+def _check_user(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise typer.BadParameter("the name must not be empty")
+    return value
+
+
 def chat(
     ctx: typer.Context,
     room: Annotated[str, typer.Option("--room", "-r", help="Room to join (letters, digits, - _ .).")] = "general",
@@ -27,6 +33,7 @@ def chat(
             "-u",
             envvar="STREAMCLI_USER",
             show_default=False,
+            callback=_check_user,
             help="Your name (letters, digits, - _ .). [default: $USER]",
         ),
     ] = None,
