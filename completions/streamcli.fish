@@ -92,7 +92,7 @@ complete -c streamcli -n '__streamcli_at '\'''\''' -l traceback -d 'Show a trace
 complete -c streamcli -n '__streamcli_at '\'''\''' -l version -d 'Show the version and exit.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l room -s r -x -d 'Room to join (letters, digits, - _ .).'
-complete -c streamcli -n '__streamcli_at '\''chat'\''' -l user -s u -x -d 'Your name. [default: $USER]'
+complete -c streamcli -n '__streamcli_at '\''chat'\''' -l user -s u -x -d 'Your name (letters, digits, - _ .). [default: $USER]'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l backlog -x -d 'Recent messages to show on joining; 0: the server'\''s.'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l allow-duplicate -d 'Join even if this user is already in the room elsewhere.'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l help -s h -d 'Show help and exit.'

@@ -27,6 +27,9 @@ KEEPALIVE_TIMEOUT_MS: Final = 20_000
 #: The server accepts client pings this close together without a strike (ms).
 MIN_PING_INTERVAL_MS: Final = 10_000
 
+#: Longest pause of a channel between attempts to connect to a server that is down (ms).
+MAX_RECONNECT_BACKOFF_MS: Final = 8_000
+
 Options = list[tuple[str, int | str]]
 
 
@@ -56,6 +59,13 @@ def client_options() -> Options:
         ("grpc.keepalive_permit_without_calls", 1),
         # 0 = keep pinging an idle stream instead of stopping after two pings.
         ("grpc.http2.max_pings_without_data", 0),
+        # Each channel connects on its own. By default channels to one address share their connections
+        # and so their reconnect backoff (which grows to minutes): a fresh channel opened because the
+        # server is back (the chat REPL's /join) would fail at once with the old error.
+        ("grpc.use_local_subchannel_pool", 1),
+        # The backoff between gRPC's own connection attempts stays within that of our retries
+        # (RetryPolicy.max_delay), instead of growing to two minutes while the server is long gone.
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
 
 

@@ -436,3 +436,34 @@ async def test_idle_chat_streams_get_heartbeats(tmp_path: pathlib.Path) -> None:
         beats = [await asyncio.wait_for(alice.call.read(), 10) for _ in range(3)]
         alice.call.cancel()
     assert all(beat == pb.ChatResponse() for beat in beats)
+
+
+async def test_repl_rejoins_at_once_when_the_server_is_back_after_it_gave_up(tmp_path: pathlib.Path) -> None:
+    from streamcli.client.retry import RetryPolicy
+    from tests.support.servers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    impatient = RetryPolicy(retries=2, initial_delay=0.05, max_delay=0.1)
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        async with running_server(tmp_path, address=address) as server, client(address) as conn:
+            repl = ChatRepl(conn, "alice", "back", retry=impatient, input=pipe, output=DummyOutput())
+            running = asyncio.create_task(repl.run())
+            watcher = await RawChat(conn, "back", "watcher").open()
+            await watcher.messages_until("alice joined")
+            watcher.call.cancel()
+            await server.stop(0)
+            while repl.room is not None:  # reconnecting, then given up ("cannot stay in #back")
+                await asyncio.sleep(0.02)
+            async with running_server(tmp_path, address=address), client(address) as other:
+                watcher = await RawChat(other, "back", "watcher").open()
+                await watcher.messages_until("watcher joined")
+                pipe.send_text("/join back\r")  # once: it must not fail with the old error
+                await watcher.messages_until("alice joined")
+                pipe.send_text("still here\r")
+                assert (await watcher.messages_until("still here"))[-1].user_id == "alice"
+                pipe.send_text("/join back\r")  # the same room again, while connected
+                await watcher.messages_until("alice left")
+                await watcher.messages_until("alice joined")
+                pipe.send_text("/quit\r")
+                await asyncio.wait_for(running, 10)
+                watcher.call.cancel()

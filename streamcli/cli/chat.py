@@ -17,12 +17,25 @@ if TYPE_CHECKING:
     from streamcli.client.connection import Connection
 
 
+def _check_user(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise typer.BadParameter("the name must not be empty")
+    return value
+
+
 def chat(
     ctx: typer.Context,
     room: Annotated[str, typer.Option("--room", "-r", help="Room to join (letters, digits, - _ .).")] = "general",
     user: Annotated[
         str | None,
-        typer.Option("--user", "-u", envvar="STREAMCLI_USER", show_default=False, help="Your name. [default: $USER]"),
+        typer.Option(
+            "--user",
+            "-u",
+            envvar="STREAMCLI_USER",
+            show_default=False,
+            callback=_check_user,
+            help="Your name (letters, digits, - _ .). [default: $USER]",
+        ),
     ] = None,
     backlog: Annotated[int, typer.Option(min=0, help="Recent messages to show on joining; 0: the server's.")] = 0,
     allow_duplicate: Annotated[
@@ -38,6 +51,11 @@ def chat(
 
     When stdin is not a terminal each input line is sent as a message, incoming
     messages print as lines ([cyan]--json[/cyan]: NDJSON), and the end of input leaves.
+    Lines go out in order, each once the previous one is stored, paced to the
+    server's rate limit and re-sent after a reconnect unless it was stored; blank
+    lines are skipped. A line the server refuses (over 16 KiB, control
+    characters) is named on stderr, the rest are sent, and the command then exits
+    non-zero (5 for such lines).
 
     Examples:
 
@@ -73,11 +91,19 @@ async def _interactive(
 
 
 async def _line_mode(env: Environment, conn: Connection, user: str, room: str, backlog: int, duplicate: bool) -> None:
-    """Each stdin line becomes a message; incoming messages print as lines; EOF leaves."""
+    """Each stdin line becomes a message, delivered in order; incoming messages print as lines; EOF leaves.
+
+    Raises:
+        StreamcliError: lines were refused (after the rest were sent; the first refusal's status decides
+            the class), or the room could not be joined or rejoined (naming the first line not confirmed).
+    """
     import asyncio
 
+    import grpc
+
+    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
     from streamcli.client.chat import ChatClient, ChatHandlers, message_to_json
-    from streamcli.errors import StreamcliError
+    from streamcli.errors import StreamcliError, error_for_status
 
     def show(message: pb.ChatMessage) -> None:
         if env.json:
@@ -93,19 +119,40 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
     client = ChatClient(conn, room, user, ChatHandlers(message=show, notice=notice), backlog=backlog,
                         allow_duplicate=duplicate)  # fmt: skip
     runner = asyncio.create_task(client.run())
+    refused: list[tuple[int, pb.ChatNotice]] = []
+    confirmed = 0  # lines up to this one are stored or refused
 
     async def pump() -> None:
+        nonlocal confirmed
+        number = 0
         while line := await asyncio.to_thread(env.stdin.readline):
+            number += 1
             if line.strip():
-                client.send_text(line.rstrip("\n"))
+                outcome = await client.post_text(line.removesuffix("\n"))
+                if isinstance(outcome, pb.ChatNotice):
+                    refused.append((number, outcome))
+                    env.notice(f"line {number} not sent: {outcome.message} ({outcome.code})")
+            confirmed = number
         client.leave()
 
     feeder = asyncio.create_task(pump())
     try:
-        await runner
-    except StreamcliError:
-        feeder.cancel()
-        raise
+        await asyncio.wait({runner, feeder}, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in (runner, feeder):
+            if not task.done():
+                task.cancel()
+    if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+        feeder.result()  # reading stdin failed: that is the error
+    try:
+        runner.result()
+    except StreamcliError as exc:
+        raise type(exc)(f"{exc}; lines from {confirmed + 1} on were not sent (or not confirmed)") from exc
+    if refused:
+        code = grpc.StatusCode.__members__.get(refused[0][1].code, grpc.StatusCode.UNKNOWN)
+        numbers = ", ".join(str(number) for number, _ in refused)
+        count = f"{len(refused)} line{'s' if len(refused) > 1 else ''}"
+        raise error_for_status(code, f"{count} not sent: {numbers} (the others were)")
 
 
 def register(app: typer.Typer) -> None:

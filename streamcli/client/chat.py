@@ -2,15 +2,25 @@
 
 ``ChatClient.run`` keeps one Chat stream open, reopening it with backoff after
 the server or network goes away and resuming after the last message id it
-delivered, so the caller sees every message once. Outgoing messages wait in a
-bounded queue while the stream is down and go out once it is back.
+delivered, so the caller sees every message once.
+
+Messages are delivered in order, one at a time, and each waits for its outcome:
+the client numbers them (``ChatSend.client_seq`` under a ``client_id`` chosen
+per run) and the server echoes the number in the stored message (the
+acknowledgement) or in the notice refusing it. A refusal for the rate limit is
+waited out (``retry_after_ms``) and the message sent again. After a reconnect
+the client waits for ``caught_up``: a message it sent before that was stored is
+in the replay and counts as delivered; one that is not is sent again with the
+same number. So nothing acknowledged is lost and nothing is stored twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +34,8 @@ from streamcli.client.retry import Attempts, RetryPolicy
 
 #: Messages typed while disconnected that are kept for sending on reconnect.
 OUTGOING_LIMIT = 1000
+#: Longest pause a rate-limit refusal may ask for before the message is sent again (seconds).
+MAX_RETRY_AFTER = 60.0
 
 
 MESSAGE_TYPES = ShortNames(pb.ChatMessageType, "CHAT_MESSAGE_TYPE_", "message type")
@@ -62,6 +74,18 @@ class ChatHandlers:
     state: Callable[[ChatState, str], None] = lambda state, detail: None
 
 
+@dataclasses.dataclass
+class _Outgoing:
+    """A request waiting for the stream; sends of room messages also wait for their outcome."""
+
+    request: pb.ChatRequest
+    outcome: asyncio.Future[pb.ChatMessage | pb.ChatNotice] | None = None
+
+
+#: Outcome of a send whose stream ended before it was acknowledged or refused, and that was not in the replay.
+_LOST = pb.ChatNotice(code="UNAVAILABLE", message="not acknowledged before the stream ended")
+
+
 class ChatClient:
     """One user in one room, over as many streams as it takes."""
 
@@ -83,40 +107,121 @@ class ChatClient:
         self.backlog = backlog
         self.allow_duplicate = allow_duplicate
         self.retry = retry or RetryPolicy(retries=25)
+        self.client_id = uuid.uuid4().hex  # names this run's messages in the room's log
         self.last_id = 0  # the newest room message delivered to the handlers
-        self._outgoing: asyncio.Queue[pb.ChatRequest | None] = asyncio.Queue(OUTGOING_LIMIT)
-        self._joined = asyncio.Event()
+        self._outgoing: asyncio.Queue[_Outgoing | None] = asyncio.Queue(OUTGOING_LIMIT)
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._ready = asyncio.Event()  # a stream is open and has caught up: sending may go on
+        self._write_lock = asyncio.Lock()  # one write at a time on a stream
+        self._next_seq = 1
+        self._waiting: dict[int, asyncio.Future[pb.ChatMessage | pb.ChatNotice]] = {}  # client_seq -> outcome
+        self._leaving = False
         self._ever_joined = False
 
     # --- sending ----------------------------------------------------------------
 
-    def send_text(self, text: str) -> None:
-        """Queue a TEXT message."""
-        self._put(pb.ChatRequest(send=pb.ChatSend(type=pb.CHAT_MESSAGE_TYPE_TEXT, content=text)))
+    def send_text(self, text: str) -> asyncio.Future[pb.ChatMessage | pb.ChatNotice]:
+        """Queue a TEXT message; a refusal goes to ``handlers.notice``. Returns its outcome, for those who wait."""
+        return self._send(pb.ChatSend(type=pb.CHAT_MESSAGE_TYPE_TEXT, content=text), report=True)
 
-    def send_file(self, file_id: str, caption: str, image: bool = False) -> None:
-        """Queue a FILE (or IMAGE) message referencing an uploaded file."""
+    def send_file(
+        self, file_id: str, caption: str, image: bool = False
+    ) -> asyncio.Future[pb.ChatMessage | pb.ChatNotice]:
+        """Queue a FILE (or IMAGE) message referencing an uploaded file (a refusal goes to ``handlers.notice``)."""
         kind = pb.CHAT_MESSAGE_TYPE_IMAGE if image else pb.CHAT_MESSAGE_TYPE_FILE
-        self._put(pb.ChatRequest(send=pb.ChatSend(type=kind, content=caption, file_id=file_id)))
+        return self._send(pb.ChatSend(type=kind, content=caption, file_id=file_id), report=True)
+
+    async def post_text(self, text: str) -> pb.ChatMessage | pb.ChatNotice:
+        """Send a TEXT message after those queued before and wait for it to be stored or refused.
+
+        Returns:
+            The stored message (with its id), or the notice that refused it (not passed to ``handlers.notice``).
+        """
+        return await self._send(pb.ChatSend(type=pb.CHAT_MESSAGE_TYPE_TEXT, content=text), report=False)
 
     def send_typing(self) -> None:
         """Tell the room the user is typing (dropped when the stream is down: it is ephemeral)."""
-        if self._joined.is_set() and not self._outgoing.full():
-            self._outgoing.put_nowait(pb.ChatRequest(send=pb.ChatSend(type=pb.CHAT_MESSAGE_TYPE_TYPING)))
+        if self._ready.is_set() and not self._outgoing.full():
+            self._outgoing.put_nowait(_Outgoing(pb.ChatRequest(send=pb.ChatSend(type=pb.CHAT_MESSAGE_TYPE_TYPING))))
 
     def ask_who(self) -> None:
         """Ask who is in the room; the answer arrives through ``handlers.presence``."""
-        self._put(pb.ChatRequest(who=True))
-
-    def leave(self) -> None:
-        """Leave the room once everything queued before has been sent."""
-        self._outgoing.put_nowait(None)
-
-    def _put(self, request: pb.ChatRequest) -> None:
         try:
-            self._outgoing.put_nowait(request)
+            self._outgoing.put_nowait(_Outgoing(pb.ChatRequest(who=True)))
         except asyncio.QueueFull:
             self.handlers.notice(pb.ChatNotice(code="RESOURCE_EXHAUSTED", message="too many unsent messages"))
+
+    def leave(self) -> None:
+        """Leave the room once everything queued before has been delivered."""
+        self._outgoing.put_nowait(None)
+
+    def _send(self, send: pb.ChatSend, *, report: bool) -> asyncio.Future[pb.ChatMessage | pb.ChatNotice]:
+        outcome: asyncio.Future[pb.ChatMessage | pb.ChatNotice] = asyncio.get_running_loop().create_future()
+        send.client_seq = self._next_seq
+        self._next_seq += 1
+        try:
+            self._outgoing.put_nowait(_Outgoing(pb.ChatRequest(send=send), outcome))
+        except asyncio.QueueFull:
+            outcome.set_result(pb.ChatNotice(code="RESOURCE_EXHAUSTED", message="too many unsent messages"))
+        if report:
+            outcome.add_done_callback(self._report)
+        return outcome
+
+    def _report(self, outcome: asyncio.Future[pb.ChatMessage | pb.ChatNotice]) -> None:
+        if not outcome.cancelled() and isinstance(result := outcome.result(), pb.ChatNotice):
+            self.handlers.notice(result)
+
+    async def _deliver_all(self) -> None:
+        """Send what is queued, in order, each room message once it has an outcome; then leave."""
+        while True:
+            item = await self._outgoing.get()
+            if item is None:
+                self._leaving = True
+                await self._ready.wait()
+                await self._half_close()
+                return
+            if item.outcome is None:  # typing, who: ephemeral, not acknowledged
+                await self._write(item.request)
+                continue
+            if item.outcome.done():
+                continue  # refused while queued (too many unsent messages)
+            outcome = await self._deliver(item.request)
+            if not item.outcome.done():
+                item.outcome.set_result(outcome)
+
+    async def _deliver(self, request: pb.ChatRequest) -> pb.ChatMessage | pb.ChatNotice:
+        """Send one room message until it is stored or refused for a reason other than the rate limit."""
+        seq = request.send.client_seq
+        while True:
+            # Waiting is registered only once a caught-up stream is there to write on: the next caught_up
+            # (after a reconnect) then decides whether this write was stored.
+            await self._ready.wait()
+            waiting: asyncio.Future[pb.ChatMessage | pb.ChatNotice] = asyncio.get_running_loop().create_future()
+            self._waiting[seq] = waiting
+            await self._write(request)
+            outcome = await waiting
+            if outcome is _LOST:
+                continue  # not in the new stream's replay: send it again, with the same number
+            if isinstance(outcome, pb.ChatNotice) and outcome.code == "RESOURCE_EXHAUSTED" and outcome.retry_after_ms:
+                await asyncio.sleep(min(outcome.retry_after_ms / 1000, MAX_RETRY_AFTER))
+                continue
+            return outcome
+
+    async def _write(self, request: pb.ChatRequest) -> None:
+        """Write on the current stream once it has caught up; a stream that breaks meanwhile is the reader's to mend."""
+        await self._ready.wait()
+        call = self._call
+        assert call is not None
+        async with self._write_lock:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                await call.write(request)
+
+    async def _half_close(self) -> None:
+        call = self._call
+        assert call is not None
+        async with self._write_lock:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                await call.done_writing()
 
     # --- the stream -----------------------------------------------------------------
 
@@ -124,21 +229,30 @@ class ChatClient:
         """Join and stay joined until ``leave``; raises StreamcliError when the room cannot be joined."""
         attempts = Attempts(self.retry, f"chat in {self.room}")
         self.handlers.state(ChatState.CONNECTING, self.conn.settings.address)
-        with rpc_errors(self.conn.settings.address):
-            while True:
-                try:
-                    if await self._one_stream():
-                        self.handlers.state(ChatState.CLOSED, "left")
-                        return
-                except grpc.aio.AioRpcError as exc:
-                    if not self._ever_joined:
-                        raise  # never got in: a wrong address, name or room is not worth retrying
-                    if self._joined.is_set():
-                        attempts.failures = 0  # that stream worked: start the backoff afresh
-                    self._joined.clear()
-                    self.handlers.state(ChatState.RECONNECTING, exc.code().name)
-                    # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
-                    await attempts.backoff(exc, also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
+        sender = asyncio.create_task(self._deliver_all())
+        try:
+            with rpc_errors(self.conn.settings.address):
+                while True:
+                    try:
+                        if await self._one_stream():
+                            self.handlers.state(ChatState.CLOSED, "left")
+                            return
+                    except grpc.aio.AioRpcError as exc:
+                        if not self._ever_joined:
+                            raise  # never got in: a wrong address, name or room is not worth retrying
+                        stream_worked = self._ready.is_set()
+                        self._ready.clear()
+                        self.handlers.state(ChatState.RECONNECTING, exc.code().name)
+                        if stream_worked:
+                            attempts.failures = 0  # that stream worked: start the backoff afresh
+                        # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
+                        await attempts.backoff(exc, also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
+                    self._ready.clear()
+        finally:
+            sender.cancel()
+            self._ready.clear()
+            for waiting in self._waiting.values():
+                waiting.cancel()
 
     async def _one_stream(self) -> bool:
         """One Chat stream; True when the user left, False if the server ended it without an error."""
@@ -149,29 +263,31 @@ class ChatClient:
             backlog=self.backlog,
             resume_after_id=self.last_id,
             allow_duplicate=self.allow_duplicate,
+            client_id=self.client_id,
         )
         await call.write(pb.ChatRequest(join=join))
-        sender = asyncio.create_task(self._send_loop(call))
-        try:
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    return sender.done() and sender.result()
-                if not self._joined.is_set():
-                    self._joined.set()
-                    self._ever_joined = True
-                    self.handlers.state(ChatState.CONNECTED, self.room)
-                self._dispatch(response)
-        finally:
-            sender.cancel()
-
-    async def _send_loop(self, call: grpc.aio.StreamStreamCall) -> bool:
+        self._call = call
+        joined = False
         while True:
-            request = await self._outgoing.get()
-            if request is None:
-                await call.done_writing()
-                return True
-            await call.write(request)
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return self._leaving
+            if not joined:
+                joined = self._ever_joined = True
+                self.handlers.state(ChatState.CONNECTED, self.room)
+            self._dispatch(response)
+            if response.caught_up:
+                # What was sent on an earlier stream and not in the replay was not stored: send it again.
+                for seq in list(self._waiting):
+                    self._resolve(seq, _LOST)
+                self._ready.set()
+                if self._leaving:
+                    await self._half_close()  # left while the stream was down: leave this one too
+
+    def _resolve(self, seq: int, outcome: pb.ChatMessage | pb.ChatNotice) -> None:
+        waiting = self._waiting.pop(seq, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(outcome)
 
     def _dispatch(self, response: pb.ChatResponse) -> None:
         for message in response.messages:
@@ -180,7 +296,12 @@ class ChatClient:
             elif message.id > self.last_id:  # never show a message twice, whatever the server resends
                 self.last_id = message.id
                 self.handlers.message(message)
+                if message.client_id == self.client_id and message.client_seq:
+                    self._resolve(message.client_seq, message)  # our own, stored: acknowledged
         if response.HasField("presence"):
             self.handlers.presence(response.presence)
         if response.HasField("notice"):
-            self.handlers.notice(response.notice)
+            if response.notice.client_seq and response.notice.client_seq in self._waiting:
+                self._resolve(response.notice.client_seq, response.notice)
+            else:
+                self.handlers.notice(response.notice)

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +35,8 @@ log = logging.getLogger("streamcli.chat")
 ROOM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ROOM_ID_RULE = "room_id must be 1-64 letters, digits, '-', '_' or '.'"
 USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+CLIENT_ID_RULE = "client_id must be at most 64 letters, digits, '-', '_' or '.'"
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.-]{1,32})")
 SYSTEM_USER = "system"
 MAX_CONTENT_BYTES = 16 * 1024
@@ -66,9 +69,10 @@ class _Kicked(Exception):
 class Session:
     """One client's stream in a room."""
 
-    def __init__(self, room: Room, user: str, task: asyncio.Task[object]) -> None:
+    def __init__(self, room: Room, user: str, task: asyncio.Task[object], client_id: str = "") -> None:
         self.room = room
         self.user = user
+        self.client_id = client_id  # echoed in the messages it stores
         self.task = task  # the handler's task: cancelled when its client stops reading
         self.wake = asyncio.Event()
         self.outbox: collections.deque[pb.ChatResponse] = collections.deque(maxlen=OUTBOX_SIZE)
@@ -83,16 +87,16 @@ class Session:
         self.outbox.append(response)
         self.wake.set()
 
-    def take_token(self) -> bool:
-        """Token bucket of the rate limit: True if one more message may be sent now."""
+    def take_token(self) -> float:
+        """Token bucket of the rate limit: 0 if one more message may be sent now, else seconds until it may."""
         now = time.monotonic()
         settings = self.room.settings
         self.tokens = min(settings.burst, self.tokens + (now - self.refilled) * settings.rate)
         self.refilled = now
         if self.tokens < 1:
-            return False
+            return (1 - self.tokens) / settings.rate
         self.tokens -= 1
-        return True
+        return 0.0
 
 
 class _Post(NamedTuple):
@@ -101,6 +105,7 @@ class _Post(NamedTuple):
     session: Session | None  # the sender (None: a SYSTEM message)
     mentions: tuple[str, ...] = ()  # users to notify once it is stored
     content: str = ""
+    client_seq: int = 0  # the sender's number for it, named in a failure notice
 
 
 class Room:
@@ -182,9 +187,10 @@ class Room:
         log.error("room %s: %d messages not stored: %s", self.room_id, len(posts), exc)
         for post in posts:
             if post.session is not None:
-                post.session.push(
-                    pb.ChatResponse(notice=pb.ChatNotice(code="UNAVAILABLE", message=f"message not stored: {exc}"))
+                notice = pb.ChatNotice(
+                    code="UNAVAILABLE", message=f"message not stored: {exc}", client_seq=post.client_seq
                 )
+                post.session.push(pb.ChatResponse(notice=notice))
 
     async def _watch(self) -> None:
         """Wake every session when the log grows by other hands; disconnect sessions whose client stopped reading."""
@@ -268,12 +274,17 @@ class ChatService:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-32 letters, digits, '-', '_' or '.' (not 'system')"
             )
+        if not CLIENT_ID.fullmatch(join.client_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, CLIENT_ID_RULE)
         room = self.rooms.get(join.room_id) or self.rooms.setdefault(join.room_id, Room(join.room_id, self))
         if not join.allow_duplicate and join.user_id in room.members():
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"{join.user_id} is already in room {join.room_id} in another session"
             )
         store = self.backend.log
+        # What an earlier stream of this client left with the appender is stored (and so in the replay) before
+        # the client is told it caught up, so that it does not send it again.
+        await room.appender.stored()
         bounds = await store.bounds(room.stream)
         room.advance(bounds.last_id)
         if join.resume_after_id:
@@ -287,7 +298,7 @@ class ChatService:
 
         handler = asyncio.current_task()
         assert handler is not None  # grpc.aio runs each handler in a task
-        session = Session(room, join.user_id, handler)
+        session = Session(room, join.user_id, handler, join.client_id)
         room.add(session)  # joining comes first: presence, then the join message, then reading
         await self._system(room, f"{session.user} joined", session.user)
         cursor = LogCursor(store, room.stream, start, lambda record: True)
@@ -295,7 +306,7 @@ class ChatService:
         receiver.add_done_callback(lambda _: session.wake.set())
         try:
             try:
-                await self._deliver(session, cursor, receiver, context)
+                await self._deliver(session, cursor, bounds.last_id, receiver, context)
                 malformed = receiver.exception()  # (done: _deliver returns when the client's half ends)
                 if isinstance(malformed, MalformedRequest):
                     await context.abort(
@@ -335,15 +346,23 @@ class ChatService:
             await asyncio.shield(leave)
 
     async def _deliver(
-        self, session: Session, cursor: LogCursor, receiver: asyncio.Task[None], context: Context
+        self, session: Session, cursor: LogCursor, replay_end: int, receiver: asyncio.Task[None], context: Context
     ) -> None:
-        """Backlog, then live messages and this session's ephemeral responses, until the client leaves."""
+        """Backlog, then live messages and this session's ephemeral responses, until the client leaves.
+
+        Once the messages up to ``replay_end`` (the last one stored before the join) are delivered, a
+        response with ``caught_up`` says so.
+        """
         store = self.backend.log
         room = session.room
         loop = asyncio.get_running_loop()
+        caught_up = False
         while True:
             session.wake.clear()
             responses: list[pb.ChatResponse | bytes] = []
+            if not caught_up and cursor.position >= replay_end:  # before what was stored after the join
+                caught_up = True
+                responses.append(pb.ChatResponse(caught_up=True))
             if cursor.position < room.last_id:
                 framed = room.recent(cursor.position)  # what a caught-up session needs, framed once for all
                 if framed is None:
@@ -391,8 +410,12 @@ class ChatService:
             if action == "send":
                 problem = await self._post(session, request.send)
                 if problem:
-                    code, text = problem
-                    session.push(pb.ChatResponse(notice=pb.ChatNotice(code=code, message=text)))
+                    code, text, retry_after = problem
+                    notice = pb.ChatNotice(
+                        code=code, message=text, client_seq=request.send.client_seq,
+                        retry_after_ms=math.ceil(retry_after * 1000),
+                    )  # fmt: skip
+                    session.push(pb.ChatResponse(notice=notice))
             elif action == "who":
                 room = session.room
                 session.push(pb.ChatResponse(presence=pb.ChatPresence(room_id=room.room_id, users=room.members())))
@@ -403,8 +426,12 @@ class ChatService:
                     )
                 )
 
-    async def _post(self, session: Session, send: pb.ChatSend) -> tuple[str, str] | None:
-        """Validate and append (or relay, for TYPING) one message; returns (code, why) when refused."""
+    async def _post(self, session: Session, send: pb.ChatSend) -> tuple[str, str, float] | None:
+        """Validate and append (or relay, for TYPING) one message.
+
+        Returns:
+            None when it was accepted, else (status code name, why, seconds until a retry may succeed or 0).
+        """
         room = session.room
         if send.type == pb.CHAT_MESSAGE_TYPE_TYPING:
             now = time.monotonic()
@@ -419,23 +446,25 @@ class ChatService:
                         other.push(pb.ChatResponse(messages=[typing]))
             return None
         if send.type not in (pb.CHAT_MESSAGE_TYPE_TEXT, pb.CHAT_MESSAGE_TYPE_IMAGE, pb.CHAT_MESSAGE_TYPE_FILE):
-            return "INVALID_ARGUMENT", f"message type {send.type} cannot be sent (use TEXT, IMAGE, FILE or TYPING)"
+            return "INVALID_ARGUMENT", f"message type {send.type} cannot be sent (use TEXT, IMAGE, FILE or TYPING)", 0.0
         if len(send.content.encode()) > MAX_CONTENT_BYTES:
-            return "INVALID_ARGUMENT", f"message longer than {MAX_CONTENT_BYTES} bytes"
+            return "INVALID_ARGUMENT", f"message longer than {MAX_CONTENT_BYTES} bytes", 0.0
         if has_control(send.content, multiline=True):
-            return "INVALID_ARGUMENT", "message contains control characters"
+            return "INVALID_ARGUMENT", "message contains control characters", 0.0
         if send.type == pb.CHAT_MESSAGE_TYPE_TEXT and not send.content.strip():
-            return "INVALID_ARGUMENT", "empty message"
+            return "INVALID_ARGUMENT", "empty message", 0.0
         if send.type != pb.CHAT_MESSAGE_TYPE_TEXT and await self.backend.metadata.get_file(send.file_id) is None:
-            return "NOT_FOUND", f"no file {send.file_id!r} to share"
-        if not session.take_token():
-            return "RESOURCE_EXHAUSTED", f"slow down: at most {self.settings.rate:g} messages per second"
+            return "NOT_FOUND", f"no file {send.file_id!r} to share", 0.0
+        wait = session.take_token()
+        if wait:
+            return "RESOURCE_EXHAUSTED", f"slow down: at most {self.settings.rate:g} messages per second", wait
         message = pb.ChatMessage(user_id=session.user, room_id=room.room_id, content=send.content, type=send.type,
-                                 file_id=send.file_id)  # fmt: skip
+                                 file_id=send.file_id, client_id=session.client_id,
+                                 client_seq=send.client_seq)  # fmt: skip
         mentions = tuple(set(MENTION.findall(send.content)) - {session.user}) if "@" in send.content else ()
         await room.appender.post(
             NewRecord(session.user, pb.ChatMessageType.Name(send.type), message.SerializeToString()),
-            _Post(session, mentions, send.content),
+            _Post(session, mentions, send.content, send.client_seq),
         )
         return None
 

@@ -8,6 +8,7 @@ bottom toolbar shows the connection state and who is typing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import os
@@ -17,6 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
+import grpc
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
@@ -30,7 +32,8 @@ from prompt_toolkit.shortcuts import print_formatted_text
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.chat import ChatClient, ChatHandlers, ChatState
-from streamcli.client.connection import Connection
+from streamcli.client.connection import Connection, connect
+from streamcli.client.retry import RetryPolicy
 from streamcli.errors import StreamcliError
 
 COMMANDS = {
@@ -104,6 +107,7 @@ class ChatRepl:
         *,
         backlog: int = 0,
         allow_duplicate: bool = False,
+        retry: RetryPolicy | None = None,
         history: History | None = None,
         input: Input | None = None,
         output: Output | None = None,
@@ -113,7 +117,9 @@ class ChatRepl:
         self.room = room
         self.backlog = backlog
         self.allow_duplicate = allow_duplicate  # for every join, /join included
+        self.retry = retry  # how each room's client reconnects (None: its default)
         self.client: ChatClient | None = None
+        self._reconnected = contextlib.AsyncExitStack()  # the connection _join opened, if it did
         self._runner: asyncio.Task[None] | None = None
         self.state = "disconnected"
         self.typing: dict[str, float] = {}
@@ -187,6 +193,18 @@ class ChatRepl:
 
     # --- rooms ------------------------------------------------------------------------------
 
+    async def _fresh_connection(self) -> None:
+        """Open a new channel if the current one is not connected.
+
+        A channel that lost its server backs off between connection attempts for ever longer; a room
+        joined on it could fail at once with the old error although the server is back.
+        """
+        if self.conn.channel.get_state() == grpc.ChannelConnectivity.READY:
+            return
+        previous, self._reconnected = self._reconnected, contextlib.AsyncExitStack()
+        self.conn = await self._reconnected.enter_async_context(connect(self.conn.settings))
+        await previous.aclose()  # no client uses it any more (the room was left first)
+
     def _join(self, room: str) -> None:
         handlers = ChatHandlers(
             message=self._on_message,
@@ -197,8 +215,9 @@ class ChatRepl:
         )
         self.room = room
         self.client = ChatClient(
-            self.conn, room, self.user, handlers, backlog=self.backlog, allow_duplicate=self.allow_duplicate
-        )
+            self.conn, room, self.user, handlers, backlog=self.backlog, allow_duplicate=self.allow_duplicate,
+            retry=self.retry,
+        )  # fmt: skip
         self._runner = asyncio.create_task(self._run_client(self.client))
 
     async def _run_client(self, client: ChatClient) -> None:
@@ -216,10 +235,14 @@ class ChatRepl:
         self.client, self._runner, self.room = None, None, None
         if client is not None and runner is not None:
             client.leave()
-            try:
-                await asyncio.wait_for(runner, 5)
-            except (TimeoutError, StreamcliError):
-                runner.cancel()
+            if self.state != ChatState.CONNECTED.value:
+                runner.cancel()  # no stream to say goodbye on: do not wait for one
+                await asyncio.gather(runner, return_exceptions=True)
+            else:
+                try:
+                    await asyncio.wait_for(runner, 5)
+                except (TimeoutError, StreamcliError):
+                    runner.cancel()
         self.state = "disconnected"
 
     # --- the loop -------------------------------------------------------------------------------
@@ -241,6 +264,7 @@ class ChatRepl:
                         break
             finally:
                 await self._leave()
+                await self._reconnected.aclose()
 
     async def handle(self, text: str) -> bool:
         """Act on one line of input; False means quit."""
@@ -260,6 +284,7 @@ class ChatRepl:
                 self._print(f"  {name} {help_text}")
         elif command == "/join" and len(args) == 1:
             await self._leave()
+            await self._fresh_connection()
             self._join(args[0])
         elif command == "/leave":
             await self._leave()

@@ -1563,6 +1563,8 @@ class ChatMessage(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SEQ_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Room log position assigned by the server; 0 for TYPING (never stored)."""
     user_id: _builtins.str
@@ -1575,6 +1577,13 @@ class ChatMessage(_message.Message):
     """Kind of message."""
     file_id: _builtins.str
     """For IMAGE and FILE: the id of the referenced uploaded file."""
+    client_id: _builtins.str
+    """The author's ChatJoin.client_id, echoed so that a client recognises its own
+    stored message in the broadcast (empty for SYSTEM messages and for clients
+    that set none).
+    """
+    client_seq: _builtins.int
+    """The author's ChatSend.client_seq, echoed with client_id (0 = unset)."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the server appended it (UTC)."""
@@ -1589,10 +1598,12 @@ class ChatMessage(_message.Message):
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         type: Global___ChatMessageType.ValueType = ...,
         file_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        client_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "file_id", b"file_id", "id", b"id", "room_id", b"room_id", "timestamp", b"timestamp", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_seq", b"client_seq", "content", b"content", "file_id", b"file_id", "id", b"id", "room_id", b"room_id", "timestamp", b"timestamp", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1609,6 +1620,7 @@ class ChatJoin(_message.Message):
     BACKLOG_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
     ALLOW_DUPLICATE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     """Room to join. Required: 1-64 characters of letters, digits, '-', '_', '.'."""
     user_id: _builtins.str
@@ -1621,6 +1633,12 @@ class ChatJoin(_message.Message):
     """Join even if the same user already has a live session in the room (e.g. a
     second terminal). Without it such a join fails with ALREADY_EXISTS.
     """
+    client_id: _builtins.str
+    """An id the client chooses for this run (kept across its reconnects), echoed in
+    the stored messages it sends (ChatMessage.client_id). Optional: 0-64
+    characters of letters, digits, '-', '_', '.'; anything else is refused with
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -1629,10 +1647,11 @@ class ChatJoin(_message.Message):
         backlog: _builtins.int = ...,
         resume_after_id: _builtins.int = ...,
         allow_duplicate: _builtins.bool = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_duplicate", b"allow_duplicate", "backlog", b"backlog", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_duplicate", b"allow_duplicate", "backlog", b"backlog", "client_id", b"client_id", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1647,22 +1666,29 @@ class ChatSend(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SEQ_FIELD_NUMBER: _builtins.int
     type: Global___ChatMessageType.ValueType
     """TEXT, IMAGE, FILE or TYPING."""
     content: _builtins.str
     """The text or caption."""
     file_id: _builtins.str
     """For IMAGE/FILE: the referenced file id."""
+    client_seq: _builtins.int
+    """The client's number for this message (per client_id, increasing; 0 = unset),
+    echoed in the stored ChatMessage or in the ChatNotice refusing it. A client
+    re-sending a message after a reconnect uses the same number.
+    """
     def __init__(
         self,
         *,
         type: Global___ChatMessageType.ValueType = ...,
         content: _builtins.str = ...,
         file_id: _builtins.str = ...,
+        client_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "file_id", b"file_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_seq", b"client_seq", "content", b"content", "file_id", b"file_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1740,19 +1766,31 @@ class ChatNotice(_message.Message):
 
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CLIENT_SEQ_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """The status code name, e.g. "RESOURCE_EXHAUSTED"."""
     message: _builtins.str
     """Human-readable explanation."""
+    client_seq: _builtins.int
+    """The ChatSend.client_seq of the message this notice refuses; 0 when the
+    notice is about no particular message (or the client numbered none).
+    """
+    retry_after_ms: _builtins.int
+    """On a RESOURCE_EXHAUSTED rate-limit refusal: milliseconds until the same
+    message would be accepted (the rate limit's next token); 0 otherwise.
+    """
     def __init__(
         self,
         *,
         code: _builtins.str = ...,
         message: _builtins.str = ...,
+        client_seq: _builtins.int = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_seq", b"client_seq", "code", b"code", "message", b"message", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1767,6 +1805,14 @@ class ChatResponse(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     PRESENCE_FIELD_NUMBER: _builtins.int
     NOTICE_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    caught_up: _builtins.bool
+    """True on one response of each stream, once every message stored before the
+    join (the backlog, or the replay after resume_after_id) has been delivered:
+    a reconnecting client then knows which of its messages were stored (they were
+    in the replay) and re-sends only the others. The response may carry nothing
+    else.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """Room messages in log order (backlog batches several)."""
@@ -1785,10 +1831,11 @@ class ChatResponse(_message.Message):
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         presence: Global___ChatPresence | None = ...,
         notice: Global___ChatNotice | None = ...,
+        caught_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice", "presence", b"presence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "notice", b"notice", "presence", b"presence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "messages", b"messages", "notice", b"notice", "presence", b"presence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
