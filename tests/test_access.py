@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.server.app import RunningServer
+from tests.support.chat import RawChat
 from tests.support.servers import client, running_server, serve_process
 
 TOKENS = {"alice": "alice-token", "bob": "bob-token"}
@@ -216,3 +217,46 @@ def test_serve_reads_its_tokens_file_again_on_sighup(tmp_path: pathlib.Path) -> 
             asyncio.run(asyncio.sleep(0.05))
         after = asyncio.run(send(served.address, "erin-2"))
     assert (before, after) == (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK)
+
+
+async def test_chat_names_with_a_user_token_are_their_holders_alone(server: RunningServer) -> None:
+    async with client(server.address, token=SERVICE) as conn:
+        impostor = await RawChat(conn, "r", "alice").open()
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await impostor.next()
+        assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert failure.value.details() == "the name alice has a user token: only its holder may chat as alice"
+        carol = await RawChat(conn, "r", "carol").open()  # a name without a token: the service may use it
+        assert [m.content for m in await carol.messages_until("carol joined")][-1] == "carol joined"
+        await carol.close()
+
+
+async def test_a_file_posted_in_a_room_becomes_visible_to_its_members(server: RunningServer) -> None:
+    async with (
+        client(server.address, token=TOKENS["alice"]) as as_alice,
+        client(server.address, token=TOKENS["bob"]) as as_bob,
+    ):
+        shared = await upload(as_alice.stub, ALICE, "shared.txt", b"for the room")
+        private = await upload(as_alice.stub, ALICE, "private.txt", b"for alice")
+        info = pb.GetFileInfoRequest(file_id=shared.file_id)
+        await denied(as_bob.stub.GetFileInfo(info, metadata=BOB))
+        alice = await RawChat(as_alice, "team", "alice").open()
+        await alice.say("the plan", pb.CHAT_MESSAGE_TYPE_FILE, file_id=shared.file_id)
+        await alice.messages_until("the plan")
+        await denied(as_bob.stub.GetFileInfo(info, metadata=BOB))  # not a member of the room yet
+        bob = await RawChat(as_bob, "team", "bob").open()
+        await bob.messages_until("bob joined")
+        assert (await as_bob.stub.GetFileInfo(info, metadata=BOB)).file.filename == "shared.txt"
+        assert await listed(as_bob.stub, BOB) == ["shared.txt"]
+        await denied(as_bob.stub.DeleteFile(pb.DeleteFileRequest(file_id=shared.file_id), metadata=BOB))
+        # Bob cannot pass alice's other file on: he cannot see it.
+        await bob.say("look", pb.CHAT_MESSAGE_TYPE_FILE, file_id=private.file_id)
+        notice = (await bob.next()).notice
+        while not notice.code:
+            notice = (await bob.next()).notice
+        assert (notice.code, notice.message) == (
+            "PERMISSION_DENIED",
+            f"file {private.file_id} is not yours, nor posted in a room you have joined",
+        )
+        await bob.close()
+        await alice.close()

@@ -20,8 +20,8 @@ from streamcli.cli.environment import Environment
 from streamcli.cli.main import main
 from streamcli.client.connection import Connection
 from streamcli.services.chat import MAX_CONTENT_BYTES, ChatSettings
+from tests.support.chat import RawChat
 from tests.support.servers import client, free_port, running_server
-from tests.test_chat import RawChat
 
 TEXT = pb.CHAT_MESSAGE_TYPE_TEXT
 #: Fast enough for a test, slow enough that 40 lines run into the limit many times.

@@ -26,7 +26,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
 from streamcli.credentials import Credentials
 from streamcli.services import wire
-from streamcli.services.checks import MalformedRequest, has_control
+from streamcli.services.checks import MalformedRequest, has_control, quoted
 from streamcli.services.logs import Appender, Context, LogCursor, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
 
@@ -69,9 +69,12 @@ class _Kicked(Exception):
 class Session:
     """One client's stream in a room."""
 
-    def __init__(self, room: Room, user: str, task: asyncio.Task[object], client_id: str = "") -> None:
+    def __init__(
+        self, room: Room, user: str, task: asyncio.Task[object], client_id: str = "", *, token_user: str | None = None
+    ) -> None:
         self.room = room
         self.user = user
+        self.token_user = token_user  # the user a user token names (None: the service token, or no tokens)
         self.client_id = client_id  # echoed in the messages it stores
         self.task = task  # the handler's task: cancelled when its client stops reading
         self.wake = asyncio.Event()
@@ -276,6 +279,11 @@ class ChatService:
             )
         if not CLIENT_ID.fullmatch(join.client_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, CLIENT_ID_RULE)
+        if named is None and join.user_id in self.credentials.user_names:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the name {join.user_id} has a user token: only its holder may chat as {join.user_id}",
+            )
         room = self.rooms.get(join.room_id) or self.rooms.setdefault(join.room_id, Room(join.room_id, self))
         if not join.allow_duplicate and join.user_id in room.members():
             await context.abort(
@@ -298,7 +306,9 @@ class ChatService:
 
         handler = asyncio.current_task()
         assert handler is not None  # grpc.aio runs each handler in a task
-        session = Session(room, join.user_id, handler, join.client_id)
+        session = Session(room, join.user_id, handler, join.client_id, token_user=named)
+        # A member from now on: the files posted in this room become visible to this user's token.
+        await self.backend.metadata.add_room_member(room.room_id, session.user)
         room.add(session)  # joining comes first: presence, then the join message, then reading
         await self._system(room, f"{session.user} joined", session.user)
         cursor = LogCursor(store, room.stream, start, lambda record: True)
@@ -453,8 +463,10 @@ class ChatService:
             return "INVALID_ARGUMENT", "message contains control characters", 0.0
         if send.type == pb.CHAT_MESSAGE_TYPE_TEXT and not send.content.strip():
             return "INVALID_ARGUMENT", "empty message", 0.0
-        if send.type != pb.CHAT_MESSAGE_TYPE_TEXT and await self.backend.metadata.get_file(send.file_id) is None:
-            return "NOT_FOUND", f"no file {send.file_id!r} to share", 0.0
+        if send.type != pb.CHAT_MESSAGE_TYPE_TEXT:
+            problem = await self._unshareable(session, send.file_id)
+            if problem:
+                return problem
         wait = session.take_token()
         if wait:
             return "RESOURCE_EXHAUSTED", f"slow down: at most {self.settings.rate:g} messages per second", wait
@@ -462,10 +474,22 @@ class ChatService:
                                  file_id=send.file_id, client_id=session.client_id,
                                  client_seq=send.client_seq)  # fmt: skip
         mentions = tuple(set(MENTION.findall(send.content)) - {session.user}) if "@" in send.content else ()
+        if send.file_id:  # the room's members may see the file from now on
+            await self.backend.metadata.share_file(send.file_id, room.room_id)
         await room.appender.post(
             NewRecord(session.user, pb.ChatMessageType.Name(send.type), message.SerializeToString()),
             _Post(session, mentions, send.content, send.client_seq),
         )
+        return None
+
+    async def _unshareable(self, session: Session, file_id: str) -> tuple[str, str, float] | None:
+        """Why ``file_id`` cannot be posted by this session (code, why, 0), or None when it can."""
+        record = await self.backend.metadata.get_file(file_id)
+        if record is None:
+            return "NOT_FOUND", f"no file {quoted(file_id)} to share", 0.0
+        user = session.token_user
+        if user is not None and record.owner != user and not await self.backend.metadata.file_visible_to(record, user):
+            return "PERMISSION_DENIED", f"file {record.file_id} is not yours, nor posted in a room you have joined", 0.0
         return None
 
     async def _system(self, room: Room, text: str, about: str) -> None:
