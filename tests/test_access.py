@@ -20,9 +20,12 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.errors import ExitStatus
 from streamcli.server.app import RunningServer
 from tests.support.chat import RawChat
+from tests.support.inprocess import cli
 from tests.support.servers import client, running_server, serve_process
+from tests.support.threaded import threaded_server
 
 TOKENS = {"alice": "alice-token", "bob": "bob-token"}
 SERVICE = "service-token"
@@ -260,3 +263,27 @@ async def test_a_file_posted_in_a_room_becomes_visible_to_its_members(server: Ru
         )
         await bob.close()
         await alice.close()
+
+
+async def test_a_live_tail_of_one_user_carries_nothing_of_another(tmp_path: pathlib.Path) -> None:
+    async with (
+        running_server(tmp_path / "data", token=SERVICE, user_tokens=TOKENS, heartbeat=0.1) as server,
+        client(server.address) as conn,
+    ):
+        stub = conn.stub
+        tail = stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="alice"), metadata=ALICE)
+        await tail.read()  # the first (empty) response: the tail is live
+        await stub.PublishEvents(iter(events("bob", "bob", "alice", "bob")), metadata=SVC)
+        seen: list[pb.StreamUserEventsResponse] = []
+        while sum(len(r.events) for r in seen) < 1 or len(seen) < 3:  # alice's event, and heartbeats
+            seen.append(await asyncio.wait_for(tail.read(), 5))
+        tail.cancel()
+    assert [e.user_id for r in seen for e in r.events] == ["alice"]
+    assert all(not r.events or r.events[0].id == 3 for r in seen)
+
+
+def test_the_cli_says_a_denial_in_one_line_with_exit_6(tmp_path: pathlib.Path) -> None:
+    with threaded_server(tmp_path / "data", token=SERVICE, user_tokens=TOKENS) as address:
+        result = cli(address, "--token", TOKENS["alice"], "tail", "events", "--all-users", "--since", "1h")
+    assert result.code == ExitStatus.AUTH
+    assert result.err == ("streamcli: error: all_users needs the service token: a user token reads its own events\n")
