@@ -280,6 +280,36 @@ async def test_bad_producer_fields_are_invalid_argument(
     assert len(await stored_users(conn)) == stored
 
 
+async def test_a_server_that_does_not_deduplicate_gets_one_stream_without_a_producer() -> None:
+    """A server of the contract before producer ids (its PublishEvents ignores the fields it does not
+    know, and answers without last_sequence): the client publishes as before."""
+    received: list[pb.PublishEventsRequest] = []
+
+    async def publish(requests: AsyncIterator[bytes], context: object) -> bytes:
+        count = 0
+        async for raw in requests:
+            request = pb.PublishEventsRequest.FromString(raw)
+            received.append(request)
+            count += len(request.events)
+        return pb.PublishEventsResponse(count=count, first_id=1 if count else 0, last_id=count).SerializeToString()
+
+    old_server = grpc.aio.server()
+    handler = grpc.stream_unary_rpc_method_handler(publish)
+    old_server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("streaming.v1.StreamingService", {"PublishEvents": handler})]
+    )
+    port = old_server.add_insecure_port("127.0.0.1:0")
+    await old_server.start()
+    try:
+        async with client(f"127.0.0.1:{port}") as conn:
+            reply = await publish_events(conn, [event(f"u{n}") for n in range(3)])
+    finally:
+        await old_server.stop(0)
+    assert (reply.count, reply.first_id, reply.last_id) == (3, 1, 3)
+    # The question (a producer stream without events), then the events as before: no producer, no numbers.
+    assert [(r.producer_id != "", r.first_sequence, len(r.events)) for r in received] == [(True, 0, 0), (False, 0, 3)]
+
+
 async def test_a_trimmed_resume_point_is_out_of_range(tmp_path: pathlib.Path) -> None:
     retention = Retention(max_age=None, max_count=3)
     async with (

@@ -362,7 +362,7 @@ def test_a_live_publish_survives_server_restarts_storing_every_line_once_in_orde
         out, err = publisher.communicate(timeout=90)  # closes stdin: the end of the input
         events = stored_events(address)
     assert publisher.returncode == 0, err
-    assert out == "published 20000 events, ids 1-20000\n"
+    assert out == "published 20000 events, ids 1-20000\n", (out, err)
     assert [e["data"]["n"] for e in events] == list(range(20_000))
     # Each outage is told on stderr when it begins and when publishing resumes.
     notices = err.splitlines()

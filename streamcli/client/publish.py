@@ -39,8 +39,6 @@ ACK_EVERY = 20_000
 ACK_AFTER = 10.0
 #: Consecutive failed attempts before publishing gives up (the delay caps at 8 s: about 3 minutes).
 PUBLISH_RETRIES = 25
-#: Batches read ahead of the stream from the source.
-READ_AHEAD = 4
 
 
 @dataclasses.dataclass
@@ -62,46 +60,46 @@ class PublishOptions:
 
 
 class _Source:
-    """The batches of the caller's source, read ahead in a task of their own: a stream that fails while
-    waiting for the next batch cancels that wait, never the source."""
+    """The batches of the caller's source, each read in a task of its own when asked for (nothing is read
+    ahead): a stream that fails while waiting for the next batch stops waiting, and the batch, when it
+    comes, goes to the next stream. (Cancelling the wait would cancel the source itself.)"""
 
     def __init__(self, batches: AsyncIterable[Sequence[pb.UserEvent]]) -> None:
-        self._queue: asyncio.Queue[Sequence[pb.UserEvent] | Exception | None] = asyncio.Queue(READ_AHEAD)
-        self._task = asyncio.create_task(self._pump(batches))
+        self._batches = aiter(batches)
+        self._pull: asyncio.Future[Sequence[pb.UserEvent]] | None = None
         self.ended = False
         self.failure: Exception | None = None  # what the source raised, after the batches before it
 
-    async def _pump(self, batches: AsyncIterable[Sequence[pb.UserEvent]]) -> None:
-        try:
-            async for batch in batches:
-                await self._queue.put(batch)
-        except Exception as exc:  # a bad input line: the stream ends after what came before it
-            await self._queue.put(exc)
-        else:
-            await self._queue.put(None)
-
     async def next(self, unless: asyncio.Future[Any]) -> Sequence[pb.UserEvent] | None:
-        """The next batch, or None at the end (``failure`` says if the source failed) or once ``unless``
-        is done first (a call that ended while waiting: the batch stays for the next call)."""
+        """The next batch; None at the end (``failure`` says if the source failed), or when ``unless`` is
+        done first (a call that ended while waiting)."""
         if self.ended:
             return None
-        if self._queue.empty():
-            getter = asyncio.ensure_future(self._queue.get())
-            await asyncio.wait((getter, unless), return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()  # (a queue's get cancelled before it returns takes nothing)
+        if self._pull is None:
+            self._pull = asyncio.ensure_future(anext(self._batches))
+        if not self._pull.done():
+            await asyncio.wait((self._pull, unless), return_when=asyncio.FIRST_COMPLETED)
+            if not self._pull.done():
                 return None
-            item = getter.result()
-        else:
-            item = self._queue.get_nowait()
-        if item is None or isinstance(item, Exception):
+        pull, self._pull = self._pull, None
+        try:
+            return pull.result()
+        except StopAsyncIteration:
             self.ended = True
-            self.failure = item
-            return None
-        return item
+        except Exception as exc:  # a bad input line: publishing ends after what came before it
+            self.ended = True
+            self.failure = exc
+        return None
+
+    def prefetch(self) -> None:
+        """Start reading the next batch now (the stream is ending): while the server acknowledges, the
+        source is parsed, rather than the server waiting for the next batch after it."""
+        if self._pull is None and not self.ended:
+            self._pull = asyncio.ensure_future(anext(self._batches))
 
     def close(self) -> None:
-        self._task.cancel()
+        if self._pull is not None:
+            self._pull.cancel()
 
 
 class IdempotentPublisher:
@@ -238,6 +236,7 @@ class IdempotentPublisher:
             sent += len(batch)
         if not sent:
             await call.write(pb.PublishEventsRequest(producer_id=self.producer_id))  # the stream's producer
+        source.prefetch()
         await call.done_writing()
 
     def _acknowledge(self, response: pb.PublishEventsResponse) -> None:
