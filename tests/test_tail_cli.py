@@ -358,7 +358,8 @@ def test_a_live_publish_survives_server_restarts_storing_every_line_once_in_orde
         served.process.send_signal(signal.SIGKILL)
         served.process.wait(10)
     with serve_process(tmp_path, address=address):
-        writer.join(60)
+        writer.join(120)  # (the publisher reads stdin only as fast as it can send: not while reconnecting)
+        assert not writer.is_alive(), "the publisher did not take the input within 120 s"
         out, err = publisher.communicate(timeout=90)  # closes stdin: the end of the input
         events = stored_events(address)
     assert publisher.returncode == 0, err
