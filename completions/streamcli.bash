@@ -20,7 +20,7 @@ _streamcli() {
             'chat:--room'|'chat:-r'|'chat:--user'|'chat:-u'|'chat:--backlog') skip=1 ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
             'events:publish') cmdpath='events publish' ;;
-            'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp'|'events publish:--linger') skip=1 ;;
+            'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp'|'events publish:--linger'|'events publish:--retries') skip=1 ;;
             'files:info') cmdpath='files info' ;;
             'files:ls') cmdpath='files ls' ;;
             'files:rm') cmdpath='files rm' ;;
@@ -53,6 +53,7 @@ _streamcli() {
         'events publish:--data'|'events publish:-d') COMPREPLY=(); return ;;
         'events publish:--timestamp') COMPREPLY=(); return ;;
         'events publish:--linger') COMPREPLY=(); return ;;
+        'events publish:--retries') COMPREPLY=(); return ;;
         'files ls:--limit') COMPREPLY=(); return ;;
         'health:--timeout') COMPREPLY=(); return ;;
         'notify send:--to') COMPREPLY=(); return ;;
@@ -101,7 +102,7 @@ _streamcli() {
         'chat') COMPREPLY=($(compgen -W '--room -r --user -u --backlog --allow-duplicate --help -h' -- "$cur")) ;;
         'download') COMPREPLY=($(compgen -W '--output -o --create-dirs --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
         'events') COMPREPLY=($(compgen -W '--help -h publish' -- "$cur")) ;;
-        'events publish') COMPREPLY=($(compgen -W '--user -u --type -t --data -d --timestamp --linger --help -h' -- "$cur")) ;;
+        'events publish') COMPREPLY=($(compgen -W '--user -u --type -t --data -d --timestamp --linger --retries --help -h' -- "$cur")) ;;
         'files') COMPREPLY=($(compgen -W '--help -h info ls rm' -- "$cur")) ;;
         'files info') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'files ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;

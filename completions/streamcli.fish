@@ -35,7 +35,7 @@ function __streamcli_path
                 set skip 1
             case 'events:publish'
                 set cmdpath 'events publish'
-            case 'events publish:--user' 'events publish:-u' 'events publish:--type' 'events publish:-t' 'events publish:--data' 'events publish:-d' 'events publish:--timestamp' 'events publish:--linger'
+            case 'events publish:--user' 'events publish:-u' 'events publish:--type' 'events publish:-t' 'events publish:--data' 'events publish:-d' 'events publish:--timestamp' 'events publish:--linger' 'events publish:--retries'
                 set skip 1
             case 'files:info'
                 set cmdpath 'files info'
@@ -109,6 +109,7 @@ complete -c streamcli -n '__streamcli_at '\''events publish'\''' -l type -s t -x
 complete -c streamcli -n '__streamcli_at '\''events publish'\''' -l data -s d -x -d 'JSON payload, e.g. '\''{"ip": "10.0.0.1"}'\''.'
 complete -c streamcli -n '__streamcli_at '\''events publish'\''' -l timestamp -x -d 'When it happened (RFC 3339). [default: the server'\''s append time]'
 complete -c streamcli -n '__streamcli_at '\''events publish'\''' -l linger -x -d 'From stdin: after a line arrives, wait this long for more before sending them together (0: send what each read brings at once).'
+complete -c streamcli -n '__streamcli_at '\''events publish'\''' -l retries -x -d 'Retries with backoff after the server or network goes away; each re-sends what the server has not acknowledged, and the server stores no event twice.'
 complete -c streamcli -n '__streamcli_at '\''events publish'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''files'\''' -a 'info' -d 'Show one file'\''s metadata.'
 complete -c streamcli -n '__streamcli_at '\''files'\''' -a 'ls' -d 'List stored files, newest first.'

@@ -21,7 +21,7 @@ _streamcli() {
             'chat:--room'|'chat:-r'|'chat:--user'|'chat:-u'|'chat:--backlog') skip=1 ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
             'events:publish') cmdpath='events publish' ;;
-            'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp'|'events publish:--linger') skip=1 ;;
+            'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp'|'events publish:--linger'|'events publish:--retries') skip=1 ;;
             'files:info') cmdpath='files info' ;;
             'files:ls') cmdpath='files ls' ;;
             'files:rm') cmdpath='files rm' ;;
@@ -54,6 +54,7 @@ _streamcli() {
         'events publish:--data'|'events publish:-d') _message 'value'; return ;;
         'events publish:--timestamp') _message 'value'; return ;;
         'events publish:--linger') _message 'value'; return ;;
+        'events publish:--retries') _message 'value'; return ;;
         'files ls:--limit') _message 'value'; return ;;
         'health:--timeout') _message 'value'; return ;;
         'notify send:--to') _message 'value'; return ;;
@@ -102,7 +103,7 @@ _streamcli() {
         'chat') items=('--room:Room to join (letters, digits, - _ .).' '-r:Room to join (letters, digits, - _ .).' '--user:Your name (letters, digits, - _ .). [default: $USER]' '-u:Your name (letters, digits, - _ .). [default: $USER]' '--backlog:Recent messages to show on joining; 0: the server'\''s.' '--allow-duplicate:Join even if this user is already in the room elsewhere.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'download') items=('--output:File or directory to write to (a trailing '\''/'\'' means a directory); '\''-'\'' writes to stdout. [default: the stored name, here]' '-o:File or directory to write to (a trailing '\''/'\'' means a directory); '\''-'\'' writes to stdout. [default: the stored name, here]' '--create-dirs:Create the directory to write to, and its parents, if missing.' '--resume:Continue from an existing PATH.part.' '--no-resume:Continue from an existing PATH.part.' '--force:Overwrite an existing file (or symbolic link); write binary output to a terminal.' '-f:Overwrite an existing file (or symbolic link); write binary output to a terminal.' '--retries:Retries with backoff (up to 8 s apart) after the server or network goes away, each said on stderr; each resumes where the last stopped. The default waits about three minutes, as tails do.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'events') items=('--help:Show help and exit.' '-h:Show help and exit.' 'publish:Publish one event from the options, or many from NDJSON on stdin.') ;;
-        'events publish') items=('--user:The event'\''s user.' '-u:The event'\''s user.' '--type:login, logout, profile_update or password_change.' '-t:login, logout, profile_update or password_change.' '--data:JSON payload, e.g. '\''{"ip": "10.0.0.1"}'\''.' '-d:JSON payload, e.g. '\''{"ip": "10.0.0.1"}'\''.' '--timestamp:When it happened (RFC 3339). [default: the server'\''s append time]' '--linger:From stdin: after a line arrives, wait this long for more before sending them together (0: send what each read brings at once).' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'events publish') items=('--user:The event'\''s user.' '-u:The event'\''s user.' '--type:login, logout, profile_update or password_change.' '-t:login, logout, profile_update or password_change.' '--data:JSON payload, e.g. '\''{"ip": "10.0.0.1"}'\''.' '-d:JSON payload, e.g. '\''{"ip": "10.0.0.1"}'\''.' '--timestamp:When it happened (RFC 3339). [default: the server'\''s append time]' '--linger:From stdin: after a line arrives, wait this long for more before sending them together (0: send what each read brings at once).' '--retries:Retries with backoff after the server or network goes away; each re-sends what the server has not acknowledged, and the server stores no event twice.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'files') items=('--help:Show help and exit.' '-h:Show help and exit.' 'info:Show one file'\''s metadata.' 'ls:List stored files, newest first.' 'rm:Delete stored files.') ;;
         'files info') items=('--help:Show help and exit.' '-h:Show help and exit.') ;;
         'files ls') items=('--limit:Show at most this many files, newest first.' '--help:Show help and exit.' '-h:Show help and exit.') ;;

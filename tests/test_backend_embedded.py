@@ -10,7 +10,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from streamcli.backends import open_backend
-from streamcli.backends.base import FileRecord, LogBounds, LogRecord, NewRecord, TrimmedError, UploadRecord
+from streamcli.backends.base import (
+    FileRecord,
+    LogBounds,
+    LogRecord,
+    NewRecord,
+    ProducerState,
+    SequenceGapError,
+    TrimmedError,
+    UploadRecord,
+)
 from streamcli.backends.blobs import DirectoryBlobStore
 from streamcli.backends.sqlite import SqliteStore
 from streamcli.errors import UsageError
@@ -348,6 +357,78 @@ async def test_wait_for_is_not_satisfied_by_another_stream(store: SqliteStore) -
     await store.append("other", batch(1, 3))
     assert await asyncio.wait_for(waiter, 2) is False
     assert await store.bounds("s") == LogBounds(0, 0)
+
+
+# --- SqliteStore: idempotent appends (producers) -------------------------------------
+
+
+def produced(producer: str, first: int, count: int) -> list[NewRecord]:
+    """Records ``first`` .. ``first + count - 1`` of ``producer``'s sequence."""
+    return [
+        NewRecord("k", "event", f"{producer}-{n}".encode(), producer=producer, sequence=n)
+        for n in range(first, first + count)
+    ]
+
+
+async def test_a_producers_records_are_stored_once_per_sequence(store: SqliteStore) -> None:
+    first = await store.append("s", produced("p", 1, 3))
+    again = await store.append("s", produced("p", 2, 4))  # 2 and 3 again, then 4 and 5
+    only_old = await store.append("s", produced("p", 1, 5))
+    assert [r.payload for r in first] == [b"p-1", b"p-2", b"p-3"]
+    assert [(r.id, r.payload) for r in again] == [(4, b"p-4"), (5, b"p-5")]
+    assert only_old == []
+    assert [r.payload for r in await store.read("s", 0, 100)] == [f"p-{n}".encode() for n in range(1, 6)]
+    state = await store.producer("s", "p")
+    assert (state.last_sequence, state.first_id, state.last_id) == (5, 1, 5)
+    assert (await store.bounds("s")).last_id == 5
+
+
+async def test_a_gap_in_a_sequence_appends_nothing_and_says_where(store: SqliteStore) -> None:
+    await store.append("s", produced("p", 1, 2))
+    mixed = [new(0), *produced("p", 3, 2), *produced("p", 6, 1)]  # 3 and 4 follow 2; 6 skips 5
+    with pytest.raises(SequenceGapError) as caught:
+        await store.append("s", mixed)
+    assert (caught.value.producer, caught.value.sequence, caught.value.expected, caught.value.index) == ("p", 6, 5, 3)
+    assert (await store.producer("s", "p")).last_sequence == 2
+    assert [r.payload for r in await store.read("s", 0, 100)] == [b"p-1", b"p-2"]
+    # What came before the gap can be appended on its own.
+    assert [r.id for r in await store.append("s", mixed[: caught.value.index])] == [3, 4, 5]
+
+
+async def test_an_unknown_producer_starts_at_one(store: SqliteStore) -> None:
+    with pytest.raises(SequenceGapError) as caught:
+        await store.append("s", produced("new", 2, 1))
+    assert caught.value.expected == 1
+    assert await store.read("s", 0, 10) == []
+    assert await store.producer("s", "new") == ProducerState(0, 0, 0, 0.0)
+
+
+async def test_producers_are_per_stream_and_independent_of_records_without_one(store: SqliteStore) -> None:
+    await store.append("a", produced("p", 1, 2))
+    on_b = await store.append("b", produced("p", 1, 2))  # another stream: not duplicates
+    plain = await store.append("a", [new(1), new(1)])  # no producer: always stored
+    other = await store.append("a", [*produced("q", 1, 1), *produced("p", 3, 1), *produced("q", 1, 1)])
+    assert len(on_b) == 2 and len(plain) == 2
+    assert [r.payload for r in other] == [b"q-1", b"p-3"]
+    assert [(await store.producer("a", name)).last_sequence for name in ("p", "q")] == [3, 1]
+
+
+async def test_producer_state_persists_and_idle_producers_are_forgotten(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteStore(path)
+    await store.append("s", produced("old", 1, 2))
+    await store.close()
+    store = SqliteStore(path)
+    try:
+        assert await store.append("s", produced("old", 1, 2)) == []  # known after a restart
+        cut = time.time()
+        await store.append("s", produced("young", 1, 1))
+        assert await store.forget_producers("s", cut) == 1
+        assert (await store.producer("s", "old")).last_sequence == 0
+        assert (await store.producer("s", "young")).last_sequence == 1
+        assert [r.payload for r in await store.append("s", produced("old", 1, 1))] == [b"old-1"]  # anew
+    finally:
+        await store.close()
 
 
 # --- Appender: batched appends on the real store -----------------------------------

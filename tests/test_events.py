@@ -178,6 +178,138 @@ async def test_a_failed_append_is_internal_and_says_what_was_appended(tmp_path: 
         assert [e.id for e in await collect(history)] == [1, 2, 3]
 
 
+async def publish_raw(conn: Connection, *requests: pb.PublishEventsRequest) -> pb.PublishEventsResponse:
+    """One PublishEvents stream of exactly ``requests``, through the generated stub."""
+
+    async def stream() -> AsyncIterator[pb.PublishEventsRequest]:
+        for request in requests:
+            yield request
+
+    response: pb.PublishEventsResponse = await conn.stub.PublishEvents(stream())
+    return response
+
+
+def numbered(producer: str, first: int, *users: str) -> pb.PublishEventsRequest:
+    """A message of ``producer`` holding one event per user, numbered from ``first``."""
+    return pb.PublishEventsRequest(producer_id=producer, first_sequence=first, events=[event(u) for u in users])
+
+
+async def stored_users(conn: Connection) -> list[str]:
+    history = tail_events(conn, user_id="", all_users=True, types=[], since=epoch(), options=TailOptions(follow=False))
+    return [e.user_id for e in await collect(history)]
+
+
+async def test_a_producers_re_sent_events_are_acknowledged_and_not_stored_twice(conn: Connection) -> None:
+    first = await publish_raw(conn, numbered("p-1", 1, "e1", "e2"), numbered("p-1", 3, "e3"))
+    # Re-sent after a lost acknowledgement: 2 and 3 again, then 4 and 5 for the first time.
+    overlap = await publish_raw(conn, numbered("p-1", 2, "e2", "e3", "e4"), pb.PublishEventsRequest(
+        first_sequence=5, events=[event("e5")]))  # fmt: skip
+    again = await publish_raw(conn, numbered("p-1", 1, "e1", "e2", "e3", "e4", "e5"))
+    assert (first.count, first.duplicates, first.last_sequence, first.first_id, first.last_id) == (3, 0, 3, 1, 3)
+    assert (overlap.count, overlap.duplicates, overlap.last_sequence, overlap.first_id, overlap.last_id) == (
+        2, 2, 5, 4, 5)  # fmt: skip
+    assert (again.count, again.duplicates, again.last_sequence, again.first_id, again.last_id) == (0, 5, 5, 0, 0)
+    # Whichever stream stored them, the producer's events are ids 1-5.
+    assert (again.producer_first_id, again.producer_last_id) == (1, 5)
+    assert await stored_users(conn) == ["e1", "e2", "e3", "e4", "e5"]
+
+
+async def test_concurrent_streams_of_one_producer_store_each_event_once(conn: Connection) -> None:
+    messages = [numbered("twice", 1 + 10 * n, *(f"u{10 * n + i}" for i in range(10))) for n in range(50)]
+    replies = await asyncio.gather(publish_raw(conn, *messages), publish_raw(conn, *messages))
+    assert sum(r.count for r in replies) == 500
+    assert sum(r.duplicates for r in replies) == 500
+    assert await stored_users(conn) == [f"u{n}" for n in range(500)]
+
+
+async def test_a_stream_of_a_producer_without_events_says_how_far_it_is_stored(conn: Connection) -> None:
+    unknown = await publish_raw(conn, pb.PublishEventsRequest(producer_id="asked"))
+    await publish_raw(conn, numbered("asked", 1, "a", "b"))
+    known = await publish_raw(conn, pb.PublishEventsRequest(producer_id="asked"))
+    assert unknown.HasField("last_sequence") and unknown.last_sequence == 0
+    assert (known.last_sequence, known.count, known.producer_first_id, known.producer_last_id) == (2, 0, 1, 2)
+
+
+async def test_a_gap_in_a_producers_sequence_is_refused_with_the_next_expected(conn: Connection) -> None:
+    await publish_raw(conn, numbered("gappy", 1, "a"))
+    with pytest.raises(grpc.aio.AioRpcError) as gap:
+        await publish_raw(conn, numbered("gappy", 2, "b", "c"), numbered("gappy", 5, "e"), numbered("gappy", 6, "f"))
+    with pytest.raises(grpc.aio.AioRpcError) as new:
+        await publish_raw(conn, numbered("fresh", 2, "x"))
+    assert gap.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert gap.value.details() == (
+        "event 2 (message 1): sequence 5 of producer 'gappy' skips ahead; the next the server expects is 4; "
+        "the first 2 events of this stream were stored (ids 2-3), none after them"
+    )
+    assert gap.value.trailing_metadata() == (
+        ("stored-count", "2"), ("last-stored-id", "3"), ("last-sequence", "3"), ("expected-sequence", "4"))  # fmt: skip
+    assert new.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "sequence 2 of producer 'fresh' skips ahead; the next the server expects is 1" in new.value.details()
+    assert await stored_users(conn) == ["a", "b", "c"]
+
+
+async def test_without_a_producer_every_event_is_stored_as_before(conn: Connection) -> None:
+    message = pb.PublishEventsRequest(events=[event("same")])
+    replies = [await publish_raw(conn, message, message), await publish_raw(conn, message)]
+    assert [(r.count, r.first_id, r.last_id, r.duplicates) for r in replies] == [(2, 1, 2, 0), (1, 3, 3, 0)]
+    assert not any(r.HasField("last_sequence") for r in replies)
+    assert await stored_users(conn) == ["same"] * 3
+
+
+@pytest.mark.parametrize(
+    ("messages", "detail"),
+    [
+        ([numbered("a b", 1, "x")], "producer_id must be 1 to 128 characters among ASCII letters"),
+        ([numbered("é", 1, "x")], "producer_id must be 1 to 128 characters"),
+        ([numbered("p" * 129, 1, "x")], "producer_id must be 1 to 128 characters"),
+        ([numbered("p", 0, "x")], "message 0 has events and a producer_id but no first_sequence"),
+        ([pb.PublishEventsRequest(first_sequence=1, events=[event("x")])], "first_sequence without a producer_id"),
+        ([numbered("p", 1, "x"), numbered("q", 2, "y")], "message 1 names another producer_id"),
+        ([pb.PublishEventsRequest(events=[event("x")]), numbered("p", 1, "y")], "message 1 names a producer_id, but"),
+        ([numbered("p", 2**63 - 1, "x", "y")], "beyond the highest sequence, 9223372036854775807"),
+    ],
+)
+async def test_bad_producer_fields_are_invalid_argument(
+    conn: Connection, messages: list[pb.PublishEventsRequest], detail: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await publish_raw(conn, *messages)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail in refused.value.details()
+    stored = 1 if len(messages) == 2 else 0  # the first of two messages is fine: it is stored
+    assert len(await stored_users(conn)) == stored
+
+
+async def test_a_server_that_does_not_deduplicate_gets_one_stream_without_a_producer() -> None:
+    """A server of the contract before producer ids (its PublishEvents ignores the fields it does not
+    know, and answers without last_sequence): the client publishes as before."""
+    received: list[pb.PublishEventsRequest] = []
+
+    async def publish(requests: AsyncIterator[bytes], context: object) -> bytes:
+        count = 0
+        async for raw in requests:
+            request = pb.PublishEventsRequest.FromString(raw)
+            received.append(request)
+            count += len(request.events)
+        return pb.PublishEventsResponse(count=count, first_id=1 if count else 0, last_id=count).SerializeToString()
+
+    old_server = grpc.aio.server()
+    handler = grpc.stream_unary_rpc_method_handler(publish)
+    old_server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("streaming.v1.StreamingService", {"PublishEvents": handler})]
+    )
+    port = old_server.add_insecure_port("127.0.0.1:0")
+    await old_server.start()
+    try:
+        async with client(f"127.0.0.1:{port}") as conn:
+            reply = await publish_events(conn, [event(f"u{n}") for n in range(3)])
+    finally:
+        await old_server.stop(0)
+    assert (reply.count, reply.first_id, reply.last_id) == (3, 1, 3)
+    # The question (a producer stream without events), then the events as before: no producer, no numbers.
+    assert [(r.producer_id != "", r.first_sequence, len(r.events)) for r in received] == [(True, 0, 0), (False, 0, 3)]
+
+
 async def test_a_trimmed_resume_point_is_out_of_range(tmp_path: pathlib.Path) -> None:
     retention = Retention(max_age=None, max_count=3)
     async with (
@@ -202,6 +334,23 @@ async def test_a_trimmed_resume_point_is_out_of_range(tmp_path: pathlib.Path) ->
         assert [e.id for r in [r async for r in conn.stub.StreamUserEvents(kept)] for e in r.events] == [8, 9, 10]
         with pytest.raises(ConflictError), rpc_errors(server.address):  # the CLI's exit code 9
             await conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="alice", resume_after_id=1)).read()
+
+
+async def test_producers_idle_for_longer_than_retention_are_forgotten(tmp_path: pathlib.Path) -> None:
+    retention = Retention(max_age=0.5, max_count=None)
+    async with (
+        running_server(tmp_path, retention=retention, housekeeping_interval=0.05) as server,
+        client(server.address) as conn,
+    ):
+        await publish_raw(conn, numbered("idle", 1, "a", "b"))
+        for _ in range(200):
+            if not (await server.backend.log.producer("events", "idle")).last_sequence:
+                break
+            await asyncio.sleep(0.02)
+        asked = await publish_raw(conn, pb.PublishEventsRequest(producer_id="idle"))
+        anew = await publish_raw(conn, numbered("idle", 1, "c"))  # forgotten: it starts at 1 again
+    assert asked.HasField("last_sequence") and asked.last_sequence == 0
+    assert (anew.count, anew.last_sequence) == (1, 1)
 
 
 async def test_idle_streams_get_heartbeats_with_the_position(tmp_path: pathlib.Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -281,10 +283,10 @@ def test_since_far_back_is_everything_and_a_bad_since_is_a_usage_error(tmp_path:
     )
 
 
-def _publishing(address: str, events: int) -> subprocess.Popen[str]:
-    """A live ``events publish`` that has sent ``events`` events (they are stored) and waits for more."""
+def _publishing(address: str, events: int, *args: str) -> subprocess.Popen[str]:
+    """A live ``events publish ARGS`` that has sent ``events`` events (they are stored) and waits for more."""
     publisher = subprocess.Popen(
-        [sys.executable, "-m", "streamcli", "--address", address, "events", "publish"],
+        [sys.executable, "-m", "streamcli", "--address", address, "events", "publish", *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
     )  # fmt: skip
     assert publisher.stdin is not None
@@ -310,15 +312,68 @@ def test_an_interrupted_publish_says_how_many_events_were_sent(tmp_path: pathlib
     )
 
 
-def test_a_publish_that_loses_the_server_says_how_many_events_were_sent(tmp_path: pathlib.Path) -> None:
+def test_a_publish_that_loses_the_server_for_good_says_how_many_events_were_sent(tmp_path: pathlib.Path) -> None:
     with serve_process(tmp_path) as served:
-        publisher = _publishing(served.address, 2)
+        publisher = _publishing(served.address, 2, "--retries", "2")
         served.process.send_signal(signal.SIGKILL)
         served.process.wait(10)
-        _, err = publisher.communicate(timeout=30)  # stdin still open: the lost server ends it
+        _, err = publisher.communicate(timeout=30)  # stdin still open: the lost server ends it, after 2 retries
     assert publisher.returncode == 3
-    assert err.startswith(f"streamcli: error: cannot reach the server at {served.address}")
-    assert "after 2 event(s) had been sent; none was acknowledged" in err and err.count("\n") == 1
+    lost, failed = err.splitlines()
+    assert lost.startswith("streamcli: lost the stream (UNAVAILABLE: ") and lost.endswith(
+        "; reconnecting, up to 2 tries"
+    ), err
+    assert failed.startswith(f"streamcli: error: cannot reach the server at {served.address}")
+    assert "after 2 event(s) had been sent; none was acknowledged" in failed
+
+
+def test_a_live_publish_survives_server_restarts_storing_every_line_once_in_order(tmp_path: pathlib.Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+
+    def line(n: int) -> str:
+        return json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n"
+
+    with serve_process(tmp_path, address=address) as served:
+        publisher = _publishing(address, 0, "--linger", "0")
+        assert publisher.stdin is not None
+        publisher.stdin.write("".join(line(n) for n in range(91)))  # sent, stored, not acknowledged
+        publisher.stdin.flush()
+        assert wait_for_ids(address, 91) == list(range(1, 92))
+        served.process.send_signal(signal.SIGKILL)
+        served.process.wait(10)
+    publisher.stdin.write("".join(line(n) for n in range(91, 100)))  # while the server is down
+    publisher.stdin.flush()
+    with serve_process(tmp_path, address=address) as served:
+        # A flood, and a kill in the middle of it: some of what is in flight is stored, some not.
+        writer = threading.Thread(
+            target=lambda: (
+                publisher.stdin.write("".join(line(n) for n in range(100, 20_000))),
+                publisher.stdin.flush(),
+            )  # type: ignore[union-attr]
+        )
+        writer.start()
+        deadline = time.monotonic() + 30
+        while len(stored_events(address)) < 2_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        served.process.send_signal(signal.SIGKILL)
+        served.process.wait(10)
+    with serve_process(tmp_path, address=address):
+        writer.join(120)  # (the publisher reads stdin only as fast as it can send: not while reconnecting)
+        assert not writer.is_alive(), "the publisher did not take the input within 120 s"
+        out, err = publisher.communicate(timeout=90)  # closes stdin: the end of the input
+        events = stored_events(address)
+    assert publisher.returncode == 0, err
+    assert out == "published 20000 events, ids 1-20000\n", (out, err)
+    assert [e["data"]["n"] for e in events] == list(range(20_000))
+    # Each outage is told on stderr when it begins and when publishing resumes.
+    notices = err.splitlines()
+    assert len(notices) == 4, err
+    assert all(n.startswith("streamcli: lost the stream (") for n in notices[::2]), err
+    assert all(n.endswith("; reconnecting, up to 25 tries") for n in notices[::2]), err
+    # (The 9 lines written during the outage were sent to the dead stream, or not yet taken from stdin.)
+    resumed = r"streamcli: reconnected; the server has the first 91 event\(s\), re-sending the [09] after them"
+    assert re.fullmatch(resumed, notices[1]), err
+    assert notices[3].startswith("streamcli: reconnected; the server has the first "), err
 
 
 def test_publish_refused_by_the_server_midway_exits_5_saying_what_was_stored(tmp_path: pathlib.Path) -> None:

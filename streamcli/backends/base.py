@@ -6,7 +6,9 @@ records: the log"):
 
 * ``LogStore``: append-only logs ("streams") of records with strictly
   increasing ids per stream, read by cursor position, trimmed by retention,
-  with a wake-up for readers that have caught up.
+  with a wake-up for readers that have caught up. Appends may be idempotent:
+  a record that names its producer and sequence number is stored once per
+  (stream, producer, sequence).
 * ``BlobStore``: file bytes in a directory (replicas share the directory).
 * ``MetadataStore``: stored files and resumable uploads.
 
@@ -30,6 +32,10 @@ class NewRecord:
     key: str  # partition key within the stream: a user id, a recipient, a room member
     kind: str  # the record's kind within the stream, e.g. an event type name
     payload: bytes  # the serialized message
+    # Idempotent appends: the writer's name ("" = none: always stored) and the record's number in the
+    # writer's sequence (1, 2, 3, ... without a gap; see ``LogStore.append``).
+    producer: str = ""
+    sequence: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,6 +57,34 @@ class LogBounds:
     last_id: int  # highest id ever appended (0 = empty)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProducerState:
+    """What a stream holds of one producer's records."""
+
+    last_sequence: int  # highest sequence stored (0 = none): every record numbered up to it is stored once
+    first_id: int  # id of the first record the producer stored (0 = none)
+    last_id: int  # id of the last record the producer stored (0 = none)
+    updated_at: float  # when the producer last appended, seconds since the epoch (0 = never)
+
+
+class SequenceGapError(Exception):
+    """An append met a producer's record numbered beyond the next one expected; nothing was appended.
+
+    ``index`` is the record's position in the records given to ``append``: those before it can be
+    appended on their own.
+    """
+
+    def __init__(self, stream: str, producer: str, sequence: int, expected: int, index: int) -> None:
+        super().__init__(
+            f"record {index} of producer {producer!r} in {stream!r} has sequence {sequence}; the next expected "
+            f"is {expected}"
+        )
+        self.producer = producer
+        self.sequence = sequence
+        self.expected = expected
+        self.index = index
+
+
 class TrimmedError(Exception):
     """A read started at a position retention has removed."""
 
@@ -65,7 +99,32 @@ class LogStore(Protocol):
     """Append-only logs with cursors."""
 
     async def append(self, stream: str, records: Sequence[NewRecord]) -> list[LogRecord]:
-        """Append records atomically, in order, and wake the stream's readers."""
+        """Append records atomically, in order, and wake the stream's readers.
+
+        Records with a ``producer`` are appended once per (stream, producer, sequence): one numbered
+        at or below the producer's last stored sequence is a duplicate, skipped (not in the list
+        returned); the producer's state (``producer``) moves on in the same transaction.
+
+        Returns:
+            The records stored, in order (all of them when none has a producer).
+
+        Raises:
+            SequenceGapError: a record is numbered beyond its producer's next sequence (a producer
+                unknown to the stream starts at 1); nothing was appended.
+        """
+        ...
+
+    async def producer(self, stream: str, producer: str) -> ProducerState:
+        """What ``stream`` holds of ``producer`` (all zeros for a producer it does not know)."""
+        ...
+
+    async def forget_producers(self, stream: str, idle_since: float) -> int:
+        """Forget producers that have not appended since ``idle_since`` (seconds since the epoch): a
+        forgotten producer starts again at sequence 1.
+
+        Returns:
+            The number of producers forgotten.
+        """
         ...
 
     async def read(self, stream: str, after_id: int, limit: int) -> list[LogRecord]:

@@ -4,7 +4,9 @@ One connection, used from one worker thread, so the event loop never blocks on
 disk and SQLite never sees concurrent use of a connection. WAL mode lets
 readers proceed while a write commits. Ids are assigned per stream from
 ``log_head``; append times never decrease along ids, so a time lookup is an
-index seek.
+index seek. ``log_producers`` holds, per stream and producer, the last sequence
+stored: it moves in the transaction of the append that stores the records, so
+a record is stored once per (producer, sequence) whatever fails when.
 
 Readers that have caught up wait on an in-process wake-up set by ``append``
 (this backend has one process by design; the Redis backend wakes across
@@ -28,6 +30,8 @@ from streamcli.backends.base import (
     LogBounds,
     LogRecord,
     NewRecord,
+    ProducerState,
+    SequenceGapError,
     StorageFullError,
     TrimmedError,
     UploadRecord,
@@ -55,6 +59,16 @@ CREATE TABLE IF NOT EXISTS log_head (
     last_ts         REAL    NOT NULL,
     trimmed_through INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS log_producers (
+    stream        TEXT    NOT NULL,
+    producer      TEXT    NOT NULL,
+    last_sequence INTEGER NOT NULL,
+    first_id      INTEGER NOT NULL,
+    last_id       INTEGER NOT NULL,
+    updated_at    REAL    NOT NULL,
+    PRIMARY KEY (stream, producer)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS log_producers_by_time ON log_producers (stream, updated_at);
 CREATE TABLE IF NOT EXISTS files (
     file_id      TEXT PRIMARY KEY,
     filename     TEXT NOT NULL,
@@ -160,19 +174,26 @@ class SqliteStore:
                 ).fetchone()
                 last_id, last_ts, trimmed = row if row else (0, 0.0, 0)
                 ts = max(time.time(), last_ts)
-                stored = [LogRecord(last_id + n, ts, r.key, r.kind, r.payload) for n, r in enumerate(records, start=1)]
-                db.executemany(
-                    "INSERT INTO log (stream, id, ts, key, kind, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(stream, r.id, r.timestamp, r.key, r.kind, r.payload) for r in stored],
-                )
-                db.execute(
-                    "INSERT INTO log_head (stream, last_id, last_ts, trimmed_through) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (stream) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts",
-                    (stream, stored[-1].id, ts, trimmed),
-                )
-            return stored, LogBounds(trimmed, stored[-1].id)
+                producers = _Producers(db, stream) if any(r.producer for r in records) else None
+                kept = records if producers is None else producers.new_records(records)
+                stored = [LogRecord(last_id + n, ts, r.key, r.kind, r.payload) for n, r in enumerate(kept, start=1)]
+                if stored:
+                    db.executemany(
+                        "INSERT INTO log (stream, id, ts, key, kind, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                        [(stream, r.id, r.timestamp, r.key, r.kind, r.payload) for r in stored],
+                    )
+                    db.execute(
+                        "INSERT INTO log_head (stream, last_id, last_ts, trimmed_through) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (stream) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts",
+                        (stream, stored[-1].id, ts, trimmed),
+                    )
+                if producers is not None:
+                    producers.save(kept, stored, time.time())
+            return stored, LogBounds(trimmed, stored[-1].id if stored else last_id)
 
         stored, bounds = await self._run(write)
+        if not stored:
+            return stored  # all duplicates
         self._heads[stream] = bounds
         tail = self._tails.setdefault(stream, collections.deque(maxlen=TAIL_RECORDS))
         if tail and tail[-1].id != stored[0].id - 1:
@@ -182,6 +203,25 @@ class SqliteStore:
         if wakeup is not None:
             wakeup.set()
         return stored
+
+    async def producer(self, stream: str, producer: str) -> ProducerState:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT last_sequence, first_id, last_id, updated_at FROM log_producers "
+                "WHERE stream = ? AND producer = ?",
+                (stream, producer),
+            ).fetchone()
+        )
+        return ProducerState(*row) if row else ProducerState(0, 0, 0, 0.0)
+
+    async def forget_producers(self, stream: str, idle_since: float) -> int:
+        return await self._run(
+            lambda db: (
+                db.execute(
+                    "DELETE FROM log_producers WHERE stream = ? AND updated_at < ?", (stream, idle_since)
+                ).rowcount
+            )
+        )
 
     async def read(self, stream: str, after_id: int, limit: int) -> list[LogRecord]:
         tail = self._tails.get(stream)
@@ -388,6 +428,59 @@ def _is_full(exc: sqlite3.OperationalError) -> bool:
     """Whether SQLite failed because the disk is full."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; 3.10 has only the message
     return code == _SQLITE_FULL if code is not None else str(exc) == "database or disk is full"
+
+
+class _Producers:
+    """The producers of one append, inside its transaction: which records are new, then their new state."""
+
+    def __init__(self, db: sqlite3.Connection, stream: str) -> None:
+        self._db = db
+        self._stream = stream
+        self._states: dict[str, list[int]] = {}  # producer -> [last_sequence, first_id, last_id]
+
+    def _state(self, producer: str) -> list[int]:
+        state = self._states.get(producer)
+        if state is None:
+            row = self._db.execute(
+                "SELECT last_sequence, first_id, last_id FROM log_producers WHERE stream = ? AND producer = ?",
+                (self._stream, producer),
+            ).fetchone()
+            state = self._states[producer] = list(row) if row else [0, 0, 0]
+        return state
+
+    def new_records(self, records: Sequence[NewRecord]) -> list[NewRecord]:
+        """``records`` without the duplicates.
+
+        Raises:
+            SequenceGapError: a record skips ahead of its producer's next sequence.
+        """
+        kept = []
+        for index, record in enumerate(records):
+            if record.producer:
+                state = self._state(record.producer)
+                if record.sequence <= state[0]:
+                    continue  # stored already
+                if record.sequence != state[0] + 1:
+                    raise SequenceGapError(self._stream, record.producer, record.sequence, state[0] + 1, index)
+                state[0] = record.sequence
+            kept.append(record)
+        return kept
+
+    def save(self, kept: Sequence[NewRecord], stored: Sequence[LogRecord], now: float) -> None:
+        """Write the producers' state after ``kept`` was stored as ``stored`` (also when all were duplicates:
+        an active producer is not idle)."""
+        for new, record in zip(kept, stored, strict=True):
+            if new.producer:
+                state = self._states[new.producer]
+                state[1] = state[1] or record.id
+                state[2] = record.id
+        self._db.executemany(
+            "INSERT INTO log_producers (stream, producer, last_sequence, first_id, last_id, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream, producer) DO UPDATE SET "
+            "last_sequence = excluded.last_sequence, first_id = excluded.first_id, last_id = excluded.last_id, "
+            "updated_at = excluded.updated_at",
+            [(self._stream, producer, *state, now) for producer, state in self._states.items()],
+        )
 
 
 class _transaction:

@@ -18,11 +18,14 @@ from streamcli.errors import Interrupted, UnavailableError, UsageError
 
 if TYPE_CHECKING:
     from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+    from streamcli.client.publish import PublishProgress
 
 #: Bytes read from stdin at a time at most (a read returns what the pipe has; from a file, this much).
 READ_SIZE = 1 << 20
 #: Default of --linger, seconds.
 LINGER = 0.005
+#: Default of --retries: as many as a tail's (about 3 minutes; not imported, to keep ``--help`` fast).
+RETRIES = 25
 
 events_app = typer.Typer(
     help="Publish user events.",
@@ -60,16 +63,28 @@ def publish(
             "(0: send what each read brings at once).",
         ),
     ] = LINGER,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Retries with backoff after the server or network goes away; each re-sends what the server "
+            "has not acknowledged, and the server stores no event twice.",
+        ),
+    ] = RETRIES,
 ) -> None:
     """Publish one event from the options, or many from NDJSON on stdin.
 
     Without --user, every stdin line is one event:
     [dim]{"user_id": "alice", "type": "login", "timestamp": "…" (optional), "data": {…} (optional)}[/dim].
-    Events travel in batches over one client stream and are acknowledged once
+    Events travel in batches over client streams and are acknowledged once
     appended; prints how many, with their ids ([cyan]--json[/cyan]: count, first_id,
     last_id). The lines of a live pipe go out as they arrive, those that come within
     [cyan]--linger[/cyan] of each other in one message: one message per line costs the server
     far more at a thousand lines a second.
+
+    Publishing is idempotent: the command numbers its events under a producer id of
+    its own, so when the server restarts or the network drops it reconnects (saying so on
+    stderr), re-sends what was not acknowledged, and the server stores each event once.
 
     Examples:
 
@@ -80,8 +95,11 @@ def publish(
       my-app --events | streamcli events publish
     """
     from streamcli.client.events import NonFiniteNumber, event_from_json, parse_json, publish_batches, publish_events
+    from streamcli.client.publish import PublishOptions, PublishProgress
+    from streamcli.client.retry import RetryPolicy
 
     env = get_env(ctx)
+    options = PublishOptions(retry=RetryPolicy(retries=retries), notice=env.notice)
     if user is not None:
         if event_type is None:
             raise UsageError("--type is required with --user")
@@ -93,30 +111,19 @@ def publish(
             raise UsageError(f"--data: {exc.msg}") from None
         record = {"user_id": user, "type": event_type, "timestamp": timestamp, "data": payload}
         event = event_from_json(record)
-        reply = env.run(lambda conn: publish_events(conn, [event]))
+        reply = env.run(lambda conn: publish_events(conn, [event], options))
     else:
         if event_type is not None or data is not None or timestamp is not None:
             raise UsageError("--type, --data and --timestamp go with --user; without it events come from stdin")
         if env.stdin.isatty():
             raise UsageError("give --user and --type, or pipe NDJSON events to stdin")
-        sent = 0
-
-        async def counted() -> AsyncIterator[list[pb.UserEvent]]:
-            nonlocal sent
-            async for batch in _ndjson_batches(env.stdin, linger):
-                yield batch
-                sent += len(batch)  # taken by the stream: asked for the next
-
+        progress = PublishProgress()
         try:
-            reply = env.run(lambda conn: publish_batches(conn, counted()))
+            reply = env.run(lambda conn: publish_batches(conn, _ndjson_batches(env.stdin, linger), options, progress))
         except (Interrupted, UnavailableError) as exc:
-            if not sent:
+            if not progress.sent:
                 raise
-            # The server acknowledges at the end of the stream: what it stored of these is not known.
-            raise type(exc)(
-                f"{exc.message} after {sent} event(s) had been sent; none was acknowledged, so some of them "
-                "may have been stored (see streamcli tail events --since)"
-            ) from exc
+            raise type(exc)(f"{exc.message} after {_unacknowledged(progress)}") from exc
     if env.json:
         env.emit_json({"count": reply.count, "first_id": reply.first_id, "last_id": reply.last_id})
     elif reply.count:
@@ -124,6 +131,22 @@ def publish(
         env.stdout.write(f"published {reply.count} event{'s' if reply.count != 1 else ''}, {ids}\n")
     else:
         env.stdout.write("published 0 events\n")
+
+
+def _unacknowledged(progress: PublishProgress) -> str:
+    """What is known to be stored of the events sent when publishing stopped early."""
+    sent, acknowledged = progress.sent, progress.acknowledged
+    if acknowledged == sent:
+        return f"{sent} event(s) had been sent, all acknowledged as stored"
+    if not acknowledged:
+        return (
+            f"{sent} event(s) had been sent; none was acknowledged, so some of them may have been stored "
+            "(see streamcli tail events --since)"
+        )
+    return (
+        f"{sent} event(s) had been sent; the first {acknowledged} were acknowledged as stored, and some of the "
+        f"{sent - acknowledged} after them may have been stored too (see streamcli tail events --since)"
+    )
 
 
 async def _ndjson_batches(stdin: IO[str], linger: float = 0.0) -> AsyncIterator[list[pb.UserEvent]]:

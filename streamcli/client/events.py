@@ -11,21 +11,18 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any, NoReturn
 
-import grpc
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.connection import Connection, FirstStatus, rpc_errors
+from streamcli.client.connection import Connection
 from streamcli.client.enums import ShortNames
 from streamcli.client.jsontext import ENCODER, Unusual, non_finite_name, struct_json, value_json
+from streamcli.client.publish import PUBLISH_BATCH, IdempotentPublisher, PublishOptions, PublishProgress
 from streamcli.client.tail import TailOptions, set_start, tail_log
 from streamcli.errors import StreamcliError, UsageError
 from streamcli.times import FIRST_SECOND, LAST_SECOND, writable
-
-#: Events per PublishEventsRequest: several ride in one message (per-message cost dominates).
-PUBLISH_BATCH = 500
 
 EVENT_TYPES = ShortNames(pb.UserEventType, "USER_EVENT_TYPE_", "event type")
 
@@ -283,8 +280,10 @@ def parse_timestamp(text: str) -> Timestamp:
     return Timestamp(seconds=total, nanos=nanos)
 
 
-async def publish_events(conn: Connection, events: Iterable[pb.UserEvent]) -> pb.PublishEventsResponse:
-    """Publish events in messages of up to PUBLISH_BATCH over one client stream; returns the acknowledgement.
+async def publish_events(
+    conn: Connection, events: Iterable[pb.UserEvent], options: PublishOptions | None = None
+) -> pb.PublishEventsResponse:
+    """Publish events in messages of up to PUBLISH_BATCH; returns how many, with the first and last id.
 
     ``events`` is iterated in the event loop: an in-memory source. For one that blocks (a pipe),
     see ``publish_batches``.
@@ -305,44 +304,30 @@ async def publish_events(conn: Connection, events: Iterable[pb.UserEvent]) -> pb
         if batch:
             yield batch
 
-    return await publish_batches(conn, chunks())
+    return await publish_batches(conn, chunks(), options)
 
 
-async def publish_batches(conn: Connection, batches: AsyncIterable[Sequence[pb.UserEvent]]) -> pb.PublishEventsResponse:
-    """Publish each batch of events as soon as ``batches`` yields it, over one client stream.
+async def publish_batches(
+    conn: Connection,
+    batches: AsyncIterable[Sequence[pb.UserEvent]],
+    options: PublishOptions | None = None,
+    progress: PublishProgress | None = None,
+) -> pb.PublishEventsResponse:
+    """Publish each batch of events as soon as ``batches`` yields it, idempotently: a lost connection is
+    retried, and what has no acknowledgement re-sent, with no gap and no duplicate
+    (``streamcli.client.publish``).
 
     A source that yields what it has when it has it gets its events published at once: one
     at a time from a trickle, in full messages (PUBLISH_BATCH events) from a flood.
 
-    If ``batches`` raises a StreamcliError (a malformed input line, say), the stream is ended
-    there, so that the server acknowledges exactly what it appended, and the error is raised
-    with that count added.
+    If ``batches`` raises a StreamcliError (a malformed input line, say), publishing ends
+    there, once the server has acknowledged what came before, and the error is raised
+    with that count added. ``progress`` (if given) follows how far it got.
     """
-    failure: list[StreamcliError] = []
-
-    async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
-        try:
-            async for batch in batches:
-                for start in range(0, len(batch), PUBLISH_BATCH):
-                    yield pb.PublishEventsRequest(events=batch[start : start + PUBLISH_BATCH])
-        except StreamcliError as exc:
-            failure.append(exc)
-
-    with rpc_errors(conn.settings.address):
-        call = conn.stub.PublishEvents(requests(), metadata=conn.metadata)
-        first_status = FirstStatus(call)  # a refusal midway must reach the user as the server said it
-        try:
-            response: pb.PublishEventsResponse = await call
-        except grpc.aio.AioRpcError as exc:
-            raise first_status.unmask(exc) from exc
-    if failure:
-        published = (
-            f"the {response.count} event(s) before it were published (ids {response.first_id}-{response.last_id})"
-            if response.count
-            else "nothing was published"
-        )
-        raise type(failure[0])(f"{failure[0].message}; {published}")
-    return response
+    publisher = IdempotentPublisher(conn, batches, options or PublishOptions())
+    if progress is not None:
+        publisher.progress = progress
+    return await publisher.run()
 
 
 def tail_events(

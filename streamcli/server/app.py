@@ -236,6 +236,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
                 older_than=time.time() - config.retention.max_age if config.retention.max_age else None,
                 keep_last=config.retention.max_count,
             )
+            await backend.log.forget_producers(stream, time.time() - config.retention.producer_idle_limit)
 
     housekeeping = [
         asyncio.create_task(_every(interval, files.expire_uploads)),

@@ -1,13 +1,17 @@
 """User events: PublishEvents (client streaming) and StreamUserEvents (server streaming).
 
 Every event is appended to the ``events`` log (key = user id, kind = type
-name); readers filter on those two without parsing payloads.
+name); readers filter on those two without parsing payloads. A publish stream
+that names its producer has its events numbered: the log stores each
+(producer, sequence) once (``LogStore.append``), so a client may re-send what
+it has no acknowledgement for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -19,7 +23,7 @@ from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import LogRecord, LogStore, NewRecord
+from streamcli.backends.base import LogRecord, LogStore, NewRecord, SequenceGapError
 from streamcli.credentials import Credentials
 from streamcli.services import wire
 from streamcli.services.checks import MalformedRequest, has_control
@@ -35,6 +39,10 @@ MAX_USER_ID = 256
 #: message may hold thousands of events, and what queues up here is what a publisher costs in memory
 #: (64 held a bulk publish's server at 100-110 MB, 8 at 70; the publish rate is the same).
 PUBLISH_QUEUE = 8
+#: A producer id: 1 to 128 ASCII letters, digits, ``.``, ``_``, ``:`` and ``-`` (a UUID fits).
+PRODUCER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: Highest sequence number of a producer's event (SQLite's INTEGER is signed 64-bit).
+MAX_SEQUENCE = 2**63 - 1
 #: Valid event types (UNSPECIFIED excluded) and their enum names, the log's record kinds.
 TYPE_NAMES = {value: pb.UserEventType.Name(value) for value in pb.UserEventType.values() if value}
 
@@ -92,6 +100,7 @@ class EventService(LogService):
         stored = _Stored()
         received = 0  # messages taken from the queue
         caller = self._credentials.caller(context.invocation_metadata())
+        producer = ""  # the stream's producer (from its first message): its events are stored once each
         try:
             while True:
                 items = [await queue.get()]
@@ -100,6 +109,7 @@ class EventService(LogService):
                 now = Timestamp()
                 now.GetCurrentTime()  # the server's time for events sent without one
                 records: list[NewRecord] = []
+                starts: list[tuple[int, int]] = []  # (index in records, message number) of each message
                 refusal = ""  # why the stream ends here, with what came before it stored
                 refusal_code = grpc.StatusCode.INVALID_ARGUMENT
                 end: _End | None = None
@@ -109,42 +119,90 @@ class EventService(LogService):
                         if isinstance(item.error, MalformedRequest):
                             refusal = item.error.detail
                         break
-                    if len(item.events) > MAX_EVENTS_PER_REQUEST:
-                        refusal = (
-                            f"message {received} holds {len(item.events)} events; "
-                            f"at most {MAX_EVENTS_PER_REQUEST} per message"
-                        )
+                    if not received:
+                        producer = item.producer_id
+                    refusal = _message_problem(item, received, producer)
+                    if refusal:
                         break
+                    starts.append((len(records), received))
+                    sequence = item.first_sequence
                     for event in item.events:  # the valid events before an invalid one are stored
                         problem = _check_event(event)
                         if not problem and not caller.may_act_as(event.user_id):
                             problem = f"this token is {caller.user}'s: it publishes {caller.user}'s events only"
                             refusal_code = grpc.StatusCode.PERMISSION_DENIED
                         if problem:
-                            refusal = f"event {stored.count + len(records)} (message {received}): {problem}"
+                            refusal = f"event {stored.acknowledged + len(records)} (message {received}): {problem}"
                             break
-                        records.append(_stored(event, now))
+                        records.append(_stored(event, now, producer, sequence))
+                        if producer:
+                            sequence += 1
                     if refusal:
                         break
                     received += 1
+                code = refusal_code
+                extra: tuple[tuple[str, str], ...] = ()
                 if records:
                     try:
-                        stored.add(await self._log.append(STREAM, records))
+                        gap = await self._append(records, stored)
                     except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
                         # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
                         await context.abort(
                             grpc.StatusCode.INTERNAL,
                             f"could not append events: {exc}; {stored.summary()}",
-                            stored.trailer(),
+                            await self._trailer(stored, producer),
                         )
+                    if gap is not None:
+                        message = max(number for start, number in starts if start <= gap.index)
+                        refusal = (
+                            f"event {stored.acknowledged} (message {message}): sequence {gap.sequence} of producer "
+                            f"{producer!r} skips ahead; the next the server expects is {gap.expected}"
+                        )
+                        code = grpc.StatusCode.FAILED_PRECONDITION
+                        extra = (("expected-sequence", str(gap.expected)),)
                 if refusal:
-                    await context.abort(refusal_code, f"{refusal}; {stored.summary()}", stored.trailer())
+                    await context.abort(
+                        code, f"{refusal}; {stored.summary()}", await self._trailer(stored, producer) + extra
+                    )
                 if end is not None:
                     if end.error is not None:
                         raise end.error  # the request stream broke: the client is gone
-                    return stored.response()
+                    response = stored.response()
+                    if producer:
+                        state = await self._log.producer(STREAM, producer)
+                        response.last_sequence = state.last_sequence
+                        response.producer_first_id = state.first_id
+                        response.producer_last_id = state.last_id
+                    return response
         finally:
             receiver.cancel()
+
+    async def _append(self, records: list[NewRecord], stored: _Stored) -> SequenceGapError | None:
+        """Append ``records`` and count them into ``stored``; at a gap in the producer's sequence, append
+        those before it and return the gap."""
+        gap = None
+        while records:
+            try:
+                appended = await self._log.append(STREAM, records)
+            except SequenceGapError as exc:
+                gap = exc
+                records = records[: exc.index]
+                continue
+            stored.add(appended, len(records))
+            break
+        return gap
+
+    async def _trailer(self, stored: _Stored, producer: str) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata of a failed stream: what it stored, and with a producer, how far the
+        producer's events are stored (when the store can still say)."""
+        trailer = stored.trailer()
+        if producer:
+            try:
+                state = await self._log.producer(STREAM, producer)
+            except Exception:  # the store is failing: the count and last id say what this stream stored
+                return trailer
+            trailer += (("last-sequence", str(state.last_sequence)),)
+        return trailer
 
     async def StreamUserEvents(self, request: pb.StreamUserEventsRequest, context: Context) -> AsyncIterator[bytes]:
         if request.all_users and request.user_id:
@@ -186,8 +244,16 @@ class _Stored:
 
     def __init__(self) -> None:
         self.count = self.first_id = self.last_id = 0
+        self.duplicates = 0  # events acknowledged without being stored again (a producer's re-sent events)
 
-    def add(self, appended: list[LogRecord]) -> None:
+    @property
+    def acknowledged(self) -> int:
+        """Events of the stream taken care of: stored now, or before (duplicates)."""
+        return self.count + self.duplicates
+
+    def add(self, appended: list[LogRecord], sent: int) -> None:
+        """Count an append of ``sent`` records of which ``appended`` were stored (the rest were duplicates)."""
+        self.duplicates += sent - len(appended)
         if appended:
             self.first_id = self.first_id or appended[0].id
             self.last_id = appended[-1].id
@@ -195,8 +261,14 @@ class _Stored:
 
     def summary(self) -> str:
         """What a failed stream stored, for the status detail: exactly the events sent before the failure."""
-        if not self.count:
+        if not self.acknowledged:
             return "no event of this stream was stored"
+        if self.duplicates:
+            stored = f"ids {self.first_id}-{self.last_id}" if self.count else "none of them by this stream"
+            return (
+                f"the first {self.acknowledged} events of this stream are stored ({self.duplicates} of them were "
+                f"already; {stored}), none after them"
+            )
         if self.count == 1:
             return f"the first event of this stream was stored (id {self.last_id}), none after it"
         return (
@@ -205,11 +277,13 @@ class _Stored:
         )
 
     def response(self) -> pb.PublishEventsResponse:
-        return pb.PublishEventsResponse(count=self.count, first_id=self.first_id, last_id=self.last_id)
+        return pb.PublishEventsResponse(
+            count=self.count, first_id=self.first_id, last_id=self.last_id, duplicates=self.duplicates
+        )
 
     def trailer(self) -> tuple[tuple[str, str], ...]:
         """The same as trailing metadata, for programs: resume with event number ``stored-count``."""
-        return (("stored-count", str(self.count)), ("last-stored-id", str(self.last_id)))
+        return (("stored-count", str(self.acknowledged)), ("last-stored-id", str(self.last_id)))
 
 
 async def _drain_into(
@@ -224,14 +298,35 @@ async def _drain_into(
     await queue.put(end)
 
 
-def _stored(event: pb.UserEvent, now: Timestamp) -> NewRecord:
+def _stored(event: pb.UserEvent, now: Timestamp, producer: str, sequence: int) -> NewRecord:
     """The record of a published event: the event without its id, stamped ``now`` if it had no time."""
     stored = pb.UserEvent()
     stored.CopyFrom(event)
     stored.ClearField("id")
     if not stored.HasField("timestamp"):
         stored.timestamp.CopyFrom(now)
-    return NewRecord(event.user_id, TYPE_NAMES[event.type], stored.SerializeToString())
+    return NewRecord(event.user_id, TYPE_NAMES[event.type], stored.SerializeToString(), producer, sequence)
+
+
+def _message_problem(request: pb.PublishEventsRequest, number: int, producer: str) -> str:
+    """Why message ``number`` of a stream whose producer is ``producer`` cannot be used, or ""."""
+    if len(request.events) > MAX_EVENTS_PER_REQUEST:
+        return f"message {number} holds {len(request.events)} events; at most {MAX_EVENTS_PER_REQUEST} per message"
+    if not producer:
+        if request.producer_id:
+            return f"message {number} names a producer_id, but the stream's first message did not"
+        if request.first_sequence:
+            return f"message {number} has a first_sequence without a producer_id"
+        return ""
+    if not number and not PRODUCER_ID.fullmatch(producer):
+        return "producer_id must be 1 to 128 characters among ASCII letters, digits, '.', '_', ':' and '-'"
+    if request.producer_id and request.producer_id != producer:
+        return f"message {number} names another producer_id than the stream's first message"
+    if request.events and not request.first_sequence:
+        return f"message {number} has events and a producer_id but no first_sequence (events are numbered from 1)"
+    if request.first_sequence + len(request.events) - 1 > MAX_SEQUENCE:
+        return f"message {number} numbers events beyond the highest sequence, {MAX_SEQUENCE}"
+    return ""
 
 
 def _check_event(event: pb.UserEvent) -> str:

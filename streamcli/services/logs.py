@@ -31,12 +31,23 @@ BATCH_RECORDS = 500
 BATCH_BYTES = 1 << 20
 
 
+#: Seconds a producer may stay idle before its log forgets it, when retention has no age limit.
+PRODUCER_IDLE_LIMIT = 30 * 86400.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Retention:
     """How much of a log to keep; None = no limit on that axis."""
 
     max_age: float | None = 30 * 86400.0  # seconds
     max_count: int | None = None  # records
+
+    @property
+    def producer_idle_limit(self) -> float:
+        """Seconds after its last append that a producer is forgotten (it then starts again at sequence 1):
+        the age limit, or PRODUCER_IDLE_LIMIT without one. A producer whose records retention has
+        removed has nothing left to deduplicate against."""
+        return self.max_age if self.max_age is not None else PRODUCER_IDLE_LIMIT
 
 
 @dataclasses.dataclass(frozen=True)

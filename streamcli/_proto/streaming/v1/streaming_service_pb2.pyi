@@ -306,6 +306,28 @@ class PublishEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    PRODUCER_ID_FIELD_NUMBER: _builtins.int
+    FIRST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    producer_id: _builtins.str
+    """Who is publishing, for idempotent publishing: a name the client chooses,
+    unique to one sequence of events (streamcli uses a random UUID per
+    `events publish` run). 1 to 128 characters among ASCII letters, digits,
+    `.`, `_`, `:` and `-`. Set on the first message of a stream, it applies
+    to the whole stream; later messages leave it empty or repeat it (another
+    value is INVALID_ARGUMENT). Empty on the first message: no producer, no
+    deduplication (every event sent is stored, as before this field).
+    """
+    first_sequence: _builtins.int
+    """With `producer_id`: the sequence number of this message's first event;
+    the others follow it consecutively. A producer numbers its events from 1
+    up, across all its streams, without a gap. The server stores an event
+    numbered next after the producer's last stored one, acknowledges one
+    numbered at or below it without storing it again (a duplicate), and
+    refuses one beyond the next (FAILED_PRECONDITION). Required (at least 1)
+    on a producer's messages that hold events; 0 on every message without a
+    producer. Numbers go up to 2^63 - 1. A producer unknown to the server
+    (new, or forgotten: see `last_sequence`) starts at 1.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserEvent]:
         """Events to append, in order. `id` is ignored."""
@@ -314,10 +336,12 @@ class PublishEventsRequest(_message.Message):
         self,
         *,
         events: _abc.Iterable[Global___UserEvent] | None = ...,
+        producer_id: _builtins.str = ...,
+        first_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "first_sequence", b"first_sequence", "producer_id", b"producer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -332,24 +356,54 @@ class PublishEventsResponse(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     FIRST_ID_FIELD_NUMBER: _builtins.int
     LAST_ID_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    PRODUCER_FIRST_ID_FIELD_NUMBER: _builtins.int
+    PRODUCER_LAST_ID_FIELD_NUMBER: _builtins.int
     count: _builtins.int
-    """Number of events appended."""
+    """Number of events appended by this stream (duplicates not included)."""
     first_id: _builtins.int
     """Log id of the first event appended (0 when none)."""
     last_id: _builtins.int
     """Log id of the last event appended (0 when none)."""
+    last_sequence: _builtins.int
+    """Set on the response to a stream with a `producer_id` (absent otherwise,
+    and from servers that do not deduplicate): the highest sequence number of
+    the producer's events stored, once each; every event of the producer
+    numbered up to it is stored. 0 when none is. The server forgets a
+    producer idle for longer than its event retention (30 days when
+    retention has no age limit).
+    """
+    duplicates: _builtins.int
+    """Events of this stream acknowledged without being stored again, because
+    their (producer, sequence) was already stored. 0 without a producer.
+    """
+    producer_first_id: _builtins.int
+    """With a producer: log id of the first event the producer ever stored (0
+    when none), whichever stream stored it.
+    """
+    producer_last_id: _builtins.int
+    """With a producer: log id of the last event the producer stored (0 when
+    none), whichever stream stored it.
+    """
     def __init__(
         self,
         *,
         count: _builtins.int = ...,
         first_id: _builtins.int = ...,
         last_id: _builtins.int = ...,
+        last_sequence: _builtins.int | None = ...,
+        duplicates: _builtins.int = ...,
+        producer_first_id: _builtins.int = ...,
+        producer_last_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_sequence", b"_last_sequence", "last_sequence", b"last_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "first_id", b"first_id", "last_id", b"last_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_sequence", b"_last_sequence", "count", b"count", "duplicates", b"duplicates", "first_id", b"first_id", "last_id", b"last_id", "last_sequence", b"last_sequence", "producer_first_id", b"producer_first_id", "producer_last_id", b"producer_last_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__last_sequence: _TypeAlias = _typing.Literal["last_sequence"]  # noqa: Y015
+    _WhichOneofArgType__last_sequence: _TypeAlias = _typing.Literal["_last_sequence", b"_last_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_sequence) -> _WhichOneofReturnType__last_sequence | None: ...
 
 Global___PublishEventsResponse: _TypeAlias = PublishEventsResponse  # noqa: Y015
 

@@ -85,6 +85,17 @@ class StreamingServiceStub:
     so, and the trailing metadata `stored-count` (events stored) and
     `last-stored-id` (log id of the last of them, 0 when none) give it to
     programs: resume with the event at index `stored-count`.
+
+    Idempotent publishing (Kafka's idempotent producer): a client that names
+    itself (`producer_id`) and numbers its events (`first_sequence`) may
+    re-send, after a lost connection, every event it has no acknowledgement
+    for: the server stores each (producer, sequence) once, acknowledging a
+    re-sent event without storing it again. A stream of a producer that holds
+    no events is a query: its response's `last_sequence` says how far the
+    producer's events are stored. Such a stream's failures add the trailer
+    `last-sequence`; an event numbered beyond the next expected one (a gap)
+    ends the stream with FAILED_PRECONDITION, the trailer `expected-sequence`
+    and the detail saying which number the server expects.
     """
     Chat: _grpc.StreamStreamMultiCallable[_streaming_service_pb2.ChatRequest, _streaming_service_pb2.ChatResponse]
     """--- Bidirectional streaming ----------------------------------------------
@@ -149,6 +160,17 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     so, and the trailing metadata `stored-count` (events stored) and
     `last-stored-id` (log id of the last of them, 0 when none) give it to
     programs: resume with the event at index `stored-count`.
+
+    Idempotent publishing (Kafka's idempotent producer): a client that names
+    itself (`producer_id`) and numbers its events (`first_sequence`) may
+    re-send, after a lost connection, every event it has no acknowledgement
+    for: the server stores each (producer, sequence) once, acknowledging a
+    re-sent event without storing it again. A stream of a producer that holds
+    no events is a query: its response's `last_sequence` says how far the
+    producer's events are stored. Such a stream's failures add the trailer
+    `last-sequence`; an event numbered beyond the next expected one (a gap)
+    ends the stream with FAILED_PRECONDITION, the trailer `expected-sequence`
+    and the detail saying which number the server expects.
     """
     Chat: _aio.StreamStreamMultiCallable[_streaming_service_pb2.ChatRequest, _streaming_service_pb2.ChatResponse]  # type: ignore[assignment]
     """--- Bidirectional streaming ----------------------------------------------
@@ -252,6 +274,17 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         so, and the trailing metadata `stored-count` (events stored) and
         `last-stored-id` (log id of the last of them, 0 when none) give it to
         programs: resume with the event at index `stored-count`.
+
+        Idempotent publishing (Kafka's idempotent producer): a client that names
+        itself (`producer_id`) and numbers its events (`first_sequence`) may
+        re-send, after a lost connection, every event it has no acknowledgement
+        for: the server stores each (producer, sequence) once, acknowledging a
+        re-sent event without storing it again. A stream of a producer that holds
+        no events is a query: its response's `last_sequence` says how far the
+        producer's events are stored. Such a stream's failures add the trailer
+        `last-sequence`; an event numbered beyond the next expected one (a gap)
+        ends the stream with FAILED_PRECONDITION, the trailer `expected-sequence`
+        and the detail saying which number the server expects.
         """
 
     @_abc_1.abstractmethod
