@@ -16,8 +16,15 @@ _ESCAPES |= {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(
 _ESCAPES |= {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
 
 
-def visible(text: str) -> str:
-    """``text`` with control characters and bidirectional overrides escaped (``\\x1b``, ``\\n``, ``\\u202e``)."""
+#: The same, but newline and tab pass: for text shown as several lines on purpose (a chat message).
+_ESCAPES_BUT_LINES = {code: text for code, text in _ESCAPES.items() if code not in (0x09, 0x0A)}
+
+
+def visible(text: str, *, multiline: bool = False) -> str:
+    """``text`` with control characters and bidirectional overrides escaped (``\\x1b``, ``\\n``, ``\\u202e``);
+    ``multiline`` lets newline and tab through."""
     # isprintable() is False for every character escaped above (and for some harmless ones, which
     # translate() then leaves alone): the common case costs one scan.
-    return text if text.isprintable() else text.translate(_ESCAPES)
+    if text.isprintable():
+        return text
+    return text.translate(_ESCAPES_BUT_LINES if multiline else _ESCAPES)

@@ -70,3 +70,23 @@ def test_a_time_rfc_3339_cannot_write_is_shown_as_invalid_not_a_crash() -> None:
         shown = f"invalid time ({seconds} s, {nanos} ns)"
         assert event_line(event).plain.startswith(shown + "  #1")
         assert json.loads(event_json_line(event))["timestamp"] == shown
+
+
+def test_chat_lines_show_what_another_server_sent_and_obey_none_of_it() -> None:
+    from streamcli.cli.chat import message_line
+    from streamcli.ui.chat import message_text
+
+    message = pb.ChatMessage(
+        id=4,
+        user_id="mal\x1b]0;x\x07lory",
+        room_id="r",
+        content="two\nlines \x1b[2J\u202e",
+        type=pb.CHAT_MESSAGE_TYPE_TEXT,
+    )
+    message.timestamp.seconds = 10**15  # no RFC 3339 text can hold it
+    shown = "".join(text for _, text in message_text(message))
+    assert shown.startswith("invalid time (1000000000000000 s, 0 ns) <mal\\x1b]0;x\\x07lory> ")
+    assert shown.endswith("two\nlines \\x1b[2J\\u202e")  # a message's own lines stay lines in the REPL
+    assert message_line(message) == (
+        "invalid time (1000000000000000 s, 0 ns) <mal\\x1b]0;x\\x07lory> two\\nlines \\x1b[2J\\u202e\n"
+    )  # line mode: one line per message

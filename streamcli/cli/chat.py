@@ -109,8 +109,7 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
         if env.json:
             env.emit_json(message_to_json(message))
         else:
-            author = "--" if message.user_id == "system" else f"<{message.user_id}>"
-            env.stdout.write(f"{message.timestamp.ToJsonString()} {author} {message.content}\n")
+            env.stdout.write(message_line(message))
             env.stdout.flush()
 
     def notice(item: Any) -> None:
@@ -153,6 +152,15 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
         numbers = ", ".join(str(number) for number, _ in refused)
         count = f"{len(refused)} line{'s' if len(refused) > 1 else ''}"
         raise error_for_status(code, f"{count} not sent: {numbers} (the others were)")
+
+
+def message_line(message: pb.ChatMessage) -> str:
+    """A message as line mode prints it: time, author, content; one line, whatever the server sent."""
+    from streamcli.client.events import rfc3339
+    from streamcli.terminal_text import visible
+
+    author = "--" if message.user_id == "system" else f"<{visible(message.user_id)}>"
+    return f"{rfc3339(message.timestamp)} {author} {visible(message.content)}\n"
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,7 @@ files_app = typer.Typer(
 
 def _file_json(info: object) -> dict[str, object]:
     from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+    from streamcli.client.events import rfc3339
 
     assert isinstance(info, pb.FileInfo)
     return {
@@ -26,7 +27,7 @@ def _file_json(info: object) -> dict[str, object]:
         "size": info.size,
         "content_type": info.content_type,
         "sha256": info.checksum,
-        "created_at": info.created_at.ToJsonString(),
+        "created_at": rfc3339(info.created_at),  # (an invalid time from another server is said so, not raised)
     }
 
 
@@ -55,6 +56,7 @@ def list_files(
     from rich.table import Table
     from rich.text import Text
 
+    from streamcli.client.events import invalid_time
     from streamcli.terminal_text import visible
 
     table = Table(box=None, header_style="bold")
@@ -63,7 +65,7 @@ def list_files(
     table.add_column("CREATED (UTC)", no_wrap=True)
     table.add_column("NAME", overflow="fold")
     for info in infos:
-        created = info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        created = invalid_time(info.created_at) or info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         # Text, not str: rich would read markup ("[link=...]") in a string; visible(): nor may the terminal
         # read escape sequences in what the server sent.
         table.add_row(Text(visible(info.file_id)), decimal(info.size), created, Text(visible(info.filename)))

@@ -33,8 +33,10 @@ from prompt_toolkit.shortcuts import print_formatted_text
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.chat import ChatClient, ChatHandlers, ChatState
 from streamcli.client.connection import Connection, connect
+from streamcli.client.events import invalid_time
 from streamcli.client.retry import RetryPolicy
 from streamcli.errors import StreamcliError
+from streamcli.terminal_text import visible
 
 COMMANDS = {
     "/join": "ROOM      leave this room and join another",
@@ -61,19 +63,22 @@ def user_colour(user: str) -> str:
 
 def message_text(message: pb.ChatMessage) -> FormattedText:
     """One message as a formatted line: time, author, content."""
-    when = datetime.datetime.fromtimestamp(message.timestamp.ToNanoseconds() / 1e9).strftime("%H:%M:%S")
+    # What the server sent is shown, never obeyed (a foreign server may send what ours refuses).
+    invalid = invalid_time(message.timestamp)
+    when = invalid or datetime.datetime.fromtimestamp(message.timestamp.ToNanoseconds() / 1e9).strftime("%H:%M:%S")
+    user, content = visible(message.user_id), visible(message.content, multiline=True)
     parts: list[tuple[str, str]] = [("ansibrightblack", f"{when} ")]
     if message.type == pb.CHAT_MESSAGE_TYPE_SYSTEM:
-        parts.append(("ansibrightblack italic", f"-- {message.content}"))
-    elif message.content.startswith("/me "):
-        parts.append((user_colour(message.user_id), f"* {message.user_id} {message.content[4:]}"))
+        parts.append(("ansibrightblack italic", f"-- {content}"))
+    elif content.startswith("/me "):
+        parts.append((user_colour(message.user_id), f"* {user} {content[4:]}"))
     elif message.type in (pb.CHAT_MESSAGE_TYPE_FILE, pb.CHAT_MESSAGE_TYPE_IMAGE):
-        parts.append((f"{user_colour(message.user_id)} bold", f"<{message.user_id}> "))
-        parts.append(("", f"shared {message.content or 'a file'} "))
-        parts.append(("ansibrightblack", f"(/get {message.file_id})"))
+        parts.append((f"{user_colour(message.user_id)} bold", f"<{user}> "))
+        parts.append(("", f"shared {content or 'a file'} "))
+        parts.append(("ansibrightblack", f"(/get {visible(message.file_id)})"))
     else:
-        parts.append((f"{user_colour(message.user_id)} bold", f"<{message.user_id}> "))
-        parts.append(("", message.content))
+        parts.append((f"{user_colour(message.user_id)} bold", f"<{user}> "))
+        parts.append(("", content))
     return FormattedText(parts)
 
 
@@ -175,10 +180,11 @@ class ChatRepl:
         self.session.app.invalidate()
 
     def _on_presence(self, presence: pb.ChatPresence) -> None:
-        self._print(FormattedText([("ansibrightblack", f"-- in #{presence.room_id}: {', '.join(presence.users)}")]))
+        users = ", ".join(visible(user) for user in presence.users)
+        self._print(FormattedText([("ansibrightblack", f"-- in #{visible(presence.room_id)}: {users}")]))
 
     def _on_notice(self, notice: pb.ChatNotice) -> None:
-        self._print(FormattedText([("ansired", f"!! {notice.message} ({notice.code})")]))
+        self._print(FormattedText([("ansired", f"!! {visible(notice.message)} ({visible(notice.code)})")]))
 
     def _on_state(self, state: ChatState, detail: str) -> None:
         self.state = state.value if state != ChatState.RECONNECTING else f"reconnecting ({detail})"
