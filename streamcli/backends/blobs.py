@@ -56,22 +56,10 @@ class DirectoryBlobStore:
         return target
 
     def discard_partial(self, upload_id: str) -> int:
-        path = self.partial_path(upload_id)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        return size
+        return _remove(self.partial_path(upload_id))
 
     def delete(self, file_id: str) -> int:
-        path = self.blob_path(file_id)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        return size
+        return _remove(self.blob_path(file_id))
 
     def usage(self) -> int:
         total = 0
@@ -83,3 +71,13 @@ class DirectoryBlobStore:
                     except FileNotFoundError:
                         continue  # removed while we were counting
         return total
+
+
+def _remove(path: pathlib.Path) -> int:
+    """Remove ``path``; returns the bytes freed (0 when it was not there)."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size

@@ -341,7 +341,7 @@ def _check_event(event: pb.UserEvent) -> str:
         return f"unknown event type {event.type}"
     if event.HasField("timestamp") and not writable(event.timestamp):
         return "timestamp is outside what RFC 3339 can write (years 0001-9999, nanos 0-999999999)"
-    if event.data.type_url or event.data.value:
+    if event.HasField("data"):
         return _data_problem(event.data)
     return ""
 
@@ -384,19 +384,30 @@ def _data_problem(data: AnyMessage) -> str:
     """Why an event's ``data`` cannot be stored ("" when it can): its type must be one the server
     describes, and its value must decode as that type."""
     url = data.type_url
-    prefix, _, name = url.rpartition("/")
-    message_class = DATA_TYPES.get(name) if prefix else None
+    message_class = _DATA_TYPE_BY_URL.get(url)  # every event of a bulk publish has the same URL: one look-up
     if message_class is None:
-        shown = url if len(url) <= 200 else url[:200] + "..."
-        return (
-            f"data holds type {shown!r}, which this server does not describe; use a type of the contract or "
-            "its imports (the CLI sends JSON as google.protobuf.Struct or Value)"
-        )
+        value = data.value
+        if not url and not value:
+            return ""  # an empty Any: no data
+        prefix, _, name = url.rpartition("/")
+        message_class = DATA_TYPES.get(name) if prefix else None
+        if message_class is None:
+            shown = url if len(url) <= 200 else url[:200] + "..."
+            return (
+                f"data holds type {shown!r}, which this server does not describe; use a type of the contract or "
+                "its imports (the CLI sends JSON as google.protobuf.Struct or Value)"
+            )
+        if len(_DATA_TYPE_BY_URL) < 64:  # (bounded: a client may spell a type's URL in any number of ways)
+            _DATA_TYPE_BY_URL[url] = message_class
     try:
         message_class.FromString(data.value)
     except DecodeError:
         return (
-            f"data is not a valid {name} (or it is nested deeper than protobuf's limit of 100 messages: "
-            "about 33 levels of JSON objects or arrays)"
+            f"data is not a valid {message_class.DESCRIPTOR.full_name} (or it is nested deeper than protobuf's "
+            "limit of 100 messages: about 33 levels of JSON objects or arrays)"
         )
     return ""
+
+
+#: Type URLs seen and found in DATA_TYPES.
+_DATA_TYPE_BY_URL: dict[str, type[Message]] = {}
