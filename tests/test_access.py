@@ -287,3 +287,15 @@ def test_the_cli_says_a_denial_in_one_line_with_exit_6(tmp_path: pathlib.Path) -
         result = cli(address, "--token", TOKENS["alice"], "tail", "events", "--all-users", "--since", "1h")
     assert result.code == ExitStatus.AUTH
     assert result.err == ("streamcli: error: all_users needs the service token: a user token reads its own events\n")
+
+
+async def test_room_members_are_listed_for_either_kind_of_token(server: RunningServer) -> None:
+    # Rooms are open (anyone may join one and ask who is there): both kinds of token may list them.
+    async with client(server.address, token=TOKENS["alice"]) as as_alice:
+        alice = await RawChat(as_alice, "open", "alice").open()
+        await alice.messages_until("alice joined")
+        request = pb.ListRoomMembersRequest(room_id="open")
+        for metadata in (BOB, SVC):
+            members = await as_alice.stub.ListRoomMembers(request, metadata=metadata)
+            assert list(members.presence.users) == ["alice"]
+        await alice.close()
