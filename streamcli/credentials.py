@@ -52,12 +52,16 @@ class Credentials:
         self._required = required
         self._users: dict[bytes, str] = {}
         self._names: frozenset[str] = frozenset()
+        self._folded: frozenset[str] = frozenset()
+        self.generation = 0  # counts replace_users: long-lived streams check their token again when it moves
         self.replace_users(users or {})
 
     def replace_users(self, users: Mapping[str, str]) -> None:
         """Accept exactly these user tokens (NAME -> TOKEN) from now on (a reload)."""
         self._users = {_digest(token.encode()): name for name, token in users.items()}
         self._names = frozenset(users)
+        self._folded = frozenset(name.casefold() for name in users)
+        self.generation += 1
 
     @property
     def enabled(self) -> bool:
@@ -68,6 +72,10 @@ class Credentials:
     def user_names(self) -> frozenset[str]:
         """The users that have a token: their names are theirs alone (in chat, say)."""
         return self._names
+
+    def names_a_user(self, name: str) -> bool:
+        """Whether ``name`` is, up to case, the name of a user with a token (``Bob`` would pass for ``bob``)."""
+        return name.casefold() in self._folded
 
     def check(self, supplied: bytes) -> tuple[bool, str | None]:
         """(accepted, user) for an ``authorization`` value; user is None for the service token."""
@@ -90,6 +98,32 @@ class Credentials:
             if key == "authorization":
                 return self.check(value.encode() if isinstance(value, str) else value)[1]
         return None
+
+
+class TokenWatch:
+    """Tells a long-lived stream when its token no longer names its caller (the tokens were read again)."""
+
+    def __init__(self, credentials: Credentials, metadata: Sequence[tuple[str, str | bytes]] | None) -> None:
+        self._credentials = credentials
+        self._metadata = metadata
+        self._generation = credentials.generation
+        self._caller = credentials.caller(metadata)
+
+    def revoked(self) -> bool:
+        """Whether the stream's token was withdrawn or given to another user since it began (an int
+        comparison while the tokens have not changed)."""
+        credentials = self._credentials
+        if credentials.generation == self._generation:
+            return False
+        self._generation = credentials.generation
+        for key, value in self._metadata or ():
+            if key == "authorization":
+                accepted, user = credentials.check(value.encode() if isinstance(value, str) else value)
+                return not accepted or user != self._caller.user
+        return credentials.enabled
+
+
+REVOKED = "this stream's token was withdrawn (the server read its tokens again)"
 
 
 def _digest(token: bytes) -> bytes:

@@ -228,7 +228,7 @@ async def test_chat_names_with_a_user_token_are_their_holders_alone(server: Runn
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await impostor.next()
         assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert failure.value.details() == "the name alice has a user token: only its holder may chat as alice"
+        assert failure.value.details() == "the name alice is a user's who has a token: only its holder may chat as them"
         carol = await RawChat(conn, "r", "carol").open()  # a name without a token: the service may use it
         assert [m.content for m in await carol.messages_until("carol joined")][-1] == "carol joined"
         await carol.close()
@@ -299,3 +299,86 @@ async def test_room_members_are_listed_for_either_kind_of_token(server: RunningS
             members = await as_alice.stub.ListRoomMembers(request, metadata=metadata)
             assert list(members.presence.users) == ["alice"]
         await alice.close()
+
+
+async def test_open_streams_of_a_withdrawn_token_end_at_once(tmp_path: pathlib.Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice=alice-1\nbob=bob-1\n")
+    async with (
+        running_server(tmp_path / "data", token=SERVICE, user_tokens_file=tokens) as server,
+        client(server.address) as conn,
+    ):
+        stub, alice = conn.stub, auth("alice-1")
+        tail = stub.SubscribeToNotifications(pb.SubscribeToNotificationsRequest(recipient="alice"), metadata=alice)
+        await tail.read()  # live
+        chat = stub.Chat(metadata=alice)
+        await chat.write(pb.ChatRequest(join=pb.ChatJoin(room_id="r", user_id="alice")))
+        while not (await chat.read()).caught_up:
+            pass
+        tokens.write_text("bob=bob-1\n")  # alice's token is withdrawn
+        server.reload_user_tokens()
+        await stub.SendNotification(
+            pb.SendNotificationRequest(recipient="alice", topic="t", title="after"), metadata=SVC
+        )
+        async with client(server.address, token="bob-1") as as_bob:
+            bob = await RawChat(as_bob, "r", "bob").open()
+            await bob.say("after")
+            for call in (tail, chat):
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    while True:
+                        response = await asyncio.wait_for(call.read(), 10)
+                        assert response is not grpc.aio.EOF
+                        texts = [n.title for n in getattr(response, "notifications", [])]
+                        texts += [m.content for m in getattr(response, "messages", [])]
+                        assert "after" not in texts  # nothing more reaches a withdrawn token
+                assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert ended.value.details() == "this stream's token was withdrawn (the server read its tokens again)"
+            await bob.close()
+
+
+async def test_producer_ids_of_a_user_token_are_its_own(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = conn.stub
+
+        def batch(user: str, first: int, count: int) -> pb.PublishEventsRequest:
+            return pb.PublishEventsRequest(
+                producer_id="billing", first_sequence=first,
+                events=[pb.UserEvent(user_id=user, type=LOGIN) for _ in range(count)],
+            )  # fmt: skip
+
+        assert (await stub.PublishEvents(iter([batch("bob", 1, 2)]), metadata=BOB)).last_sequence == 2
+        asked = await stub.PublishEvents(iter([pb.PublishEventsRequest(producer_id="billing")]), metadata=ALICE)
+        assert (asked.last_sequence, asked.producer_last_id) == (0, 0)  # nothing of bob's producer
+        assert (await stub.PublishEvents(iter([batch("alice", 1, 3)]), metadata=ALICE)).last_sequence == 3
+        third = await stub.PublishEvents(iter([batch("bob", 3, 1)]), metadata=BOB)
+        assert (third.count, third.duplicates, third.last_sequence) == (1, 0, 3)  # stored, not taken for alice's
+
+
+async def test_names_differing_in_case_from_a_token_holders_are_refused_and_long_ids_too(
+    server: RunningServer,
+) -> None:
+    async with client(server.address, token=SERVICE) as conn:
+        impostor = await RawChat(conn, "r", "Alice").open()
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await impostor.next()
+        assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for call in (
+            conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="u" * 300), metadata=SVC),
+            conn.stub.SubscribeToNotifications(pb.SubscribeToNotificationsRequest(recipient="u" * 300), metadata=SVC),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as long:
+                await call.read()
+            assert long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_upload_id_is_the_tokens_own(tmp_path: pathlib.Path) -> None:
+    from streamcli.client.transfer import upload_id_for
+
+    path = tmp_path / "f"
+    ids = {upload_id_for(path, 1, 2, "f", token) for token in (None, "alice-token", "bob-token")}
+    assert len(ids) == 3  # alice's interrupted upload neither blocks nor is resumed by another token
+
+
+def test_a_name_given_two_user_tokens_is_refused(tmp_path: pathlib.Path) -> None:
+    result = cli("127.0.0.1:1", "serve", "--data-dir", str(tmp_path), "--user-token", "a=x", "--user-token", "a=y")
+    assert (result.code, result.err) == (2, "streamcli: error: --user-token a=...: a has a token already\n")

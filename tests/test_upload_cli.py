@@ -65,3 +65,11 @@ def test_an_interrupted_run_has_printed_the_files_it_finished(tmp_path: pathlib.
     assert line.endswith("  small.bin\n")
     assert (process.returncode, rest, err) == (ExitStatus.INTERRUPTED, "", "streamcli: error: interrupted\n")
     assert again.stdout == line.replace("\n", "  (already stored)\n")
+
+
+def test_an_empty_output_path_is_a_usage_error() -> None:
+    result = cli("127.0.0.1:1", "download", "0123abcd", "-o", "")
+    assert (result.code, result.err) == (
+        ExitStatus.USAGE,
+        "streamcli: error: --output is empty: give a file or directory, or '-' for standard output\n",
+    )

@@ -196,6 +196,8 @@ def serve(
         name, separator, secret = item.partition("=")
         if not separator:
             raise UsageError(f"--user-token {item!r}: expected NAME=TOKEN")
+        if name in named_tokens:
+            raise UsageError(f"--user-token {name}=...: {name} has a token already")
         named_tokens[name] = secret
     config = ServerConfig(
         data_dir=data_dir or pathlib.Path(platformdirs.user_data_dir("streamcli")),

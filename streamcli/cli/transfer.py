@@ -144,6 +144,8 @@ def download(
 
     env = get_env(ctx)
     policy = RetryPolicy(retries=retries, notice=env.notice)
+    if output is not None and not output.strip():
+        raise UsageError("--output is empty: give a file or directory, or '-' for standard output")
     to_stdout = output == "-"
     stdout = getattr(env.stdout, "buffer", None) if to_stdout else None
     if to_stdout and stdout is None:

@@ -75,13 +75,17 @@ class TransferResult:
         return record
 
 
-def upload_id_for(path: pathlib.Path, size: int, mtime_ns: int, name: str) -> str:
+def upload_id_for(path: pathlib.Path, size: int, mtime_ns: int, name: str, token: str | None = None) -> str:
     """The id under which this version of a file (path, size, modification time) is uploaded as ``name``.
 
     Running the same upload again finds the same id, hence the interrupted
-    upload, without reading the file first or keeping client state.
+    upload, without reading the file first or keeping client state. The
+    token takes part: another user uploading the same file starts an upload of
+    their own (and cannot guess, or block, this one's id).
     """
     key = f"{path.resolve()}:{size}:{mtime_ns}:{name}"
+    if token:
+        key += ":" + hashlib.sha256(token.encode()).hexdigest()
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -105,7 +109,7 @@ async def upload_path(
     """
     size, mtime_ns = await asyncio.to_thread(_inspect, path)
     name = name or path.name
-    upload_id = upload_id_for(path, size, mtime_ns, name)
+    upload_id = upload_id_for(path, size, mtime_ns, name, conn.settings.token)
     metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
     attempts = Attempts(retry, f"upload of {name}")
     resumed_from = 0

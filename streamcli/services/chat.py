@@ -24,7 +24,7 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
-from streamcli.credentials import Credentials
+from streamcli.credentials import REVOKED, Credentials, TokenWatch
 from streamcli.services import wire
 from streamcli.services.checks import MalformedRequest, has_control, quoted
 from streamcli.services.logs import Appender, Context, LogCursor, LogSettings, ServerStopping, timestamp
@@ -279,10 +279,10 @@ class ChatService:
             )
         if not CLIENT_ID.fullmatch(join.client_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, CLIENT_ID_RULE)
-        if named is None and join.user_id in self.credentials.user_names:
+        if named is None and self.credentials.names_a_user(join.user_id):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"the name {join.user_id} has a user token: only its holder may chat as {join.user_id}",
+                f"the name {join.user_id} is a user's who has a token: only its holder may chat as them",
             )
         room = self.rooms.get(join.room_id) or self.rooms.setdefault(join.room_id, Room(join.room_id, self))
         if not join.allow_duplicate and join.user_id in room.members():
@@ -367,8 +367,11 @@ class ChatService:
         room = session.room
         loop = asyncio.get_running_loop()
         caught_up = False
+        token = TokenWatch(self.credentials, context.invocation_metadata())
         while True:
             session.wake.clear()
+            if token.revoked():  # nothing more for a token taken away
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
             responses: list[pb.ChatResponse | bytes] = []
             if not caught_up and cursor.position >= replay_end:  # before what was stored after the join
                 caught_up = True

@@ -101,6 +101,7 @@ class EventService(LogService):
         received = 0  # messages taken from the queue
         caller = self._credentials.caller(context.invocation_metadata())
         producer = ""  # the stream's producer (from its first message): its events are stored once each
+        stored_as = ""  # the producer in the log: a user token's producers are its own, whatever they are called
         try:
             while True:
                 items = [await queue.get()]
@@ -121,6 +122,8 @@ class EventService(LogService):
                         break
                     if not received:
                         producer = item.producer_id
+                        # ('/' is in no producer id: a user's "x" is never the service token's "alice/x")
+                        stored_as = producer if caller.is_service or not producer else f"{caller.user}/{producer}"
                     refusal = _message_problem(item, received, producer)
                     if refusal:
                         break
@@ -134,7 +137,7 @@ class EventService(LogService):
                         if problem:
                             refusal = f"event {stored.acknowledged + len(records)} (message {received}): {problem}"
                             break
-                        records.append(_stored(event, now, producer, sequence))
+                        records.append(_stored(event, now, stored_as, sequence))
                         if producer:
                             sequence += 1
                     if refusal:
@@ -150,7 +153,7 @@ class EventService(LogService):
                         await context.abort(
                             grpc.StatusCode.INTERNAL,
                             f"could not append events: {exc}; {stored.summary()}",
-                            await self._trailer(stored, producer),
+                            await self._trailer(stored, stored_as),
                         )
                     if gap is not None:
                         message = max(number for start, number in starts if start <= gap.index)
@@ -162,14 +165,14 @@ class EventService(LogService):
                         extra = (("expected-sequence", str(gap.expected)),)
                 if refusal:
                     await context.abort(
-                        code, f"{refusal}; {stored.summary()}", await self._trailer(stored, producer) + extra
+                        code, f"{refusal}; {stored.summary()}", await self._trailer(stored, stored_as) + extra
                     )
                 if end is not None:
                     if end.error is not None:
                         raise end.error  # the request stream broke: the client is gone
                     response = stored.response()
                     if producer:
-                        state = await self._log.producer(STREAM, producer)
+                        state = await self._log.producer(STREAM, stored_as)
                         response.last_sequence = state.last_sequence
                         response.producer_first_id = state.first_id
                         response.producer_last_id = state.last_id
@@ -216,6 +219,8 @@ class EventService(LogService):
                 grpc.StatusCode.PERMISSION_DENIED,
                 "all_users needs the service token: a user token reads its own events",
             )
+        if len(request.user_id) > MAX_USER_ID:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_id is longer than {MAX_USER_ID} characters")
         if request.user_id:
             await self.check_acting_as(request.user_id, context, "reading events")
         types = set()

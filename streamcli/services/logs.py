@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli.backends.base import LogRecord, LogStore, NewRecord, TrimmedError
-from streamcli.credentials import Credentials
+from streamcli.credentials import REVOKED, Credentials, TokenWatch
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Tag = TypeVar("Tag")
@@ -242,7 +242,10 @@ class LogService:
         batches = serve_cursor(
             cursor, follow=not request.no_follow, settings=self._settings, stopping=self._stopping, context=context
         )
+        token = TokenWatch(self._credentials, context.invocation_metadata())
         async for records in batches:
+            if token.revoked():  # nothing more for a token taken away, heartbeats included
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
             yield records, cursor.position
 
 

@@ -85,6 +85,8 @@ class NotificationService(LogService):
     ) -> AsyncIterator[pb.SubscribeToNotificationsResponse]:
         if not request.recipient:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "recipient is required")
+        if len(request.recipient) > MAX_FIELD:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"recipient is longer than {MAX_FIELD} characters")
         await self.check_acting_as(request.recipient, context, "reading notifications")
         recipient, topics = request.recipient, set(request.topics)
 
