@@ -1,10 +1,13 @@
 """Assembles ``streaming.v1.StreamingService`` from per-domain services.
 
 Each domain (files, events, notifications, chat, ...) is a class in its own
-module whose coroutine methods are named after the RPCs they implement.
-``add_service`` binds every RPC of the contract to the first domain that
-implements it; RPCs no domain implements yet answer UNIMPLEMENTED with a
-detail naming the method, instead of gRPC's generic "Method not implemented!".
+module whose coroutine methods are named after the RPCs they implement and
+listed in its ``RPCS``. ``bind`` checks the lot against the contract at
+start-up: every RPC served by exactly one domain or listed in
+``NOT_YET_IMPLEMENTED`` (which answer UNIMPLEMENTED naming the method, instead
+of gRPC's generic "Method not implemented!"), every name a domain lists an RPC
+of the contract and a method it has. A misspelt method stops the server from
+starting instead of quietly answering UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -24,22 +27,56 @@ SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["StreamingService"]
 SERVICE_NAME = SERVICE_DESCRIPTOR.full_name
 
 
+#: The RPCs of the contract that no domain implements yet (issues 18-21 and 15 bring them).
+NOT_YET_IMPLEMENTED = frozenset({"ProcessDataBatch", "CollectMetrics", "ProcessLiveData", "Collaborate"})
+
+
+class BindingError(Exception):
+    """The domains and the contract disagree: a programming error, found at start-up."""
+
+
+def bind(domains: Iterable[object]) -> dict[str, Callable[..., Any]]:
+    """RPC name -> the domain method serving it, for every RPC some domain lists in its ``RPCS``.
+
+    Raises:
+        BindingError: a listed name is not an RPC of the contract or not a method of its domain, an RPC
+            is listed twice, or an RPC is neither served nor in ``NOT_YET_IMPLEMENTED`` (or is both).
+    """
+    contract = {method.name for method in SERVICE_DESCRIPTOR.methods}
+    bound: dict[str, Callable[..., Any]] = {}
+    for domain in domains:
+        owner = type(domain).__name__
+        for name in getattr(domain, "RPCS", ()):
+            if name not in contract:
+                raise BindingError(f"{owner}.RPCS lists {name!r}, which is not an RPC of {SERVICE_NAME}")
+            if name in bound:
+                raise BindingError(f"{name} is listed by two domains")
+            implementation = getattr(domain, name, None)
+            if not callable(implementation):
+                raise BindingError(f"{owner}.RPCS lists {name}, but {owner} has no method {name}")
+            bound[name] = implementation
+    if missing := contract - bound.keys() - NOT_YET_IMPLEMENTED:
+        raise BindingError(f"no domain serves {', '.join(sorted(missing))} (nor are they NOT_YET_IMPLEMENTED)")
+    if both := bound.keys() & NOT_YET_IMPLEMENTED:
+        raise BindingError(f"{', '.join(sorted(both))} served, and still listed in NOT_YET_IMPLEMENTED")
+    return bound
+
+
 def add_service(server: grpc.aio.Server, domains: Iterable[object]) -> None:
-    """Register StreamingService on ``server``, each RPC bound to the domain method of the same name.
+    """Register StreamingService on ``server``, each RPC bound to the domain method ``bind`` found for it.
 
     Like the generated ``add_StreamingServiceServicer_to_server``, except that
     responses may also be pre-assembled bytes (``streamcli.services.wire``).
+
+    Raises:
+        BindingError: see ``bind``.
     """
-    domains = list(domains)
+    bound = bind(domains)
     handlers = {}
     for method in SERVICE_DESCRIPTOR.methods:
-        implementation = next(
-            (getattr(domain, method.name) for domain in domains if hasattr(domain, method.name)),
-            None,
-        )
         factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
-            implementation or _unimplemented(method.name),
+            bound.get(method.name) or _unimplemented(method.name),
             request_deserializer=GetMessageClass(method.input_type).FromString,
             response_serializer=serialize,
         )

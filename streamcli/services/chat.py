@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import grpc
 
@@ -229,6 +229,9 @@ class Room:
 
 class ChatService:
     """The chat RPCs of ``StreamingService``."""
+
+    #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
+    RPCS: ClassVar[tuple[str, ...]] = ("Chat", "ListRoomMembers")
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ import collections
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -82,6 +83,9 @@ class Framer:
 
 class EventService(LogService):
     """The event RPCs of ``StreamingService`` on a log store."""
+
+    #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
+    RPCS: ClassVar[tuple[str, ...]] = ("PublishEvents", "StreamUserEvents")
 
     def __init__(
         self, log: LogStore, settings: LogSettings, stopping: asyncio.Event, credentials: Credentials | None = None

@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn, TypeAlias, TypeGuard
+from typing import Any, ClassVar, NoReturn, TypeAlias, TypeGuard
 
 import grpc
 
@@ -113,6 +113,16 @@ class _Refusal(Exception):
 
 class FileService:
     """The file RPCs of ``StreamingService`` on a backend's blob and metadata stores."""
+
+    #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
+    RPCS: ClassVar[tuple[str, ...]] = (
+        "UploadFile",
+        "GetUploadStatus",
+        "DownloadFile",
+        "GetFileInfo",
+        "ListFiles",
+        "DeleteFile",
+    )
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
+from typing import ClassVar
 
 import grpc
 
@@ -32,6 +33,9 @@ def notification_from_record(record: LogRecord) -> pb.Notification:
 
 class NotificationService(LogService):
     """The notification RPCs of ``StreamingService``, and ``raise_`` for the server's own."""
+
+    #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
+    RPCS: ClassVar[tuple[str, ...]] = ("SendNotification", "SubscribeToNotifications")
 
     async def raise_(
         self,
