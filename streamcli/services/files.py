@@ -30,6 +30,7 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord, UploadRecord
+from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Credentials
 from streamcli.names import check_filename
@@ -45,7 +46,7 @@ MAX_CHUNK_SIZE = 1024 * 1024
 #: Chunk size of downloads, in bytes (measured: see bench/README.md).
 DOWNLOAD_CHUNK_SIZE = 64 * 1024
 #: Client-chosen upload ids: what is safe as a file name.
-UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+UPLOAD_ID = SAFE_ID  # the blob store's rule: an id becomes a file name there
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a client is told when the data dir's filesystem has no room left.
 DISK_FULL = "the server's disk is full"

@@ -2,8 +2,11 @@
 
 A response carrying stored records is their serialized bytes framed as a
 repeated field: no parse and no re-serialize per record. For the events log
-that is about twice as fast as building messages (bench/README.md), and the
-bytes are exactly what ``SerializeToString`` would give.
+that is about twice as fast as building messages (bench/README.md). The bytes
+parse to the same message as ``SerializeToString`` of the built message would
+(tests/test_wire.py holds them together), though not byte for byte: a record's
+id is appended after its other fields, where the library writes fields in
+number order; protobuf parsers accept fields in any order.
 """
 
 from __future__ import annotations
