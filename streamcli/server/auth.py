@@ -9,6 +9,7 @@ import grpc
 
 from streamcli.credentials import Credentials, bearer_token
 from streamcli.server.decoding import HANDLER_FACTORIES
+from streamcli.services.rpc import abort
 
 #: Methods callable without a token: load balancers and orchestrators probe health.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -59,6 +60,6 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
 
 def _rejecting_handler(like: grpc.RpcMethodHandler, detail: str) -> grpc.RpcMethodHandler:
     async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
+        await abort(context, grpc.StatusCode.UNAUTHENTICATED, detail)
 
     return HANDLER_FACTORIES[(like.request_streaming, like.response_streaming)](reject)

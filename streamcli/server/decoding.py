@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from streamcli.services.checks import MalformedRequest
-from streamcli.services.logs import Context
+from streamcli.services.rpc import Context, abort
 
 Deserializer = Callable[[bytes], Any]
 
@@ -142,7 +142,7 @@ def _unary_behavior(behavior: Callable[..., Any], type_name: str) -> Callable[..
         # no extra generator between the handler and the wire.
         async def stream_out(request: Any, context: Context) -> None:
             if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _unary_detail(type_name, request.reason))
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, _unary_detail(type_name, request.reason))
             async for response in behavior(request, context):
                 await context.write(response)
 
@@ -150,7 +150,7 @@ def _unary_behavior(behavior: Callable[..., Any], type_name: str) -> Callable[..
 
     async def respond(request: Any, context: Context) -> Any:
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _unary_detail(type_name, request.reason))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, _unary_detail(type_name, request.reason))
         return await behavior(request, context)
 
     return respond
@@ -164,7 +164,7 @@ def _stream_behavior(behavior: Callable[..., Any], type_name: str) -> Callable[.
                 async for response in behavior(checked(requests, type_name), context):
                     await context.write(response)
             except MalformedRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.detail)
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.detail)
 
         return stream_out
 
@@ -172,6 +172,6 @@ def _stream_behavior(behavior: Callable[..., Any], type_name: str) -> Callable[.
         try:
             return await behavior(checked(requests, type_name), context)
         except MalformedRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.detail)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.detail)
 
     return respond

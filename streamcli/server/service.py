@@ -21,6 +21,7 @@ from google.protobuf.message_factory import GetMessageClass
 from streamcli import __version__
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.server.decoding import HANDLER_FACTORIES
+from streamcli.services.rpc import abort
 from streamcli.services.wire import serialize
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["StreamingService"]
@@ -88,6 +89,6 @@ def _unimplemented(name: str) -> Callable[..., Any]:
     detail = f"{SERVICE_NAME}/{name} is not implemented by this server (streamcli {__version__})"
 
     async def unimplemented(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, detail)
+        await abort(context, grpc.StatusCode.UNIMPLEMENTED, detail)
 
     return unimplemented

@@ -27,8 +27,9 @@ from streamcli.backends.base import Backend, LogRecord, NewRecord, TrimmedError
 from streamcli.credentials import REVOKED, Credentials, TokenWatch
 from streamcli.services import wire
 from streamcli.services.checks import MalformedRequest, has_control, quoted
-from streamcli.services.logs import Appender, Context, LogCursor, LogSettings, ServerStopping, timestamp
+from streamcli.services.logs import Appender, LogCursor, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
+from streamcli.services.rpc import Context, abort
 
 log = logging.getLogger("streamcli.chat")
 
@@ -258,7 +259,7 @@ class ChatService:
     async def ListRoomMembers(self, request: pb.ListRoomMembersRequest, context: Context) -> pb.ListRoomMembersResponse:
         # A room id that Chat refuses names no room: say so, rather than list nobody in it.
         if not ROOM_ID.fullmatch(request.room_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
         room = self.rooms.get(request.room_id)
         return pb.ListRoomMembersResponse(
             presence=pb.ChatPresence(room_id=request.room_id, users=room.members() if room else [])
@@ -267,30 +268,34 @@ class ChatService:
     async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context) -> None:
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("action") != "join":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a chat stream must be a join")
-        assert first is not None
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message of a chat stream must be a join")
         join = first.join
         # A per-user token says who the caller is, whatever name it claims.
         named = self.credentials.user_of(context.invocation_metadata())
         if named is not None:
             join.user_id = named
         if not ROOM_ID.fullmatch(join.room_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
         if not USER_ID.fullmatch(join.user_id) or join.user_id == SYSTEM_USER:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "user_id must be 1-32 letters, digits, '-', '_' or '.' (not 'system')"
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "user_id must be 1-32 letters, digits, '-', '_' or '.' (not 'system')",
             )
         if not CLIENT_ID.fullmatch(join.client_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, CLIENT_ID_RULE)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, CLIENT_ID_RULE)
         if named is None and self.credentials.names_a_user(join.user_id):
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the name {join.user_id} is a user's who has a token: only its holder may chat as them",
             )
         room = self.rooms.get(join.room_id) or self.rooms.setdefault(join.room_id, Room(join.room_id, self))
         if not join.allow_duplicate and join.user_id in room.members():
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS, f"{join.user_id} is already in room {join.room_id} in another session"
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"{join.user_id} is already in room {join.room_id} in another session",
             )
         store = self.backend.log
         # What an earlier stream of this client left with the appender is stored (and so in the replay) before
@@ -300,8 +305,10 @@ class ChatService:
         room.advance(bounds.last_id)
         if join.resume_after_id:
             if join.resume_after_id > bounds.last_id:
-                await context.abort(
-                    grpc.StatusCode.OUT_OF_RANGE, f"resume id {join.resume_after_id} is beyond the end of the room"
+                await abort(
+                    context,
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"resume id {join.resume_after_id} is beyond the end of the room",
                 )
             start = join.resume_after_id
         else:
@@ -322,7 +329,8 @@ class ChatService:
                 await self._deliver(session, cursor, bounds.last_id, receiver, context)
                 malformed = receiver.exception()  # (done: _deliver returns when the client's half ends)
                 if isinstance(malformed, MalformedRequest):
-                    await context.abort(
+                    await abort(
+                        context,
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"{malformed.detail}; every message before it was handled (stored, or refused with a "
                         f"notice) and delivered up to id {cursor.position}; resume after it",
@@ -336,13 +344,14 @@ class ChatService:
                 handler.uncancel()
                 raise _Kicked from None
         except TrimmedError:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"messages after {start} were trimmed")
+            await abort(context, grpc.StatusCode.OUT_OF_RANGE, f"messages after {start} were trimmed")
         except ServerStopping as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume after id {exc.position}"
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume after id {exc.position}"
             )
         except _Kicked:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"disconnected: the client did not read for {self.settings.stall_limit:g} s; "
                 f"resume after id {cursor.position}",
@@ -374,7 +383,7 @@ class ChatService:
         while True:
             session.wake.clear()
             if token.revoked():  # nothing more for a token taken away
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
+                await abort(context, grpc.StatusCode.UNAUTHENTICATED, REVOKED)
             responses: list[pb.ChatResponse | bytes] = []
             if not caught_up and cursor.position >= replay_end:  # before what was stored after the join
                 caught_up = True

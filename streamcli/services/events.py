@@ -28,7 +28,8 @@ from streamcli.backends.base import LogRecord, LogStore, NewRecord, SequenceGapE
 from streamcli.credentials import Credentials
 from streamcli.services import wire
 from streamcli.services.checks import MalformedRequest, has_control
-from streamcli.services.logs import Context, LogService, LogSettings, timestamp
+from streamcli.services.logs import LogService, LogSettings, timestamp
+from streamcli.services.rpc import Context, abort
 from streamcli.times import writable
 
 STREAM = "events"
@@ -154,7 +155,8 @@ class EventService(LogService):
                         gap = await self._append(records, stored)
                     except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
                         # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
-                        await context.abort(
+                        await abort(
+                            context,
                             grpc.StatusCode.INTERNAL,
                             f"could not append events: {exc}; {stored.summary()}",
                             await self._trailer(stored, stored_as),
@@ -168,8 +170,8 @@ class EventService(LogService):
                         code = grpc.StatusCode.FAILED_PRECONDITION
                         extra = (("expected-sequence", str(gap.expected)),)
                 if refusal:
-                    await context.abort(
-                        code, f"{refusal}; {stored.summary()}", await self._trailer(stored, stored_as) + extra
+                    await abort(
+                        context, code, f"{refusal}; {stored.summary()}", await self._trailer(stored, stored_as) + extra
                     )
                 if end is not None:
                     if end.error is not None:
@@ -213,24 +215,25 @@ class EventService(LogService):
 
     async def StreamUserEvents(self, request: pb.StreamUserEventsRequest, context: Context) -> AsyncIterator[bytes]:
         if request.all_users and request.user_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give user_id or all_users, not both")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give user_id or all_users, not both")
         if not request.all_users and not request.user_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "user_id is required (or set all_users to stream every user)"
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "user_id is required (or set all_users to stream every user)"
             )
         if request.all_users and not self._credentials.caller(context.invocation_metadata()).is_service:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "all_users needs the service token: a user token reads its own events",
             )
         if len(request.user_id) > MAX_USER_ID:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_id is longer than {MAX_USER_ID} characters")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"user_id is longer than {MAX_USER_ID} characters")
         if request.user_id:
             await self.check_acting_as(request.user_id, context, "reading events")
         types = set()
         for value in request.event_types:
             if value not in TYPE_NAMES:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown event type {value}")
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown event type {value}")
             types.add(TYPE_NAMES[value])
         user = request.user_id
 

@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, NoReturn, TypeAlias, TypeGuard
+from typing import Any, ClassVar, NoReturn, TypeGuard
 
 import grpc
 
@@ -38,6 +38,7 @@ from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
 from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
+from streamcli.services.rpc import Context, abort
 
 log = logging.getLogger("streamcli.files")
 
@@ -52,8 +53,6 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 DISK_FULL = "the server's disk is full"
 #: What ListFiles hands out as a page token: an offset.
 PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
-
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,19 +149,18 @@ class FileService:
     ) -> pb.UploadFileResponse:
         first = await anext(request_iterator, None)
         if first is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream: send metadata first")
-        assert first is not None
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream: send metadata first")
         kind = first.WhichOneof("payload")
         if kind == "metadata":
             upload, partial = await self._start(first, context)
         elif kind == "resume":
             upload, partial = await self._resume(first.resume, context)
         else:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the first message must carry metadata or resume, not {kind or 'nothing'}",
             )
-            raise AssertionError("unreachable")
         self._active.add(upload.upload_id)
         try:
             return await self._receive(upload, partial, request_iterator, context)
@@ -178,25 +176,27 @@ class FileService:
         try:
             filename = check_filename(meta.filename)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if meta.total_size < -1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"total_size {meta.total_size} is negative")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"total_size {meta.total_size} is negative")
         checksum = meta.checksum.lower()
         if checksum and not SHA256_HEX.fullmatch(checksum):
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "checksum must be the 64-hex-digit SHA-256 of the whole file (or empty, to send it in the trailer)",
             )
         if meta.total_size == -1 and checksum:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "an upload of unknown size sends its checksum in the trailer"
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "an upload of unknown size sends its checksum in the trailer"
             )
         await self._check_size(meta.total_size, context)
         upload_id = first.upload_id or uuid.uuid4().hex
         if not UPLOAD_ID.fullmatch(upload_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload_id must be 1-64 letters, digits, '-' or '_'")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "upload_id must be 1-64 letters, digits, '-' or '_'")
         if upload_id in self._active or await self._meta.get_upload(upload_id) is not None:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
             )
@@ -226,17 +226,21 @@ class FileService:
     async def _resume(self, resume: pb.UploadResume, context: Context) -> tuple[UploadRecord, _PartialFile]:
         upload = await self._meta.get_upload(resume.upload_id) if UPLOAD_ID.fullmatch(resume.upload_id) else None
         if upload is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(resume.upload_id)} to resume (expired?)")
-        assert upload is not None
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, f"no upload {quoted(resume.upload_id)} to resume (expired?)"
+            )
         await self._check_upload_owner(upload, context)
         if upload.upload_id in self._active:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"upload {upload.upload_id} is being written by another stream"
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"upload {upload.upload_id} is being written by another stream",
             )
         path = self._blobs.partial_path(upload.upload_id)
         committed = path.stat().st_size if path.exists() else 0
         if resume.offset != committed:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"resume offset {resume.offset} disagrees with the server's committed offset {committed}",
             )
@@ -268,8 +272,10 @@ class FileService:
         """RESOURCE_EXHAUSTED when a file of ``total`` bytes is over the server's size limit."""
         limit = self._limits.max_file_size
         if limit and total > limit:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the file is larger than the server's limit of {limit} bytes"
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the file is larger than the server's limit of {limit} bytes",
             )
 
     async def _reserve(self, size: int, context: Context) -> Reservation:
@@ -278,7 +284,7 @@ class FileService:
         try:
             reservation.reserve(size)
         except QuotaExceeded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return reservation
 
     async def _receive(
@@ -318,7 +324,8 @@ class FileService:
             await self._fail(upload, partial, context, grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
         if partial.size < total or not checksum:
             missing = f"{partial.size} of {total} bytes received" if partial.size < total else "no trailer received"
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"upload incomplete: {missing}; resume upload {upload.upload_id} from offset {partial.size}",
             )
@@ -338,7 +345,8 @@ class FileService:
     ) -> NoReturn:
         """End an upload at a message that did not decode, saying what was kept."""
         if upload.total_size >= 0:  # resumable: what came before the bad message stays, like an interrupted stream
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{exc.detail}; upload {upload.upload_id} keeps the {partial.size} bytes received before it: "
                 f"resume from offset {partial.size}",
@@ -456,13 +464,11 @@ class FileService:
                 cause,
             )
         await self._forget_upload(upload.upload_id)
-        await context.abort(code, detail)
-        raise AssertionError("unreachable")  # abort raises
+        await abort(context, code, detail)
 
     async def _refuse_full_disk(self, upload: UploadRecord, what: str, cause: OSError, context: Context) -> NoReturn:
         log.warning("%s upload %s (%s): %s", what, upload.upload_id, upload.filename, cause)
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL)
-        raise AssertionError("unreachable")  # abort raises
+        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL)
 
     async def _forget_upload(self, upload_id: str) -> None:
         """Delete an upload's record; when the store cannot write, leave it to expiry."""
@@ -479,8 +485,7 @@ class FileService:
     async def GetUploadStatus(self, request: pb.GetUploadStatusRequest, context: Context) -> pb.GetUploadStatusResponse:
         upload = await self._meta.get_upload(request.upload_id) if UPLOAD_ID.fullmatch(request.upload_id) else None
         if upload is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no upload {quoted(request.upload_id)}")
-        assert upload is not None
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no upload {quoted(request.upload_id)}")
         await self._check_upload_owner(upload, context)
         path = self._blobs.partial_path(upload.upload_id)
         return pb.GetUploadStatusResponse(
@@ -514,25 +519,27 @@ class FileService:
     async def _check_upload_owner(self, upload: UploadRecord, context: Context) -> None:
         caller = self._credentials.caller(context.invocation_metadata())
         if not caller.may_act_as(upload.owner):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"upload {upload.upload_id} was started with another token"
+            await abort(
+                context, grpc.StatusCode.PERMISSION_DENIED, f"upload {upload.upload_id} was started with another token"
             )
 
     async def _get(self, file_id: str, context: Context, *, to_delete: bool = False) -> FileRecord:
         """The file ``file_id`` if the caller may see it (``to_delete``: may delete it)."""
         record = await self._meta.get_file(file_id) if UPLOAD_ID.fullmatch(file_id) else None
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {quoted(file_id)}")
-        assert record is not None
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no file {quoted(file_id)}")
         caller = self._credentials.caller(context.invocation_metadata())
         if caller.user is None or record.owner == caller.user:
             return record
         if to_delete:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"file {record.file_id} is not yours: only its owner may delete it"
+            await abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"file {record.file_id} is not yours: only its owner may delete it",
             )
         if not await self._meta.file_visible_to(record, caller.user):
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"file {record.file_id} is not yours, nor posted in a chat room you have joined",
             )
@@ -543,14 +550,14 @@ class FileService:
     ) -> AsyncIterator[pb.DownloadFileResponse]:
         record = await self._get(request.file_id, context)
         if not 0 <= request.offset <= record.size:
-            await context.abort(
-                grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is outside the file (0-{record.size})"
+            await abort(
+                context, grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is outside the file (0-{record.size})"
             )
         try:
             # Opened once; an open handle keeps the bytes readable even if the file is deleted meanwhile.
             handle = await asyncio.to_thread(open, self._blobs.blob_path(record.file_id), "rb")
         except FileNotFoundError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"file {record.file_id} was deleted")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"file {record.file_id} was deleted")
         with handle:
             handle.seek(request.offset)
             offset = request.offset
@@ -562,7 +569,7 @@ class FileService:
             while offset < record.size:
                 data = handle.read(DOWNLOAD_CHUNK_SIZE)
                 if not data:
-                    await context.abort(grpc.StatusCode.DATA_LOSS, f"file {record.file_id} is shorter than recorded")
+                    await abort(context, grpc.StatusCode.DATA_LOSS, f"file {record.file_id} is shorter than recorded")
                 yield pb.DownloadFileResponse(offset=offset, data=data)
                 offset += len(data)
 
@@ -571,12 +578,12 @@ class FileService:
 
     async def ListFiles(self, request: pb.ListFilesRequest, context: Context) -> pb.ListFilesResponse:
         if not 0 <= request.page_size <= 1000:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be between 1 and 1000")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be between 1 and 1000")
         size = request.page_size or 100
         # The server's tokens are offsets of at most 18 ASCII digits: str.isdigit() alone also takes
         # "²" (which int() refuses) and numbers beyond SQLite's 64-bit integers.
         if request.page_token and not PAGE_TOKEN.fullmatch(request.page_token):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
         start = int(request.page_token or 0)
         caller = self._credentials.caller(context.invocation_metadata())
         records = await self._meta.list_files(size + 1, start, visible_to=caller.user)
@@ -594,10 +601,9 @@ class FileService:
                 raise
             # Even a delete appends to SQLite's write-ahead log; the bytes stay until it can.
             log.warning("could not delete %s: %s", request.file_id, exc)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{DISK_FULL}: cannot record the deletion")
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{DISK_FULL}: cannot record the deletion")
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {quoted(request.file_id)}")
-        assert record is not None
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no file {quoted(request.file_id)}")
         freed = await asyncio.to_thread(self._blobs.delete, record.file_id)
         self._space.freed(freed)
         log.info("deleted %s (%s)", record.file_id, record.filename)

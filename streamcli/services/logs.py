@@ -14,15 +14,15 @@ import collections
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli.backends.base import LogRecord, LogStore, NewRecord, TrimmedError
 from streamcli.credentials import REVOKED, Credentials, TokenWatch
+from streamcli.services.rpc import Context, abort
 
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Tag = TypeVar("Tag")
 
 #: Records read from the store per step; also the most sent in one response.
@@ -85,12 +85,14 @@ async def start_position(
     bounds = await log.bounds(stream)
     if resume_after_id:
         if resume_after_id > bounds.last_id:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"resume id {resume_after_id} is beyond the end of the log (last id {bounds.last_id})",
             )
         if resume_after_id < bounds.trimmed_through:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"records after {resume_after_id} have been trimmed by retention "
                 f"(the oldest kept is {bounds.trimmed_through + 1})",
@@ -100,9 +102,9 @@ async def start_position(
         try:
             seconds = start_time.ToNanoseconds() / 1e9
         except ValueError as exc:  # protobuf's range: years 1-9999, nanos 0-999999999
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start_time is not a valid time: {exc}")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"start_time is not a valid time: {exc}")
         if seconds > time.time() + 1.0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start_time is in the future")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "start_time is in the future")
         return await log.position_before(stream, seconds)
     return bounds.last_id
 
@@ -198,13 +200,16 @@ async def serve_cursor(
         async for records in batches:
             yield records
     except TrimmedError as exc:
-        await context.abort(
+        await abort(
+            context,
             grpc.StatusCode.OUT_OF_RANGE,
             f"this reader fell behind retention: records up to {exc.trimmed_through} were trimmed "
             f"before it read past {cursor.position}",
         )
     except ServerStopping as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume after id {exc.position}")
+        await abort(
+            context, grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume after id {exc.position}"
+        )
 
 
 class LogService:
@@ -222,8 +227,8 @@ class LogService:
         """PERMISSION_DENIED unless the caller's token may act for ``user`` (``what``: the action, for the detail)."""
         caller = self._credentials.caller(context.invocation_metadata())
         if not caller.may_act_as(user):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"{what}: this token is {caller.user}'s, not {user}'s"
+            await abort(
+                context, grpc.StatusCode.PERMISSION_DENIED, f"{what}: this token is {caller.user}'s, not {user}'s"
             )
 
     async def follow(
@@ -245,7 +250,7 @@ class LogService:
         token = TokenWatch(self._credentials, context.invocation_metadata())
         async for records in batches:
             if token.revoked():  # nothing more for a token taken away, heartbeats included
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED)
+                await abort(context, grpc.StatusCode.UNAUTHENTICATED, REVOKED)
             yield records, cursor.position
 
 

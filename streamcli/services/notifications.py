@@ -15,7 +15,8 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, NewRecord
 from streamcli.services.checks import has_control
-from streamcli.services.logs import Context, LogService, timestamp
+from streamcli.services.logs import LogService, timestamp
+from streamcli.services.rpc import Context, abort
 
 STREAM = "notifications"
 EVERYONE = "*"
@@ -64,19 +65,19 @@ class NotificationService(LogService):
         for field in ("recipient", "topic", "title"):
             value = getattr(request, field)
             if not value.strip():
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required")
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required")
             if len(value) > MAX_FIELD:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_FIELD} characters")
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_FIELD} characters")
             if has_control(value):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} has a control character")
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field} has a control character")
         if len(request.body) > MAX_BODY:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"body is longer than {MAX_BODY} characters")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"body is longer than {MAX_BODY} characters")
         if has_control(request.body, multiline=True):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "body has a control character (other than newline, tab)"
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "body has a control character (other than newline, tab)"
             )
         if request.severity not in pb.NotificationSeverity.values():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown severity {request.severity}")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown severity {request.severity}")
         # A user token notifies its own user only (a reminder); the service token anyone, "*" included.
         await self.check_acting_as(request.recipient, context, "sending a notification")
         notification = await self.raise_(
@@ -88,9 +89,9 @@ class NotificationService(LogService):
         self, request: pb.SubscribeToNotificationsRequest, context: Context
     ) -> AsyncIterator[pb.SubscribeToNotificationsResponse]:
         if not request.recipient:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "recipient is required")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "recipient is required")
         if len(request.recipient) > MAX_FIELD:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"recipient is longer than {MAX_FIELD} characters")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"recipient is longer than {MAX_FIELD} characters")
         await self.check_acting_as(request.recipient, context, "reading notifications")
         recipient, topics = request.recipient, set(request.topics)
 
