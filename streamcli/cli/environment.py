@@ -36,6 +36,7 @@ class Environment:
     connection: ConnectionSettings = dataclasses.field(default_factory=ConnectionSettings)
     json: bool = False  # machine output: one JSON object per line on stdout
     traceback: bool = False  # show tracebacks for expected failures too
+    no_color: bool = dataclasses.field(default_factory=lambda: "NO_COLOR" in os.environ)  # https://no-color.org
     _console: Console | None = None
     _err_console: Console | None = None
 
@@ -50,8 +51,13 @@ class Environment:
     def _make_console(self, file: IO[str]) -> Console:
         from rich.console import Console
 
-        no_color = "NO_COLOR" in os.environ or not file.isatty()
+        no_color = self.no_color or not file.isatty()
         return Console(file=file, no_color=no_color, highlight=False, soft_wrap=True)
+
+    @property
+    def progress_console(self) -> Console | None:
+        """The console progress bars are drawn on: stderr's when it is a terminal, else none."""
+        return self.err_console if self.stderr_isatty else None
 
     @property
     def console(self) -> Console:

@@ -65,11 +65,11 @@ def upload(
         stdin = getattr(env.stdin, "buffer", None)
         if stdin is None:
             raise UsageError("standard input is not readable as bytes")
-        with transfer_progress(env, 1) as progress:
+        with transfer_progress(env.progress_console, 1) as progress:
             result = env.run(lambda conn: upload_stream(conn, stdin, name or "stdin", progress))
         _print_results(env, [result])
         return
-    with transfer_progress(env, len(paths)) as progress:
+    with transfer_progress(env.progress_console, len(paths)) as progress:
         outcomes = env.run(
             lambda conn: upload_many(
                 conn, paths, progress, parallel=parallel, name=name, retry=policy,
@@ -155,7 +155,7 @@ def download(
         raise UsageError(
             "binary output can mess up your terminal; pipe it, use -o FILE, or pass --force to write it anyway"
         )
-    with transfer_progress(env, 1) as progress:
+    with transfer_progress(env.progress_console, 1) as progress:
         result = env.run(
             lambda conn: download_file(
                 conn,

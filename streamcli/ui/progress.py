@@ -16,7 +16,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from streamcli.cli.environment import Environment
 from streamcli.client.progress import NullProgress, ProgressSink
 from streamcli.terminal_text import visible
 
@@ -74,11 +73,12 @@ class RichTransferProgress:
             self._progress.advance(self._total, amount)
 
 
-def transfer_progress(env: Environment, count: int) -> RichTransferProgress | NullProgress:
-    """Bars on stderr when it is a terminal; nothing otherwise (pipes, scripts, tests)."""
-    if not env.stderr_isatty:
+def transfer_progress(console: Console | None, count: int) -> RichTransferProgress | NullProgress:
+    """Bars on ``console`` (a terminal's: ``Environment.progress_console``); nothing without one (pipes,
+    scripts, tests)."""
+    if console is None:
         return NullProgress()
-    return RichTransferProgress(env.err_console, with_total=count > 1)
+    return RichTransferProgress(console, with_total=count > 1)
 
 
 __all__ = ["ProgressSink", "RichTransferProgress", "transfer_progress"]
