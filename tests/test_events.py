@@ -376,13 +376,20 @@ async def test_live_responses_are_paced_but_the_first_after_a_quiet_spell_goes_a
         await publish_events(conn, [event("a")])
         first = await asyncio.wait_for(call.read(), 10)
         waited = loop.time() - published
-        for _ in range(5):  # one append each, within the interval
+        for _ in range(5):  # one append each, well within the interval
             await publish_events(conn, [event("a")])
-        paced = await asyncio.wait_for(call.read(), 10)
+        paced: list[list[int]] = []
+        while sum(len(ids) for ids in paced) < 5:
+            response = await asyncio.wait_for(call.read(), 10)
+            if response.events:
+                paced.append([e.id for e in response.events])
         call.cancel()
     assert [e.id for e in first.events] == [1]
     assert waited < 0.8  # not held back by the interval
-    assert [e.id for e in paced.events] == [2, 3, 4, 5, 6]  # what came meanwhile, in one response
+    # What came meanwhile rides in one response, or two when the appends straddle a tick of the clock the
+    # readers share (a reader woken by each append would have sent five).
+    assert [i for ids in paced for i in ids] == [2, 3, 4, 5, 6]
+    assert len(paced) <= 2, paced
 
 
 async def test_the_idle_timeout_counts_from_the_last_record_not_from_the_start(conn: Connection) -> None:
