@@ -20,6 +20,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import FirstStatus
 from streamcli.errors import ExitStatus
 from streamcli.server.app import RunningServer
 from tests.support.chat import RawChat
@@ -46,14 +47,17 @@ ALICE, BOB, SVC = auth(TOKENS["alice"]), auth(TOKENS["bob"]), auth(SERVICE)
 
 
 async def denied(call: Any) -> str:
-    """The detail of a call that must end PERMISSION_DENIED."""
+    """The detail of a call that must end PERMISSION_DENIED (as the server said it: grpc/grpc#36066)."""
+    first_status = FirstStatus(call)
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        result = call
-        if hasattr(result, "__aiter__"):
-            async for _ in result:
-                pass
-        else:
-            await result
+        try:
+            if hasattr(call, "__aiter__"):
+                async for _ in call:
+                    pass
+            else:
+                await call
+        except grpc.aio.AioRpcError as exc:
+            raise first_status.unmask(exc) from exc
     assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED, failure.value.details()
     return failure.value.details() or ""
 

@@ -13,6 +13,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import FirstStatus
 from streamcli.client.events import tail_events
 from streamcli.client.tail import TailOptions
 from streamcli.server.app import RunningServer
@@ -56,18 +57,23 @@ async def raw_call(
     """Call ``method`` with ``messages`` as they are; returns the status, its detail and the responses."""
     path = SERVICE + method.name
     responses: list[bytes] = []
+    if method.client_streaming:
+        factory = channel.stream_stream if method.server_streaming else channel.stream_unary
+        call = factory(path)(iter(messages), timeout=timeout)
+    else:
+        factory = channel.unary_stream if method.server_streaming else channel.unary_unary
+        call = factory(path)(messages[0], timeout=timeout)
+    # A server that ends the call before reading everything races the client's writes: grpc.aio may then
+    # report INTERNAL instead of the server's status (grpc/grpc#36066). The server's own status is kept.
+    first_status = FirstStatus(call)
     try:
-        if method.client_streaming and method.server_streaming:
-            async for response in channel.stream_stream(path)(iter(messages), timeout=timeout):
-                responses.append(response)
-        elif method.client_streaming:
-            responses = [await channel.stream_unary(path)(iter(messages), timeout=timeout)]
-        elif method.server_streaming:
-            async for response in channel.unary_stream(path)(messages[0], timeout=timeout):
+        if method.server_streaming:
+            async for response in call:
                 responses.append(response)
         else:
-            responses = [await channel.unary_unary(path)(messages[0], timeout=timeout)]
+            responses = [await call]
     except grpc.aio.AioRpcError as exc:
+        exc = first_status.unmask(exc)
         return exc.code(), exc.details() or "", responses
     return grpc.StatusCode.OK, "", responses
 
