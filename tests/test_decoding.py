@@ -110,9 +110,14 @@ async def test_health_and_reflection_are_behind_the_boundary(channel: grpc.aio.C
     assert check.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "grpc.health.v1.HealthCheckRequest" in (check.value.details() or "")
     reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    call = reflect(iter([CORRUPT]), timeout=10)
+    first_status = FirstStatus(call)
     with pytest.raises(grpc.aio.AioRpcError) as listing:
-        async for _ in reflect(iter([CORRUPT]), timeout=10):
-            pass
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            raise first_status.unmask(exc) from exc
     assert listing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "message 0" in (listing.value.details() or "")
 
@@ -143,10 +148,15 @@ async def test_publish_after_a_message_that_does_not_decode_ends_with_what_was_s
     server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
     # This stream was answered OK with count 1, and the third message was lost without a word.
+    call = channel.stream_unary(SERVICE + "PublishEvents")(
+        iter([publish(login("a1"), login("a2")), CORRUPT, publish(login("lost"))]), timeout=10
+    )
+    first_status = FirstStatus(call)  # the server's status and trailers, whatever the client was writing
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await channel.stream_unary(SERVICE + "PublishEvents")(
-            iter([publish(login("a1"), login("a2")), CORRUPT, publish(login("lost"))]), timeout=10
-        )
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            raise first_status.unmask(exc) from exc
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.value.details() == (
         "message 1 of the request stream is not a valid streaming.v1.PublishEventsRequest: the bytes are not "

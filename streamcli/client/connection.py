@@ -78,8 +78,8 @@ class FirstStatus:
     """The status a call ended with, kept before grpc.aio can overwrite it.
 
     When a server ends a client stream early (an upload refused for the quota
-    or a full disk, a publish refused at an invalid event) while a write of the client is under way, grpc.aio replaces
-    the server's status with INTERNAL "Internal error from Core" if it handles
+    or a full disk, a publish refused at an invalid event) while a write of the
+    client is under way, grpc.aio replaces the server's status with INTERNAL "Internal error from Core" if it handles
     the failed write after the status (grpc/grpc#36066). That INTERNAL would be
     retried, and the retry refused again. The done callback runs when the first
     status is set, so reading it there keeps the server's.
@@ -88,11 +88,13 @@ class FirstStatus:
     def __init__(self, call: grpc.aio.Call) -> None:
         self.code: grpc.StatusCode | None = None
         self.details = ""
+        self.trailing_metadata: Any = None  # the server's trailers (a failed publish says there what it stored)
         call.add_done_callback(self._record)
 
     def _record(self, call: grpc.aio.Call) -> None:
         try:
             self.code, self.details = _settled(call.code()), _settled(call.details())
+            self.trailing_metadata = _settled(call.trailing_metadata())
         except RuntimeError:  # not expected; this runs inside grpc, which must not see it: keep exc as is
             self.code = None
 
@@ -102,7 +104,8 @@ class FirstStatus:
         if not masked or self.code in (None, grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
             return exc
         assert self.code is not None
-        return grpc.aio.AioRpcError(self.code, exc.initial_metadata(), exc.trailing_metadata(), self.details)
+        trailers = self.trailing_metadata if self.trailing_metadata is not None else exc.trailing_metadata()
+        return grpc.aio.AioRpcError(self.code, exc.initial_metadata(), trailers, self.details)
 
 
 def _settled(pending: Coroutine[Any, Any, T]) -> T:
