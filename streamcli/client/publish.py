@@ -229,6 +229,9 @@ class IdempotentPublisher:
             batch = await source.next(outcome)
             if batch is None:
                 break  # the end of the source, or of the call
+            # The whole batch is numbered and kept before any of it is written: a write that fails midway
+            # (the server gone) must leave the rest of the batch with the events to send again, not lost.
+            requests = []
             for start in range(0, len(batch), PUBLISH_BATCH):
                 request = pb.PublishEventsRequest(
                     producer_id=self.producer_id,
@@ -236,10 +239,12 @@ class IdempotentPublisher:
                     events=batch[start : start + PUBLISH_BATCH],
                 )
                 self._next_sequence += len(request.events)
-                self._pending.append(request)
-                self.progress.sent += len(request.events)
-                await call.write(request)
+                requests.append(request)
+            self._pending.extend(requests)
+            self.progress.sent += len(batch)
             sent += len(batch)
+            for request in requests:
+                await call.write(request)
         if not sent:
             await call.write(pb.PublishEventsRequest(producer_id=self.producer_id))  # the stream's producer
         source.prefetch()
