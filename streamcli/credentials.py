@@ -37,9 +37,6 @@ class Caller:
         return self.user is None or self.user == user
 
 
-SERVICE = Caller(None)
-
-
 class Credentials:
     """The tokens a server accepts and the users they name; user tokens may be replaced while serving."""
 
@@ -94,10 +91,8 @@ class Credentials:
 
     def user_of(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
         """The user a call's user token names, or None (service token, or auth off)."""
-        for key, value in metadata or ():
-            if key == "authorization":
-                return self.check(value.encode() if isinstance(value, str) else value)[1]
-        return None
+        supplied = authorization(metadata)
+        return self.check(supplied)[1] if supplied is not None else None
 
 
 class TokenWatch:
@@ -116,11 +111,11 @@ class TokenWatch:
         if credentials.generation == self._generation:
             return False
         self._generation = credentials.generation
-        for key, value in self._metadata or ():
-            if key == "authorization":
-                accepted, user = credentials.check(value.encode() if isinstance(value, str) else value)
-                return not accepted or user != self._caller.user
-        return credentials.enabled
+        supplied = authorization(self._metadata)
+        if supplied is None:
+            return credentials.enabled  # a call made without a token, where one is now needed
+        accepted, user = credentials.check(supplied)
+        return not accepted or user != self._caller.user
 
 
 REVOKED = "this stream's token was withdrawn (the server read its tokens again)"
@@ -128,6 +123,14 @@ REVOKED = "this stream's token was withdrawn (the server read its tokens again)"
 
 def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
+
+
+def authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
+    """The value of a call's ``authorization`` metadata, or None when it has none."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            return value.encode() if isinstance(value, str) else value
+    return None
 
 
 def bearer_token(supplied: bytes) -> bytes | None:

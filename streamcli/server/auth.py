@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from streamcli.credentials import Credentials, bearer_token
+from streamcli.credentials import Credentials, authorization, bearer_token
 from streamcli.server.decoding import HANDLER_FACTORIES
 from streamcli.services.rpc import abort
 
@@ -41,11 +41,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         method: str = handler_call_details.method
         if handler is None or method.startswith(EXEMPT_PREFIXES):
             return handler
-        supplied = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
-                supplied = value.encode() if isinstance(value, str) else value
-                break
+        supplied = authorization(handler_call_details.invocation_metadata)
         if supplied is not None and self._credentials.check(supplied)[0]:
             return handler
         # Callers may be generic tools (grpcurl, buf curl), not streamcli: name the metadata they must send.
