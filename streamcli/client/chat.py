@@ -227,7 +227,8 @@ class ChatClient:
 
     async def run(self) -> None:
         """Join and stay joined until ``leave``; raises StreamcliError when the room cannot be joined."""
-        attempts = Attempts(self.retry, f"chat in {self.room}")
+        # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
+        attempts = Attempts(self.retry, f"chat in {self.room}", also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
         self.handlers.state(ChatState.CONNECTING, self.conn.settings.address)
         sender = asyncio.create_task(self._deliver_all())
         try:
@@ -243,10 +244,7 @@ class ChatClient:
                         stream_worked = self._ready.is_set()
                         self._ready.clear()
                         self.handlers.state(ChatState.RECONNECTING, exc.code().name)
-                        if stream_worked:
-                            attempts.failures = 0  # that stream worked: start the backoff afresh
-                        # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
-                        await attempts.backoff(exc, also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
+                        await attempts.failed(exc, progressed=stream_worked)
                     self._ready.clear()
         finally:
             sender.cancel()

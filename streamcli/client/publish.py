@@ -147,24 +147,19 @@ class IdempotentPublisher:
         )
 
     async def _publish(self, source: _Source) -> None:
-        attempts = Attempts(self._options.retry, "publish")
         notice = self._options.notice
+        attempts = Attempts(self._options.retry, "publish", announce=notice)
         while True:
             try:
                 response = await self._stream(source)
             except grpc.aio.AioRpcError as exc:
-                if notice and attempts.will_retry(exc):  # an outage begins
-                    notice(
-                        f"lost the stream ({exc.code().name}: {exc.details()}); reconnecting, "
-                        f"up to {self._options.retry.retries} tries"
-                    )
-                await attempts.backoff(exc)
+                await attempts.failed(exc)
                 before = self.progress.acknowledged
                 await self._reconnect(attempts)
                 if self.progress.acknowledged > before:
                     # The server stored more since: the retries start over. (Not on every reconnect: a
                     # server that answers the question but fails every stream must not hold it for ever.)
-                    attempts.failures = 0
+                    attempts.recovered()
                 if notice:
                     unacknowledged = self.progress.sent - self.progress.acknowledged
                     notice(
@@ -172,7 +167,7 @@ class IdempotentPublisher:
                         f"re-sending the {unacknowledged} after them"
                     )
                 continue
-            attempts.failures = 0
+            attempts.recovered()
             self._acknowledge(response)
             if source.ended and not self._pending:
                 return
@@ -183,7 +178,7 @@ class IdempotentPublisher:
             try:
                 response = await self._ask()
             except grpc.aio.AioRpcError as exc:
-                await attempts.backoff(exc)
+                await attempts.failed(exc)
                 continue
             self._acknowledge(response)
             return

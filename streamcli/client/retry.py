@@ -11,6 +11,7 @@ from collections.abc import Callable
 import grpc
 
 from streamcli.client.settings import RECONNECT_RETRIES
+from streamcli.errors import error_for_status
 
 log = logging.getLogger("streamcli.client")
 
@@ -43,36 +44,75 @@ class RetryPolicy:
 
 
 class Attempts:
-    """Counts attempts of one operation and sleeps between them.
+    """The one retry helper: counts the failed attempts of one operation, says so, sleeps between them, gives up.
 
-    Usage::
+    Every loop in client/ that reconnects (transfers, tails, chat, publish) has this shape::
 
-        attempts = Attempts(policy)
+        attempts = Attempts(policy, "upload of x", hint="run the same command again to resume")
         while True:
             try:
-                ...
+                ...                        # one attempt
                 break
             except grpc.aio.AioRpcError as exc:
-                await attempts.backoff(exc)   # re-raises when not retryable or out of retries
+                await attempts.failed(exc, progressed=...)  # sleeps, or raises
+
+    and what it says, when it starts over and when it gives up is decided here.
     """
 
-    def __init__(self, policy: RetryPolicy, what: str) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        what: str,
+        *,
+        also: frozenset[grpc.StatusCode] = frozenset(),
+        hint: str | None = None,
+        address: str = "",
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
+        """
+        Args:
+            policy: how many retries, how far apart, and who is told of each.
+            what: the operation, as the notices name it ("upload of x.bin").
+            also: codes retried for this operation on top of ``RETRYABLE`` (races of its own).
+            hint: when the retries run out, the error says this (how to go on) after "gave up after N
+                retries"; without one, the last failure is raised as it is.
+            address: the server's, named by that error.
+            announce: told one line when an outage begins ("lost the stream ...; reconnecting").
+        """
         self._policy = policy
         self._what = what
-        self.failures = 0
+        self._retryable = RETRYABLE | also
+        self._hint = hint
+        self._address = address
+        self._announce = announce
+        self.failures = 0  # consecutive failed attempts since the last that worked or moved data
 
-    def will_retry(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> bool:
-        """Whether ``backoff`` would retry after ``exc`` (rather than re-raise it)."""
-        return exc.code() in RETRYABLE | also and self.failures < self._policy.retries
+    async def failed(self, exc: grpc.aio.AioRpcError, *, progressed: bool = False) -> None:
+        """An attempt failed with ``exc``: sleep before the next, or raise when there is none.
 
-    def exhausted(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> bool:
-        """Whether ``exc`` is worth retrying but the retries are used up (time to say how to resume)."""
-        return exc.code() in RETRYABLE | also and not self.will_retry(exc, also=also)
+        Args:
+            exc: the attempt's failure.
+            progressed: the attempt moved data before failing (a flaky network, not a dead server): the
+                retries start over.
 
-    async def backoff(self, exc: grpc.aio.AioRpcError, *, also: frozenset[grpc.StatusCode] = frozenset()) -> None:
-        """Sleep before the next attempt, or re-raise ``exc`` if there is none."""
-        if not self.will_retry(exc, also=also):
+        Raises:
+            grpc.aio.AioRpcError: ``exc``, when it is not worth retrying, or retries ran out without a hint.
+            StreamcliError: the retries ran out; the message says how many and the hint.
+        """
+        if progressed:
+            self.failures = 0
+        if exc.code() not in self._retryable:
             raise exc
+        if self.failures >= self._policy.retries:
+            if self._hint is None:
+                raise exc
+            detail = f"{exc.details() or exc.code().name.lower()}; gave up after {self.failures} retries; {self._hint}"
+            raise error_for_status(exc.code(), detail, address=self._address) from exc
+        if not self.failures and self._announce is not None:
+            self._announce(
+                f"lost the stream ({exc.code().name}: {exc.details()}); reconnecting, "
+                f"up to {self._policy.retries} tries"
+            )
         self.failures += 1
         delay = self._policy.delay(self.failures)
         log.info(
@@ -84,6 +124,12 @@ class Attempts:
                 f"{self._what}: {reason}; retry {self.failures} of {self._policy.retries} in {delay:.1f} s"
             )
         await asyncio.sleep(delay)
+
+    def recovered(self) -> bool:
+        """An attempt worked: the retries start over. True when it ended an outage (time to say so)."""
+        ended_outage = self.failures > 0
+        self.failures = 0
+        return ended_outage
 
 
 #: The policy used unless a command says otherwise.

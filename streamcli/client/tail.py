@@ -72,7 +72,7 @@ async def tail_log(
         records_of: the records of one response (empty for a heartbeat).
         options: follow, max records, idle timeout, retries.
     """
-    attempts = Attempts(options.retry, "tail")
+    attempts = Attempts(options.retry, "tail", announce=options.notice)
     resume_after: int | None = None
     connected = False  # until the server first answers, a failure is reported, not retried
     seen = 0
@@ -91,10 +91,8 @@ async def tail_log(
                         raise
                     if response is grpc.aio.EOF:
                         return  # history replayed (--no-follow)
-                    if attempts.failures:
-                        attempts.failures = 0
-                        if options.notice:
-                            options.notice(f"reconnected; resuming after id {resume_after}")
+                    if attempts.recovered() and options.notice:
+                        options.notice(f"reconnected; resuming after id {resume_after}")
                     connected = True
                     records = records_of(response)
                     if records:
@@ -110,10 +108,7 @@ async def tail_log(
             except grpc.aio.AioRpcError as exc:
                 if not connected:
                     raise
-                if not attempts.failures and options.notice and attempts.will_retry(exc):  # an outage begins
-                    reason = f"{exc.code().name}: {exc.details()}"
-                    options.notice(f"lost the stream ({reason}); reconnecting, up to {options.retry.retries} tries")
-                await attempts.backoff(exc)
+                await attempts.failed(exc)
 
 
 def _cancelling() -> bool:

@@ -35,7 +35,6 @@ from streamcli.errors import (
     ResourceExhaustedError,
     StreamcliError,
     UsageError,
-    error_for_status,
 )
 from streamcli.names import check_filename, is_filename
 
@@ -111,7 +110,10 @@ async def upload_path(
     name = name or path.name
     upload_id = upload_id_for(path, size, mtime_ns, name, conn.settings.token)
     metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
-    attempts = Attempts(retry, f"upload of {name}")
+    attempts = Attempts(
+        retry, f"upload of {name}", also=_UPLOAD_RACES,
+        hint="run the same command again to resume the upload", address=conn.settings.address,
+    )  # fmt: skip
     resumed_from = 0
     with rpc_errors(conn.settings.address):
         sent = [0]  # bytes the current attempt handed to the stream
@@ -144,22 +146,12 @@ async def upload_path(
                 break
             except grpc.aio.AioRpcError as exc:
                 exc = first_status.unmask(exc) if first_status else exc
-                if attempts.exhausted(exc, also=_UPLOAD_RACES):
-                    raise _gave_up(conn, exc, attempts, "run the same command again to resume the upload") from exc
-                if sent[0]:
-                    attempts.failures = 0  # that attempt moved bytes: a flaky network is not a dead server
-                await attempts.backoff(exc, also=_UPLOAD_RACES)
+                await attempts.failed(exc, progressed=sent[0] > 0)
     progress.finish(upload_id)
     return TransferResult(
         response.file_id, name, response.bytes_uploaded, response.checksum, resumed_from,
         already_stored=response.already_stored,
     )  # fmt: skip
-
-
-def _gave_up(conn: Connection, exc: grpc.aio.AioRpcError, attempts: Attempts, hint: str) -> StreamcliError:
-    """The error of a transfer that ran out of retries, saying how to go on."""
-    detail = f"{exc.details() or exc.code().name.lower()}; gave up after {attempts.failures} retries; {hint}"
-    return error_for_status(exc.code(), detail, address=conn.settings.address)
 
 
 def _inspect(path: pathlib.Path) -> tuple[int, int]:
@@ -553,7 +545,10 @@ async def _download(
     shown_path: str,
 ) -> TransferResult:
     resumed_from = offset
-    attempts = Attempts(retry, f"download of {info.filename}")
+    hint = "run the same command again to resume from the .part file"
+    if shown_path == "-":
+        hint = "standard output cannot resume: run it again, or download to a file"
+    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, address=conn.settings.address)
     progress.start(info.file_id, info.filename, info.size, offset)
     with rpc_errors(conn.settings.address), _BackgroundWriter(sink, hasher) as writer:
         while True:  # one pass per attempt; retries continue from `offset`
@@ -568,14 +563,7 @@ async def _download(
                     progress.advance(info.file_id, len(response.data))
                 break
             except grpc.aio.AioRpcError as exc:
-                if attempts.exhausted(exc):
-                    hint = "run the same command again to resume from the .part file"
-                    if shown_path == "-":
-                        hint = "standard output cannot resume: run it again, or download to a file"
-                    raise _gave_up(conn, exc, attempts, hint) from exc
-                if offset > attempt_start:
-                    attempts.failures = 0  # that attempt moved bytes: a flaky network is not a dead server
-                await attempts.backoff(exc)
+                await attempts.failed(exc, progressed=offset > attempt_start)
         await writer.drain()
     sink.flush()
     progress.finish(info.file_id)
