@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from streamcli.client.connection import connect
 from streamcli.client.health import check_health
 from streamcli.client.settings import ConnectionSettings
 from streamcli.errors import AuthError, UnavailableError, UsageError
@@ -34,6 +35,11 @@ ONE_PER_KIND = {kind(m): m for m in METHODS}
 UNBUILT = [m for m in METHODS if m.name in {"ProcessDataBatch", "CollectMetrics", "ProcessLiveData", "Collaborate"}]
 
 
+async def health(settings: ConnectionSettings, service: str = "", timeout: float = 5.0) -> str:
+    async with connect(settings) as conn:
+        return await check_health(conn, service, timeout)
+
+
 def test_contract_has_the_nine_rpcs_of_the_specification_with_their_kinds() -> None:
     kinds = {m.name: kind(m) for m in METHODS}
     assert {name: kinds.get(name) for name in NINE_RPCS} == NINE_RPCS
@@ -44,9 +50,9 @@ def test_contract_has_the_nine_rpcs_of_the_specification_with_their_kinds() -> N
 
 async def test_health_is_serving(server: RunningServer) -> None:
     settings = ConnectionSettings(address=server.address)
-    assert await check_health(settings) == "SERVING"
-    assert await check_health(settings, "streaming.v1.StreamingService") == "SERVING"
-    assert await check_health(settings, "no.such.Service") == "SERVICE_UNKNOWN"
+    assert await health(settings) == "SERVING"
+    assert await health(settings, "streaming.v1.StreamingService") == "SERVING"
+    assert await health(settings, "no.such.Service") == "SERVICE_UNKNOWN"
 
 
 async def test_reflection_lists_the_service_and_describes_it(server: RunningServer) -> None:
@@ -106,30 +112,27 @@ async def test_every_rpc_kind_requires_the_token(tmp_path: pathlib.Path, rpc_kin
 
 async def test_health_is_exempt_from_auth_but_reflection_is_not(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path, token="s3cret") as server:
-        assert await check_health(ConnectionSettings(address=server.address)) == "SERVING"
+        assert await health(ConnectionSettings(address=server.address)) == "SERVING"
         async with client(server.address) as conn:
             stub = reflection_pb2_grpc.ServerReflectionStub(conn.channel)
             request = reflection_pb2.ServerReflectionRequest(list_services="")
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 _ = [r async for r in stub.ServerReflectionInfo(iter([request]))]
         assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # The client core sends the token and maps a wrong one to AuthError.
+        # The client core sends the token, and a failure leaving the connection is translated: a wrong one is AuthError.
         with pytest.raises(AuthError):
             async with client(server.address, token="wrong") as conn:
-                from streamcli.client.connection import rpc_errors
-
-                with rpc_errors(server.address):
-                    await invoke(conn.stub, ONE_PER_KIND["unary_unary"], conn.metadata)
+                await invoke(conn.stub, ONE_PER_KIND["unary_unary"], conn.metadata)
 
 
 async def test_tls_round_trip_with_a_generated_certificate(tmp_path: pathlib.Path) -> None:
     ca, server_cert, _ = make_pki(tmp_path)
     async with running_server(tmp_path / "data", tls_cert=server_cert.cert, tls_key=server_cert.key) as server:
         address = server.address.replace("127.0.0.1", "localhost")
-        assert await check_health(ConnectionSettings(address=address, ca_cert=ca.cert)) == "SERVING"
+        assert await health(ConnectionSettings(address=address, ca_cert=ca.cert)) == "SERVING"
         # A plaintext client cannot talk to a TLS server.
         with pytest.raises(UnavailableError):
-            await check_health(ConnectionSettings(address=server.address), timeout=2)
+            await health(ConnectionSettings(address=server.address), timeout=2)
 
 
 async def test_mutual_tls_requires_a_client_certificate(tmp_path: pathlib.Path) -> None:
@@ -139,11 +142,11 @@ async def test_mutual_tls_requires_a_client_certificate(tmp_path: pathlib.Path) 
     ) as server:
         address = server.address.replace("127.0.0.1", "localhost")
         with pytest.raises(UnavailableError):
-            await check_health(ConnectionSettings(address=address, ca_cert=ca.cert), timeout=2)
+            await health(ConnectionSettings(address=address, ca_cert=ca.cert), timeout=2)
         settings = ConnectionSettings(
             address=address, ca_cert=ca.cert, client_cert=client_cert.cert, client_key=client_cert.key
         )
-        assert await check_health(settings) == "SERVING"
+        assert await health(settings) == "SERVING"
 
 
 @pytest.mark.parametrize(

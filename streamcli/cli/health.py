@@ -31,12 +31,10 @@ def health(
 
       streamcli --json health
     """
-    import asyncio
-
     from streamcli.client.health import check_health
 
     env = get_env(ctx)
-    status = asyncio.run(check_health(env.connection, service, timeout))
+    status = env.run(lambda conn: check_health(conn, service, timeout))
     if env.json:
         env.emit_json({"address": env.connection.address, "service": service, "status": status})
     else:

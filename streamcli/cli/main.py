@@ -46,7 +46,7 @@ def _run(argv: Sequence[str] | None, env: Environment) -> int:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
     from streamcli.cli.app import app
-    from streamcli.errors import ExitStatus, StreamcliError, error_for_status
+    from streamcli.errors import ExitStatus, StreamcliError
 
     # gRPC's C core logs (to stderr) what we already report in one line; `--traceback` shows it too.
     if "GRPC_VERBOSITY" not in os.environ:
@@ -72,10 +72,6 @@ def _run(argv: Sequence[str] | None, env: Environment) -> int:
     except StreamcliError as exc:
         return _fail(env, exc, exc.message, exc.exit_status)
     except Exception as exc:
-        grpc = sys.modules.get("grpc")
-        if grpc is not None and isinstance(exc, grpc.aio.AioRpcError):
-            translated = error_for_status(exc.code(), exc.details(), address=env.connection.address)
-            return _fail(env, exc, translated.message, translated.exit_status)
         if isinstance(exc, BrokenPipeError):
             return _stdout_closed(env)
         # A bug, not an expected failure: always show the traceback.

@@ -4,7 +4,9 @@
 ``STREAMCLI_*`` variables); ``connect`` turns them into a ``Connection``
 holding the ``grpc.aio`` channel, the stub and the call metadata (the bearer
 token rides as per-call metadata, so it works over plain loopback too);
-``rpc_errors`` maps gRPC failures onto the ``StreamcliError`` tree.
+``rpc_errors`` maps gRPC failures onto the ``StreamcliError`` tree: the one place
+that translates them (client functions use it where they handle a failure per
+item; ``connect`` applies it to whatever leaves the connection untranslated).
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ async def connect(settings: ConnectionSettings) -> AsyncIterator[Connection]:
         channel = grpc.aio.insecure_channel(settings.address, options=options)
     metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
     try:
-        yield Connection(settings, channel, pb_grpc.StreamingServiceStub(channel), metadata)
+        # The last of the translations: a failure no client function translated itself leaves as a StreamcliError.
+        with rpc_errors(settings.address):
+            yield Connection(settings, channel, pb_grpc.StreamingServiceStub(channel), metadata)
     finally:
         await channel.close()
 

@@ -5,25 +5,23 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from streamcli.client.connection import ConnectionSettings, connect, rpc_errors
+from streamcli.client.connection import Connection
 
 
-async def check_health(settings: ConnectionSettings, service: str = "", timeout: float = 5.0) -> str:
+async def check_health(conn: Connection, service: str = "", timeout: float = 5.0) -> str:
     """Return the serving status name of ``service`` ("" = the whole server).
 
     Returns:
         "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN".
     """
-    async with connect(settings) as conn:
-        stub = health_pb2_grpc.HealthStub(conn.channel)
-        with rpc_errors(settings.address):
-            try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=service), metadata=conn.metadata, timeout=timeout
-                )
-            except grpc.aio.AioRpcError as exc:
-                # The health protocol answers NOT_FOUND for a service it does not know.
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return "SERVICE_UNKNOWN"
-                raise
+    stub = health_pb2_grpc.HealthStub(conn.channel)
+    try:
+        reply = await stub.Check(
+            health_pb2.HealthCheckRequest(service=service), metadata=conn.metadata, timeout=timeout
+        )
+    except grpc.aio.AioRpcError as exc:
+        # The health protocol answers NOT_FOUND for a service it does not know.
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return "SERVICE_UNKNOWN"
+        raise  # translated where the connection closes
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
