@@ -300,7 +300,7 @@ async def test_repl_sends_lines_and_commands_through_pipe_input(conn: Connection
     shared.write_text("shared notes")
     history_file = tmp_path / "history"
     with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
-        repl = ChatRepl(conn, "alice", "repl", input=pipe, output=DummyOutput(), history=FileHistory(str(history_file)))
+        repl = ChatRepl(conn, "alice", "repl", input=pipe, output=DummyOutput(), history=history_file)
         running = asyncio.create_task(repl.run())
         await watcher.messages_until("alice joined")
         pipe.send_text("hello there\r")

@@ -82,11 +82,9 @@ def chat(
 async def _interactive(
     conn: Connection, user: str, room: str, backlog: int, duplicate: bool, history: pathlib.Path
 ) -> None:
-    from prompt_toolkit.history import FileHistory
-
     from streamcli.ui.chat import ChatRepl
 
-    repl = ChatRepl(conn, user, room, backlog=backlog, allow_duplicate=duplicate, history=FileHistory(str(history)))
+    repl = ChatRepl(conn, user, room, backlog=backlog, allow_duplicate=duplicate, history=history)
     await repl.run()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import pathlib
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import HTML, FormattedText
-from prompt_toolkit.history import History, InMemoryHistory
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
@@ -129,13 +130,15 @@ class ChatRepl:
         backlog: int = 0,
         allow_duplicate: bool = False,
         retry: RetryPolicy | None = None,
-        history: History | None = None,
+        history: History | pathlib.Path | None = None,
         input: Input | None = None,
         output: Output | None = None,
     ) -> None:
         self.session = ChatSession(
             conn, user, room, report=self.show, backlog=backlog, allow_duplicate=allow_duplicate, retry=retry
         )
+        if isinstance(history, pathlib.Path):  # input history kept across sessions
+            history = FileHistory(str(history))
         self.typing: dict[str, float] = {}  # user -> when the room last said they were typing (monotonic)
         bindings = KeyBindings()
 
