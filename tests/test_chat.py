@@ -16,6 +16,7 @@ from prompt_toolkit.output import DummyOutput
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.client.chat import ChatClient, ChatHandlers, ChatState
+from streamcli.client.chat_records import ChatMessage
 from streamcli.client.connection import Connection
 from streamcli.server.app import RunningServer
 from streamcli.services.chat import ChatSettings
@@ -257,7 +258,7 @@ async def test_chat_client_resumes_across_a_server_restart(tmp_path: pathlib.Pat
     from tests.support.servers import free_port
 
     address = f"127.0.0.1:{free_port()}"
-    received: list[pb.ChatMessage] = []
+    received: list[ChatMessage] = []
     states: list[ChatState] = []
     async with running_server(tmp_path, address=address) as server, client(address) as conn:
         listener = ChatClient(
@@ -299,7 +300,7 @@ async def test_repl_sends_lines_and_commands_through_pipe_input(conn: Connection
     shared.write_text("shared notes")
     history_file = tmp_path / "history"
     with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
-        repl = ChatRepl(conn, "alice", "repl", input=pipe, output=DummyOutput(), history=FileHistory(str(history_file)))
+        repl = ChatRepl(conn, "alice", "repl", input=pipe, output=DummyOutput(), history=history_file)
         running = asyncio.create_task(repl.run())
         await watcher.messages_until("alice joined")
         pipe.send_text("hello there\r")
@@ -321,7 +322,7 @@ async def test_repl_sends_lines_and_commands_through_pipe_input(conn: Connection
         pipe.send_text("\x04")  # Ctrl-D leaves
         await asyncio.wait_for(running, 10)
     assert (await watcher.messages_until("alice left"))[-1].user_id == "system"
-    assert [m.content for m in repl.seen if m.user_id == "alice"] == [
+    assert [m.content for m in repl.session.seen if m.user_id == "alice"] == [
         "hello there",
         "/me waves",
         "line one\nline two",

@@ -74,16 +74,18 @@ def test_a_time_rfc_3339_cannot_write_is_shown_as_invalid_not_a_crash() -> None:
 
 def test_chat_lines_show_what_another_server_sent_and_obey_none_of_it() -> None:
     from streamcli.cli.chat import message_line
+    from streamcli.client.chat_records import message_from_pb
     from streamcli.ui.chat import message_text
 
-    message = pb.ChatMessage(
+    sent = pb.ChatMessage(
         id=4,
         user_id="mal\x1b]0;x\x07lory",
         room_id="r",
         content="two\nlines \x1b[2J\u202e",
         type=pb.CHAT_MESSAGE_TYPE_TEXT,
     )
-    message.timestamp.seconds = 10**15  # no RFC 3339 text can hold it
+    sent.timestamp.seconds = 10**15  # no RFC 3339 text can hold it
+    message = message_from_pb(sent)
     shown = "".join(text for _, text in message_text(message))
     assert shown.startswith("invalid time (1000000000000000 s, 0 ns) <mal\\x1b]0;x\\x07lory> ")
     assert shown.endswith("two\nlines \\x1b[2J\\u202e")  # a message's own lines stay lines in the REPL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from streamcli.cli.environment import Environment, get_env
 if TYPE_CHECKING:
     import pathlib
 
-    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+    from streamcli.client.chat_records import ChatMessage
     from streamcli.client.connection import Connection
 
 
@@ -82,11 +82,9 @@ def chat(
 async def _interactive(
     conn: Connection, user: str, room: str, backlog: int, duplicate: bool, history: pathlib.Path
 ) -> None:
-    from prompt_toolkit.history import FileHistory
-
     from streamcli.ui.chat import ChatRepl
 
-    repl = ChatRepl(conn, user, room, backlog=backlog, allow_duplicate=duplicate, history=FileHistory(str(history)))
+    repl = ChatRepl(conn, user, room, backlog=backlog, allow_duplicate=duplicate, history=history)
     await repl.run()
 
 
@@ -99,26 +97,24 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
     """
     import asyncio
 
-    import grpc
+    from streamcli.client.chat import ChatClient, ChatHandlers
+    from streamcli.client.chat_records import ChatNotice
+    from streamcli.errors import StreamcliError
 
-    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-    from streamcli.client.chat import ChatClient, ChatHandlers, message_to_json
-    from streamcli.errors import StreamcliError, error_for_status
-
-    def show(message: pb.ChatMessage) -> None:
+    def show(message: ChatMessage) -> None:
         if env.json:
-            env.emit_json(message_to_json(message))
+            env.emit_json(message.to_json())
         else:
             env.stdout.write(message_line(message))
             env.stdout.flush()
 
-    def notice(item: Any) -> None:
-        env.error(f"{item.message} ({item.code})")
+    def notice(item: ChatNotice) -> None:
+        env.error(item.text())
 
     client = ChatClient(conn, room, user, ChatHandlers(message=show, notice=notice), backlog=backlog,
                         allow_duplicate=duplicate)  # fmt: skip
     runner = asyncio.create_task(client.run())
-    refused: list[tuple[int, pb.ChatNotice]] = []
+    refused: list[tuple[int, ChatNotice]] = []
     confirmed = 0  # lines up to this one are stored or refused
 
     async def pump() -> None:
@@ -128,9 +124,9 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
             number += 1
             if line.strip():
                 outcome = await client.post_text(line.removesuffix("\n"))
-                if isinstance(outcome, pb.ChatNotice):
+                if isinstance(outcome, ChatNotice):
                     refused.append((number, outcome))
-                    env.notice(f"line {number} not sent: {outcome.message} ({outcome.code})")
+                    env.notice(f"line {number} not sent: {outcome.text()}")
             confirmed = number
         client.leave()
 
@@ -148,19 +144,17 @@ async def _line_mode(env: Environment, conn: Connection, user: str, room: str, b
     except StreamcliError as exc:
         raise type(exc)(f"{exc}; lines from {confirmed + 1} on were not sent (or not confirmed)") from exc
     if refused:
-        code = grpc.StatusCode.__members__.get(refused[0][1].code, grpc.StatusCode.UNKNOWN)
         numbers = ", ".join(str(number) for number, _ in refused)
         count = f"{len(refused)} line{'s' if len(refused) > 1 else ''}"
-        raise error_for_status(code, f"{count} not sent: {numbers} (the others were)")
+        raise refused[0][1].error(f"{count} not sent: {numbers} (the others were)")  # the first refusal's status
 
 
-def message_line(message: pb.ChatMessage) -> str:
+def message_line(message: ChatMessage) -> str:
     """A message as line mode prints it: time, author, content; one line, whatever the server sent."""
-    from streamcli.client.events import rfc3339
     from streamcli.terminal_text import visible
 
     author = "--" if message.user_id == "system" else f"<{visible(message.user_id)}>"
-    return f"{rfc3339(message.timestamp)} {author} {visible(message.content)}\n"
+    return f"{message.timestamp} {author} {visible(message.content)}\n"
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,9 @@ waited out (``retry_after_ms``) and the message sent again. After a reconnect
 the client waits for ``caught_up``: a message it sent before that was stored is
 in the replay and counts as delivered; one that is not is sent again with the
 same number. So nothing acknowledged is lost and nothing is stored twice.
+
+What arrives reaches ``ChatHandlers`` as the typed values of ``chat_records``.
+``ChatSession`` (``chat_session``) builds the REPL's commands on this client.
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.chat_records import (
+    ChatMessage,
+    ChatNotice,
+    ChatPresence,
+    message_from_pb,
+    notice_from_pb,
+    presence_from_pb,
+)
 from streamcli.client.connection import Connection, rpc_errors
-from streamcli.client.enums import ShortNames
-from streamcli.client.events import rfc3339
 from streamcli.client.retry import Attempts, RetryPolicy
 
 #: Messages typed while disconnected that are kept for sending on reconnect.
@@ -38,25 +46,10 @@ OUTGOING_LIMIT = 1000
 MAX_RETRY_AFTER = 60.0
 
 
-MESSAGE_TYPES = ShortNames(pb.ChatMessageType, "CHAT_MESSAGE_TYPE_", "message type")
-
-
-def message_to_json(message: pb.ChatMessage) -> dict[str, Any]:
-    """The NDJSON form printed by ``chat --json`` (like ``event_to_json`` for events)."""
-    return {
-        "id": message.id,
-        "room_id": message.room_id,
-        "user_id": message.user_id,
-        "type": MESSAGE_TYPES.name(message.type),
-        "content": message.content,
-        "file_id": message.file_id,
-        "timestamp": rfc3339(message.timestamp),
-    }
-
-
 class ChatState(enum.Enum):
     """Where the session stands, for a status display."""
 
+    DISCONNECTED = "disconnected"  # in no room (``ChatSession``; a ChatClient never reports it)
     CONNECTING = "connecting"
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
@@ -67,10 +60,10 @@ class ChatState(enum.Enum):
 class ChatHandlers:
     """What to do with what arrives; every callback runs on the event loop."""
 
-    message: Callable[[pb.ChatMessage], None]
+    message: Callable[[ChatMessage], None]
     typing: Callable[[str], None] = lambda user: None
-    presence: Callable[[pb.ChatPresence], None] = lambda presence: None
-    notice: Callable[[pb.ChatNotice], None] = lambda notice: None
+    presence: Callable[[ChatPresence], None] = lambda presence: None
+    notice: Callable[[ChatNotice], None] = lambda notice: None
     state: Callable[[ChatState, str], None] = lambda state, detail: None
 
 
@@ -79,11 +72,11 @@ class _Outgoing:
     """A request waiting for the stream; sends of room messages also wait for their outcome."""
 
     request: pb.ChatRequest
-    outcome: asyncio.Future[pb.ChatMessage | pb.ChatNotice] | None = None
+    outcome: asyncio.Future[ChatMessage | ChatNotice] | None = None
 
 
 #: Outcome of a send whose stream ended before it was acknowledged or refused, and that was not in the replay.
-_LOST = pb.ChatNotice(code="UNAVAILABLE", message="not acknowledged before the stream ended")
+_LOST = ChatNotice(code="UNAVAILABLE", message="not acknowledged before the stream ended")
 
 
 class ChatClient:
@@ -114,24 +107,22 @@ class ChatClient:
         self._ready = asyncio.Event()  # a stream is open and has caught up: sending may go on
         self._write_lock = asyncio.Lock()  # one write at a time on a stream
         self._next_seq = 1
-        self._waiting: dict[int, asyncio.Future[pb.ChatMessage | pb.ChatNotice]] = {}  # client_seq -> outcome
+        self._waiting: dict[int, asyncio.Future[ChatMessage | ChatNotice]] = {}  # client_seq -> outcome
         self._leaving = False
         self._ever_joined = False
 
     # --- sending ----------------------------------------------------------------
 
-    def send_text(self, text: str) -> asyncio.Future[pb.ChatMessage | pb.ChatNotice]:
+    def send_text(self, text: str) -> asyncio.Future[ChatMessage | ChatNotice]:
         """Queue a TEXT message; a refusal goes to ``handlers.notice``. Returns its outcome, for those who wait."""
         return self._send(pb.ChatSend(type=pb.CHAT_MESSAGE_TYPE_TEXT, content=text), report=True)
 
-    def send_file(
-        self, file_id: str, caption: str, image: bool = False
-    ) -> asyncio.Future[pb.ChatMessage | pb.ChatNotice]:
+    def send_file(self, file_id: str, caption: str, image: bool = False) -> asyncio.Future[ChatMessage | ChatNotice]:
         """Queue a FILE (or IMAGE) message referencing an uploaded file (a refusal goes to ``handlers.notice``)."""
         kind = pb.CHAT_MESSAGE_TYPE_IMAGE if image else pb.CHAT_MESSAGE_TYPE_FILE
         return self._send(pb.ChatSend(type=kind, content=caption, file_id=file_id), report=True)
 
-    async def post_text(self, text: str) -> pb.ChatMessage | pb.ChatNotice:
+    async def post_text(self, text: str) -> ChatMessage | ChatNotice:
         """Send a TEXT message after those queued before and wait for it to be stored or refused.
 
         Returns:
@@ -149,26 +140,26 @@ class ChatClient:
         try:
             self._outgoing.put_nowait(_Outgoing(pb.ChatRequest(who=True)))
         except asyncio.QueueFull:
-            self.handlers.notice(pb.ChatNotice(code="RESOURCE_EXHAUSTED", message="too many unsent messages"))
+            self.handlers.notice(ChatNotice(code="RESOURCE_EXHAUSTED", message="too many unsent messages"))
 
     def leave(self) -> None:
         """Leave the room once everything queued before has been delivered."""
         self._outgoing.put_nowait(None)
 
-    def _send(self, send: pb.ChatSend, *, report: bool) -> asyncio.Future[pb.ChatMessage | pb.ChatNotice]:
-        outcome: asyncio.Future[pb.ChatMessage | pb.ChatNotice] = asyncio.get_running_loop().create_future()
+    def _send(self, send: pb.ChatSend, *, report: bool) -> asyncio.Future[ChatMessage | ChatNotice]:
+        outcome: asyncio.Future[ChatMessage | ChatNotice] = asyncio.get_running_loop().create_future()
         send.client_seq = self._next_seq
         self._next_seq += 1
         try:
             self._outgoing.put_nowait(_Outgoing(pb.ChatRequest(send=send), outcome))
         except asyncio.QueueFull:
-            outcome.set_result(pb.ChatNotice(code="RESOURCE_EXHAUSTED", message="too many unsent messages"))
+            outcome.set_result(ChatNotice(code="RESOURCE_EXHAUSTED", message="too many unsent messages"))
         if report:
             outcome.add_done_callback(self._report)
         return outcome
 
-    def _report(self, outcome: asyncio.Future[pb.ChatMessage | pb.ChatNotice]) -> None:
-        if not outcome.cancelled() and isinstance(result := outcome.result(), pb.ChatNotice):
+    def _report(self, outcome: asyncio.Future[ChatMessage | ChatNotice]) -> None:
+        if not outcome.cancelled() and isinstance(result := outcome.result(), ChatNotice):
             self.handlers.notice(result)
 
     async def _deliver_all(self) -> None:
@@ -189,20 +180,20 @@ class ChatClient:
             if not item.outcome.done():
                 item.outcome.set_result(outcome)
 
-    async def _deliver(self, request: pb.ChatRequest) -> pb.ChatMessage | pb.ChatNotice:
+    async def _deliver(self, request: pb.ChatRequest) -> ChatMessage | ChatNotice:
         """Send one room message until it is stored or refused for a reason other than the rate limit."""
         seq = request.send.client_seq
         while True:
             # Waiting is registered only once a caught-up stream is there to write on: the next caught_up
             # (after a reconnect) then decides whether this write was stored.
             await self._ready.wait()
-            waiting: asyncio.Future[pb.ChatMessage | pb.ChatNotice] = asyncio.get_running_loop().create_future()
+            waiting: asyncio.Future[ChatMessage | ChatNotice] = asyncio.get_running_loop().create_future()
             self._waiting[seq] = waiting
             await self._write(request)
             outcome = await waiting
             if outcome is _LOST:
                 continue  # not in the new stream's replay: send it again, with the same number
-            if isinstance(outcome, pb.ChatNotice) and outcome.code == "RESOURCE_EXHAUSTED" and outcome.retry_after_ms:
+            if isinstance(outcome, ChatNotice) and outcome.code == "RESOURCE_EXHAUSTED" and outcome.retry_after_ms:
                 await asyncio.sleep(min(outcome.retry_after_ms / 1000, MAX_RETRY_AFTER))
                 continue
             return outcome
@@ -282,7 +273,7 @@ class ChatClient:
                 if self._leaving:
                     await self._half_close()  # left while the stream was down: leave this one too
 
-    def _resolve(self, seq: int, outcome: pb.ChatMessage | pb.ChatNotice) -> None:
+    def _resolve(self, seq: int, outcome: ChatMessage | ChatNotice) -> None:
         waiting = self._waiting.pop(seq, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(outcome)
@@ -293,13 +284,15 @@ class ChatClient:
                 self.handlers.typing(message.user_id)
             elif message.id > self.last_id:  # never show a message twice, whatever the server resends
                 self.last_id = message.id
-                self.handlers.message(message)
+                typed = message_from_pb(message)
+                self.handlers.message(typed)
                 if message.client_id == self.client_id and message.client_seq:
-                    self._resolve(message.client_seq, message)  # our own, stored: acknowledged
+                    self._resolve(message.client_seq, typed)  # our own, stored: acknowledged
         if response.HasField("presence"):
-            self.handlers.presence(response.presence)
+            self.handlers.presence(presence_from_pb(response.presence))
         if response.HasField("notice"):
-            if response.notice.client_seq and response.notice.client_seq in self._waiting:
-                self._resolve(response.notice.client_seq, response.notice)
+            notice = notice_from_pb(response.notice)
+            if notice.client_seq and notice.client_seq in self._waiting:
+                self._resolve(notice.client_seq, notice)
             else:
-                self.handlers.notice(response.notice)
+                self.handlers.notice(notice)

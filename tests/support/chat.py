@@ -1,15 +1,19 @@
-"""A bare Chat stream for tests: what the server sends, exactly."""
+"""Chat for tests: a bare Chat stream (what the server sends, exactly), and what a ChatSession reports."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.chat_session import ChatEvent
 from streamcli.client.connection import Connection
 
 TEXT = pb.CHAT_MESSAGE_TYPE_TEXT
+E = TypeVar("E")
 
 
 class RawChat:
@@ -42,3 +46,31 @@ class RawChat:
         await self.call.done_writing()
         while await self.call.read() is not grpc.aio.EOF:  # (read, not iteration: the two may not be mixed)
             pass
+
+
+class SessionEvents:
+    """What a ChatSession reports, kept in order, for a test to wait on (pass it as ``report``)."""
+
+    def __init__(self) -> None:
+        self.events: list[ChatEvent] = []
+        self._cursor = 0  # events before it were looked at by an earlier ``next``
+        self._arrived = asyncio.Event()
+
+    def __call__(self, event: ChatEvent) -> None:
+        self.events.append(event)
+        self._arrived.set()
+
+    async def next(self, kind: type[E], where: Callable[[E], bool] = lambda event: True, timeout: float = 10) -> E:
+        """The first event of ``kind`` after the one the previous call returned that satisfies ``where``."""
+
+        async def find() -> E:
+            while True:
+                for index in range(self._cursor, len(self.events)):
+                    event = self.events[index]
+                    if isinstance(event, kind) and where(event):
+                        self._cursor = index + 1
+                        return event
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        return await asyncio.wait_for(find(), timeout)
