@@ -18,7 +18,7 @@ from streamcli.client.progress import NullProgress
 from streamcli.client.transfer import CHUNK_SIZE, TransferResult, download_file, upload_many, upload_path
 from streamcli.errors import ConflictError, IntegrityError, NotFoundError
 from streamcli.server.app import RunningServer
-from streamcli.services.files import MAX_CHUNK_SIZE
+from streamcli.services.uploads import MAX_CHUNK_SIZE
 from tests.support.files import MiB, write_random
 from tests.support.servers import client, running_server
 

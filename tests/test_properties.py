@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from streamcli import transport
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.services.files import MAX_CHUNK_SIZE
+from streamcli.services.uploads import MAX_CHUNK_SIZE
 from tests.support import protostrategies as ps
 from tests.support.rpc import METHODS, Outcome, call_frames
 from tests.support.servers import ServeProcess, serve_process

@@ -34,10 +34,11 @@ from streamcli.server.tokens import check_user_tokens, read_user_tokens, world_r
 from streamcli.services.chat import ChatService, ChatSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
-from streamcli.services.files import FileLimits, FileService
+from streamcli.services.files import FileService
 from streamcli.services.logs import LogSettings, Retention
 from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
 from streamcli.services.notifications import NotificationService
+from streamcli.services.uploads import FileLimits
 from streamcli.tls import check_pair, read_pem
 
 log = logging.getLogger("streamcli.server")

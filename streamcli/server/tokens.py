@@ -13,7 +13,8 @@ import stat
 from collections.abc import Mapping
 
 from streamcli.errors import UsageError
-from streamcli.services.chat import SYSTEM_USER, USER_ID
+from streamcli.services.chat import USER_ID
+from streamcli.services.rooms import SYSTEM_USER
 
 
 def check_user_tokens(users: Mapping[str, str], where: str) -> None:

@@ -25,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord, LogStore, NewRecord, SequenceGapError
-from streamcli.credentials import Credentials
+from streamcli.credentials import Caller, Credentials
 from streamcli.services import wire
 from streamcli.services.checks import MalformedRequest, has_control
 from streamcli.services.logs import LogService, LogSettings, timestamp
@@ -102,104 +102,58 @@ class EventService(LogService):
         # append (and one wake-up of every reader) per event.
         queue: asyncio.Queue[pb.PublishEventsRequest | _End] = asyncio.Queue(PUBLISH_QUEUE)
         receiver = asyncio.create_task(_drain_into(request_iterator, queue))
-        stored = _Stored()
-        received = 0  # messages taken from the queue
-        caller = self._credentials.caller(context.invocation_metadata())
-        producer = ""  # the stream's producer (from its first message): its events are stored once each
-        stored_as = ""  # the producer in the log: a user token's producers are its own, whatever they are called
+        publication = _Publication(self._credentials.caller(context.invocation_metadata()))
         try:
             while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                now = Timestamp()
-                now.GetCurrentTime()  # the server's time for events sent without one
-                records: list[NewRecord] = []
-                starts: list[tuple[int, int]] = []  # (index in records, message number) of each message
-                refusal = ""  # why the stream ends here, with what came before it stored
-                refusal_code = grpc.StatusCode.INVALID_ARGUMENT
-                end: _End | None = None
-                for item in items:
-                    if isinstance(item, _End):
-                        end = item
-                        if isinstance(item.error, MalformedRequest):
-                            refusal = item.error.detail
-                        break
-                    if not received:
-                        producer = item.producer_id
-                        # ('/' is in no producer id: a user's "x" is never the service token's "alice/x")
-                        stored_as = producer if caller.is_service or not producer else f"{caller.user}/{producer}"
-                    refusal = _message_problem(item, received, producer)
-                    if refusal:
-                        break
-                    starts.append((len(records), received))
-                    sequence = item.first_sequence
-                    for event in item.events:  # the valid events before an invalid one are stored
-                        problem = _check_event(event)
-                        if not problem and not caller.may_act_as(event.user_id):
-                            problem = f"this token is {caller.user}'s: it publishes {caller.user}'s events only"
-                            refusal_code = grpc.StatusCode.PERMISSION_DENIED
-                        if problem:
-                            refusal = f"event {stored.acknowledged + len(records)} (message {received}): {problem}"
-                            break
-                        records.append(_stored(event, now, stored_as, sequence))
-                        if producer:
-                            sequence += 1
-                    if refusal:
-                        break
-                    received += 1
-                code = refusal_code
-                extra: tuple[tuple[str, str], ...] = ()
-                if records:
-                    try:
-                        gap = await self._append(records, stored)
-                    except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
-                        # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
-                        await abort(
-                            context,
-                            grpc.StatusCode.INTERNAL,
-                            f"could not append events: {exc}; {stored.summary()}",
-                            await self._trailer(stored, stored_as),
-                        )
-                    if gap is not None:
-                        message = max(number for start, number in starts if start <= gap.index)
-                        refusal = (
-                            f"event {stored.acknowledged} (message {message}): sequence {gap.sequence} of producer "
-                            f"{producer!r} skips ahead; the next the server expects is {gap.expected}"
-                        )
-                        code = grpc.StatusCode.FAILED_PRECONDITION
-                        extra = (("expected-sequence", str(gap.expected)),)
-                if refusal:
+                end = publication.take(_queued(queue, await queue.get()))
+                if publication.records:
+                    await self._append(publication, context)
+                if publication.refusal:
+                    stored = publication.stored
                     await abort(
-                        context, code, f"{refusal}; {stored.summary()}", await self._trailer(stored, stored_as) + extra
+                        context,
+                        publication.code,
+                        f"{publication.refusal}; {stored.summary()}",
+                        await self._trailer(stored, publication.stored_as) + publication.extra_trailer,
                     )
                 if end is not None:
-                    if end.error is not None:
-                        raise end.error  # the request stream broke: the client is gone
-                    response = stored.response()
-                    if producer:
-                        state = await self._log.producer(STREAM, stored_as)
-                        response.last_sequence = state.last_sequence
-                        response.producer_first_id = state.first_id
-                        response.producer_last_id = state.last_id
-                    return response
+                    return await self._response(publication, end)
         finally:
             receiver.cancel()
 
-    async def _append(self, records: list[NewRecord], stored: _Stored) -> SequenceGapError | None:
-        """Append ``records`` and count them into ``stored``; at a gap in the producer's sequence, append
-        those before it and return the gap."""
-        gap = None
+    async def _append(self, publication: _Publication, context: Context) -> None:
+        """Append the events ``publication`` took and count them as stored; at a gap in the producer's
+        sequence, append those before it and make the gap the publication's refusal."""
+        records, stored = publication.records, publication.stored
         while records:
             try:
                 appended = await self._log.append(STREAM, records)
-            except SequenceGapError as exc:
-                gap = exc
-                records = records[: exc.index]
+            except SequenceGapError as gap:
+                records = records[: gap.index]
+                publication.skipped_ahead(gap)
                 continue
+            except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
+                # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
+                await abort(
+                    context,
+                    grpc.StatusCode.INTERNAL,
+                    f"could not append events: {exc}; {stored.summary()}",
+                    await self._trailer(stored, publication.stored_as),
+                )
             stored.add(appended, len(records))
             break
-        return gap
+
+    async def _response(self, publication: _Publication, end: _End) -> pb.PublishEventsResponse:
+        """The answer to a stream that ended with ``end`` and had every event it sent stored."""
+        if end.error is not None:
+            raise end.error  # the request stream broke: the client is gone
+        response = publication.stored.response()
+        if publication.producer:
+            state = await self._log.producer(STREAM, publication.stored_as)
+            response.last_sequence = state.last_sequence
+            response.producer_first_id = state.first_id
+            response.producer_last_id = state.last_id
+        return response
 
     async def _trailer(self, stored: _Stored, producer: str) -> tuple[tuple[str, str], ...]:
         """The trailing metadata of a failed stream: what it stored, and with a producer, how far the
@@ -242,6 +196,88 @@ class EventService(LogService):
 
         async for records, position in self.follow(STREAM, request, match, context):
             yield self._framer.response(records, position)
+
+
+class _Publication:
+    """One publish stream: its producer, what it stored, and the events of the messages taken last.
+
+    ``take`` turns what was queued into ``records`` (the events to append, as far as they are valid)
+    and, at the first message or event that may not be stored, a ``refusal`` with its status ``code``.
+    """
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.stored = _Stored()
+        self.received = 0  # messages taken so far
+        self.producer = ""  # the stream's producer (from its first message): its events are stored once each
+        self.stored_as = ""  # the producer in the log: a user token's producers are its own, whatever they are called
+        self.records: list[NewRecord] = []
+        self.starts: list[tuple[int, int]] = []  # (index in records, message number) of each message taken
+        self.refusal = ""  # why the stream ends here, with what came before it stored
+        self.code = grpc.StatusCode.INVALID_ARGUMENT
+        self.extra_trailer: tuple[tuple[str, str], ...] = ()
+
+    def take(self, items: list[pb.PublishEventsRequest | _End]) -> _End | None:
+        """Take queued messages up to the end of the stream or a refusal; returns the end if it was reached."""
+        now = Timestamp()
+        now.GetCurrentTime()  # the server's time for events sent without one
+        self.records = []
+        self.starts = []
+        for item in items:
+            if isinstance(item, _End):
+                if isinstance(item.error, MalformedRequest):
+                    self.refusal = item.error.detail
+                return item
+            if not self.received:
+                self.producer = producer = item.producer_id
+                # ('/' is in no producer id: a user's "x" is never the service token's "alice/x")
+                caller = self.caller
+                self.stored_as = producer if caller.is_service or not producer else f"{caller.user}/{producer}"
+            self.refusal = _message_problem(item, self.received, self.producer)
+            if self.refusal:
+                return None
+            self.starts.append((len(self.records), self.received))
+            self._take_events(item, now)
+            if self.refusal:
+                return None
+            self.received += 1
+        return None
+
+    def _take_events(self, message: pb.PublishEventsRequest, now: Timestamp) -> None:
+        """The events of ``message`` into ``records``; the valid events before an invalid one are stored."""
+        records, caller, producer, stored_as = self.records, self.caller, self.producer, self.stored_as
+        sequence = message.first_sequence
+        for event in message.events:
+            problem = _check_event(event)
+            if not problem and not caller.may_act_as(event.user_id):
+                problem = f"this token is {caller.user}'s: it publishes {caller.user}'s events only"
+                self.code = grpc.StatusCode.PERMISSION_DENIED
+            if problem:
+                self.refusal = f"event {self.stored.acknowledged + len(records)} (message {self.received}): {problem}"
+                return
+            records.append(_stored(event, now, stored_as, sequence))
+            if producer:
+                sequence += 1
+
+    def skipped_ahead(self, gap: SequenceGapError) -> None:
+        """The producer's event at ``gap.index`` of ``records`` is numbered beyond the next one expected."""
+        message = max(number for start, number in self.starts if start <= gap.index)
+        self.refusal = (
+            f"event {self.stored.acknowledged} (message {message}): sequence {gap.sequence} of producer "
+            f"{self.producer!r} skips ahead; the next the server expects is {gap.expected}"
+        )
+        self.code = grpc.StatusCode.FAILED_PRECONDITION
+        self.extra_trailer = (("expected-sequence", str(gap.expected)),)
+
+
+def _queued(
+    queue: asyncio.Queue[pb.PublishEventsRequest | _End], first: pb.PublishEventsRequest | _End
+) -> list[pb.PublishEventsRequest | _End]:
+    """``first`` and whatever else is queued already."""
+    items = [first]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 class _End:

@@ -1,0 +1,474 @@
+"""Uploads in progress: starting or resuming one, receiving its chunks, and what stays when it ends.
+
+Upload protocol (modelled on tus): the first message carries the metadata of a
+new upload (or ``resume`` for an interrupted one), then byte chunks follow. The
+server writes to a partial file in the data dir, opened once and hashed
+incrementally; only a complete upload whose SHA-256 matches is renamed into the
+store and listed. The committed offset of an interrupted upload is the size of
+its partial file. A client that hashes while it sends leaves the checksum out
+of the metadata and ends with an ``UploadTrailer`` carrying it. Uploads of
+unknown size (stdin) declare ``total_size = -1`` and end with a trailer giving
+size and checksum; they are not resumable, since the client cannot replay its
+input.
+
+``Uploads.open`` gives an ``UploadSession`` for one stream; every way a stream
+can fail ends in ``UploadSession._end``, which decides what of the upload stays,
+and reaches the RPC handler as ``UploadRefused`` (a status code and detail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import io
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn, TypeGuard
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import Backend, FileRecord, UploadRecord
+from streamcli.backends.blobs import SAFE_ID
+from streamcli.checksums import sha256_prefix
+from streamcli.credentials import Caller
+from streamcli.names import check_filename
+from streamcli.services.checks import MalformedRequest, quoted
+from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
+
+log = logging.getLogger("streamcli.files")
+
+#: Largest chunk a client may send, in bytes (documented in the proto).
+MAX_CHUNK_SIZE = 1024 * 1024
+#: Client-chosen upload ids: what is safe as a file name.
+UPLOAD_ID = SAFE_ID  # the blob store's rule: an id becomes a file name there
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: What a client is told when the data dir's filesystem has no room left.
+DISK_FULL = "the server's disk is full"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileLimits:
+    """Limits ``streamcli serve`` enforces on stored files."""
+
+    max_file_size: int = 0  # bytes per file; 0 = no limit
+    quota: int = 0  # bytes for all stored and partial files together; 0 = no limit
+    upload_ttl: float = 24 * 3600.0  # seconds a partial upload is kept without progress
+
+
+class UploadRefused(Exception):
+    """Ends an upload stream with ``code`` and ``detail``.
+
+    Raised by ``Uploads.open``, ``UploadSession.receive`` and ``UploadSession.commit`` once what
+    must go is gone (``UploadSession._end``); inside the session, also by the checks of each message,
+    before that.
+    """
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def disk_full(exc: BaseException) -> TypeGuard[OSError]:
+    """Whether ``exc`` says the data dir's filesystem (or the user's disk quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class PartialFile:
+    """The partial file of one upload stream: opened once, hashed as it grows.
+
+    The handle is unbuffered, so ``size`` is always what is on disk: a close
+    has nothing left to flush (and cannot fail on a full disk), and the quota
+    ledger counts exactly the bytes written, even when a write fails partway.
+    """
+
+    def __init__(self, handle: io.FileIO, hasher: Any, size: int, reservation: Reservation) -> None:
+        self.handle = handle
+        self.hasher = hasher
+        self.size = size  # bytes in the file: the committed offset plus what this stream wrote
+        self.reservation = reservation
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self.handle.write(view)  # an unbuffered write may take only part
+            if not written:
+                raise OSError(errno.EIO, "the partial file accepted no bytes")
+            self.size += written
+            self.reservation.wrote(written)
+            view = view[written:]
+        self.hasher.update(data)
+
+    def close(self) -> None:
+        """Close the file and give back what was reserved and not written (both idempotent)."""
+        self.handle.close()
+        self.reservation.release()
+
+
+class Uploads:
+    """The uploads of one data dir: opens a session per upload stream, expires abandoned partial files.
+
+    Usage::
+
+        async with uploads.open(first_message, caller) as session:   # UploadRefused
+            digest = await session.receive(requests)                 # UploadRefused
+            stored, already_stored = await session.commit(digest)
+    """
+
+    def __init__(self, backend: Backend, limits: FileLimits, space: QuotaLedger) -> None:
+        self.blobs = backend.blobs
+        self.meta = backend.metadata
+        self.limits = limits
+        self.space = space
+        self._active: set[str] = set()  # upload ids with a stream open right now
+
+    @contextlib.asynccontextmanager
+    async def open(self, first: pb.UploadFileRequest, caller: Caller) -> AsyncIterator[UploadSession]:
+        """The session of a stream whose first message is ``first``, closed when the block ends.
+
+        Raises:
+            UploadRefused: the upload cannot start or resume.
+        """
+        kind = first.WhichOneof("payload")
+        if kind == "metadata":
+            session = await self._start(first, caller)
+        elif kind == "resume":
+            session = await self._resume(first.resume, caller)
+        else:
+            raise _invalid(f"the first message must carry metadata or resume, not {kind or 'nothing'}")
+        upload_id = session.upload.upload_id
+        self._active.add(upload_id)
+        try:
+            yield session
+        finally:
+            self._active.discard(upload_id)
+            session.partial.close()
+
+    async def owned(self, upload_id: str, caller: Caller, *, missing: str) -> UploadRecord:
+        """The record of upload ``upload_id`` if ``caller`` may act on it.
+
+        Raises:
+            UploadRefused: NOT_FOUND with ``missing`` for the detail, or PERMISSION_DENIED.
+        """
+        upload = await self.meta.get_upload(upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
+        if upload is None:
+            raise UploadRefused(grpc.StatusCode.NOT_FOUND, missing)
+        if not caller.may_act_as(upload.owner):
+            raise UploadRefused(
+                grpc.StatusCode.PERMISSION_DENIED, f"upload {upload.upload_id} was started with another token"
+            )
+        return upload
+
+    def committed_offset(self, upload_id: str) -> int:
+        """The bytes of the upload on disk: where a resumed stream goes on."""
+        path = self.blobs.partial_path(upload_id)
+        return path.stat().st_size if path.exists() else 0
+
+    async def _start(self, first: pb.UploadFileRequest, caller: Caller) -> UploadSession:
+        meta = first.metadata
+        checksum = meta.checksum.lower()
+        filename = _checked_metadata(meta, checksum, self.limits.max_file_size)
+        upload_id = first.upload_id or uuid.uuid4().hex
+        if not UPLOAD_ID.fullmatch(upload_id):
+            raise _invalid("upload_id must be 1-64 letters, digits, '-' or '_'")
+        if upload_id in self._active or await self.meta.get_upload(upload_id) is not None:
+            raise UploadRefused(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
+            )
+        now = time.time()
+        upload = UploadRecord(
+            upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self.limits.upload_ttl,
+            caller.user or "",
+        )  # fmt: skip
+        # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
+        return await self._opened(upload, 0, self._reserve(max(meta.total_size, 0)), new=True)
+
+    async def _resume(self, resume: pb.UploadResume, caller: Caller) -> UploadSession:
+        missing = f"no upload {quoted(resume.upload_id)} to resume (expired?)"
+        upload = await self.owned(resume.upload_id, caller, missing=missing)
+        if upload.upload_id in self._active:
+            raise UploadRefused(
+                grpc.StatusCode.FAILED_PRECONDITION, f"upload {upload.upload_id} is being written by another stream"
+            )
+        committed = self.committed_offset(upload.upload_id)
+        if resume.offset != committed:
+            raise UploadRefused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"resume offset {resume.offset} disagrees with the server's committed offset {committed}",
+            )
+        # The committed bytes are already counted as used; only the rest may still arrive. A refused
+        # resume keeps its partial file: it can go on once space is freed.
+        return await self._opened(upload, committed, self._reserve(upload.total_size - committed), new=False)
+
+    async def _opened(
+        self, upload: UploadRecord, committed: int, reservation: Reservation, *, new: bool
+    ) -> UploadSession:
+        """A session writing ``upload``'s partial file after its first ``committed`` bytes.
+
+        The partial file is created (``new``) or opened and its committed prefix hashed again (hashlib
+        states cannot be saved), and the upload recorded with a fresh expiry. When that fails, a new
+        upload leaves nothing behind and a resumed one keeps its partial file, to be resumed again.
+        """
+        path = self.blobs.partial_path(upload.upload_id)
+        handle = None
+        try:
+            handle = await asyncio.to_thread(io.FileIO, path, "wb" if new else "r+b" if path.exists() else "w+b")
+            if new:
+                hasher = hashlib.sha256()
+            else:
+                hasher = await asyncio.to_thread(sha256_prefix, handle, committed)  # off the event loop
+                handle.seek(committed)
+                upload = dataclasses.replace(upload, expires_at=time.time() + self.limits.upload_ttl)
+            if upload.total_size >= 0:  # unknown-size uploads cannot be resumed: nothing to record
+                await self.meta.put_upload(upload)
+        except BaseException as exc:
+            reservation.release()
+            if handle is not None:
+                handle.close()
+                if new:
+                    self.blobs.discard_partial(upload.upload_id)
+            if disk_full(exc):
+                log.warning("could not %s upload %s (%s): %s", "start" if new else "resume", upload.upload_id,
+                            upload.filename, exc)  # fmt: skip
+                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
+            raise
+        return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation))
+
+    def _reserve(self, size: int) -> Reservation:
+        """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
+        reservation = self.space.reservation()
+        try:
+            reservation.reserve(size)
+        except QuotaExceeded as exc:
+            raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        return reservation
+
+    async def forget(self, upload_id: str) -> None:
+        """Delete an upload's record; when the store cannot write, leave it to expiry."""
+        try:
+            await self.meta.delete_upload(upload_id)
+        except OSError as exc:
+            log.warning("could not delete the record of upload %s (%s); expiry will retry", upload_id, exc)
+
+    async def expire(self) -> int:
+        """Discard partial uploads past their time to live that no stream is writing; returns how many."""
+        expired = [u for u in await self.meta.expired_uploads(time.time()) if u.upload_id not in self._active]
+        discarded = 0
+        for upload in expired:
+            try:
+                self.space.freed(self.blobs.discard_partial(upload.upload_id))
+                await self.meta.delete_upload(upload.upload_id)
+            except OSError as exc:  # a full disk, say: the next round tries again
+                log.warning("could not discard expired upload %s (%s): %s", upload.upload_id, upload.filename, exc)
+                continue
+            discarded += 1
+            log.info("discarded expired partial upload %s (%s)", upload.upload_id, upload.filename)
+        return discarded
+
+
+class UploadSession:
+    """One upload stream: receives its chunks into the partial file, verifies them, stores the file."""
+
+    def __init__(self, uploads: Uploads, upload: UploadRecord, partial: PartialFile) -> None:
+        self._uploads = uploads
+        self.upload = upload
+        self.partial = partial
+
+    async def receive(self, requests: AsyncIterator[pb.UploadFileRequest]) -> str:
+        """Write the chunks that follow the first message, up to the end of the stream.
+
+        Returns:
+            The SHA-256 of the whole file, matching the one the client declared.
+
+        Raises:
+            UploadRefused: the upload is incomplete (its partial file stays, for a resume) or refused.
+        """
+        try:
+            total, checksum = await self._read(requests)
+        except UploadRefused as refusal:
+            await self._end(refusal.code, refusal.detail)
+        except MalformedRequest as exc:
+            upload, size = self.upload, self.partial.size
+            if upload.total_size >= 0:  # resumable: what came before the bad message stays, like an interruption
+                detail = (
+                    f"{exc.detail}; upload {upload.upload_id} keeps the {size} bytes received before it: "
+                    f"resume from offset {size}"
+                )
+                await self._end(grpc.StatusCode.INVALID_ARGUMENT, detail, keep=True)
+            await self._end(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.detail}; nothing was stored")
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            await self._end(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
+        size = self.partial.size
+        if size < total or not checksum:
+            missing = f"{size} of {total} bytes received" if size < total else "no trailer received"
+            detail = f"upload incomplete: {missing}; resume upload {self.upload.upload_id} from offset {size}"
+            await self._end(grpc.StatusCode.FAILED_PRECONDITION, detail, keep=True)
+        digest: str = self.partial.hasher.hexdigest()
+        if digest != checksum:
+            detail = f"checksum mismatch: received bytes hash to {digest}, declared {checksum}"
+            await self._end(grpc.StatusCode.DATA_LOSS, detail)
+        return digest
+
+    async def _read(self, requests: AsyncIterator[pb.UploadFileRequest]) -> tuple[int, str]:
+        """Write every chunk; returns the size and checksum declared (by the metadata or the trailer)."""
+        total, checksum = self.upload.total_size, self.upload.sha256
+        trailer_seen = False
+        async for request in requests:
+            kind = request.WhichOneof("payload")
+            if trailer_seen:
+                raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "message after the trailer")
+            if kind == "chunk":
+                self._write_chunk(request.chunk, total)
+            elif kind == "trailer":
+                problem = _trailer_problem(request.trailer, total, checksum, self.partial.size)
+                if problem:
+                    raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, problem)
+                total, checksum = request.trailer.total_size, request.trailer.checksum.lower()
+                trailer_seen = True
+            else:
+                raise UploadRefused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{kind or 'an empty message'} after the first message; only chunks may follow",
+                )
+        if total == -1:
+            raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended without a trailer")
+        return total, checksum
+
+    def _write_chunk(self, data: bytes, total: int) -> None:
+        """Append one chunk to the partial file, or raise ``UploadRefused`` saying why it may not be."""
+        if not data:
+            raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
+        if len(data) > MAX_CHUNK_SIZE:
+            raise UploadRefused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
+            )
+        partial = self.partial
+        end = partial.size + len(data)
+        if total >= 0 and end > total:
+            raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"received more than the declared {total} bytes")
+        if total == -1:  # the size was not known up front: check and reserve as the file grows
+            limit = self._uploads.limits.max_file_size
+            if limit and end > limit:
+                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(limit))
+            try:
+                partial.reservation.reserve(len(data))
+            except QuotaExceeded as exc:
+                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        partial.write(data)
+
+    async def commit(self, digest: str) -> tuple[FileRecord, bool]:
+        """Store the received file (whose SHA-256 is ``digest``) and forget the upload.
+
+        Returns:
+            The stored file, and whether it was stored already (the same name and bytes, and owner):
+            then that file is the answer and the received bytes go.
+
+        Raises:
+            UploadRefused: the disk is full; nothing of the upload is kept.
+        """
+        upload, uploads, size = self.upload, self._uploads, self.partial.size
+        existing = await uploads.meta.find_file(upload.filename, digest, size, upload.owner)
+        if existing is not None:
+            self.partial.handle.close()
+            uploads.space.freed(uploads.blobs.discard_partial(upload.upload_id))
+            await uploads.forget(upload.upload_id)
+            log.info("%s (%s, %d bytes) is stored already as %s", upload.upload_id, upload.filename, size,
+                     existing.file_id)  # fmt: skip
+            return existing, True
+        file_id = uuid.uuid4().hex
+        stored = FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time(), upload.owner)
+        try:
+            await asyncio.to_thread(uploads.blobs.commit, upload.upload_id, stored.file_id)
+            await uploads.meta.put_file(stored)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            # Not recorded, so not stored: the bytes go, whichever side of the rename they are on
+            # (the partial's are counted, and removed, by _end).
+            uploads.blobs.delete(stored.file_id)
+            await self._end(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
+        await uploads.forget(upload.upload_id)
+        log.info("stored %s (%s, %d bytes)", stored.file_id, upload.filename, size)
+        return stored, False
+
+    async def _end(
+        self, code: grpc.StatusCode, detail: str, *, keep: bool = False, cause: OSError | None = None
+    ) -> NoReturn:
+        """End the upload with ``code`` and ``detail``: the one place that decides what of it stays.
+
+        ``keep``: the partial file stays, to be resumed from its size (the detail says from where).
+        Otherwise nothing of the upload is kept: the partial file goes first (on a full disk that makes
+        room for the metadata write that follows, which may still fail: expiry then forgets the upload
+        later), and what it held and what this stream had reserved go back to the quota at once, so
+        that a stream refused for lack of room makes room for the next one. ``cause``, a full disk, is
+        logged in one line.
+
+        Raises:
+            UploadRefused: always.
+        """
+        if not keep:
+            uploads, upload, partial = self._uploads, self.upload, self.partial
+            partial.close()  # before the unlink: an open file keeps its space
+            uploads.blobs.discard_partial(upload.upload_id)
+            uploads.space.freed(partial.size)
+            if cause is not None:
+                log.warning("upload %s (%s) failed after %d bytes: %s; its partial file is removed",
+                            upload.upload_id, upload.filename, partial.size, cause)  # fmt: skip
+            await uploads.forget(upload.upload_id)
+        raise UploadRefused(code, detail)
+
+
+def _checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) -> str:
+    """The file name of a new upload's metadata (``checksum``: its lower-cased checksum), once all checks pass.
+
+    Raises:
+        UploadRefused: INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for a file over ``max_file_size``.
+    """
+    try:
+        filename = check_filename(meta.filename)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+    if meta.total_size < -1:
+        raise _invalid(f"total_size {meta.total_size} is negative")
+    if checksum and not SHA256_HEX.fullmatch(checksum):
+        raise _invalid(
+            "checksum must be the 64-hex-digit SHA-256 of the whole file (or empty, to send it in the trailer)"
+        )
+    if meta.total_size == -1 and checksum:
+        raise _invalid("an upload of unknown size sends its checksum in the trailer")
+    if max_file_size and meta.total_size > max_file_size:
+        raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(max_file_size))
+    return filename
+
+
+def _invalid(detail: str) -> UploadRefused:
+    return UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, detail)
+
+
+def _too_large(limit: int) -> str:
+    return f"the file is larger than the server's limit of {limit} bytes"
+
+
+def _trailer_problem(trailer: pb.UploadTrailer, total: int, checksum: str, received: int) -> str:
+    """Why this trailer cannot end the upload ("" when it can)."""
+    if checksum:
+        return "a trailer is only for uploads whose checksum was not declared up front"
+    if total >= 0 and trailer.total_size != total:
+        return f"the trailer declares {trailer.total_size} bytes; the metadata declared {total}"
+    if trailer.total_size != received or not SHA256_HEX.fullmatch(trailer.checksum.lower()):
+        return (
+            f"the trailer declares {trailer.total_size} bytes and checksum {quoted(trailer.checksum)}; "
+            f"{received} bytes were received"
+        )
+    return ""
