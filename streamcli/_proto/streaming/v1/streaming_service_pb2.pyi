@@ -1455,8 +1455,8 @@ class BatchInfo(_message.Message):
 
     @_builtins.property
     def aggregates(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyAggregate]:
-        """Per-key aggregates of the stored records, by key (the first keys in key
-        order, at most 1,000); set once the batch is complete.
+        """Per-key aggregates of the stored records, sorted by key: the first 1,000
+        keys met in index order; set once the batch is complete.
         """
 
     def __init__(
