@@ -8,6 +8,7 @@ _streamcli() {
         if [[ $skip == 1 ]]; then skip=0; continue; fi
         case "$cmdpath:$w" in
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
+            ':batch') cmdpath='batch' ;;
             ':chat') cmdpath='chat' ;;
             ':download') cmdpath='download' ;;
             ':events') cmdpath='events' ;;
@@ -17,6 +18,13 @@ _streamcli() {
             ':serve') cmdpath='serve' ;;
             ':tail') cmdpath='tail' ;;
             ':upload') cmdpath='upload' ;;
+            'batch:ingest') cmdpath='batch ingest' ;;
+            'batch:ls') cmdpath='batch ls' ;;
+            'batch:records') cmdpath='batch records' ;;
+            'batch:show') cmdpath='batch show' ;;
+            'batch ingest:--format'|'batch ingest:--key-field'|'batch ingest:--value-field'|'batch ingest:--time-field'|'batch ingest:--rejects'|'batch ingest:--max-errors'|'batch ingest:--retries') skip=1 ;;
+            'batch ls:--limit') skip=1 ;;
+            'batch show:--errors') skip=1 ;;
             'chat:--room'|'chat:-r'|'chat:--user'|'chat:-u'|'chat:--backlog') skip=1 ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
             'events:publish') cmdpath='events publish' ;;
@@ -43,6 +51,15 @@ _streamcli() {
         ':--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         ':--client-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         ':--client-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'batch ingest:--format') COMPREPLY=(); return ;;
+        'batch ingest:--key-field') COMPREPLY=(); return ;;
+        'batch ingest:--value-field') COMPREPLY=(); return ;;
+        'batch ingest:--time-field') COMPREPLY=(); return ;;
+        'batch ingest:--rejects') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'batch ingest:--max-errors') COMPREPLY=(); return ;;
+        'batch ingest:--retries') COMPREPLY=(); return ;;
+        'batch ls:--limit') COMPREPLY=(); return ;;
+        'batch show:--errors') COMPREPLY=(); return ;;
         'chat:--room'|'chat:-r') COMPREPLY=(); return ;;
         'chat:--user'|'chat:-u') COMPREPLY=(); return ;;
         'chat:--backlog') COMPREPLY=(); return ;;
@@ -98,7 +115,12 @@ _streamcli() {
         esac
     fi
     case "$cmdpath" in
-        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h chat download events files health notify serve tail upload' -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h batch chat download events files health notify serve tail upload' -- "$cur")) ;;
+        'batch') COMPREPLY=($(compgen -W '--help -h ingest ls records show' -- "$cur")) ;;
+        'batch ingest') COMPREPLY=($(compgen -W '--format --key-field --value-field --time-field --rejects --max-errors --retries --help -h' -- "$cur")) ;;
+        'batch ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
+        'batch records') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
+        'batch show') COMPREPLY=($(compgen -W '--errors --help -h' -- "$cur")) ;;
         'chat') COMPREPLY=($(compgen -W '--room -r --user -u --backlog --allow-duplicate --help -h' -- "$cur")) ;;
         'download') COMPREPLY=($(compgen -W '--output -o --create-dirs --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
         'events') COMPREPLY=($(compgen -W '--help -h publish' -- "$cur")) ;;

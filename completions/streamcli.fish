@@ -11,6 +11,8 @@ function __streamcli_path
         switch "$cmdpath:$w"
             case ':--address' ':-a' ':--token' ':--ca-cert' ':--client-cert' ':--client-key'
                 set skip 1
+            case ':batch'
+                set cmdpath 'batch'
             case ':chat'
                 set cmdpath 'chat'
             case ':download'
@@ -29,6 +31,20 @@ function __streamcli_path
                 set cmdpath 'tail'
             case ':upload'
                 set cmdpath 'upload'
+            case 'batch:ingest'
+                set cmdpath 'batch ingest'
+            case 'batch:ls'
+                set cmdpath 'batch ls'
+            case 'batch:records'
+                set cmdpath 'batch records'
+            case 'batch:show'
+                set cmdpath 'batch show'
+            case 'batch ingest:--format' 'batch ingest:--key-field' 'batch ingest:--value-field' 'batch ingest:--time-field' 'batch ingest:--rejects' 'batch ingest:--max-errors' 'batch ingest:--retries'
+                set skip 1
+            case 'batch ls:--limit'
+                set skip 1
+            case 'batch show:--errors'
+                set skip 1
             case 'chat:--room' 'chat:-r' 'chat:--user' 'chat:-u' 'chat:--backlog'
                 set skip 1
             case 'download:--output' 'download:-o' 'download:--retries'
@@ -72,6 +88,7 @@ function __streamcli_at
     test "$cmdpath" = "$argv[1]"
 end
 complete -c streamcli -f
+complete -c streamcli -n '__streamcli_at '\'''\''' -a 'batch' -d 'Ingest data records in batches and read them back.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'chat' -d 'Chat in a room: incoming messages print above your input line.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'download' -d 'Download a file, verified by SHA-256, via PATH.part (renamed only when complete).'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'events' -d 'Publish user events.'
@@ -91,6 +108,24 @@ complete -c streamcli -n '__streamcli_at '\'''\''' -l json -d 'Machine output on
 complete -c streamcli -n '__streamcli_at '\'''\''' -l traceback -d 'Show a traceback when a command fails.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l version -d 'Show the version and exit.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''batch'\''' -a 'ingest' -d 'Ingest records into batches, one batch per file.'
+complete -c streamcli -n '__streamcli_at '\''batch'\''' -a 'ls' -d 'List batches, newest first (a user token'\''s own; all with the service token).'
+complete -c streamcli -n '__streamcli_at '\''batch'\''' -a 'records' -d 'Print the stored records of a batch as NDJSON (index, key, value, timestamp, payload).'
+complete -c streamcli -n '__streamcli_at '\''batch'\''' -a 'show' -d 'Show one batch: counts, per-key aggregates and refused records.'
+complete -c streamcli -n '__streamcli_at '\''batch'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l format -x -d 'ndjson or csv. [default: by extension: .csv is CSV]'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l key-field -x -d 'The field holding the record'\''s key.'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l value-field -x -d 'The field holding its numeric value.'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l time-field -x -d 'The field holding its time (RFC 3339; optional).'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l rejects -r -F -d 'Write each refused record here, as NDJSON: file, line, reason and the original text.'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l max-errors -x -d 'Stop after this many refused records (0: never stop).'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l retries -x -d 'Retries with backoff after the server or network goes away.'
+complete -c streamcli -n '__streamcli_at '\''batch ingest'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''batch ls'\''' -l limit -x -d 'Show at most this many batches, newest first.'
+complete -c streamcli -n '__streamcli_at '\''batch ls'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''batch records'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''batch show'\''' -l errors -x -d 'Refused records to list (by index).'
+complete -c streamcli -n '__streamcli_at '\''batch show'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l room -s r -x -d 'Room to join (letters, digits, - _ .).'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l user -s u -x -d 'Your name (letters, digits, - _ .). [default: $USER]'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l backlog -x -d 'Recent messages to show on joining; 0: the server'\''s.'

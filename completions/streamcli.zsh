@@ -9,6 +9,7 @@ _streamcli() {
         if [[ $skip == 1 ]]; then skip=0; continue; fi
         case "$cmdpath:$w" in
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
+            ':batch') cmdpath='batch' ;;
             ':chat') cmdpath='chat' ;;
             ':download') cmdpath='download' ;;
             ':events') cmdpath='events' ;;
@@ -18,6 +19,13 @@ _streamcli() {
             ':serve') cmdpath='serve' ;;
             ':tail') cmdpath='tail' ;;
             ':upload') cmdpath='upload' ;;
+            'batch:ingest') cmdpath='batch ingest' ;;
+            'batch:ls') cmdpath='batch ls' ;;
+            'batch:records') cmdpath='batch records' ;;
+            'batch:show') cmdpath='batch show' ;;
+            'batch ingest:--format'|'batch ingest:--key-field'|'batch ingest:--value-field'|'batch ingest:--time-field'|'batch ingest:--rejects'|'batch ingest:--max-errors'|'batch ingest:--retries') skip=1 ;;
+            'batch ls:--limit') skip=1 ;;
+            'batch show:--errors') skip=1 ;;
             'chat:--room'|'chat:-r'|'chat:--user'|'chat:-u'|'chat:--backlog') skip=1 ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
             'events:publish') cmdpath='events publish' ;;
@@ -44,6 +52,15 @@ _streamcli() {
         ':--ca-cert') _files; return ;;
         ':--client-cert') _files; return ;;
         ':--client-key') _files; return ;;
+        'batch ingest:--format') _message 'value'; return ;;
+        'batch ingest:--key-field') _message 'value'; return ;;
+        'batch ingest:--value-field') _message 'value'; return ;;
+        'batch ingest:--time-field') _message 'value'; return ;;
+        'batch ingest:--rejects') _files; return ;;
+        'batch ingest:--max-errors') _message 'value'; return ;;
+        'batch ingest:--retries') _message 'value'; return ;;
+        'batch ls:--limit') _message 'value'; return ;;
+        'batch show:--errors') _message 'value'; return ;;
         'chat:--room'|'chat:-r') _message 'value'; return ;;
         'chat:--user'|'chat:-u') _message 'value'; return ;;
         'chat:--backlog') _message 'value'; return ;;
@@ -99,7 +116,12 @@ _streamcli() {
         esac
     fi
     case "$cmdpath" in
-        '') items=('--address:Server address, HOST:PORT.' '-a:Server address, HOST:PORT.' '--token:Bearer token sent with every call.' '--tls:Connect with TLS.' '--no-tls:Connect with TLS.' '--ca-cert:PEM CA bundle to verify the server with (implies --tls).' '--client-cert:PEM client certificate, for servers that require mTLS (implies --tls).' '--client-key:PEM key of --client-cert.' '--json:Machine output on stdout: JSON, one object per line.' '--traceback:Show a traceback when a command fails.' '--version:Show the version and exit.' '--help:Show help and exit.' '-h:Show help and exit.' 'chat:Chat in a room: incoming messages print above your input line.' 'download:Download a file, verified by SHA-256, via PATH.part (renamed only when complete).' 'events:Publish user events.' 'files:List, inspect and delete stored files.' 'health:Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.' 'notify:Raise notifications.' 'serve:Run the gRPC streaming server until SIGINT/SIGTERM.' 'tail:Follow a log live: events or notifications (history first with --since).' 'upload:Upload files, verified by SHA-256; interrupted uploads resume on the next run.') ;;
+        '') items=('--address:Server address, HOST:PORT.' '-a:Server address, HOST:PORT.' '--token:Bearer token sent with every call.' '--tls:Connect with TLS.' '--no-tls:Connect with TLS.' '--ca-cert:PEM CA bundle to verify the server with (implies --tls).' '--client-cert:PEM client certificate, for servers that require mTLS (implies --tls).' '--client-key:PEM key of --client-cert.' '--json:Machine output on stdout: JSON, one object per line.' '--traceback:Show a traceback when a command fails.' '--version:Show the version and exit.' '--help:Show help and exit.' '-h:Show help and exit.' 'batch:Ingest data records in batches and read them back.' 'chat:Chat in a room: incoming messages print above your input line.' 'download:Download a file, verified by SHA-256, via PATH.part (renamed only when complete).' 'events:Publish user events.' 'files:List, inspect and delete stored files.' 'health:Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.' 'notify:Raise notifications.' 'serve:Run the gRPC streaming server until SIGINT/SIGTERM.' 'tail:Follow a log live: events or notifications (history first with --since).' 'upload:Upload files, verified by SHA-256; interrupted uploads resume on the next run.') ;;
+        'batch') items=('--help:Show help and exit.' '-h:Show help and exit.' 'ingest:Ingest records into batches, one batch per file.' 'ls:List batches, newest first (a user token'\''s own; all with the service token).' 'records:Print the stored records of a batch as NDJSON (index, key, value, timestamp, payload).' 'show:Show one batch: counts, per-key aggregates and refused records.') ;;
+        'batch ingest') items=('--format:ndjson or csv. [default: by extension: .csv is CSV]' '--key-field:The field holding the record'\''s key.' '--value-field:The field holding its numeric value.' '--time-field:The field holding its time (RFC 3339; optional).' '--rejects:Write each refused record here, as NDJSON: file, line, reason and the original text.' '--max-errors:Stop after this many refused records (0: never stop).' '--retries:Retries with backoff after the server or network goes away.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'batch ls') items=('--limit:Show at most this many batches, newest first.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'batch records') items=('--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'batch show') items=('--errors:Refused records to list (by index).' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'chat') items=('--room:Room to join (letters, digits, - _ .).' '-r:Room to join (letters, digits, - _ .).' '--user:Your name (letters, digits, - _ .). [default: $USER]' '-u:Your name (letters, digits, - _ .). [default: $USER]' '--backlog:Recent messages to show on joining; 0: the server'\''s.' '--allow-duplicate:Join even if this user is already in the room elsewhere.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'download') items=('--output:File or directory to write to (a trailing '\''/'\'' means a directory); '\''-'\'' writes to stdout. [default: the stored name, here]' '-o:File or directory to write to (a trailing '\''/'\'' means a directory); '\''-'\'' writes to stdout. [default: the stored name, here]' '--create-dirs:Create the directory to write to, and its parents, if missing.' '--resume:Continue from an existing PATH.part.' '--no-resume:Continue from an existing PATH.part.' '--force:Overwrite an existing file (or symbolic link); write binary output to a terminal.' '-f:Overwrite an existing file (or symbolic link); write binary output to a terminal.' '--retries:Retries with backoff (up to 8 s apart) after the server or network goes away, each said on stderr; each resumes where the last stopped. The default waits about three minutes, as tails do.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'events') items=('--help:Show help and exit.' '-h:Show help and exit.' 'publish:Publish one event from the options, or many from NDJSON on stdin.') ;;

@@ -15,6 +15,8 @@
     ├── UnimplementedError             exit 11 the server does not offer this RPC
     └── Interrupted                    exit 130 Ctrl-C
 
+(Exit 12, ``ExitStatus.REFUSED_RECORDS``, is no error: ``batch ingest`` stored what it could.)
+
 Domain and client code raise these; only the CLI's error
 boundary (``streamcli.cli.main.main``) turns them into a message and a code.
 This module must stay cheap to import: it does not import grpc.
@@ -44,6 +46,7 @@ class ExitStatus(enum.IntEnum):
     CONFLICT = 9  # state disagrees: resume offset, trimmed history, already exists
     TIMEOUT = 10  # a deadline expired
     UNIMPLEMENTED = 11  # the server does not implement this RPC
+    REFUSED_RECORDS = 12  # batch ingest: some input records were refused (the others are stored)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
     BROKEN_PIPE = 141  # stdout's reader went away (`| head`): quietly, as if killed by SIGPIPE (128 + 13)
 

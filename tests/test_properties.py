@@ -81,7 +81,13 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.DATA_LOSS: "the bytes do not hash to the declared checksum",
         Code.RESOURCE_EXHAUSTED: "larger than serve --max-file-size",
     },
-    "ProcessDataBatch": {Code.UNIMPLEMENTED: _UNIMPLEMENTED},
+    "ProcessDataBatch": {
+        # A refused record is counted in the response, not a failure of the stream.
+        Code.OK: "every message was usable (records valid or refused one by one)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE
+        + " (bad batch_id or source, first_index without a batch, too many records)",
+        Code.FAILED_PRECONDITION: "a message starts beyond the batch's next index (a gap)",
+    },
     "CollectMetrics": {Code.UNIMPLEMENTED: _UNIMPLEMENTED},
     "PublishEvents": {
         # INTERNAL is documented for a store that fails (a full disk), which no example provokes.
@@ -122,6 +128,20 @@ ALLOWED: dict[str, dict[Code, str]] = {
     "ListRoomMembers": {
         Code.OK: "any room id is a question with an answer (no members)",
         Code.INVALID_ARGUMENT: _UNDECODABLE,
+    },
+    "ListBatches": {
+        Code.OK: "a page (maybe empty)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (page_size outside 0-1000, a page_token not from the server)",
+    },
+    "GetBatch": {
+        Code.OK: "the batch exists",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (not a batch id)",
+        Code.NOT_FOUND: "no such batch",
+    },
+    "ReadBatchRecords": {
+        Code.OK: "the batch's records were sent",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (not a batch id)",
+        Code.NOT_FOUND: "no such batch",
     },
     "Health/Check": {
         Code.OK: "a service the server knows",
@@ -346,6 +366,7 @@ def check_call(server: PropertyServer, rpc: Rpc, items: list[Item]) -> None:
 USERS = ("alice", "bob", "carol.x", "", "system", "a" * 33, "nul\x00", "\x1b[31m")
 ROOMS = ("lobby", "room-2", "", "a" * 65, "bad room", "../x")
 UPLOAD_IDS = ("", "prop-a", "prop-b", "prop-c", "bad id!", "x" * 65, "../escape")
+BATCH_IDS = ("", "batch-a", "batch-b", "bad id!", "x" * 65, "alice/batch-a", "../x")
 LOG_IDS = (0, 1, 2, 3, 4, 10**6, 2**63 - 1, 2**63, 2**64 - 1)  # around the seeded log, and beyond int64
 EVENT_TYPES = (0, 1, 2, 3, 4, 5, -1, 2**31 - 1)
 SEVERITIES = (0, 1, 2, 3, 4, -1)
@@ -539,6 +560,32 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
         ),
         max_size=4,
     ),
+    "ProcessDataBatch": st.lists(
+        st.builds(
+            lambda batch_id, first, records, complete: pb.ProcessDataBatchRequest(
+                batch_id=batch_id, first_index=first if batch_id else 0, records=records, complete=complete
+            ),
+            st.sampled_from(BATCH_IDS),
+            st.sampled_from([0, 1, 2, 5, 2**64 - 1]),
+            st.lists(
+                st.builds(
+                    lambda key, value: pb.DataRecord(key=key, value=value),
+                    mostly(["k"], ps.texts()),
+                    st.floats(allow_nan=True, allow_infinity=True),
+                ),
+                max_size=3,
+            ),
+            st.booleans(),
+        ),
+        max_size=4,
+    ),
+    "ListBatches": st.builds(
+        lambda size, token: pb.ListBatchesRequest(page_size=size, page_token=token),
+        st.sampled_from([0, 1, 1001, -1]),
+        st.sampled_from(["", "0", "1", "a", "1" * 30, "\u00b2"]),
+    ),
+    "GetBatch": st.builds(lambda b: pb.GetBatchRequest(batch_id=b), mostly(BATCH_IDS, ps.texts())),
+    "ReadBatchRecords": st.builds(lambda b: pb.ReadBatchRecordsRequest(batch_id=b), mostly(BATCH_IDS, ps.texts())),
     "GetUploadStatus": st.builds(lambda u: pb.GetUploadStatusRequest(upload_id=u), st.sampled_from(UPLOAD_IDS)),
     "GetFileInfo": st.builds(lambda f: pb.GetFileInfoRequest(file_id=f), _file_ids()),
     "ListFiles": st.builds(

@@ -67,6 +67,14 @@ class ProducerState:
     updated_at: float  # when the producer last appended, seconds since the epoch (0 = never)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KindCount:
+    """The records of one kind in a stream."""
+
+    records: int
+    keys: int  # distinct keys among them
+
+
 class SequenceGapError(Exception):
     """An append met a producer's record numbered beyond the next one expected; nothing was appended.
 
@@ -163,6 +171,14 @@ class LogStore(Protocol):
         """
         ...
 
+    async def drop(self, stream: str) -> None:
+        """Remove the whole stream: its records, bounds and producers (a batch that retention removes)."""
+        ...
+
+    async def kind_counts(self, stream: str) -> dict[str, KindCount]:
+        """How many records of each kind the stream holds, and how many distinct keys they have."""
+        ...
+
 
 class StorageFullError(OSError):
     """A store could not write because its disk is full.
@@ -210,8 +226,45 @@ class UploadRecord:
     owner: str = ""  # as FileRecord.owner: who may resume it
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A batch of ingested records: its records are in the log stream ``log_stream``."""
+
+    batch_id: str  # as clients name it: the client's id, "USER/ID" for a user token's batch
+    owner: str  # the user whose token submitted it; "" for the service token
+    source: str  # the client's label (a file name)
+    created_at: float  # seconds since the epoch
+    updated_at: float  # when it last received records
+    completed_at: float = 0.0  # when it was completed (0 = not yet)
+    summary: bytes = b""  # once complete: its serialized totals and aggregates (streaming.v1.BatchInfo)
+
+    @property
+    def log_stream(self) -> str:
+        return f"batch:{self.batch_id}"
+
+
 class MetadataStore(Protocol):
-    """Metadata of stored files and of uploads in progress."""
+    """Metadata of stored files, of uploads in progress and of batches."""
+
+    async def put_batch(self, record: BatchRecord) -> None:
+        """Insert or replace a batch."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch, or None."""
+        ...
+
+    async def list_batches(self, limit: int, offset: int = 0, *, owner: str | None = None) -> list[BatchRecord]:
+        """Batches newest first (by creation); with ``owner``, only that user's."""
+        ...
+
+    async def delete_batch(self, batch_id: str) -> None:
+        """Forget a batch (idempotent; its log stream is dropped separately)."""
+        ...
+
+    async def batches_idle_since(self, before: float) -> list[BatchRecord]:
+        """Batches that received nothing since ``before`` (seconds since the epoch)."""
+        ...
 
     async def put_file(self, record: FileRecord) -> None:
         """Insert or replace a file's metadata."""

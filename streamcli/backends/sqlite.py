@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from streamcli.backends.base import (
+    BatchRecord,
     FileRecord,
+    KindCount,
     LogBounds,
     LogRecord,
     NewRecord,
@@ -89,6 +91,16 @@ CREATE TABLE IF NOT EXISTS file_shares (
     room_id TEXT NOT NULL,
     PRIMARY KEY (file_id, room_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id     TEXT PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    completed_at REAL NOT NULL,
+    summary      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_by_time ON batches (created_at DESC, batch_id);
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id        TEXT PRIMARY KEY,
     filename         TEXT NOT NULL,
@@ -320,7 +332,64 @@ class SqliteStore:
                 tail.popleft()
         return removed
 
+    async def drop(self, stream: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                for table in ("log", "log_head", "log_producers"):
+                    db.execute(f"DELETE FROM {table} WHERE stream = ?", (stream,))
+
+        await self._run(delete)
+        self._heads.pop(stream, None)
+        self._tails.pop(stream, None)
+
+    async def kind_counts(self, stream: str) -> dict[str, KindCount]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT kind, COUNT(*), COUNT(DISTINCT key) FROM log WHERE stream = ? GROUP BY kind", (stream,)
+            ).fetchall()
+        )
+        return {kind: KindCount(records, keys) for kind, records, keys in rows}
+
     # --- MetadataStore --------------------------------------------------------
+
+    async def put_batch(self, record: BatchRecord) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.batch_id,
+                    record.owner,
+                    record.source,
+                    record.created_at,
+                    record.updated_at,
+                    record.completed_at,
+                    record.summary,
+                ),
+            )
+        )
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        row = await self._run(lambda db: db.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone())
+        return BatchRecord(*row) if row else None
+
+    async def list_batches(self, limit: int, offset: int = 0, *, owner: str | None = None) -> list[BatchRecord]:
+        where, args = ("WHERE owner = ? ", (owner,)) if owner is not None else ("", ())
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT * FROM batches {where}ORDER BY created_at DESC, batch_id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        )
+        return [BatchRecord(*row) for row in rows]
+
+    async def delete_batch(self, batch_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,)))
+
+    async def batches_idle_since(self, before: float) -> list[BatchRecord]:
+        rows = await self._run(
+            lambda db: db.execute("SELECT * FROM batches WHERE updated_at < ?", (before,)).fetchall()
+        )
+        return [BatchRecord(*row) for row in rows]
 
     async def put_file(self, record: FileRecord) -> None:
         await self._run(

@@ -103,7 +103,7 @@ def root(
 
 def _register() -> None:
     # One line per command group; each module only knows about `app`.
-    from streamcli.cli import chat, events, files, health, notify, serve, tail, transfer
+    from streamcli.cli import batch, chat, events, files, health, notify, serve, tail, transfer
 
     serve.register(app)
     health.register(app)
@@ -113,6 +113,7 @@ def _register() -> None:
     events.register(app)
     notify.register(app)
     chat.register(app)
+    batch.register(app)
 
 
 _register()

@@ -31,6 +31,7 @@ from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.decoding import DecodingBoundary
 from streamcli.server.service import SERVICE_NAME, add_service
 from streamcli.server.tokens import check_user_tokens, read_user_tokens, world_readable
+from streamcli.services.batches import BatchService
 from streamcli.services.chat import ChatService, ChatSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
@@ -64,7 +65,7 @@ class ServerConfig:
     upload_ttl: float = 24 * 3600.0  # seconds an interrupted upload is kept for resuming
     heartbeat: float = 15.0  # seconds between heartbeats on idle log streams
     live_interval: float = 0.01  # a live tail sends at most one response per tick of this many seconds
-    retention: Retention = dataclasses.field(default_factory=Retention)  # of the event and notification logs
+    retention: Retention = dataclasses.field(default_factory=Retention)  # of the event and notification logs, batches
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
     chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
 
@@ -215,7 +216,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
             credentials=credentials_,
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
-        add_service(server, [files, events, notifications, chat])
+        batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
+        add_service(server, [files, events, notifications, chat, batches])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -238,6 +240,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
                 keep_last=config.retention.max_count,
             )
             await backend.log.forget_producers(stream, time.time() - config.retention.producer_idle_limit)
+        await batches.expire(config.retention)
 
     housekeeping = [
         asyncio.create_task(_every(interval, files.expire_uploads)),

@@ -28,8 +28,8 @@ SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["StreamingService"]
 SERVICE_NAME = SERVICE_DESCRIPTOR.full_name
 
 
-#: The RPCs of the contract that no domain implements yet (issues 18-21 and 15 bring them).
-NOT_YET_IMPLEMENTED = frozenset({"ProcessDataBatch", "CollectMetrics", "ProcessLiveData", "Collaborate"})
+#: The RPCs of the contract that no domain implements yet (their issues bring them).
+NOT_YET_IMPLEMENTED = frozenset({"CollectMetrics", "ProcessLiveData", "Collaborate"})
 
 
 class BindingError(Exception):

@@ -1202,11 +1202,52 @@ Global___DataRecord: _TypeAlias = DataRecord  # noqa: Y015
 
 @_typing.final
 class ProcessDataBatchRequest(_message.Message):
-    """ProcessDataBatchRequest carries some records of a batch."""
+    """ProcessDataBatchRequest carries some records of a batch.
+
+    Limits enforced per record (a record beyond them is refused, not the
+    stream): `key` 1-256 characters without control characters; `value`
+    finite (no NaN or infinity); `timestamp`, when set, from
+    1970-01-01T00:00:00Z to before 2100-01-01T00:00:00Z; `payload` at most
+    65,536 bytes serialized. A message holds at most 10,000 records.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    MAX_ERRORS_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch, named by the client so that it can resume it: 1-64 characters
+    among ASCII letters, digits, '-' and '_' (streamcli derives it from the
+    input file's path, size and modification time). A user token's batches
+    are its own: two users' batches of the same id are different batches.
+    Read from the first message; later messages leave it empty or repeat it.
+    Empty: the server names the batch, which then ends with this stream.
+    """
+    first_index: _builtins.int
+    """With `batch_id`: the batch index (zero-based, across every stream of the
+    batch) of this message's first record; the others follow consecutively.
+    At most the batch's `next_index`: records below it are already held and
+    are skipped. Without `batch_id` it must be 0 (indexes count from the
+    stream's first record).
+    """
+    max_errors: _builtins.int
+    """How many refused records the response details in `errors` (0 means 100;
+    at most 100,000). Read from the first message.
+    """
+    complete: _builtins.bool
+    """This stream ends the batch: once every record up to the last sent is
+    held, the batch is complete (see ProcessDataBatchResponse.batch). Any
+    message of the stream may set it.
+    """
+    source: _builtins.str
+    """A label for the batch shown by listings, e.g. the input file's name: at
+    most 256 characters, no control characters. Read from the first message
+    of the batch's first stream.
+    """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataRecord]:
         """Records, in order."""
@@ -1215,10 +1256,15 @@ class ProcessDataBatchRequest(_message.Message):
         self,
         *,
         records: _abc.Iterable[Global___DataRecord] | None = ...,
+        batch_id: _builtins.str = ...,
+        first_index: _builtins.int = ...,
+        max_errors: _builtins.int = ...,
+        complete: _builtins.bool = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "complete", b"complete", "first_index", b"first_index", "max_errors", b"max_errors", "records", b"records", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1233,7 +1279,9 @@ class RecordError(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     index: _builtins.int
-    """Zero-based index of the record within the whole stream."""
+    """Zero-based index of the record within the whole batch (for a batch
+    without `batch_id`, within the stream).
+    """
     reason: _builtins.str
     """Why it was rejected."""
     def __init__(
@@ -1262,19 +1310,41 @@ class ProcessDataBatchResponse(_message.Message):
     RECORDS_FAILED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    NEXT_INDEX_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """Server-assigned id of the batch."""
+    """Id of the batch: the client's `batch_id` when it named one, else one the
+    server chose; a user token's batch is "USER/ID".
+    """
     records_received: _builtins.int
-    """Records received."""
+    """Records received on this stream (re-sent duplicates included)."""
     records_processed: _builtins.int
-    """Records accepted."""
+    """Records of this stream accepted and stored."""
     records_failed: _builtins.int
-    """Records rejected (the first 100 are detailed in `errors`)."""
+    """Records of this stream refused (detailed in `errors`, up to `max_errors`)."""
     duration_ms: _builtins.int
     """Time spent from first to last message, in milliseconds."""
+    duplicates: _builtins.int
+    """Records of this stream that the batch already held (re-sent after an
+    interruption): neither stored nor refused again.
+    """
+    next_index: _builtins.int
+    """Every record of the batch with an index below this is held (stored or
+    refused): a client resumes by sending from this index.
+    """
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordError]:
-        """Details of the first rejected records."""
+        """The refused records of this stream, in index order, up to the request's
+        `max_errors`; on a query (a stream without records), those of the whole
+        batch so far.
+        """
+
+    @_builtins.property
+    def batch(self) -> Global___BatchInfo:
+        """The whole batch, across its streams: totals, and once complete, its
+        per-key aggregates.
+        """
 
     def __init__(
         self,
@@ -1285,14 +1355,325 @@ class ProcessDataBatchResponse(_message.Message):
         records_failed: _builtins.int = ...,
         errors: _abc.Iterable[Global___RecordError] | None = ...,
         duration_ms: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        next_index: _builtins.int = ...,
+        batch: Global___BatchInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "duration_ms", b"duration_ms", "errors", b"errors", "records_failed", b"records_failed", "records_processed", b"records_processed", "records_received", b"records_received"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "batch_id", b"batch_id", "duplicates", b"duplicates", "duration_ms", b"duration_ms", "errors", b"errors", "next_index", b"next_index", "records_failed", b"records_failed", "records_processed", b"records_processed", "records_received", b"records_received"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessDataBatchResponse: _TypeAlias = ProcessDataBatchResponse  # noqa: Y015
+
+@_typing.final
+class KeyAggregate(_message.Message):
+    """KeyAggregate summarises the stored values of one key of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The record key."""
+    count: _builtins.int
+    """Number of stored records with this key."""
+    min: _builtins.float
+    """Smallest value."""
+    max: _builtins.float
+    """Largest value."""
+    sum: _builtins.float
+    """Sum of the values."""
+    mean: _builtins.float
+    """Arithmetic mean (sum / count)."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        count: _builtins.int = ...,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
+        sum: _builtins.float = ...,
+        mean: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "key", b"key", "max", b"max", "mean", b"mean", "min", b"min", "sum", b"sum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyAggregate: _TypeAlias = KeyAggregate  # noqa: Y015
+
+@_typing.final
+class BatchInfo(_message.Message):
+    """BatchInfo describes a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    RECORDS_RECEIVED_FIELD_NUMBER: _builtins.int
+    RECORDS_STORED_FIELD_NUMBER: _builtins.int
+    RECORDS_REFUSED_FIELD_NUMBER: _builtins.int
+    AGGREGATES_FIELD_NUMBER: _builtins.int
+    OVERFLOW_KEYS_FIELD_NUMBER: _builtins.int
+    OVERFLOW_RECORDS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch id (a user token's batch is "USER/ID")."""
+    source: _builtins.str
+    """The label given by the client (ProcessDataBatchRequest.source)."""
+    owner: _builtins.str
+    """The user whose token submitted it; empty for the service token."""
+    complete: _builtins.bool
+    """True once a stream that set `complete` has ended with every record held."""
+    records_received: _builtins.int
+    """Records held: stored plus refused (the batch's next index)."""
+    records_stored: _builtins.int
+    """Records stored."""
+    records_refused: _builtins.int
+    """Records refused."""
+    overflow_keys: _builtins.int
+    """Keys beyond the cap of `aggregates`, not detailed."""
+    overflow_records: _builtins.int
+    """Stored records of the keys beyond the cap."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When its first record arrived (UTC)."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last received records (UTC)."""
+
+    @_builtins.property
+    def aggregates(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyAggregate]:
+        """Per-key aggregates of the stored records, sorted by key: the first 1,000
+        keys met in index order; set once the batch is complete.
+        """
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        complete: _builtins.bool = ...,
+        records_received: _builtins.int = ...,
+        records_stored: _builtins.int = ...,
+        records_refused: _builtins.int = ...,
+        aggregates: _abc.Iterable[Global___KeyAggregate] | None = ...,
+        overflow_keys: _builtins.int = ...,
+        overflow_records: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregates", b"aggregates", "batch_id", b"batch_id", "complete", b"complete", "created_at", b"created_at", "overflow_keys", b"overflow_keys", "overflow_records", b"overflow_records", "owner", b"owner", "records_received", b"records_received", "records_refused", b"records_refused", "records_stored", b"records_stored", "source", b"source", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchInfo: _TypeAlias = BatchInfo  # noqa: Y015
+
+@_typing.final
+class ListBatchesRequest(_message.Message):
+    """ListBatchesRequest asks for one page of batches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum batches per page (1-1000; 0 means 100)."""
+    page_token: _builtins.str
+    """Opaque token from a previous ListBatchesResponse; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchesRequest: _TypeAlias = ListBatchesRequest  # noqa: Y015
+
+@_typing.final
+class ListBatchesResponse(_message.Message):
+    """ListBatchesResponse is one page of batches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchInfo]:
+        """Batches, newest first (without aggregates)."""
+
+    def __init__(
+        self,
+        *,
+        batches: _abc.Iterable[Global___BatchInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchesResponse: _TypeAlias = ListBatchesResponse  # noqa: Y015
+
+@_typing.final
+class GetBatchRequest(_message.Message):
+    """GetBatchRequest names a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    MAX_ERRORS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch id, as ProcessDataBatchResponse.batch_id gives it."""
+    max_errors: _builtins.int
+    """How many refused records to detail in `errors` (0 means 100; at most
+    100,000).
+    """
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        max_errors: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "max_errors", b"max_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatchRequest: _TypeAlias = GetBatchRequest  # noqa: Y015
+
+@_typing.final
+class GetBatchResponse(_message.Message):
+    """GetBatchResponse describes a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___BatchInfo:
+        """The batch."""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordError]:
+        """Its refused records in index order, up to the request's `max_errors`."""
+
+    def __init__(
+        self,
+        *,
+        batch: Global___BatchInfo | None = ...,
+        errors: _abc.Iterable[Global___RecordError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "errors", b"errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatchResponse: _TypeAlias = GetBatchResponse  # noqa: Y015
+
+@_typing.final
+class ReadBatchRecordsRequest(_message.Message):
+    """ReadBatchRecordsRequest names a batch to read back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    AFTER_INDEX_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch id, as ProcessDataBatchResponse.batch_id gives it."""
+    after_index: _builtins.int
+    """Start after this batch index (resume); records from index 0 when unset."""
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        after_index: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_index", b"_after_index", "after_index", b"after_index"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_index", b"_after_index", "after_index", b"after_index", "batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_index: _TypeAlias = _typing.Literal["after_index"]  # noqa: Y015
+    _WhichOneofArgType__after_index: _TypeAlias = _typing.Literal["_after_index", b"_after_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_index) -> _WhichOneofReturnType__after_index | None: ...
+
+Global___ReadBatchRecordsRequest: _TypeAlias = ReadBatchRecordsRequest  # noqa: Y015
+
+@_typing.final
+class BatchRecord(_message.Message):
+    """BatchRecord is one stored record of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its batch index."""
+    @_builtins.property
+    def record(self) -> Global___DataRecord:
+        """The record as stored."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        record: Global___DataRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecord: _TypeAlias = BatchRecord  # noqa: Y015
+
+@_typing.final
+class ReadBatchRecordsResponse(_message.Message):
+    """ReadBatchRecordsResponse carries stored records in index order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchRecord]:
+        """Records (refused indexes are absent)."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___BatchRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadBatchRecordsResponse: _TypeAlias = ReadBatchRecordsResponse  # noqa: Y015
 
 @_typing.final
 class MetricData(_message.Message):

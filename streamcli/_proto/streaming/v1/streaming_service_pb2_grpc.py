@@ -118,6 +118,21 @@ class StreamingServiceStub:
                 request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
                 response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
                 _registered_method=True)
+        self.ListBatches = channel.unary_unary(
+                '/streaming.v1.StreamingService/ListBatches',
+                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.SerializeToString,
+                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.FromString,
+                _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/streaming.v1.StreamingService/GetBatch',
+                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.FromString,
+                _registered_method=True)
+        self.ReadBatchRecords = channel.unary_stream(
+                '/streaming.v1.StreamingService/ReadBatchRecords',
+                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
+                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class StreamingServiceServicer:
@@ -160,8 +175,22 @@ class StreamingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProcessDataBatch(self, request_iterator, context):
-        """Ingests a batch of data records and answers with a summary once the
-        client half-closes.
+        """Ingests records into a batch and answers with a summary once the client
+        half-closes. Every record is validated; a refused record is counted with
+        its index and reason, and the stream goes on. Accepted records are stored
+        in the batch's own log, readable back with ReadBatchRecords.
+
+        Idempotent resume: a batch named by the client (`batch_id`) may be sent
+        over several streams; each message says the batch index of its first
+        record (`first_index`), and the server takes each index once (stored or
+        refused), acknowledging a re-sent one without taking it again. A stream of
+        a named batch without records is a query: its response says how far the
+        batch is held (`next_index`) and, with `max_errors`, which records were
+        refused so far. A message whose first index is beyond `next_index` (a gap)
+        ends the stream with FAILED_PRECONDITION and the trailer `next-index`.
+        The stream that sets `complete` ends the batch: its response carries the
+        batch's totals and per-key aggregates, and the submitter is notified
+        (topic "batch").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,6 +295,28 @@ class StreamingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBatches(self, request, context):
+        """Lists the caller's batches (every batch, for the service token), newest
+        first, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatch(self, request, context):
+        """Describes one batch: counts, aggregates and refused records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadBatchRecords(self, request, context):
+        """Streams the stored records of a batch in index order, then ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -348,6 +399,21 @@ def add_StreamingServiceServicer_to_server(servicer, server):
                     servicer.ListRoomMembers,
                     request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.FromString,
                     response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.SerializeToString,
+            ),
+            'ListBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatches,
+                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.FromString,
+                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.SerializeToString,
+            ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.FromString,
+                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.SerializeToString,
+            ),
+            'ReadBatchRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadBatchRecords,
+                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.FromString,
+                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -786,6 +852,87 @@ class StreamingService:
             '/streaming.v1.StreamingService/ListRoomMembers',
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streaming.v1.StreamingService/ListBatches',
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.SerializeToString,
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streaming.v1.StreamingService/GetBatch',
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.SerializeToString,
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadBatchRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/streaming.v1.StreamingService/ReadBatchRecords',
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,8 +72,22 @@ class StreamingServiceStub:
     earlier upload), the following messages carry the bytes.
     """
     ProcessDataBatch: _grpc.StreamUnaryMultiCallable[_streaming_service_pb2.ProcessDataBatchRequest, _streaming_service_pb2.ProcessDataBatchResponse]
-    """Ingests a batch of data records and answers with a summary once the
-    client half-closes.
+    """Ingests records into a batch and answers with a summary once the client
+    half-closes. Every record is validated; a refused record is counted with
+    its index and reason, and the stream goes on. Accepted records are stored
+    in the batch's own log, readable back with ReadBatchRecords.
+
+    Idempotent resume: a batch named by the client (`batch_id`) may be sent
+    over several streams; each message says the batch index of its first
+    record (`first_index`), and the server takes each index once (stored or
+    refused), acknowledging a re-sent one without taking it again. A stream of
+    a named batch without records is a query: its response says how far the
+    batch is held (`next_index`) and, with `max_errors`, which records were
+    refused so far. A message whose first index is beyond `next_index` (a gap)
+    ends the stream with FAILED_PRECONDITION and the trailer `next-index`.
+    The stream that sets `complete` ends the batch: its response carries the
+    batch's totals and per-key aggregates, and the submitter is notified
+    (topic "batch").
     """
     CollectMetrics: _grpc.StreamUnaryMultiCallable[_streaming_service_pb2.CollectMetricsRequest, _streaming_service_pb2.CollectMetricsResponse]
     """Ingests metric samples and answers with per-series aggregates."""
@@ -122,6 +136,14 @@ class StreamingServiceStub:
     """Raises one notification."""
     ListRoomMembers: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListRoomMembersRequest, _streaming_service_pb2.ListRoomMembersResponse]
     """Lists who is present in a chat room."""
+    ListBatches: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListBatchesRequest, _streaming_service_pb2.ListBatchesResponse]
+    """Lists the caller's batches (every batch, for the service token), newest
+    first, one page at a time.
+    """
+    GetBatch: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.GetBatchRequest, _streaming_service_pb2.GetBatchResponse]
+    """Describes one batch: counts, aggregates and refused records."""
+    ReadBatchRecords: _grpc.UnaryStreamMultiCallable[_streaming_service_pb2.ReadBatchRecordsRequest, _streaming_service_pb2.ReadBatchRecordsResponse]
+    """Streams the stored records of a batch in index order, then ends."""
 
 @_typing.type_check_only
 class StreamingServiceAsyncStub(StreamingServiceStub):
@@ -147,8 +169,22 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     earlier upload), the following messages carry the bytes.
     """
     ProcessDataBatch: _aio.StreamUnaryMultiCallable[_streaming_service_pb2.ProcessDataBatchRequest, _streaming_service_pb2.ProcessDataBatchResponse]  # type: ignore[assignment]
-    """Ingests a batch of data records and answers with a summary once the
-    client half-closes.
+    """Ingests records into a batch and answers with a summary once the client
+    half-closes. Every record is validated; a refused record is counted with
+    its index and reason, and the stream goes on. Accepted records are stored
+    in the batch's own log, readable back with ReadBatchRecords.
+
+    Idempotent resume: a batch named by the client (`batch_id`) may be sent
+    over several streams; each message says the batch index of its first
+    record (`first_index`), and the server takes each index once (stored or
+    refused), acknowledging a re-sent one without taking it again. A stream of
+    a named batch without records is a query: its response says how far the
+    batch is held (`next_index`) and, with `max_errors`, which records were
+    refused so far. A message whose first index is beyond `next_index` (a gap)
+    ends the stream with FAILED_PRECONDITION and the trailer `next-index`.
+    The stream that sets `complete` ends the batch: its response carries the
+    batch's totals and per-key aggregates, and the submitter is notified
+    (topic "batch").
     """
     CollectMetrics: _aio.StreamUnaryMultiCallable[_streaming_service_pb2.CollectMetricsRequest, _streaming_service_pb2.CollectMetricsResponse]  # type: ignore[assignment]
     """Ingests metric samples and answers with per-series aggregates."""
@@ -197,6 +233,14 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     """Raises one notification."""
     ListRoomMembers: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListRoomMembersRequest, _streaming_service_pb2.ListRoomMembersResponse]  # type: ignore[assignment]
     """Lists who is present in a chat room."""
+    ListBatches: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListBatchesRequest, _streaming_service_pb2.ListBatchesResponse]  # type: ignore[assignment]
+    """Lists the caller's batches (every batch, for the service token), newest
+    first, one page at a time.
+    """
+    GetBatch: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.GetBatchRequest, _streaming_service_pb2.GetBatchResponse]  # type: ignore[assignment]
+    """Describes one batch: counts, aggregates and refused records."""
+    ReadBatchRecords: _aio.UnaryStreamMultiCallable[_streaming_service_pb2.ReadBatchRecordsRequest, _streaming_service_pb2.ReadBatchRecordsResponse]  # type: ignore[assignment]
+    """Streams the stored records of a batch in index order, then ends."""
 
 class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
     """StreamingService offers the four kinds of gRPC methods over one contract:
@@ -249,8 +293,22 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_streaming_service_pb2.ProcessDataBatchRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_streaming_service_pb2.ProcessDataBatchResponse, _abc.Awaitable[_streaming_service_pb2.ProcessDataBatchResponse]]:
-        """Ingests a batch of data records and answers with a summary once the
-        client half-closes.
+        """Ingests records into a batch and answers with a summary once the client
+        half-closes. Every record is validated; a refused record is counted with
+        its index and reason, and the stream goes on. Accepted records are stored
+        in the batch's own log, readable back with ReadBatchRecords.
+
+        Idempotent resume: a batch named by the client (`batch_id`) may be sent
+        over several streams; each message says the batch index of its first
+        record (`first_index`), and the server takes each index once (stored or
+        refused), acknowledging a re-sent one without taking it again. A stream of
+        a named batch without records is a query: its response says how far the
+        batch is held (`next_index`) and, with `max_errors`, which records were
+        refused so far. A message whose first index is beyond `next_index` (a gap)
+        ends the stream with FAILED_PRECONDITION and the trailer `next-index`.
+        The stream that sets `complete` ends the batch: its response carries the
+        batch's totals and per-key aggregates, and the submitter is notified
+        (topic "batch").
         """
 
     @_abc_1.abstractmethod
@@ -365,5 +423,31 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_streaming_service_pb2.ListRoomMembersResponse, _abc.Awaitable[_streaming_service_pb2.ListRoomMembersResponse]]:
         """Lists who is present in a chat room."""
+
+    @_abc_1.abstractmethod
+    def ListBatches(
+        self,
+        request: _streaming_service_pb2.ListBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.ListBatchesResponse, _abc.Awaitable[_streaming_service_pb2.ListBatchesResponse]]:
+        """Lists the caller's batches (every batch, for the service token), newest
+        first, one page at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBatch(
+        self,
+        request: _streaming_service_pb2.GetBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.GetBatchResponse, _abc.Awaitable[_streaming_service_pb2.GetBatchResponse]]:
+        """Describes one batch: counts, aggregates and refused records."""
+
+    @_abc_1.abstractmethod
+    def ReadBatchRecords(
+        self,
+        request: _streaming_service_pb2.ReadBatchRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_streaming_service_pb2.ReadBatchRecordsResponse], _abc.AsyncIterator[_streaming_service_pb2.ReadBatchRecordsResponse]]:
+        """Streams the stored records of a batch in index order, then ends."""
 
 def add_StreamingServiceServicer_to_server(servicer: StreamingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

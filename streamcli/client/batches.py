@@ -1,0 +1,398 @@
+"""Batch ingest over ProcessDataBatch, resumable, and reading batches back.
+
+A file's batch is named by its path, size, modification time and the field
+mapping (``batch_id_for``, as uploads are), so running the same ingest again
+after Ctrl-C, a lost network or a server restart continues the same batch:
+the client asks the server how far the batch is held (a stream without
+records), skips what it holds, and sends the rest; the server takes each
+index once. Within a run, a failed stream is retried (``Attempts``) from the
+server's answer. Sent records stay in memory until the stream carrying them
+is acknowledged, and a stream is ended for its acknowledgement every
+``ACK_EVERY`` records, so memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import pathlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import Connection, FirstStatus, rpc_errors
+from streamcli.client.events import rfc3339
+from streamcli.client.records import FieldMap, Parsed
+from streamcli.client.retry import Attempts, RetryPolicy
+from streamcli.client.transfer import upload_id_for
+
+#: Records per ProcessDataBatchRequest (per-message cost dominates small messages).
+MESSAGE_RECORDS = 500
+#: Records (and bytes of input text) sent on one stream before it is ended for its acknowledgement.
+ACK_EVERY = 20_000
+ACK_BYTES = 32 << 20
+#: Refused records the client asks the server to detail per stream (it reports every one).
+ERRORS_PER_STREAM = 100_000
+
+
+def batch_id_for(path: pathlib.Path, size: int, mtime_ns: int, mapping: FieldMap, token: str | None) -> str:
+    """The batch id of this version of a file read with ``mapping``: the same on every run (see the module)."""
+    return upload_id_for(path, size, mtime_ns, "batch\0" + mapping.describe(), token)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A record that was not stored: where it was, why, and its original text."""
+
+    source: str  # the file's name as given, "-" for stdin
+    line: int
+    reason: str
+    text: str
+    by_server: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The dead-letter file's line."""
+        return {"file": self.source, "line": self.line, "reason": self.reason, "text": self.text}
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+    """The stored values of one key."""
+
+    key: str
+    count: int
+    min: float
+    max: float
+    sum: float
+    mean: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSummary:
+    """A batch as the server describes it."""
+
+    batch_id: str
+    source: str
+    owner: str
+    created_at: str  # RFC 3339
+    complete: bool
+    received: int
+    stored: int
+    refused: int
+    aggregates: tuple[Aggregate, ...] = ()
+    overflow_keys: int = 0
+    overflow_records: int = 0
+
+    @classmethod
+    def of(cls, info: pb.BatchInfo) -> BatchSummary:
+        return cls(
+            info.batch_id,
+            info.source,
+            info.owner,
+            rfc3339(info.created_at),
+            info.complete,
+            info.records_received,
+            info.records_stored,
+            info.records_refused,
+            tuple(Aggregate(a.key, a.count, a.min, a.max, a.sum, a.mean) for a in info.aggregates),
+            info.overflow_keys,
+            info.overflow_records,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["aggregates"] = [a.to_json() for a in self.aggregates]
+        return record
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    """What one input's ingest did: the batch, and the records refused by the client (unparsable lines)."""
+
+    source: str
+    batch: BatchSummary
+    client_refused: int
+    stopped_early: bool  # --max-errors reached: the batch is not complete
+
+    @property
+    def refused(self) -> int:
+        return self.batch.refused + self.client_refused
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.source,
+            **self.batch.to_json(),
+            "client_refused": self.client_refused,
+            "stopped_early": self.stopped_early,
+        }
+
+
+@dataclasses.dataclass
+class IngestProgress:
+    """How far an ingest has got (for a progress bar and for what to say on Ctrl-C)."""
+
+    records: int = 0  # records read (sent or skipped as held)
+    acknowledged: int = 0  # the batch's next index as the server last said
+    bytes_read: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestOptions:
+    """How to ingest: whom to tell of refusals, how many to bear, how patiently to retry."""
+
+    on_refusal: Callable[[Refusal], None]
+    max_errors: int = 0  # stop once this many records were refused (0: never)
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    notice: Callable[[str], None] | None = None  # told when a stream is lost and when it resumes
+    on_progress: Callable[[int, int], None] | None = None  # (records, bytes) read since the last call
+
+
+class _Pending:
+    """One sent message not yet acknowledged, with where each of its records came from."""
+
+    __slots__ = ("lines", "request")
+
+    def __init__(self, request: pb.ProcessDataBatchRequest, lines: list[tuple[int, str]]) -> None:
+        self.request = request
+        self.lines = lines  # (line, text) of each record
+
+
+class BatchIngest:
+    """Ingests the parsed records of one input as batch ``batch_id``; see the module's docstring."""
+
+    def __init__(
+        self, conn: Connection, source: str, batch_id: str, parsed: Iterator[Parsed], options: IngestOptions
+    ) -> None:
+        self._conn = conn
+        self._source = source
+        self._batch_id = batch_id
+        self._parsed = parsed
+        self._options = options
+        self.progress = IngestProgress()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._next_index = 0  # index of the next record read
+        self._held = 0  # the server's next index
+        self._earlier: dict[int, str] = {}  # refusals of earlier runs, by index (reported as their lines come)
+        self._refused = 0
+        self._client_refused = 0
+        self._ended = False
+        self._stopped = False
+
+    async def run(self) -> IngestResult:
+        """Ingest everything; returns the batch as the server describes it at the end.
+
+        Raises:
+            StreamcliError: the server refused the stream, or retries ran out (with how to go on).
+        """
+        attempts = Attempts(
+            self._options.retry,
+            f"ingest of {self._source}",
+            hint="run the same command again to resume the batch",
+            address=self._conn.settings.address,
+            announce=self._options.notice,
+        )
+        with rpc_errors(self._conn.settings.address):
+            reply = await self._call(self._query())
+            self._acknowledge(reply)
+            self._earlier = {e.index: e.reason for e in reply.errors}
+            while True:
+                try:
+                    reply = await self._stream()
+                except grpc.aio.AioRpcError as exc:
+                    before = self._held
+                    await attempts.failed(exc)
+                    await self._reconnect(attempts)
+                    if self._held > before:
+                        attempts.recovered()
+                    continue
+                attempts.recovered()
+                self._report(reply)
+                self._acknowledge(reply)
+                if (self._ended or self._stopped) and not self._pending:
+                    return IngestResult(self._source, BatchSummary.of(reply.batch), self._client_refused, self._stopped)
+
+    def _query(self) -> list[pb.ProcessDataBatchRequest]:
+        return [pb.ProcessDataBatchRequest(batch_id=self._batch_id, max_errors=ERRORS_PER_STREAM, source=self._source)]
+
+    async def _call(self, requests: list[pb.ProcessDataBatchRequest]) -> pb.ProcessDataBatchResponse:
+        response: pb.ProcessDataBatchResponse = await self._conn.stub.ProcessDataBatch(
+            requests, metadata=self._conn.metadata
+        )
+        return response
+
+    async def _reconnect(self, attempts: Attempts) -> None:
+        while True:
+            try:
+                reply = await self._call(self._query())
+            except grpc.aio.AioRpcError as exc:
+                await attempts.failed(exc)
+                continue
+            self._acknowledge(reply)
+            if self._options.notice:
+                self._options.notice(
+                    f"reconnected; the server holds the first {self._held} record(s) of {self._source}, "
+                    f"re-sending the {self._next_index - self._held} after them"
+                )
+            return
+
+    async def _stream(self) -> pb.ProcessDataBatchResponse:
+        """One stream: the unacknowledged messages, then new ones until it is time for an acknowledgement."""
+        call = self._conn.stub.ProcessDataBatch(metadata=self._conn.metadata)
+        first_status = FirstStatus(call)
+        outcome: asyncio.Future[pb.ProcessDataBatchResponse] = asyncio.ensure_future(call)
+        try:
+            await self._write(call)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the call has ended: its outcome says how
+        except BaseException:
+            call.cancel()
+            raise
+        try:
+            return await outcome
+        except grpc.aio.AioRpcError as exc:
+            raise first_status.unmask(exc) from exc
+
+    async def _write(self, call: Any) -> None:
+        first = pb.ProcessDataBatchRequest(batch_id=self._batch_id, max_errors=ERRORS_PER_STREAM, source=self._source)
+        await call.write(first)
+        count = size = 0
+        for pending in list(self._pending):
+            await call.write(pending.request)
+            count += len(pending.request.records)
+        while count < ACK_EVERY and size < ACK_BYTES and not self._ended and not self._stopped:
+            message = self._next_message()
+            if message is None:
+                break
+            self._pending.append(message)
+            count += len(message.request.records)
+            size += sum(len(text) for _, text in message.lines)
+            await call.write(message.request)
+        if self._ended:
+            await call.write(pb.ProcessDataBatchRequest(complete=True))
+        await call.done_writing()
+
+    def _next_message(self) -> _Pending | None:
+        """The next records to send (up to MESSAGE_RECORDS), reading past those the batch holds; None at the end."""
+        records: list[pb.DataRecord] = []
+        lines: list[tuple[int, str]] = []
+        start = self._next_index
+        read = size = 0
+        for parsed in self._parsed:
+            read += 1
+            size += len(parsed.text) + 1
+            if parsed.record is None:
+                self._client_refused += 1
+                self._refuse(Refusal(self._source, parsed.line, parsed.problem, parsed.text, by_server=False))
+            else:
+                index = self._next_index
+                self._next_index += 1
+                if index < self._held:  # held by an earlier run
+                    if index in self._earlier:
+                        self._refuse(Refusal(self._source, parsed.line, self._earlier[index], parsed.text, True))
+                    start = self._next_index
+                else:
+                    records.append(parsed.record)
+                    lines.append((parsed.line, parsed.text))
+            if self._stopped or len(records) >= MESSAGE_RECORDS:
+                break
+        else:
+            self._ended = not self._stopped
+        self.progress.records += read
+        self.progress.bytes_read += size
+        if self._options.on_progress is not None:
+            self._options.on_progress(read, size)
+        if not records:
+            return None
+        return _Pending(pb.ProcessDataBatchRequest(first_index=start, records=records), lines)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self._refused += 1
+        self._options.on_refusal(refusal)
+        if self._options.max_errors and self._refused >= self._options.max_errors:
+            self._stopped = True
+
+    def _report(self, reply: pb.ProcessDataBatchResponse) -> None:
+        """Name the records the server refused on this stream, by their lines."""
+        if not reply.errors:
+            return
+        where: dict[int, tuple[int, str]] = {}
+        wanted = {e.index for e in reply.errors}
+        for pending in self._pending:
+            first = pending.request.first_index
+            for offset, origin in enumerate(pending.lines):
+                if first + offset in wanted:
+                    where[first + offset] = origin
+        for error in reply.errors:
+            line, text = where.get(error.index, (0, ""))
+            if not self._stopped:
+                self._refuse(Refusal(self._source, line, error.reason, text, by_server=True))
+
+    def _acknowledge(self, reply: pb.ProcessDataBatchResponse) -> None:
+        self._held = max(self._held, reply.next_index)
+        self.progress.acknowledged = self._held
+        pending = self._pending
+        while pending and pending[0].request.first_index + len(pending[0].request.records) <= self._held:
+            pending.popleft()
+
+
+def new_batch_id() -> str:
+    """A batch id for an input that cannot be resumed (stdin)."""
+    return uuid.uuid4().hex
+
+
+async def list_batches(conn: Connection, limit: int) -> list[BatchSummary]:
+    """The caller's batches, newest first, at most ``limit``."""
+    found: list[BatchSummary] = []
+    token = ""
+    while len(found) < limit:
+        page = await conn.stub.ListBatches(
+            pb.ListBatchesRequest(page_size=min(1000, limit - len(found)), page_token=token), metadata=conn.metadata
+        )
+        found.extend(BatchSummary.of(info) for info in page.batches)
+        token = page.next_page_token
+        if not token:
+            break
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchDetail:
+    """A batch and its refused records (by index)."""
+
+    batch: BatchSummary
+    errors: tuple[tuple[int, str], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.batch.to_json(), "errors": [{"index": i, "reason": r} for i, r in self.errors]}
+
+
+async def get_batch(conn: Connection, batch_id: str, max_errors: int) -> BatchDetail:
+    """One batch, with up to ``max_errors`` refused records."""
+    reply = await conn.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch_id, max_errors=max_errors), metadata=conn.metadata
+    )
+    return BatchDetail(BatchSummary.of(reply.batch), tuple((e.index, e.reason) for e in reply.errors))
+
+
+async def batch_records(conn: Connection, batch_id: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """The stored records of a batch as JSON objects (index, key, value, timestamp?, payload?), in batches."""
+    from google.protobuf import json_format
+
+    call = conn.stub.ReadBatchRecords(pb.ReadBatchRecordsRequest(batch_id=batch_id), metadata=conn.metadata)
+    async for response in call:
+        out = []
+        for item in response.records:
+            record: dict[str, Any] = {"index": item.index, "key": item.record.key, "value": item.record.value}
+            if item.record.HasField("timestamp"):
+                record["timestamp"] = rfc3339(item.record.timestamp)
+            if item.record.HasField("payload"):
+                record["payload"] = json_format.MessageToDict(item.record.payload)
+            out.append(record)
+        yield out

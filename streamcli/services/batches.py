@@ -1,0 +1,428 @@
+"""Batches of data records: ProcessDataBatch (client streaming), ListBatches, GetBatch, ReadBatchRecords.
+
+A batch is a log (DESIGN.md): the stream ``batch:<id>`` holds one entry per
+record index, kind ``record`` (the stored DataRecord) or ``refused`` (the
+reason), appended by the batch's one producer with sequence = index + 1. So
+the log's producer mechanism (``LogStore.append``) is what makes a re-sent
+record count once, stored or refused, whichever stream and run sent it; and
+the entry of index ``i`` has log id ``i + 1``.
+
+The batch's row (``MetadataStore.put_batch``) holds its id, owner, label and
+times; once complete, its totals and per-key aggregates, computed from the
+log itself (so they count each stored record exactly once).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import ClassVar
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import (
+    BatchRecord,
+    LogRecord,
+    LogStore,
+    MetadataStore,
+    NewRecord,
+    SequenceGapError,
+)
+from streamcli.backends.blobs import SAFE_ID
+from streamcli.credentials import Caller, Credentials
+from streamcli.services.checks import MalformedRequest, has_control, quoted
+from streamcli.services.files import PAGE_TOKEN
+from streamcli.services.logs import Retention, timestamp
+from streamcli.services.notifications import EVERYONE, NotificationService
+from streamcli.services.rpc import Context, abort
+
+#: The kinds of a batch log's entries.
+STORED, REFUSED = "record", "refused"
+#: The one producer of a batch's log: its sequence numbers are the record indexes + 1.
+PRODUCER = "batch"
+MAX_RECORDS_PER_REQUEST = 10_000
+MAX_KEY = 256  # characters
+MAX_SOURCE = 256  # characters
+MAX_PAYLOAD = 65_536  # bytes, serialized
+#: Timestamps accepted: 1970-01-01T00:00:00Z (inclusive) to 2100-01-01T00:00:00Z (exclusive).
+FIRST_TIME, END_TIME = 0, 4_102_444_800
+DEFAULT_ERRORS, MAX_ERRORS = 100, 100_000
+#: Keys detailed in a batch's aggregates; the others are counted.
+MAX_AGGREGATE_KEYS = 1000
+#: Entries read from the log per step when reading a batch back.
+READ_STEP = 2000
+MAX_PAGE = 1000
+
+
+def record_problem(record: pb.DataRecord) -> str:
+    """Why ``record`` is refused, or "" when it is stored."""
+    key = record.key
+    if not key:
+        return "key is required"
+    if len(key) > MAX_KEY:
+        return f"key is longer than {MAX_KEY} characters"
+    if has_control(key):
+        return "key has a control character"
+    if not math.isfinite(record.value):
+        return f"value is {record.value} (not a finite number)"
+    if record.HasField("timestamp"):
+        seconds, nanos = record.timestamp.seconds, record.timestamp.nanos
+        if not FIRST_TIME <= seconds < END_TIME or not 0 <= nanos <= 999_999_999:
+            return "timestamp is outside 1970-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
+    if record.HasField("payload") and (size := record.payload.ByteSize()) > MAX_PAYLOAD:
+        return f"payload is {size} bytes serialized; at most {MAX_PAYLOAD}"
+    return ""
+
+
+def error_count(requested: int) -> int:
+    """How many refused records to detail for a request's ``max_errors``."""
+    return min(requested, MAX_ERRORS) if requested else DEFAULT_ERRORS
+
+
+class BatchService:
+    """The batch RPCs of ``StreamingService``; see the module's docstring."""
+
+    #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
+    RPCS: ClassVar[tuple[str, ...]] = ("ProcessDataBatch", "ListBatches", "GetBatch", "ReadBatchRecords")
+
+    def __init__(
+        self,
+        log: LogStore,
+        metadata: MetadataStore,
+        notifications: NotificationService | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self._log = log
+        self._metadata = metadata
+        self._notifications = notifications
+        self._credentials = credentials or Credentials()
+
+    # --- ingest ------------------------------------------------------------------------------------
+
+    async def ProcessDataBatch(
+        self, request_iterator: AsyncIterator[pb.ProcessDataBatchRequest], context: Context
+    ) -> pb.ProcessDataBatchResponse:
+        caller = self._credentials.caller(context.invocation_metadata())
+        response = pb.ProcessDataBatchResponse()
+        batch: BatchRecord | None = None
+        named = False
+        complete = False
+        limit = DEFAULT_ERRORS
+        next_index = 0  # every index below it is held
+        started = time.monotonic()
+        number = 0  # messages read
+        try:
+            async for request in request_iterator:
+                if batch is None:
+                    named = bool(request.batch_id)
+                    batch = await self._open(request, caller, context)
+                    limit = error_count(request.max_errors)
+                    next_index = (await self._log.producer(batch.log_stream, PRODUCER)).last_sequence
+                    response.batch_id = batch.batch_id
+                problem = _message_problem(request, number, batch, named, caller)
+                if problem:
+                    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{problem}; {_held(next_index)}")
+                complete = complete or request.complete
+                first = request.first_index if named else next_index
+                if first > next_index:
+                    await abort(
+                        context,
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"message {number} starts at index {first}, beyond the next the batch expects, {next_index}",
+                        (("next-index", str(next_index)),),
+                    )
+                next_index = await self._take(batch, request.records, first, next_index, response, limit, context)
+                number += 1
+        except MalformedRequest as exc:  # what came before it is held, as next_index says
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.detail}; {_held(next_index)}")
+        if batch is None:  # an empty stream: nothing to name
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the stream holds no message")
+        response.next_index = next_index
+        response.duration_ms = round((time.monotonic() - started) * 1000)
+        if response.records_processed or response.records_failed or not batch.updated_at:
+            batch = _touched(batch)  # (a complete batch that took new records is complete no more)
+            await self._metadata.put_batch(batch)
+        elif named and not complete:  # a query: the refusals so far
+            response.errors.extend(await self.refusals(batch, limit))
+        if complete or not named:
+            batch = await self._complete(batch)
+        response.batch.CopyFrom(await self.info(batch))
+        return response
+
+    async def _open(self, request: pb.ProcessDataBatchRequest, caller: Caller, context: Context) -> BatchRecord:
+        """The batch the stream's first message names (created when new), or a new unnamed one."""
+        if len(request.source) > MAX_SOURCE or has_control(request.source):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"source must be at most {MAX_SOURCE} characters without control characters",
+            )
+        name = request.batch_id
+        if name and not SAFE_ID.fullmatch(name):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch_id {quoted(name)} must be 1-64 characters among ASCII letters, digits, '-' and '_'",
+            )
+        if not name and request.first_index:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "first_index is set without a batch_id")
+        batch_id = name or uuid.uuid4().hex
+        if caller.user is not None:
+            batch_id = f"{caller.user}/{batch_id}"  # a user's batches are its own, whatever they are called
+        existing = await self._metadata.get_batch(batch_id)
+        if existing is not None:
+            return existing
+        now = time.time()
+        return BatchRecord(batch_id, caller.user or "", request.source, now, now)
+
+    async def _take(
+        self,
+        batch: BatchRecord,
+        records: Sequence[pb.DataRecord],
+        first: int,
+        next_index: int,
+        response: pb.ProcessDataBatchResponse,
+        limit: int,
+        context: Context,
+    ) -> int:
+        """Append the records of one message not held yet (from index ``first``); returns the next index."""
+        response.records_received += len(records)
+        skip = next_index - first
+        response.duplicates += min(skip, len(records))
+        new: list[NewRecord] = []
+        reasons: dict[int, str] = {}
+        for offset in range(skip, len(records)):
+            record = records[offset]
+            index = first + offset
+            problem = record_problem(record)
+            if problem:
+                reasons[index] = problem
+                new.append(NewRecord(record.key[:MAX_KEY], REFUSED, problem.encode(), PRODUCER, index + 1))
+            else:
+                new.append(NewRecord(record.key, STORED, record.SerializeToString(), PRODUCER, index + 1))
+        if not new:
+            return next_index
+        try:
+            appended = await self._log.append(batch.log_stream, new)
+        except SequenceGapError as exc:  # another stream of the batch moved it meanwhile
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"another stream of batch {batch.batch_id} is sending it; {_held(exc.expected - 1)}",
+                (("next-index", str(exc.expected - 1)),),
+            )
+        response.duplicates += len(new) - len(appended)  # stored meanwhile by another stream
+        for entry in appended:
+            if entry.kind == STORED:
+                response.records_processed += 1
+            else:
+                response.records_failed += 1
+                if len(response.errors) < limit:
+                    response.errors.add(index=entry.id - 1, reason=reasons[entry.id - 1])
+        return first + len(records)
+
+    async def _complete(self, batch: BatchRecord) -> BatchRecord:
+        """Compute the batch's totals and aggregates from its log, keep them, and notify its submitter once."""
+        info = await self._totals(batch)
+        aggregates: dict[str, list[float]] = {}  # key -> [count, min, max, sum]
+        overflow = 0
+        async for entry in self._entries(batch, -1):
+            if entry.kind != STORED:
+                continue
+            value = pb.DataRecord.FromString(entry.payload).value
+            aggregate = aggregates.get(entry.key)
+            if aggregate is None:
+                if len(aggregates) >= MAX_AGGREGATE_KEYS:
+                    overflow += 1
+                    continue
+                aggregates[entry.key] = [1, value, value, value]
+                continue
+            aggregate[0] += 1
+            aggregate[1] = min(aggregate[1], value)
+            aggregate[2] = max(aggregate[2], value)
+            aggregate[3] += value
+        for key in sorted(aggregates):
+            count, low, high, total = aggregates[key]
+            info.aggregates.add(key=key, count=int(count), min=low, max=high, sum=total, mean=total / count)
+        counts = await self._log.kind_counts(batch.log_stream)
+        info.overflow_keys = (counts[STORED].keys if STORED in counts else 0) - len(aggregates)
+        info.overflow_records = overflow
+        info.complete = True
+        first_time = not batch.completed_at
+        batch = BatchRecord(
+            batch.batch_id,
+            batch.owner,
+            batch.source,
+            batch.created_at,
+            batch.updated_at,
+            batch.completed_at or time.time(),
+            info.SerializeToString(),
+        )
+        await self._metadata.put_batch(batch)
+        recipient = batch.owner or (EVERYONE if not self._credentials.user_names else "")
+        if first_time and self._notifications is not None and recipient:
+            await self._notifications.raise_(
+                recipient,
+                "batch",
+                f"batch {batch.batch_id} ingested: {info.records_stored} stored, {info.records_refused} refused",
+                severity=pb.NOTIFICATION_SEVERITY_WARNING if info.records_refused else pb.NOTIFICATION_SEVERITY_INFO,
+                attributes={
+                    "batch_id": batch.batch_id,
+                    "stored": str(info.records_stored),
+                    "refused": str(info.records_refused),
+                    "source": batch.source,
+                },
+            )
+        return batch
+
+    async def _totals(self, batch: BatchRecord) -> pb.BatchInfo:
+        """The batch's description with its counts as its log holds them now (no aggregates)."""
+        counts = await self._log.kind_counts(batch.log_stream)
+        stored = counts[STORED].records if STORED in counts else 0
+        refused = counts[REFUSED].records if REFUSED in counts else 0
+        return pb.BatchInfo(
+            batch_id=batch.batch_id,
+            source=batch.source,
+            owner=batch.owner,
+            created_at=timestamp(batch.created_at),
+            updated_at=timestamp(batch.updated_at),
+            records_received=stored + refused,
+            records_stored=stored,
+            records_refused=refused,
+        )
+
+    async def info(self, batch: BatchRecord, *, aggregates: bool = True) -> pb.BatchInfo:
+        """What a client sees of ``batch``: the kept summary once complete, else counts read now."""
+        if batch.summary:
+            info = pb.BatchInfo.FromString(batch.summary)
+            if not aggregates:
+                info.ClearField("aggregates")
+            return info
+        return await self._totals(batch)
+
+    async def refusals(self, batch: BatchRecord, limit: int) -> list[pb.RecordError]:
+        """The first ``limit`` refused records of ``batch``, in index order."""
+        errors: list[pb.RecordError] = []
+        async for entry in self._entries(batch, -1):
+            if entry.kind == REFUSED:
+                errors.append(pb.RecordError(index=entry.id - 1, reason=entry.payload.decode()))
+                if len(errors) >= limit:
+                    break
+        return errors
+
+    async def _entries(self, batch: BatchRecord, after_index: int) -> AsyncIterator[LogRecord]:
+        """The batch log's entries after index ``after_index`` (-1: all), in index order."""
+        position = after_index + 1
+        while True:
+            entries = await self._log.read(batch.log_stream, position, READ_STEP)
+            if not entries:
+                return
+            for entry in entries:
+                yield entry
+            position = entries[-1].id
+
+    # --- reading back ------------------------------------------------------------------------------
+
+    async def _find(self, batch_id: str, context: Context) -> BatchRecord:
+        """The batch a request names, as the caller may see it: NOT_FOUND or PERMISSION_DENIED otherwise."""
+        caller = self._credentials.caller(context.invocation_metadata())
+        owner, _, name = batch_id.rpartition("/")
+        if not SAFE_ID.fullmatch(name) or (owner and not _user_name(owner)):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"batch_id {quoted(batch_id)} is not a batch id")
+        if caller.user is not None:
+            if owner and owner != caller.user:
+                await abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this token is {caller.user}'s: it reads {caller.user}'s batches only",
+                )
+            batch_id = f"{caller.user}/{name}"
+        batch = await self._metadata.get_batch(batch_id)
+        if batch is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no batch {quoted(batch_id)}")
+        return batch
+
+    async def ListBatches(self, request: pb.ListBatchesRequest, context: Context) -> pb.ListBatchesResponse:
+        if not 0 <= request.page_size <= MAX_PAGE:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0-{MAX_PAGE}")
+        offset = 0
+        if request.page_token:
+            if not PAGE_TOKEN.fullmatch(request.page_token):
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave")
+            offset = int(request.page_token)
+        size = request.page_size or 100
+        caller = self._credentials.caller(context.invocation_metadata())
+        rows = await self._metadata.list_batches(size + 1, offset, owner=caller.user)
+        response = pb.ListBatchesResponse()
+        for row in rows[:size]:
+            response.batches.append(await self.info(row, aggregates=False))
+        if len(rows) > size:
+            response.next_page_token = str(offset + size)
+        return response
+
+    async def GetBatch(self, request: pb.GetBatchRequest, context: Context) -> pb.GetBatchResponse:
+        batch = await self._find(request.batch_id, context)
+        return pb.GetBatchResponse(
+            batch=await self.info(batch), errors=await self.refusals(batch, error_count(request.max_errors))
+        )
+
+    async def ReadBatchRecords(
+        self, request: pb.ReadBatchRecordsRequest, context: Context
+    ) -> AsyncIterator[pb.ReadBatchRecordsResponse]:
+        batch = await self._find(request.batch_id, context)
+        after = request.after_index if request.HasField("after_index") else -1
+        response = pb.ReadBatchRecordsResponse()
+        size = 0
+        async for entry in self._entries(batch, after):
+            if entry.kind != STORED:
+                continue
+            response.records.add(index=entry.id - 1, record=pb.DataRecord.FromString(entry.payload))
+            size += len(entry.payload)
+            if len(response.records) >= 500 or size >= 1 << 20:
+                yield response
+                response, size = pb.ReadBatchRecordsResponse(), 0
+        if response.records:
+            yield response
+
+    # --- retention ---------------------------------------------------------------------------------
+
+    async def expire(self, retention: Retention) -> int:
+        """Remove the batches idle for longer than the retention's age; returns how many."""
+        idle = await self._metadata.batches_idle_since(time.time() - retention.producer_idle_limit)
+        for batch in idle:
+            await self._log.drop(batch.log_stream)
+            await self._metadata.delete_batch(batch.batch_id)
+        return len(idle)
+
+
+def _user_name(owner: str) -> bool:
+    """Whether ``owner`` can be the user name of a batch id (no control characters, not too long)."""
+    return 0 < len(owner) <= MAX_KEY and not has_control(owner)
+
+
+def _message_problem(
+    request: pb.ProcessDataBatchRequest, number: int, batch: BatchRecord, named: bool, caller: Caller
+) -> str:
+    """Why message ``number`` of a stream cannot be used, or ""."""
+    if len(request.records) > MAX_RECORDS_PER_REQUEST:
+        return f"message {number} holds {len(request.records)} records; at most {MAX_RECORDS_PER_REQUEST}"
+    if number and request.batch_id:
+        own = batch.batch_id.rpartition("/")[2] if caller.user is not None else batch.batch_id
+        if request.batch_id != own:
+            return f"message {number} names another batch_id than the stream's first message"
+    if not named and request.first_index:
+        return f"message {number} has a first_index without a batch_id"
+    return ""
+
+
+def _touched(batch: BatchRecord) -> BatchRecord:
+    return BatchRecord(batch.batch_id, batch.owner, batch.source, batch.created_at, time.time(), batch.completed_at)
+
+
+def _held(next_index: int) -> str:
+    if not next_index:
+        return "no record of the batch is held"
+    return f"the batch holds records 0-{next_index - 1} (resume at index {next_index})"
