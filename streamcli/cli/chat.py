@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -66,8 +65,8 @@ def chat(
       streamcli --json chat --room ops --user logger < /dev/null
     """
     env = get_env(ctx)
-    name = user or os.environ.get("USER") or getpass.getuser()
-    if env.stdin.isatty() and env.stdout.isatty() and not env.json:
+    name = user or env.environ.get("USER") or getpass.getuser()
+    if env.stdin_isatty and env.stdout_isatty and not env.json:
         import pathlib
 
         import platformdirs

@@ -1,8 +1,10 @@
 """``Environment``: what a command needs from the outside world.
 
-It carries the streams, the global options and the rich consoles (created on
-first use, so commands that print nothing never import rich). Tests build their
-own ``Environment`` with string buffers and pass it to ``main``.
+It carries the streams, the environment variables, whether each stream is a
+terminal, the global options and the rich consoles (created on first use, so
+commands that print nothing never import rich). Commands ask it, never ``os`` or
+``sys``, so tests build their own ``Environment`` (string buffers, an ``environ``
+of their choosing, a stream that counts as a terminal) and pass it to ``main``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from streamcli.client.jsontext import ENCODER
@@ -28,31 +30,56 @@ T = TypeVar("T")
 
 @dataclasses.dataclass
 class Environment:
-    """Streams, global options and consoles for one invocation."""
+    """Streams, environment variables, terminal flags, global options and consoles for one invocation.
+
+    The ``*_tty`` flags say whether a stream counts as a terminal; ``None`` (the default) asks the
+    stream (``isatty()``). The global options' own variables (``STREAMCLI_ADDRESS``...) are read by
+    the option parser from the process environment, not from ``environ``.
+    """
 
     stdin: IO[str] = dataclasses.field(default_factory=lambda: sys.stdin)
     stdout: IO[str] = dataclasses.field(default_factory=lambda: sys.stdout)
     stderr: IO[str] = dataclasses.field(default_factory=lambda: sys.stderr)
+    environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: os.environ)
+    stdin_tty: bool | None = None
+    stdout_tty: bool | None = None
+    stderr_tty: bool | None = None
     connection: ConnectionSettings = dataclasses.field(default_factory=ConnectionSettings)
     json: bool = False  # machine output: one JSON object per line on stdout
     traceback: bool = False  # show tracebacks for expected failures too
-    no_color: bool = dataclasses.field(default_factory=lambda: "NO_COLOR" in os.environ)  # https://no-color.org
     _console: Console | None = None
     _err_console: Console | None = None
 
     @property
+    def no_color(self) -> bool:
+        """No colour anywhere: ``NO_COLOR`` is set (https://no-color.org)."""
+        return "NO_COLOR" in self.environ
+
+    @property
+    def stdin_isatty(self) -> bool:
+        return self.stdin.isatty() if self.stdin_tty is None else self.stdin_tty
+
+    @property
     def stdout_isatty(self) -> bool:
-        return self.stdout.isatty()
+        return self.stdout.isatty() if self.stdout_tty is None else self.stdout_tty
 
     @property
     def stderr_isatty(self) -> bool:
-        return self.stderr.isatty()
+        return self.stderr.isatty() if self.stderr_tty is None else self.stderr_tty
 
-    def _make_console(self, file: IO[str]) -> Console:
+    def _make_console(self, file: IO[str], isatty: bool, forced: bool | None) -> Console:
         from rich.console import Console
 
-        no_color = self.no_color or not file.isatty()
-        return Console(file=file, no_color=no_color, highlight=False, soft_wrap=True)
+        # rich reads TERM, COLUMNS and the like from `environ` too; a terminal flag set by the caller
+        # is passed on, so that rich draws for a terminal exactly when the command thinks it has one.
+        return Console(
+            file=file,
+            no_color=self.no_color or not isatty,
+            force_terminal=forced,
+            highlight=False,
+            soft_wrap=True,
+            _environ=self.environ,
+        )
 
     @property
     def progress_console(self) -> Console | None:
@@ -63,14 +90,14 @@ class Environment:
     def console(self) -> Console:
         """Rich console on stdout, for results."""
         if self._console is None:
-            self._console = self._make_console(self.stdout)
+            self._console = self._make_console(self.stdout, self.stdout_isatty, self.stdout_tty)
         return self._console
 
     @property
     def err_console(self) -> Console:
         """Rich console on stderr, for progress and diagnostics."""
         if self._err_console is None:
-            self._err_console = self._make_console(self.stderr)
+            self._err_console = self._make_console(self.stderr, self.stderr_isatty, self.stderr_tty)
         return self._err_console
 
     def run(self, core: Callable[[Connection], Awaitable[T]]) -> T:

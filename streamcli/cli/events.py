@@ -115,7 +115,7 @@ def publish(
     else:
         if event_type is not None or data is not None or timestamp is not None:
             raise UsageError("--type, --data and --timestamp go with --user; without it events come from stdin")
-        if env.stdin.isatty():
+        if env.stdin_isatty:
             raise UsageError("give --user and --type, or pipe NDJSON events to stdin")
         progress = PublishProgress()
         try:

@@ -6,7 +6,6 @@ import enum
 import logging
 import os
 import pathlib
-import sys
 from typing import Annotated
 
 import typer
@@ -177,7 +176,7 @@ def serve(
     env = get_env(ctx)
     level = getattr(logging, log_level.value.upper())
     logging.basicConfig(
-        stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+        stream=env.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     if level <= logging.DEBUG:
         os.environ["GRPC_VERBOSITY"] = "DEBUG"  # main() silences gRPC's C core otherwise
