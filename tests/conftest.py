@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -14,3 +15,11 @@ async def server(tmp_path: pathlib.Path) -> AsyncIterator[RunningServer]:
     """The real server, embedded backend, on an ephemeral loopback port."""
     async with running_server(tmp_path / "data") as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _no_streamcli_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs parse their options as a subprocess would with ``clean_env()``: the global
+    options' ``STREAMCLI_*`` variables are read by the option parser from this process's environment."""
+    for name in [name for name in os.environ if name.startswith("STREAMCLI_")]:
+        monkeypatch.delenv(name)
