@@ -15,7 +15,9 @@ from streamcli.cli.app import app
 from streamcli.cli.environment import Environment
 from streamcli.cli.main import main
 from streamcli.errors import ExitStatus
-from tests.support.servers import clean_env, run_cli, serve_process
+from tests.support.inprocess import cli
+from tests.support.servers import clean_env, run_cli
+from tests.support.threaded import threaded_server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -78,24 +80,25 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     ],
 )
 def test_usage_errors_print_one_line_and_exit_2(args: list[str], message: str) -> None:
-    result = run_cli(*args)
-    assert (result.returncode, result.stderr, result.stdout) == (ExitStatus.USAGE, f"streamcli: error: {message}\n", "")
+    # (cli() passes --address first: a global option, so the one in the last case still comes after the command.)
+    result = cli("127.0.0.1:1", *args)
+    assert (result.code, result.err, result.out) == (ExitStatus.USAGE, f"streamcli: error: {message}\n", "")
 
 
 def test_a_group_without_its_command_still_shows_its_help() -> None:
-    result = run_cli("tail")
-    assert result.returncode == ExitStatus.USAGE
-    assert "Usage: streamcli tail [OPTIONS] COMMAND [ARGS]..." in result.stdout
-    assert result.stderr == ""
+    result = cli("127.0.0.1:1", "tail")
+    assert result.code == ExitStatus.USAGE
+    assert "Usage: streamcli tail [OPTIONS] COMMAND [ARGS]..." in result.out
+    assert result.err == ""
 
 
 def test_unreachable_address_gives_one_line_and_exit_3() -> None:
-    result = run_cli("--address", "127.0.0.1:1", "health")
-    assert result.returncode == ExitStatus.UNAVAILABLE == 3
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    result = cli("127.0.0.1:1", "health")
+    assert result.code == ExitStatus.UNAVAILABLE == 3
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
     assert lines[0].startswith("streamcli: error: cannot reach the server at 127.0.0.1:1")
-    assert result.stdout == ""
+    assert result.out == ""
 
 
 def test_traceback_flag_shows_the_traceback() -> None:
@@ -107,28 +110,27 @@ def test_traceback_flag_shows_the_traceback() -> None:
 
 
 def test_health_against_a_live_server(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        plain = run_cli("--address", served.address, "health")
-        as_json = run_cli("--address", served.address, "--json", "health", "streaming.v1.StreamingService")
-        unknown = run_cli("--address", served.address, "health", "no.such.Service")
-    assert (plain.returncode, plain.stdout) == (0, "SERVING\n")
-    assert as_json.returncode == 0
-    assert as_json.stdout == (
-        f'{{"address":"{served.address}","service":"streaming.v1.StreamingService","status":"SERVING"}}\n'
-    )
-    assert unknown.returncode == ExitStatus.UNAVAILABLE
-    assert unknown.stdout == "SERVICE_UNKNOWN\n"
-    assert unknown.stderr.strip() == f"streamcli: error: no.such.Service at {served.address} is SERVICE_UNKNOWN"
+    with threaded_server(tmp_path / "data") as address:
+        plain = cli(address, "health")
+        as_json = cli(address, "--json", "health", "streaming.v1.StreamingService")
+        unknown = cli(address, "health", "no.such.Service")
+    assert (plain.code, plain.out) == (0, "SERVING\n")
+    assert as_json.code == 0
+    assert as_json.out == f'{{"address":"{address}","service":"streaming.v1.StreamingService","status":"SERVING"}}\n'
+    assert unknown.code == ExitStatus.UNAVAILABLE
+    assert unknown.out == "SERVICE_UNKNOWN\n"
+    assert unknown.err.strip() == f"streamcli: error: no.such.Service at {address} is SERVICE_UNKNOWN"
 
 
 def test_health_probes_need_no_token(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path, "--token", "right") as served:
-        without = run_cli("--address", served.address, "health")
-        wrong = run_cli("--address", served.address, "--token", "wrong", "health")
-    assert (without.returncode, without.stdout) == (0, "SERVING\n")
-    assert (wrong.returncode, wrong.stdout) == (0, "SERVING\n")
+    with threaded_server(tmp_path / "data", token="right") as address:
+        without = cli(address, "health")
+        wrong = cli(address, "--token", "wrong", "health")
+    assert (without.code, without.out) == (0, "SERVING\n")
+    assert (wrong.code, wrong.out) == (0, "SERVING\n")
 
 
+# Process start-up: the module and the console script as installed.
 def test_python_dash_m_and_console_script_agree() -> None:
     module = subprocess.run([sys.executable, "-m", "streamcli", "--version"], capture_output=True, text=True)
     script = pathlib.Path(sys.executable).parent / "streamcli"
@@ -136,6 +138,7 @@ def test_python_dash_m_and_console_script_agree() -> None:
     assert module.stdout == console.stdout == f"streamcli {__version__}\n"
 
 
+# A fresh interpreter: this one has imported grpc long ago.
 def test_help_does_not_import_grpc_or_prompt_toolkit() -> None:
     code = (
         "import sys\n"
@@ -187,9 +190,10 @@ def test_tls_failures_print_one_line_without_grpc_core_logs(tmp_path: pathlib.Pa
     from tests.support.certs import make_pki
 
     _, server, _ = make_pki(tmp_path)
-    with serve_process(tmp_path, "--tls-cert", str(server.cert), "--tls-key", str(server.key)) as served:
-        # The client does not trust the test CA: the handshake fails.
-        result = run_cli("--address", served.address.replace("127.0.0.1", "localhost"), "--tls", "health")
+    with threaded_server(tmp_path / "data", tls_cert=server.cert, tls_key=server.key) as address:
+        # The client does not trust the test CA: the handshake fails. A subprocess: gRPC's C core writes
+        # its logs to file descriptor 2, which only a process of its own separates from the test's.
+        result = run_cli("--address", address.replace("127.0.0.1", "localhost"), "--tls", "health")
     assert result.returncode == 3
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -198,10 +202,10 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path: pathlib.Path) -> None:
     import signal
     import time
 
-    with serve_process(tmp_path) as served:
+    with threaded_server(tmp_path / "data") as address:
         # A stdin upload waits for input: interrupt it there.
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamcli", "--address", served.address, "upload", "-"],
+            [sys.executable, "-m", "streamcli", "--address", address, "upload", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

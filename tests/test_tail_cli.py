@@ -1,4 +1,8 @@
-"""``streamcli tail`` / ``events publish`` / ``notify send`` as real processes."""
+"""``streamcli tail`` / ``events publish`` / ``notify send``.
+
+In-process (``tests.support.inprocess``) against a real server in a thread, with a real pipe for a live
+stdin; as subprocesses where a signal, a killed server or a closed pipe is under test.
+"""
 
 from __future__ import annotations
 
@@ -12,56 +16,52 @@ import threading
 import time
 from typing import Any
 
-from tests.support.servers import clean_env, free_port, run_cli, serve_process
+from tests.support.inprocess import Background, Run, cli
+from tests.support.servers import clean_env, free_port, serve_process
+from tests.support.threaded import threaded_server
 
 
-def publish(address: str, *lines: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    return run_cli(
-        "--address", address, "--json", "events", "publish", input="".join(json.dumps(x) + "\n" for x in lines)
-    )
+def publish(address: str, *lines: dict[str, object]) -> Run:
+    return cli(address, "--json", "events", "publish", stdin="".join(json.dumps(x) + "\n" for x in lines))
 
 
 def test_publish_then_history_as_ndjson_and_exit_0(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
+    with threaded_server(tmp_path / "data") as address:
         published = publish(
-            served.address,
+            address,
             {"user_id": "alice", "type": "login", "data": {"ip": "10.0.0.1"}},
             {"user_id": "bob", "type": "USER_EVENT_TYPE_LOGOUT"},
             {"user_id": "alice", "type": "logout", "timestamp": "2026-11-24T10:00:00Z"},
         )
-        history = run_cli("--address", served.address, "--json", "tail", "events", "--user", "alice", "--since",
-                          "1h", "--no-follow")  # fmt: skip
-        human = run_cli("--address", served.address, "tail", "events", "--all-users", "--since", "1h", "--no-follow")
-        one = run_cli("--address", served.address, "events", "publish", "-u", "carol", "-t", "login")
-        two = publish(served.address, *[{"user_id": "carol", "type": "logout"}] * 2)  # --json, checked above
-        two_human = run_cli(
-            "--address", served.address, "events", "publish", input='{"user_id":"d","type":"login"}\n' * 2
-        )
-    assert (one.stdout, two.returncode, two_human.stdout) == (
+        history = cli(address, "--json", "tail", "events", "--user", "alice", "--since", "1h", "--no-follow")
+        human = cli(address, "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+        one = cli(address, "events", "publish", "-u", "carol", "-t", "login")
+        two = publish(address, *[{"user_id": "carol", "type": "logout"}] * 2)  # --json, checked above
+        two_human = cli(address, "events", "publish", stdin='{"user_id":"d","type":"login"}\n' * 2)
+    assert (one.out, two.code, two_human.out) == (
         "published 1 event, id 4\n",
         0,
         "published 2 events, ids 7-8\n",
     )
-    assert published.returncode == 0, published.stderr
-    assert json.loads(published.stdout) == {"count": 3, "first_id": 1, "last_id": 3}
-    assert history.returncode == 0, history.stderr
-    records = [json.loads(line) for line in history.stdout.splitlines()]
+    assert published.code == 0, published.err
+    assert json.loads(published.out) == {"count": 3, "first_id": 1, "last_id": 3}
+    assert history.code == 0, history.err
+    records = [json.loads(line) for line in history.out.splitlines()]
     assert [(r["id"], r["type"], r["data"]) for r in records] == [(1, "login", {"ip": "10.0.0.1"}), (3, "logout", None)]
     assert records[1]["timestamp"] == "2026-11-24T10:00:00Z"
     assert set(records[0]) == {"id", "user_id", "type", "timestamp", "data"}
-    assert human.returncode == 0 and len(human.stdout.splitlines()) == 3
-    assert "bob" in human.stdout and "logout" in human.stdout
+    assert human.code == 0 and len(human.out.splitlines()) == 3
+    assert "bob" in human.out and "logout" in human.out
 
 
 def test_max_and_idle_timeout_end_with_exit_0(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        publish(served.address, *({"user_id": "a", "type": "login"} for _ in range(5)))
-        limited = run_cli("--address", served.address, "--json", "tail", "events", "-u", "a", "--since", "1h",
-                          "--max", "2")  # fmt: skip
-        # Without the idle timeout this tail would wait for ever (run_cli's 30 s timeout would fail the test).
-        idle = run_cli("--address", served.address, "tail", "events", "-u", "nobody", "--idle-timeout", "0.5")
-    assert limited.returncode == 0 and [json.loads(x)["id"] for x in limited.stdout.splitlines()] == [1, 2]
-    assert idle.returncode == 0 and idle.stdout == ""
+    with threaded_server(tmp_path / "data") as address:
+        publish(address, *({"user_id": "a", "type": "login"} for _ in range(5)))
+        limited = cli(address, "--json", "tail", "events", "-u", "a", "--since", "1h", "--max", "2")
+        # Without the idle timeout this tail would wait for ever (pytest's timeout would fail the test).
+        idle = cli(address, "tail", "events", "-u", "nobody", "--idle-timeout", "0.5")
+    assert limited.code == 0 and [json.loads(x)["id"] for x in limited.out.splitlines()] == [1, 2]
+    assert idle.code == 0 and idle.out == ""
 
 
 def test_tail_resumes_across_a_server_restart_without_gap_or_duplicate(tmp_path: pathlib.Path) -> None:
@@ -102,36 +102,33 @@ def test_ctrl_c_ends_a_tail_with_130(tmp_path: pathlib.Path) -> None:
 
 
 def test_notify_send_and_tail_notifications(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        sent = run_cli("--address", served.address, "--json", "notify", "send", "--to", "alice", "--topic", "deploy",
-                       "--title", "v2", "--severity", "warning", "--attr", "version=2")  # fmt: skip
-        bad = run_cli("--address", served.address, "notify", "send", "--to", "alice", "--topic", "t", "--title", "x",
-                      "--severity", "loud")  # fmt: skip
-        shown = run_cli("--address", served.address, "--json", "tail", "notifications", "--user", "alice",
-                        "--since", "1h", "--no-follow")  # fmt: skip
-    assert sent.returncode == 0, sent.stderr
-    assert json.loads(sent.stdout)["severity"] == "warning"
-    assert bad.returncode == 2 and "unknown severity 'loud'" in bad.stderr
-    [record] = [json.loads(line) for line in shown.stdout.splitlines()]
+    with threaded_server(tmp_path / "data") as address:
+        sent = cli(address, "--json", "notify", "send", "--to", "alice", "--topic", "deploy", "--title", "v2",
+                   "--severity", "warning", "--attr", "version=2")  # fmt: skip
+        bad = cli(address, "notify", "send", "--to", "alice", "--topic", "t", "--title", "x", "--severity", "loud")
+        shown = cli(address, "--json", "tail", "notifications", "--user", "alice", "--since", "1h", "--no-follow")
+    assert sent.code == 0, sent.err
+    assert json.loads(sent.out)["severity"] == "warning"
+    assert bad.code == 2 and "unknown severity 'loud'" in bad.err
+    [record] = [json.loads(line) for line in shown.out.splitlines()]
     assert (record["title"], record["attributes"]) == ("v2", {"version": "2"})
 
 
 def test_a_bad_line_on_stdin_is_reported_with_what_was_published(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        result = run_cli(
-            "--address", served.address, "events", "publish",
-            input='{"user_id": "a", "type": "login"}\n{"user_id": "a", "type": "nope"}\n',
-        )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+    with threaded_server(tmp_path / "data") as address:
+        result = cli(
+            address, "events", "publish", stdin='{"user_id": "a", "type": "login"}\n{"user_id": "a", "type": "nope"}\n'
+        )
+    assert result.code == 2
+    assert result.err.strip() == (
         "streamcli: error: stdin line 2: unknown event type 'nope'; one of: login, logout, profile_update, "
         "password_change; the 1 event(s) before it were published (ids 1-1)"
     )
 
 
 def stored_events(address: str) -> list[dict[str, Any]]:
-    history = run_cli("--address", address, "--json", "tail", "events", "--all-users", "--since", "1h", "--no-follow")
-    return [json.loads(line) for line in history.stdout.splitlines()]
+    history = cli(address, "--json", "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+    return [json.loads(line) for line in history.out.splitlines()]
 
 
 def wait_for_ids(address: str, count: int) -> list[int]:
@@ -145,63 +142,44 @@ def wait_for_ids(address: str, count: int) -> list[int]:
 
 
 def test_publish_sends_each_line_of_a_live_pipe_at_once(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        publisher = subprocess.Popen(
-            [sys.executable, "-m", "streamcli", "--address", served.address, "--json", "events", "publish"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-        )  # fmt: skip
-        assert publisher.stdin is not None
-
-        try:
-            for n in (1, 2):  # one line at a time, stdin kept open: each is published before the next is written
-                publisher.stdin.write(json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n")
-                publisher.stdin.flush()
-                assert wait_for_ids(served.address, n) == list(range(1, n + 1))
-            out, err = publisher.communicate(timeout=30)  # closes stdin: the end of the input
-        finally:
-            publisher.kill()
-    assert publisher.returncode == 0, err
-    assert json.loads(out) == {"count": 2, "first_id": 1, "last_id": 2}
+    with threaded_server(tmp_path / "data") as address, Background(address, "--json", "events", "publish") as publisher:
+        for n in (1, 2):  # one line at a time, stdin kept open: each is published before the next is written
+            publisher.write(json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n")
+            assert wait_for_ids(address, n) == list(range(1, n + 1))
+        result = publisher.communicate(timeout=30)  # closes stdin: the end of the input
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == {"count": 2, "first_id": 1, "last_id": 2}
 
 
 def test_publish_lingers_for_more_lines_and_sends_them_in_one_message(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        publisher = subprocess.Popen(
-            [sys.executable, "-m", "streamcli", "--address", served.address, "--json", "events", "publish",
-             "--linger", "1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-        )  # fmt: skip
-        assert publisher.stdin is not None
+    with threaded_server(tmp_path / "data") as address:
+        with Background(address, "--json", "events", "publish", "--linger", "1") as publisher:
 
-        def write(n: int) -> None:
-            publisher.stdin.write(json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n")
-            publisher.stdin.flush()
+            def write(n: int) -> None:
+                publisher.write(json.dumps({"user_id": "live", "type": "login", "data": {"n": n}}) + "\n")
 
-        try:
             write(0)
-            assert wait_for_ids(served.address, 1) == [1]  # the publisher is up and has sent the first line
+            assert wait_for_ids(address, 1) == [1]  # the publisher is up and has sent the first line
             for n in range(1, 6):  # then five lines 20 ms apart: within one --linger
                 write(n)
                 time.sleep(0.02)
-            out, err = publisher.communicate(timeout=30)
-        finally:
-            publisher.kill()
-        events = stored_events(served.address)
-    assert publisher.returncode == 0, err
-    assert json.loads(out) == {"count": 6, "first_id": 1, "last_id": 6}
+            result = publisher.communicate(timeout=30)
+        events = stored_events(address)
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == {"count": 6, "first_id": 1, "last_id": 6}
     # Events sent without a time get the server's time of the message they came in.
     stamps = [event["timestamp"] for event in events]
     assert len(set(stamps[1:])) == 1 and stamps[1] > stamps[0]
 
 
 def test_publish_does_not_linger_past_the_end_of_the_input(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
+    with threaded_server(tmp_path / "data") as address:
         lines = "".join(json.dumps({"user_id": "a", "type": "login"}) + "\n" for _ in range(3))
         start = time.monotonic()
-        result = run_cli("--address", served.address, "--json", "events", "publish", "--linger", "20", input=lines)
+        result = cli(address, "--json", "events", "publish", "--linger", "20", stdin=lines)
         took = time.monotonic() - start
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["count"] == 3
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["count"] == 3
     assert took < 10
 
 
@@ -211,20 +189,16 @@ def test_publish_reads_odd_input_line_by_line(tmp_path: pathlib.Path) -> None:
         "",  # blank lines are skipped
         json.dumps({"user_id": "b", "type": "logout"}),  # and the last line has no newline
     ]
-    with serve_process(tmp_path) as served:
-        published = run_cli("--address", served.address, "--json", "events", "publish", input="\n".join(lines))
-        history = run_cli("--address", served.address, "--json", "tail", "events", "--all-users", "--since", "1h",
-                          "--no-follow")  # fmt: skip
-        bad = subprocess.run(
-            [sys.executable, "-m", "streamcli", "--address", served.address, "events", "publish"],
-            input=b'{"user_id": "c", "type": "login"}\n{"user_id": "\xff"}\n', capture_output=True, env=clean_env(),
-        )  # fmt: skip
-    assert published.returncode == 0, published.stderr
-    assert json.loads(published.stdout)["count"] == 2
-    records = [json.loads(line) for line in history.stdout.split("\n") if line]  # not splitlines(): U+2028
+    with threaded_server(tmp_path / "data") as address:
+        published = cli(address, "--json", "events", "publish", stdin="\n".join(lines))
+        history = cli(address, "--json", "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+        bad = cli(address, "events", "publish", stdin=b'{"user_id": "c", "type": "login"}\n{"user_id": "\xff"}\n')
+    assert published.code == 0, published.err
+    assert json.loads(published.out)["count"] == 2
+    records = [json.loads(line) for line in history.out.split("\n") if line]  # not splitlines(): U+2028
     assert [r["data"] for r in records] == [{"text": "line\u2028separator é"}, None]
-    assert bad.returncode == 2
-    assert bad.stderr.decode().strip() == (
+    assert bad.code == 2
+    assert bad.err.strip() == (
         "streamcli: error: stdin line 2: not UTF-8; the 1 event(s) before it were published (ids 3-3)"
     )
 
@@ -235,7 +209,7 @@ def test_a_reader_that_closes_the_pipe_ends_a_tail_quietly_with_141(tmp_path: pa
     with serve_process(tmp_path) as served:
         # About 150 KiB of history, more than a pipe holds: the tail is still writing when the reader goes.
         published = publish(served.address, *[{"user_id": "x", "type": "login", "data": {"pad": "p" * 100}}] * 1000)
-        assert published.returncode == 0, published.stderr
+        assert published.code == 0, published.err
         tail = subprocess.Popen(
             [sys.executable, "-m", "streamcli", "--address", served.address, "tail", "events", "--user", "x",
              "--since", "1h", "--no-follow"],
@@ -251,40 +225,40 @@ def test_a_reader_that_closes_the_pipe_ends_a_tail_quietly_with_141(tmp_path: pa
 
 
 def test_since_far_back_is_everything_and_a_bad_since_is_a_usage_error(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        publish(served.address, {"user_id": "a", "type": "login"})
-        everything = run_cli("--address", served.address, "--json", "tail", "events", "--all-users",
-                             "--since", "99999999999d", "--no-follow")  # fmt: skip
+    with threaded_server(tmp_path / "data") as address:
+        publish(address, {"user_id": "a", "type": "login"})
+        everything = cli(address, "--json", "tail", "events", "--all-users", "--since", "99999999999d", "--no-follow")
     # Refused before connecting: no server needed.
-    future = run_cli("--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "2999-01-01T00:00:00Z")
-    beyond = run_cli(
-        "--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "0001-01-01T00:00:00+01:00"
-    )
-    two_units = run_cli("--address", "127.0.0.1:1", "tail", "events", "--all-users", "--since", "1h30m")
-    nothing = run_cli("--address", "127.0.0.1:1", "tail", "notifications", "--user", "a", "--no-follow")
-    assert everything.returncode == 0, everything.stderr
-    assert [json.loads(line)["id"] for line in everything.stdout.splitlines()] == [1]
-    assert (future.returncode, future.stderr) == (
+    future = cli("127.0.0.1:1", "tail", "events", "--all-users", "--since", "2999-01-01T00:00:00Z")
+    beyond = cli("127.0.0.1:1", "tail", "events", "--all-users", "--since", "0001-01-01T00:00:00+01:00")
+    two_units = cli("127.0.0.1:1", "tail", "events", "--all-users", "--since", "1h30m")
+    nothing = cli("127.0.0.1:1", "tail", "notifications", "--user", "a", "--no-follow")
+    assert everything.code == 0, everything.err
+    assert [json.loads(line)["id"] for line in everything.out.splitlines()] == [1]
+    assert (future.code, future.err) == (
         2,
         "streamcli: error: --since 2999-01-01T00:00:00Z is in the future\n",
     )
-    assert (beyond.returncode, beyond.stderr) == (
+    assert (beyond.code, beyond.err) == (
         2,
         "streamcli: error: --since 0001-01-01T00:00:00+01:00: the time is out of range\n",
     )
-    assert (two_units.returncode, two_units.stderr) == (
+    assert (two_units.code, two_units.err) == (
         2,
         "streamcli: error: --since '1h30m' is not a duration or a time: use one unit (90m, 2h, 7d) or a time like "
         "2026-11-24T10:00:00Z\n",
     )
-    assert (nothing.returncode, nothing.stderr) == (
+    assert (nothing.code, nothing.err) == (
         2,
         "streamcli: error: --no-follow prints history and exits: give --since too, e.g. --since 1h\n",
     )
 
 
 def _publishing(address: str, events: int, *args: str) -> subprocess.Popen[str]:
-    """A live ``events publish ARGS`` that has sent ``events`` events (they are stored) and waits for more."""
+    """A live ``events publish ARGS`` that has sent ``events`` events (they are stored) and waits for more.
+
+    A subprocess: the tests that use it interrupt it (SIGINT) or outlive a server killed under it.
+    """
     publisher = subprocess.Popen(
         [sys.executable, "-m", "streamcli", "--address", address, "events", "publish", *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
@@ -293,8 +267,7 @@ def _publishing(address: str, events: int, *args: str) -> subprocess.Popen[str]:
     publisher.stdin.write('{"user_id": "a", "type": "login"}\n' * events)
     publisher.stdin.flush()
     deadline = time.monotonic() + 20
-    history = ("--address", address, "--json", "tail", "events", "--all-users", "--since", "1h", "--no-follow")
-    while len(run_cli(*history).stdout.splitlines()) < events:
+    while len(stored_events(address)) < events:
         assert time.monotonic() < deadline, f"fewer than {events} events stored"
         time.sleep(0.1)
     return publisher
@@ -377,20 +350,19 @@ def test_a_live_publish_survives_server_restarts_storing_every_line_once_in_orde
 
 
 def test_publish_refused_by_the_server_midway_exits_5_saying_what_was_stored(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
+    with threaded_server(tmp_path / "data") as address:
         refused = publish(
-            served.address,
+            address,
             {"user_id": "a", "type": "login"},
             {"user_id": "b", "type": "login"},
             {"user_id": "bell\u0007", "type": "login"},  # the server refuses control characters in user ids
             {"user_id": "c", "type": "login"},
         )
-        history = run_cli("--address", served.address, "--json", "tail", "events", "--all-users", "--since", "1h",
-                          "--no-follow")  # fmt: skip
-    assert refused.returncode == 5
-    assert refused.stdout == ""
-    assert refused.stderr == (
+        history = cli(address, "--json", "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+    assert refused.code == 5
+    assert refused.out == ""
+    assert refused.err == (
         "streamcli: error: event 2 (message 0): user_id has a control character; "
         "the first 2 events of this stream were stored (ids 1-2), none after them\n"
     )
-    assert [json.loads(line)["user_id"] for line in history.stdout.splitlines()] == ["a", "b"]
+    assert [json.loads(line)["user_id"] for line in history.out.splitlines()] == ["a", "b"]
