@@ -79,17 +79,21 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ),
     ],
 )
-def test_usage_errors_print_one_line_and_exit_2(args: list[str], message: str) -> None:
-    # (cli() passes --address first: a global option, so the one in the last case still comes after the command.)
-    result = cli("127.0.0.1:1", *args)
+def test_usage_errors_print_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cli(None, *args)
+    printed = capsys.readouterr()  # (what typer would print itself)
     assert (result.code, result.err, result.out) == (ExitStatus.USAGE, f"streamcli: error: {message}\n", "")
+    assert (printed.out, printed.err) == ("", "")
 
 
-def test_a_group_without_its_command_still_shows_its_help() -> None:
+def test_a_group_without_its_command_still_shows_its_help(capsys: pytest.CaptureFixture[str]) -> None:
     result = cli("127.0.0.1:1", "tail")
+    printed = capsys.readouterr()  # typer prints help on sys.stdout itself
     assert result.code == ExitStatus.USAGE
-    assert "Usage: streamcli tail [OPTIONS] COMMAND [ARGS]..." in result.out
-    assert result.err == ""
+    assert "Usage: streamcli tail [OPTIONS] COMMAND [ARGS]..." in printed.out
+    assert (result.err, printed.err) == ("", "")
 
 
 def test_unreachable_address_gives_one_line_and_exit_3() -> None:

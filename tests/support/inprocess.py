@@ -2,6 +2,7 @@
 ``Environment``, as a user would call it from a shell.
 
 - ``cli(address, *args, stdin=...)``: one run to its end; what it printed and its exit code (a ``Run``).
+  Help and ``--version`` are printed by typer on ``sys.stdout`` itself: read them with ``capsys``.
 - ``acli(...)``: the same, awaited from a test whose own event loop runs the server (``main`` calls
   ``asyncio.run``, which cannot nest: the run goes to a thread).
 - ``Background(address, *args)``: a run in a thread of its own whose stdin and stdout are real pipes, like
@@ -58,7 +59,7 @@ def stdin_file(content: str | bytes) -> IO[str]:
 
 
 def cli(
-    address: str,
+    address: str | None,
     *args: str,
     stdin: str | bytes | IO[str] | None = None,
     stdout: io.TextIOBase | None = None,
@@ -70,6 +71,7 @@ def cli(
     """Run ``streamcli --address ADDRESS ARGS`` in-process and return what it printed.
 
     Args:
+        address: the global ``--address``; ``None`` leaves it out (``streamcli serve --address ...``).
         stdin: text or bytes to read (see ``stdin_file``), or a stream; default empty.
         stdout: where results go (e.g. a ``TextIOWrapper`` over a ``BytesIO`` for binary output); by
             default a string buffer, returned as ``Run.out``.
@@ -93,8 +95,8 @@ def cli(
         stderr_tty=stderr_tty,
     )
     try:
-        with _process_streams(env):
-            code = main(["--address", address, *args], env)
+        with _root_logger_kept():
+            code = main([*(["--address", address] if address is not None else []), *args], env)
     finally:
         if isinstance(stdin, str | bytes):
             source.close()
@@ -108,15 +110,12 @@ async def acli(address: str, *args: str, stdin: str | bytes | IO[str] | None = N
 
 
 @contextlib.contextmanager
-def _process_streams(env: Environment) -> Iterator[None]:
-    """What a command's own process would keep to itself: what typer prints on ``sys.stdout`` and
-    ``sys.stderr`` (help, ``--version``) goes to the run's streams, and the root logger that
-    ``serve`` configures is put back afterwards."""
+def _root_logger_kept() -> Iterator[None]:
+    """Put back the root logger's handlers and level, which ``serve`` sets for its own process."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
-            yield
+        yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
