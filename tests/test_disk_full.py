@@ -4,7 +4,7 @@ The server runs in its own mount namespace (``unshare``) with a 3 MiB tmpfs on
 its data dir, so the mount needs no cleanup: it ends with the server, and the
 host's mount table is never touched. As root that needs only ``unshare --mount``;
 otherwise an unprivileged user namespace. The test reads the server's data dir
-through ``/proc/PID/root``.
+through ``/proc/PID/root``. The clients run in-process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.files import MiB, write_random
-from tests.support.servers import ServeProcess, run_cli, serve_process
+from tests.support.inprocess import cli
+from tests.support.servers import ServeProcess, serve_process
 
 DISK_FULL = "streamcli: error: the server's disk is full"
 
@@ -77,13 +78,13 @@ def fill(path: pathlib.Path) -> None:
 
 
 def assert_still_serving(served: ServeProcess, tmp_path: pathlib.Path) -> None:
-    health = run_cli("--address", served.address, "health")
-    assert health.returncode == 0, health.stderr
+    health = cli(served.address, "health")
+    assert health.code == 0, health.err
     small = tmp_path / "small.bin"
     write_random(small, 100_000)
-    stored = run_cli("--address", served.address, "upload", str(small))
-    assert stored.returncode == 0, stored.stderr
-    assert stored.stdout.split()[1] == "small.bin"
+    stored = cli(served.address, "upload", str(small))
+    assert stored.code == 0, stored.err
+    assert stored.out.split()[1] == "small.bin"
 
 
 def test_an_upload_that_fills_the_disk_is_refused_once_and_leaves_nothing(
@@ -92,17 +93,17 @@ def test_an_upload_that_fills_the_disk_is_refused_once_and_leaves_nothing(
     served = full_disk_server
     big = tmp_path / "big.bin"
     write_random(big, 5 * MiB)
-    up = run_cli("--address", served.address, "upload", str(big))
-    assert up.returncode == 8
-    assert up.stderr.splitlines() == [DISK_FULL]  # one line, and no retry (it would say so in the log)
+    up = cli(served.address, "upload", str(big))
+    assert up.code == 8
+    assert up.err.splitlines() == [DISK_FULL]  # one line, and no retry (it would say so in the log)
     assert leftovers(served) == []
     log = served.log()
     assert len([line for line in log.splitlines() if "big.bin" in line]) == 1, log  # one attempt, one line
     assert "Traceback" not in log
 
-    piped = run_cli("--address", served.address, "upload", "-", "--name", "piped", input=os.urandom(5 * MiB).hex())
-    assert piped.returncode == 8
-    assert piped.stderr.splitlines() == [DISK_FULL]
+    piped = cli(served.address, "upload", "-", "--name", "piped", stdin=os.urandom(5 * MiB).hex())
+    assert piped.code == 8
+    assert piped.err.splitlines() == [DISK_FULL]
     assert leftovers(served) == []
 
     assert_still_serving(served, tmp_path)
@@ -117,14 +118,14 @@ def test_when_even_the_database_cannot_write_the_upload_is_refused_cleanly(
     fill(filler)  # nothing is left, not even for SQLite's write-ahead log
     small = tmp_path / "small.bin"
     write_random(small, 100_000)
-    up = run_cli("--address", served.address, "upload", str(small))  # its record cannot be written
-    assert up.returncode == 8
-    assert up.stderr.splitlines() == [DISK_FULL]
-    piped = run_cli("--address", served.address, "upload", "-", "--name", "piped", input="x" * 100_000)
-    assert piped.returncode == 8  # no record to write: its first chunk cannot be
-    assert piped.stderr.splitlines() == [DISK_FULL]
-    listed = run_cli("--address", served.address, "--json", "files", "ls")
-    assert listed.returncode == 0 and listed.stdout == ""
+    up = cli(served.address, "upload", str(small))  # its record cannot be written
+    assert up.code == 8
+    assert up.err.splitlines() == [DISK_FULL]
+    piped = cli(served.address, "upload", "-", "--name", "piped", stdin="x" * 100_000)
+    assert piped.code == 8  # no record to write: its first chunk cannot be
+    assert piped.err.splitlines() == [DISK_FULL]
+    listed = cli(served.address, "--json", "files", "ls")
+    assert listed.code == 0 and listed.out == ""
     assert leftovers(served) == []
 
     filler.unlink()

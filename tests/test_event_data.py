@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import NonFiniteNumber, parse_json
 from streamcli.services.logs import timestamp
-from tests.support.servers import client, run_cli, serve_process
+from tests.support.inprocess import cli
+from tests.support.servers import client
+from tests.support.threaded import threaded_server
 
 #: RFC 3339 as streamcli writes it: a four-digit year, and a fraction of 3 or 6 digits (or none).
 RFC3339_MICROS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6})?Z")
@@ -36,9 +38,9 @@ def strict_loads(text: str) -> Any:
 
 def tail_json(address: str, what: str = "events") -> list[dict[str, Any]]:
     who = ["--all-users"] if what == "events" else ["--user", "alice"]
-    result = run_cli("--address", address, "--json", "tail", what, *who, "--since", "1h", "--no-follow")
-    assert result.returncode == 0, result.stderr
-    return [strict_loads(line) for line in result.stdout.splitlines()]
+    result = cli(address, "--json", "tail", what, *who, "--since", "1h", "--no-follow")
+    assert result.code == 0, result.err
+    return [strict_loads(line) for line in result.out.splitlines()]
 
 
 @pytest.mark.parametrize(
@@ -79,16 +81,13 @@ def test_publish_refuses_non_finite_numbers_in_data(tmp_path: pathlib.Path) -> N
         "-Infinity": "--data: -Infinity is not a JSON number",
         '{"big":1e400}': "--data: 1e400 is beyond the range of a double",
     }
-    with serve_process(tmp_path) as served:
-        results = {
-            data: run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login", "--data", data)
-            for data in cases
-        }
-        stored = tail_json(served.address)
+    with threaded_server(tmp_path / "data") as address:
+        results = {data: cli(address, "events", "publish", "-u", "a", "-t", "login", "--data", data) for data in cases}
+        stored = tail_json(address)
     for data, message in cases.items():
         result = results[data]
-        assert (result.returncode, result.stdout) == (2, ""), (data, result.stderr)
-        assert result.stderr.splitlines() == [f"streamcli: error: {message}"]
+        assert (result.code, result.out) == (2, ""), (data, result.err)
+        assert result.err.splitlines() == [f"streamcli: error: {message}"]
     assert stored == []
 
 
@@ -104,12 +103,12 @@ def test_publish_refuses_non_finite_numbers_on_stdin(tmp_path: pathlib.Path) -> 
         ('{"user_id": "a", "type": "login", "data": Infinity}\n',
          "stdin line 1: Infinity is not a JSON number; nothing was published"),
     ]  # fmt: skip
-    with serve_process(tmp_path) as served:
-        results = [run_cli("--address", served.address, "events", "publish", input=lines) for lines, _ in cases]
-        stored = tail_json(served.address)
+    with threaded_server(tmp_path / "data") as address:
+        results = [cli(address, "events", "publish", stdin=lines) for lines, _ in cases]
+        stored = tail_json(address)
     for (_, message), result in zip(cases, results, strict=True):
-        assert (result.returncode, result.stdout) == (2, ""), result.stderr
-        assert result.stderr.splitlines() == [f"streamcli: error: {message}"]
+        assert (result.code, result.out) == (2, ""), result.err
+        assert result.err.splitlines() == [f"streamcli: error: {message}"]
     assert [(event["id"], event["data"]) for event in stored] == [(1, {"n": 1.5}), (2, {"n": 1.5}), (3, {"n": 1.5})]
 
 
@@ -142,28 +141,27 @@ def test_stored_non_finite_numbers_are_printed_as_json_strings(tmp_path: pathlib
         two_kinds,
     ]
     events = [pb.UserEvent(user_id="a", type=pb.USER_EVENT_TYPE_LOGIN, data=data) for data in datas]
-    with serve_process(tmp_path) as served:
-        asyncio.run(_publish_unchecked(served.address, events))
-        stored = tail_json(served.address)  # each line read by strict_loads
-        human = run_cli("--address", served.address, "tail", "events", "--all-users", "--since", "1h", "--no-follow")
+    with threaded_server(tmp_path / "data") as address:
+        asyncio.run(_publish_unchecked(address, events))
+        stored = tail_json(address)  # each line read by strict_loads
+        human = cli(address, "tail", "events", "--all-users", "--since", "1h", "--no-follow")
     assert [event["data"] for event in stored] == [
         {"nan": "NaN", "inf": "Infinity", "list": [1.5, "-Infinity"], "nested": {"x": "NaN"}},
         "Infinity",
         "NaN",
         "-Infinity",
     ]
-    assert human.returncode == 0, human.stderr
-    assert '"nan":"NaN"' in human.stdout and "NaN," not in human.stdout and ":Infinity" not in human.stdout
+    assert human.code == 0, human.err
+    assert '"nan":"NaN"' in human.out and "NaN," not in human.out and ":Infinity" not in human.out
 
 
 def test_a_timestamp_before_the_year_1000_prints_with_four_digits(tmp_path: pathlib.Path) -> None:
     stamps = ["0001-01-01T00:00:00Z", "0999-12-31T23:59:59.250Z", "2026-11-24T10:00:00.000001Z"]
-    with serve_process(tmp_path) as served:
+    with threaded_server(tmp_path / "data") as address:
         for stamp in stamps:
-            published = run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login",
-                                "--timestamp", stamp)  # fmt: skip
-            assert published.returncode == 0, published.stderr
-        stored = tail_json(served.address)
+            published = cli(address, "events", "publish", "-u", "a", "-t", "login", "--timestamp", stamp)
+            assert published.code == 0, published.err
+        stored = tail_json(address)
     assert [event["timestamp"] for event in stored] == stamps
 
 
@@ -178,16 +176,18 @@ def test_published_times_keep_their_nanoseconds_and_may_use_lowercase_t_z_or_an_
         "2026-11-24 10:00:00.987654321": "2026-11-24T10:00:00.987654321Z",  # no zone: UTC
     }
     lines = "".join(json.dumps({"user_id": "a", "type": "login", "timestamp": t}) + "\n" for t in piped)
-    with serve_process(tmp_path) as served:
-        one = run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login", "--timestamp", flag)
-        many = run_cli("--address", served.address, "events", "publish", input=lines)
-        stored = tail_json(served.address)
+    with threaded_server(tmp_path / "data") as address:
+        one = cli(address, "events", "publish", "-u", "a", "-t", "login", "--timestamp", flag)
+        many = cli(address, "events", "publish", stdin=lines)
+        stored = tail_json(address)
         # --since reads times the same way (it picks by append time: all of these are after it).
-        tail = ("--address", served.address, "--json", "tail", "events", "--all-users", "--no-follow", "--since")
-        since = [run_cli(*tail, start) for start in ("2000-01-01t00:00:00z", "2000-01-01T05:30:00.000000001+05:30")]
-    assert (one.returncode, many.returncode) == (0, 0), one.stderr + many.stderr
+        tail = ("--json", "tail", "events", "--all-users", "--no-follow", "--since")
+        since = [
+            cli(address, *tail, start) for start in ("2000-01-01t00:00:00z", "2000-01-01T05:30:00.000000001+05:30")
+        ]
+    assert (one.code, many.code) == (0, 0), one.err + many.err
     assert [event["timestamp"] for event in stored] == [flag, *piped.values()]
-    assert [(result.returncode, len(result.stdout.splitlines())) for result in since] == [(0, 5), (0, 5)]
+    assert [(result.code, len(result.out.splitlines())) for result in since] == [(0, 5), (0, 5)]
 
 
 def test_time_options_keep_nanoseconds_and_refuse_what_a_timestamp_cannot_hold() -> None:
@@ -246,9 +246,10 @@ def test_times_read_as_protobufs_own_rfc_3339_reader_reads_them(
 
 
 def test_an_out_of_range_timestamp_is_a_usage_error(tmp_path: pathlib.Path) -> None:
-    result = run_cli("--address", "127.0.0.1:1", "events", "publish", "-u", "a", "-t", "login",
-                     "--timestamp", "0001-01-01T00:00:00+01:00")  # fmt: skip
-    assert (result.returncode, result.stderr) == (
+    result = cli(
+        "127.0.0.1:1", "events", "publish", "-u", "a", "-t", "login", "--timestamp", "0001-01-01T00:00:00+01:00"
+    )
+    assert (result.code, result.err) == (
         2,
         "streamcli: error: '0001-01-01T00:00:00+01:00' is out of range (years 0001-9999 in UTC)\n",
     )
@@ -266,15 +267,15 @@ def test_server_times_are_whole_microseconds() -> None:
 
 
 def test_notification_times_print_like_event_times(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        send = ["--address", served.address, "--json", "notify", "send", "--to", "alice", "--topic", "t", "--title"]
-        sent = [run_cli(*send, f"n{n}") for n in range(3)]
-        shown = tail_json(served.address, "notifications")
-        published = run_cli("--address", served.address, "events", "publish", "-u", "a", "-t", "login")
-        assert published.returncode == 0, published.stderr
-        [event] = tail_json(served.address)
-    assert all(result.returncode == 0 for result in sent), [result.stderr for result in sent]
-    times = [strict_loads(result.stdout)["timestamp"] for result in sent]
+    with threaded_server(tmp_path / "data") as address:
+        send = ["--json", "notify", "send", "--to", "alice", "--topic", "t", "--title"]
+        sent = [cli(address, *send, f"n{n}") for n in range(3)]
+        shown = tail_json(address, "notifications")
+        published = cli(address, "events", "publish", "-u", "a", "-t", "login")
+        assert published.code == 0, published.err
+        [event] = tail_json(address)
+    assert all(result.code == 0 for result in sent), [result.err for result in sent]
+    times = [strict_loads(result.out)["timestamp"] for result in sent]
     assert [record["timestamp"] for record in shown] == times
     for text in [*times, event["timestamp"]]:
         assert RFC3339_MICROS.fullmatch(text), text

@@ -1,9 +1,14 @@
-"""``streamcli upload`` / ``download`` as real processes: pipes, kills and restarts."""
+"""``streamcli upload`` / ``download``: standard streams, kills and restarts.
+
+In-process (``tests.support.inprocess``) except for a client killed midway and a server killed under a
+download, which need processes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import pathlib
 import signal
@@ -15,38 +20,32 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
+from streamcli.cli.parsing import parse_size
 from streamcli.client.transfer import upload_id_for
 from tests.support.files import MiB, write_random
-from tests.support.servers import clean_env, free_port, run_cli, serve_process
+from tests.support.inprocess import cli
+from tests.support.servers import clean_env, free_port, serve_process
+from tests.support.threaded import threaded_server
 
 
 def streamcli(address: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "streamcli", "--address", address, *args]
 
 
-def test_stdin_upload_and_stdout_download_through_pipes(tmp_path: pathlib.Path) -> None:
+def test_stdin_upload_and_stdout_download(tmp_path: pathlib.Path) -> None:
     content = bytes(range(256)) * 40_000  # ~10 MB
-    with serve_process(tmp_path) as served:
-        up = subprocess.run(
-            streamcli(served.address, "--json", "upload", "-", "--name", "piped.bin"),
-            input=content,
-            capture_output=True,
-            env=clean_env(),
-            timeout=60,
-        )
-        assert up.returncode == 0, up.stderr
-        record = json.loads(up.stdout)
+    sink = io.TextIOWrapper(io.BytesIO())
+    with threaded_server(tmp_path / "data") as address:
+        up = cli(address, "--json", "upload", "-", "--name", "piped.bin", stdin=content)
+        assert up.code == 0, up.err
+        record = json.loads(up.out)
         assert (record["name"], record["size"]) == ("piped.bin", len(content))
         assert record["sha256"] == hashlib.sha256(content).hexdigest()
-        down = subprocess.run(
-            streamcli(served.address, "download", record["id"], "-o", "-"),
-            capture_output=True,
-            env=clean_env(),
-            timeout=60,
-        )
-    assert down.returncode == 0, down.stderr
-    assert down.stdout == content
-    assert down.stderr == b""  # no progress on a non-terminal stderr
+        down = cli(address, "download", record["id"], "-o", "-", stdout=sink)
+    sink.flush()
+    assert down.code == 0, down.err
+    assert sink.buffer.getvalue() == content  # type: ignore[attr-defined]
+    assert down.err == ""  # no progress on a non-terminal stderr
 
 
 def test_upload_killed_halfway_resumes_on_the_next_run(tmp_path: pathlib.Path) -> None:
@@ -75,14 +74,14 @@ def test_upload_killed_halfway_resumes_on_the_next_run(tmp_path: pathlib.Path) -
         committed = stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id=upload_id)).committed_offset
         assert 0 < committed < 200 * MiB
 
-        second = run_cli("--address", served.address, "--json", "upload", str(source), timeout=120)
-        assert second.returncode == 0, second.stderr
-        record = json.loads(second.stdout)
+        second = cli(served.address, "--json", "upload", str(source))
+        assert second.code == 0, second.err
+        record = json.loads(second.out)
         assert record["sha256"] == digest
         assert record["resumed_from"] >= committed - 1 * MiB  # only the rest was sent
         target = tmp_path / "copy.bin"
-        download = run_cli("--address", served.address, "download", record["id"], "-o", str(target), timeout=120)
-        assert download.returncode == 0, download.stderr
+        download = cli(served.address, "download", record["id"], "-o", str(target))
+        assert download.code == 0, download.err
         channel.close()
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
 
@@ -92,9 +91,9 @@ def test_download_survives_a_server_restart(tmp_path: pathlib.Path) -> None:
     digest = write_random(source, 200 * MiB)
     address = f"127.0.0.1:{free_port()}"
     with serve_process(tmp_path, address=address) as served:
-        up = run_cli("--address", address, "--json", "upload", str(source), timeout=120)
-        assert up.returncode == 0, up.stderr
-        file_id = json.loads(up.stdout)["id"]
+        up = cli(address, "--json", "upload", str(source))
+        assert up.code == 0, up.err
+        file_id = json.loads(up.out)["id"]
         # Download to a pipe we read slowly, so the transfer is in flight when the server dies.
         download = subprocess.Popen(
             streamcli(address, "download", file_id, "-o", "-", "--retries", "20"),
@@ -116,10 +115,10 @@ def test_download_survives_a_server_restart(tmp_path: pathlib.Path) -> None:
 
 
 def test_download_of_a_missing_file_exits_4(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        result = run_cli("--address", served.address, "download", "0123abcd", "-o", str(tmp_path))
-    assert result.returncode == 4
-    assert result.stderr.strip() == "streamcli: error: no file '0123abcd'"
+    with threaded_server(tmp_path / "data") as address:
+        result = cli(address, "download", "0123abcd", "-o", str(tmp_path))
+    assert result.code == 4
+    assert result.err.strip() == "streamcli: error: no file '0123abcd'"
 
 
 def test_parallel_uploads_over_the_quota_store_what_fits_and_exit_8(tmp_path: pathlib.Path) -> None:
@@ -128,11 +127,11 @@ def test_parallel_uploads_over_the_quota_store_what_fits_and_exit_8(tmp_path: pa
     for n in range(8):
         paths.append(tmp_path / f"f{n}.bin")
         write_random(paths[-1], 1_900_000)
-    with serve_process(tmp_path, "--quota", "5M") as served:
-        up = run_cli("--address", served.address, "upload", *map(str, paths), "--parallel", "8", timeout=120)
-        listed = run_cli("--address", served.address, "--json", "files", "ls")
-    assert up.returncode == 8, up.stderr
-    assert len(up.stdout.splitlines()) == 2  # two fit under 5 MiB; the others are refused, not retried
-    (line,) = up.stderr.splitlines()
+    with threaded_server(tmp_path / "data", quota=parse_size("5M")) as address:
+        up = cli(address, "upload", *map(str, paths), "--parallel", "8")
+        listed = cli(address, "--json", "files", "ls")
+    assert up.code == 8, up.err
+    assert len(up.out.splitlines()) == 2  # two fit under 5 MiB; the others are refused, not retried
+    (line,) = up.err.splitlines()
     assert "quota would be exceeded" in line and line.endswith("(and 5 more failed)")
-    assert sum(json.loads(record)["size"] for record in listed.stdout.splitlines()) == 2 * 1_900_000
+    assert sum(json.loads(record)["size"] for record in listed.out.splitlines()) == 2 * 1_900_000
