@@ -1,6 +1,6 @@
 """Chat delivery: acknowledgements, rate-limit pacing and line mode's exit status, against the real server.
 
-Line mode runs in-process (``main`` with an ``Environment`` of string buffers, or a pipe for input that
+Line mode runs in-process (``tests.support.inprocess.acli``: string buffers, or a pipe for input that
 arrives while the server restarts) in a thread of its own, since it runs its own event loop; the server runs
 in the test's loop.
 """
@@ -16,11 +16,10 @@ from typing import IO
 import pytest
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.cli.environment import Environment
-from streamcli.cli.main import main
 from streamcli.client.connection import Connection
 from streamcli.services.chat import MAX_CONTENT_BYTES, ChatSettings
 from tests.support.chat import RawChat
+from tests.support.inprocess import acli, cli
 from tests.support.servers import client, free_port, running_server
 
 TEXT = pb.CHAT_MESSAGE_TYPE_TEXT
@@ -30,10 +29,8 @@ PACED = ChatSettings(rate=50, burst=5)
 
 async def line_mode(address: str, stdin: IO[str], *args: str) -> tuple[int, str, str]:
     """Run ``streamcli chat ARGS`` in line mode; returns (exit code, stdout, stderr)."""
-    env = Environment(stdin=stdin, stdout=io.StringIO(), stderr=io.StringIO())
-    code = await asyncio.to_thread(main, ["--address", address, "chat", *args], env)
-    assert isinstance(env.stdout, io.StringIO) and isinstance(env.stderr, io.StringIO)
-    return code, env.stdout.getvalue(), env.stderr.getvalue()
+    run = await acli(address, "chat", *args, stdin=stdin)
+    return run.code, run.out, run.err
 
 
 async def stored(conn: Connection, room: str, until: str) -> list[pb.ChatMessage]:
@@ -137,10 +134,9 @@ async def test_a_bad_client_id_is_refused(tmp_path: pathlib.Path, client_id: str
 
 @pytest.mark.parametrize("name", ["", "   "])
 def test_an_empty_user_name_is_a_usage_error(name: str) -> None:
-    env = Environment(stdin=io.StringIO(""), stdout=io.StringIO(), stderr=io.StringIO())
-    assert main(["--address", "127.0.0.1:1", "chat", "--room", "r", "--user", name], env) == 2
-    assert isinstance(env.stderr, io.StringIO)
-    assert env.stderr.getvalue() == (
+    run = cli("127.0.0.1:1", "chat", "--room", "r", "--user", name)
+    assert run.code == 2
+    assert run.err == (
         "streamcli: error: invalid value for '--user' / '-u' (env var: 'STREAMCLI_USER'): the name must not be empty"
         " (see streamcli chat --help)\n"
     )

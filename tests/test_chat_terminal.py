@@ -1,4 +1,4 @@
-"""``streamcli chat`` as real processes: two REPLs in real terminals (tmux), and line mode for scripts."""
+"""``streamcli chat``: REPLs as real processes in real terminals (tmux), and line mode for scripts (in-process)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.servers import clean_env, run_cli, serve_process
+from tests.support.inprocess import Background, cli
+from tests.support.servers import serve_process
+from tests.support.threaded import threaded_server
 
 
 class Tmux:
@@ -100,25 +102,21 @@ def test_allow_duplicate_lets_a_second_session_of_a_user_in(tmux: Tmux, tmp_path
 
 
 def test_line_mode_for_scripts(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        listener = subprocess.Popen(
-            [sys.executable, "-m", "streamcli", "--address", served.address, "--json", "chat", "--room", "ops",
-             "--user", "listener"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-        )  # fmt: skip
-        assert listener.stdout is not None
+    with (
+        threaded_server(tmp_path / "data") as address,
+        Background(address, "--json", "chat", "--room", "ops", "--user", "listener") as listener,
+    ):
         first = json.loads(listener.stdout.readline())
         assert (first["type"], first["content"]) == ("system", "listener joined")
-        bot = run_cli("--address", served.address, "chat", "--room", "ops", "--user", "ci-bot",
-                      input="deploy started\ndeploy finished\n")  # fmt: skip
-        assert bot.returncode == 0, bot.stderr
+        bot = cli(address, "chat", "--room", "ops", "--user", "ci-bot", stdin="deploy started\ndeploy finished\n")
+        assert bot.code == 0, bot.err
         seen = [json.loads(listener.stdout.readline()) for _ in range(4)]
-        out, err = listener.communicate("", timeout=20)  # end of input: leave
+        left = listener.communicate("", timeout=20)  # end of input: leave
     assert [(m["user_id"], m["content"]) for m in seen] == [
         ("system", "ci-bot joined"),
         ("ci-bot", "deploy started"),
         ("ci-bot", "deploy finished"),
         ("system", "ci-bot left"),
     ]
-    assert listener.returncode == 0, err
-    assert out == ""  # nothing after its own leave (the room sees "listener left")
+    assert left.code == 0, left.err
+    assert left.out == ""  # nothing after its own leave (the room sees "listener left")

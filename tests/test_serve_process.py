@@ -1,4 +1,4 @@
-"""``streamcli serve`` as a real process: signals, shutdown, refusals."""
+"""``streamcli serve``: signals and shutdown of a real process; refusals at start, in-process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import signal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.servers import run_cli, serve_process
+from tests.support.inprocess import cli
+from tests.support.servers import serve_process
+from tests.support.threaded import threaded_server
 
 
 def _stderr_lines(text: str) -> list[str]:
@@ -56,35 +58,38 @@ async def test_a_second_signal_exits_at_once(tmp_path: pathlib.Path) -> None:
         assert "exiting now" in served.log()
 
 
+# The refusals below end `serve` before it serves: no signal handler, no process of its own needed.
+
+
 def test_a_busy_port_is_refused_with_one_line(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path) as served:
-        result = run_cli("serve", "--address", served.address, "--data-dir", str(tmp_path / "other"))
-    assert result.returncode == 3
-    assert _stderr_lines(result.stderr) == [
-        f"streamcli: error: cannot listen on {served.address}: the address is in use or not available"
+    with threaded_server(tmp_path / "data") as address:
+        result = cli(None, "serve", "--address", address, "--data-dir", str(tmp_path / "other"))
+    assert result.code == 3
+    assert _stderr_lines(result.err) == [
+        f"streamcli: error: cannot listen on {address}: the address is in use or not available"
     ]
 
 
 def test_an_insecure_public_bind_is_refused(tmp_path: pathlib.Path) -> None:
-    result = run_cli("serve", "--address", "0.0.0.0:0", "--data-dir", str(tmp_path))
-    assert result.returncode == 2
-    lines = _stderr_lines(result.stderr)
+    result = cli(None, "serve", "--address", "0.0.0.0:0", "--data-dir", str(tmp_path))
+    assert result.code == 2
+    lines = _stderr_lines(result.err)
     assert len(lines) == 1
     assert "refusing to listen on non-loopback address 0.0.0.0:0 without TLS;" in lines[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.err
 
 
 def test_an_empty_token_is_refused_not_ignored(tmp_path: pathlib.Path) -> None:
-    result = run_cli("serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path), "--token", "")
-    assert result.returncode == 2
-    assert _stderr_lines(result.stderr) == ["streamcli: error: the token is empty"]
+    result = cli(None, "serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path), "--token", "")
+    assert result.code == 2
+    assert _stderr_lines(result.err) == ["streamcli: error: the token is empty"]
 
 
 def test_out_of_range_ports_are_refused(tmp_path: pathlib.Path) -> None:
     for address in ("127.0.0.1:99999", "127.0.0.1:", "foo", ":80"):
-        result = run_cli("serve", "--address", address, "--data-dir", str(tmp_path))
-        assert result.returncode == 2, address
-        assert _stderr_lines(result.stderr) == [
+        result = cli(None, "serve", "--address", address, "--data-dir", str(tmp_path))
+        assert result.code == 2, address
+        assert _stderr_lines(result.err) == [
             f"streamcli: error: invalid address {address!r}: expected HOST:PORT with a port of 0-65535, "
             "e.g. 127.0.0.1:50051"
         ]
@@ -94,18 +99,19 @@ def test_a_mismatched_tls_pair_is_a_usage_error(tmp_path: pathlib.Path) -> None:
     from tests.support.certs import make_pki
 
     ca, server, _ = make_pki(tmp_path)
-    result = run_cli(
+    result = cli(
+        None,
         "serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
         "--tls-cert", str(server.cert), "--tls-key", str(ca.key),
     )  # fmt: skip
-    assert result.returncode == 2
-    assert "invalid TLS certificate" in result.stderr
+    assert result.code == 2
+    assert "invalid TLS certificate" in result.err
 
 
 def test_a_data_dir_serves_one_server_at_a_time(tmp_path: pathlib.Path) -> None:
-    with serve_process(tmp_path):
-        result = run_cli("serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"))
-    assert result.returncode == 2
-    assert _stderr_lines(result.stderr) == [
+    with threaded_server(tmp_path / "data"):  # (its lock is an flock: an open file's, not a process's)
+        result = cli(None, "serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"))
+    assert result.code == 2
+    assert _stderr_lines(result.err) == [
         f"streamcli: error: data dir {tmp_path / 'data'} is in use by another streamcli serve"
     ]
