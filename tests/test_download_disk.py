@@ -243,6 +243,8 @@ def test_forced_or_piped_output_is_written(served: tuple[str, str]) -> None:
 
 
 def _download_to_stdout(address: str, file_id: str, shell_tail: str) -> subprocess.CompletedProcess[str]:
+    # A process: a reader that goes away (141) and what Python flushes to a full stdout at exit ("Exception
+    # ignored ...") are process behaviour, which an in-process run cannot show.
     command = f"'{sys.executable}' -m streamcli --address {address} download {file_id} -o - {shell_tail}"
     # bash reports the first command's status of the pipeline through PIPESTATUS.
     return subprocess.run(
