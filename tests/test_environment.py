@@ -89,3 +89,15 @@ def test_serve_logs_to_the_environments_stderr(address: str, tmp_path: pathlib.P
     warning, error = run.error_lines
     assert f"--user-tokens {tokens} is readable by every user of this machine" in warning
     assert error == f"streamcli: error: cannot listen on {address}: the address is in use or not available"
+
+
+def test_batch_ingest_reads_the_environments_stdin(address: str) -> None:
+    lines = "".join(json.dumps({"key": "k", "value": n}) + "\n" for n in range(3))
+    piped = cli(address, "--json", "batch", "ingest", "-", stdin=lines)
+    textual = cli(address, "batch", "ingest", "-", stdin=io.StringIO(lines))  # no bytes under it
+    assert piped.code == 0, piped.err
+    assert (json.loads(piped.out)["received"], json.loads(piped.out)["stored"]) == (3, 3)
+    assert (textual.code, textual.err) == (
+        ExitStatus.USAGE,
+        "streamcli: error: standard input is not readable as bytes\n",
+    )

@@ -118,8 +118,6 @@ def _ingest_one(
     retries: int,
     count: int,
 ) -> IngestResult:
-    import sys
-
     from streamcli.client.batches import BatchIngest, IngestOptions, batch_id_for, new_batch_id
     from streamcli.client.jsontext import ENCODER
     from streamcli.client.records import read_records
@@ -128,7 +126,10 @@ def _ingest_one(
     from streamcli.ui.progress import transfer_progress
 
     if name == "-":
-        stream: IO[bytes] = getattr(env.stdin, "buffer", None) or sys.stdin.buffer
+        buffer: IO[bytes] | None = getattr(env.stdin, "buffer", None)
+        if buffer is None:
+            raise UsageError("standard input is not readable as bytes")
+        stream = buffer
         size = None
         batch_id = new_batch_id()
     else:
