@@ -8,9 +8,9 @@ import datetime
 import json
 import math
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring as _quote
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -174,12 +174,13 @@ class Event:
     """One event of the log, as ``tail_events`` hands it on: a read-only view over the message received.
 
     A wrapper rather than a dataclass of the fields, because a replay runs tens of thousands of events
-    a second through the CLI. ``bench/records.py`` (100,000 received events, CPU time): copying every
-    field into a frozen dataclass costs about 5.4 us per event, and its ``--json`` line then comes to
-    13.4-14.7 us per event against 9.3-10.6 us from the message (some 40% more); wrapping costs
-    0.25 us and leaves the line's cost as it was. Fields are read when asked for, and ``json_line``
-    builds the text straight from the message. Only client/ builds one (``Event(message)``, the one
-    conversion from the message); callers read the properties.
+    a second through the CLI. ``bench/records.py`` (100,000 received events, CPU time, four runs on a
+    shared 2-core machine): copying every field into a frozen dataclass costs 4.1-5.5 us per event,
+    and the ``--json`` line then comes to 10.9-14.7 us per event against 8.7-11.2 us straight from
+    the message (15-40% more); wrapping costs 0.15-0.3 us, within the noise of the line's cost.
+    Fields are read when asked for, and ``json_line`` builds the text straight from the message.
+    Only client/ builds one (``Event(message)``, the one conversion from the message; ``EventBatch``
+    for a response's events); callers read the properties.
     """
 
     __slots__ = ("_message",)
@@ -251,6 +252,37 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event(id={self.id}, user_id={self.user_id!r}, type={self.type!r}, timestamp={self.timestamp})"
+
+
+class EventBatch(Sequence[Event]):
+    """The events of one response, each wrapped as it is read.
+
+    Not a list of 500 wrappers: kept alive together, they and the messages under them made the
+    garbage collector run three times as often in a replay (full collections included), which cost
+    the CLI about as much again as wrapping; wrapped one at a time, each is gone before the next.
+    """
+
+    __slots__ = ("_messages",)
+
+    def __init__(self, messages: Sequence[pb.UserEvent]) -> None:
+        self._messages = messages
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> EventBatch: ...
+
+    def __getitem__(self, index: int | slice) -> Event | EventBatch:
+        if isinstance(index, slice):
+            return EventBatch(self._messages[index])
+        return Event(self._messages[index])
+
+    def __iter__(self) -> Iterator[Event]:
+        return map(Event, self._messages)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -393,4 +425,4 @@ def tail_events(
         set_start(request, resume_after, since)
         return conn.stub.StreamUserEvents(request, metadata=conn.metadata)
 
-    return tail_log(conn, open_stream, lambda response: [Event(event) for event in response.events], options)
+    return tail_log(conn, open_stream, lambda response: EventBatch(response.events), options)
