@@ -13,7 +13,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import data_json, event_json_line, event_to_json, pack_data, rfc3339, unpack_data
+from streamcli.client.events import Event, data_json, pack_data, rfc3339, unpack_data
 from streamcli.client.jsontext import ENCODER, Unusual, number_json, struct_json, value_json
 
 ODD_STRINGS = [
@@ -138,8 +138,8 @@ def test_events_as_json_lines_match_the_dict_form() -> None:
         event.timestamp.FromNanoseconds(1_764_000_000_123_456_789 + n)
         if data is not None:
             event.data.CopyFrom(pack_data(data))
-        line = event_json_line(event)
-        assert json.loads(line) == event_to_json(event)
+        line = Event(event).json_line()
+        assert json.loads(line) == Event(event).to_json()
         assert ENCODER.encode(json.loads(line)) == line
 
 

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from rich.text import Text
+
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import pack_data
-from streamcli.ui.records import SUMMARY_CHARS, event_line, notification_line
+from streamcli.client.events import Event, pack_data
+from streamcli.client.notifications import Notification
+from streamcli.ui import records
+from streamcli.ui.records import SUMMARY_CHARS
+
+
+def event_line(event: pb.UserEvent) -> Text:
+    return records.event_line(Event(event))
+
+
+def notification_line(note: pb.Notification) -> Text:
+    return records.notification_line(Notification.from_message(note))
 
 
 def test_event_line_shows_time_id_user_type_and_data() -> None:
@@ -61,15 +73,13 @@ def test_ordinary_text_is_shown_as_it_is() -> None:
 def test_a_time_rfc_3339_cannot_write_is_shown_as_invalid_not_a_crash() -> None:
     import json
 
-    from streamcli.client.events import event_json_line
-
     # The server refuses such times on publish; another server implementing the contract may send them.
     for seconds, nanos in ((10**15, 0), (-(10**15), 0), (0, -1), (0, 2_000_000_000)):
         event = pb.UserEvent(id=1, user_id="x", type=pb.USER_EVENT_TYPE_LOGIN)
         event.timestamp.seconds, event.timestamp.nanos = seconds, nanos
         shown = f"invalid time ({seconds} s, {nanos} ns)"
         assert event_line(event).plain.startswith(shown + "  #1")
-        assert json.loads(event_json_line(event))["timestamp"] == shown
+        assert json.loads(Event(event).json_line())["timestamp"] == shown
 
 
 def test_chat_lines_show_what_another_server_sent_and_obey_none_of_it() -> None:

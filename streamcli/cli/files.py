@@ -16,21 +16,6 @@ files_app = typer.Typer(
 )
 
 
-def _file_json(info: object) -> dict[str, object]:
-    from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-    from streamcli.client.events import rfc3339
-
-    assert isinstance(info, pb.FileInfo)
-    return {
-        "id": info.file_id,
-        "name": info.filename,
-        "size": info.size,
-        "content_type": info.content_type,
-        "sha256": info.checksum,
-        "created_at": rfc3339(info.created_at),  # (an invalid time from another server is said so, not raised)
-    }
-
-
 @files_app.command("ls")
 def list_files(
     ctx: typer.Context,
@@ -47,29 +32,36 @@ def list_files(
     from streamcli.client.files import list_files as fetch
 
     env = get_env(ctx)
-    infos = env.run(lambda conn: fetch(conn, limit))
+    entries = env.run(lambda conn: fetch(conn, limit))
     if env.json:
-        for info in infos:
-            env.emit_json(_file_json(info))
+        for entry in entries:
+            env.emit_json(entry.to_json())
         return
     from rich.filesize import decimal
     from rich.table import Table
     from rich.text import Text
 
-    from streamcli.client.events import invalid_time
     from streamcli.terminal_text import visible
+    from streamcli.times import invalid_time
 
     table = Table(box=None, header_style="bold")
     table.add_column("ID", no_wrap=True)
     table.add_column("SIZE", no_wrap=True, justify="right")
     table.add_column("CREATED (UTC)", no_wrap=True)
     table.add_column("NAME", overflow="fold")
-    for info in infos:
-        created = invalid_time(info.created_at) or info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    for entry in entries:
+        created = invalid_time(entry.created_at) or _table_time(entry.created_at.seconds)
         # Text, not str: rich would read markup ("[link=...]") in a string; visible(): nor may the terminal
         # read escape sequences in what the server sent.
-        table.add_row(Text(visible(info.file_id)), decimal(info.size), created, Text(visible(info.filename)))
+        table.add_row(Text(visible(entry.file_id)), decimal(entry.size), created, Text(visible(entry.filename)))
     env.console.print(table)
+
+
+def _table_time(seconds: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` (UTC) of a valid time, to the second."""
+    import datetime
+
+    return (datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @files_app.command("info")
@@ -89,7 +81,7 @@ def file_info(
     from streamcli.terminal_text import visible
 
     env = get_env(ctx)
-    record = _file_json(env.run(lambda conn: get_file_info(conn, file_id)))
+    record = env.run(lambda conn: get_file_info(conn, file_id)).to_json()
     if env.json:
         env.emit_json(record)
     else:

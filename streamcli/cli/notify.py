@@ -40,7 +40,7 @@ def send(
 
       streamcli notify send --to '*' --topic maintenance --title 'restart at 22:00' --severity warning
     """
-    from streamcli.client.notifications import SEVERITIES, notification_to_json, send_notification
+    from streamcli.client.notifications import SEVERITIES, send_notification
 
     env = get_env(ctx)
     details = {}
@@ -62,7 +62,7 @@ def send(
         )
     )
     if env.json:
-        env.emit_json(notification_to_json(notification))
+        env.emit_json(notification.to_json())
     else:
         env.stdout.write(f"sent notification {notification.id}\n")
 

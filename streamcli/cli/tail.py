@@ -145,7 +145,7 @@ def tail_events(
 
       streamcli --json tail events --user alice --max 10 | jq .data
     """
-    from streamcli.client.events import EVENT_TYPES, event_json_line
+    from streamcli.client.events import EVENT_TYPES, Event
     from streamcli.client.events import tail_events as stream
     from streamcli.ui.records import event_line
 
@@ -165,7 +165,7 @@ def tail_events(
             since=start,
             options=options,
         ),
-        event_json_line,
+        Event.json_line,
         event_line,
     )
 
@@ -195,7 +195,6 @@ def tail_notifications(
       streamcli --json tail notifications --user alice --topic files --since 1d --no-follow
     """
     from streamcli.client.jsontext import ENCODER
-    from streamcli.client.notifications import notification_to_json
     from streamcli.client.notifications import tail_notifications as stream
     from streamcli.ui.records import notification_line
 
@@ -205,7 +204,7 @@ def tail_notifications(
     _print_all(
         env,
         lambda conn: stream(conn, recipient=user, topics=topics or [], since=start, options=options),
-        lambda notification: ENCODER.encode(notification_to_json(notification)),
+        lambda notification: ENCODER.encode(notification.to_json()),
         notification_line,
     )
 

@@ -88,7 +88,7 @@ def _print_results(env: Environment, results: list[TransferResult]) -> None:
 
     for result in results:
         if env.json:
-            env.emit_json(result.as_json())
+            env.emit_json(result.to_json())
         else:
             again = "  (already stored)" if result.already_stored else ""
             env.stdout.write(f"{visible(result.file_id)}  {visible(result.name)}{again}\n")
@@ -172,7 +172,7 @@ def download(
     if to_stdout:
         return
     if env.json:
-        env.emit_json(result.as_json())
+        env.emit_json(result.to_json())
     else:
         env.stdout.write(f"{visible(result.path)}\n")
 

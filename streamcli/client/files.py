@@ -1,20 +1,61 @@
-"""The file companion RPCs: list, info, delete."""
+"""The file companion RPCs: list, info, delete; the FileEntry record."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.errors import StreamcliError, UnavailableError, UnimplementedError
+from streamcli.times import Instant, rfc3339
 
 #: Failures after which the other deletions would fail the same way: stop there.
 _FAILS_FOR_ALL = (UnavailableError, UnimplementedError)
 
 
-async def list_files(conn: Connection, limit: int) -> list[pb.FileInfo]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A stored file, as the server describes it (``files ls``, ``files info``; what a download checks against).
+
+    The fields are named as in the contract's FileInfo; ``to_json`` names them as the CLI prints them.
+    """
+
+    file_id: str
+    filename: str  # the name it was stored under: a label from elsewhere, not a path (see ``streamcli.names``)
+    size: int  # bytes
+    content_type: str
+    checksum: str  # SHA-256 of the whole file, lowercase hex
+    created_at: Instant  # when the upload completed
+
+    @classmethod
+    def from_message(cls, info: pb.FileInfo) -> FileEntry:
+        stamp = info.created_at
+        return cls(
+            file_id=info.file_id,
+            filename=info.filename,
+            size=info.size,
+            content_type=info.content_type,
+            checksum=info.checksum,
+            created_at=Instant(stamp.seconds, stamp.nanos),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record printed by ``files ls --json`` and ``files info --json``."""
+        return {
+            "id": self.file_id,
+            "name": self.filename,
+            "size": self.size,
+            "content_type": self.content_type,
+            "sha256": self.checksum,
+            "created_at": rfc3339(self.created_at),  # (an invalid time from another server is said so, not raised)
+        }
+
+
+async def list_files(conn: Connection, limit: int) -> list[FileEntry]:
     """Stored files, newest first, at most ``limit`` (paging through the server's pages)."""
-    files: list[pb.FileInfo] = []
+    files: list[FileEntry] = []
     token = ""
     with rpc_errors(conn.settings.address):
         while len(files) < limit:
@@ -23,19 +64,18 @@ async def list_files(conn: Connection, limit: int) -> list[pb.FileInfo]:
                 metadata=conn.metadata,
                 timeout=30,
             )
-            files.extend(page.files)
+            files.extend(FileEntry.from_message(info) for info in page.files)
             token = page.next_page_token
             if not token:
                 break
     return files
 
 
-async def get_file_info(conn: Connection, file_id: str) -> pb.FileInfo:
+async def get_file_info(conn: Connection, file_id: str) -> FileEntry:
     """One file's metadata."""
     with rpc_errors(conn.settings.address):
         reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata, timeout=30)
-    info: pb.FileInfo = reply.file
-    return info
+    return FileEntry.from_message(reply.file)
 
 
 async def delete_file(conn: Connection, file_id: str) -> int:

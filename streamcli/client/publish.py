@@ -49,6 +49,24 @@ class PublishProgress:
     acknowledged: int = 0  # of those, the first ones the server has acknowledged as stored
     idempotent: bool = False  # the server deduplicates: events without an acknowledgement were re-sent
 
+    def stopped(self, error: StreamcliError) -> StreamcliError:
+        """``error`` (Ctrl-C, a server gone for good) with what is known to be stored of the events sent,
+        for a publish that stopped early after sending some."""
+        sent, acknowledged = self.sent, self.acknowledged
+        if acknowledged == sent:
+            stored = f"{sent} event(s) had been sent, all acknowledged as stored"
+        elif not acknowledged:
+            stored = (
+                f"{sent} event(s) had been sent; none was acknowledged, so some of them may have been stored "
+                "(see streamcli tail events --since)"
+            )
+        else:
+            stored = (
+                f"{sent} event(s) had been sent; the first {acknowledged} were acknowledged as stored, and some "
+                f"of the {sent - acknowledged} after them may have been stored too (see streamcli tail events --since)"
+            )
+        return type(error)(f"{error.message} after {stored}")
+
 
 @dataclasses.dataclass(frozen=True)
 class PublishOptions:

@@ -27,6 +27,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.checksums import sha256_prefix
 from streamcli.client.connection import Connection, FirstStatus, rpc_errors
+from streamcli.client.files import FileEntry
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import (
@@ -59,7 +60,8 @@ class TransferResult:
     path: str = ""  # where a download was written ("-" for stdout)
     already_stored: bool = False  # an upload the server had stored already (same name and content)
 
-    def as_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, object]:
+        """The NDJSON record printed by ``upload --json`` and ``download --json``."""
         record: dict[str, object] = {
             "id": self.file_id,
             "name": self.name,
@@ -279,7 +281,7 @@ async def upload_many(
 
 async def download_file(
     conn: Connection,
-    file_id: str,
+    file: str | FileEntry,
     destination: str | os.PathLike[str] | None,
     progress: ProgressSink,
     *,
@@ -289,7 +291,8 @@ async def download_file(
     create_dirs: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> TransferResult:
-    """Download a file to ``destination`` via ``NAME.part``, or to ``stdout`` when given.
+    """Download a file (its id, or its entry from ``files.list_files``) to ``destination`` via ``NAME.part``, or to
+    ``stdout`` when given.
 
     ``destination`` is a file, or a directory to write the server's name into: one
     that exists, or any path ending in ``/`` (created with ``create_dirs``, as are
@@ -308,8 +311,13 @@ async def download_file(
         IntegrityError: the bytes received do not hash to the stored SHA-256.
         ResourceExhaustedError: the disk (or stdout) is full.
     """
-    with rpc_errors(conn.settings.address):
-        info = (await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)).file
+    if isinstance(file, FileEntry):
+        info, file_id = file, file.file_id
+    else:
+        file_id = file
+        with rpc_errors(conn.settings.address):
+            reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)
+        info = FileEntry.from_message(reply.file)
     if stdout is not None:
         return await _download(conn, info, stdout, 0, hashlib.sha256(), progress, retry, "-")
     target = await asyncio.to_thread(
@@ -536,7 +544,7 @@ class _BackgroundWriter:
 
 async def _download(
     conn: Connection,
-    info: pb.FileInfo,
+    info: FileEntry,
     sink: BinaryIO,
     offset: int,
     hasher: hashlib._Hash,

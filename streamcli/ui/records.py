@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from google.protobuf.any_pb2 import Any as AnyMessage
 from rich.text import Text
 
-from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import EVENT_TYPES, data_json, invalid_time, utc_second
-from streamcli.client.notifications import SEVERITIES
+from streamcli.client.events import Event
+from streamcli.client.notifications import Notification
 from streamcli.terminal_text import visible
+from streamcli.times import TimestampLike, invalid_time, utc_second
 
 TYPE_STYLES = {"login": "green", "logout": "yellow", "profile_update": "cyan", "password_change": "magenta"}
 SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 SUMMARY_CHARS = 120
 
 
-def _time(stamp: Any) -> str:
+def _time(stamp: TimestampLike) -> str:
     """``YYYY-MM-DD HH:MM:SS.mmm`` (UTC)."""
     invalid = invalid_time(stamp)
     if invalid is not None:
@@ -25,28 +22,28 @@ def _time(stamp: Any) -> str:
     return f"{utc_second(stamp.seconds).replace('T', ' ')}.{stamp.nanos // 1_000_000:03d}"
 
 
-def _summary(data: AnyMessage) -> str:
-    if not data.type_url:
+def _summary(event: Event) -> str:
+    if not event.has_data:
         return ""
-    text = visible(data_json(data))
+    text = visible(event.data_text)
     return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
-def event_line(event: pb.UserEvent) -> Text:
+def event_line(event: Event) -> Text:
     """``time  #id  user  type  data``, the type coloured."""
-    kind = EVENT_TYPES.name(event.type)
+    kind = event.type
     line = Text()
     line.append(_time(event.timestamp), style="dim")
     line.append(f"  #{event.id:<6} ", style="dim")
     line.append(f"{visible(event.user_id):<12} ", style="bold")
     line.append(f"{kind:<15} ", style=TYPE_STYLES.get(kind, ""))
-    line.append(_summary(event.data))
+    line.append(_summary(event))
     return line
 
 
-def notification_line(notification: pb.Notification) -> Text:
+def notification_line(notification: Notification) -> Text:
     """``time  #id  [severity] topic  → recipient  title: body``."""
-    severity = SEVERITIES.name(notification.severity)
+    severity = notification.severity
     line = Text()
     line.append(_time(notification.timestamp), style="dim")
     line.append(f"  #{notification.id:<6} ", style="dim")
