@@ -33,9 +33,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from tail import make_event  # bench/tail.py: the events its replay stores
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import EVENT_TYPES, Event, EventBatch, data_json, rfc3339
+from streamcli.client.events import EVENT_TYPES, Event, EventBatch, data_json
 from streamcli.client.jsontext import struct_json
-from streamcli.times import Instant
+from streamcli.times import Instant, rfc3339
 
 _quote = json.encoder.encode_basestring
 STRUCT_URL = "type.googleapis.com/google.protobuf.Struct"

@@ -515,7 +515,7 @@ async def test_bad_notifications_are_refused(conn: Connection) -> None:
 
 @pytest.mark.parametrize("nanos", [0, 5_000_000, 123_456_000, 987_654_321, 1])
 def test_rfc3339_text_is_what_protobuf_prints(nanos: int) -> None:
-    from streamcli.client.events import rfc3339
+    from streamcli.times import rfc3339
 
     for seconds in (0, 1_700_000_000, 1_700_000_001, 4_000_000_000):
         stamp = Timestamp(seconds=seconds, nanos=nanos)

@@ -13,8 +13,9 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import Event, data_json, pack_data, rfc3339, unpack_data
+from streamcli.client.events import Event, data_json, pack_data, unpack_data
 from streamcli.client.jsontext import ENCODER, Unusual, number_json, struct_json, value_json
+from streamcli.times import rfc3339
 
 ODD_STRINGS = [
     "",

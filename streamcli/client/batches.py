@@ -25,10 +25,10 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, FirstStatus, rpc_errors
-from streamcli.client.events import rfc3339
 from streamcli.client.records import FieldMap, Parsed
 from streamcli.client.retry import Attempts, RetryPolicy
 from streamcli.client.transfer import upload_id_for
+from streamcli.times import rfc3339
 
 #: Records per ProcessDataBatchRequest (per-message cost dominates small messages).
 MESSAGE_RECORDS = 500

@@ -15,8 +15,8 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.enums import ShortNames
-from streamcli.client.events import invalid_time, rfc3339
 from streamcli.errors import StreamcliError, error_for_status
+from streamcli.times import invalid_time, rfc3339
 
 MESSAGE_TYPES = ShortNames(pb.ChatMessageType, "CHAT_MESSAGE_TYPE_", "message type")
 

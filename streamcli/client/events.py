@@ -23,9 +23,7 @@ from streamcli.client.jsontext import ENCODER, Unusual, non_finite_name, struct_
 from streamcli.client.publish import PUBLISH_BATCH, IdempotentPublisher, PublishOptions, PublishProgress
 from streamcli.client.tail import TailOptions, set_start, tail_log
 from streamcli.errors import StreamcliError, UsageError
-from streamcli.times import FIRST_SECOND, LAST_SECOND, Instant
-from streamcli.times import invalid_time as invalid_time  # (re-exported: the chat modules import them from here)
-from streamcli.times import rfc3339 as rfc3339
+from streamcli.times import FIRST_SECOND, LAST_SECOND, Instant, rfc3339
 
 EVENT_TYPES = ShortNames(pb.UserEventType, "USER_EVENT_TYPE_", "event type")
 
