@@ -112,7 +112,7 @@ async def test_refused_samples_are_counted_by_reason_and_the_stream_goes_on(conn
         6: (sample("9lives", 1.0), "invalid_name"),
         7: (pb.MetricData(name="m", value=1.0, labels={f"l{n}": "v" for n in range(33)}), "too_many_labels"),
         8: (pb.MetricData(name="m", value=1.0, labels={"bad key": "v"}), "invalid_label"),
-        9: (sample("m", 1.0, host="a\x1bb"), "invalid_label"),
+        9: (sample("m", 1.0, host="a\x1bb\n"), "invalid_label"),
         10: (sample("m", 1.0, host="x" * 1025), "oversized_label"),
         11: (pb.MetricData(name="m", value=1.0, timestamp=Timestamp(seconds=-60)), "invalid_time"),
     }

@@ -16,8 +16,8 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, Generic, TypeVar
 
 import msgspec
 
@@ -41,13 +41,17 @@ class FieldMap:
         return f"{self.key}\0{self.value}\0{self.time}"
 
 
+R = TypeVar("R")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class Parsed:
-    """One input record: where it starts, its text, and the record or why there is none."""
+class Parsed(Generic[R]):
+    """One input record: where it starts, its text, and the record (a DataRecord, a MetricData) or why there is
+    none."""
 
     line: int  # 1-based number of its first line
     text: str  # the original line(s), without the final newline
-    record: pb.DataRecord | None
+    record: R | None
     problem: str = ""
 
 
@@ -108,10 +112,11 @@ def _refuse(reason: str) -> str:
     raise RecordError(reason)
 
 
-def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed]:
-    """The records of NDJSON lines (blank lines skipped); a line that is not a JSON object is refused."""
+def json_lines(lines: Iterable[bytes]) -> Iterator[Parsed[dict[str, Any]]]:
+    """The JSON objects of NDJSON lines, by line number (blank lines skipped); a line that is not a JSON object is
+    refused."""
     decode = msgspec.json.Decoder().decode
-    for number, raw in enumerate(stream, start=1):
+    for number, raw in enumerate(lines, start=1):
         line = raw.rstrip(b"\r\n")
         if not line.strip():
             continue
@@ -129,13 +134,22 @@ def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed]:
         if not isinstance(fields, dict):
             yield Parsed(number, text, None, "not a JSON object")
             continue
+        yield Parsed(number, text, fields)
+
+
+def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
+    """The records of NDJSON lines (``json_lines``)."""
+    for parsed in json_lines(stream):
+        if parsed.record is None:
+            yield Parsed(parsed.line, parsed.text, None, parsed.problem)
+            continue
         try:
-            yield Parsed(number, text, to_record(fields, mapping, from_text=False))
+            yield Parsed(parsed.line, parsed.text, to_record(parsed.record, mapping, from_text=False))
         except (RecordError, ValueError, TypeError, OverflowError) as exc:
-            yield Parsed(number, text, None, str(exc))
+            yield Parsed(parsed.line, parsed.text, None, str(exc))
 
 
-def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed]:
+def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
     """The records of CSV with a header line (quoting and embedded newlines as the csv module reads them; a
     UTF-8 BOM is dropped); a row with more fields than the header is refused."""
     text_stream = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
@@ -193,6 +207,6 @@ class _Lines:
         return text.removesuffix("\n").removesuffix("\r")
 
 
-def read_records(stream: IO[bytes], file_format: str, mapping: FieldMap) -> Iterator[Parsed]:
+def read_records(stream: IO[bytes], file_format: str, mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
     """The records of ``stream`` in ``file_format`` (``ndjson`` or ``csv``)."""
     return read_csv(stream, mapping) if file_format == "csv" else read_ndjson(stream, mapping)

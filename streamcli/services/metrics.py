@@ -74,8 +74,8 @@ def series_problem(key: Key) -> Refusal | None:
             return "invalid_label", f"label {quoted(label)} is not a label name"
         if len(value) > MAX_LABEL_VALUE:
             return "oversized_label", f"label {label} is {len(value)} characters; at most {MAX_LABEL_VALUE}"
-        if has_control(value):
-            return "invalid_label", f"label {label} has a control character"
+        if has_control(value, multiline=True):  # (Prometheus text escapes a newline in a value: it may hold one)
+            return "invalid_label", f"label {label} has a control character other than newline and tab"
     return None
 
 

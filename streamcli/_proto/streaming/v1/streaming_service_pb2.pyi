@@ -1721,7 +1721,8 @@ class MetricData(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels that, with the name, identify a series: at most 32; keys 1-100
         characters (a letter or '_', then letters, digits, '_', '.' or '-'),
-        values at most 1,024 characters without control characters.
+        values at most 1,024 characters without control characters (newline and
+        tab allowed).
         """
 
     def __init__(
