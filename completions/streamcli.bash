@@ -37,9 +37,11 @@ _streamcli() {
             'health:--timeout') skip=1 ;;
             'metrics:ls') cmdpath='metrics ls' ;;
             'metrics:push') cmdpath='metrics push' ;;
+            'metrics:sample') cmdpath='metrics sample' ;;
             'metrics:show') cmdpath='metrics show' ;;
             'metrics ls:--since'|'metrics ls:--limit') skip=1 ;;
             'metrics push:--format'|'metrics push:--retries') skip=1 ;;
+            'metrics sample:--interval'|'metrics sample:--duration'|'metrics sample:--retries') skip=1 ;;
             'metrics show:--label'|'metrics show:-l'|'metrics show:--since') skip=1 ;;
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
@@ -84,6 +86,9 @@ _streamcli() {
         'metrics ls:--limit') COMPREPLY=(); return ;;
         'metrics push:--format') COMPREPLY=(); return ;;
         'metrics push:--retries') COMPREPLY=(); return ;;
+        'metrics sample:--interval') COMPREPLY=(); return ;;
+        'metrics sample:--duration') COMPREPLY=(); return ;;
+        'metrics sample:--retries') COMPREPLY=(); return ;;
         'metrics show:--label'|'metrics show:-l') COMPREPLY=(); return ;;
         'metrics show:--since') COMPREPLY=(); return ;;
         'notify send:--to') COMPREPLY=(); return ;;
@@ -144,9 +149,10 @@ _streamcli() {
         'files ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
         'files rm') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
-        'metrics') COMPREPLY=($(compgen -W '--help -h ls push show' -- "$cur")) ;;
+        'metrics') COMPREPLY=($(compgen -W '--help -h ls push sample show' -- "$cur")) ;;
         'metrics ls') COMPREPLY=($(compgen -W '--since --limit --help -h' -- "$cur")) ;;
         'metrics push') COMPREPLY=($(compgen -W '--format --retries --help -h' -- "$cur")) ;;
+        'metrics sample') COMPREPLY=($(compgen -W '--interval --duration --retries --help -h' -- "$cur")) ;;
         'metrics show') COMPREPLY=($(compgen -W '--label -l --since --help -h' -- "$cur")) ;;
         'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;

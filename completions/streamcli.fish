@@ -69,11 +69,15 @@ function __streamcli_path
                 set cmdpath 'metrics ls'
             case 'metrics:push'
                 set cmdpath 'metrics push'
+            case 'metrics:sample'
+                set cmdpath 'metrics sample'
             case 'metrics:show'
                 set cmdpath 'metrics show'
             case 'metrics ls:--since' 'metrics ls:--limit'
                 set skip 1
             case 'metrics push:--format' 'metrics push:--retries'
+                set skip 1
+            case 'metrics sample:--interval' 'metrics sample:--duration' 'metrics sample:--retries'
                 set skip 1
             case 'metrics show:--label' 'metrics show:-l' 'metrics show:--since'
                 set skip 1
@@ -173,6 +177,7 @@ complete -c streamcli -n '__streamcli_at '\''health'\''' -l timeout -x -d 'Secon
 complete -c streamcli -n '__streamcli_at '\''health'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'ls' -d 'List metric series (a user token'\''s own; every owner'\''s with the service token) with count, min, mean,'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'push' -d 'Push metric samples; print each series they went to (all time).'
+complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'sample' -d 'Sample this machine (CPU, memory, load, disk and network, with psutil) and stream it live.'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'show' -d 'Show the series of one metric: the table, and a picture of each one'\''s distribution.'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''metrics ls'\''' -l since -x -d 'Only samples since then: a duration back from now (90m, 2h, 7d) or a time (RFC 3339), counted in whole minutes.'
@@ -181,6 +186,10 @@ complete -c streamcli -n '__streamcli_at '\''metrics ls'\''' -l help -s h -d 'Sh
 complete -c streamcli -n '__streamcli_at '\''metrics push'\''' -l format -x -d 'ndjson or prometheus. [default: NDJSON when the input starts '\''{'\'']'
 complete -c streamcli -n '__streamcli_at '\''metrics push'\''' -l retries -x -d 'Retries with backoff after the server or network goes away.'
 complete -c streamcli -n '__streamcli_at '\''metrics push'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l interval -x -d 'Time between samples (e.g. 1s, 500ms).'
+complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l duration -x -d 'How long to sample (e.g. 30s, 1h); 0 samples until Ctrl-C.'
+complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l retries -x -d 'Retries with backoff after the server or network goes away.'
+complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l label -s l -x -d 'Only series with this label.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l since -x -d 'Only samples since then: a duration back from now (90m, 2h, 7d) or a time (RFC 3339), counted in whole minutes.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l help -s h -d 'Show help and exit.'

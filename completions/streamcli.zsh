@@ -38,9 +38,11 @@ _streamcli() {
             'health:--timeout') skip=1 ;;
             'metrics:ls') cmdpath='metrics ls' ;;
             'metrics:push') cmdpath='metrics push' ;;
+            'metrics:sample') cmdpath='metrics sample' ;;
             'metrics:show') cmdpath='metrics show' ;;
             'metrics ls:--since'|'metrics ls:--limit') skip=1 ;;
             'metrics push:--format'|'metrics push:--retries') skip=1 ;;
+            'metrics sample:--interval'|'metrics sample:--duration'|'metrics sample:--retries') skip=1 ;;
             'metrics show:--label'|'metrics show:-l'|'metrics show:--since') skip=1 ;;
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
@@ -85,6 +87,9 @@ _streamcli() {
         'metrics ls:--limit') _message 'value'; return ;;
         'metrics push:--format') _message 'value'; return ;;
         'metrics push:--retries') _message 'value'; return ;;
+        'metrics sample:--interval') _message 'value'; return ;;
+        'metrics sample:--duration') _message 'value'; return ;;
+        'metrics sample:--retries') _message 'value'; return ;;
         'metrics show:--label'|'metrics show:-l') _message 'value'; return ;;
         'metrics show:--since') _message 'value'; return ;;
         'notify send:--to') _message 'value'; return ;;
@@ -145,9 +150,10 @@ _streamcli() {
         'files ls') items=('--limit:Show at most this many files, newest first.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'files rm') items=('--help:Show help and exit.' '-h:Show help and exit.') ;;
         'health') items=('--timeout:Seconds to wait for the answer.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
-        'metrics') items=('--help:Show help and exit.' '-h:Show help and exit.' 'ls:List metric series (a user token'\''s own; every owner'\''s with the service token) with count, min, mean,' 'push:Push metric samples; print each series they went to (all time).' 'show:Show the series of one metric: the table, and a picture of each one'\''s distribution.') ;;
+        'metrics') items=('--help:Show help and exit.' '-h:Show help and exit.' 'ls:List metric series (a user token'\''s own; every owner'\''s with the service token) with count, min, mean,' 'push:Push metric samples; print each series they went to (all time).' 'sample:Sample this machine (CPU, memory, load, disk and network, with psutil) and stream it live.' 'show:Show the series of one metric: the table, and a picture of each one'\''s distribution.') ;;
         'metrics ls') items=('--since:Only samples since then: a duration back from now (90m, 2h, 7d) or a time (RFC 3339), counted in whole minutes.' '--limit:Show at most this many series.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'metrics push') items=('--format:ndjson or prometheus. [default: NDJSON when the input starts '\''{'\'']' '--retries:Retries with backoff after the server or network goes away.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
+        'metrics sample') items=('--interval:Time between samples (e.g. 1s, 500ms).' '--duration:How long to sample (e.g. 30s, 1h); 0 samples until Ctrl-C.' '--retries:Retries with backoff after the server or network goes away.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'metrics show') items=('--label:Only series with this label.' '-l:Only series with this label.' '--since:Only samples since then: a duration back from now (90m, 2h, 7d) or a time (RFC 3339), counted in whole minutes.' '--help:Show help and exit.' '-h:Show help and exit.') ;;
         'notify') items=('--help:Show help and exit.' '-h:Show help and exit.' 'send:Raise one notification; subscribers of the recipient see it live.') ;;
         'notify send') items=('--to:Recipient user; '\''*'\'' for everyone.' '--topic:Topic, e.g. deploy, files.' '--title:One-line summary.' '--body:Longer text.' '--severity:info, warning or error.' '--attr:KEY=VALUE detail for machines (repeatable).' '--help:Show help and exit.' '-h:Show help and exit.') ;;

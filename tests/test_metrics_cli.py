@@ -1,21 +1,25 @@
 """``streamcli metrics push/ls/show``: NDJSON and Prometheus text (comments, escapes, histograms, timestamps),
 refusals by line, resumed pushes, tables, JSON and the distribution picture.
 
-In-process through the real entry point against a server in a thread.
+In-process through the real entry point against a server in a thread, except Ctrl-C (a signal).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from streamcli.errors import ExitStatus
 from tests.support.inprocess import cli
+from tests.support.servers import clean_env, run_cli, serve_process
 from tests.support.threaded import threaded_server
 
 PROMETHEUS = """\
@@ -147,3 +151,61 @@ def test_show_prints_the_table_and_a_distribution_by_label(address: str, tmp_pat
     missing = cli(address, "metrics", "show", "rtt", "--label", "host=c")
     assert missing.code == ExitStatus.NOT_FOUND and "no series rtt with those labels" in missing.err
     assert cli(address, "metrics", "show", "rtt", "--label", "novalue").code == ExitStatus.USAGE
+
+
+MACHINE_SERIES = {
+    "cpu.percent",
+    "memory.used_bytes",
+    "memory.available_bytes",
+    "memory.percent",
+    "swap.percent",
+    "load.1m",
+    "net.sent_bytes_per_second",
+    "net.received_bytes_per_second",
+}
+
+
+def test_sample_streams_this_machine_for_3_seconds(address: str) -> None:
+    run = cli(address, "--json", "metrics", "sample", "--interval", "500ms", "--duration", "3s")
+    assert run.code == 0, run.err
+    assert "sampling this machine every 500ms for 3s" in run.err
+    result = json.loads(run.out)
+    assert result["refused"] == {} and result["accepted"] == result["sent"] > 0
+    totals = {s["name"]: s for s in result["series"] if s["labels"].keys() == {"host"}}
+    assert totals.keys() >= MACHINE_SERIES
+    rounds = totals["memory.used_bytes"]["count"]
+    assert rounds >= 1 and all(totals[name]["count"] == rounds for name in MACHINE_SERIES)
+    assert 0 <= totals["cpu.percent"]["min"] <= totals["cpu.percent"]["max"] <= 100
+    assert {s["name"] for s in listed(address)} >= MACHINE_SERIES
+
+
+def test_ctrl_c_ends_sampling_with_the_summary(tmp_path: pathlib.Path) -> None:
+    with serve_process(tmp_path) as serve:
+        command = [sys.executable, "-m", "streamcli", "--address", serve.address, "--json", "metrics", "sample"]
+        sampling = subprocess.Popen(
+            [*command, "--interval", "200ms", "--duration", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        assert sampling.stderr is not None
+        assert "Ctrl-C ends" in sampling.stderr.readline()
+        wait_until(lambda: bool(run_json(serve.address)))  # a round has reached the server
+        sampling.send_signal(signal.SIGINT)
+        out, err = sampling.communicate(timeout=60)
+        assert sampling.returncode == 0, err
+        result = json.loads(out)
+        assert result["accepted"] > 0 and any(s["name"] == "cpu.percent" for s in result["series"])
+
+
+def run_json(address: str) -> list[dict[str, Any]]:
+    run = run_cli("--address", address, "--json", "metrics", "ls")
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

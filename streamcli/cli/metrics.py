@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from collections.abc import AsyncIterator, Sequence
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -151,6 +152,60 @@ def _push(
             ) from exc
         finally:
             progress.finish(source)
+
+
+@metrics_app.command("sample")
+def sample(
+    ctx: typer.Context,
+    interval: Annotated[str, typer.Option(help="Time between samples (e.g. 1s, 500ms).")] = "1s",
+    duration: Annotated[str, typer.Option(help="How long to sample (e.g. 30s, 1h); 0 samples until Ctrl-C.")] = "30s",
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retries with backoff after the server or network goes away.")
+    ] = RETRIES,
+) -> None:
+    """Sample this machine (CPU, memory, load, disk and network, with psutil) and stream it live.
+
+    Every --interval, one round of samples labelled with this host's name;
+    disk and network are rates over the round. Ctrl-C ends sampling cleanly:
+    what was sampled is sent and the summary printed. A lost server is retried
+    without losing or doubling a sample.
+
+    Examples:
+
+      streamcli metrics sample --interval 1s --duration 30s
+
+      streamcli metrics sample --duration 0            # until Ctrl-C
+    """
+    import asyncio
+    import signal
+
+    from streamcli.cli.parsing import parse_duration
+    from streamcli.client.metrics import new_push_id
+    from streamcli.client.sampler import machine_rounds
+
+    env = get_env(ctx)
+    every, total = parse_duration(interval), parse_duration(duration)
+    if every <= 0:
+        raise UsageError("--interval must be more than zero")
+    stop = asyncio.Event()
+
+    async def rounds() -> AsyncIterator[Sequence[Parsed[Any]]]:
+        # Ctrl-C while sampling ends the sampling (the push then finishes); at any other time it interrupts.
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        try:
+            env.notice(
+                f"sampling this machine every {interval}" + (f" for {duration}" if total else "") + "; Ctrl-C ends"
+            )
+            async for batch in machine_rounds(every, total or None, stop):
+                yield batch
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    result = _push(env, "sample", new_push_id(), rounds(), None, retries, resumable=False, ack_seconds=30.0)
+    _print_result(env, result)
 
 
 def _print_result(env: Environment, result: PushResult) -> None:
