@@ -76,7 +76,7 @@ def test_ndjson_push_names_each_refused_line_and_prints_the_series(address: str,
     assert run.code == ExitStatus.REFUSED_RECORDS, run.err
     named = sorted(run.error_lines)
     assert [line.split(": ")[0] for line in named] == [f"{source}:{n}" for n in range(51, 56)]
-    assert "name is empty" in named[2] and "unknown field 'lables'" in named[3]
+    assert "name is empty" in named[2] and "unknown field `lables`" in named[3]
     assert run.out.startswith("101 sent, 100 accepted, 5 refused (1 invalid_name, 4 unreadable)\n")
     assert 'latency{route="/a"}' in run.out
     [series] = listed(address)

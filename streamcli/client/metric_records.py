@@ -16,8 +16,9 @@ import codecs
 import itertools
 import math
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from typing import IO
 
+import msgspec
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
@@ -26,7 +27,6 @@ from streamcli.client.records import Parsed, json_lines
 from streamcli.errors import UsageError
 
 FORMATS = ("ndjson", "prometheus")
-_FIELDS = frozenset({"name", "value", "labels", "timestamp"})
 
 
 def detect(stream: IO[bytes], given: str | None) -> tuple[str, Iterable[bytes]]:
@@ -50,45 +50,33 @@ def read_samples(lines: Iterable[bytes], file_format: str) -> Iterator[Parsed[pb
     return read_prometheus(lines) if file_format == "prometheus" else read_ndjson(lines)
 
 
+class SampleLine(msgspec.Struct, forbid_unknown_fields=True):
+    """One NDJSON sample as it is written (msgspec checks the types as it decodes)."""
+
+    name: str
+    value: float
+    labels: dict[str, str] = {}
+    timestamp: str | float | None = None
+
+
 def read_ndjson(lines: Iterable[bytes]) -> Iterator[Parsed[pb.MetricData]]:
     """The samples of NDJSON lines."""
-    for parsed in json_lines(lines):
-        if parsed.record is None:
-            yield Parsed(parsed.line, parsed.text, None, parsed.problem)
-            continue
-        try:
-            yield Parsed(parsed.line, parsed.text, _sample(parsed.record))
-        except ValueError as exc:
-            yield Parsed(parsed.line, parsed.text, None, str(exc))
+    return json_lines(lines, _sample, shape=SampleLine)
 
 
-def _sample(fields: dict[str, Any]) -> pb.MetricData:
-    if unknown := sorted(fields.keys() - _FIELDS):
-        raise ValueError(f"unknown field {unknown[0]!r} (a sample has name, value, labels, timestamp)")
-    name = fields.get("name")
-    if not isinstance(name, str):
-        raise ValueError("no 'name' string")
-    value = fields.get("value")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("'value' is not a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise ValueError(f"'value' is {value} (not a finite number)") from None
-    labels = fields.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        raise ValueError("'labels' is not an object of strings")
-    sample = pb.MetricData(name=name, value=number, labels=labels)
-    stamp = fields.get("timestamp")
+def _sample(line: SampleLine) -> pb.MetricData:
+    sample = pb.MetricData(name=line.name, value=line.value)
+    labels = sample.labels
+    for key, value in line.labels.items():  # (item by item: twice as fast as update() here)
+        labels[key] = value
+    stamp = line.timestamp
     if isinstance(stamp, str):
         try:
             sample.timestamp.CopyFrom(parse_timestamp(stamp))
         except UsageError as exc:
             raise ValueError(f"'timestamp': {exc.message}") from None
-    elif isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
-        sample.timestamp.CopyFrom(_seconds(float(stamp)))
     elif stamp is not None:
-        raise ValueError("'timestamp' is not RFC 3339 text or seconds since the epoch")
+        sample.timestamp.CopyFrom(_seconds(stamp))
     return sample
 
 

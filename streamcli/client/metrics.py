@@ -12,6 +12,7 @@ what the server does not hold and no sample counts twice.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
 import time
 import uuid
@@ -31,9 +32,9 @@ from streamcli.client.streams import Outstanding, one_stream
 from streamcli.client.transfer import upload_id_for
 
 #: Samples per CollectMetricsRequest (the server takes up to 10,000).
-MESSAGE_SAMPLES = 1000
+MESSAGE_SAMPLES = 5000
 #: Samples sent on one stream before it is ended for its acknowledgement.
-ACK_EVERY = 200_000
+ACK_EVERY = 50_000
 #: Refused samples the client asks the server to detail per stream (it reports every one).
 ERRORS_PER_STREAM = 10_000
 
@@ -143,13 +144,13 @@ class PushOptions:
 
 
 class _Message:
-    """One sent message not yet acknowledged, with the line and text of each of its samples."""
+    """One sent message not yet acknowledged, with where each of its samples came from (line and text)."""
 
-    __slots__ = ("lines", "request")
+    __slots__ = ("parsed", "request")
 
-    def __init__(self, request: pb.CollectMetricsRequest, lines: list[tuple[int, str]]) -> None:
+    def __init__(self, request: pb.CollectMetricsRequest, parsed: list[Parsed[pb.MetricData]]) -> None:
         self.request = request
-        self.lines = lines
+        self.parsed = parsed
 
 
 class MetricPush:
@@ -258,30 +259,25 @@ class MetricPush:
         except StopAsyncIteration:
             self._ended = True
             return None
-        samples: list[pb.MetricData] = []
-        lines: list[tuple[int, str]] = []
+        kept = [parsed for parsed in batch if parsed.record is not None]
+        if len(kept) < len(batch):
+            for parsed in batch:
+                if parsed.record is None:
+                    self._client_refused += 1
+                    self._options.on_refusal(Refusal(self._source, parsed.line, parsed.problem, parsed.text, False))
         start = self._next_index
-        size = 0
-        for parsed in batch:
-            size += len(parsed.text) + 1
-            if parsed.record is None:
-                self._client_refused += 1
-                self._options.on_refusal(Refusal(self._source, parsed.line, parsed.problem, parsed.text, False))
-                continue
-            index = self._next_index
-            self._next_index += 1
-            if index < self.held:  # held from an earlier run
-                start = self._next_index
-                continue
-            samples.append(parsed.record)
-            lines.append((parsed.line, parsed.text))
+        self._next_index += len(kept)
+        if start < self.held:  # held from an earlier run
+            kept = kept[self.held - start :]
+            start = self.held
         if self._options.on_progress is not None:
-            self._options.on_progress(len(batch), size)
-        if not samples:
+            self._options.on_progress(len(batch), sum(len(parsed.text) + 1 for parsed in batch))
+        if not kept:
             return None
-        self._sent += len(samples)
+        self._sent += len(kept)
+        samples = [parsed.record for parsed in kept if parsed.record is not None]
         request = pb.CollectMetricsRequest(push_id=self._push_id, first_index=start, metrics=samples)
-        return _Message(request, lines)
+        return _Message(request, kept)
 
     def _take(self, reply: pb.CollectMetricsResponse) -> None:
         """Count an acknowledged stream's answer and name the samples it refused, by their lines."""
@@ -289,9 +285,9 @@ class MetricPush:
         wanted = {e.index for e in reply.errors}
         for message in self._outstanding:
             first = message.request.first_index
-            for offset, origin in enumerate(message.lines):
+            for offset, parsed in enumerate(message.parsed):
                 if first + offset in wanted:
-                    where[first + offset] = origin
+                    where[first + offset] = (parsed.line, parsed.text)
         for error in reply.errors:
             line, text = where.get(error.index, (0, ""))
             self._options.on_refusal(Refusal(self._source, line, error.detail, text, by_server=True))
@@ -322,13 +318,8 @@ async def in_lists(
     parsed: Iterable[Parsed[pb.MetricData]], size: int = MESSAGE_SAMPLES
 ) -> AsyncIterator[list[Parsed[pb.MetricData]]]:
     """``parsed`` in lists of at most ``size`` (a file's samples, for ``MetricPush``)."""
-    batch: list[Parsed[pb.MetricData]] = []
-    for item in parsed:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
+    items = iter(parsed)
+    while batch := list(itertools.islice(items, size)):
         yield batch
 
 

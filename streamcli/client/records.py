@@ -16,7 +16,7 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Generic, TypeVar
 
 import msgspec
@@ -112,10 +112,20 @@ def _refuse(reason: str) -> str:
     raise RecordError(reason)
 
 
-def json_lines(lines: Iterable[bytes]) -> Iterator[Parsed[dict[str, Any]]]:
-    """The JSON objects of NDJSON lines, by line number (blank lines skipped); a line that is not a JSON object is
-    refused."""
-    decode = msgspec.json.Decoder().decode
+def json_lines(
+    lines: Iterable[bytes],
+    convert: Callable[[Any], R],
+    *,
+    shape: type[Any] | None = None,
+    errors: tuple[type[Exception], ...] = (ValueError,),
+) -> Iterator[Parsed[R]]:
+    """What ``convert`` makes of each JSON object of NDJSON lines, by line number (blank lines skipped).
+
+    A line that is not a JSON object, or whose object ``convert`` refuses (raising one of ``errors``), is
+    refused with the reason. With ``shape`` (a msgspec Struct), each line is decoded to it, and one that does not
+    fit is refused with msgspec's reason.
+    """
+    decode = msgspec.json.Decoder(shape).decode if shape is not None else msgspec.json.Decoder().decode
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip(b"\r\n")
         if not line.strip():
@@ -126,27 +136,26 @@ def json_lines(lines: Iterable[bytes]) -> Iterator[Parsed[dict[str, Any]]]:
         try:
             fields = decode(line)
         except msgspec.DecodeError as exc:
-            yield Parsed(number, text, None, f"not JSON: {exc}")
+            # (A ValidationError is a DecodeError too: with a shape, it says the line does not fit it.)
+            fits = shape is None or not isinstance(exc, msgspec.ValidationError)
+            yield Parsed(number, text, None, f"not JSON: {exc}" if fits else str(exc))
             continue
-        except msgspec.ValidationError as exc:  # a number beyond a double
-            yield Parsed(number, text, None, f"not a record: {exc}")
-            continue
-        if not isinstance(fields, dict):
+        if shape is None and not isinstance(fields, dict):
             yield Parsed(number, text, None, "not a JSON object")
             continue
-        yield Parsed(number, text, fields)
+        try:
+            yield Parsed(number, text, convert(fields))
+        except errors as exc:
+            yield Parsed(number, text, None, str(exc))
 
 
 def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
     """The records of NDJSON lines (``json_lines``)."""
-    for parsed in json_lines(stream):
-        if parsed.record is None:
-            yield Parsed(parsed.line, parsed.text, None, parsed.problem)
-            continue
-        try:
-            yield Parsed(parsed.line, parsed.text, to_record(parsed.record, mapping, from_text=False))
-        except (RecordError, ValueError, TypeError, OverflowError) as exc:
-            yield Parsed(parsed.line, parsed.text, None, str(exc))
+    return json_lines(
+        stream,
+        lambda fields: to_record(fields, mapping, from_text=False),
+        errors=(RecordError, ValueError, TypeError, OverflowError),
+    )
 
 
 def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:

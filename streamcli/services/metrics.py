@@ -228,14 +228,15 @@ class MetricService:
             response.duplicates += skip
         else:
             first, skip = stream.next_index, 0
-        verdicts, pending = stream.verdicts, stream.pending
-        isfinite, new_sketch = math.isfinite, sketches.new_sketch
+        verdicts = stream.verdicts
+        isfinite = math.isfinite
         now_minute = int(time.time()) // 60
+        values: dict[tuple[int, int], list[float]] = {}  # (series id, minute) -> this message's values
         accepted = overflowed = 0
         for offset in range(skip, len(samples)):
             sample = samples[offset]
             labels = sample.labels
-            key: Key = (sample.name, tuple(sorted(labels.items())) if labels else ())
+            key: Key = (sample.name, tuple([(k, labels[k]) for k in sorted(labels)]) if labels else ())
             target = verdicts.get(key)
             if target is None:
                 target = verdicts[key] = self._admit(stream, key)
@@ -254,12 +255,17 @@ class MetricService:
                 minute = seconds // 60
             else:
                 minute = now_minute
-            sketch = pending.get((target, minute))
-            if sketch is None:
-                sketch = pending[(target, minute)] = new_sketch()
-            sketch.add(value)
+            found = values.get((target, minute))
+            if found is None:
+                found = values[(target, minute)] = []
+            found.append(value)
             accepted += 1
             overflowed += target == stream.overflow_id
+        for entry, taken in values.items():  # one sketch update per (series, minute) and bin
+            sketch = stream.pending.get(entry)
+            if sketch is None:
+                sketch = stream.pending[entry] = sketches.new_sketch()
+            sketches.add_all(sketch, taken)
         response.metrics_accepted += accepted
         response.overflowed += overflowed
         stream.next_index = max(stream.next_index, first + len(samples))
