@@ -53,6 +53,8 @@ DEFAULT_MAX_SERIES = 100_000
 FLUSH_SECONDS = 5.0
 FLUSH_ENTRIES = 20_000
 DEFAULT_ERRORS, MAX_ERRORS = 100, 10_000
+#: Series whose stored sketches are read at a time to answer a stream.
+SUMMARY_STEP = 250
 MAX_PAGE, MAX_QUANTILES = 1000, 101
 
 #: A series' identity within an owner's: its name and its labels, sorted.
@@ -191,9 +193,11 @@ class MetricService:
             response = stream.response
             if stream.push_id:
                 response.next_index = stream.next_index
-            stored = await self._store.stored_metrics(sorted(stream.touched), None)
-            found = [(self._registry.by_id[i], held) for i, held in stored.items()]
-            response.summaries.extend(summary(series, held, ()) for series, held in sorted(found, key=_order))
+            touched = sorted((self._registry.by_id[i] for i in stream.touched), key=_order)
+            for start in range(0, len(touched), SUMMARY_STEP):  # (a step's stored sketches at a time)
+                step = touched[start : start + SUMMARY_STEP]
+                stored = await self._store.stored_metrics([s.series_id for s in step], None)
+                response.summaries.extend(summary(s, stored[s.series_id], ()) for s in step if s.series_id in stored)
             return response
         finally:
             if stream is not None:
@@ -292,10 +296,13 @@ class MetricService:
     async def _flush(self, stream: _Stream) -> None:
         """Merge the stream's pending sketches (and its push's position) into the store."""
         parts: dict[int, list[tuple[int, Any]]] = {}
-        for (series_id, minute), sketch in stream.pending.items():
+        pending, stream.pending = stream.pending, {}
+        while pending:  # (each sketch let go once encoded: memory holds the one or the other)
+            (series_id, minute), sketch = pending.popitem()
             parts.setdefault(series_id, []).append((minute, sketch))
         deltas = []
-        for series_id, minutes in parts.items():
+        while parts:
+            series_id, minutes = parts.popitem()
             encoded = tuple((minute, sketches.encode(sketch)) for minute, sketch in minutes)
             if len(minutes) == 1:
                 total = encoded[0][1]
@@ -304,12 +311,12 @@ class MetricService:
                 for _, sketch in minutes:
                     sketches.merge(merged, sketch)
                 total = sketches.encode(merged)
+            del minutes
             deltas.append(MetricDelta(series_id, total, encoded))
         push = PushMark(stream.owner, stream.push_id, stream.next_index) if stream.push_id else None
-        series = [self._registry.by_id[i] for i in parts]
+        series = [self._registry.by_id[delta.series_id] for delta in deltas]
         if deltas or push is not None:
             await self._store.merge_metrics(series, deltas, _merge_stored, push)
-        stream.pending = {}
         stream.flushed_at = time.monotonic()
 
     async def _fail(self, stream: _Stream, context: Context, code: grpc.StatusCode, detail: str) -> None:
@@ -350,7 +357,7 @@ class MetricService:
                 and (not request.name or series.name == request.name)
                 and (not wanted or _has_labels(series, wanted))
             ),
-            key=lambda s: (s.name, s.labels, s.owner),
+            key=_order,
         )
         size = request.page_size or 100
         response = pb.ListMetricSeriesResponse()
@@ -401,8 +408,8 @@ def _has_labels(series: MetricSeries, wanted: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
-def _order(item: tuple[MetricSeries, StoredMetric]) -> tuple[str, str, str]:
-    return item[0].name, item[0].labels, item[0].owner
+def _order(series: MetricSeries) -> tuple[str, str, str]:
+    return series.name, series.labels, series.owner
 
 
 def _message_problem(request: pb.CollectMetricsRequest, number: int, stream: _Stream) -> str:

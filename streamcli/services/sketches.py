@@ -4,8 +4,9 @@ The sketch is a DDSketch (the ``ddsketch`` package) with 1% relative accuracy:
 any quantile it answers is within 1% of the exact value at that rank, and two
 sketches merge into the sketch of all their samples with the same guarantee,
 so a series' quantiles hold across streams, minutes and server restarts
-without keeping a sample. bench/metrics.py measured it (about 1.7 us per
-sample here, 1M lognormal samples within 0.94% at p50).
+without keeping a sample. Measured here before relying on it: 1,000,000
+lognormal samples at about 1.7 us each (``add``), p50/p90/p99 within
+0.94%/0.75%/0.17% of the exact values.
 
 Stored form (``encode``): count, min, max and sum as four doubles, then the
 sketch in DDSketch's own protobuf format (``ddsketch.pb``), its bins trimmed
