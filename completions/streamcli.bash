@@ -14,6 +14,7 @@ _streamcli() {
             ':events') cmdpath='events' ;;
             ':files') cmdpath='files' ;;
             ':health') cmdpath='health' ;;
+            ':metrics') cmdpath='metrics' ;;
             ':notify') cmdpath='notify' ;;
             ':serve') cmdpath='serve' ;;
             ':tail') cmdpath='tail' ;;
@@ -34,9 +35,17 @@ _streamcli() {
             'files:rm') cmdpath='files rm' ;;
             'files ls:--limit') skip=1 ;;
             'health:--timeout') skip=1 ;;
+            'metrics:ls') cmdpath='metrics ls' ;;
+            'metrics:push') cmdpath='metrics push' ;;
+            'metrics:sample') cmdpath='metrics sample' ;;
+            'metrics:show') cmdpath='metrics show' ;;
+            'metrics ls:--since'|'metrics ls:--limit') skip=1 ;;
+            'metrics push:--format'|'metrics push:--retries') skip=1 ;;
+            'metrics sample:--interval'|'metrics sample:--duration'|'metrics sample:--retries') skip=1 ;;
+            'metrics show:--label'|'metrics show:-l'|'metrics show:--since') skip=1 ;;
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
             'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
@@ -73,6 +82,15 @@ _streamcli() {
         'events publish:--retries') COMPREPLY=(); return ;;
         'files ls:--limit') COMPREPLY=(); return ;;
         'health:--timeout') COMPREPLY=(); return ;;
+        'metrics ls:--since') COMPREPLY=(); return ;;
+        'metrics ls:--limit') COMPREPLY=(); return ;;
+        'metrics push:--format') COMPREPLY=(); return ;;
+        'metrics push:--retries') COMPREPLY=(); return ;;
+        'metrics sample:--interval') COMPREPLY=(); return ;;
+        'metrics sample:--duration') COMPREPLY=(); return ;;
+        'metrics sample:--retries') COMPREPLY=(); return ;;
+        'metrics show:--label'|'metrics show:-l') COMPREPLY=(); return ;;
+        'metrics show:--since') COMPREPLY=(); return ;;
         'notify send:--to') COMPREPLY=(); return ;;
         'notify send:--topic') COMPREPLY=(); return ;;
         'notify send:--title') COMPREPLY=(); return ;;
@@ -91,6 +109,7 @@ _streamcli() {
         'serve:--tls-client-ca') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--max-file-size') COMPREPLY=(); return ;;
         'serve:--quota') COMPREPLY=(); return ;;
+        'serve:--max-series') COMPREPLY=(); return ;;
         'serve:--upload-ttl') COMPREPLY=(); return ;;
         'serve:--heartbeat') COMPREPLY=(); return ;;
         'serve:--live-interval') COMPREPLY=(); return ;;
@@ -115,7 +134,7 @@ _streamcli() {
         esac
     fi
     case "$cmdpath" in
-        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h batch chat download events files health notify serve tail upload' -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h batch chat download events files health metrics notify serve tail upload' -- "$cur")) ;;
         'batch') COMPREPLY=($(compgen -W '--help -h ingest ls records show' -- "$cur")) ;;
         'batch ingest') COMPREPLY=($(compgen -W '--format --key-field --value-field --time-field --rejects --max-errors --retries --help -h' -- "$cur")) ;;
         'batch ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
@@ -130,9 +149,14 @@ _streamcli() {
         'files ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
         'files rm') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'health') COMPREPLY=($(compgen -W '--timeout --help -h' -- "$cur")) ;;
+        'metrics') COMPREPLY=($(compgen -W '--help -h ls push sample show' -- "$cur")) ;;
+        'metrics ls') COMPREPLY=($(compgen -W '--since --limit --help -h' -- "$cur")) ;;
+        'metrics push') COMPREPLY=($(compgen -W '--format --retries --help -h' -- "$cur")) ;;
+        'metrics sample') COMPREPLY=($(compgen -W '--interval --duration --retries --help -h' -- "$cur")) ;;
+        'metrics show') COMPREPLY=($(compgen -W '--label -l --since --help -h' -- "$cur")) ;;
         'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
         'tail') COMPREPLY=($(compgen -W '--help -h events notifications' -- "$cur")) ;;
         'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
         'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;

@@ -88,7 +88,12 @@ ALLOWED: dict[str, dict[Code, str]] = {
         + " (bad batch_id or source, first_index without a batch, too many records)",
         Code.FAILED_PRECONDITION: "a message starts beyond the batch's next index (a gap)",
     },
-    "CollectMetrics": {Code.UNIMPLEMENTED: _UNIMPLEMENTED},
+    "CollectMetrics": {
+        # A refused sample is counted in the response, not a failure of the stream.
+        Code.OK: "every message was usable (samples valid or refused one by one)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (bad push_id, first_index without a push, too many samples)",
+        Code.FAILED_PRECONDITION: "a message starts beyond the push's next index (a gap)",
+    },
     "PublishEvents": {
         # INTERNAL is documented for a store that fails (a full disk), which no example provokes.
         Code.OK: "every event was valid and appended",
@@ -137,6 +142,10 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.OK: "the batch exists",
         Code.INVALID_ARGUMENT: _UNDECODABLE + " (not a batch id)",
         Code.NOT_FOUND: "no such batch",
+    },
+    "ListMetricSeries": {
+        Code.OK: "a page (maybe empty)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (page_size outside 0-1000, a bad page_token, quantile or since)",
     },
     "ReadBatchRecords": {
         Code.OK: "the batch's records were sent",
@@ -578,6 +587,34 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
             st.booleans(),
         ),
         max_size=4,
+    ),
+    "CollectMetrics": st.lists(
+        st.builds(
+            lambda push_id, first, samples: pb.CollectMetricsRequest(
+                push_id=push_id, first_index=first if push_id else 0, metrics=samples
+            ),
+            st.sampled_from(["", "push-a", "bad id!", "x" * 65]),
+            st.sampled_from([0, 1, 2, 5, 2**64 - 1]),
+            st.lists(
+                st.builds(
+                    lambda name, value, labels: pb.MetricData(name=name, value=value, labels=labels),
+                    mostly(["cpu.load", "m"], ps.texts()),
+                    st.floats(allow_nan=True, allow_infinity=True),
+                    st.dictionaries(mostly(["host", "le"], ps.texts()), ps.texts(), max_size=3),
+                ),
+                max_size=3,
+            ),
+        ),
+        max_size=4,
+    ),
+    "ListMetricSeries": st.builds(
+        lambda name, size, token, quantiles: pb.ListMetricSeriesRequest(
+            name=name, page_size=size, page_token=token, quantiles=quantiles
+        ),
+        mostly(["", "cpu.load"], ps.texts()),
+        st.sampled_from([0, 1, 1001, -1]),
+        st.sampled_from(["", "0", "1", "a", "\u00b2"]),
+        st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=3),
     ),
     "ListBatches": st.builds(
         lambda size, token: pb.ListBatchesRequest(page_size=size, page_token=token),

@@ -39,4 +39,4 @@ def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
         raise UsageError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from exc
     except sqlite3.Error as exc:
         raise UsageError(f"cannot open the database in {data_dir}: {exc}") from exc
-    return Backend(name=name, log=store, metadata=store, blobs=blobs, closer=store)
+    return Backend(name=name, log=store, metadata=store, blobs=blobs, closer=store, metrics=store)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -315,6 +315,74 @@ class MetadataStore(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricSeries:
+    """A metric series: whose it is, its name and its labels (its identity), and its id in the store."""
+
+    series_id: int
+    owner: str  # the user whose token sent its samples; "" for the service token
+    name: str  # "" for the owner's overflow series
+    labels: str  # the labels as canonical JSON (keys sorted): one series whatever order they came in
+    overflow: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricDelta:
+    """What one flush adds to a series: its samples' aggregate, all together and by minute (stored forms)."""
+
+    series_id: int
+    total: bytes
+    minutes: tuple[tuple[int, bytes], ...]  # (minute: seconds since the epoch // 60, aggregate)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PushMark:
+    """How far a resumable push is held: every sample below ``next_index``."""
+
+    owner: str
+    push_id: str
+    next_index: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredMetric:
+    """A series' stored aggregates: all time (one), or one per minute since a time; when it last changed."""
+
+    updated_at: float
+    aggregates: tuple[bytes, ...]
+
+
+class MetricStore(Protocol):
+    """Metric series and their mergeable aggregates (bytes to the store; services/sketches.py reads them)."""
+
+    async def metric_series(self) -> list[MetricSeries]:
+        """Every series."""
+        ...
+
+    async def merge_metrics(
+        self,
+        new: Sequence[MetricSeries],
+        deltas: Sequence[MetricDelta],
+        merge: Callable[[bytes, bytes], bytes],
+        push: PushMark | None = None,
+    ) -> None:
+        """In one transaction: add the ``new`` series, merge each delta into its series' stored aggregates
+        (``merge(stored, delta)``, all time and per minute), and record ``push``."""
+        ...
+
+    async def stored_metrics(self, series_ids: Sequence[int], since_minute: int | None) -> dict[int, StoredMetric]:
+        """The aggregates of these series: all time (``since_minute`` None), else of each minute since it."""
+        ...
+
+    async def push_position(self, owner: str, push_id: str) -> int:
+        """The next index of a push (0 for a push never seen)."""
+        ...
+
+    async def forget_pushes(self, before: float) -> int:
+        """Forget the pushes last sent to before ``before`` (seconds since the epoch); returns how many."""
+        ...
+
+
 class BlobStore(Protocol):
     """File bytes kept in a directory."""
 
@@ -352,6 +420,7 @@ class Backend:
     metadata: MetadataStore
     blobs: BlobStore
     closer: _Closer
+    metrics: MetricStore
 
     async def close(self) -> None:
         """Release connections and files."""

@@ -38,6 +38,8 @@ from streamcli.backends.base import (
     TrimmedError,
     UploadRecord,
 )
+from streamcli.backends.sqlite_metrics import SCHEMA as METRICS_SCHEMA
+from streamcli.backends.sqlite_metrics import SqliteMetrics
 
 T = TypeVar("T")
 
@@ -123,7 +125,7 @@ class DatabaseInUseError(Exception):
     """Another process has the database open."""
 
 
-class SqliteStore:
+class SqliteStore(SqliteMetrics):
     """A ``LogStore`` and ``MetadataStore`` in one SQLite database file."""
 
     def __init__(self, path: pathlib.Path) -> None:
@@ -154,6 +156,7 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        db.executescript(METRICS_SCHEMA)
         for table in ("files", "uploads"):  # databases from before files had owners
             columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if "owner" not in columns:

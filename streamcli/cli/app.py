@@ -103,7 +103,7 @@ def root(
 
 def _register() -> None:
     # One line per command group; each module only knows about `app`.
-    from streamcli.cli import batch, chat, events, files, health, notify, serve, tail, transfer
+    from streamcli.cli import batch, chat, events, files, health, metrics, notify, serve, tail, transfer
 
     serve.register(app)
     health.register(app)
@@ -114,6 +114,7 @@ def _register() -> None:
     notify.register(app)
     chat.register(app)
     batch.register(app)
+    metrics.register(app)
 
 
 _register()

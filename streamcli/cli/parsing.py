@@ -1,10 +1,17 @@
-"""Parsers for human-friendly option values: sizes (``10G``) and durations (``24h``)."""
+"""Parsers for human-friendly option values: sizes (``10G``), durations (``24h``) and times (``--since``)."""
 
 from __future__ import annotations
 
 import re
+import time
+from typing import TYPE_CHECKING
 
 import typer
+
+from streamcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
@@ -52,3 +59,31 @@ def parse_retention(text: str) -> tuple[float | None, int | None]:
                 f"{part!r}: use an age with a unit (7d), a record count (100000), or both (7d,100000)"
             )
     return age, count
+
+
+def parse_since(text: str | None) -> Timestamp | None:
+    """``--since``: a duration back from now (``10m``; longer ago than 1970 means everything) or a time."""
+    if text is None:
+        return None
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from streamcli.client.events import TimeOutOfRange, parse_timestamp
+
+    if text.strip()[:1].isdigit() and not any(c in text for c in "-:T"):
+        try:
+            back = parse_duration(text)
+        except typer.BadParameter:
+            raise UsageError(
+                f"--since {text.strip()!r} is not a duration or a time: use one unit (90m, 2h, 7d) "
+                "or a time like 2026-11-24T10:00:00Z"
+            ) from None
+        stamp = Timestamp()
+        stamp.FromNanoseconds(int(max(0.0, time.time() - back) * 1e9))
+        return stamp
+    try:
+        stamp = parse_timestamp(text)
+    except TimeOutOfRange:
+        raise UsageError(f"--since {text.strip()}: the time is out of range") from None
+    if stamp.seconds > time.time() + 1.0:
+        raise UsageError(f"--since {text.strip()} is in the future")
+    return stamp

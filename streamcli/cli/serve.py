@@ -118,6 +118,15 @@ def serve(
         str,
         typer.Option(envvar="STREAMCLI_QUOTA", help="Total size of all stored files (e.g. 100G); 0 = no limit."),
     ] = "0",
+    max_series: Annotated[
+        int,
+        typer.Option(
+            envvar="STREAMCLI_MAX_SERIES",
+            min=1,
+            help="Metric series the server holds (every user's); samples of new series beyond it go to an "
+            "overflow series.",
+        ),
+    ] = 100_000,
     upload_ttl: Annotated[
         str,
         typer.Option(envvar="STREAMCLI_UPLOAD_TTL", help="How long an interrupted upload stays resumable (e.g. 24h)."),
@@ -212,6 +221,7 @@ def serve(
         allow_insecure=allow_insecure,
         max_file_size=parse_size(max_file_size),
         quota=parse_size(quota),
+        max_series=max_series,
         upload_ttl=parse_duration(upload_ttl),
         heartbeat=heartbeat,
         live_interval=live_interval,

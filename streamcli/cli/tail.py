@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from streamcli.cli.environment import Environment, get_env
-from streamcli.cli.parsing import parse_duration
+from streamcli.cli.parsing import parse_since
 from streamcli.errors import UsageError
 
 if TYPE_CHECKING:
-    from google.protobuf.timestamp_pb2 import Timestamp
     from rich.text import Text
 
     from streamcli.client.connection import Connection
@@ -54,34 +52,6 @@ IdleOption = Annotated[
     float | None,
     typer.Option(min=0.0, show_default=False, help="Exit (0) after this many seconds without a record."),
 ]
-
-
-def _since(text: str | None) -> Timestamp | None:
-    """``--since``: a duration back from now (``10m``; longer ago than 1970 means everything) or a time."""
-    if text is None:
-        return None
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    from streamcli.client.events import TimeOutOfRange, parse_timestamp
-
-    if text.strip()[:1].isdigit() and not any(c in text for c in "-:T"):
-        try:
-            back = parse_duration(text)
-        except typer.BadParameter:
-            raise UsageError(
-                f"--since {text.strip()!r} is not a duration or a time: use one unit (90m, 2h, 7d) "
-                "or a time like 2026-11-24T10:00:00Z"
-            ) from None
-        stamp = Timestamp()
-        stamp.FromNanoseconds(int(max(0.0, time.time() - back) * 1e9))
-        return stamp
-    try:
-        stamp = parse_timestamp(text)
-    except TimeOutOfRange:
-        raise UsageError(f"--since {text.strip()}: the time is out of range") from None
-    if stamp.seconds > time.time() + 1.0:
-        raise UsageError(f"--since {text.strip()} is in the future")
-    return stamp
 
 
 def _options(
@@ -154,7 +124,7 @@ def tail_events(
         raise UsageError("give --user USER or --all-users (one of them)")
     values = [EVENT_TYPES.parse(t) for t in types or []]
     options = _options(env, follow, max_records, idle_timeout, since)
-    start = _since(since)
+    start = parse_since(since)
     _print_all(
         env,
         lambda conn: stream(
@@ -200,7 +170,7 @@ def tail_notifications(
 
     env = get_env(ctx)
     options = _options(env, follow, max_records, idle_timeout, since)
-    start = _since(since)
+    start = parse_since(since)
     _print_all(
         env,
         lambda conn: stream(conn, recipient=user, topics=topics or [], since=start, options=options),

@@ -13,8 +13,6 @@ is acknowledged, and a stream is ended for its acknowledgement every
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import dataclasses
 import pathlib
 import uuid
@@ -24,9 +22,10 @@ from typing import Any
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.connection import Connection, FirstStatus, rpc_errors
+from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.records import FieldMap, Parsed
 from streamcli.client.retry import Attempts, RetryPolicy
+from streamcli.client.streams import Outstanding, one_stream
 from streamcli.client.transfer import upload_id_for
 from streamcli.times import rfc3339
 
@@ -163,12 +162,21 @@ class _Pending:
         self.request = request
         self.lines = lines  # (line, text) of each record
 
+    @property
+    def first(self) -> int:
+        return self.request.first_index
+
 
 class BatchIngest:
     """Ingests the parsed records of one input as batch ``batch_id``; see the module's docstring."""
 
     def __init__(
-        self, conn: Connection, source: str, batch_id: str, parsed: Iterator[Parsed], options: IngestOptions
+        self,
+        conn: Connection,
+        source: str,
+        batch_id: str,
+        parsed: Iterator[Parsed[pb.DataRecord]],
+        options: IngestOptions,
     ) -> None:
         self._conn = conn
         self._source = source
@@ -176,7 +184,7 @@ class BatchIngest:
         self._parsed = parsed
         self._options = options
         self.progress = IngestProgress()
-        self._pending: collections.deque[_Pending] = collections.deque()
+        self._pending: Outstanding[_Pending] = Outstanding()
         self._next_index = 0  # index of the next record read
         self._held = 0  # the server's next index
         self._earlier: dict[int, str] = {}  # refusals of earlier runs, by index (reported as their lines come)
@@ -244,33 +252,23 @@ class BatchIngest:
 
     async def _stream(self) -> pb.ProcessDataBatchResponse:
         """One stream: the unacknowledged messages, then new ones until it is time for an acknowledgement."""
-        call = self._conn.stub.ProcessDataBatch(metadata=self._conn.metadata)
-        first_status = FirstStatus(call)
-        outcome: asyncio.Future[pb.ProcessDataBatchResponse] = asyncio.ensure_future(call)
-        try:
-            await self._write(call)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the call has ended: its outcome says how
-        except BaseException:
-            call.cancel()
-            raise
-        try:
-            return await outcome
-        except grpc.aio.AioRpcError as exc:
-            raise first_status.unmask(exc) from exc
+        response: pb.ProcessDataBatchResponse = await one_stream(
+            self._conn.stub.ProcessDataBatch(metadata=self._conn.metadata), self._write
+        )
+        return response
 
     async def _write(self, call: Any) -> None:
         first = pb.ProcessDataBatchRequest(batch_id=self._batch_id, max_errors=ERRORS_PER_STREAM, source=self._source)
         await call.write(first)
         count = size = 0
-        for pending in list(self._pending):
+        for pending in self._pending:
             await call.write(pending.request)
             count += len(pending.request.records)
         while count < ACK_EVERY and size < ACK_BYTES and not self._ended and not self._stopped:
             message = self._next_message()
             if message is None:
                 break
-            self._pending.append(message)
+            self._pending.add(message.first, len(message.request.records), message)
             count += len(message.request.records)
             size += sum(len(text) for _, text in message.lines)
             await call.write(message.request)
@@ -337,9 +335,7 @@ class BatchIngest:
     def _acknowledge(self, reply: pb.ProcessDataBatchResponse) -> None:
         self._held = max(self._held, reply.next_index)
         self.progress.acknowledged = self._held
-        pending = self._pending
-        while pending and pending[0].request.first_index + len(pending[0].request.records) <= self._held:
-            pending.popleft()
+        self._pending.acknowledge(self._held)
 
 
 def new_batch_id() -> str:

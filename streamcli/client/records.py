@@ -16,8 +16,8 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, Generic, TypeVar
 
 import msgspec
 
@@ -41,13 +41,17 @@ class FieldMap:
         return f"{self.key}\0{self.value}\0{self.time}"
 
 
+R = TypeVar("R")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class Parsed:
-    """One input record: where it starts, its text, and the record or why there is none."""
+class Parsed(Generic[R]):
+    """One input record: where it starts, its text, and the record (a DataRecord, a MetricData) or why there is
+    none."""
 
     line: int  # 1-based number of its first line
     text: str  # the original line(s), without the final newline
-    record: pb.DataRecord | None
+    record: R | None
     problem: str = ""
 
 
@@ -108,10 +112,21 @@ def _refuse(reason: str) -> str:
     raise RecordError(reason)
 
 
-def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed]:
-    """The records of NDJSON lines (blank lines skipped); a line that is not a JSON object is refused."""
-    decode = msgspec.json.Decoder().decode
-    for number, raw in enumerate(stream, start=1):
+def json_lines(
+    lines: Iterable[bytes],
+    convert: Callable[[Any], R],
+    *,
+    shape: type[Any] | None = None,
+    errors: tuple[type[Exception], ...] = (ValueError,),
+) -> Iterator[Parsed[R]]:
+    """What ``convert`` makes of each JSON object of NDJSON lines, by line number (blank lines skipped).
+
+    A line that is not a JSON object, or whose object ``convert`` refuses (raising one of ``errors``), is
+    refused with the reason. With ``shape`` (a msgspec Struct), each line is decoded to it, and one that does not
+    fit is refused with msgspec's reason.
+    """
+    decode = msgspec.json.Decoder(shape).decode if shape is not None else msgspec.json.Decoder().decode
+    for number, raw in enumerate(lines, start=1):
         line = raw.rstrip(b"\r\n")
         if not line.strip():
             continue
@@ -121,21 +136,29 @@ def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed]:
         try:
             fields = decode(line)
         except msgspec.DecodeError as exc:
-            yield Parsed(number, text, None, f"not JSON: {exc}")
+            # (A ValidationError is a DecodeError too: with a shape, it says the line does not fit it.)
+            fits = shape is None or not isinstance(exc, msgspec.ValidationError)
+            yield Parsed(number, text, None, f"not JSON: {exc}" if fits else str(exc))
             continue
-        except msgspec.ValidationError as exc:  # a number beyond a double
-            yield Parsed(number, text, None, f"not a record: {exc}")
-            continue
-        if not isinstance(fields, dict):
+        if shape is None and not isinstance(fields, dict):
             yield Parsed(number, text, None, "not a JSON object")
             continue
         try:
-            yield Parsed(number, text, to_record(fields, mapping, from_text=False))
-        except (RecordError, ValueError, TypeError, OverflowError) as exc:
+            yield Parsed(number, text, convert(fields))
+        except errors as exc:
             yield Parsed(number, text, None, str(exc))
 
 
-def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed]:
+def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
+    """The records of NDJSON lines (``json_lines``)."""
+    return json_lines(
+        stream,
+        lambda fields: to_record(fields, mapping, from_text=False),
+        errors=(RecordError, ValueError, TypeError, OverflowError),
+    )
+
+
+def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
     """The records of CSV with a header line (quoting and embedded newlines as the csv module reads them; a
     UTF-8 BOM is dropped); a row with more fields than the header is refused."""
     text_stream = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
@@ -193,6 +216,6 @@ class _Lines:
         return text.removesuffix("\n").removesuffix("\r")
 
 
-def read_records(stream: IO[bytes], file_format: str, mapping: FieldMap) -> Iterator[Parsed]:
+def read_records(stream: IO[bytes], file_format: str, mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
     """The records of ``stream`` in ``file_format`` (``ndjson`` or ``csv``)."""
     return read_csv(stream, mapping) if file_format == "csv" else read_ndjson(stream, mapping)

@@ -37,6 +37,7 @@ from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
 from streamcli.services.logs import LogSettings, Retention
+from streamcli.services.metrics import DEFAULT_MAX_SERIES, MetricService
 from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
 from streamcli.services.notifications import NotificationService
 from streamcli.services.uploads import FileLimits
@@ -68,6 +69,7 @@ class ServerConfig:
     retention: Retention = dataclasses.field(default_factory=Retention)  # of the event and notification logs, batches
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
     chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
+    max_series: int = DEFAULT_MAX_SERIES  # metric series the server holds; new ones beyond go to an overflow series
 
     @property
     def tls(self) -> bool:
@@ -91,6 +93,8 @@ class ServerConfig:
             raise UsageError("--grace must be zero or more seconds")
         if self.max_file_size < 0 or self.quota < 0:
             raise UsageError("--max-file-size and --quota must be zero (no limit) or more bytes")
+        if self.max_series < 1:
+            raise UsageError("--max-series must be at least 1")
         if self.upload_ttl <= 0:
             raise UsageError("--upload-ttl must be more than zero seconds")
         if self.heartbeat <= 0 or self.housekeeping_interval <= 0:
@@ -217,7 +221,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
-        add_service(server, [files, events, notifications, chat, batches])
+        metrics = MetricService(backend.metrics, credentials_, config.max_series)
+        await metrics.load()
+        add_service(server, [files, events, notifications, chat, batches, metrics])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -241,6 +247,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             )
             await backend.log.forget_producers(stream, time.time() - config.retention.producer_idle_limit)
         await batches.expire(config.retention)
+        await metrics.expire(config.retention)
 
     housekeeping = [
         asyncio.create_task(_every(interval, files.expire_uploads)),

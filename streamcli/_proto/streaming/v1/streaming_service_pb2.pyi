@@ -1706,16 +1706,24 @@ class MetricData(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Metric name, e.g. "cpu.load". Required."""
+    """Metric name, e.g. "cpu.load". Required: 1-200 characters, a letter, '_'
+    or ':' then letters, digits, '_', ':', '.', '-' or '/'.
+    """
     value: _builtins.float
-    """Sample value, in the metric's unit."""
+    """Sample value, in the metric's unit. Must be finite."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
-        """When the sample was taken (UTC). Optional."""
+        """When the sample was taken (UTC), 1970-01-01 to 2099-12-31. Optional: the
+        server's time of receipt otherwise. Decides the minute it counts in.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Labels that, with the name, identify a series."""
+        """Labels that, with the name, identify a series: at most 32; keys 1-100
+        characters (a letter or '_', then letters, digits, '_', '.' or '-'),
+        values at most 1,024 characters without control characters (newline and
+        tab allowed).
+        """
 
     def __init__(
         self,
@@ -1740,22 +1748,96 @@ class CollectMetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     METRICS_FIELD_NUMBER: _builtins.int
+    PUSH_ID_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    MAX_ERRORS_FIELD_NUMBER: _builtins.int
+    push_id: _builtins.str
+    """Names a resumable push (1-64 ASCII letters, digits, '-' and '_'); read
+    from the first message. Empty: the stream is not resumable.
+    """
+    first_index: _builtins.int
+    """With push_id: the push index (zero-based) of this message's first sample;
+    samples below the push's next index are skipped as already held.
+    """
+    max_errors: _builtins.int
+    """Refused samples to detail in the response (0 means 100; at most 10,000);
+    read from the first message. Every refusal is counted regardless.
+    """
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricData]:
-        """Samples, in order."""
+        """Samples, in order (at most 10,000 per message)."""
 
     def __init__(
         self,
         *,
         metrics: _abc.Iterable[Global___MetricData] | None = ...,
+        push_id: _builtins.str = ...,
+        first_index: _builtins.int = ...,
+        max_errors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_index", b"first_index", "max_errors", b"max_errors", "metrics", b"metrics", "push_id", b"push_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectMetricsRequest: _TypeAlias = CollectMetricsRequest  # noqa: Y015
+
+@_typing.final
+class MetricQuantile(_message.Message):
+    """MetricQuantile is one quantile of a series' values."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUANTILE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    quantile: _builtins.float
+    """The quantile, 0-1 (0.5 is the median)."""
+    value: _builtins.float
+    """Its value, within 1% relative of the exact one (DDSketch)."""
+    def __init__(
+        self,
+        *,
+        quantile: _builtins.float = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantile", b"quantile", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricQuantile: _TypeAlias = MetricQuantile  # noqa: Y015
+
+@_typing.final
+class MetricRefusal(_message.Message):
+    """MetricRefusal details one refused sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The sample's index: in the push (with push_id), else in the stream."""
+    reason: _builtins.str
+    """The reason, as counted in CollectMetricsResponse.refused (e.g. "not_finite")."""
+    detail: _builtins.str
+    """What was wrong with it, for people."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "index", b"index", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricRefusal: _TypeAlias = MetricRefusal  # noqa: Y015
 
 @_typing.final
 class MetricSummary(_message.Message):
@@ -1790,6 +1872,13 @@ class MetricSummary(_message.Message):
     MAX_FIELD_NUMBER: _builtins.int
     SUM_FIELD_NUMBER: _builtins.int
     MEAN_FIELD_NUMBER: _builtins.int
+    P50_FIELD_NUMBER: _builtins.int
+    P90_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    OVERFLOW_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Metric name."""
     count: _builtins.int
@@ -1802,9 +1891,29 @@ class MetricSummary(_message.Message):
     """Sum of values."""
     mean: _builtins.float
     """Arithmetic mean."""
+    p50: _builtins.float
+    """Median, within 1% relative of the exact value (DDSketch)."""
+    p90: _builtins.float
+    """90th percentile, within 1% relative of the exact value."""
+    p99: _builtins.float
+    """99th percentile, within 1% relative of the exact value."""
+    owner: _builtins.str
+    """The user whose token sent the samples; empty for the service token."""
+    overflow: _builtins.bool
+    """Set on the owner's overflow series (empty name, no labels): the samples
+    of new series beyond a cardinality limit.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Series labels."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When a sample was last merged into the series (server time, UTC)."""
+
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricQuantile]:
+        """The quantiles a ListMetricSeriesRequest asked for, in its order."""
 
     def __init__(
         self,
@@ -1816,10 +1925,17 @@ class MetricSummary(_message.Message):
         max: _builtins.float = ...,
         sum: _builtins.float = ...,
         mean: _builtins.float = ...,
+        p50: _builtins.float = ...,
+        p90: _builtins.float = ...,
+        p99: _builtins.float = ...,
+        owner: _builtins.str = ...,
+        overflow: _builtins.bool = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        quantiles: _abc.Iterable[Global___MetricQuantile] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "labels", b"labels", "max", b"max", "mean", b"mean", "min", b"min", "name", b"name", "sum", b"sum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "labels", b"labels", "max", b"max", "mean", b"mean", "min", b"min", "name", b"name", "overflow", b"overflow", "owner", b"owner", "p50", b"p50", "p90", b"p90", "p99", b"p99", "quantiles", b"quantiles", "sum", b"sum", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1831,27 +1947,177 @@ class CollectMetricsResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RefusedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     METRICS_RECEIVED_FIELD_NUMBER: _builtins.int
     SUMMARIES_FIELD_NUMBER: _builtins.int
+    METRICS_ACCEPTED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    OVERFLOWED_FIELD_NUMBER: _builtins.int
+    NEXT_INDEX_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     metrics_received: _builtins.int
-    """Samples received."""
+    """Samples received (re-sent ones of a push included)."""
+    metrics_accepted: _builtins.int
+    """Samples accepted (merged into a series, the overflow series included)."""
+    overflowed: _builtins.int
+    """Accepted samples that went to the overflow series (a cardinality limit)."""
+    next_index: _builtins.int
+    """With push_id: every sample of the push below this index is held."""
+    duplicates: _builtins.int
+    """With push_id: re-sent samples skipped as already held."""
     @_builtins.property
     def summaries(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
-        """One summary per series (name + labels)."""
+        """One summary per series the stream's accepted samples went to, all time
+        (what the server holds after merging the stream), sorted by name and labels.
+        """
+
+    @_builtins.property
+    def refused(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Refused samples by reason: "invalid_name", "not_finite",
+        "too_many_labels", "invalid_label", "oversized_label", "invalid_time".
+        """
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricRefusal]:
+        """The first refused samples (up to max_errors), in order."""
 
     def __init__(
         self,
         *,
         metrics_received: _builtins.int = ...,
         summaries: _abc.Iterable[Global___MetricSummary] | None = ...,
+        metrics_accepted: _builtins.int = ...,
+        refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        errors: _abc.Iterable[Global___MetricRefusal] | None = ...,
+        overflowed: _builtins.int = ...,
+        next_index: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics_received", b"metrics_received", "summaries", b"summaries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "errors", b"errors", "metrics_accepted", b"metrics_accepted", "metrics_received", b"metrics_received", "next_index", b"next_index", "overflowed", b"overflowed", "refused", b"refused", "summaries", b"summaries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectMetricsResponse: _TypeAlias = CollectMetricsResponse  # noqa: Y015
+
+@_typing.final
+class ListMetricSeriesRequest(_message.Message):
+    """ListMetricSeriesRequest selects metric series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Only series of this name; empty for every name."""
+    page_size: _builtins.int
+    """Maximum series per page (1-1000; 0 means 100)."""
+    page_token: _builtins.str
+    """Opaque token from a previous ListMetricSeriesResponse; empty for the first page."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only series carrying all these labels (with these values)."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only samples at or after this time (UTC), counted by whole minutes: the
+        minute it falls in counts whole. Unset: all time.
+        """
+
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Quantiles (each 0-1, at most 101) to compute for each series, besides p50/p90/p99."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        quantiles: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "quantiles", b"quantiles", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMetricSeriesRequest: _TypeAlias = ListMetricSeriesRequest  # noqa: Y015
+
+@_typing.final
+class ListMetricSeriesResponse(_message.Message):
+    """ListMetricSeriesResponse is one page of series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
+        """Series sorted by name, then labels; with `since`, those with samples since then."""
+
+    def __init__(
+        self,
+        *,
+        series: _abc.Iterable[Global___MetricSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMetricSeriesResponse: _TypeAlias = ListMetricSeriesResponse  # noqa: Y015
 
 @_typing.final
 class DataInput(_message.Message):

@@ -133,6 +133,11 @@ class StreamingServiceStub:
                 request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
                 response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
                 _registered_method=True)
+        self.ListMetricSeries = channel.unary_unary(
+                '/streaming.v1.StreamingService/ListMetricSeries',
+                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
+                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
+                _registered_method=True)
 
 
 class StreamingServiceServicer:
@@ -198,6 +203,26 @@ class StreamingServiceServicer:
 
     def CollectMetrics(self, request_iterator, context):
         """Ingests metric samples and answers with per-series aggregates.
+
+        A series is a name and a set of labels (their order never matters) of one
+        owner (the user of a user token; the service token's own otherwise). Each
+        series keeps count, min, max, sum and a DDSketch (relative accuracy 1%) of
+        its values, all time and per minute of the samples' time; a stream's
+        samples are merged into them, so quantiles hold across streams and server
+        restarts. A sample the server cannot use (an empty or invalid name, a
+        value that is NaN or infinite, too many labels, an invalid or oversized
+        label, a time outside 1970-2099) is refused and counted by reason; the
+        stream goes on. A stream may touch at most 2,000 series, and the server
+        holds at most `serve --max-series`: samples of further new series go to
+        the owner's overflow series (empty name, `overflow` set), which counts
+        them.
+
+        Idempotent resume, as ProcessDataBatch: a push named by the client
+        (`push_id`) may be sent over several streams, each message saying the
+        push index of its first sample (`first_index`); the server takes each
+        index once and answers how far the push is held (`next_index`). A message
+        starting beyond it ends the stream with FAILED_PRECONDITION and the
+        trailer `next-index`; a second stream of a push being sent, ABORTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,6 +342,14 @@ class StreamingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMetricSeries(self, request, context):
+        """Lists metric series (a user token's own; all with the service token) with
+        their aggregates, all time or since a time, by name and labels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -414,6 +447,11 @@ def add_StreamingServiceServicer_to_server(servicer, server):
                     servicer.ReadBatchRecords,
                     request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.FromString,
                     response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.SerializeToString,
+            ),
+            'ListMetricSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMetricSeries,
+                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.FromString,
+                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -933,6 +971,33 @@ class StreamingService:
             '/streaming.v1.StreamingService/ReadBatchRecords',
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMetricSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streaming.v1.StreamingService/ListMetricSeries',
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,7 +90,28 @@ class StreamingServiceStub:
     (topic "batch").
     """
     CollectMetrics: _grpc.StreamUnaryMultiCallable[_streaming_service_pb2.CollectMetricsRequest, _streaming_service_pb2.CollectMetricsResponse]
-    """Ingests metric samples and answers with per-series aggregates."""
+    """Ingests metric samples and answers with per-series aggregates.
+
+    A series is a name and a set of labels (their order never matters) of one
+    owner (the user of a user token; the service token's own otherwise). Each
+    series keeps count, min, max, sum and a DDSketch (relative accuracy 1%) of
+    its values, all time and per minute of the samples' time; a stream's
+    samples are merged into them, so quantiles hold across streams and server
+    restarts. A sample the server cannot use (an empty or invalid name, a
+    value that is NaN or infinite, too many labels, an invalid or oversized
+    label, a time outside 1970-2099) is refused and counted by reason; the
+    stream goes on. A stream may touch at most 2,000 series, and the server
+    holds at most `serve --max-series`: samples of further new series go to
+    the owner's overflow series (empty name, `overflow` set), which counts
+    them.
+
+    Idempotent resume, as ProcessDataBatch: a push named by the client
+    (`push_id`) may be sent over several streams, each message saying the
+    push index of its first sample (`first_index`); the server takes each
+    index once and answers how far the push is held (`next_index`). A message
+    starting beyond it ends the stream with FAILED_PRECONDITION and the
+    trailer `next-index`; a second stream of a push being sent, ABORTED.
+    """
     PublishEvents: _grpc.StreamUnaryMultiCallable[_streaming_service_pb2.PublishEventsRequest, _streaming_service_pb2.PublishEventsResponse]
     """Appends user events to the event log; acknowledged once appended. A
     stream that fails (a message that does not decode, an invalid event, a
@@ -144,6 +165,10 @@ class StreamingServiceStub:
     """Describes one batch: counts, aggregates and refused records."""
     ReadBatchRecords: _grpc.UnaryStreamMultiCallable[_streaming_service_pb2.ReadBatchRecordsRequest, _streaming_service_pb2.ReadBatchRecordsResponse]
     """Streams the stored records of a batch in index order, then ends."""
+    ListMetricSeries: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListMetricSeriesRequest, _streaming_service_pb2.ListMetricSeriesResponse]
+    """Lists metric series (a user token's own; all with the service token) with
+    their aggregates, all time or since a time, by name and labels.
+    """
 
 @_typing.type_check_only
 class StreamingServiceAsyncStub(StreamingServiceStub):
@@ -187,7 +212,28 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     (topic "batch").
     """
     CollectMetrics: _aio.StreamUnaryMultiCallable[_streaming_service_pb2.CollectMetricsRequest, _streaming_service_pb2.CollectMetricsResponse]  # type: ignore[assignment]
-    """Ingests metric samples and answers with per-series aggregates."""
+    """Ingests metric samples and answers with per-series aggregates.
+
+    A series is a name and a set of labels (their order never matters) of one
+    owner (the user of a user token; the service token's own otherwise). Each
+    series keeps count, min, max, sum and a DDSketch (relative accuracy 1%) of
+    its values, all time and per minute of the samples' time; a stream's
+    samples are merged into them, so quantiles hold across streams and server
+    restarts. A sample the server cannot use (an empty or invalid name, a
+    value that is NaN or infinite, too many labels, an invalid or oversized
+    label, a time outside 1970-2099) is refused and counted by reason; the
+    stream goes on. A stream may touch at most 2,000 series, and the server
+    holds at most `serve --max-series`: samples of further new series go to
+    the owner's overflow series (empty name, `overflow` set), which counts
+    them.
+
+    Idempotent resume, as ProcessDataBatch: a push named by the client
+    (`push_id`) may be sent over several streams, each message saying the
+    push index of its first sample (`first_index`); the server takes each
+    index once and answers how far the push is held (`next_index`). A message
+    starting beyond it ends the stream with FAILED_PRECONDITION and the
+    trailer `next-index`; a second stream of a push being sent, ABORTED.
+    """
     PublishEvents: _aio.StreamUnaryMultiCallable[_streaming_service_pb2.PublishEventsRequest, _streaming_service_pb2.PublishEventsResponse]  # type: ignore[assignment]
     """Appends user events to the event log; acknowledged once appended. A
     stream that fails (a message that does not decode, an invalid event, a
@@ -241,6 +287,10 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     """Describes one batch: counts, aggregates and refused records."""
     ReadBatchRecords: _aio.UnaryStreamMultiCallable[_streaming_service_pb2.ReadBatchRecordsRequest, _streaming_service_pb2.ReadBatchRecordsResponse]  # type: ignore[assignment]
     """Streams the stored records of a batch in index order, then ends."""
+    ListMetricSeries: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListMetricSeriesRequest, _streaming_service_pb2.ListMetricSeriesResponse]  # type: ignore[assignment]
+    """Lists metric series (a user token's own; all with the service token) with
+    their aggregates, all time or since a time, by name and labels.
+    """
 
 class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
     """StreamingService offers the four kinds of gRPC methods over one contract:
@@ -317,7 +367,28 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_streaming_service_pb2.CollectMetricsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_streaming_service_pb2.CollectMetricsResponse, _abc.Awaitable[_streaming_service_pb2.CollectMetricsResponse]]:
-        """Ingests metric samples and answers with per-series aggregates."""
+        """Ingests metric samples and answers with per-series aggregates.
+
+        A series is a name and a set of labels (their order never matters) of one
+        owner (the user of a user token; the service token's own otherwise). Each
+        series keeps count, min, max, sum and a DDSketch (relative accuracy 1%) of
+        its values, all time and per minute of the samples' time; a stream's
+        samples are merged into them, so quantiles hold across streams and server
+        restarts. A sample the server cannot use (an empty or invalid name, a
+        value that is NaN or infinite, too many labels, an invalid or oversized
+        label, a time outside 1970-2099) is refused and counted by reason; the
+        stream goes on. A stream may touch at most 2,000 series, and the server
+        holds at most `serve --max-series`: samples of further new series go to
+        the owner's overflow series (empty name, `overflow` set), which counts
+        them.
+
+        Idempotent resume, as ProcessDataBatch: a push named by the client
+        (`push_id`) may be sent over several streams, each message saying the
+        push index of its first sample (`first_index`); the server takes each
+        index once and answers how far the push is held (`next_index`). A message
+        starting beyond it ends the stream with FAILED_PRECONDITION and the
+        trailer `next-index`; a second stream of a push being sent, ABORTED.
+        """
 
     @_abc_1.abstractmethod
     def PublishEvents(
@@ -449,5 +520,15 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_streaming_service_pb2.ReadBatchRecordsResponse], _abc.AsyncIterator[_streaming_service_pb2.ReadBatchRecordsResponse]]:
         """Streams the stored records of a batch in index order, then ends."""
+
+    @_abc_1.abstractmethod
+    def ListMetricSeries(
+        self,
+        request: _streaming_service_pb2.ListMetricSeriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.ListMetricSeriesResponse, _abc.Awaitable[_streaming_service_pb2.ListMetricSeriesResponse]]:
+        """Lists metric series (a user token's own; all with the service token) with
+        their aggregates, all time or since a time, by name and labels.
+        """
 
 def add_StreamingServiceServicer_to_server(servicer: StreamingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

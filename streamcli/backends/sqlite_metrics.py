@@ -1,0 +1,137 @@
+"""The ``MetricStore`` of the embedded backend: tables of the SQLite database, mixed into ``SqliteStore``.
+
+A series' row holds its all-time aggregate; ``metric_minutes`` holds one per
+minute it received samples in (for ``--since``); ``metric_pushes`` how far
+each resumable push is held. A flush merges into all three in one
+transaction, so a push's position never runs ahead of (or behind) what it
+added.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from streamcli.backends.base import MetricDelta, MetricSeries, PushMark, StoredMetric
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS metric_series (
+    series_id  INTEGER PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    labels     TEXT NOT NULL,
+    overflow   INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    aggregate  BLOB,
+    UNIQUE (owner, name, labels)
+);
+CREATE TABLE IF NOT EXISTS metric_minutes (
+    series_id INTEGER NOT NULL,
+    minute    INTEGER NOT NULL,
+    aggregate BLOB NOT NULL,
+    PRIMARY KEY (series_id, minute)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metric_pushes (
+    owner      TEXT NOT NULL,
+    push_id    TEXT NOT NULL,
+    next_index INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (owner, push_id)
+) WITHOUT ROWID;
+"""
+#: Series ids per query (SQLite's limit of host parameters is 32,766 in recent versions, 999 in old ones).
+_CHUNK = 900
+
+
+class SqliteMetrics:
+    """``MetricStore`` over the database of the ``SqliteStore`` it is mixed into (its ``_run``)."""
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError
+
+    async def metric_series(self) -> list[MetricSeries]:
+        rows = await self._run(
+            lambda db: db.execute("SELECT series_id, owner, name, labels, overflow FROM metric_series").fetchall()
+        )
+        return [MetricSeries(i, owner, name, labels, bool(overflow)) for i, owner, name, labels, overflow in rows]
+
+    async def merge_metrics(
+        self,
+        new: Sequence[MetricSeries],
+        deltas: Sequence[MetricDelta],
+        merge: Callable[[bytes, bytes], bytes],
+        push: PushMark | None = None,
+    ) -> None:
+        from streamcli.backends.sqlite import _transaction
+
+        def write(db: sqlite3.Connection) -> None:
+            now = time.time()
+            with _transaction(db):
+                db.executemany(
+                    "INSERT OR IGNORE INTO metric_series VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                    [(s.series_id, s.owner, s.name, s.labels, int(s.overflow), now) for s in new],
+                )
+                for delta in deltas:
+                    row = db.execute(
+                        "SELECT aggregate FROM metric_series WHERE series_id = ?", (delta.series_id,)
+                    ).fetchone()
+                    total = merge(row[0], delta.total) if row and row[0] is not None else delta.total
+                    db.execute(
+                        "UPDATE metric_series SET aggregate = ?, updated_at = ? WHERE series_id = ?",
+                        (total, now, delta.series_id),
+                    )
+                    for minute, aggregate in delta.minutes:
+                        row = db.execute(
+                            "SELECT aggregate FROM metric_minutes WHERE series_id = ? AND minute = ?",
+                            (delta.series_id, minute),
+                        ).fetchone()
+                        db.execute(
+                            "INSERT OR REPLACE INTO metric_minutes VALUES (?, ?, ?)",
+                            (delta.series_id, minute, merge(row[0], aggregate) if row else aggregate),
+                        )
+                if push is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO metric_pushes VALUES (?, ?, ?, ?)",
+                        (push.owner, push.push_id, push.next_index, now),
+                    )
+
+        await self._run(write)
+
+    async def stored_metrics(self, series_ids: Sequence[int], since_minute: int | None) -> dict[int, StoredMetric]:
+        def read(db: sqlite3.Connection) -> dict[int, StoredMetric]:
+            found: dict[int, StoredMetric] = {}
+            for start in range(0, len(series_ids), _CHUNK):
+                chunk = list(series_ids[start : start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT series_id, updated_at, aggregate FROM metric_series WHERE series_id IN ({marks})", chunk
+                ).fetchall()
+                if since_minute is None:
+                    found.update({i: StoredMetric(at, (agg,)) for i, at, agg in rows if agg is not None})
+                    continue
+                minutes: dict[int, list[bytes]] = {}
+                for i, agg in db.execute(
+                    f"SELECT series_id, aggregate FROM metric_minutes WHERE series_id IN ({marks}) AND minute >= ?",
+                    (*chunk, since_minute),
+                ):
+                    minutes.setdefault(i, []).append(agg)
+                found.update({i: StoredMetric(at, tuple(minutes[i])) for i, at, _ in rows if i in minutes})
+            return found
+
+        return await self._run(read)
+
+    async def push_position(self, owner: str, push_id: str) -> int:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT next_index FROM metric_pushes WHERE owner = ? AND push_id = ?", (owner, push_id)
+            ).fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def forget_pushes(self, before: float) -> int:
+        cursor = await self._run(lambda db: db.execute("DELETE FROM metric_pushes WHERE updated_at < ?", (before,)))
+        return cursor.rowcount

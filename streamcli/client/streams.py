@@ -1,0 +1,71 @@
+"""Pieces of a resumable client stream (batch ingest, metric pushes): one stream, and what it has not had
+acknowledged.
+
+Such a client numbers what it sends (each message says the index of its first
+item), ends a stream now and then for the server's acknowledgement (how far it
+holds the input: its next index), and re-sends on the next stream what was not
+acknowledged; the server takes each index once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from streamcli.client.connection import FirstStatus
+
+M = TypeVar("M")
+
+
+class Outstanding(Generic[M]):
+    """Messages sent and not yet acknowledged, in index order, each with its first index and item count."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[int, int, M]] = collections.deque()
+
+    def add(self, first: int, count: int, message: M) -> None:
+        self._items.append((first, count, message))
+
+    def acknowledge(self, next_index: int) -> None:
+        """Forget the messages whose every item is below ``next_index``."""
+        items = self._items
+        while items and items[0][0] + items[0][1] <= next_index:
+            items.popleft()
+
+    def __iter__(self) -> Iterator[M]:
+        return (message for _, _, message in list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> int:
+        """How many items the outstanding messages hold."""
+        return sum(count for _, count, _ in self._items)
+
+
+async def one_stream(call: Any, write: Callable[[Any], Awaitable[None]]) -> Any:
+    """Run ``write(call)`` on a client-streaming ``call`` and return its response.
+
+    The call's outcome says how it ended when the server ends it during the
+    writes (they then fail); the server's own status is kept (``FirstStatus``).
+
+    Raises:
+        grpc.aio.AioRpcError: the call failed.
+    """
+    first_status = FirstStatus(call)
+    outcome = asyncio.ensure_future(call)
+    try:
+        await write(call)
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the call has ended: its outcome says how
+    except BaseException:
+        call.cancel()
+        raise
+    try:
+        return await outcome
+    except grpc.aio.AioRpcError as exc:
+        raise first_status.unmask(exc) from exc
