@@ -10,6 +10,11 @@ server's answer. Sent records stay in memory until the stream carrying them
 is acknowledged, and a stream is ended for its acknowledgement every
 ``ACK_EVERY`` records, so memory does not grow with the input.
 
+Refusals are told (``IngestOptions.on_refusal``) in line order: one the
+client finds (a line that does not parse) waits until the server has
+acknowledged every record before it, whose own refusals come with that
+acknowledgement; all that wait are told when the ingest ends, however it ends.
+
 The input is read and parsed on a thread of its own (``_Reader``), up to
 ``READ_AHEAD`` messages ahead: a pipe that is slow to give its next line does
 not stall the event loop (which answers keepalives and acknowledgements
@@ -245,6 +250,7 @@ class BatchIngest:
         self._held = 0  # the server's next index
         self._earlier: dict[int, str] = {}  # refusals of earlier runs, by index (reported as their lines come)
         self._refused = 0
+        self._unsaid: list[Refusal] = []  # found, not told yet: records before them await the server's verdict
         self._client_refused = 0
         self._ended = False
         self._stopped = False
@@ -266,6 +272,7 @@ class BatchIngest:
             return await self._run(attempts)
         finally:
             self._reader.close()
+            self._say(everything=True)
 
     async def _run(self, attempts: Attempts) -> IngestResult:
         with rpc_errors(self._conn.settings.address):
@@ -304,6 +311,7 @@ class BatchIngest:
             except grpc.aio.AioRpcError as exc:
                 await attempts.failed(exc)
                 continue
+            self._report(reply)  # the refusals among what the lost stream had stored
             self._acknowledge(reply)
             if self._options.notice:
                 self._options.notice(
@@ -387,7 +395,7 @@ class BatchIngest:
 
     def _refuse(self, refusal: Refusal) -> None:
         self._refused += 1
-        self._options.on_refusal(refusal)
+        self._unsaid.append(refusal)
         if self._options.max_errors and self._refused >= self._options.max_errors:
             self._stopped = True
 
@@ -403,8 +411,8 @@ class BatchIngest:
                 if first + offset in wanted:
                     where[first + offset] = origin
         for error in reply.errors:
-            line, text = where.get(error.index, (0, ""))
-            if not self._stopped:
+            if error.index in where and not self._stopped:  # (a query lists those told before too)
+                line, text = where[error.index]
                 self._refuse(Refusal(self._source, line, error.reason, text, by_server=True))
 
     def _acknowledge(self, reply: pb.ProcessDataBatchResponse) -> None:
@@ -413,6 +421,21 @@ class BatchIngest:
         pending = self._pending
         while pending and pending[0].request.first_index + len(pending[0].request.records) <= self._held:
             pending.popleft()
+        self._say()
+
+    def _say(self, *, everything: bool = False) -> None:
+        """Tell the refusals found so far that no record awaiting the server's verdict precedes, by line."""
+        if not self._unsaid:
+            return
+        self._unsaid.sort(key=lambda refusal: refusal.line)
+        cut = len(self._unsaid)
+        if self._pending and not everything:
+            first = self._pending[0]
+            waiting = first.lines[max(0, self._held - first.request.first_index)][0]  # line of the first unheld
+            cut = next((n for n, refusal in enumerate(self._unsaid) if refusal.line > waiting), cut)
+        told, self._unsaid = self._unsaid[:cut], self._unsaid[cut:]
+        for refusal in told:
+            self._options.on_refusal(refusal)
 
 
 def new_batch_id() -> str:

@@ -278,6 +278,7 @@ class BatchService:
             else:
                 new.append(NewRecord(record.key, STORED, record.SerializeToString(), PRODUCER, index + 1))
         if not new:
+            await self._held_refusals(batch, first, len(records), response, limit)
             return next_index
         try:
             appended = await self._log.append(batch.log_stream, new)
@@ -302,7 +303,20 @@ class BatchService:
                     response.errors.add(index=index, reason=reasons[index])
         if appended:
             tally.add(appended[0].id - 1, taken)
+        held = skip + len(new) - len(appended)  # records of the message the log held already (a prefix)
+        if held:
+            await self._held_refusals(batch, first, held, response, limit)
         return first + len(records)
+
+    async def _held_refusals(
+        self, batch: BatchRecord, first: int, count: int, response: pb.ProcessDataBatchResponse, limit: int
+    ) -> None:
+        """Detail the refusals among the ``count`` records from index ``first`` that a message re-sent while
+        the log held them (another stream stored them: one the client gave up on, still appending): the
+        client has not heard of them."""
+        for entry in await self._log.read(batch.log_stream, first, count):
+            if entry.kind == REFUSED and len(response.errors) < limit:
+                response.errors.add(index=entry.id - 1, reason=entry.payload.decode())
 
     async def _complete(self, batch: BatchRecord, tally: Tally) -> BatchRecord:
         """Keep the batch's final summary (from ``tally``, up to date) and notify its submitter once."""
