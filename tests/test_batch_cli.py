@@ -196,16 +196,22 @@ def assert_exactly_once(address: str, batch_id: str, result: dict[str, object]) 
     assert sum(a["sum"] for a in result["aggregates"]) == LINES * (LINES - 1) / 2  # type: ignore[attr-defined]
 
 
+def interrupted_ingest(address: str, source: pathlib.Path, batch_id: str) -> str:
+    """Ingest ``source``, Ctrl-C it once the server holds a tenth of it; its stderr."""
+    first = start_ingest(address, source)
+    wait_until(lambda: held(address, batch_id) > LINES // 10 or first.poll() is not None)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == ExitStatus.INTERRUPTED, err
+    assert "run the same command again to resume" in err
+    return err
+
+
 def test_ctrl_c_midway_then_the_same_command_stores_every_record_once(tmp_path: pathlib.Path) -> None:
     source = big_input(tmp_path)
     batch_id = batch_id_for(source, source.stat().st_size, source.stat().st_mtime_ns, FieldMap(), None)
     with serve_process(tmp_path) as serve:
-        first = start_ingest(serve.address, source)
-        wait_until(lambda: held(serve.address, batch_id) > LINES // 10 or first.poll() is not None)
-        first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=60)
-        assert first.returncode == ExitStatus.INTERRUPTED, err
-        assert "run the same command again to resume" in err
+        interrupted_ingest(serve.address, source, batch_id)
         stored_before = held(serve.address, batch_id)
         assert 0 < stored_before < LINES
         second = start_ingest(serve.address, source)
@@ -226,11 +232,7 @@ def test_a_run_after_ctrl_c_names_the_earlier_runs_refusals_again_by_line(tmp_pa
                 out.write(f'{{"key": "{"" if n in refused_by_server else f"k{n % 7}"}", "value": {n}}}\n')
     batch_id = batch_id_for(source, source.stat().st_size, source.stat().st_mtime_ns, FieldMap(), None)
     with serve_process(tmp_path) as serve:
-        first = start_ingest(serve.address, source)
-        wait_until(lambda: held(serve.address, batch_id) > LINES // 10 or first.poll() is not None)
-        first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=60)
-        assert first.returncode == ExitStatus.INTERRUPTED, err
+        err = interrupted_ingest(serve.address, source, batch_id)
         held_before = held(serve.address, batch_id)
         assert 0 < held_before < LINES - len(refused_by_client)
         said_before = [int(line.split(":")[1]) for line in err.splitlines() if line.startswith(f"{source}:")]
