@@ -642,3 +642,16 @@ def test_unsafe_ids_are_refused_and_nothing_escapes_the_root(tmp_path: pathlib.P
         blobs.delete(bad)
     assert tree(tmp_path) == before
     assert blobs.partial_path("good").read_bytes() == b"data"
+
+
+async def test_an_append_whose_caller_is_cancelled_still_reaches_the_readers(store: SqliteStore) -> None:
+    await store.append("s", batch(0, 1))  # readers of "s" are served from memory from now on
+    appending = asyncio.ensure_future(store.append("s", batch(1, 2)))
+    await asyncio.sleep(0)  # the write is under way in the store's thread
+    appending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await appending
+    await store.producer("s", "nobody")  # queued behind the write: it has committed
+    await asyncio.sleep(0)
+    assert [r.payload for r in await store.read("s", 0, 10)] == [b"payload-0", b"payload-1", b"payload-2"]
+    assert (await store.bounds("s")).last_id == 3

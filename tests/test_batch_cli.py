@@ -99,7 +99,7 @@ def test_an_empty_file_is_an_empty_complete_batch(address: str, tmp_path: pathli
     assert (result["received"], result["stored"], result["complete"]) == (0, 0, True)
 
 
-def test_every_bad_line_is_named_and_dead_lettered(address: str, tmp_path: pathlib.Path) -> None:
+def test_every_bad_line_is_named_and_dead_lettered_in_line_order(address: str, tmp_path: pathlib.Path) -> None:
     bad = {
         17: "not json at all",
         101: '{"key": "k", "value": NaN}',
@@ -118,11 +118,12 @@ def test_every_bad_line_is_named_and_dead_lettered(address: str, tmp_path: pathl
     rejects = tmp_path / "rejects.ndjson"
     run = cli(address, "--json", "batch", "ingest", str(source), "--rejects", str(rejects))
     assert run.code == ExitStatus.REFUSED_RECORDS, run.err
-    named = sorted(int(line.split(":")[1]) for line in run.error_lines)
+    # The client's refusals (17, 101, ...) and the server's (404, 808, 909) told together, by line.
+    named = [int(line.split(":")[1]) for line in run.error_lines]
     assert named == sorted(bad)
     assert all(line.startswith(f"{source}:") for line in run.error_lines)
     dead = [json.loads(line) for line in rejects.read_text().splitlines()]
-    assert sorted(d["line"] for d in dead) == sorted(bad)
+    assert [d["line"] for d in dead] == sorted(bad)
     for letter in dead:
         assert letter["text"] == bad[letter["line"]] and letter["reason"] and letter["file"] == str(source)
     result = json.loads(run.out)
@@ -195,22 +196,55 @@ def assert_exactly_once(address: str, batch_id: str, result: dict[str, object]) 
     assert sum(a["sum"] for a in result["aggregates"]) == LINES * (LINES - 1) / 2  # type: ignore[attr-defined]
 
 
+def interrupted_ingest(address: str, source: pathlib.Path, batch_id: str) -> str:
+    """Ingest ``source``, Ctrl-C it once the server holds a tenth of it; its stderr."""
+    first = start_ingest(address, source)
+    wait_until(lambda: held(address, batch_id) > LINES // 10 or first.poll() is not None)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == ExitStatus.INTERRUPTED, err
+    assert "run the same command again to resume" in err
+    return err
+
+
 def test_ctrl_c_midway_then_the_same_command_stores_every_record_once(tmp_path: pathlib.Path) -> None:
     source = big_input(tmp_path)
     batch_id = batch_id_for(source, source.stat().st_size, source.stat().st_mtime_ns, FieldMap(), None)
     with serve_process(tmp_path) as serve:
-        first = start_ingest(serve.address, source)
-        wait_until(lambda: held(serve.address, batch_id) > LINES // 10 or first.poll() is not None)
-        first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=60)
-        assert first.returncode == ExitStatus.INTERRUPTED, err
-        assert "run the same command again to resume" in err
+        interrupted_ingest(serve.address, source, batch_id)
         stored_before = held(serve.address, batch_id)
         assert 0 < stored_before < LINES
         second = start_ingest(serve.address, source)
         out, err = second.communicate(timeout=300)
         assert second.returncode == 0, err
         assert_exactly_once(serve.address, batch_id, json.loads(out))
+
+
+def test_a_run_after_ctrl_c_names_the_earlier_runs_refusals_again_by_line(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "sprinkled.ndjson"
+    refused_by_server = {n for n in range(1, LINES + 1) if n % 1000 == 0}  # an empty key
+    refused_by_client = {n for n in range(1, LINES + 1) if n % 1000 == 500}  # not JSON
+    with open(source, "w") as out:
+        for n in range(1, LINES + 1):
+            if n in refused_by_client:
+                out.write("{oops\n")
+            else:
+                out.write(f'{{"key": "{"" if n in refused_by_server else f"k{n % 7}"}", "value": {n}}}\n')
+    batch_id = batch_id_for(source, source.stat().st_size, source.stat().st_mtime_ns, FieldMap(), None)
+    with serve_process(tmp_path) as serve:
+        err = interrupted_ingest(serve.address, source, batch_id)
+        held_before = held(serve.address, batch_id)
+        assert 0 < held_before < LINES - len(refused_by_client)
+        said_before = [int(line.split(":")[1]) for line in err.splitlines() if line.startswith(f"{source}:")]
+        assert said_before == sorted(said_before) and any(n in refused_by_server for n in said_before)
+        second = start_ingest(serve.address, source)
+        out, err = second.communicate(timeout=300)
+    assert second.returncode == ExitStatus.REFUSED_RECORDS, err
+    named = [line for line in err.splitlines() if line.startswith(f"{source}:")]
+    assert [int(line.split(":")[1]) for line in named] == sorted(refused_by_server | refused_by_client)
+    assert all(line.endswith("key is required") for line in named if int(line.split(":")[1]) % 1000 == 0)
+    result = json.loads(out)
+    assert (result["stored"], result["refused"], result["client_refused"]) == (LINES - 600, 300, 300)
 
 
 def test_a_server_killed_and_restarted_midway_loses_and_doubles_nothing(tmp_path: pathlib.Path) -> None:

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from streamcli.ui.progress import RichTransferProgress
+from streamcli.ui.progress import RecordRateColumn, RichTransferProgress
 
 
 def test_bars_and_total_follow_starts_resumes_and_retries() -> None:
@@ -33,3 +33,19 @@ def test_a_hostile_file_name_is_shown_not_obeyed() -> None:
     shown = console.file.getvalue()  # type: ignore[attr-defined]
     assert "\\x1b]0;PWNED\\x07[link=https://evil.example]x[/link]" in shown  # markup shown as typed, escaped
     assert "PWNED\x07" not in shown and "evil.example\x1b" not in shown
+
+
+def test_an_ingest_bar_counts_records_and_shows_their_rate() -> None:
+    console = Console(file=io.StringIO(), width=160, color_system=None, force_terminal=True)
+    with RichTransferProgress(console, with_total=True, records=True) as progress:
+        progress.start("a", "a.ndjson", 1000)
+        progress.start("b", "b.ndjson", 500)
+        progress.advance("a", 400, records=1200)
+        progress.advance("b", 100, records=300)
+        progress.advance("a", 100, records=300)
+        tasks = {task.description: task for task in progress._progress.tasks}
+        shown = RecordRateColumn().render(tasks["a.ndjson"]).plain
+    assert (tasks["a.ndjson"].fields["records"], tasks["a.ndjson"].completed) == (1500, 500)
+    assert (tasks["total"].fields["records"], tasks["total"].completed) == (1800, 600)
+    assert shown.startswith("1,500 rec ") and shown.endswith(" rec/s")
+    assert "rec/s" in console.file.getvalue()  # type: ignore[attr-defined]

@@ -235,8 +235,8 @@ class BatchRecord:
     source: str  # the client's label (a file name)
     created_at: float  # seconds since the epoch
     updated_at: float  # when it last received records
-    completed_at: float = 0.0  # when it was completed (0 = not yet)
-    summary: bytes = b""  # once complete: its serialized totals and aggregates (streaming.v1.BatchInfo)
+    completed_at: float = 0.0  # when it was first completed (0 = not yet; its submitter was notified then)
+    summary: bytes = b""  # its totals and aggregates so far (streaming.v1.BatchInfo; final when its complete is set)
 
     @property
     def log_stream(self) -> str:

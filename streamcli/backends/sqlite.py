@@ -206,7 +206,22 @@ class SqliteStore(SqliteMetrics):
                     producers.save(kept, stored, time.time())
             return stored, LogBounds(trimmed, stored[-1].id if stored else last_id)
 
-        stored, bounds = await self._run(write)
+        # The write goes on in its thread if the caller is cancelled (a client that went away): once it has
+        # committed, the head and the tail must say so, or readers served from the tail miss its records.
+        writing = asyncio.ensure_future(self._run(write))
+        try:
+            stored, bounds = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            writing.add_done_callback(lambda done: self._after_cancelled(stream, done))
+            raise
+        return self._appended(stream, stored, bounds)
+
+    def _after_cancelled(self, stream: str, writing: asyncio.Future[tuple[list[LogRecord], LogBounds]]) -> None:
+        if not writing.cancelled() and writing.exception() is None:
+            self._appended(stream, *writing.result())
+
+    def _appended(self, stream: str, stored: list[LogRecord], bounds: LogBounds) -> list[LogRecord]:
+        """Keep the head and the tail of ``stream`` after ``stored`` was committed, and wake its readers."""
         if not stored:
             return stored  # all duplicates
         self._heads[stream] = bounds

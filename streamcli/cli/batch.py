@@ -147,12 +147,12 @@ def _ingest_one(
         if dead_letters is not None:
             dead_letters.write(ENCODER.encode(refusal.to_json()) + "\n")
 
-    progress = transfer_progress(env.progress_console, count)
+    progress = transfer_progress(env.progress_console, count, records=True)
     with progress:
         progress.start(name, name, size)
 
         def advanced(records: int, size: int) -> None:
-            progress.advance(name, size)  # (bytes of input: the bar of a file has its size)
+            progress.advance(name, size, records)  # (bytes of input: the bar of a file has its size)
 
         options = IngestOptions(
             on_refusal=refused,

@@ -9,12 +9,24 @@ index once. Within a run, a failed stream is retried (``Attempts``) from the
 server's answer. Sent records stay in memory until the stream carrying them
 is acknowledged, and a stream is ended for its acknowledgement every
 ``ACK_EVERY`` records, so memory does not grow with the input.
+
+Refusals are told (``IngestOptions.on_refusal``) in line order: one the
+client finds (a line that does not parse) waits until the server has
+acknowledged every record before it, whose own refusals come with that
+acknowledgement; all that wait are told when the ingest ends, however it ends.
+
+The input is read and parsed on a thread of its own (``_Reader``), up to
+``READ_AHEAD`` messages ahead: a pipe that is slow to give its next line does
+not stall the event loop (which answers keepalives and acknowledgements
+meanwhile), and the next records are parsed while the server acknowledges.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pathlib
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -36,6 +48,8 @@ ACK_EVERY = 20_000
 ACK_BYTES = 32 << 20
 #: Refused records the client asks the server to detail per stream (it reports every one).
 ERRORS_PER_STREAM = 100_000
+#: Messages' worth of parsed records the reader thread may hold ready.
+READ_AHEAD = 8
 
 
 def batch_id_for(path: pathlib.Path, size: int, mtime_ns: int, mapping: FieldMap, token: str | None) -> str:
@@ -153,6 +167,66 @@ class IngestOptions:
     on_progress: Callable[[int, int], None] | None = None  # (records, bytes) read since the last call
 
 
+#: One parsed input record (its line, text and message, or why it was refused).
+Record = Parsed[pb.DataRecord]
+
+
+class _Reader:
+    """The parsed records of an input, in lists of up to MESSAGE_RECORDS, parsed ahead (at most READ_AHEAD
+    lists) on a daemon thread: it may be blocked reading a pipe when the ingest ends (Ctrl-C, a lost server)."""
+
+    def __init__(self, parsed: Iterator[Record]) -> None:
+        self._parsed = parsed
+        self._ready: asyncio.Queue[list[Record] | BaseException | None] | None = None
+        self._room = threading.Semaphore(READ_AHEAD)
+        self._closed = False
+
+    async def next(self) -> list[Record] | None:
+        """The next records; None at the end of the input. Raises what reading raised."""
+        if self._ready is None:
+            self._ready = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            threading.Thread(target=self._read, args=(loop, self._ready), name="streamcli-records", daemon=True).start()
+        item = await self._ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is not None:
+            self._room.release()
+        return item
+
+    def close(self) -> None:
+        """Stop reading (after the list under way)."""
+        self._closed = True
+        self._room.release()
+
+    def _read(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Queue[list[Record] | BaseException | None]) -> None:
+        def hand_over(item: list[Record] | BaseException | None) -> bool:
+            try:
+                loop.call_soon_threadsafe(ready.put_nowait, item)
+            except RuntimeError:  # the loop has closed: nobody is reading
+                return False
+            return True
+
+        chunk: list[Record] = []
+        try:
+            for parsed in self._parsed:
+                chunk.append(parsed)
+                if len(chunk) >= MESSAGE_RECORDS:
+                    self._room.acquire()
+                    if self._closed or not hand_over(chunk):
+                        return
+                    chunk = []
+            if chunk:
+                self._room.acquire()
+                if self._closed or not hand_over(chunk):
+                    return
+            hand_over(None)
+        except Exception as exc:  # unreadable input: the records before it are used, then it is raised
+            if chunk:
+                hand_over(chunk)
+            hand_over(exc)
+
+
 class _Pending:
     """One sent message not yet acknowledged, with where each of its records came from."""
 
@@ -181,7 +255,7 @@ class BatchIngest:
         self._conn = conn
         self._source = source
         self._batch_id = batch_id
-        self._parsed = parsed
+        self._reader = _Reader(parsed)
         self._options = options
         self.progress = IngestProgress()
         self._pending: Outstanding[_Pending] = Outstanding()
@@ -189,6 +263,7 @@ class BatchIngest:
         self._held = 0  # the server's next index
         self._earlier: dict[int, str] = {}  # refusals of earlier runs, by index (reported as their lines come)
         self._refused = 0
+        self._unsaid: list[Refusal] = []  # found, not told yet: records before them await the server's verdict
         self._client_refused = 0
         self._ended = False
         self._stopped = False
@@ -206,6 +281,13 @@ class BatchIngest:
             address=self._conn.settings.address,
             announce=self._options.notice,
         )
+        try:
+            return await self._run(attempts)
+        finally:
+            self._reader.close()
+            self._say(everything=True)
+
+    async def _run(self, attempts: Attempts) -> IngestResult:
         with rpc_errors(self._conn.settings.address):
             reply = await self._call(self._query())
             self._acknowledge(reply)
@@ -242,6 +324,7 @@ class BatchIngest:
             except grpc.aio.AioRpcError as exc:
                 await attempts.failed(exc)
                 continue
+            self._report(reply)  # the refusals among what the lost stream had stored
             self._acknowledge(reply)
             if self._options.notice:
                 self._options.notice(
@@ -265,7 +348,7 @@ class BatchIngest:
             await call.write(pending.request)
             count += len(pending.request.records)
         while count < ACK_EVERY and size < ACK_BYTES and not self._ended and not self._stopped:
-            message = self._next_message()
+            message = await self._next_message()
             if message is None:
                 break
             self._pending.add(message.first, len(message.request.records), message)
@@ -276,43 +359,46 @@ class BatchIngest:
             await call.write(pb.ProcessDataBatchRequest(complete=True))
         await call.done_writing()
 
-    def _next_message(self) -> _Pending | None:
+    async def _next_message(self) -> _Pending | None:
         """The next records to send (up to MESSAGE_RECORDS), reading past those the batch holds; None at the end."""
         records: list[pb.DataRecord] = []
         lines: list[tuple[int, str]] = []
         start = self._next_index
-        read = size = 0
-        for parsed in self._parsed:
-            read += 1
-            size += len(parsed.text) + 1
-            if parsed.record is None:
-                self._client_refused += 1
-                self._refuse(Refusal(self._source, parsed.line, parsed.problem, parsed.text, by_server=False))
-            else:
-                index = self._next_index
-                self._next_index += 1
-                if index < self._held:  # held by an earlier run
-                    if index in self._earlier:
-                        self._refuse(Refusal(self._source, parsed.line, self._earlier[index], parsed.text, True))
-                    start = self._next_index
-                else:
-                    records.append(parsed.record)
-                    lines.append((parsed.line, parsed.text))
-            if self._stopped or len(records) >= MESSAGE_RECORDS:
+        while not records and not self._stopped:
+            chunk = await self._reader.next()
+            if chunk is None:
+                self._ended = True
                 break
-        else:
-            self._ended = not self._stopped
-        self.progress.records += read
-        self.progress.bytes_read += size
-        if self._options.on_progress is not None:
-            self._options.on_progress(read, size)
+            read = size = 0
+            for parsed in chunk:
+                read += 1
+                size += len(parsed.text) + 1
+                if parsed.record is None:
+                    self._client_refused += 1
+                    self._refuse(Refusal(self._source, parsed.line, parsed.problem, parsed.text, by_server=False))
+                else:
+                    index = self._next_index
+                    self._next_index += 1
+                    if index < self._held:  # held by an earlier run
+                        if index in self._earlier:
+                            self._refuse(Refusal(self._source, parsed.line, self._earlier[index], parsed.text, True))
+                        start = self._next_index
+                    else:
+                        records.append(parsed.record)
+                        lines.append((parsed.line, parsed.text))
+                if self._stopped:
+                    break
+            self.progress.records += read
+            self.progress.bytes_read += size
+            if self._options.on_progress is not None:
+                self._options.on_progress(read, size)
         if not records:
             return None
         return _Pending(pb.ProcessDataBatchRequest(first_index=start, records=records), lines)
 
     def _refuse(self, refusal: Refusal) -> None:
         self._refused += 1
-        self._options.on_refusal(refusal)
+        self._unsaid.append(refusal)
         if self._options.max_errors and self._refused >= self._options.max_errors:
             self._stopped = True
 
@@ -328,14 +414,29 @@ class BatchIngest:
                 if first + offset in wanted:
                     where[first + offset] = origin
         for error in reply.errors:
-            line, text = where.get(error.index, (0, ""))
-            if not self._stopped:
+            if error.index in where and not self._stopped:  # (a query lists those told before too)
+                line, text = where[error.index]
                 self._refuse(Refusal(self._source, line, error.reason, text, by_server=True))
 
     def _acknowledge(self, reply: pb.ProcessDataBatchResponse) -> None:
         self._held = max(self._held, reply.next_index)
         self.progress.acknowledged = self._held
         self._pending.acknowledge(self._held)
+        self._say()
+
+    def _say(self, *, everything: bool = False) -> None:
+        """Tell the refusals found so far that no record awaiting the server's verdict precedes, by line."""
+        if not self._unsaid:
+            return
+        self._unsaid.sort(key=lambda refusal: refusal.line)
+        cut = len(self._unsaid)
+        first = self._pending.head()
+        if first is not None and not everything:
+            waiting = first.lines[max(0, self._held - first.request.first_index)][0]  # line of the first unheld
+            cut = next((n for n, refusal in enumerate(self._unsaid) if refusal.line > waiting), cut)
+        told, self._unsaid = self._unsaid[:cut], self._unsaid[cut:]
+        for refusal in told:
+            self._options.on_refusal(refusal)
 
 
 def new_batch_id() -> str:

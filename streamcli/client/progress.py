@@ -16,8 +16,8 @@ class ProgressSink(Protocol):
         """A transfer of ``total`` bytes (None = unknown) begins, ``completed`` already done."""
         ...
 
-    def advance(self, key: str, amount: int) -> None:
-        """``amount`` more bytes of transfer ``key`` are done."""
+    def advance(self, key: str, amount: int, records: int = 0) -> None:
+        """``amount`` more bytes of transfer ``key`` are done (and ``records`` more records, for an ingest)."""
         ...
 
     def finish(self, key: str) -> None:
@@ -31,7 +31,7 @@ class NullProgress:
     def start(self, key: str, description: str, total: int | None, completed: int = 0) -> None:
         pass
 
-    def advance(self, key: str, amount: int) -> None:
+    def advance(self, key: str, amount: int, records: int = 0) -> None:
         pass
 
     def finish(self, key: str) -> None:

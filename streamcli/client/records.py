@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Generic, TypeVar
 
 import msgspec
+from google.protobuf import struct_pb2
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import parse_timestamp
+from streamcli.client.events import parse_time
 from streamcli.errors import UsageError
 
 FORMATS = ("ndjson", "csv")
@@ -100,12 +101,32 @@ def to_record(fields: dict[str, Any], mapping: FieldMap, *, from_text: bool) -> 
         if not isinstance(stamp, str):
             raise RecordError(f"{mapping.time!r} is not an RFC 3339 string")
         try:
-            record.timestamp.CopyFrom(parse_timestamp(stamp))
+            seconds, nanos = parse_time(stamp)
         except UsageError as exc:
             raise RecordError(f"{mapping.time!r}: {exc.message}") from None
+        # Set in place: a Timestamp made and copied costs twice the parsing.
+        record.timestamp.seconds = seconds
+        record.timestamp.nanos = nanos
     if fields:
-        record.payload.update(fields)
+        _fill(record.payload, fields)
     return record
+
+
+def _fill(payload: struct_pb2.Struct, fields: dict[str, Any]) -> None:
+    """``payload.update(fields)``, with scalars set in place (``Struct.update`` costs some 4 us a field, most
+    of an ingested record's parsing); lists and objects go through ``update``, as before."""
+    slots = payload.fields
+    for name, value in fields.items():
+        if isinstance(value, str):
+            slots[name].string_value = value
+        elif isinstance(value, bool):
+            slots[name].bool_value = value
+        elif isinstance(value, (int, float)):
+            slots[name].number_value = value
+        elif value is None:
+            slots[name].null_value = struct_pb2.NULL_VALUE
+        else:
+            payload.update({name: value})
 
 
 def _refuse(reason: str) -> str:

@@ -36,6 +36,10 @@ class Outstanding(Generic[M]):
         while items and items[0][0] + items[0][1] <= next_index:
             items.popleft()
 
+    def head(self) -> M | None:
+        """The oldest outstanding message, if any."""
+        return self._items[0][2] if self._items else None
+
     def __iter__(self) -> Iterator[M]:
         return (message for _, _, message in list(self._items))
 

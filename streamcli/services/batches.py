@@ -8,8 +8,13 @@ record count once, stored or refused, whichever stream and run sent it; and
 the entry of index ``i`` has log id ``i + 1``.
 
 The batch's row (``MetadataStore.put_batch``) holds its id, owner, label and
-times; once complete, its totals and per-key aggregates, computed from the
-log itself (so they count each stored record exactly once).
+times, and its summary: counts and per-key aggregates (a ``BatchInfo``) of the
+log's first ``records_received`` entries, kept up to date as each stream
+appends (``Tally``), final once ``complete`` is set. They count each stored
+record exactly once because a tally only takes what an append stored, in index
+order; a tally that fell behind (another stream of the batch, a server that
+stopped between an append and the row's update) is brought up to date from
+the log entries after it, never by reading the whole batch back.
 """
 
 from __future__ import annotations
@@ -55,6 +60,67 @@ MAX_AGGREGATE_KEYS = 1000
 #: Entries read from the log per step when reading a batch back.
 READ_STEP = 2000
 MAX_PAGE = 1000
+
+
+class Tally:
+    """The counts and per-key aggregates of a batch log's first ``received`` entries (indexes 0 to
+    ``received`` - 1): what the batch's summary keeps, in memory while a stream appends to it."""
+
+    __slots__ = ("aggregates", "overflow_records", "received", "refused", "stale", "stored")
+
+    def __init__(self, summary: bytes = b"") -> None:
+        info = pb.BatchInfo.FromString(summary)
+        self.received = info.records_received
+        self.stored = info.records_stored
+        self.refused = info.records_refused
+        self.overflow_records = info.overflow_records
+        # key -> [count, min, max, sum]; the first MAX_AGGREGATE_KEYS keys met, in index order.
+        self.aggregates = {a.key: [a.count, a.min, a.max, a.sum] for a in info.aggregates}
+        self.stale = False  # another stream appended meanwhile: bring it up to date from the log
+
+    def add(self, first_index: int, stored: Sequence[tuple[str, float] | None]) -> None:
+        """Take the entries of indexes ``first_index``... as appended: (key, value) of a stored record, None
+        for a refused one. Entries that do not follow on from the tally make it stale instead."""
+        if first_index != self.received:
+            self.stale = True
+        if self.stale:
+            return
+        aggregates = self.aggregates
+        for entry in stored:
+            if entry is None:
+                self.refused += 1
+                continue
+            self.stored += 1
+            key, value = entry
+            aggregate = aggregates.get(key)
+            if aggregate is None:
+                if len(aggregates) >= MAX_AGGREGATE_KEYS:
+                    self.overflow_records += 1
+                else:
+                    aggregates[key] = [1, value, value, value]
+                continue
+            aggregate[0] += 1
+            if value < aggregate[1]:
+                aggregate[1] = value
+            if value > aggregate[2]:
+                aggregate[2] = value
+            aggregate[3] += value
+        self.received += len(stored)
+
+    def info(self, *, complete: bool = False, overflow_keys: int = 0) -> pb.BatchInfo:
+        """The summary to keep (sorted by key, as ``BatchInfo.aggregates`` says)."""
+        info = pb.BatchInfo(
+            records_received=self.received,
+            records_stored=self.stored,
+            records_refused=self.refused,
+            overflow_keys=overflow_keys,
+            overflow_records=self.overflow_records,
+            complete=complete,
+        )
+        for key in sorted(self.aggregates):
+            count, low, high, total = self.aggregates[key]
+            info.aggregates.add(key=key, count=int(count), min=low, max=high, sum=total, mean=total / count)
+        return info
 
 
 def record_problem(record: pb.DataRecord) -> str:
@@ -108,6 +174,7 @@ class BatchService:
         caller = self._credentials.caller(context.invocation_metadata())
         response = pb.ProcessDataBatchResponse()
         batch: BatchRecord | None = None
+        tally = Tally()
         named = False
         complete = False
         limit = DEFAULT_ERRORS
@@ -121,6 +188,7 @@ class BatchService:
                     batch = await self._open(request, caller, context)
                     limit = error_count(request.max_errors)
                     next_index = (await self._log.producer(batch.log_stream, PRODUCER)).last_sequence
+                    tally = await self._tally(batch)
                     response.batch_id = batch.batch_id
                 problem = _message_problem(request, number, batch, named, caller)
                 if problem:
@@ -134,7 +202,9 @@ class BatchService:
                         f"message {number} starts at index {first}, beyond the next the batch expects, {next_index}",
                         (("next-index", str(next_index)),),
                     )
-                next_index = await self._take(batch, request.records, first, next_index, response, limit, context)
+                next_index = await self._take(
+                    batch, request.records, first, next_index, response, limit, tally, context
+                )
                 number += 1
         except MalformedRequest as exc:  # what came before it is held, as next_index says
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.detail}; {_held(next_index)}")
@@ -142,13 +212,16 @@ class BatchService:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the stream holds no message")
         response.next_index = next_index
         response.duration_ms = round((time.monotonic() - started) * 1000)
+        if tally.stale:  # another stream appended too: what the row and the log hold now
+            batch = await self._metadata.get_batch(batch.batch_id) or batch
+            tally = await self._tally(batch)
         if response.records_processed or response.records_failed or not batch.updated_at:
-            batch = _touched(batch)  # (a complete batch that took new records is complete no more)
+            batch = _touched(batch, tally)  # (a complete batch that took new records is complete no more)
             await self._metadata.put_batch(batch)
-        elif named and not complete:  # a query: the refusals so far
+        elif named and not complete and tally.refused:  # a query: the refusals so far
             response.errors.extend(await self.refusals(batch, limit))
         if complete or not named:
-            batch = await self._complete(batch)
+            batch = await self._complete(batch, tally)
         response.batch.CopyFrom(await self.info(batch))
         return response
 
@@ -186,6 +259,7 @@ class BatchService:
         next_index: int,
         response: pb.ProcessDataBatchResponse,
         limit: int,
+        tally: Tally,
         context: Context,
     ) -> int:
         """Append the records of one message not held yet (from index ``first``); returns the next index."""
@@ -204,6 +278,7 @@ class BatchService:
             else:
                 new.append(NewRecord(record.key, STORED, record.SerializeToString(), PRODUCER, index + 1))
         if not new:
+            await self._held_refusals(batch, first, len(records), response, limit)
             return next_index
         try:
             appended = await self._log.append(batch.log_stream, new)
@@ -215,42 +290,41 @@ class BatchService:
                 (("next-index", str(exc.expected - 1)),),
             )
         response.duplicates += len(new) - len(appended)  # stored meanwhile by another stream
+        taken: list[tuple[str, float] | None] = []
         for entry in appended:
+            index = entry.id - 1
             if entry.kind == STORED:
                 response.records_processed += 1
+                taken.append((entry.key, records[index - first].value))
             else:
                 response.records_failed += 1
+                taken.append(None)
                 if len(response.errors) < limit:
-                    response.errors.add(index=entry.id - 1, reason=reasons[entry.id - 1])
+                    response.errors.add(index=index, reason=reasons[index])
+        if appended:
+            tally.add(appended[0].id - 1, taken)
+        held = skip + len(new) - len(appended)  # records of the message the log held already (a prefix)
+        if held:
+            await self._held_refusals(batch, first, held, response, limit)
         return first + len(records)
 
-    async def _complete(self, batch: BatchRecord) -> BatchRecord:
-        """Compute the batch's totals and aggregates from its log, keep them, and notify its submitter once."""
-        info = await self._totals(batch)
-        aggregates: dict[str, list[float]] = {}  # key -> [count, min, max, sum]
-        overflow = 0
-        async for entry in self._entries(batch, -1):
-            if entry.kind != STORED:
-                continue
-            value = pb.DataRecord.FromString(entry.payload).value
-            aggregate = aggregates.get(entry.key)
-            if aggregate is None:
-                if len(aggregates) >= MAX_AGGREGATE_KEYS:
-                    overflow += 1
-                    continue
-                aggregates[entry.key] = [1, value, value, value]
-                continue
-            aggregate[0] += 1
-            aggregate[1] = min(aggregate[1], value)
-            aggregate[2] = max(aggregate[2], value)
-            aggregate[3] += value
-        for key in sorted(aggregates):
-            count, low, high, total = aggregates[key]
-            info.aggregates.add(key=key, count=int(count), min=low, max=high, sum=total, mean=total / count)
-        counts = await self._log.kind_counts(batch.log_stream)
-        info.overflow_keys = (counts[STORED].keys if STORED in counts else 0) - len(aggregates)
-        info.overflow_records = overflow
-        info.complete = True
+    async def _held_refusals(
+        self, batch: BatchRecord, first: int, count: int, response: pb.ProcessDataBatchResponse, limit: int
+    ) -> None:
+        """Detail the refusals among the ``count`` records from index ``first`` that a message re-sent while
+        the log held them (another stream stored them: one the client gave up on, still appending): the
+        client has not heard of them."""
+        for entry in await self._log.read(batch.log_stream, first, count):
+            if entry.kind == REFUSED and len(response.errors) < limit:
+                response.errors.add(index=entry.id - 1, reason=entry.payload.decode())
+
+    async def _complete(self, batch: BatchRecord, tally: Tally) -> BatchRecord:
+        """Keep the batch's final summary (from ``tally``, up to date) and notify its submitter once."""
+        overflow_keys = 0
+        if tally.overflow_records:  # keys beyond those detailed: counted by the log (once, at completion)
+            counts = await self._log.kind_counts(batch.log_stream)
+            overflow_keys = (counts[STORED].keys if STORED in counts else 0) - len(tally.aggregates)
+        info = self._describe(batch, tally.info(complete=True, overflow_keys=overflow_keys))
         first_time = not batch.completed_at
         batch = BatchRecord(
             batch.batch_id,
@@ -278,30 +352,48 @@ class BatchService:
             )
         return batch
 
-    async def _totals(self, batch: BatchRecord) -> pb.BatchInfo:
-        """The batch's description with its counts as its log holds them now (no aggregates)."""
-        counts = await self._log.kind_counts(batch.log_stream)
-        stored = counts[STORED].records if STORED in counts else 0
-        refused = counts[REFUSED].records if REFUSED in counts else 0
-        return pb.BatchInfo(
-            batch_id=batch.batch_id,
-            source=batch.source,
-            owner=batch.owner,
-            created_at=timestamp(batch.created_at),
-            updated_at=timestamp(batch.updated_at),
-            records_received=stored + refused,
-            records_stored=stored,
-            records_refused=refused,
-        )
+    async def _tally(self, batch: BatchRecord) -> Tally:
+        """The batch's tally as its row keeps it, brought up to date with the log entries after it."""
+        tally = Tally(batch.summary)
+        while True:
+            entries = await self._log.read(batch.log_stream, tally.received, READ_STEP)
+            if not entries:
+                return tally
+            tally.add(
+                entries[0].id - 1,
+                [
+                    (entry.key, pb.DataRecord.FromString(entry.payload).value) if entry.kind == STORED else None
+                    for entry in entries
+                ],
+            )
+            if tally.stale:  # (ids are consecutive: a batch's log is never trimmed, only dropped whole)
+                raise RuntimeError(f"the log of batch {batch.batch_id} has a gap after index {tally.received - 1}")
+
+    @staticmethod
+    def _describe(batch: BatchRecord, info: pb.BatchInfo) -> pb.BatchInfo:
+        """``info`` (a tally's) with the batch's id, source, owner and times."""
+        info.batch_id = batch.batch_id
+        info.source = batch.source
+        info.owner = batch.owner
+        info.created_at.CopyFrom(timestamp(batch.created_at))
+        info.updated_at.CopyFrom(timestamp(batch.updated_at))
+        return info
 
     async def info(self, batch: BatchRecord, *, aggregates: bool = True) -> pb.BatchInfo:
-        """What a client sees of ``batch``: the kept summary once complete, else counts read now."""
-        if batch.summary:
-            info = pb.BatchInfo.FromString(batch.summary)
+        """What a client sees of ``batch``: the kept summary once complete, else its counts now (no aggregates)."""
+        info = pb.BatchInfo.FromString(batch.summary)
+        if info.complete:
             if not aggregates:
                 info.ClearField("aggregates")
             return info
-        return await self._totals(batch)
+        return self._counts(self._describe(batch, (await self._tally(batch)).info()))
+
+    @staticmethod
+    def _counts(info: pb.BatchInfo) -> pb.BatchInfo:
+        """An incomplete batch's description: its counts, not the aggregates so far."""
+        info.ClearField("aggregates")
+        info.overflow_records = 0
+        return info
 
     async def refusals(self, batch: BatchRecord, limit: int) -> list[pb.RecordError]:
         """The first ``limit`` refused records of ``batch``, in index order."""
@@ -418,8 +510,13 @@ def _message_problem(
     return ""
 
 
-def _touched(batch: BatchRecord) -> BatchRecord:
-    return BatchRecord(batch.batch_id, batch.owner, batch.source, batch.created_at, time.time(), batch.completed_at)
+def _touched(batch: BatchRecord, tally: Tally) -> BatchRecord:
+    """``batch`` as it took records: its summary so far, incomplete (``completed_at`` stays: it says whether
+    the submitter was notified)."""
+    summary = tally.info().SerializeToString()
+    return BatchRecord(
+        batch.batch_id, batch.owner, batch.source, batch.created_at, time.time(), batch.completed_at, summary
+    )
 
 
 def _held(next_index: int) -> str:
