@@ -9,10 +9,11 @@ of their choosing, a stream that counts as a terminal) and pass it to ``main``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from streamcli.client.jsontext import ENCODER
@@ -20,6 +21,8 @@ from streamcli.client.settings import ConnectionSettings
 from streamcli.terminal_text import visible
 
 if TYPE_CHECKING:
+    import asyncio
+
     import typer
     from rich.console import Console
 
@@ -116,6 +119,28 @@ class Environment:
         except KeyboardInterrupt:
             # Raised here, where typer does not swallow it, so the boundary can say so.
             raise Interrupted("interrupted") from None
+
+    @contextlib.contextmanager
+    def ctrl_c_ends(self, stop: asyncio.Event) -> Iterator[None]:
+        """Within the block (inside ``run``), Ctrl-C sets ``stop`` instead of interrupting the command.
+
+        For a command that runs until the user says enough (``metrics sample``) and then still has
+        work to finish; anywhere else Ctrl-C interrupts (``run``), exit 130.
+        """
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        handled = True
+        try:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (in-process tests), or no signals
+            handled = False
+        try:
+            yield
+        finally:
+            if handled:
+                loop.remove_signal_handler(signal.SIGINT)
 
     def emit_json(self, record: dict[str, Any]) -> None:
         """Write one NDJSON line to stdout."""

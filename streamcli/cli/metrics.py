@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 from collections.abc import AsyncIterator, Sequence
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -177,7 +176,6 @@ def sample(
       streamcli metrics sample --duration 0            # until Ctrl-C
     """
     import asyncio
-    import signal
 
     from streamcli.cli.parsing import parse_duration
     from streamcli.client.metrics import new_push_id
@@ -191,18 +189,12 @@ def sample(
 
     async def rounds() -> AsyncIterator[Sequence[Parsed[Any]]]:
         # Ctrl-C while sampling ends the sampling (the push then finishes); at any other time it interrupts.
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGINT, stop.set)
-        try:
+        with env.ctrl_c_ends(stop):
             env.notice(
                 f"sampling this machine every {interval}" + (f" for {duration}" if total else "") + "; Ctrl-C ends"
             )
             async for batch in machine_rounds(every, total or None, stop):
                 yield batch
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGINT)
 
     result = _push(env, "sample", new_push_id(), rounds(), None, retries, resumable=False, ack_seconds=30.0)
     _print_result(env, result)
