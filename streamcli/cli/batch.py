@@ -8,7 +8,7 @@ from typing import IO, TYPE_CHECKING, Annotated
 import typer
 
 from streamcli.cli.environment import Environment, get_env
-from streamcli.errors import ExitStatus, Interrupted, UnavailableError, UsageError
+from streamcli.errors import ExitStatus, StreamcliError, UsageError
 
 if TYPE_CHECKING:
     from streamcli.client.batches import BatchDetail, BatchSummary, IngestResult, Refusal
@@ -168,16 +168,17 @@ def _ingest_one(
             work.append(BatchIngest(conn, name, batch_id, parsed, options))
             return await work[0].run()
 
-        try:
-            return env.run(core)
-        except (Interrupted, UnavailableError) as exc:
+        def cut_short(exc: StreamcliError) -> StreamcliError | None:
             if not work:
-                raise
+                return None
             held = work[0].progress.acknowledged
             again = "run the same command again to resume" if name != "-" else "stdin cannot be resumed"
-            raise type(exc)(
+            return type(exc)(
                 f"{exc.message}; the server holds the first {held} record(s) of {name} (batch {batch_id}); {again}"
-            ) from exc
+            )
+
+        try:
+            return env.run(core, cut_short=cut_short)
         finally:
             progress.finish(name)
             if stream is not getattr(env.stdin, "buffer", None):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from streamcli.client.connection import Connection
+    from streamcli.errors import StreamcliError
 
 T = TypeVar("T")
 
@@ -103,22 +104,39 @@ class Environment:
             self._err_console = self._make_console(self.stderr, self.stderr_isatty, self.stderr_tty)
         return self._err_console
 
-    def run(self, core: Callable[[Connection], Awaitable[T]]) -> T:
-        """Open a connection with the global options and run ``core`` on it to completion."""
+    def run(
+        self,
+        core: Callable[[Connection], Awaitable[T]],
+        *,
+        cut_short: Callable[[StreamcliError], StreamcliError | None] | None = None,
+    ) -> T:
+        """Open a connection with the global options and run ``core`` on it to completion.
+
+        Args:
+            core: the command's work.
+            cut_short: asked, when Ctrl-C or a server gone for good (retries used up) ends the work
+                early, for the error that also says what was done by then (None: the error as it is).
+        """
         import asyncio
 
         from streamcli.client.connection import connect
-        from streamcli.errors import Interrupted
+        from streamcli.errors import Interrupted, UnavailableError
 
         async def main() -> T:
             async with connect(self.connection) as conn:
                 return await core(conn)
 
         try:
-            return asyncio.run(main())
-        except KeyboardInterrupt:
-            # Raised here, where typer does not swallow it, so the boundary can say so.
-            raise Interrupted("interrupted") from None
+            try:
+                return asyncio.run(main())
+            except KeyboardInterrupt:
+                # Raised here, where typer does not swallow it, so the boundary can say so.
+                raise Interrupted("interrupted") from None
+        except (Interrupted, UnavailableError) as exc:
+            told = cut_short(exc) if cut_short is not None else None
+            if told is None:
+                raise
+            raise told from exc
 
     @contextlib.contextmanager
     def ctrl_c_ends(self, stop: asyncio.Event) -> Iterator[None]:

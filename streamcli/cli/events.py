@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from streamcli.cli.environment import get_env
-from streamcli.errors import Interrupted, UnavailableError, UsageError
+from streamcli.errors import UsageError
 
 #: Default of --linger, seconds.
 LINGER = 0.005
@@ -107,12 +107,10 @@ def publish(
         if env.stdin_isatty:
             raise UsageError("give --user and --type, or pipe NDJSON events to stdin")
         progress = PublishProgress()
-        try:
-            reply = env.run(lambda conn: publish_batches(conn, ndjson_events(env.stdin, linger), options, progress))
-        except (Interrupted, UnavailableError) as exc:
-            if not progress.sent:
-                raise
-            raise progress.stopped(exc) from exc
+        reply = env.run(
+            lambda conn: publish_batches(conn, ndjson_events(env.stdin, linger), options, progress),
+            cut_short=lambda exc: progress.stopped(exc) if progress.sent else None,
+        )
     if env.json:
         env.emit_json(reply.to_json())
     elif reply.count:

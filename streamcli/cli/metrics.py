@@ -10,7 +10,7 @@ import typer
 
 from streamcli.cli.environment import Environment, get_env
 from streamcli.cli.parsing import parse_since
-from streamcli.errors import ExitStatus, Interrupted, NotFoundError, UnavailableError, UsageError
+from streamcli.errors import ExitStatus, NotFoundError, StreamcliError, UsageError
 
 if TYPE_CHECKING:
     from streamcli.client.batches import Refusal
@@ -140,15 +140,14 @@ def _push(
             work.append(MetricPush(conn, source, push_id, batches, options))
             return await work[0].run()
 
-        try:
-            return env.run(core)
-        except (Interrupted, UnavailableError) as exc:
+        def cut_short(exc: StreamcliError) -> StreamcliError | None:
             if not work:
-                raise
+                return None
             again = "run the same command again to resume" if resumable else "it cannot be resumed"
-            raise type(exc)(
-                f"{exc.message}; the server holds the first {work[0].held} sample(s) of {source}; {again}"
-            ) from exc
+            return type(exc)(f"{exc.message}; the server holds the first {work[0].held} sample(s) of {source}; {again}")
+
+        try:
+            return env.run(core, cut_short=cut_short)
         finally:
             progress.finish(source)
 
