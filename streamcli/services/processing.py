@@ -1,0 +1,256 @@
+"""Live processing: ProcessLiveData (bidirectional), windowed statistics per key as the inputs flow.
+
+Each key has a window (the last N inputs, or those within a duration of its
+latest input's time) kept with O(1) work per input: a running mean and sum of
+squared deviations (Welford's update, with its inverse for the input leaving),
+and monotonic queues for the minimum and maximum. An input is scored against
+the window *before* it (z-score, anomaly): scored against a window that holds
+it, an outlier of a 10-sample window could never be more than 3 standard
+deviations out (Samuelson's inequality).
+
+What a stream holds is bounded: at most ``max_keys`` keys (the least recently
+used is evicted), each window at most ``MAX_WINDOW`` samples. The handler
+reads a request only once the previous one's response is written, so a client
+that stops reading stops the server reading its inputs (HTTP/2 flow control)
+and nothing queues up in between. An input that cannot be processed is
+answered with an error in its result; only a malformed request or options out
+of range end the stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import grpc
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.services.checks import MalformedRequest
+from streamcli.services.rpc import Context, abort
+from streamcli.times import writable
+
+DEFAULT_WINDOW, MAX_WINDOW = 10, 10_000
+DEFAULT_Z = 3.0
+DEFAULT_KEYS = MAX_KEYS = 10_000
+MAX_INPUTS_PER_REQUEST = 10_000
+MAX_KEY_LENGTH = 256  # characters
+MAX_DURATION_SECONDS = 366 * 86_400
+_NANOS = 1_000_000_000
+
+
+class Window:
+    """One key's window: its samples (and their times, for a time window), running mean, spread, min and max."""
+
+    __slots__ = ("count", "latest", "maxima", "mean", "minima", "pushed", "spread", "times", "values")
+
+    def __init__(self, timed: bool) -> None:
+        self.values: collections.deque[float] = collections.deque()
+        self.times: collections.deque[int] | None = collections.deque() if timed else None
+        self.mean = 0.0
+        self.spread = 0.0  # sum of squared deviations from the mean (Welford's M2)
+        # (index, value) pairs, values increasing (minima) or decreasing (maxima): the front is the window's.
+        self.minima: collections.deque[tuple[int, float]] = collections.deque()
+        self.maxima: collections.deque[tuple[int, float]] = collections.deque()
+        self.pushed = 0  # samples ever added: the index of the next one
+        self.count = 0  # inputs taken, late ones included
+        self.latest: int | None = None  # the latest input time, in nanoseconds since the epoch
+
+    def stddev(self) -> float:
+        n = len(self.values)
+        return math.sqrt(self.spread / n) if n else 0.0
+
+    def score(self, value: float) -> float:
+        """``value``'s z-score against the window as it is (0 with fewer than 2 samples or no spread)."""
+        n = len(self.values)
+        if n < 2 or self.spread <= 0.0:
+            return 0.0
+        sigma = math.sqrt(self.spread / n)
+        return (value - self.mean) / sigma if sigma > 0.0 else 0.0
+
+    def add(self, value: float, at: int) -> None:
+        index = self.pushed
+        self.pushed += 1
+        self.values.append(value)
+        if self.times is not None:
+            self.times.append(at)
+        n = len(self.values)
+        delta = value - self.mean
+        self.mean += delta / n
+        self.spread += delta * (value - self.mean)
+        minima, maxima = self.minima, self.maxima
+        while minima and minima[-1][1] >= value:
+            minima.pop()
+        minima.append((index, value))
+        while maxima and maxima[-1][1] <= value:
+            maxima.pop()
+        maxima.append((index, value))
+
+    def drop_oldest(self) -> None:
+        value = self.values.popleft()
+        if self.times is not None:
+            self.times.popleft()
+        index = self.pushed - len(self.values) - 1
+        n = len(self.values)
+        if n == 0:
+            self.mean = self.spread = 0.0
+        else:
+            delta = value - self.mean
+            self.mean -= delta / n
+            self.spread = max(0.0, self.spread - delta * (value - self.mean))
+        if self.minima[0][0] == index:
+            self.minima.popleft()
+        if self.maxima[0][0] == index:
+            self.maxima.popleft()
+
+
+class Options:
+    """A stream's options, from its first request."""
+
+    __slots__ = ("duration", "max_keys", "window", "z")
+
+    def __init__(self, window: int, duration: int, z: float, max_keys: int) -> None:
+        self.window = window  # samples (a count window), or MAX_WINDOW with a time window
+        self.duration = duration  # nanoseconds; 0 for a count window
+        self.z = z
+        self.max_keys = max_keys
+
+
+def options_of(request: pb.ProcessLiveDataRequest) -> Options | str:
+    """The stream's options from its first request, or why they are refused."""
+    if request.window > MAX_WINDOW:
+        return f"window is {request.window} samples; at most {MAX_WINDOW}"
+    z = request.z
+    if not math.isfinite(z) or z < 0:
+        return f"z is {z}; it must be a finite number, not negative (0 means {DEFAULT_Z:g})"
+    if request.max_keys > MAX_KEYS:
+        return f"max_keys is {request.max_keys}; at most {MAX_KEYS}"
+    duration = 0
+    if request.HasField("window_duration"):
+        given = request.window_duration
+        duration = given.seconds * _NANOS + given.nanos
+        if given.seconds * given.nanos < 0 or abs(given.nanos) >= _NANOS:
+            return "window_duration is not a valid Duration (seconds and nanos disagree)"
+        if duration <= 0 or duration > MAX_DURATION_SECONDS * _NANOS:
+            return f"window_duration must be positive and at most {MAX_DURATION_SECONDS} s"
+        if request.window:
+            return "window and window_duration are exclusive: give one"
+    window = MAX_WINDOW if duration else request.window or DEFAULT_WINDOW
+    return Options(window, duration, z or DEFAULT_Z, request.max_keys or DEFAULT_KEYS)
+
+
+def input_problem(item: pb.DataInput) -> str:
+    """Why an input cannot be processed, or ``""``."""
+    if not item.key:
+        return "key is empty"
+    if len(item.key) > MAX_KEY_LENGTH:
+        return f"key is {len(item.key)} characters; at most {MAX_KEY_LENGTH}"
+    if not math.isfinite(item.value):
+        return f"value is {item.value} (not a finite number)"
+    if item.HasField("timestamp") and not writable(item.timestamp):
+        return "timestamp is outside the years 0001-9999"
+    return ""
+
+
+class LiveStream:
+    """The state of one ProcessLiveData stream: its options, and each key's window, least recently used first."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.windows: collections.OrderedDict[str, Window] = collections.OrderedDict()
+        self.evicted = 0
+
+    def process(self, inputs: list[pb.DataInput], response: pb.ProcessLiveDataResponse) -> None:
+        """Add the result of each input to ``response``, in order."""
+        options = self.options
+        windows = self.windows
+        timed = options.duration > 0
+        now = time.time_ns() if timed else 0
+        results = response.results
+        for item in inputs:
+            problem = input_problem(item)
+            if problem:
+                results.add(sequence=item.sequence, key=item.key, value=item.value, error=problem)
+                continue
+            key, value = item.key, item.value
+            window = windows.get(key)
+            if window is None:
+                if len(windows) >= options.max_keys:
+                    windows.popitem(last=False)
+                    self.evicted += 1
+                window = windows[key] = Window(timed)
+            else:
+                windows.move_to_end(key)
+            if item.HasField("timestamp"):
+                at: int | None = item.timestamp.seconds * _NANOS + item.timestamp.nanos
+            else:
+                at = now if timed else None
+            late = at is not None and window.latest is not None and at < window.latest
+            z = window.score(value)
+            window.count += 1
+            if not late:
+                if at is not None:
+                    window.latest = at
+                window.add(value, at or 0)
+                values = window.values
+                if timed:
+                    assert window.times is not None and at is not None
+                    times, start = window.times, at - options.duration
+                    while times[0] <= start:
+                        window.drop_oldest()
+                while len(values) > options.window:
+                    window.drop_oldest()
+            n = len(window.values)
+            results.add(
+                sequence=item.sequence,
+                key=key,
+                value=value,
+                moving_average=window.mean,
+                count=window.count,
+                anomaly=abs(z) > options.z,
+                min=window.minima[0][1] if n else 0.0,
+                max=window.maxima[0][1] if n else 0.0,
+                stddev=window.stddev(),
+                z_score=z,
+                window_count=n,
+                late=late,
+                evicted_keys=self.evicted,
+            )
+
+
+class ProcessingService:
+    """ProcessLiveData of ``StreamingService``; see the module's docstring. It stores nothing: any caller may
+    use it, and a stream's state is its own."""
+
+    #: The RPCs of the contract this class implements (server/service.py binds them).
+    RPCS: ClassVar[tuple[str, ...]] = ("ProcessLiveData",)
+
+    async def ProcessLiveData(
+        self, request_iterator: AsyncIterator[pb.ProcessLiveDataRequest], context: Context
+    ) -> AsyncIterator[pb.ProcessLiveDataResponse]:
+        stream: LiveStream | None = None
+        number = 0
+        try:
+            async for request in request_iterator:
+                if stream is None:
+                    options = options_of(request)
+                    if isinstance(options, str):
+                        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, options)
+                    stream = LiveStream(options)
+                if len(request.inputs) > MAX_INPUTS_PER_REQUEST:
+                    await abort(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"message {number} carries {len(request.inputs)} inputs; at most {MAX_INPUTS_PER_REQUEST}",
+                    )
+                number += 1
+                if not request.inputs:
+                    continue
+                response = pb.ProcessLiveDataResponse()
+                stream.process(list(request.inputs), response)
+                # The next request is read once this is written: the client's reading paces the server's.
+                yield response
+        except MalformedRequest as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.detail)
