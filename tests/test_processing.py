@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection
 from streamcli.server.app import RunningServer
+from streamcli.services import processing
 from tests.support.servers import client, serve_process
 
 
@@ -98,7 +99,11 @@ async def test_the_anomaly_rule_fires_in_a_window_of_10_and_follows_the_threshol
     assert (await results(conn, inputs, z=8.5))[-1].anomaly
 
 
-async def test_sliding_minimum_and_maximum_as_samples_leave(conn: Connection) -> None:
+@pytest.mark.parametrize("small_window", [processing.SMALL_WINDOW, 0])  # min()/max(), then monotonic queues
+async def test_sliding_minimum_and_maximum_as_samples_leave(
+    conn: Connection, small_window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processing, "SMALL_WINDOW", small_window)  # (the server runs in this process)
     got = await results(conn, numbered(*(data("m", v) for v in (5, 1, 4, 2, 3, 0))), window=3)
     # Windows: [5] [5,1] [5,1,4] [1,4,2] [4,2,3] [2,3,0].
     assert [(r.min, r.max) for r in got] == [(5, 5), (1, 5), (1, 5), (1, 4), (2, 4), (0, 3)]
