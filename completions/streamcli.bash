@@ -16,6 +16,7 @@ _streamcli() {
             ':health') cmdpath='health' ;;
             ':metrics') cmdpath='metrics' ;;
             ':notify') cmdpath='notify' ;;
+            ':process') cmdpath='process' ;;
             ':serve') cmdpath='serve' ;;
             ':tail') cmdpath='tail' ;;
             ':upload') cmdpath='upload' ;;
@@ -45,6 +46,7 @@ _streamcli() {
             'metrics show:--label'|'metrics show:-l'|'metrics show:--since') skip=1 ;;
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
+            'process:--window'|'process:--z'|'process:--in-flight') skip=1 ;;
             'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
@@ -97,6 +99,9 @@ _streamcli() {
         'notify send:--body') COMPREPLY=(); return ;;
         'notify send:--severity') COMPREPLY=(); return ;;
         'notify send:--attr') COMPREPLY=(); return ;;
+        'process:--window') COMPREPLY=(); return ;;
+        'process:--z') COMPREPLY=(); return ;;
+        'process:--in-flight') COMPREPLY=(); return ;;
         'serve:--address'|'serve:-a') COMPREPLY=(); return ;;
         'serve:--data-dir') COMPREPLY=($(compgen -d -- "$cur")); return ;;
         'serve:--backend') COMPREPLY=(); return ;;
@@ -134,7 +139,7 @@ _streamcli() {
         esac
     fi
     case "$cmdpath" in
-        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h batch chat download events files health metrics notify serve tail upload' -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h batch chat download events files health metrics notify process serve tail upload' -- "$cur")) ;;
         'batch') COMPREPLY=($(compgen -W '--help -h ingest ls records show' -- "$cur")) ;;
         'batch ingest') COMPREPLY=($(compgen -W '--format --key-field --value-field --time-field --rejects --max-errors --retries --help -h' -- "$cur")) ;;
         'batch ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
@@ -156,6 +161,7 @@ _streamcli() {
         'metrics show') COMPREPLY=($(compgen -W '--label -l --since --help -h' -- "$cur")) ;;
         'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
+        'process') COMPREPLY=($(compgen -W '--window --z --in-flight --anomalies-only --help -h' -- "$cur")) ;;
         'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
         'tail') COMPREPLY=($(compgen -W '--help -h events notifications' -- "$cur")) ;;
         'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;

@@ -27,6 +27,8 @@ function __streamcli_path
                 set cmdpath 'metrics'
             case ':notify'
                 set cmdpath 'notify'
+            case ':process'
+                set cmdpath 'process'
             case ':serve'
                 set cmdpath 'serve'
             case ':tail'
@@ -85,6 +87,8 @@ function __streamcli_path
                 set cmdpath 'notify send'
             case 'notify send:--to' 'notify send:--topic' 'notify send:--title' 'notify send:--body' 'notify send:--severity' 'notify send:--attr'
                 set skip 1
+            case 'process:--window' 'process:--z' 'process:--in-flight'
+                set skip 1
             case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--max-series' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
                 set skip 1
             case 'tail:events'
@@ -114,6 +118,7 @@ complete -c streamcli -n '__streamcli_at '\'''\''' -a 'files' -d 'List, inspect 
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'health' -d 'Check a server'\''s health (grpc.health.v1); exit 0 only when SERVING.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'metrics' -d 'Push metric samples and read each series'\'' count, mean and quantiles.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'notify' -d 'Raise notifications.'
+complete -c streamcli -n '__streamcli_at '\'''\''' -a 'process' -d 'Process numbers as they flow: per key, a moving average, min, max, standard deviation, the z-score of each'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'serve' -d 'Run the gRPC streaming server until SIGINT/SIGTERM.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'tail' -d 'Follow a log live: events or notifications (history first with --since).'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'upload' -d 'Upload files, verified by SHA-256; interrupted uploads resume on the next run.'
@@ -202,6 +207,11 @@ complete -c streamcli -n '__streamcli_at '\''notify send'\''' -l body -x -d 'Lon
 complete -c streamcli -n '__streamcli_at '\''notify send'\''' -l severity -x -d 'info, warning or error.'
 complete -c streamcli -n '__streamcli_at '\''notify send'\''' -l attr -x -d 'KEY=VALUE detail for machines (repeatable).'
 complete -c streamcli -n '__streamcli_at '\''notify send'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''process'\''' -l window -x -d 'The window per key: a number of inputs (at most 10000), or a duration of the inputs'\'' time (30s, 5m), where an input without a timestamp takes the time the server received it.'
+complete -c streamcli -n '__streamcli_at '\''process'\''' -l z -x -d 'Anomaly threshold, in standard deviations (over 0).'
+complete -c streamcli -n '__streamcli_at '\''process'\''' -l in-flight -x -d 'Inputs sent and not yet answered, at most.'
+complete -c streamcli -n '__streamcli_at '\''process'\''' -l anomalies-only -d 'Print only the anomalies.'
+complete -c streamcli -n '__streamcli_at '\''process'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l address -s a -x -d 'HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l data-dir -r -F -d 'Where the embedded store keeps its database and files. [default: the user data dir, e.g. ~/.local/share/streamcli]'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l backend -x -d 'Storage backend: '\''embedded'\'' (SQLite + data dir).'

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import pathlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
@@ -106,7 +108,11 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.OUT_OF_RANGE: "resume_after_id beyond the end of the room",
     },
     "Collaborate": {Code.UNIMPLEMENTED: _UNIMPLEMENTED},
-    "ProcessLiveData": {Code.UNIMPLEMENTED: _UNIMPLEMENTED},
+    "ProcessLiveData": {
+        # An invalid input (empty key, NaN) is answered in-band; only the options or a message end the stream.
+        Code.OK: "every message was usable (inputs processed or answered with an error one by one)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (window, z, max_keys or window_duration out of range)",
+    },
     "GetUploadStatus": {
         Code.OK: "the upload exists",
         Code.INVALID_ARGUMENT: _UNDECODABLE,
@@ -585,6 +591,34 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
                 max_size=3,
             ),
             st.booleans(),
+        ),
+        max_size=4,
+    ),
+    "ProcessLiveData": st.lists(
+        st.builds(
+            lambda inputs, window, z, max_keys, seconds: pb.ProcessLiveDataRequest(
+                inputs=inputs,
+                window=window,
+                z=z,
+                max_keys=max_keys,
+                window_duration=None if seconds is None else Duration(seconds=seconds),
+            ),
+            st.lists(
+                st.builds(
+                    lambda sequence, key, value, stamp: pb.DataInput(
+                        sequence=sequence, key=key, value=value, timestamp=stamp
+                    ),
+                    st.sampled_from([0, 1, 2**64 - 1]),
+                    mostly(["cpu", "", "k"], ps.texts()),
+                    st.floats(allow_nan=True, allow_infinity=True),
+                    optional_timestamps(),
+                ),
+                max_size=3,
+            ),
+            st.sampled_from([0, 1, 2, 10_000, 10_001, 2**32 - 1]),
+            st.sampled_from([0.0, 3.0, -1.0, math.nan, math.inf]),
+            st.sampled_from([0, 1, 10_000, 10_001]),
+            st.sampled_from([None, 0, 1, -5, 10**9]),
         ),
         max_size=4,
     ),

@@ -103,7 +103,7 @@ def root(
 
 def _register() -> None:
     # One line per command group; each module only knows about `app`.
-    from streamcli.cli import batch, chat, events, files, health, metrics, notify, serve, tail, transfer
+    from streamcli.cli import batch, chat, events, files, health, metrics, notify, process, serve, tail, transfer
 
     serve.register(app)
     health.register(app)
@@ -115,6 +115,7 @@ def _register() -> None:
     chat.register(app)
     batch.register(app)
     metrics.register(app)
+    process.register(app)
 
 
 _register()

@@ -66,7 +66,7 @@ async def ndjson_events(stdin: IO[str], linger: float = 0.0) -> AsyncIterator[li
             yield batch
         return
     pending = b""
-    async for chunk in _chunks(fd, linger):
+    async for chunk in read_chunks(fd, linger):
         data = pending + chunk
         cut = data.rfind(b"\n") + 1  # complete lines only: a character may straddle two reads
         pending = data[cut:]
@@ -89,7 +89,7 @@ def _lines(data: bytes) -> list[str] | list[bytes]:
         return data.split(b"\n")
 
 
-async def _chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
+async def read_chunks(fd: int, linger: float = 0.0) -> AsyncIterator[bytes]:
     """What ``fd`` has, as it comes: each read together with what follows within ``linger`` seconds (up to
     READ_SIZE bytes), read on a thread (a pipe's read blocks) so that the event loop runs on.
 

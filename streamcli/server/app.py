@@ -40,6 +40,7 @@ from streamcli.services.logs import LogSettings, Retention
 from streamcli.services.metrics import DEFAULT_MAX_SERIES, MetricService
 from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
 from streamcli.services.notifications import NotificationService
+from streamcli.services.processing import ProcessingService
 from streamcli.services.uploads import FileLimits
 from streamcli.tls import check_pair, read_pem
 
@@ -223,7 +224,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
         metrics = MetricService(backend.metrics, credentials_, config.max_series)
         await metrics.load()
-        add_service(server, [files, events, notifications, chat, batches, metrics])
+        add_service(server, [files, events, notifications, chat, batches, metrics, ProcessingService()])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

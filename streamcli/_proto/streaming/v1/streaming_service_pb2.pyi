@@ -26,6 +26,7 @@ OK after such a message; their RPC comments say what was stored.
 from collections import abc as _abc
 from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -2157,29 +2158,60 @@ Global___DataInput: _TypeAlias = DataInput  # noqa: Y015
 
 @_typing.final
 class ProcessLiveDataRequest(_message.Message):
-    """ProcessLiveDataRequest carries inputs to process."""
+    """ProcessLiveDataRequest carries inputs to process (at most 10,000 a message).
+
+    The options (window, window_duration, z, max_keys) are read from the first
+    request only; a value out of range ends the stream INVALID_ARGUMENT.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUTS_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    WINDOW_DURATION_FIELD_NUMBER: _builtins.int
+    MAX_KEYS_FIELD_NUMBER: _builtins.int
     window: _builtins.int
-    """Moving-window size for aggregates, in samples (0 means 10). Read from the
-    first request only.
+    """Moving-window size for aggregates, in samples (0 means 10; at most
+    10,000). Read from the first request only.
+    """
+    z: _builtins.float
+    """Anomaly threshold, in standard deviations (0 means 3; finite, not
+    negative). An input is an anomaly when its z-score's absolute value is
+    over it. Read from the first request only.
+    """
+    max_keys: _builtins.int
+    """Keys this stream keeps state for (0 means 10,000; at most 10,000). A new
+    key beyond it evicts the least recently used key's state (counted in
+    ProcessingResult.evicted_keys); an evicted key that comes back starts
+    afresh. Read from the first request only.
     """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataInput]:
         """Inputs, in order."""
+
+    @_builtins.property
+    def window_duration(self) -> _duration_pb2.Duration:
+        """A time window instead of a count window: each key's window holds its
+        inputs whose time is within this duration of its latest input's
+        ((latest - duration, latest]); at most 10,000 samples (the oldest leave
+        first). An input without a timestamp takes the time the server received
+        it. Positive, at most 366 days; not together with `window`. Read from the
+        first request only.
+        """
 
     def __init__(
         self,
         *,
         inputs: _abc.Iterable[Global___DataInput] | None = ...,
         window: _builtins.int = ...,
+        z: _builtins.float = ...,
+        window_duration: _duration_pb2.Duration | None = ...,
+        max_keys: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_duration", b"window_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "max_keys", b"max_keys", "window", b"window", "window_duration", b"window_duration", "z", b"z"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2197,6 +2229,14 @@ class ProcessingResult(_message.Message):
     MOVING_AVERAGE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     ANOMALY_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    STDDEV_FIELD_NUMBER: _builtins.int
+    Z_SCORE_FIELD_NUMBER: _builtins.int
+    WINDOW_COUNT_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    EVICTED_KEYS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The input's sequence number."""
     key: _builtins.str
@@ -2204,11 +2244,47 @@ class ProcessingResult(_message.Message):
     value: _builtins.float
     """The input's value."""
     moving_average: _builtins.float
-    """Mean over the key's moving window, this input included."""
+    """Mean over the key's moving window, this input included (a late input is
+    not: see `late`).
+    """
     count: _builtins.int
-    """Inputs seen for this key so far."""
+    """Inputs of this key taken so far on this stream (late ones included; 0
+    for an input in error). Starts afresh after the key was evicted.
+    """
     anomaly: _builtins.bool
-    """True when the value is over 3 standard deviations from the window mean."""
+    """True when the absolute value of `z_score` is over the threshold
+    (ProcessLiveDataRequest.z, default 3). Never true without a z-score.
+    """
+    min: _builtins.float
+    """Smallest value in the key's window, after this input."""
+    max: _builtins.float
+    """Largest value in the key's window, after this input."""
+    stddev: _builtins.float
+    """Population standard deviation of the key's window, after this input."""
+    z_score: _builtins.float
+    """How far the input is from the window *before* it, in that window's
+    standard deviations: (value - mean) / stddev of the inputs already in the
+    window. 0 (and no anomaly) while that window has fewer than 2 samples or a
+    standard deviation of 0. Scoring against the window before the input is
+    what lets an outlier stand out: with the input inside a window of n
+    samples, |value - mean| <= stddev * sqrt(n - 1) (Samuelson's inequality).
+    """
+    window_count: _builtins.int
+    """Samples in the key's window, after this input."""
+    late: _builtins.bool
+    """True when the input's time is earlier than the latest time of its key
+    (out of order). A late input is scored (z_score, anomaly) against the
+    window but not added to it, nor buffered: nothing is dropped silently.
+    """
+    error: _builtins.str
+    """Why the input could not be processed (an empty key or one over 256
+    characters, a value that is NaN or infinite, a timestamp outside
+    0001-9999); empty when it was. The stream goes on.
+    """
+    evicted_keys: _builtins.int
+    """Keys whose state this stream has evicted so far (see
+    ProcessLiveDataRequest.max_keys).
+    """
     def __init__(
         self,
         *,
@@ -2218,10 +2294,18 @@ class ProcessingResult(_message.Message):
         moving_average: _builtins.float = ...,
         count: _builtins.int = ...,
         anomaly: _builtins.bool = ...,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
+        stddev: _builtins.float = ...,
+        z_score: _builtins.float = ...,
+        window_count: _builtins.int = ...,
+        late: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        evicted_keys: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "count", b"count", "key", b"key", "moving_average", b"moving_average", "sequence", b"sequence", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "count", b"count", "error", b"error", "evicted_keys", b"evicted_keys", "key", b"key", "late", b"late", "max", b"max", "min", b"min", "moving_average", b"moving_average", "sequence", b"sequence", "stddev", b"stddev", "value", b"value", "window_count", b"window_count", "z_score", b"z_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2229,7 +2313,9 @@ Global___ProcessingResult: _TypeAlias = ProcessingResult  # noqa: Y015
 
 @_typing.final
 class ProcessLiveDataResponse(_message.Message):
-    """ProcessLiveDataResponse carries results, in input order."""
+    """ProcessLiveDataResponse carries results, in input order: those of one
+    request's inputs in one response.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -270,7 +270,12 @@ class StreamingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProcessLiveData(self, request_iterator, context):
-        """Live data processing: every input is answered with its processed result.
+        """Live data processing: every input is answered with its processed result
+        (windowed statistics per key, its z-score and anomaly flag), in order. An
+        invalid input is answered with an error in its result and the stream goes
+        on; only a malformed request or options out of range end it. The server
+        reads a request once the previous one's results are written: a client
+        that stops reading stops the server reading (HTTP/2 flow control).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

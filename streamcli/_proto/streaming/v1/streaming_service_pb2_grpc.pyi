@@ -141,7 +141,13 @@ class StreamingServiceStub:
     Collaborate: _grpc.StreamStreamMultiCallable[_streaming_service_pb2.CollaborateRequest, _streaming_service_pb2.CollaborateResponse]
     """Real-time collaborative editing of a shared text document."""
     ProcessLiveData: _grpc.StreamStreamMultiCallable[_streaming_service_pb2.ProcessLiveDataRequest, _streaming_service_pb2.ProcessLiveDataResponse]
-    """Live data processing: every input is answered with its processed result."""
+    """Live data processing: every input is answered with its processed result
+    (windowed statistics per key, its z-score and anomaly flag), in order. An
+    invalid input is answered with an error in its result and the stream goes
+    on; only a malformed request or options out of range end it. The server
+    reads a request once the previous one's results are written: a client
+    that stops reading stops the server reading (HTTP/2 flow control).
+    """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.GetUploadStatusRequest, _streaming_service_pb2.GetUploadStatusResponse]
     """--- Unary companions -----------------------------------------------------
 
@@ -263,7 +269,13 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     Collaborate: _aio.StreamStreamMultiCallable[_streaming_service_pb2.CollaborateRequest, _streaming_service_pb2.CollaborateResponse]  # type: ignore[assignment]
     """Real-time collaborative editing of a shared text document."""
     ProcessLiveData: _aio.StreamStreamMultiCallable[_streaming_service_pb2.ProcessLiveDataRequest, _streaming_service_pb2.ProcessLiveDataResponse]  # type: ignore[assignment]
-    """Live data processing: every input is answered with its processed result."""
+    """Live data processing: every input is answered with its processed result
+    (windowed statistics per key, its z-score and anomaly flag), in order. An
+    invalid input is answered with an error in its result and the stream goes
+    on; only a malformed request or options out of range end it. The server
+    reads a request once the previous one's results are written: a client
+    that stops reading stops the server reading (HTTP/2 flow control).
+    """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.GetUploadStatusRequest, _streaming_service_pb2.GetUploadStatusResponse]  # type: ignore[assignment]
     """--- Unary companions -----------------------------------------------------
 
@@ -442,7 +454,13 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_streaming_service_pb2.ProcessLiveDataRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_streaming_service_pb2.ProcessLiveDataResponse], _abc.AsyncIterator[_streaming_service_pb2.ProcessLiveDataResponse]]:
-        """Live data processing: every input is answered with its processed result."""
+        """Live data processing: every input is answered with its processed result
+        (windowed statistics per key, its z-score and anomaly flag), in order. An
+        invalid input is answered with an error in its result and the stream goes
+        on; only a malformed request or options out of range end it. The server
+        reads a request once the previous one's results are written: a client
+        that stops reading stops the server reading (HTTP/2 flow control).
+        """
 
     @_abc_1.abstractmethod
     def GetUploadStatus(
