@@ -40,3 +40,28 @@ def test_wire_fields_are_the_librarys() -> None:
     messages = [pb.ChatMessage(id=1, content="a"), pb.ChatMessage(id=2, content="b" * 300)]
     framed = wire.repeated_messages(1, (m.SerializeToString() for m in messages))
     assert framed == pb.ChatResponse(messages=messages).SerializeToString()
+
+
+def test_live_results_parse_as_the_messages_the_library_would_build() -> None:
+    from streamcli.services.processing import LiveStream, Options
+
+    stream = LiveStream(Options(window=10, duration=0, z=1.0, max_keys=10))
+    inputs = [pb.DataInput(sequence=n, key="é", value=v) for n, v in ((1, 1.0), (2, 3.0), (70_000, 8.0))]
+    inputs.append(pb.DataInput(sequence=4, key="", value=1.0))
+    framed = stream.process(inputs)
+    parsed = pb.ProcessLiveDataResponse.FromString(framed)
+    # Hand-computed: the window before 8.0 is [1, 3] (mean 2, population deviation 1): z = 6.
+    third = pb.ProcessingResult(
+        sequence=70_000, key="é", value=8.0, moving_average=4.0, count=3, anomaly=True, min=1.0, max=8.0,
+        stddev=(26 / 3) ** 0.5, z_score=6.0, window_count=3,
+    )  # fmt: skip
+    first = pb.ProcessingResult(sequence=1, key="é", value=1.0, moving_average=1.0, count=1, min=1.0, max=1.0)
+    first.window_count = 1
+    assert parsed.results[0] == first
+    assert parsed.results[2].key == third.key and parsed.results[2].sequence == third.sequence
+    assert abs(parsed.results[2].stddev - third.stddev) < 1e-12
+    parsed.results[2].stddev = third.stddev
+    assert parsed.results[2] == third
+    assert parsed.results[3].error and parsed.results[3].sequence == 4
+    # Same message once the library has written it (it leaves out the zeros the framer writes).
+    assert pb.ProcessLiveDataResponse.FromString(parsed.SerializeToString()) == parsed
