@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
+
+import pytest
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord
+from streamcli.client import records
+from streamcli.client.batches import _Pending
 from streamcli.client.events import pack_data
 from streamcli.services import wire
 from streamcli.services.events import Framer
@@ -40,3 +46,50 @@ def test_wire_fields_are_the_librarys() -> None:
     messages = [pb.ChatMessage(id=1, content="a"), pb.ChatMessage(id=2, content="b" * 300)]
     framed = wire.repeated_messages(1, (m.SerializeToString() for m in messages))
     assert framed == pb.ChatResponse(messages=messages).SerializeToString()
+
+
+def library_record(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> pb.DataRecord:
+    record = pb.DataRecord(key=key, value=value)
+    if time is not None:
+        record.timestamp.seconds, record.timestamp.nanos = time
+    if payload:
+        record.payload.update(payload)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "time", "payload"),
+    [
+        ("sensor-17", 4.25, (1_795_000_000, 17_000_000), {"site": "north-3", "seq": 17}),
+        ("", 0.0, None, {}),
+        ("k", -0.0, (0, 0), {"n": 0, "t": True, "f": False, "none": None, "empty": ""}),
+        ("ключ" * 40, 1e300, (-62_135_596_800, 999_999_999), {"list": [1, "a", None, [2]], "obj": {"x": {"y": 1.5}}}),
+        ("k", 2.5, (4_102_444_799, 0), {"big": 2**70, "long": "x" * 70_000, "é" * 200: "v"}),
+    ],
+)
+def test_encoded_records_are_the_librarys_bytes(
+    key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]
+) -> None:
+    encoded = records.encode_record(key, value, time, dict(payload))
+    expected = library_record(key, value, time, payload)
+    assert pb.DataRecord.FromString(encoded) == expected
+    assert math.copysign(1, pb.DataRecord.FromString(encoded).value) == math.copysign(1, value)
+    if len(payload) <= 1:  # (a map's entries may come in another order)
+        assert encoded == expected.SerializeToString()
+
+
+def test_a_record_the_library_refuses_is_refused_as_it_says() -> None:
+    with pytest.raises(ValueError) as library:
+        library_record("k\ud800", 1.0, None, {})
+    with pytest.raises(ValueError) as ours:
+        records.encode_record("k\ud800", 1.0, None, {})
+    assert str(ours.value) == str(library.value)
+
+
+def test_a_batch_message_is_the_librarys_bytes() -> None:
+    parsed = [records.Parsed(n, f"line {n}", records.encode_record(f"k{n}", n, None, {"n": n})) for n in range(3)]
+    pending = _Pending(250, [p.record for p in parsed if p.record is not None], parsed)
+    built = pb.ProcessDataBatchRequest(
+        first_index=250, records=[library_record(f"k{n}", n, None, {"n": n}) for n in range(3)]
+    )
+    assert pending.request == built.SerializeToString()
