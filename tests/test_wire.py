@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord
-from streamcli.client import records
+from streamcli.client import metric_records, records
 from streamcli.client.batches import _Pending
 from streamcli.client.events import pack_data
+from streamcli.client.metrics import _Message
 from streamcli.services import wire
 from streamcli.services.events import Framer
 from streamcli.services.logs import timestamp
@@ -93,3 +95,40 @@ def test_a_batch_message_is_the_librarys_bytes() -> None:
         first_index=250, records=[library_record(f"k{n}", n, None, {"n": n}) for n in range(3)]
     )
     assert pending.request == built.SerializeToString()
+
+
+def library_sample(name: str, value: float, time: tuple[int, int] | None, labels: dict[str, str]) -> pb.MetricData:
+    sample = pb.MetricData(name=name, value=value, labels=labels)
+    if time is not None:
+        sample.timestamp.CopyFrom(Timestamp(seconds=time[0], nanos=time[1]))
+    return sample
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "time", "labels"),
+    [
+        ("bench.latency", 1.00123091030648, None, {"route": "/r0"}),
+        ("", 0.0, (0, 0), {}),
+        ("m", -0.0, (1_795_000_000, 5), {"": "", "k": ""}),
+        ("n" * 200, -1e-300, (4_102_444_799, 999_999_999), {"a": "é" * 1024, "b" * 100: "v", "c": "\n\t"}),
+    ],
+)
+def test_encoded_samples_are_the_librarys_bytes(
+    name: str, value: float, time: tuple[int, int] | None, labels: dict[str, str]
+) -> None:
+    encoded = metric_records.encode_sample(name, value, time, labels)
+    expected = library_sample(name, value, time, labels)
+    assert pb.MetricData.FromString(encoded) == expected
+    assert math.copysign(1, pb.MetricData.FromString(encoded).value) == math.copysign(1, value)
+    if len(labels) <= 1:  # (a map's entries may come in another order)
+        assert encoded == expected.SerializeToString()
+
+
+def test_a_metrics_message_is_the_librarys_bytes() -> None:
+    parsed = [records.Parsed(n, "", metric_records.encode_sample("m", n, None, {"n": str(n)})) for n in range(3)]
+    message = _Message("push-1", 40, [p.record for p in parsed if p.record is not None], parsed)
+    built = pb.CollectMetricsRequest(
+        push_id="push-1", first_index=40, metrics=[library_sample("m", n, None, {"n": str(n)}) for n in range(3)]
+    )
+    assert message.request == built.SerializeToString()
+    assert _Message("", 0, [], []).request == pb.CollectMetricsRequest().SerializeToString() == b""
