@@ -74,6 +74,11 @@ def bytes_field(number: int, payload: bytes) -> bytes:
     return tag(number, _LEN) + varint(len(payload)) + payload
 
 
+def string_field(number: int, text: str) -> bytes:
+    """A string field (omitted when empty, as proto3 does)."""
+    return bytes_field(number, text.encode()) if text else b""
+
+
 def repeated_messages(number: int, payloads: Iterable[bytes]) -> bytes:
     """A repeated message field from already serialized messages."""
     key = tag(number, _LEN)

@@ -14,6 +14,7 @@ the sample (a MetricData written as the bytes of the serialized message,
 from __future__ import annotations
 
 import codecs
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Iterator
@@ -24,9 +25,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import parse_time
-from streamcli.client.records import Parsed, json_lines
+from streamcli.client.records import CACHED, CACHED_CHARS, Parsed, json_lines
 from streamcli.errors import UsageError
-from streamcli.protowire import SMALL, int64, pack_double, varint
+from streamcli.protowire import SMALL, bytes_field, int64, pack_double, string_field, varint
 
 FORMATS = ("ndjson", "prometheus")
 _ZERO = bytes(8)
@@ -94,10 +95,7 @@ def encode_sample(name: str, value: float, time: tuple[int, int] | None, labels:
 
 
 def _sample_bytes(name: str, value: float, time: tuple[int, int] | None, labels: dict[str, str]) -> bytes:
-    # (Lengths below 128 are one byte, looked up: a call per varint would cost as much as the rest.)
-    text = name.encode()
-    size = len(text)
-    parts = [b"\x0a", SMALL[size] if size < 128 else varint(size), text] if size else []
+    parts = [_name_field(name) if len(name) <= CACHED_CHARS else string_field(1, name)]
     number = pack_double(value)
     if number != _ZERO:
         parts += (b"\x11", number)
@@ -108,19 +106,23 @@ def _sample_bytes(name: str, value: float, time: tuple[int, int] | None, labels:
         )
         parts += (b"\x1a", SMALL[len(stamp)], stamp)  # (at most 16 bytes)
     for key, label in labels.items():
-        key_text, label_text = key.encode(), label.encode()
-        size, label_size = len(key_text), len(label_text)
-        entry = b"".join(
-            (
-                b"\x0a" + (SMALL[size] if size < 128 else varint(size)) + key_text if size else b"",
-                b"\x12" + (SMALL[label_size] if label_size < 128 else varint(label_size)) + label_text
-                if label_size
-                else b"",
-            )
-        )
-        size = len(entry)
-        parts += (b"\x22", SMALL[size] if size < 128 else varint(size), entry)
+        parts.append(_label_field(key, label) if len(label) <= CACHED_CHARS else _label_entry(key, label))
     return b"".join(parts)
+
+
+# Names and labels repeat from sample to sample (a series is the point of them): each short one is encoded
+# once and kept (up to CACHED of them).
+@functools.lru_cache(maxsize=CACHED)
+def _name_field(name: str) -> bytes:
+    return string_field(1, name)
+
+
+def _label_entry(key: str, label: str) -> bytes:
+    """A label: a map entry (labels = 4) of its key (1) and value (2)."""
+    return bytes_field(4, string_field(1, key) + string_field(2, label))
+
+
+_label_field = functools.lru_cache(maxsize=CACHED)(_label_entry)
 
 
 def read_prometheus(lines: Iterable[bytes]) -> Iterator[Parsed[bytes]]:

@@ -27,10 +27,13 @@ from google.protobuf import struct_pb2
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import parse_time
 from streamcli.errors import UsageError
-from streamcli.protowire import SMALL, int64, pack_double, varint
+from streamcli.protowire import SMALL, bytes_field, int64, pack_double, string_field, varint
 
 FORMATS = ("ndjson", "csv")
 _ZERO = bytes(8)
+#: Encoded keys, names and texts kept (``_key_field``), and the longest kept: memory stays bounded.
+CACHED = 4096
+CACHED_CHARS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +129,7 @@ def encode_record(key: str, value: float, time: tuple[int, int] | None, payload:
 
 def _record_bytes(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> bytes:
     # (Lengths below 128 are one byte, looked up: a call per varint would cost as much as the rest.)
-    key_bytes = key.encode()
-    size = len(key_bytes)
-    parts = [b"\x0a", SMALL[size] if size < 128 else varint(size), key_bytes] if size else []
+    parts = [_key_field(key) if len(key) <= CACHED_CHARS else string_field(1, key)]
     number = pack_double(value)
     if number != _ZERO:
         parts += (b"\x11", number)
@@ -151,10 +152,9 @@ def _struct_bytes(payload: dict[str, Any]) -> bytes:
     parts = []
     for name, value in payload.items():
         if isinstance(value, str):
-            text = value.encode()
-            size = len(text)
-            slot = b"\x1a" + (SMALL[size] if size < 128 else varint(size)) + text
-        elif isinstance(value, bool):
+            parts.append(_text_entry(name, value) if len(value) <= CACHED_CHARS else _entry(name, _text_value(value)))
+            continue
+        if isinstance(value, bool):
             slot = b"\x20\x01" if value else b"\x20\x00"
         elif isinstance(value, (int, float)):
             slot = b"\x11" + pack_double(value)
@@ -165,21 +165,36 @@ def _struct_bytes(payload: dict[str, Any]) -> bytes:
             whole.update({name: value})
             parts.append(whole.SerializeToString())
             continue
-        label = name.encode()
-        size = len(label)
-        entry = b"".join(
-            (
-                b"\x0a",
-                SMALL[size] if size < 128 else varint(size),
-                label,
-                b"\x12",
-                SMALL[len(slot)] if len(slot) < 128 else varint(len(slot)),
-                slot,
-            )
-        )
-        size = len(entry)
-        parts += (b"\x0a", SMALL[size] if size < 128 else varint(size), entry)
+        parts.append(_entry(name, slot))
     return b"".join(parts)
+
+
+def _entry(name: str, value: bytes) -> bytes:
+    """A Struct's field: a map entry of its name (key = 1) and serialized Value (value = 2)."""
+    entry = (_name_field(name) if len(name) <= CACHED_CHARS else string_field(1, name)) + bytes_field(2, value)
+    size = len(entry)
+    return b"".join((b"\x0a", SMALL[size] if size < 128 else varint(size), entry))
+
+
+def _text_value(text: str) -> bytes:
+    return bytes_field(3, text.encode())  # (Value.string_value = 3; written when empty: a oneof's member)
+
+
+# Keys repeat from record to record, and so do the names of a payload's fields and many of its texts: each
+# short one is encoded once and kept (up to CACHED of them).
+@functools.lru_cache(maxsize=CACHED)
+def _key_field(key: str) -> bytes:
+    return string_field(1, key)
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _name_field(name: str) -> bytes:
+    return string_field(1, name)
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _text_entry(name: str, text: str) -> bytes:
+    return _entry(name, _text_value(text))
 
 
 def _record_message(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> pb.DataRecord:
