@@ -28,9 +28,14 @@ def varint(value: int) -> bytes:
     """Base-128 varint of a non-negative integer."""
     if value < 0x80:
         return _SMALL[value]
+    # (Up to five bytes spelt out, the loop being slow: lengths, nanoseconds, seconds since 1970.)
     if value < 0x4000:
         return bytes((value & 0x7F | 0x80, value >> 7))
-    if 0x1000_0000 <= value < 0x8_0000_0000:  # (a time in seconds since 1970: spelt out, as the loop is slow)
+    if value < 0x20_0000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 0x1000_0000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21))
+    if value < 0x8_0000_0000:
         return bytes(
             (
                 value & 0x7F | 0x80,

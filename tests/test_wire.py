@@ -132,3 +132,8 @@ def test_a_metrics_message_is_the_librarys_bytes() -> None:
     )
     assert message.request == built.SerializeToString()
     assert _Message("", 0, [], []).request == pb.CollectMetricsRequest().SerializeToString() == b""
+
+
+def test_varints_are_the_librarys() -> None:
+    for value in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**35 - 1, 2**35, 2**64 - 1):
+        assert wire.varint_field(3, value) == pb.ProcessDataBatchRequest(first_index=value).SerializeToString()

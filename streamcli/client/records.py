@@ -165,7 +165,12 @@ def _struct_bytes(payload: dict[str, Any]) -> bytes:
             whole.update({name: value})
             parts.append(whole.SerializeToString())
             continue
-        parts.append(_entry(name, slot))
+        # (A scalar Value is at most 9 bytes: the entry's lengths are one byte each.)
+        entry = b"".join(
+            (_name_field(name) if len(name) <= CACHED_CHARS else string_field(1, name), b"\x12", SMALL[len(slot)], slot)
+        )
+        size = len(entry)
+        parts += (b"\x0a", SMALL[size] if size < 128 else varint(size), entry)
     return b"".join(parts)
 
 
