@@ -87,7 +87,11 @@ def string_field(number: int, text: str) -> bytes:
 def repeated_messages(number: int, payloads: Iterable[bytes]) -> bytes:
     """A repeated message field from already serialized messages."""
     key = tag(number, _LEN)
-    return b"".join(key + varint(len(p)) + p for p in payloads)
+    parts: list[bytes] = []
+    for payload in payloads:  # (a loop of one list: a record's framing is most of a message's cost)
+        size = len(payload)
+        parts += (key, _SMALL[size] if size < 0x80 else varint(size), payload)
+    return b"".join(parts)
 
 
 def serialize(message: Message | bytes) -> bytes:
