@@ -103,8 +103,9 @@ def prepare(source: pathlib.Path, target: pathlib.Path) -> int:
     with open(source, "rb") as stream, open(target, "wb") as out:
         message = pb.ProcessDataBatchRequest()
         for parsed in read_ndjson(stream, FieldMap()):
-            check(parsed.record is not None, f"line {parsed.line} parses: {parsed.problem}")
-            message.records.append(parsed.record)
+            if parsed.record is None:
+                sys.exit(f"verification failed: line {parsed.line} parses: {parsed.problem}")
+            message.records.append(pb.DataRecord.FromString(parsed.record))  # (the reader gives its bytes)
             if len(message.records) == MESSAGE_RECORDS:
                 records += _put(out, message)
                 message = pb.ProcessDataBatchRequest(first_index=records)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord
+from streamcli.client import metric_records, records
+from streamcli.client.batches import _Pending
 from streamcli.client.events import pack_data
+from streamcli.client.metrics import _Message
 from streamcli.services import wire
 from streamcli.services.events import Framer
 from streamcli.services.logs import timestamp
@@ -65,3 +73,92 @@ def test_live_results_parse_as_the_messages_the_library_would_build() -> None:
     assert parsed.results[3].error and parsed.results[3].sequence == 4
     # Same message once the library has written it (it leaves out the zeros the framer writes).
     assert pb.ProcessLiveDataResponse.FromString(parsed.SerializeToString()) == parsed
+
+
+def library_record(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> pb.DataRecord:
+    record = pb.DataRecord(key=key, value=value)
+    if time is not None:
+        record.timestamp.seconds, record.timestamp.nanos = time
+    if payload:
+        record.payload.update(payload)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "time", "payload"),
+    [
+        ("sensor-17", 4.25, (1_795_000_000, 17_000_000), {"site": "north-3", "seq": 17}),
+        ("", 0.0, None, {}),
+        ("k", -0.0, (0, 0), {"n": 0, "t": True, "f": False, "none": None, "empty": ""}),
+        ("ключ" * 40, 1e300, (-62_135_596_800, 999_999_999), {"list": [1, "a", None, [2]], "obj": {"x": {"y": 1.5}}}),
+        ("k" * 300, 2.5, (4_102_444_799, 0), {"big": 2**70, "long": "x" * 70_000, "é" * 200: "v"}),
+    ],
+)
+def test_encoded_records_are_the_librarys_bytes(
+    key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]
+) -> None:
+    encoded = records.encode_record(key, value, time, dict(payload))
+    expected = library_record(key, value, time, payload)
+    assert pb.DataRecord.FromString(encoded) == expected
+    assert math.copysign(1, pb.DataRecord.FromString(encoded).value) == math.copysign(1, value)
+    if len(payload) <= 1:  # (a map's entries may come in another order)
+        assert encoded == expected.SerializeToString()
+
+
+def test_a_record_the_library_refuses_is_refused_as_it_says() -> None:
+    with pytest.raises(ValueError) as library:
+        library_record("k\ud800", 1.0, None, {})
+    with pytest.raises(ValueError) as ours:
+        records.encode_record("k\ud800", 1.0, None, {})
+    assert str(ours.value) == str(library.value)
+
+
+def test_a_batch_message_is_the_librarys_bytes() -> None:
+    parsed = [records.Parsed(n, f"line {n}", records.encode_record(f"k{n}", n, None, {"n": n})) for n in range(3)]
+    pending = _Pending(250, [p.record for p in parsed if p.record is not None], parsed)
+    built = pb.ProcessDataBatchRequest(
+        first_index=250, records=[library_record(f"k{n}", n, None, {"n": n}) for n in range(3)]
+    )
+    assert pending.request == built.SerializeToString()
+
+
+def library_sample(name: str, value: float, time: tuple[int, int] | None, labels: dict[str, str]) -> pb.MetricData:
+    sample = pb.MetricData(name=name, value=value, labels=labels)
+    if time is not None:
+        sample.timestamp.CopyFrom(Timestamp(seconds=time[0], nanos=time[1]))
+    return sample
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "time", "labels"),
+    [
+        ("bench.latency", 1.00123091030648, None, {"route": "/r0"}),
+        ("", 0.0, (0, 0), {}),
+        ("m", -0.0, (1_795_000_000, 5), {"": "", "k": ""}),
+        ("n" * 200, -1e-300, (4_102_444_799, 999_999_999), {"a": "é" * 1024, "b" * 100: "v", "c": "\n\t"}),
+    ],
+)
+def test_encoded_samples_are_the_librarys_bytes(
+    name: str, value: float, time: tuple[int, int] | None, labels: dict[str, str]
+) -> None:
+    encoded = metric_records.encode_sample(name, value, time, labels)
+    expected = library_sample(name, value, time, labels)
+    assert pb.MetricData.FromString(encoded) == expected
+    assert math.copysign(1, pb.MetricData.FromString(encoded).value) == math.copysign(1, value)
+    if len(labels) <= 1:  # (a map's entries may come in another order)
+        assert encoded == expected.SerializeToString()
+
+
+def test_a_metrics_message_is_the_librarys_bytes() -> None:
+    parsed = [records.Parsed(n, "", metric_records.encode_sample("m", n, None, {"n": str(n)})) for n in range(3)]
+    message = _Message("push-1", 40, [p.record for p in parsed if p.record is not None], parsed)
+    built = pb.CollectMetricsRequest(
+        push_id="push-1", first_index=40, metrics=[library_sample("m", n, None, {"n": str(n)}) for n in range(3)]
+    )
+    assert message.request == built.SerializeToString()
+    assert _Message("", 0, [], []).request == pb.CollectMetricsRequest().SerializeToString() == b""
+
+
+def test_varints_are_the_librarys() -> None:
+    for value in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**35 - 1, 2**35, 2**64 - 1):
+        assert wire.varint_field(3, value) == pb.ProcessDataBatchRequest(first_index=value).SerializeToString()

@@ -37,8 +37,9 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.records import FieldMap, Parsed
 from streamcli.client.retry import Attempts, RetryPolicy
-from streamcli.client.streams import Outstanding, one_stream
+from streamcli.client.streams import Outstanding, bytes_stream, one_stream
 from streamcli.client.transfer import upload_id_for
+from streamcli.protowire import repeated_messages, varint_field
 from streamcli.times import rfc3339
 
 #: Records per ProcessDataBatchRequest (per-message cost dominates small messages).
@@ -167,8 +168,8 @@ class IngestOptions:
     on_progress: Callable[[int, int], None] | None = None  # (records, bytes) read since the last call
 
 
-#: One parsed input record (its line, text and message, or why it was refused).
-Record = Parsed[pb.DataRecord]
+#: One parsed input record (its line, text and serialized DataRecord, or why it was refused).
+Record = Parsed[bytes]
 
 
 class _Reader:
@@ -228,17 +229,16 @@ class _Reader:
 
 
 class _Pending:
-    """One sent message not yet acknowledged, with where each of its records came from."""
+    """One sent message not yet acknowledged: its serialized ProcessDataBatchRequest (the records' own bytes
+    framed, no message built), its first index and where each of its records came from."""
 
-    __slots__ = ("lines", "request")
+    __slots__ = ("first", "lines", "request")
 
-    def __init__(self, request: pb.ProcessDataBatchRequest, lines: list[tuple[int, str]]) -> None:
-        self.request = request
-        self.lines = lines  # (line, text) of each record
-
-    @property
-    def first(self) -> int:
-        return self.request.first_index
+    def __init__(self, first: int, records: list[bytes], lines: list[Record]) -> None:
+        self.first = first
+        self.lines = lines  # each record as parsed (its line and text)
+        # (Fields in number order, as the library writes them: records = 1, first_index = 3.)
+        self.request = repeated_messages(1, records) + varint_field(3, first)
 
 
 class BatchIngest:
@@ -249,13 +249,14 @@ class BatchIngest:
         conn: Connection,
         source: str,
         batch_id: str,
-        parsed: Iterator[Parsed[pb.DataRecord]],
+        parsed: Iterator[Record],
         options: IngestOptions,
     ) -> None:
         self._conn = conn
         self._source = source
         self._batch_id = batch_id
         self._reader = _Reader(parsed)
+        self._process = bytes_stream(conn, "ProcessDataBatch", pb.ProcessDataBatchResponse)
         self._options = options
         self.progress = IngestProgress()
         self._pending: Outstanding[_Pending] = Outstanding()
@@ -336,7 +337,7 @@ class BatchIngest:
     async def _stream(self) -> pb.ProcessDataBatchResponse:
         """One stream: the unacknowledged messages, then new ones until it is time for an acknowledgement."""
         response: pb.ProcessDataBatchResponse = await one_stream(
-            self._conn.stub.ProcessDataBatch(metadata=self._conn.metadata), self._write
+            self._process(metadata=self._conn.metadata), self._write
         )
         return response
 
@@ -346,14 +347,14 @@ class BatchIngest:
         count = size = 0
         for pending in self._pending:
             await call.write(pending.request)
-            count += len(pending.request.records)
+            count += len(pending.lines)
         while count < ACK_EVERY and size < ACK_BYTES and not self._ended and not self._stopped:
             message = await self._next_message()
             if message is None:
                 break
-            self._pending.add(message.first, len(message.request.records), message)
-            count += len(message.request.records)
-            size += sum(len(text) for _, text in message.lines)
+            self._pending.add(message.first, len(message.lines), message)
+            count += len(message.lines)
+            size += sum(len(parsed.text) for parsed in message.lines)
             await call.write(message.request)
         if self._ended:
             await call.write(pb.ProcessDataBatchRequest(complete=True))
@@ -361,8 +362,8 @@ class BatchIngest:
 
     async def _next_message(self) -> _Pending | None:
         """The next records to send (up to MESSAGE_RECORDS), reading past those the batch holds; None at the end."""
-        records: list[pb.DataRecord] = []
-        lines: list[tuple[int, str]] = []
+        records: list[bytes] = []
+        lines: list[Record] = []
         start = self._next_index
         while not records and not self._stopped:
             chunk = await self._reader.next()
@@ -370,6 +371,13 @@ class BatchIngest:
                 self._ended = True
                 break
             read = size = 0
+            good = [parsed.record for parsed in chunk if parsed.record is not None]
+            if len(good) == len(chunk) and self._next_index >= self._held:  # (nearly always: every record is sent)
+                records, lines = good, chunk
+                self._next_index += len(good)
+                read = len(chunk)
+                size = sum(len(parsed.text) for parsed in chunk) + read
+                chunk = []
             for parsed in chunk:
                 read += 1
                 size += len(parsed.text) + 1
@@ -385,7 +393,7 @@ class BatchIngest:
                         start = self._next_index
                     else:
                         records.append(parsed.record)
-                        lines.append((parsed.line, parsed.text))
+                        lines.append(parsed)
                 if self._stopped:
                     break
             self.progress.records += read
@@ -394,7 +402,7 @@ class BatchIngest:
                 self._options.on_progress(read, size)
         if not records:
             return None
-        return _Pending(pb.ProcessDataBatchRequest(first_index=start, records=records), lines)
+        return _Pending(start, records, lines)
 
     def _refuse(self, refusal: Refusal) -> None:
         self._refused += 1
@@ -409,10 +417,10 @@ class BatchIngest:
         where: dict[int, tuple[int, str]] = {}
         wanted = {e.index for e in reply.errors}
         for pending in self._pending:
-            first = pending.request.first_index
+            first = pending.first
             for offset, origin in enumerate(pending.lines):
                 if first + offset in wanted:
-                    where[first + offset] = origin
+                    where[first + offset] = (origin.line, origin.text)
         for error in reply.errors:
             if error.index in where and not self._stopped:  # (a query lists those told before too)
                 line, text = where[error.index]
@@ -432,7 +440,7 @@ class BatchIngest:
         cut = len(self._unsaid)
         first = self._pending.head()
         if first is not None and not everything:
-            waiting = first.lines[max(0, self._held - first.request.first_index)][0]  # line of the first unheld
+            waiting = first.lines[max(0, self._held - first.first)].line  # line of the first unheld
             cut = next((n for n, refusal in enumerate(self._unsaid) if refusal.line > waiting), cut)
         told, self._unsaid = self._unsaid[:cut], self._unsaid[cut:]
         for refusal in told:

@@ -27,8 +27,9 @@ from streamcli.client.batches import Refusal
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.records import Parsed
 from streamcli.client.retry import Attempts, RetryPolicy
-from streamcli.client.streams import Outstanding, one_stream
+from streamcli.client.streams import Outstanding, bytes_stream, one_stream
 from streamcli.client.transfer import upload_id_for
+from streamcli.protowire import bytes_field, repeated_messages, varint_field
 from streamcli.times import rfc3339
 
 #: Samples per CollectMetricsRequest (the server takes up to 10,000).
@@ -144,13 +145,22 @@ class PushOptions:
 
 
 class _Message:
-    """One sent message not yet acknowledged, with where each of its samples came from (line and text)."""
+    """One sent message not yet acknowledged: its serialized CollectMetricsRequest (the samples' own bytes
+    framed, no message built), its first index and where each of its samples came from (line and text)."""
 
-    __slots__ = ("parsed", "request")
+    __slots__ = ("first", "parsed", "request")
 
-    def __init__(self, request: pb.CollectMetricsRequest, parsed: list[Parsed[pb.MetricData]]) -> None:
-        self.request = request
+    def __init__(self, push_id: str, first: int, samples: list[bytes], parsed: list[Parsed[bytes]]) -> None:
+        self.first = first
         self.parsed = parsed
+        # (Fields in number order, as the library writes them: metrics = 1, push_id = 2, first_index = 3.)
+        self.request = b"".join(
+            (
+                repeated_messages(1, samples),
+                bytes_field(2, push_id.encode()) if push_id else b"",
+                varint_field(3, first),
+            )
+        )
 
 
 class MetricPush:
@@ -161,7 +171,7 @@ class MetricPush:
         conn: Connection,
         source: str,
         push_id: str,
-        batches: AsyncIterator[Sequence[Parsed[pb.MetricData]]],
+        batches: AsyncIterator[Sequence[Parsed[bytes]]],
         options: PushOptions,
     ) -> None:
         self._conn = conn
@@ -170,6 +180,7 @@ class MetricPush:
         self._batches = batches
         self._options = options
         self._outstanding: Outstanding[_Message] = Outstanding()
+        self._collect = bytes_stream(conn, "CollectMetrics", pb.CollectMetricsResponse)
         self._next_index = 0  # push index of the next sample read
         self.held = 0  # the server's next index
         self._ended = False
@@ -233,9 +244,7 @@ class MetricPush:
             return
 
     async def _stream(self) -> pb.CollectMetricsResponse:
-        reply: pb.CollectMetricsResponse = await one_stream(
-            self._conn.stub.CollectMetrics(metadata=self._conn.metadata), self._write
-        )
+        reply: pb.CollectMetricsResponse = await one_stream(self._collect(metadata=self._conn.metadata), self._write)
         return reply
 
     async def _write(self, call: Any) -> None:
@@ -247,8 +256,8 @@ class MetricPush:
             message = await self._next_message()
             if message is None:
                 continue
-            self._outstanding.add(message.request.first_index, len(message.request.metrics), message)
-            count += len(message.request.metrics)
+            self._outstanding.add(message.first, len(message.parsed), message)
+            count += len(message.parsed)
             await call.write(message.request)
         await call.done_writing()
 
@@ -276,15 +285,14 @@ class MetricPush:
             return None
         self._sent += len(kept)
         samples = [parsed.record for parsed in kept if parsed.record is not None]
-        request = pb.CollectMetricsRequest(push_id=self._push_id, first_index=start, metrics=samples)
-        return _Message(request, kept)
+        return _Message(self._push_id, start, samples, kept)
 
     def _take(self, reply: pb.CollectMetricsResponse) -> None:
         """Count an acknowledged stream's answer and name the samples it refused, by their lines."""
         where: dict[int, tuple[int, str]] = {}
         wanted = {e.index for e in reply.errors}
         for message in self._outstanding:
-            first = message.request.first_index
+            first = message.first
             for offset, parsed in enumerate(message.parsed):
                 if first + offset in wanted:
                     where[first + offset] = (parsed.line, parsed.text)
@@ -314,9 +322,7 @@ class MetricPush:
         )
 
 
-async def in_lists(
-    parsed: Iterable[Parsed[pb.MetricData]], size: int = MESSAGE_SAMPLES
-) -> AsyncIterator[list[Parsed[pb.MetricData]]]:
+async def in_lists(parsed: Iterable[Parsed[bytes]], size: int = MESSAGE_SAMPLES) -> AsyncIterator[list[Parsed[bytes]]]:
     """``parsed`` in lists of at most ``size`` (a file's samples, for ``MetricPush``)."""
     items = iter(parsed)
     while batch := list(itertools.islice(items, size)):

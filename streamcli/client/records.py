@@ -1,7 +1,8 @@
 """Reading data records from NDJSON or CSV, line by line, with the line number of each.
 
 NDJSON is parsed with msgspec and CSV with the csv module (bench/parsers.py
-measured the candidates). Each input record becomes either a ``DataRecord`` or
+measured the candidates). Each input record becomes either a ``DataRecord``,
+written as the bytes of the serialized message (``encode_record``), or
 the reason it cannot be one (a line that does not parse, a value that is not a
 number): ``Parsed`` carries the line number where the record starts and its
 original text, so a refusal is named ``FILE:LINE: reason`` and written to a
@@ -14,10 +15,11 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import functools
 import io
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 from google.protobuf import struct_pb2
@@ -25,8 +27,13 @@ from google.protobuf import struct_pb2
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import parse_time
 from streamcli.errors import UsageError
+from streamcli.protowire import SMALL, bytes_field, int64, pack_double, string_field, varint
 
 FORMATS = ("ndjson", "csv")
+_ZERO = bytes(8)
+#: Encoded keys, names and texts kept (``_key_field``), and the longest kept: memory stays bounded.
+CACHED = 4096
+CACHED_CHARS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +52,9 @@ class FieldMap:
 R = TypeVar("R")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Parsed(Generic[R]):
-    """One input record: where it starts, its text, and the record (a DataRecord, a MetricData) or why there is
-    none."""
+class Parsed(NamedTuple, Generic[R]):
+    """One input record: where it starts, its text, and the record (a serialized DataRecord or MetricData) or
+    why there is none. (A tuple: one is made per input line, and a frozen dataclass costs twice as much.)"""
 
     line: int  # 1-based number of its first line
     text: str  # the original line(s), without the final newline
@@ -69,8 +75,9 @@ def format_of(name: str, given: str | None) -> str:
     return "csv" if name.lower().endswith(".csv") else "ndjson"
 
 
-def to_record(fields: dict[str, Any], mapping: FieldMap, *, from_text: bool) -> pb.DataRecord:
-    """The DataRecord of one input record's fields (``from_text``: CSV, where every field is a string).
+def to_record(fields: dict[str, Any], mapping: FieldMap, *, from_text: bool) -> bytes:
+    """The DataRecord of one input record's fields (``from_text``: CSV, where every field is a string), as the
+    bytes of its serialized message (``encode_record``).
 
     Raises:
         RecordError: the value is missing or not a finite number, the key or time is not text, the time
@@ -95,38 +102,113 @@ def to_record(fields: dict[str, Any], mapping: FieldMap, *, from_text: bool) -> 
         number = math.inf
     if not math.isfinite(number):
         raise RecordError(f"{mapping.value!r} is {value} (not a finite number)")
-    record = pb.DataRecord(key=key, value=number)
     stamp = fields.pop(mapping.time, None)
+    time: tuple[int, int] | None = None
     if stamp not in (None, ""):
         if not isinstance(stamp, str):
             raise RecordError(f"{mapping.time!r} is not an RFC 3339 string")
         try:
-            seconds, nanos = parse_time(stamp)
+            time = parse_time(stamp)
         except UsageError as exc:
             raise RecordError(f"{mapping.time!r}: {exc.message}") from None
-        # Set in place: a Timestamp made and copied costs twice the parsing.
-        record.timestamp.seconds = seconds
-        record.timestamp.nanos = nanos
-    if fields:
-        _fill(record.payload, fields)
-    return record
+    return encode_record(key, number, time, fields)
 
 
-def _fill(payload: struct_pb2.Struct, fields: dict[str, Any]) -> None:
-    """``payload.update(fields)``, with scalars set in place (``Struct.update`` costs some 4 us a field, most
-    of an ingested record's parsing); lists and objects go through ``update``, as before."""
-    slots = payload.fields
-    for name, value in fields.items():
+def encode_record(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> bytes:
+    """The serialized DataRecord of a key, a value, a time (seconds, nanoseconds) and payload fields (none: no
+    payload), written directly: building the message costs some 15 us a record, several times this.
+
+    What the library cannot encode either (a string that is not Unicode text) gets the library's own error:
+    such a record is built as a message, the one way to say what it said before.
+    """
+    try:
+        return _record_bytes(key, value, time, payload)
+    except (ValueError, TypeError, OverflowError):  # (a UnicodeEncodeError is a ValueError)
+        return _record_message(key, value, time, payload).SerializeToString()
+
+
+def _record_bytes(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> bytes:
+    # (Lengths below 128 are one byte, looked up: a call per varint would cost as much as the rest.)
+    parts = [_key_field(key) if len(key) <= CACHED_CHARS else string_field(1, key)]
+    number = pack_double(value)
+    if number != _ZERO:
+        parts += (b"\x11", number)
+    if time is not None:
+        seconds, nanos = time
+        stamp = (b"\x08" + (varint(seconds) if seconds > 0 else int64(seconds)) if seconds else b"") + (
+            b"\x10" + varint(nanos) if nanos else b""
+        )
+        parts += (b"\x1a", SMALL[len(stamp)], stamp)  # (at most 16 bytes)
+    if payload:
+        fields = _struct_bytes(payload)
+        size = len(fields)
+        parts += (b"\x22", SMALL[size] if size < 128 else varint(size), fields)
+    return b"".join(parts)
+
+
+def _struct_bytes(payload: dict[str, Any]) -> bytes:
+    """A google.protobuf.Struct's fields (map entries of name and Value); lists and objects as the library
+    writes them."""
+    parts = []
+    for name, value in payload.items():
         if isinstance(value, str):
-            slots[name].string_value = value
-        elif isinstance(value, bool):
-            slots[name].bool_value = value
+            parts.append(_text_entry(name, value) if len(value) <= CACHED_CHARS else _entry(name, _text_value(value)))
+            continue
+        if isinstance(value, bool):
+            slot = b"\x20\x01" if value else b"\x20\x00"
         elif isinstance(value, (int, float)):
-            slots[name].number_value = value
+            slot = b"\x11" + pack_double(value)
         elif value is None:
-            slots[name].null_value = struct_pb2.NULL_VALUE
+            slot = b"\x08\x00"
         else:
-            payload.update({name: value})
+            whole = struct_pb2.Struct()
+            whole.update({name: value})
+            parts.append(whole.SerializeToString())
+            continue
+        # (A scalar Value is at most 9 bytes: the entry's lengths are one byte each.)
+        entry = b"".join(
+            (_name_field(name) if len(name) <= CACHED_CHARS else string_field(1, name), b"\x12", SMALL[len(slot)], slot)
+        )
+        size = len(entry)
+        parts += (b"\x0a", SMALL[size] if size < 128 else varint(size), entry)
+    return b"".join(parts)
+
+
+def _entry(name: str, value: bytes) -> bytes:
+    """A Struct's field: a map entry of its name (key = 1) and serialized Value (value = 2)."""
+    entry = (_name_field(name) if len(name) <= CACHED_CHARS else string_field(1, name)) + bytes_field(2, value)
+    size = len(entry)
+    return b"".join((b"\x0a", SMALL[size] if size < 128 else varint(size), entry))
+
+
+def _text_value(text: str) -> bytes:
+    return bytes_field(3, text.encode())  # (Value.string_value = 3; written when empty: a oneof's member)
+
+
+# Keys repeat from record to record, and so do the names of a payload's fields and many of its texts: each
+# short one is encoded once and kept (up to CACHED of them).
+@functools.lru_cache(maxsize=CACHED)
+def _key_field(key: str) -> bytes:
+    return string_field(1, key)
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _name_field(name: str) -> bytes:
+    return string_field(1, name)
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _text_entry(name: str, text: str) -> bytes:
+    return _entry(name, _text_value(text))
+
+
+def _record_message(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> pb.DataRecord:
+    record = pb.DataRecord(key=key, value=value)
+    if time is not None:
+        record.timestamp.seconds, record.timestamp.nanos = time
+    if payload:
+        record.payload.update(payload)
+    return record
 
 
 def _refuse(reason: str) -> str:
@@ -170,16 +252,16 @@ def json_lines(
             yield Parsed(number, text, None, str(exc))
 
 
-def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
+def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[bytes]]:
     """The records of NDJSON lines (``json_lines``)."""
     return json_lines(
         stream,
-        lambda fields: to_record(fields, mapping, from_text=False),
+        functools.partial(to_record, mapping=mapping, from_text=False),
         errors=(RecordError, ValueError, TypeError, OverflowError),
     )
 
 
-def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
+def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[bytes]]:
     """The records of CSV with a header line (quoting and embedded newlines as the csv module reads them; a
     UTF-8 BOM is dropped); a row with more fields than the header is refused."""
     text_stream = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
@@ -237,6 +319,6 @@ class _Lines:
         return text.removesuffix("\n").removesuffix("\r")
 
 
-def read_records(stream: IO[bytes], file_format: str, mapping: FieldMap) -> Iterator[Parsed[pb.DataRecord]]:
+def read_records(stream: IO[bytes], file_format: str, mapping: FieldMap) -> Iterator[Parsed[bytes]]:
     """The records of ``stream`` in ``file_format`` (``ndjson`` or ``csv``)."""
     return read_csv(stream, mapping) if file_format == "csv" else read_ndjson(stream, mapping)

@@ -81,9 +81,10 @@ class MachineSampler:
 
 async def machine_rounds(
     interval: float, duration: float | None, stop: asyncio.Event
-) -> AsyncIterator[list[Parsed[pb.MetricData]]]:
+) -> AsyncIterator[list[Parsed[bytes]]]:
     """A round of samples every ``interval`` seconds, for ``duration`` seconds (None: until ``stop`` is set)
-    or until ``stop`` is set. Each sample's "line" is its round's number (from 1)."""
+    or until ``stop`` is set. Each sample's "line" is its round's number (from 1); the sample is serialized, as
+    a file's are (``metric_records``)."""
     sampler = MachineSampler()
     started = time.monotonic()
     number = 0
@@ -96,4 +97,4 @@ async def machine_rounds(
         if stop.is_set():
             return
         number += 1
-        yield [Parsed(number, f"round {number}", sample) for sample in sampler.round()]
+        yield [Parsed(number, f"round {number}", sample.SerializeToString()) for sample in sampler.round()]

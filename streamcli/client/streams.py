@@ -16,9 +16,20 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from streamcli.client.connection import FirstStatus
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import Connection, FirstStatus
+from streamcli.protowire import serialize
 
 M = TypeVar("M")
+_SERVICE = pb.DESCRIPTOR.services_by_name["StreamingService"].full_name
+
+
+def bytes_stream(conn: Connection, method: str, response: Any) -> Any:
+    """The client-streaming ``method`` of the service on ``conn``'s channel, taking messages or their serialized
+    bytes (a client that writes its records as bytes sends them as they are)."""
+    return conn.channel.stream_unary(
+        f"/{_SERVICE}/{method}", request_serializer=serialize, response_deserializer=response.FromString
+    )
 
 
 class Outstanding(Generic[M]):

@@ -291,16 +291,18 @@ class BatchService:
             )
         response.duplicates += len(new) - len(appended)  # stored meanwhile by another stream
         taken: list[tuple[str, float] | None] = []
+        failed = 0  # (counted here, added to the response once: a message's field costs more than a local)
         for entry in appended:
             index = entry.id - 1
             if entry.kind == STORED:
-                response.records_processed += 1
                 taken.append((entry.key, records[index - first].value))
             else:
-                response.records_failed += 1
+                failed += 1
                 taken.append(None)
                 if len(response.errors) < limit:
                     response.errors.add(index=index, reason=reasons[index])
+        response.records_processed += len(appended) - failed
+        response.records_failed += failed
         if appended:
             tally.add(appended[0].id - 1, taken)
         held = skip + len(new) - len(appended)  # records of the message the log held already (a prefix)

@@ -1,0 +1,99 @@
+"""Just enough of the protobuf wire format to write messages as bytes, on either side of the wire.
+
+The server frames responses from stored bytes (services/wire.py); the client writes the records of
+batch ingest and metric pushes as bytes (client/records.py, client/metric_records.py) instead of
+building a protobuf object per record, which costs several times the encoding. Bytes written here
+parse to the message the library would build (tests/test_wire.py holds them together); a field the
+library would omit (a proto3 default) is omitted here too.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from google.protobuf.message import Message
+
+_VARINT = 0
+_I64 = 1
+_LEN = 2
+_SMALL = [bytes((n,)) for n in range(0x80)]
+#: The varints of 0-127, one byte each (the length of most strings: ``SMALL[n] if n < 128 else varint(n)``).
+SMALL = _SMALL
+#: A double's 8 bytes, little-endian, as protobuf writes them.
+pack_double = struct.Struct("<d").pack
+
+
+def varint(value: int) -> bytes:
+    """Base-128 varint of a non-negative integer."""
+    if value < 0x80:
+        return _SMALL[value]
+    # (Up to five bytes spelt out, the loop being slow: lengths, nanoseconds, seconds since 1970.)
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x20_0000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 0x1000_0000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21))
+    if value < 0x8_0000_0000:
+        return bytes(
+            (
+                value & 0x7F | 0x80,
+                value >> 7 & 0x7F | 0x80,
+                value >> 14 & 0x7F | 0x80,
+                value >> 21 & 0x7F | 0x80,
+                value >> 28,
+            )
+        )
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def int64(value: int) -> bytes:
+    """Varint of an int64 (a negative one as its two's complement, ten bytes, as protobuf writes it)."""
+    return varint(value & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def tag(number: int, wire_type: int) -> bytes:
+    """A field's key: its number and wire type."""
+    return varint(number << 3 | wire_type)
+
+
+def varint_field(number: int, value: int) -> bytes:
+    """A varint field (omitted when 0, as proto3 does)."""
+    return tag(number, _VARINT) + varint(value) if value else b""
+
+
+def double_field(number: int, value: float) -> bytes:
+    """A double field (omitted when +0.0, as proto3 does)."""
+    data = pack_double(value)
+    return tag(number, _I64) + data if data != b"\0\0\0\0\0\0\0\0" else b""
+
+
+def bytes_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: a string, bytes or an embedded message."""
+    return tag(number, _LEN) + varint(len(payload)) + payload
+
+
+def string_field(number: int, text: str) -> bytes:
+    """A string field (omitted when empty, as proto3 does)."""
+    return bytes_field(number, text.encode()) if text else b""
+
+
+def repeated_messages(number: int, payloads: Iterable[bytes]) -> bytes:
+    """A repeated message field from already serialized messages."""
+    key = tag(number, _LEN)
+    parts: list[bytes] = []
+    for payload in payloads:  # (a loop of one list: a record's framing is most of a message's cost)
+        size = len(payload)
+        parts += (key, _SMALL[size] if size < 0x80 else varint(size), payload)
+    return b"".join(parts)
+
+
+def serialize(message: Message | bytes) -> bytes:
+    """A serializer for gRPC: messages are serialized, pre-assembled bytes pass."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
