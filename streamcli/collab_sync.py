@@ -80,6 +80,24 @@ class Sequencer:
             )
         return op
 
+    def cursor(self, base_revision: int, position: int) -> int:
+        """A cursor at ``position`` of revision ``base_revision``, moved through the edits since to the current text.
+
+        :class:`InvalidEdit` for a future revision or a position outside that revision's text;
+        :class:`TrimmedHistory` when the edits since are no longer kept.
+        """
+        if base_revision > self.revision:
+            raise InvalidEdit(f"base revision {base_revision} is beyond the document's revision {self.revision}")
+        later = self.since(base_revision)
+        length = _length_at(self.text, later)
+        if position > length:
+            raise InvalidEdit(f"cursor at {position} is outside a document of {length} code points")
+        for committed in later:
+            op = Operation.from_edit(length, committed.edit)
+            position = op.transform_position(position)
+            length = op.target_length
+        return position
+
     def is_duplicate(self, client_id: str, client_seq: int) -> bool:
         """Whether that change was committed already (a re-send after a reconnect)."""
         return bool(client_id) and client_seq > 0 and client_seq <= self.last_seq.get(client_id, 0)
@@ -103,6 +121,14 @@ class Sequencer:
             self.history.append(c)
             if c.client_id:
                 self.last_seq[c.client_id] = max(self.last_seq.get(c.client_id, 0), c.client_seq)
+
+    def keep_earlier(self, committed: Sequence[Committed]) -> None:
+        """Put the edits that made revisions ``first_kept - len(committed) + 1 .. first_kept`` before the history
+        (read back from a log after a snapshot: the text is the snapshot's, the edits before it serve rejoins)."""
+        if committed and committed[-1].revision != self.first_kept:
+            raise ValueError(f"edits up to revision {committed[-1].revision} before revision {self.first_kept}")
+        self.history[:0] = committed
+        self.first_kept -= len(committed)
 
     def trim(self, keep: int) -> None:
         """Keep only the last ``keep`` edits of the history."""

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from streamcli.backends.base import (
     BatchRecord,
+    ConditionFailedError,
     FileRecord,
     KindCount,
     LogBounds,
@@ -178,7 +179,9 @@ class SqliteStore(SqliteMetrics):
 
     # --- LogStore -----------------------------------------------------------
 
-    async def append(self, stream: str, records: Sequence[NewRecord]) -> list[LogRecord]:
+    async def append(
+        self, stream: str, records: Sequence[NewRecord], *, if_last_id: int | None = None
+    ) -> list[LogRecord]:
         if not records:
             return []
 
@@ -188,6 +191,8 @@ class SqliteStore(SqliteMetrics):
                     "SELECT last_id, last_ts, trimmed_through FROM log_head WHERE stream = ?", (stream,)
                 ).fetchone()
                 last_id, last_ts, trimmed = row if row else (0, 0.0, 0)
+                if if_last_id is not None and last_id != if_last_id:
+                    raise ConditionFailedError(stream, if_last_id, last_id)
                 ts = max(time.time(), last_ts)
                 producers = _Producers(db, stream) if any(r.producer for r in records) else None
                 kept = records if producers is None else producers.new_records(records)

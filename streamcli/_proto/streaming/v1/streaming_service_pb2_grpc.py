@@ -263,7 +263,16 @@ class StreamingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Collaborate(self, request_iterator, context):
-        """Real-time collaborative editing of a shared text document.
+        """Real-time collaborative editing of a shared text document. The server is
+        the single sequencer: an edit based on an older revision is transformed
+        against the edits committed since, committed as the next revision(s) and
+        broadcast to every editor of the document, its author included. The
+        first request is a join; the server answers with a snapshot (or, on a
+        rejoin, the edits since the revision the client saw), then live events.
+        An edit the server cannot use is refused in-band (a `refusal` event) and
+        the stream goes on; an edit based on a revision whose following edits are
+        no longer kept ends the stream with FAILED_PRECONDITION (join again
+        without `last_revision` for a snapshot). Documents persist across restarts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
