@@ -139,6 +139,10 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.OK: "stored",
         Code.INVALID_ARGUMENT: _UNDECODABLE + " (a required field empty, too long, control characters, severity)",
     },
+    "ListDocuments": {
+        Code.OK: "a page of documents (any caller sees every document: they are open, as rooms are)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (page_size over 1000)",
+    },
     "ListRoomMembers": {
         Code.OK: "any room id is a question with an answer (no members)",
         Code.INVALID_ARGUMENT: _UNDECODABLE,
@@ -688,6 +692,11 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
         st.dictionaries(ps.texts(), ps.texts(), max_size=2),
     ),
     "ListRoomMembers": st.builds(lambda r: pb.ListRoomMembersRequest(room_id=r), st.sampled_from(ROOMS)),
+    "ListDocuments": st.builds(
+        lambda size, after: pb.ListDocumentsRequest(page_size=size, after_document_id=after),
+        st.sampled_from([0, 1, 1000, 1001, 2**32 - 1]),
+        mostly(["", "doc", "\U0010ffff"], ps.texts()),
+    ),
     "Health/Check": st.builds(
         lambda s: health_pb2.HealthCheckRequest(service=s),
         st.sampled_from(["", "streaming.v1.StreamingService", "no.such.Service"]),

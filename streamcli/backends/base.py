@@ -58,6 +58,15 @@ class LogBounds:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class StreamHead:
+    """A stream, its bounds and when it was last appended to."""
+
+    stream: str
+    bounds: LogBounds
+    updated_at: float  # seconds since the epoch of the last append
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ProducerState:
     """What a stream holds of one producer's records."""
 
@@ -161,6 +170,10 @@ class LogStore(Protocol):
 
     async def bounds(self, stream: str) -> LogBounds:
         """Return the stream's current bounds."""
+        ...
+
+    async def heads(self, prefix: str, after: str, limit: int) -> list[StreamHead]:
+        """Up to ``limit`` streams whose names start with ``prefix`` and sort after ``after``, by name."""
         ...
 
     async def position_before(self, stream: str, timestamp: float) -> int:

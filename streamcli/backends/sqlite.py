@@ -36,6 +36,7 @@ from streamcli.backends.base import (
     ProducerState,
     SequenceGapError,
     StorageFullError,
+    StreamHead,
     TrimmedError,
     UploadRecord,
 )
@@ -295,6 +296,17 @@ class SqliteStore(SqliteMetrics):
         bounds = await self._run(query)
         self._heads.setdefault(stream, bounds)
         return self._heads[stream]
+
+    async def heads(self, prefix: str, after: str, limit: int) -> list[StreamHead]:
+        def query(db: sqlite3.Connection) -> list[StreamHead]:
+            rows = db.execute(
+                "SELECT stream, trimmed_through, last_id, last_ts FROM log_head "
+                "WHERE stream > ? AND substr(stream, 1, ?) = ? ORDER BY stream LIMIT ?",
+                (max(after, prefix), len(prefix), prefix, limit),
+            ).fetchall()
+            return [StreamHead(name, LogBounds(trimmed, last), ts) for name, trimmed, last, ts in rows]
+
+        return await self._run(query)
 
     async def position_before(self, stream: str, timestamp: float) -> int:
         def query(db: sqlite3.Connection) -> int:

@@ -23,12 +23,15 @@ from streamcli.collab_sync import TrimmedHistory
 from streamcli.credentials import REVOKED, Credentials, TokenWatch
 from streamcli.ot import Edit, InvalidEdit
 from streamcli.services.checks import CLIENT_ID, CLIENT_ID_RULE, USER_ID, MalformedRequest, has_control
-from streamcli.services.documents import Document, Documents, DocumentSettings, Editor
+from streamcli.services.documents import DOCUMENT_STREAM, Document, Documents, DocumentSettings, Editor
 from streamcli.services.logs import BATCH_RECORDS, LogSettings, timestamp
 from streamcli.services.rpc import Context, abort
 
 DOCUMENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DOCUMENT_ID_RULE = "document_id must be 1-64 letters, digits, '-', '_' or '.'"
+#: Documents per ListDocuments page: by default, at most.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 #: Edits one change may have (a transformed change has at most a few; a client composing its waiting edits more).
 MAX_PARTS = 1000
 
@@ -41,7 +44,7 @@ class CollabService:
     """The Collaborate RPC of ``StreamingService``."""
 
     #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
-    RPCS: ClassVar[tuple[str, ...]] = ("Collaborate",)
+    RPCS: ClassVar[tuple[str, ...]] = ("Collaborate", "ListDocuments")
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class CollabService:
         self.credentials = credentials or Credentials()
         self.log_settings = log_settings
         self.stopping = stopping
+        self.log = log
         self.documents = Documents(log, settings or DocumentSettings())
         self._stop_watch: asyncio.Task[None] | None = None
 
@@ -89,6 +93,23 @@ class CollabService:
                 await self._serve(document, editor, receiver, context)
         finally:
             self.documents.left(document, editor)
+
+    async def ListDocuments(self, request: pb.ListDocumentsRequest, context: Context) -> pb.ListDocumentsResponse:
+        if request.page_size > MAX_PAGE:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be at most {MAX_PAGE}")
+        size = request.page_size or DEFAULT_PAGE
+        heads = await self.log.heads(DOCUMENT_STREAM, DOCUMENT_STREAM + request.after_document_id, size + 1)
+        return pb.ListDocumentsResponse(
+            documents=[
+                pb.DocumentInfo(
+                    document_id=head.stream.removeprefix(DOCUMENT_STREAM),
+                    revision=head.bounds.last_id,
+                    updated_at=timestamp(head.updated_at),
+                )
+                for head in heads[:size]
+            ],
+            more=len(heads) > size,
+        )
 
     async def _wake_on_stop(self) -> None:
         await self.stopping.wait()

@@ -26,6 +26,8 @@ from streamcli.collab_sync import Committed, Sequencer
 from streamcli.ot import Edit, Operation
 from streamcli.services.logs import timestamp
 
+#: The log of document D is DOCUMENT_STREAM + D.
+DOCUMENT_STREAM = "doc:"
 #: Ephemeral events (cursors, refusals) kept per editor until sent; the oldest go first.
 OUTBOX_SIZE = 256
 #: Log records read per step when opening a document.
@@ -61,7 +63,7 @@ class Document:
 
     def __init__(self, document_id: str, log: LogStore, settings: DocumentSettings) -> None:
         self.id = document_id
-        self.stream = f"doc:{document_id}"
+        self.stream = DOCUMENT_STREAM + document_id
         self.snapshots = f"docsnap:{document_id}"
         self.log = log
         self.settings = settings

@@ -173,6 +173,10 @@ class StreamingServiceStub:
     """Raises one notification."""
     ListRoomMembers: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListRoomMembersRequest, _streaming_service_pb2.ListRoomMembersResponse]
     """Lists who is present in a chat room."""
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListDocumentsRequest, _streaming_service_pb2.ListDocumentsResponse]
+    """Lists shared documents (those Collaborate has stored an edit of), by
+    document id, one page at a time.
+    """
     ListBatches: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListBatchesRequest, _streaming_service_pb2.ListBatchesResponse]
     """Lists the caller's batches (every batch, for the service token), newest
     first, one page at a time.
@@ -311,6 +315,10 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     """Raises one notification."""
     ListRoomMembers: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListRoomMembersRequest, _streaming_service_pb2.ListRoomMembersResponse]  # type: ignore[assignment]
     """Lists who is present in a chat room."""
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListDocumentsRequest, _streaming_service_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    """Lists shared documents (those Collaborate has stored an edit of), by
+    document id, one page at a time.
+    """
     ListBatches: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListBatchesRequest, _streaming_service_pb2.ListBatchesResponse]  # type: ignore[assignment]
     """Lists the caller's batches (every batch, for the service token), newest
     first, one page at a time.
@@ -542,6 +550,16 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_streaming_service_pb2.ListRoomMembersResponse, _abc.Awaitable[_streaming_service_pb2.ListRoomMembersResponse]]:
         """Lists who is present in a chat room."""
+
+    @_abc_1.abstractmethod
+    def ListDocuments(
+        self,
+        request: _streaming_service_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.ListDocumentsResponse, _abc.Awaitable[_streaming_service_pb2.ListDocumentsResponse]]:
+        """Lists shared documents (those Collaborate has stored an edit of), by
+        document id, one page at a time.
+        """
 
     @_abc_1.abstractmethod
     def ListBatches(
