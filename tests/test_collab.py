@@ -257,3 +257,43 @@ async def test_a_user_token_edits_as_its_user_and_its_name_is_its_own(tmp_path: 
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await service.event()
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_session_rejoins_by_revision_after_a_restart_and_its_change_lands_once(tmp_path: pathlib.Path) -> None:
+    from streamcli.client.collab import DocumentSession
+    from streamcli.client.retry import RetryPolicy
+    from streamcli.ot import Edit, Operation
+    from tests.support.servers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    said: list[str] = []
+    policy = RetryPolicy(retries=40, initial_delay=0.05, max_delay=0.2)
+    async with client(address) as conn:
+        session = DocumentSession(conn, "r", "alice", retry=policy, announce=said.append)
+        restarted = asyncio.Event()
+
+        async def work(session: DocumentSession) -> tuple[int, str]:
+            await session.joined.wait()
+            await session.local(Operation.from_edit(0, Edit(0, 0, "one ")))
+            await session.settled.wait()
+            first_server.set()  # the test stops the server now, and starts another on the same data
+            await restarted.wait()
+            await session.local(Operation.from_edit(4, Edit(4, 0, "two")))
+            await session.settled.wait()
+            await session.joined.wait()
+            return session.replica.revision, session.replica.text
+
+        first_server = asyncio.Event()
+        async with running_server(tmp_path / "data", address=address):
+            running = asyncio.ensure_future(session.run(work))
+            await asyncio.wait_for(first_server.wait(), 10)
+        async with running_server(tmp_path / "data", address=address):
+            restarted.set()
+            assert await asyncio.wait_for(running, 20) == (2, "one two")
+        assert any("reconnecting" in line for line in said)
+    async with (
+        running_server(tmp_path / "data", address=address),
+        client(address) as conn,
+        joined(conn, "r", "bob") as bob,
+    ):
+        assert text_of(await bob.event()) == (2, "one two")
