@@ -88,9 +88,9 @@ def test_ls_lists_documents_by_id_with_their_revisions(address: str) -> None:
     assert [line.split("\t")[:2] for line in table] == [["a", "1"], ["b", "2"]]
 
 
-def test_without_a_mode_it_says_the_editor_is_not_there_yet(address: str) -> None:
+def test_the_editor_needs_a_terminal(address: str) -> None:
     run = cli(address, "collab", "notes")
     assert run.code == ExitStatus.USAGE
-    assert "--print or --apply" in run.err and "not available yet" in run.err
+    assert "the editor needs a terminal" in run.err and "--print or --apply" in run.err
     both = cli(address, "collab", "notes", "--print", "--apply", "-", stdin="")
     assert both.code == ExitStatus.USAGE

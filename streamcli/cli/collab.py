@@ -1,4 +1,4 @@
-"""``streamcli collab``: shared documents (Collaborate), scriptable: print one, apply edits to one, list them."""
+"""``streamcli collab``: shared documents (Collaborate): the editor, and for scripts print, apply and list."""
 
 from __future__ import annotations
 
@@ -30,15 +30,19 @@ def collab(
 ) -> None:
     """Shared documents that several people edit at once (the server orders every edit; all converge).
 
+    [cyan]collab DOC[/cyan] opens the full-screen editor: others' edits appear as they are made (your cursor
+    stays where it was), their cursors are drawn in the text and their names in the status bar with the
+    connection state; it reconnects by itself. Ctrl-Q leaves.
     [cyan]collab DOC --print[/cyan] prints the text (with --json, an object with its revision).
     [cyan]collab DOC --apply EDITS.ndjson[/cyan] applies edits, one
     [cyan]{"position", "delete_count"?, "insert_text"?}[/cyan] a line (positions in Unicode code points),
     made one after another on the text as it is on joining, as one change; concurrent edits by others
     are transformed around it. It prints the revision once the change is committed; a lost server is
     rejoined and the change re-sent, applied once. [cyan]collab ls[/cyan] lists the documents.
-    The full-screen editor ([cyan]collab DOC[/cyan] alone) comes in a later version.
 
     Examples:
+
+      streamcli collab notes --user alice
 
       streamcli collab notes --print
 
@@ -52,13 +56,17 @@ def collab(
     if document == "ls" and not print_ and apply is None:
         _list(env)
         return
-    if not print_ and apply is None:
-        raise UsageError(
-            f"collab {document}: say --print or --apply EDITS.ndjson (the full-screen editor is not available yet)"
-        )
     name = user_name(user, env.environ)
     from streamcli.client.retry import RetryPolicy
 
+    if not print_ and apply is None:
+        if not (env.stdin_isatty and env.stdout_isatty) or env.json:
+            raise UsageError(f"collab {document}: the editor needs a terminal; say --print or --apply EDITS.ndjson")
+        from streamcli.ui.collab import CollabEditor
+
+        quiet = RetryPolicy(retries=retries)  # the status bar says what the connection does
+        env.run(lambda conn: CollabEditor(conn, document, name, quiet).run())
+        return
     policy = RetryPolicy(retries=retries, notice=env.notice)
     if print_:
         from streamcli.client.collab import read_document

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -107,6 +107,25 @@ def _requests(out: Outgoing) -> list[pb.CollaborateRequest]:
     ]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteCursor:
+    """Another editor's cursor, at a position of the text this session shows."""
+
+    user_id: str
+    client_id: str
+    position: int
+
+
+@dataclasses.dataclass
+class SessionHandlers:
+    """What a view of the session is told (all optional): remote changes, a fresh text, cursors, the connection."""
+
+    remote: Callable[[Operation], None] | None = None  # a change by others, made on ``replica.text``
+    reset: Callable[[str], None] | None = None  # a snapshot replaced the text
+    cursor: Callable[[RemoteCursor], None] | None = None
+    state: Callable[[str], None] | None = None  # "connecting", "connected", "reconnecting (CODE)"
+
+
 class DocumentSession:
     """One editor of one document: joins, follows, sends its changes and rejoins by revision when the stream is lost.
 
@@ -123,7 +142,9 @@ class DocumentSession:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         announce: Callable[[str], None] | None = None,
+        handlers: SessionHandlers | None = None,
     ) -> None:
+        self.handlers = handlers or SessionHandlers()
         self.conn = conn
         self.document_id = document_id
         self.user_id = user_id
@@ -137,6 +158,7 @@ class DocumentSession:
         self._ever_joined = False
         self._fresh_join = True  # join for a snapshot (not by revision)
         self._writing = asyncio.Lock()  # one change's edits go out together
+        self._tasks: set[asyncio.Future[None]] = set()
         self._call: grpc.aio.StreamStreamCall[pb.CollaborateRequest, pb.CollaborateResponse] | None = None
 
     async def run(self, work: Callable[[DocumentSession], Any]) -> Any:
@@ -155,11 +177,46 @@ class DocumentSession:
                 self._call.cancel()
 
     async def local(self, op: Operation) -> None:
-        """Make a change on the text as this session shows it."""
+        """Make a change on the text as this session shows it, and send it (or let it wait for the one in flight)."""
         out = self.replica.local(op)
         self.settled.clear()
         if out is not None:
             await self._send(out)
+
+    def change(self, op: Operation) -> None:
+        """``local`` from code that cannot await (a view's callback): the text changes now, the sending follows."""
+        out = self.replica.local(op)
+        self.settled.clear()
+        if out is not None:
+            self._spawn(self._send(out))
+
+    def cursor_moved(self, position: int) -> None:
+        """``move_cursor`` from code that cannot await."""
+        self._spawn(self.move_cursor(position))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def move_cursor(self, position: int) -> None:
+        """Show others where this session's cursor is (only while no change of its own is unacknowledged:
+        the server places a cursor on a revision it has, and the session's own text is ahead of it)."""
+        call = self._call
+        if call is None or self.replica.pending() is not None or not self.joined.is_set():
+            return
+        request = pb.CollaborateRequest(
+            cursor=pb.CollaborateCursor(position=position, base_revision=self.replica.revision)
+        )
+        async with self._writing:
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return
+
+    def _state(self, state: str) -> None:
+        if self.handlers.state is not None:
+            self.handlers.state(state)
 
     async def _send(self, out: Outgoing) -> None:
         call = self._call
@@ -184,6 +241,7 @@ class DocumentSession:
                 except grpc.aio.AioRpcError as exc:
                     if not self._ever_joined:
                         raise
+                    self._state(f"reconnecting ({exc.code().name})")
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         self._rejoin_from_snapshot(exc)
                         continue
@@ -217,6 +275,11 @@ class DocumentSession:
             for event in response.events:
                 await self._take(event)
 
+    def _joined(self) -> None:
+        if not self.joined.is_set():
+            self.joined.set()
+            self._state("connected")
+
     @staticmethod
     async def _responses(
         call: grpc.aio.StreamStreamCall[pb.CollaborateRequest, pb.CollaborateResponse],
@@ -231,12 +294,25 @@ class DocumentSession:
             self.replica.reset(event.snapshot, event.revision)
             self._ever_joined = True
             self._fresh_join = False
-            self.joined.set()
+            self._joined()
+            if self.handlers.reset is not None:
+                self.handlers.reset(event.snapshot)
         elif change == "edit":
-            self.joined.set()
-            _, out = self.replica.received(_committed(event))
+            self._joined()
+            remote, out = self.replica.received(_committed(event))
+            if remote is not None and self.handlers.remote is not None:
+                self.handlers.remote(remote)
             if out is not None:
                 await self._send(out)
+        elif change == "cursor" and event.client_id != self.replica.client_id and self.handlers.cursor is not None:
+            position = event.cursor.position
+            pending = self.replica.pending()
+            shown = pending.base_length if pending is not None else len(self.replica.text)
+            if event.revision != self.replica.revision or position > shown:
+                return  # (a cursor always follows the edits it refers to; one from elsewhere is ignored)
+            if pending is not None:
+                position = pending.transform_position(position)
+            self.handlers.cursor(RemoteCursor(event.user_id, event.client_id, position))
         elif (
             change == "refusal"
             and self.replica.in_flight is not None
