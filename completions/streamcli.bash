@@ -10,6 +10,7 @@ _streamcli() {
             ':--address'|':-a'|':--token'|':--ca-cert'|':--client-cert'|':--client-key') skip=1 ;;
             ':batch') cmdpath='batch' ;;
             ':chat') cmdpath='chat' ;;
+            ':collab') cmdpath='collab' ;;
             ':download') cmdpath='download' ;;
             ':events') cmdpath='events' ;;
             ':files') cmdpath='files' ;;
@@ -28,6 +29,7 @@ _streamcli() {
             'batch ls:--limit') skip=1 ;;
             'batch show:--errors') skip=1 ;;
             'chat:--room'|'chat:-r'|'chat:--user'|'chat:-u'|'chat:--backlog') skip=1 ;;
+            'collab:--apply'|'collab:--user'|'collab:-u'|'collab:--retries') skip=1 ;;
             'download:--output'|'download:-o'|'download:--retries') skip=1 ;;
             'events:publish') cmdpath='events publish' ;;
             'events publish:--user'|'events publish:-u'|'events publish:--type'|'events publish:-t'|'events publish:--data'|'events publish:-d'|'events publish:--timestamp'|'events publish:--linger'|'events publish:--retries') skip=1 ;;
@@ -74,6 +76,9 @@ _streamcli() {
         'chat:--room'|'chat:-r') COMPREPLY=(); return ;;
         'chat:--user'|'chat:-u') COMPREPLY=(); return ;;
         'chat:--backlog') COMPREPLY=(); return ;;
+        'collab:--apply') COMPREPLY=(); return ;;
+        'collab:--user'|'collab:-u') COMPREPLY=(); return ;;
+        'collab:--retries') COMPREPLY=(); return ;;
         'download:--output'|'download:-o') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'download:--retries') COMPREPLY=(); return ;;
         'events publish:--user'|'events publish:-u') COMPREPLY=(); return ;;
@@ -139,13 +144,14 @@ _streamcli() {
         esac
     fi
     case "$cmdpath" in
-        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h batch chat download events files health metrics notify process serve tail upload' -- "$cur")) ;;
+        '') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h batch chat collab download events files health metrics notify process serve tail upload' -- "$cur")) ;;
         'batch') COMPREPLY=($(compgen -W '--help -h ingest ls records show' -- "$cur")) ;;
         'batch ingest') COMPREPLY=($(compgen -W '--format --key-field --value-field --time-field --rejects --max-errors --retries --help -h' -- "$cur")) ;;
         'batch ls') COMPREPLY=($(compgen -W '--limit --help -h' -- "$cur")) ;;
         'batch records') COMPREPLY=($(compgen -W '--help -h' -- "$cur")) ;;
         'batch show') COMPREPLY=($(compgen -W '--errors --help -h' -- "$cur")) ;;
         'chat') COMPREPLY=($(compgen -W '--room -r --user -u --backlog --allow-duplicate --help -h' -- "$cur")) ;;
+        'collab') COMPREPLY=($(compgen -W '--print --apply --user -u --retries --help -h' -- "$cur")) ;;
         'download') COMPREPLY=($(compgen -W '--output -o --create-dirs --resume --no-resume --force -f --retries --help -h' -- "$cur")) ;;
         'events') COMPREPLY=($(compgen -W '--help -h publish' -- "$cur")) ;;
         'events publish') COMPREPLY=($(compgen -W '--user -u --type -t --data -d --timestamp --linger --retries --help -h' -- "$cur")) ;;

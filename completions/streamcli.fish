@@ -15,6 +15,8 @@ function __streamcli_path
                 set cmdpath 'batch'
             case ':chat'
                 set cmdpath 'chat'
+            case ':collab'
+                set cmdpath 'collab'
             case ':download'
                 set cmdpath 'download'
             case ':events'
@@ -50,6 +52,8 @@ function __streamcli_path
             case 'batch show:--errors'
                 set skip 1
             case 'chat:--room' 'chat:-r' 'chat:--user' 'chat:-u' 'chat:--backlog'
+                set skip 1
+            case 'collab:--apply' 'collab:--user' 'collab:-u' 'collab:--retries'
                 set skip 1
             case 'download:--output' 'download:-o' 'download:--retries'
                 set skip 1
@@ -112,6 +116,7 @@ end
 complete -c streamcli -f
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'batch' -d 'Ingest data records in batches and read them back.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'chat' -d 'Chat in a room: incoming messages print above your input line.'
+complete -c streamcli -n '__streamcli_at '\'''\''' -a 'collab' -d 'Shared documents that several people edit at once (the server orders every edit; all converge).'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'download' -d 'Download a file, verified by SHA-256, via PATH.part (renamed only when complete).'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'events' -d 'Publish user events.'
 complete -c streamcli -n '__streamcli_at '\'''\''' -a 'files' -d 'List, inspect and delete stored files.'
@@ -155,6 +160,11 @@ complete -c streamcli -n '__streamcli_at '\''chat'\''' -l user -s u -x -d 'Your 
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l backlog -x -d 'Recent messages to show on joining; 0: the server'\''s.'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l allow-duplicate -d 'Join even if this user is already in the room elsewhere.'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l help -s h -d 'Show help and exit.'
+complete -c streamcli -n '__streamcli_at '\''collab'\''' -l print -d 'Print the document'\''s current text.'
+complete -c streamcli -n '__streamcli_at '\''collab'\''' -l apply -x -d 'Apply the edits of this NDJSON file (- for stdin) as one change.'
+complete -c streamcli -n '__streamcli_at '\''collab'\''' -l user -s u -x -d 'Your name (letters, digits, - _ .). [default: $USER]'
+complete -c streamcli -n '__streamcli_at '\''collab'\''' -l retries -x -d 'Reconnection attempts after a lost server before giving up.'
+complete -c streamcli -n '__streamcli_at '\''collab'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''download'\''' -l output -s o -r -F -d 'File or directory to write to (a trailing '\''/'\'' means a directory); '\''-'\'' writes to stdout. [default: the stored name, here]'
 complete -c streamcli -n '__streamcli_at '\''download'\''' -l create-dirs -d 'Create the directory to write to, and its parents, if missing.'
 complete -c streamcli -n '__streamcli_at '\''download'\''' -l resume -l no-resume -d 'Continue from an existing PATH.part.'

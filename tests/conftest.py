@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from streamcli.server.app import RunningServer
 from tests.support.servers import running_server
+from tests.support.terminal import Tmux
 
 
 @pytest.fixture
@@ -23,3 +24,13 @@ def _no_streamcli_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     options' ``STREAMCLI_*`` variables are read by the option parser from this process's environment."""
     for name in [name for name in os.environ if name.startswith("STREAMCLI_")]:
         monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def tmux(tmp_path: pathlib.Path) -> Iterator[Tmux]:
+    """A private tmux server for real-terminal tests, killed afterwards."""
+    terminals = Tmux(tmp_path)
+    try:
+        yield terminals
+    finally:
+        terminals.kill()

@@ -11,6 +11,7 @@ import pytest
 
 from streamcli.backends import open_backend
 from streamcli.backends.base import (
+    ConditionFailedError,
     FileRecord,
     LogBounds,
     LogRecord,
@@ -147,6 +148,16 @@ async def test_append_returns_what_read_returns(store: SqliteStore) -> None:
         ("alice", "joined", b""),
         ("bob", "said", b"\x00\xffbinary"),
     ]
+
+
+async def test_a_conditional_append_happens_only_if_the_last_id_is_still_the_one_named(store: SqliteStore) -> None:
+    assert [r.id for r in await store.append("doc", batch(1, 2), if_last_id=0)] == [1, 2]
+    with pytest.raises(ConditionFailedError) as failed:
+        await store.append("doc", batch(3, 1), if_last_id=1)  # a writer that had not seen record 2
+    assert (failed.value.expected, failed.value.last_id) == (1, 2)
+    assert (await store.bounds("doc")).last_id == 2
+    assert [r.payload for r in await store.read("doc", 0, 10)] == [b"payload-1", b"payload-2"]
+    assert [r.id for r in await store.append("doc", batch(3, 1), if_last_id=2)] == [3]
 
 
 async def test_append_nothing_changes_nothing(store: SqliteStore) -> None:

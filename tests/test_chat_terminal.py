@@ -4,59 +4,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shlex
-import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from tests.support.inprocess import Background, cli
 from tests.support.servers import serve_process
+from tests.support.terminal import Tmux
 from tests.support.threaded import threaded_server
-
-
-class Tmux:
-    """A private tmux server; each session is a real pseudo-terminal."""
-
-    def __init__(self, directory: pathlib.Path) -> None:
-        self.socket = f"streamcli-test-{uuid.uuid4().hex[:8]}"
-        self.directory = directory
-
-    def run(self, *args: str) -> str:
-        result = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True)
-        return result.stdout
-
-    def start(self, name: str, command: list[str]) -> None:
-        env = {"XDG_STATE_HOME": str(self.directory / name), "TERM": "xterm-256color", "NO_COLOR": "1"}
-        line = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(command)
-        self.run("new-session", "-d", "-s", name, "-x", "100", "-y", "20", f"env {line}")
-
-    def screen(self, name: str) -> list[str]:
-        return [line.rstrip() for line in self.run("capture-pane", "-p", "-t", name).splitlines()]
-
-    def wait_for(self, name: str, text: str, timeout: float = 15) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = self.screen(name)
-            if any(text in line for line in lines):
-                return lines
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} never appeared on {name}'s screen:\n" + "\n".join(self.screen(name)))
-
-    def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
-
-
-@pytest.fixture
-def tmux(tmp_path: pathlib.Path) -> Iterator[Tmux]:
-    terminals = Tmux(tmp_path)
-    try:
-        yield terminals
-    finally:
-        terminals.kill()
 
 
 def chat_command(address: str, user: str) -> list[str]:

@@ -1,7 +1,6 @@
 """Property-based tests of the whole contract: whatever a client sends, every call ends in a documented status.
 
-One hypothesis test per RPC of ``streaming.v1.StreamingService`` (the four that
-answer UNIMPLEMENTED today included), health Check and Watch, and reflection,
+One hypothesis test per RPC of ``streaming.v1.StreamingService``, health Check and Watch, and reflection,
 against one ``streamcli serve`` subprocess. Requests are random bytes, messages
 drawn field by field from the request type's descriptor
 (``tests/support/protostrategies.py``), and per-RPC "interesting" messages in
@@ -55,7 +54,6 @@ Item = Message | bytes  # what a test sends: a message, or raw bytes that may no
 # since any request may fail to decode (server/decoding.py).
 
 _UNDECODABLE = "the request (or a message of the stream) does not decode, or a field is invalid"
-_UNIMPLEMENTED = "the RPC arrives with its own issue; until then every call is refused, whatever it sends"
 
 ALLOWED: dict[str, dict[Code, str]] = {
     "StreamUserEvents": {
@@ -107,7 +105,12 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.ALREADY_EXISTS: "the user is in the room in another session (without allow_duplicate)",
         Code.OUT_OF_RANGE: "resume_after_id beyond the end of the room",
     },
-    "Collaborate": {Code.UNIMPLEMENTED: _UNIMPLEMENTED},
+    "Collaborate": {
+        # A bad edit or cursor is refused in-band; only the join, a message or trimmed history end the stream.
+        Code.OK: "the client half-closed after its join; every edit was committed or refused in-band",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (first message not a join, a bad document, user or client id)",
+        Code.OUT_OF_RANGE: "last_revision beyond the document's revision",
+    },
     "ProcessLiveData": {
         # An invalid input (empty key, NaN) is answered in-band; only the options or a message end the stream.
         Code.OK: "every message was usable (inputs processed or answered with an error one by one)",
@@ -135,6 +138,10 @@ ALLOWED: dict[str, dict[Code, str]] = {
     "SendNotification": {
         Code.OK: "stored",
         Code.INVALID_ARGUMENT: _UNDECODABLE + " (a required field empty, too long, control characters, severity)",
+    },
+    "ListDocuments": {
+        Code.OK: "a page of documents (any caller sees every document: they are open, as rooms are)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (page_size over 1000)",
     },
     "ListRoomMembers": {
         Code.OK: "any room id is a question with an answer (no members)",
@@ -569,8 +576,16 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
         st.sampled_from(
             [
                 pb.CollaborateRequest(join=pb.CollaborateJoin(document_id="doc", user_id="alice")),
+                pb.CollaborateRequest(join=pb.CollaborateJoin(document_id="doc", user_id="bob", last_revision=0)),
+                pb.CollaborateRequest(join=pb.CollaborateJoin(document_id="doc", user_id="c", last_revision=2**64 - 1)),
+                pb.CollaborateRequest(join=pb.CollaborateJoin(document_id="../x", user_id="alice")),
                 pb.CollaborateRequest(edit=pb.CollaborateEdit(base_revision=2**64 - 1, edit=pb.TextEdit(position=5))),
+                pb.CollaborateRequest(edit=pb.CollaborateEdit(edit=pb.TextEdit(insert_text="😀字"), client_seq=1)),
+                pb.CollaborateRequest(edit=pb.CollaborateEdit(edit=pb.TextEdit(delete_count=2**64 - 1), parts_after=3)),
+                pb.CollaborateRequest(edit=pb.CollaborateEdit(edit=pb.TextEdit(insert_text="\x1b"), client_seq=2)),
                 pb.CollaborateRequest(cursor=pb.CollaborateCursor(position=1)),
+                pb.CollaborateRequest(cursor=pb.CollaborateCursor(position=2**64 - 1, base_revision=2**64 - 1)),
+                pb.CollaborateRequest(),
             ]
         ),
         max_size=4,
@@ -677,6 +692,11 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
         st.dictionaries(ps.texts(), ps.texts(), max_size=2),
     ),
     "ListRoomMembers": st.builds(lambda r: pb.ListRoomMembersRequest(room_id=r), st.sampled_from(ROOMS)),
+    "ListDocuments": st.builds(
+        lambda size, after: pb.ListDocumentsRequest(page_size=size, after_document_id=after),
+        st.sampled_from([0, 1, 1000, 1001, 2**32 - 1]),
+        mostly(["", "doc", "\U0010ffff"], ps.texts()),
+    ),
     "Health/Check": st.builds(
         lambda s: health_pb2.HealthCheckRequest(service=s),
         st.sampled_from(["", "streaming.v1.StreamingService", "no.such.Service"]),

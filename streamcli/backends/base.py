@@ -58,6 +58,15 @@ class LogBounds:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class StreamHead:
+    """A stream, its bounds and when it was last appended to."""
+
+    stream: str
+    bounds: LogBounds
+    updated_at: float  # seconds since the epoch of the last append
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ProducerState:
     """What a stream holds of one producer's records."""
 
@@ -93,6 +102,15 @@ class SequenceGapError(Exception):
         self.index = index
 
 
+class ConditionFailedError(Exception):
+    """A conditional append found that the stream's last id moved on (another writer was first); nothing appended."""
+
+    def __init__(self, stream: str, expected: int, last_id: int) -> None:
+        super().__init__(f"{stream!r} ends at id {last_id}, not {expected}: nothing appended")
+        self.expected = expected
+        self.last_id = last_id
+
+
 class TrimmedError(Exception):
     """A read started at a position retention has removed."""
 
@@ -106,8 +124,14 @@ class TrimmedError(Exception):
 class LogStore(Protocol):
     """Append-only logs with cursors."""
 
-    async def append(self, stream: str, records: Sequence[NewRecord]) -> list[LogRecord]:
+    async def append(
+        self, stream: str, records: Sequence[NewRecord], *, if_last_id: int | None = None
+    ) -> list[LogRecord]:
         """Append records atomically, in order, and wake the stream's readers.
+
+        With ``if_last_id``, append only if the stream's last id is still that (checked in the same
+        transaction as the write): the records then get ids ``if_last_id + 1, ...``. This is how writers
+        that must not race (a shared document's next revision) append, in every backend.
 
         Records with a ``producer`` are appended once per (stream, producer, sequence): one numbered
         at or below the producer's last stored sequence is a duplicate, skipped (not in the list
@@ -119,6 +143,7 @@ class LogStore(Protocol):
         Raises:
             SequenceGapError: a record is numbered beyond its producer's next sequence (a producer
                 unknown to the stream starts at 1); nothing was appended.
+            ConditionFailedError: the stream's last id is not ``if_last_id``; nothing was appended.
         """
         ...
 
@@ -145,6 +170,10 @@ class LogStore(Protocol):
 
     async def bounds(self, stream: str) -> LogBounds:
         """Return the stream's current bounds."""
+        ...
+
+    async def heads(self, prefix: str, after: str, limit: int) -> list[StreamHead]:
+        """Up to ``limit`` streams whose names start with ``prefix`` and sort after ``after``, by name."""
         ...
 
     async def position_before(self, stream: str, timestamp: float) -> int:

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from streamcli.backends.base import (
     BatchRecord,
+    ConditionFailedError,
     FileRecord,
     KindCount,
     LogBounds,
@@ -35,6 +36,7 @@ from streamcli.backends.base import (
     ProducerState,
     SequenceGapError,
     StorageFullError,
+    StreamHead,
     TrimmedError,
     UploadRecord,
 )
@@ -178,7 +180,9 @@ class SqliteStore(SqliteMetrics):
 
     # --- LogStore -----------------------------------------------------------
 
-    async def append(self, stream: str, records: Sequence[NewRecord]) -> list[LogRecord]:
+    async def append(
+        self, stream: str, records: Sequence[NewRecord], *, if_last_id: int | None = None
+    ) -> list[LogRecord]:
         if not records:
             return []
 
@@ -188,6 +192,8 @@ class SqliteStore(SqliteMetrics):
                     "SELECT last_id, last_ts, trimmed_through FROM log_head WHERE stream = ?", (stream,)
                 ).fetchone()
                 last_id, last_ts, trimmed = row if row else (0, 0.0, 0)
+                if if_last_id is not None and last_id != if_last_id:
+                    raise ConditionFailedError(stream, if_last_id, last_id)
                 ts = max(time.time(), last_ts)
                 producers = _Producers(db, stream) if any(r.producer for r in records) else None
                 kept = records if producers is None else producers.new_records(records)
@@ -290,6 +296,17 @@ class SqliteStore(SqliteMetrics):
         bounds = await self._run(query)
         self._heads.setdefault(stream, bounds)
         return self._heads[stream]
+
+    async def heads(self, prefix: str, after: str, limit: int) -> list[StreamHead]:
+        def query(db: sqlite3.Connection) -> list[StreamHead]:
+            rows = db.execute(
+                "SELECT stream, trimmed_through, last_id, last_ts FROM log_head "
+                "WHERE stream > ? AND substr(stream, 1, ?) = ? ORDER BY stream LIMIT ?",
+                (max(after, prefix), len(prefix), prefix, limit),
+            ).fetchall()
+            return [StreamHead(name, LogBounds(trimmed, last), ts) for name, trimmed, last, ts in rows]
+
+        return await self._run(query)
 
     async def position_before(self, stream: str, timestamp: float) -> int:
         def query(db: sqlite3.Connection) -> int:

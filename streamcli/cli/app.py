@@ -103,7 +103,20 @@ def root(
 
 def _register() -> None:
     # One line per command group; each module only knows about `app`.
-    from streamcli.cli import batch, chat, events, files, health, metrics, notify, process, serve, tail, transfer
+    from streamcli.cli import (
+        batch,
+        chat,
+        collab,
+        events,
+        files,
+        health,
+        metrics,
+        notify,
+        process,
+        serve,
+        tail,
+        transfer,
+    )
 
     serve.register(app)
     health.register(app)
@@ -116,6 +129,7 @@ def _register() -> None:
     batch.register(app)
     metrics.register(app)
     process.register(app)
+    collab.register(app)
 
 
 _register()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streamcli.cli.environment import Environment, get_env
+from streamcli.cli.parsing import UserOption, user_name
 
 if TYPE_CHECKING:
     import pathlib
@@ -16,26 +16,10 @@ if TYPE_CHECKING:
     from streamcli.client.connection import Connection
 
 
-def _check_user(value: str | None) -> str | None:
-    if value is not None and not value.strip():
-        raise typer.BadParameter("the name must not be empty")
-    return value
-
-
 def chat(
     ctx: typer.Context,
     room: Annotated[str, typer.Option("--room", "-r", help="Room to join (letters, digits, - _ .).")] = "general",
-    user: Annotated[
-        str | None,
-        typer.Option(
-            "--user",
-            "-u",
-            envvar="STREAMCLI_USER",
-            show_default=False,
-            callback=_check_user,
-            help="Your name (letters, digits, - _ .). [default: $USER]",
-        ),
-    ] = None,
+    user: UserOption = None,
     backlog: Annotated[int, typer.Option(min=0, help="Recent messages to show on joining; 0: the server's.")] = 0,
     allow_duplicate: Annotated[
         bool, typer.Option("--allow-duplicate", help="Join even if this user is already in the room elsewhere.")
@@ -65,7 +49,7 @@ def chat(
       streamcli --json chat --room ops --user logger < /dev/null
     """
     env = get_env(ctx)
-    name = user or env.environ.get("USER") or getpass.getuser()
+    name = user_name(user, env.environ)
     if env.stdin_isatty and env.stdout_isatty and not env.json:
         import pathlib
 

@@ -1,10 +1,12 @@
-"""Parsers for human-friendly option values: sizes (``10G``), durations (``24h``) and times (``--since``)."""
+"""Parsers for human-friendly option values: sizes (``10G``), durations (``24h``), times (``--since``), ``--user``."""
 
 from __future__ import annotations
 
+import getpass
 import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +14,32 @@ from streamcli.errors import UsageError
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
+
+
+def _check_user(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise typer.BadParameter("the name must not be empty")
+    return value
+
+
+#: ``--user`` of the commands that act as a named person (chat, collab).
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--user",
+        "-u",
+        envvar="STREAMCLI_USER",
+        show_default=False,
+        callback=_check_user,
+        help="Your name (letters, digits, - _ .). [default: $USER]",
+    ),
+]
+
+
+def user_name(user: str | None, environ: Mapping[str, str]) -> str:
+    """The name ``--user`` gave, else ``$USER`` of the command's environment, else the login name."""
+    return user or environ.get("USER") or getpass.getuser()
+
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)

@@ -33,6 +33,8 @@ from streamcli.server.service import SERVICE_NAME, add_service
 from streamcli.server.tokens import check_user_tokens, read_user_tokens, world_readable
 from streamcli.services.batches import BatchService
 from streamcli.services.chat import ChatService, ChatSettings
+from streamcli.services.collab import CollabService
+from streamcli.services.documents import DocumentSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
@@ -71,6 +73,7 @@ class ServerConfig:
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
     chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
     max_series: int = DEFAULT_MAX_SERIES  # metric series the server holds; new ones beyond go to an overflow series
+    documents: DocumentSettings = dataclasses.field(default_factory=DocumentSettings)  # Collaborate's limits
 
     @property
     def tls(self) -> bool:
@@ -224,7 +227,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
         metrics = MetricService(backend.metrics, credentials_, config.max_series)
         await metrics.load()
-        add_service(server, [files, events, notifications, chat, batches, metrics, ProcessingService()])
+        collab = CollabService(backend.log, log_settings, stopping, credentials_, config.documents)
+        domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab]
+        add_service(server, domains)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -29,7 +29,7 @@ SERVICE_NAME = SERVICE_DESCRIPTOR.full_name
 
 
 #: The RPCs of the contract that no domain implements yet (their issues bring them).
-NOT_YET_IMPLEMENTED = frozenset({"Collaborate"})
+NOT_YET_IMPLEMENTED: frozenset[str] = frozenset()
 
 
 class BindingError(Exception):

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Mapping
 
 from streamcli.errors import UsageError
-from streamcli.services.chat import USER_ID
+from streamcli.services.checks import USER_ID
 from streamcli.services.rooms import SYSTEM_USER
 
 

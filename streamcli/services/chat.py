@@ -21,7 +21,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogBounds, TrimmedError
 from streamcli.credentials import REVOKED, Credentials, TokenWatch
-from streamcli.services.checks import MalformedRequest, has_control, quoted
+from streamcli.services.checks import CLIENT_ID, CLIENT_ID_RULE, USER_ID, MalformedRequest, has_control, quoted
 from streamcli.services.logs import LogCursor, LogSettings, ServerStopping
 from streamcli.services.notifications import NotificationService
 from streamcli.services.rooms import SYSTEM_USER, Refusal, Room, Rooms, Session
@@ -30,9 +30,6 @@ from streamcli.services.rpc import Context, abort
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ROOM_ID_RULE = "room_id must be 1-64 letters, digits, '-', '_' or '.'"
-USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{0,64}")
-CLIENT_ID_RULE = "client_id must be at most 64 letters, digits, '-', '_' or '.'"
 MAX_CONTENT_BYTES = 16 * 1024
 #: The message types a client may send to be stored.
 STORED_TYPES = (pb.CHAT_MESSAGE_TYPE_TEXT, pb.CHAT_MESSAGE_TYPE_IMAGE, pb.CHAT_MESSAGE_TYPE_FILE)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import re
 
+#: A user's name (in a chat room, a document, a user token).
+USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+#: A client's name for itself, echoed in what it stores (chat messages, document edits).
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+CLIENT_ID_RULE = "client_id must be at most 64 letters, digits, '-', '_' or '.'"
+
 # Control characters (Unicode category Cc: C0, DEL and C1). In a name they are never meant; shown by
 # a client that does not escape them they act on its terminal (ESC) or break its lines (newline).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")

@@ -2689,7 +2689,9 @@ class TextEdit(_message.Message):
     DELETE_COUNT_FIELD_NUMBER: _builtins.int
     INSERT_TEXT_FIELD_NUMBER: _builtins.int
     position: _builtins.int
-    """Start of the span, in Unicode code points from the document start."""
+    """Start of the span, in Unicode code points from the document start (an
+    emoji, a CJK character and a combining accent are one code point each).
+    """
     delete_count: _builtins.int
     """Number of code points removed at `position`."""
     insert_text: _builtins.str
@@ -2717,21 +2719,37 @@ class CollaborateJoin(_message.Message):
 
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    LAST_REVISION_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
-    """Document to edit. Required."""
+    """Document to edit: 1-64 letters, digits, '-', '_' or '.'. Required."""
     user_id: _builtins.str
     """Who edits; ignored when identity comes from the token."""
+    last_revision: _builtins.int
+    """Rejoin: the last revision this client received. The server sends the
+    edits after it (no snapshot) while it keeps them, else a snapshot. Unset:
+    a snapshot of the current revision.
+    """
+    client_id: _builtins.str
+    """The client's name for itself, at most 64 letters, digits, '-', '_' or
+    '.': echoed in the events its edits make, so it recognises its own edits
+    (also two terminals of one user). Keep it across rejoins.
+    """
     def __init__(
         self,
         *,
         document_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        last_revision: _builtins.int | None = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_revision", b"_last_revision", "last_revision", b"last_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_revision", b"_last_revision", "client_id", b"client_id", "document_id", b"document_id", "last_revision", b"last_revision", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__last_revision: _TypeAlias = _typing.Literal["last_revision"]  # noqa: Y015
+    _WhichOneofArgType__last_revision: _TypeAlias = _typing.Literal["_last_revision", b"_last_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_revision) -> _WhichOneofReturnType__last_revision | None: ...
 
 Global___CollaborateJoin: _TypeAlias = CollaborateJoin  # noqa: Y015
 
@@ -2743,8 +2761,22 @@ class CollaborateEdit(_message.Message):
 
     BASE_REVISION_FIELD_NUMBER: _builtins.int
     EDIT_FIELD_NUMBER: _builtins.int
+    CLIENT_SEQ_FIELD_NUMBER: _builtins.int
+    PARTS_AFTER_FIELD_NUMBER: _builtins.int
     base_revision: _builtins.int
     """The document revision the edit was made against."""
+    client_seq: _builtins.int
+    """The client's number for this change (1, 2, 3, ... per client_id), echoed
+    in the events it makes or in its refusal. A change re-sent after a
+    rejoin with the number of a change already committed is not applied
+    again. 0: not numbered (never recognised as a re-send).
+    """
+    parts_after: _builtins.int
+    """How many more edits of the same change follow in this stream. A change of
+    several edits is sent as consecutive CollaborateEdits with one
+    base_revision and one client_seq, each applying to the text the previous
+    one produced; the server commits the change when this is 0.
+    """
     @_builtins.property
     def edit(self) -> Global___TextEdit:
         """The edit."""
@@ -2754,10 +2786,12 @@ class CollaborateEdit(_message.Message):
         *,
         base_revision: _builtins.int = ...,
         edit: Global___TextEdit | None = ...,
+        client_seq: _builtins.int = ...,
+        parts_after: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_revision", b"base_revision", "edit", b"edit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_revision", b"base_revision", "client_seq", b"client_seq", "edit", b"edit", "parts_after", b"parts_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2770,16 +2804,23 @@ class CollaborateCursor(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
+    BASE_REVISION_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Cursor position, in code points."""
+    base_revision: _builtins.int
+    """In a request: the revision the position refers to (it is transformed
+    from there to the current revision). In an event: unset; the event's
+    `revision` is the one the position refers to.
+    """
     def __init__(
         self,
         *,
         position: _builtins.int = ...,
+        base_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_revision", b"base_revision", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2824,6 +2865,38 @@ class CollaborateRequest(_message.Message):
 Global___CollaborateRequest: _TypeAlias = CollaborateRequest  # noqa: Y015
 
 @_typing.final
+class CollaborateRefusal(_message.Message):
+    """CollaborateRefusal says why the server did not apply an edit or cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_SEQ_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    client_seq: _builtins.int
+    """The refused change's client_seq (0 for a cursor or an unnumbered edit)."""
+    code: _builtins.str
+    """A gRPC status code's name, e.g. "INVALID_ARGUMENT"."""
+    reason: _builtins.str
+    """What was wrong: a span outside the document, a base revision beyond the
+    document's, a document over the size limit (1,000,000 code points).
+    """
+    def __init__(
+        self,
+        *,
+        client_seq: _builtins.int = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_seq", b"client_seq", "code", b"code", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollaborateRefusal: _TypeAlias = CollaborateRefusal  # noqa: Y015
+
+@_typing.final
 class CollaborationEvent(_message.Message):
     """CollaborationEvent is one change of a shared document."""
 
@@ -2836,25 +2909,49 @@ class CollaborationEvent(_message.Message):
     EDIT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SEQ_FIELD_NUMBER: _builtins.int
+    PARTS_AFTER_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The document."""
     user_id: _builtins.str
     """Who caused the event."""
     revision: _builtins.int
-    """Document revision after this event; edits get consecutive revisions."""
+    """Document revision after this event; edits get consecutive revisions. A
+    cursor event refers to this revision without changing it; a refusal
+    carries the document's revision when it was refused.
+    """
     snapshot: _builtins.str
     """The full text at `revision` (sent on join)."""
+    client_id: _builtins.str
+    """The author's client_id (edits and cursors)."""
+    client_seq: _builtins.int
+    """The author's client_seq of the change this edit belongs to (edits)."""
+    parts_after: _builtins.int
+    """How many more edits of the same change follow this one (edits)."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the server applied it (UTC)."""
 
     @_builtins.property
     def edit(self) -> Global___TextEdit:
-        """An applied edit, transformed onto the previous revision."""
+        """An applied edit, transformed onto the previous revision. A change that
+        transformation split (a deletion around a concurrent insertion) is
+        committed as consecutive revisions, one edit each, applying in turn,
+        with `parts_after` counting down to 0; a change transformation made
+        empty is committed as one empty edit, so every change is acknowledged.
+        """
 
     @_builtins.property
     def cursor(self) -> Global___CollaborateCursor:
-        """A cursor move."""
+        """A cursor move (live only, never stored)."""
+
+    @_builtins.property
+    def refusal(self) -> Global___CollaborateRefusal:
+        """An edit or cursor of this stream the server did not apply (sent to its
+        author only); the stream goes on.
+        """
 
     def __init__(
         self,
@@ -2866,16 +2963,108 @@ class CollaborationEvent(_message.Message):
         edit: Global___TextEdit | None = ...,
         cursor: Global___CollaborateCursor | None = ...,
         snapshot: _builtins.str = ...,
+        refusal: Global___CollaborateRefusal | None = ...,
+        client_id: _builtins.str = ...,
+        client_seq: _builtins.int = ...,
+        parts_after: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "edit", b"edit", "snapshot", b"snapshot", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "edit", b"edit", "refusal", b"refusal", "snapshot", b"snapshot", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "document_id", b"document_id", "edit", b"edit", "revision", b"revision", "snapshot", b"snapshot", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "client_id", b"client_id", "client_seq", b"client_seq", "cursor", b"cursor", "document_id", b"document_id", "edit", b"edit", "parts_after", b"parts_after", "refusal", b"refusal", "revision", b"revision", "snapshot", b"snapshot", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["edit", "cursor", "snapshot"]  # noqa: Y015
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["edit", "cursor", "snapshot", "refusal"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
 Global___CollaborationEvent: _TypeAlias = CollaborationEvent  # noqa: Y015
+
+@_typing.final
+class ListDocumentsRequest(_message.Message):
+    """ListDocumentsRequest asks for one page of documents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    AFTER_DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Documents per page: 1-1000; 0 means 100."""
+    after_document_id: _builtins.str
+    """Start after this document id (the last of the previous page); empty:
+    from the first.
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        after_document_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_document_id", b"after_document_id", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDocumentsRequest: _TypeAlias = ListDocumentsRequest  # noqa: Y015
+
+@_typing.final
+class DocumentInfo(_message.Message):
+    """DocumentInfo describes one shared document."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    """The document."""
+    revision: _builtins.int
+    """Its current revision (the number of edits committed)."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When its last edit was committed (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "revision", b"revision", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DocumentInfo: _TypeAlias = DocumentInfo  # noqa: Y015
+
+@_typing.final
+class ListDocumentsResponse(_message.Message):
+    """ListDocumentsResponse is one page of documents, by id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """True when more documents follow this page (ask again after the last)."""
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___DocumentInfo]:
+        """The documents, ordered by document_id."""
+
+    def __init__(
+        self,
+        *,
+        documents: _abc.Iterable[Global___DocumentInfo] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDocumentsResponse: _TypeAlias = ListDocumentsResponse  # noqa: Y015
 
 @_typing.final
 class CollaborateResponse(_message.Message):
@@ -2886,7 +3075,7 @@ class CollaborateResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollaborationEvent]:
-        """Events in revision order."""
+        """Events in revision order (several when the client is behind)."""
 
     def __init__(
         self,

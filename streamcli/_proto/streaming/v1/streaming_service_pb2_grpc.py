@@ -118,6 +118,11 @@ class StreamingServiceStub:
                 request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
                 response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
                 _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/streaming.v1.StreamingService/ListDocuments',
+                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
         self.ListBatches = channel.unary_unary(
                 '/streaming.v1.StreamingService/ListBatches',
                 request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.SerializeToString,
@@ -263,7 +268,16 @@ class StreamingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Collaborate(self, request_iterator, context):
-        """Real-time collaborative editing of a shared text document.
+        """Real-time collaborative editing of a shared text document. The server is
+        the single sequencer: an edit based on an older revision is transformed
+        against the edits committed since, committed as the next revision(s) and
+        broadcast to every editor of the document, its author included. The
+        first request is a join; the server answers with a snapshot (or, on a
+        rejoin, the edits since the revision the client saw), then live events.
+        An edit the server cannot use is refused in-band (a `refusal` event) and
+        the stream goes on; an edit based on a revision whose following edits are
+        no longer kept ends the stream with FAILED_PRECONDITION (join again
+        without `last_revision` for a snapshot). Documents persist across restarts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -320,6 +334,14 @@ class StreamingServiceServicer:
 
     def ListRoomMembers(self, request, context):
         """Lists who is present in a chat room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Lists shared documents (those Collaborate has stored an edit of), by
+        document id, one page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -437,6 +459,11 @@ def add_StreamingServiceServicer_to_server(servicer, server):
                     servicer.ListRoomMembers,
                     request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.FromString,
                     response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.SerializeToString,
             ),
             'ListBatches': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBatches,
@@ -895,6 +922,33 @@ class StreamingService:
             '/streaming.v1.StreamingService/ListRoomMembers',
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streaming.v1.StreamingService/ListDocuments',
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.SerializeToString,
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

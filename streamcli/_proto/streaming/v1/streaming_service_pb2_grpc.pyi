@@ -139,7 +139,17 @@ class StreamingServiceStub:
     messages, typing indicators and presence queries.
     """
     Collaborate: _grpc.StreamStreamMultiCallable[_streaming_service_pb2.CollaborateRequest, _streaming_service_pb2.CollaborateResponse]
-    """Real-time collaborative editing of a shared text document."""
+    """Real-time collaborative editing of a shared text document. The server is
+    the single sequencer: an edit based on an older revision is transformed
+    against the edits committed since, committed as the next revision(s) and
+    broadcast to every editor of the document, its author included. The
+    first request is a join; the server answers with a snapshot (or, on a
+    rejoin, the edits since the revision the client saw), then live events.
+    An edit the server cannot use is refused in-band (a `refusal` event) and
+    the stream goes on; an edit based on a revision whose following edits are
+    no longer kept ends the stream with FAILED_PRECONDITION (join again
+    without `last_revision` for a snapshot). Documents persist across restarts.
+    """
     ProcessLiveData: _grpc.StreamStreamMultiCallable[_streaming_service_pb2.ProcessLiveDataRequest, _streaming_service_pb2.ProcessLiveDataResponse]
     """Live data processing: every input is answered with its processed result
     (windowed statistics per key, its z-score and anomaly flag), in order. An
@@ -163,6 +173,10 @@ class StreamingServiceStub:
     """Raises one notification."""
     ListRoomMembers: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListRoomMembersRequest, _streaming_service_pb2.ListRoomMembersResponse]
     """Lists who is present in a chat room."""
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListDocumentsRequest, _streaming_service_pb2.ListDocumentsResponse]
+    """Lists shared documents (those Collaborate has stored an edit of), by
+    document id, one page at a time.
+    """
     ListBatches: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ListBatchesRequest, _streaming_service_pb2.ListBatchesResponse]
     """Lists the caller's batches (every batch, for the service token), newest
     first, one page at a time.
@@ -267,7 +281,17 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     messages, typing indicators and presence queries.
     """
     Collaborate: _aio.StreamStreamMultiCallable[_streaming_service_pb2.CollaborateRequest, _streaming_service_pb2.CollaborateResponse]  # type: ignore[assignment]
-    """Real-time collaborative editing of a shared text document."""
+    """Real-time collaborative editing of a shared text document. The server is
+    the single sequencer: an edit based on an older revision is transformed
+    against the edits committed since, committed as the next revision(s) and
+    broadcast to every editor of the document, its author included. The
+    first request is a join; the server answers with a snapshot (or, on a
+    rejoin, the edits since the revision the client saw), then live events.
+    An edit the server cannot use is refused in-band (a `refusal` event) and
+    the stream goes on; an edit based on a revision whose following edits are
+    no longer kept ends the stream with FAILED_PRECONDITION (join again
+    without `last_revision` for a snapshot). Documents persist across restarts.
+    """
     ProcessLiveData: _aio.StreamStreamMultiCallable[_streaming_service_pb2.ProcessLiveDataRequest, _streaming_service_pb2.ProcessLiveDataResponse]  # type: ignore[assignment]
     """Live data processing: every input is answered with its processed result
     (windowed statistics per key, its z-score and anomaly flag), in order. An
@@ -291,6 +315,10 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     """Raises one notification."""
     ListRoomMembers: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListRoomMembersRequest, _streaming_service_pb2.ListRoomMembersResponse]  # type: ignore[assignment]
     """Lists who is present in a chat room."""
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListDocumentsRequest, _streaming_service_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    """Lists shared documents (those Collaborate has stored an edit of), by
+    document id, one page at a time.
+    """
     ListBatches: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListBatchesRequest, _streaming_service_pb2.ListBatchesResponse]  # type: ignore[assignment]
     """Lists the caller's batches (every batch, for the service token), newest
     first, one page at a time.
@@ -446,7 +474,17 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_streaming_service_pb2.CollaborateRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_streaming_service_pb2.CollaborateResponse], _abc.AsyncIterator[_streaming_service_pb2.CollaborateResponse]]:
-        """Real-time collaborative editing of a shared text document."""
+        """Real-time collaborative editing of a shared text document. The server is
+        the single sequencer: an edit based on an older revision is transformed
+        against the edits committed since, committed as the next revision(s) and
+        broadcast to every editor of the document, its author included. The
+        first request is a join; the server answers with a snapshot (or, on a
+        rejoin, the edits since the revision the client saw), then live events.
+        An edit the server cannot use is refused in-band (a `refusal` event) and
+        the stream goes on; an edit based on a revision whose following edits are
+        no longer kept ends the stream with FAILED_PRECONDITION (join again
+        without `last_revision` for a snapshot). Documents persist across restarts.
+        """
 
     @_abc_1.abstractmethod
     def ProcessLiveData(
@@ -512,6 +550,16 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_streaming_service_pb2.ListRoomMembersResponse, _abc.Awaitable[_streaming_service_pb2.ListRoomMembersResponse]]:
         """Lists who is present in a chat room."""
+
+    @_abc_1.abstractmethod
+    def ListDocuments(
+        self,
+        request: _streaming_service_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.ListDocumentsResponse, _abc.Awaitable[_streaming_service_pb2.ListDocumentsResponse]]:
+        """Lists shared documents (those Collaborate has stored an edit of), by
+        document id, one page at a time.
+        """
 
     @_abc_1.abstractmethod
     def ListBatches(

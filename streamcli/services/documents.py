@@ -1,0 +1,223 @@
+"""Shared documents on this server: each a log of committed edits plus snapshots, sequenced by one ``Sequencer``.
+
+A document ``D`` is the log ``doc:D`` (record id = revision: record 1 makes revision 1; key = user, kind
+``edit``, payload a ``CollaborationEvent``) and the log ``docsnap:D`` of snapshots (JSON: revision, text
+and each client's last committed change number), one every ``snapshot_every`` revisions. A revision is
+committed by a conditional append ("append if the log still ends at the revision I transformed onto"):
+a writer that lost the race (another replica on a shared backend) reads what was appended and transforms
+again. Opening a document reads its newest snapshot and the edits after it; the log and the history kept
+in memory are trimmed to the last ``kept_revisions`` once a snapshot covers what is removed.
+
+An ``Editor`` is one Collaborate stream on a document: what it has been sent (``position``), its
+ephemeral events (cursors of others, its own refusals) and a wake-up. The RPC is ``services/collab.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import time
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import ConditionFailedError, LogStore, NewRecord
+from streamcli.collab_sync import Committed, Sequencer
+from streamcli.ot import Edit, Operation
+from streamcli.services.logs import timestamp
+
+#: The log of document D is DOCUMENT_STREAM + D.
+DOCUMENT_STREAM = "doc:"
+#: Ephemeral events (cursors, refusals) kept per editor until sent; the oldest go first.
+OUTBOX_SIZE = 256
+#: Log records read per step when opening a document.
+READ_RECORDS = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentSettings:
+    """Limits of shared documents."""
+
+    max_length: int = 1_000_000  # code points
+    kept_revisions: int = 10_000  # edits kept for rejoins (at least, since the newest snapshot)
+    snapshot_every: int = 1000  # revisions between snapshots
+
+
+class Editor:
+    """One Collaborate stream on a document."""
+
+    def __init__(self, user: str, client_id: str, position: int) -> None:
+        self.user = user
+        self.client_id = client_id
+        self.position = position  # the last revision this stream has been sent
+        self.wake = asyncio.Event()
+        self.outbox: collections.deque[pb.CollaborationEvent] = collections.deque(maxlen=OUTBOX_SIZE)
+
+    def push(self, event: pb.CollaborationEvent) -> None:
+        self.outbox.append(event)
+        self.wake.set()
+
+
+class Document:
+    """One shared document, open on this server while it has editors."""
+
+    def __init__(self, document_id: str, log: LogStore, settings: DocumentSettings) -> None:
+        self.id = document_id
+        self.stream = DOCUMENT_STREAM + document_id
+        self.snapshots = f"docsnap:{document_id}"
+        self.log = log
+        self.settings = settings
+        self.sequencer = Sequencer(max_length=settings.max_length)
+        self.events: list[pb.CollaborationEvent] = []  # one per revision of sequencer.history
+        self.editors: set[Editor] = set()
+        self.lock = asyncio.Lock()  # one commit at a time
+        self.snapshot_revision = 0
+
+    async def open(self) -> None:
+        """Read the newest snapshot and the edits after it."""
+        bounds = await self.log.bounds(self.snapshots)
+        if bounds.last_id:
+            (record,) = await self.log.read(self.snapshots, bounds.last_id - 1, 1)
+            saved = json.loads(record.payload)
+            self.sequencer = Sequencer(saved["text"], saved["revision"], self.settings.max_length)
+            self.sequencer.last_seq.update(saved["last_seq"])
+            self.snapshot_revision = saved["revision"]
+            await self._read_kept_before(self.snapshot_revision)
+        await self._read_on()
+
+    async def _read_kept_before(self, revision: int) -> None:
+        """Take the edits the log keeps up to ``revision`` (a snapshot's) into the history, for rejoins."""
+        start = (await self.log.bounds(self.stream)).trimmed_through
+        kept: list[pb.CollaborationEvent] = []
+        while start + len(kept) < revision:
+            records = await self.log.read(
+                self.stream, start + len(kept), min(READ_RECORDS, revision - start - len(kept))
+            )
+            if not records:
+                break
+            kept.extend(pb.CollaborationEvent.FromString(r.payload) for r in records)
+        self.sequencer.keep_earlier([_committed(e) for e in kept])
+        self.events[:0] = kept
+
+    async def _read_on(self) -> None:
+        """Take in what the log holds after the sequencer's revision."""
+        while records := await self.log.read(self.stream, self.sequencer.revision, READ_RECORDS):
+            events = [pb.CollaborationEvent.FromString(r.payload) for r in records]
+            self.sequencer.record(_committed(e) for e in events)
+            self.events.extend(events)
+
+    @property
+    def revision(self) -> int:
+        return self.sequencer.revision
+
+    def events_after(self, revision: int, limit: int) -> list[pb.CollaborationEvent]:
+        """Up to ``limit`` edit events after ``revision`` (:class:`TrimmedHistory` if they are no longer kept)."""
+        first = self.sequencer.first_kept
+        self.sequencer.since(revision)  # raises when trimmed
+        return self.events[revision - first : revision - first + limit]
+
+    async def commit(self, user: str, client_id: str, client_seq: int, base: int, edits: list[Edit]) -> int:
+        """Transform a change onto the current revision and commit it; returns the revisions it made (0: a re-send).
+
+        Raises:
+            InvalidEdit, TrimmedHistory: from ``Sequencer.rebase``.
+        """
+        async with self.lock:
+            while True:
+                if self.sequencer.is_duplicate(client_id, client_seq):
+                    return 0
+                op = self.sequencer.rebase(base, edits)
+                now = time.time()
+                events = [
+                    pb.CollaborationEvent(
+                        document_id=self.id,
+                        user_id=user,
+                        revision=c.revision,
+                        timestamp=timestamp(now),
+                        edit=pb.TextEdit(
+                            position=c.edit.position, delete_count=c.edit.delete_count, insert_text=c.edit.insert_text
+                        ),
+                        client_id=client_id,
+                        client_seq=client_seq,
+                        parts_after=c.parts_after,
+                    )
+                    for c in _pieces(self.sequencer, op, client_id, client_seq)
+                ]
+                records = [NewRecord(key=user, kind="edit", payload=e.SerializeToString()) for e in events]
+                try:
+                    await self.log.append(self.stream, records, if_last_id=self.revision)
+                except ConditionFailedError:
+                    await self._read_on()  # another writer committed first: transform again
+                    continue
+                self.sequencer.record(_committed(e) for e in events)
+                self.events.extend(events)
+                break
+            if self.revision - self.snapshot_revision >= self.settings.snapshot_every:
+                await self._snapshot()
+        for editor in self.editors:
+            editor.wake.set()
+        return len(events)
+
+    async def _snapshot(self) -> None:
+        """Save the text at this revision, then trim what the snapshot makes unnecessary beyond the kept edits."""
+        seq = self.sequencer
+        saved = {"revision": seq.revision, "text": seq.text, "last_seq": seq.last_seq}
+        await self.log.append(self.snapshots, [NewRecord(key="", kind="snapshot", payload=json.dumps(saved).encode())])
+        await self.log.trim(self.snapshots, keep_last=2)
+        self.snapshot_revision = seq.revision
+        keep = self.settings.kept_revisions
+        before = seq.first_kept
+        seq.trim(keep)
+        del self.events[: seq.first_kept - before]
+        await self.log.trim(self.stream, keep_last=keep)
+
+    def broadcast(self, author: Editor, event: pb.CollaborationEvent) -> None:
+        """Pass an ephemeral event (a cursor) to the other editors."""
+        for editor in self.editors:
+            if editor is not author:
+                editor.push(event)
+
+
+def _pieces(seq: Sequencer, op: Operation, client_id: str, client_seq: int) -> list[Committed]:
+    """The revisions ``op`` would make, without taking them in (the log append may fail)."""
+    pieces = op.edits() or [Edit(0, 0, "")]
+    return [
+        Committed(seq.revision + 1 + n, edit, client_id, client_seq, len(pieces) - 1 - n)
+        for n, edit in enumerate(pieces)
+    ]
+
+
+def _committed(event: pb.CollaborationEvent) -> Committed:
+    edit = Edit(event.edit.position, event.edit.delete_count, event.edit.insert_text)
+    return Committed(event.revision, edit, event.client_id, event.client_seq, event.parts_after)
+
+
+class Documents:
+    """The documents open on this server, by id."""
+
+    def __init__(self, log: LogStore, settings: DocumentSettings) -> None:
+        self.log = log
+        self.settings = settings
+        self._open: dict[str, Document] = {}
+        self._opening = asyncio.Lock()
+
+    async def get(self, document_id: str) -> Document:
+        """The document, opened (read from its log) if it is not open yet."""
+        async with self._opening:
+            document = self._open.get(document_id)
+            if document is None:
+                document = Document(document_id, self.log, self.settings)
+                await document.open()
+                self._open[document_id] = document
+            return document
+
+    def left(self, document: Document, editor: Editor) -> None:
+        """``editor`` is gone: close the document when it was the last."""
+        document.editors.discard(editor)
+        if not document.editors and not document.lock.locked() and self._open.get(document.id) is document:
+            del self._open[document.id]
+
+    def wake_all(self) -> None:
+        for document in self._open.values():
+            for editor in document.editors:
+                editor.wake.set()
