@@ -84,6 +84,15 @@ def string_field(number: int, text: str) -> bytes:
     return bytes_field(number, text.encode()) if text else b""
 
 
+def timestamp_parts(key: bytes, seconds: int, nanos: int) -> tuple[bytes, bytes, bytes]:
+    """A google.protobuf.Timestamp field after its ``key``: (key, length, body), to be joined with the other
+    parts of a message (the body is at most 16 bytes)."""
+    stamp = (b"\x08" + (varint(seconds) if seconds > 0 else int64(seconds)) if seconds else b"") + (
+        b"\x10" + varint(nanos) if nanos else b""
+    )
+    return key, _SMALL[len(stamp)], stamp
+
+
 def repeated_messages(number: int, payloads: Iterable[bytes]) -> bytes:
     """A repeated message field from already serialized messages."""
     key = tag(number, _LEN)

@@ -27,7 +27,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import parse_time
 from streamcli.client.records import CACHED, CACHED_CHARS, Parsed, json_lines
 from streamcli.errors import UsageError
-from streamcli.protowire import SMALL, bytes_field, int64, pack_double, string_field, varint
+from streamcli.protowire import bytes_field, pack_double, string_field, timestamp_parts
 
 FORMATS = ("ndjson", "prometheus")
 _ZERO = bytes(8)
@@ -100,11 +100,7 @@ def _sample_bytes(name: str, value: float, time: tuple[int, int] | None, labels:
     if number != _ZERO:
         parts += (b"\x11", number)
     if time is not None:
-        seconds, nanos = time
-        stamp = (b"\x08" + (varint(seconds) if seconds > 0 else int64(seconds)) if seconds else b"") + (
-            b"\x10" + varint(nanos) if nanos else b""
-        )
-        parts += (b"\x1a", SMALL[len(stamp)], stamp)  # (at most 16 bytes)
+        parts += timestamp_parts(b"\x1a", *time)
     for key, label in labels.items():
         parts.append(_label_field(key, label) if len(label) <= CACHED_CHARS else _label_entry(key, label))
     return b"".join(parts)

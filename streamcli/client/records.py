@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.events import parse_time
 from streamcli.errors import UsageError
-from streamcli.protowire import SMALL, bytes_field, int64, pack_double, string_field, varint
+from streamcli.protowire import SMALL, bytes_field, pack_double, string_field, timestamp_parts, varint
 
 FORMATS = ("ndjson", "csv")
 _ZERO = bytes(8)
@@ -134,11 +134,7 @@ def _record_bytes(key: str, value: float, time: tuple[int, int] | None, payload:
     if number != _ZERO:
         parts += (b"\x11", number)
     if time is not None:
-        seconds, nanos = time
-        stamp = (b"\x08" + (varint(seconds) if seconds > 0 else int64(seconds)) if seconds else b"") + (
-            b"\x10" + varint(nanos) if nanos else b""
-        )
-        parts += (b"\x1a", SMALL[len(stamp)], stamp)  # (at most 16 bytes)
+        parts += timestamp_parts(b"\x1a", *time)
     if payload:
         fields = _struct_bytes(payload)
         size = len(fields)

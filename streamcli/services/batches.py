@@ -38,7 +38,7 @@ from streamcli.backends.base import (
 )
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Caller, Credentials
-from streamcli.services.checks import MalformedRequest, has_control, quoted
+from streamcli.services.checks import MalformedRequest, has_control, id_problem, quoted
 from streamcli.services.files import PAGE_TOKEN
 from streamcli.services.logs import Retention, timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
@@ -234,12 +234,8 @@ class BatchService:
                 f"source must be at most {MAX_SOURCE} characters without control characters",
             )
         name = request.batch_id
-        if name and not SAFE_ID.fullmatch(name):
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch_id {quoted(name)} must be 1-64 characters among ASCII letters, digits, '-' and '_'",
-            )
+        if name and (problem := id_problem("batch_id", name)):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         if not name and request.first_index:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "first_index is set without a batch_id")
         batch_id = name or uuid.uuid4().hex

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from streamcli.backends.blobs import SAFE_ID
+
 #: A user's name (in a chat room, a document, a user token).
 USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 #: A client's name for itself, echoed in what it stores (chat messages, document edits).
@@ -51,3 +53,11 @@ class MalformedRequest(Exception):
     @property
     def detail(self) -> str:
         return f"message {self.index} of the request stream is not a valid {self.type_name}: {self.reason}"
+
+
+def id_problem(field: str, value: str) -> str | None:
+    """Why ``value`` cannot be the id a client names in ``field`` (None: it can): ids the client chooses
+    (batch and push ids) are names in storage, held to ``backends.blobs.SAFE_ID``."""
+    if SAFE_ID.fullmatch(value):
+        return None
+    return f"{field} {quoted(value)} must be 1-64 characters among ASCII letters, digits, '-' and '_'"

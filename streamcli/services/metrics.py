@@ -31,11 +31,10 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import MetricDelta, MetricSeries, MetricStore, PushMark, StoredMetric
-from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Credentials
 from streamcli.services import sketches
 from streamcli.services.batches import END_TIME, FIRST_TIME
-from streamcli.services.checks import MalformedRequest, has_control, quoted
+from streamcli.services.checks import MalformedRequest, has_control, id_problem, quoted
 from streamcli.services.files import PAGE_TOKEN
 from streamcli.services.logs import Retention, timestamp
 from streamcli.services.rpc import Context, abort
@@ -205,12 +204,8 @@ class MetricService:
 
     async def _open(self, request: pb.CollectMetricsRequest, owner: str, context: Context) -> _Stream:
         push_id = request.push_id
-        if push_id and not SAFE_ID.fullmatch(push_id):
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"push_id {quoted(push_id)} must be 1-64 characters among ASCII letters, digits, '-' and '_'",
-            )
+        if push_id and (problem := id_problem("push_id", push_id)):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         if not push_id and request.first_index:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "first_index is set without a push_id")
         errors = min(request.max_errors, MAX_ERRORS) if request.max_errors else DEFAULT_ERRORS
