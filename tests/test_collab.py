@@ -247,6 +247,30 @@ async def test_documents_persist_across_a_restart(tmp_path: pathlib.Path) -> Non
         assert [e.edit.insert_text for e in await bob.events(2)] == ["c", "d"]
 
 
+async def test_after_a_restart_a_change_based_before_the_snapshot_is_transformed_with_the_kept_edits(
+    tmp_path: pathlib.Path,
+) -> None:
+    settings = DocumentSettings(snapshot_every=2)
+    async with (
+        running_server(tmp_path / "data", documents=settings) as server,
+        client(server.address) as conn,
+        joined(conn, "kept", "alice", "a") as alice,
+    ):
+        await alice.events(1)
+        for n, letter in enumerate("abcd"):
+            await alice.edit(n, n, text=letter, seq=n + 1)
+            await alice.events(1)
+    # A new server opens the document from its snapshot at revision 4; the edits before it stay in the log.
+    async with running_server(tmp_path / "data", documents=settings) as server, client(server.address) as conn:
+        async with joined(conn, "kept", "bob", "b") as bob:
+            assert text_of(await bob.event()) == (4, "abcd")
+            await bob.edit(2, 1, text="X", seq=1)  # "a|b" at revision 2: "c" and "d" came after it
+            committed = await bob.event()
+            assert (committed.revision, committed.edit.position, committed.edit.insert_text) == (5, 1, "X")
+        async with joined(conn, "kept", "carol", "c") as carol:
+            assert text_of(await carol.event()) == (5, "aXbcd")
+
+
 async def test_a_user_token_edits_as_its_user_and_its_name_is_its_own(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path, token="shared", user_tokens={"alice": "alice-secret"}) as server:
         async with client(server.address, token="alice-secret") as conn, joined(conn, "doc", "mallory") as alice:

@@ -68,6 +68,8 @@ class CollabService:
         document = await self.documents.get(join.document_id)
         first: list[pb.CollaborationEvent] = []
         position = join.last_revision if join.HasField("last_revision") else None
+        if position is not None:
+            await document.keep_from(position)
         if position is not None and position > document.revision:
             await abort(
                 context,
@@ -237,6 +239,7 @@ class CollabService:
                 change, parts = parts, []
                 await self._commit(document, editor, change)
             elif action == "cursor":
+                await document.keep_from(request.cursor.base_revision)
                 self._cursor(document, editor, request.cursor)
             else:
                 self._refuse(document, editor, 0, f"unexpected {action or 'empty message'} after the join")

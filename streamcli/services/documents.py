@@ -5,7 +5,8 @@ A document ``D`` is the log ``doc:D`` (record id = revision: record 1 makes revi
 and each client's last committed change number), one every ``snapshot_every`` revisions. A revision is
 committed by a conditional append ("append if the log still ends at the revision I transformed onto"):
 a writer that lost the race (another replica on a shared backend) reads what was appended and transforms
-again. Opening a document reads its newest snapshot and the edits after it; the log and the history kept
+again. Opening a document reads its newest snapshot and the edits after it (the kept edits before the snapshot
+only when a rejoin or a change asks for them); the log and the history kept
 in memory are trimmed to the last ``kept_revisions`` once a snapshot covers what is removed.
 
 An ``Editor`` is one Collaborate stream on a document: what it has been sent (``position``), its
@@ -72,9 +73,10 @@ class Document:
         self.editors: set[Editor] = set()
         self.lock = asyncio.Lock()  # one commit at a time
         self.snapshot_revision = 0
+        self._log_start = 0  # where the log began when last looked at (it only moves on)
 
     async def open(self) -> None:
-        """Read the newest snapshot and the edits after it."""
+        """Read the newest snapshot and the edits after it (the kept edits before it are read when asked for)."""
         bounds = await self.log.bounds(self.snapshots)
         if bounds.last_id:
             (record,) = await self.log.read(self.snapshots, bounds.last_id - 1, 1)
@@ -82,22 +84,31 @@ class Document:
             self.sequencer = Sequencer(saved["text"], saved["revision"], self.settings.max_length)
             self.sequencer.last_seq.update(saved["last_seq"])
             self.snapshot_revision = saved["revision"]
-            await self._read_kept_before(self.snapshot_revision)
         await self._read_on()
 
-    async def _read_kept_before(self, revision: int) -> None:
-        """Take the edits the log keeps up to ``revision`` (a snapshot's) into the history, for rejoins."""
-        start = (await self.log.bounds(self.stream)).trimmed_through
-        kept: list[pb.CollaborationEvent] = []
-        while start + len(kept) < revision:
-            records = await self.log.read(
-                self.stream, start + len(kept), min(READ_RECORDS, revision - start - len(kept))
-            )
+    async def keep_from(self, revision: int) -> None:
+        """Have the history reach back to ``revision`` as far as the log keeps it (a rejoin, or a change or a
+        cursor based on a revision before the newest snapshot read on opening)."""
+        if revision < self.sequencer.first_kept:
+            async with self.lock:
+                await self._read_back(revision)
+
+    async def _read_back(self, revision: int) -> None:
+        """Put the logged edits after ``revision`` that the history lacks before it; nothing if trimmed away."""
+        first = self.sequencer.first_kept
+        if revision >= first or first <= self._log_start:
+            return
+        self._log_start = (await self.log.bounds(self.stream)).trimmed_through
+        start = max(revision, self._log_start)
+        earlier: list[pb.CollaborationEvent] = []
+        while start + len(earlier) < first:
+            after = start + len(earlier)
+            records = await self.log.read(self.stream, after, min(READ_RECORDS, first - after))
             if not records:
-                break
-            kept.extend(pb.CollaborationEvent.FromString(r.payload) for r in records)
-        self.sequencer.keep_earlier([_committed(e) for e in kept])
-        self.events[:0] = kept
+                return
+            earlier.extend(pb.CollaborationEvent.FromString(r.payload) for r in records)
+        self.sequencer.keep_earlier([_committed(e) for e in earlier])
+        self.events[:0] = earlier
 
     async def _read_on(self) -> None:
         """Take in what the log holds after the sequencer's revision."""
@@ -123,6 +134,7 @@ class Document:
             InvalidEdit, TrimmedHistory: from ``Sequencer.rebase``.
         """
         async with self.lock:
+            await self._read_back(base)
             while True:
                 if self.sequencer.is_duplicate(client_id, client_seq):
                     return 0
@@ -152,10 +164,10 @@ class Document:
                 self.sequencer.record(_committed(e) for e in events)
                 self.events.extend(events)
                 break
+            for editor in self.editors:
+                editor.wake.set()
             if self.revision - self.snapshot_revision >= self.settings.snapshot_every:
-                await self._snapshot()
-        for editor in self.editors:
-            editor.wake.set()
+                await self._snapshot()  # after the wake-ups: the editors are sent the edit meanwhile
         return len(events)
 
     async def _snapshot(self) -> None:
