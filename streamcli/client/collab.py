@@ -116,13 +116,25 @@ class RemoteCursor:
     position: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Participant:
+    """Another editor joined the document (``present``) or left it."""
+
+    user_id: str
+    client_id: str
+    present: bool
+
+
 @dataclasses.dataclass
 class SessionHandlers:
-    """What a view of the session is told (all optional): remote changes, a fresh text, cursors, the connection."""
+    """What a view of the session is told (all optional): remote changes, a fresh text, cursors, who is here, the
+    connection. While the state is not "connected" the view cannot know who is here: after a reconnect the
+    server tells again who is."""
 
     remote: Callable[[Operation], None] | None = None  # a change by others, made on ``replica.text``
     reset: Callable[[str], None] | None = None  # a snapshot replaced the text
     cursor: Callable[[RemoteCursor], None] | None = None
+    presence: Callable[[Participant], None] | None = None
     state: Callable[[str], None] | None = None  # "connecting", "connected", "reconnecting (CODE)"
 
 
@@ -313,6 +325,8 @@ class DocumentSession:
             if pending is not None:
                 position = pending.transform_position(position)
             self.handlers.cursor(RemoteCursor(event.user_id, event.client_id, position))
+        elif change == "presence" and event.client_id != self.replica.client_id and self.handlers.presence:
+            self.handlers.presence(Participant(event.user_id, event.client_id, event.presence.present))
         elif (
             change == "refusal"
             and self.replica.in_flight is not None

@@ -87,7 +87,7 @@ class CollabService:
                 )
             )
         editor = Editor(join.user_id, join.client_id, position)
-        document.editors.add(editor)
+        document.arrive(editor)
         try:
             if first:
                 await context.write(pb.CollaborateResponse(events=first))

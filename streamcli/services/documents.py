@@ -10,7 +10,7 @@ only when a rejoin or a change asks for them); the log and the history kept
 in memory are trimmed to the last ``kept_revisions`` once a snapshot covers what is removed.
 
 An ``Editor`` is one Collaborate stream on a document: what it has been sent (``position``), its
-ephemeral events (cursors of others, its own refusals) and a wake-up. The RPC is ``services/collab.py``.
+ephemeral events (cursors and presence of others, its own refusals) and a wake-up. The RPC is ``services/collab.py``.
 """
 
 from __future__ import annotations
@@ -184,10 +184,34 @@ class Document:
         await self.log.trim(self.stream, keep_last=keep)
 
     def broadcast(self, author: Editor, event: pb.CollaborationEvent) -> None:
-        """Pass an ephemeral event (a cursor) to the other editors."""
+        """Pass an ephemeral event (a cursor, a presence) to the other editors."""
         for editor in self.editors:
             if editor is not author:
                 editor.push(event)
+
+    def arrive(self, editor: Editor) -> None:
+        """Take ``editor`` in: it is told who is here, the others that it came."""
+        for other in self.editors:
+            editor.push(self._presence(other, True))
+        self.editors.add(editor)
+        self.broadcast(editor, self._presence(editor, True))
+
+    def leave(self, editor: Editor) -> None:
+        """``editor``'s stream ended: the others are told, unless the same client is here on another stream (a
+        rejoin that came before the old stream's end was noticed)."""
+        self.editors.discard(editor)
+        if not editor.client_id or all(other.client_id != editor.client_id for other in self.editors):
+            self.broadcast(editor, self._presence(editor, False))
+
+    def _presence(self, editor: Editor, present: bool) -> pb.CollaborationEvent:
+        return pb.CollaborationEvent(
+            document_id=self.id,
+            user_id=editor.user,
+            revision=self.revision,
+            timestamp=timestamp(time.time()),
+            client_id=editor.client_id,
+            presence=pb.CollaboratePresence(present=present),
+        )
 
 
 def _pieces(seq: Sequencer, op: Operation, client_id: str, client_seq: int) -> list[Committed]:
@@ -224,8 +248,8 @@ class Documents:
             return document
 
     def left(self, document: Document, editor: Editor) -> None:
-        """``editor`` is gone: close the document when it was the last."""
-        document.editors.discard(editor)
+        """``editor`` is gone: the others are told; the document is closed when it was the last."""
+        document.leave(editor)
         if not document.editors and not document.lock.locked() and self._open.get(document.id) is document:
             del self._open[document.id]
 

@@ -2897,6 +2897,32 @@ class CollaborateRefusal(_message.Message):
 Global___CollaborateRefusal: _TypeAlias = CollaborateRefusal  # noqa: Y015
 
 @_typing.final
+class CollaboratePresence(_message.Message):
+    """CollaboratePresence says that an editor (the event's user_id and client_id)
+    is on the document or has left it. Live only, never stored: a stream is sent
+    one for each editor already there once it has caught up after its join (also
+    after a rejoin), then one whenever an editor joins or leaves.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESENT_FIELD_NUMBER: _builtins.int
+    present: _builtins.bool
+    """True: the editor is on the document; false: its last stream has ended."""
+    def __init__(
+        self,
+        *,
+        present: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["present", b"present"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollaboratePresence: _TypeAlias = CollaboratePresence  # noqa: Y015
+
+@_typing.final
 class CollaborationEvent(_message.Message):
     """CollaborationEvent is one change of a shared document."""
 
@@ -2910,6 +2936,7 @@ class CollaborationEvent(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    PRESENCE_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     CLIENT_SEQ_FIELD_NUMBER: _builtins.int
     PARTS_AFTER_FIELD_NUMBER: _builtins.int
@@ -2953,6 +2980,10 @@ class CollaborationEvent(_message.Message):
         author only); the stream goes on.
         """
 
+    @_builtins.property
+    def presence(self) -> Global___CollaboratePresence:
+        """An editor joined or left (live only, never stored)."""
+
     def __init__(
         self,
         *,
@@ -2964,15 +2995,16 @@ class CollaborationEvent(_message.Message):
         cursor: Global___CollaborateCursor | None = ...,
         snapshot: _builtins.str = ...,
         refusal: Global___CollaborateRefusal | None = ...,
+        presence: Global___CollaboratePresence | None = ...,
         client_id: _builtins.str = ...,
         client_seq: _builtins.int = ...,
         parts_after: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "edit", b"edit", "refusal", b"refusal", "snapshot", b"snapshot", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "edit", b"edit", "presence", b"presence", "refusal", b"refusal", "snapshot", b"snapshot", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "client_id", b"client_id", "client_seq", b"client_seq", "cursor", b"cursor", "document_id", b"document_id", "edit", b"edit", "parts_after", b"parts_after", "refusal", b"refusal", "revision", b"revision", "snapshot", b"snapshot", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "client_id", b"client_id", "client_seq", b"client_seq", "cursor", b"cursor", "document_id", b"document_id", "edit", b"edit", "parts_after", b"parts_after", "presence", b"presence", "refusal", b"refusal", "revision", b"revision", "snapshot", b"snapshot", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["edit", "cursor", "snapshot", "refusal"]  # noqa: Y015
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["edit", "cursor", "snapshot", "refusal", "presence"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
