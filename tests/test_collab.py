@@ -108,6 +108,27 @@ async def test_editors_are_told_who_is_here_who_comes_and_who_leaves(conn: Conne
             assert presence_of(await alice.event()) == ("bob", "b1", False)  # its last stream ended: who left
 
 
+async def test_a_cursor_moved_while_a_change_was_unacknowledged_is_sent_once_it_is(conn: Connection) -> None:
+    from streamcli.client.collab import DocumentSession, SessionHandlers
+    from streamcli.client.retry import RetryPolicy
+    from streamcli.ot import Edit, Operation
+
+    async with joined(conn, "cur", "bob", "b") as bob:
+        await bob.event()
+        handlers = SessionHandlers(cursor_at=lambda: 3)  # where the view's cursor is once the change is in
+
+        async def work(session: DocumentSession) -> list[pb.CollaborationEvent]:
+            await session.joined.wait()
+            await session.local(Operation.from_edit(0, Edit(0, 0, "hello")))
+            await session.move_cursor(5)  # while "hello" is unacknowledged: not sent now
+            return await bob.events(2)
+
+        session = DocumentSession(conn, "cur", "alice", retry=RetryPolicy(retries=0), handlers=handlers)
+        edit, cursor = await session.run(work)
+        assert (edit.edit.insert_text, cursor.WhichOneof("change")) == ("hello", "cursor")
+        assert (cursor.cursor.position, cursor.revision, cursor.client_id) == (3, 1, session.replica.client_id)
+
+
 async def test_a_join_gets_a_snapshot_and_every_editor_gets_each_edit_with_its_author(conn: Connection) -> None:
     async with joined(conn, "doc", "alice") as alice, joined(conn, "doc", "bob") as bob:
         assert text_of(await alice.event()) == (0, "")

@@ -135,6 +135,7 @@ class SessionHandlers:
     reset: Callable[[str], None] | None = None  # a snapshot replaced the text
     cursor: Callable[[RemoteCursor], None] | None = None
     presence: Callable[[Participant], None] | None = None
+    cursor_at: Callable[[], int] | None = None  # where the view's cursor is now: sent once a change is acknowledged
     state: Callable[[str], None] | None = None  # "connecting", "connected", "reconnecting (CODE)"
 
 
@@ -171,6 +172,7 @@ class DocumentSession:
         self._fresh_join = True  # join for a snapshot (not by revision)
         self._writing = asyncio.Lock()  # one change's edits go out together
         self._tasks: set[asyncio.Future[None]] = set()
+        self._cursor_owed = False  # a cursor move could not be sent (a change was unacknowledged)
         self._call: grpc.aio.StreamStreamCall[pb.CollaborateRequest, pb.CollaborateResponse] | None = None
 
     async def run(self, work: Callable[[DocumentSession], Any]) -> Any:
@@ -216,7 +218,9 @@ class DocumentSession:
         the server places a cursor on a revision it has, and the session's own text is ahead of it)."""
         call = self._call
         if call is None or self.replica.pending() is not None or not self.joined.is_set():
+            self._cursor_owed = True  # sent (where the view says it is then) once nothing is unacknowledged
             return
+        self._cursor_owed = False
         request = pb.CollaborateRequest(
             cursor=pb.CollaborateCursor(position=position, base_revision=self.replica.revision)
         )
@@ -337,6 +341,9 @@ class DocumentSession:
             self.replica.waiting = None
         if self.replica.in_flight is None and self.replica.waiting is None:
             self.settled.set()
+            if self._cursor_owed and self.handlers.cursor_at is not None:
+                self._cursor_owed = False
+                self._spawn(self.move_cursor(self.handlers.cursor_at()))
 
 
 async def read_document(conn: Connection, document_id: str, user_id: str, retry: RetryPolicy) -> DocumentText:

@@ -95,7 +95,12 @@ class CollabEditor:
             user,
             retry=retry,
             handlers=SessionHandlers(
-                remote=self._remote, reset=self._reset, cursor=self._cursor, presence=self._presence, state=self._state
+                remote=self._remote,
+                reset=self._reset,
+                cursor=self._cursor,
+                presence=self._presence,
+                state=self._state,
+                cursor_at=lambda: self.buffer.cursor_position,
             ),
         )
         self._shown = ""  # the text as the session has it, last time the buffer agreed with it
