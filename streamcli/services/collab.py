@@ -26,6 +26,7 @@ from streamcli.services.checks import CLIENT_ID, CLIENT_ID_RULE, USER_ID, Malfor
 from streamcli.services.documents import DOCUMENT_STREAM, Document, Documents, DocumentSettings, Editor
 from streamcli.services.logs import BATCH_RECORDS, LogSettings, timestamp
 from streamcli.services.rpc import Context, abort
+from streamcli.services.wire import repeated_messages
 
 DOCUMENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DOCUMENT_ID_RULE = "document_id must be 1-64 letters, digits, '-', '_' or '.'"
@@ -190,19 +191,20 @@ class CollabService:
             editor.wake.clear()
             if token.revoked():
                 await abort(context, grpc.StatusCode.UNAUTHENTICATED, REVOKED)
-            events: list[pb.CollaborationEvent] = []
+            response: bytes | pb.CollaborateResponse | None = None
             if editor.position < document.revision:
                 try:
-                    events = document.events_after(editor.position, BATCH_RECORDS)
+                    edits = document.events_after(editor.position, BATCH_RECORDS)
                 except TrimmedHistory as exc:
                     raise _Rejoin(f"this stream fell behind: {exc}") from None
-                editor.position = events[-1].revision
+                editor.position += len(edits)  # one a revision
+                response = repeated_messages(1, edits)  # CollaborateResponse.events, from the committed bytes
             elif editor.outbox:
                 # Cursors refer to a revision already sent: only now, when the stream has every edit.
-                events = list(editor.outbox)
+                response = pb.CollaborateResponse(events=editor.outbox)
                 editor.outbox.clear()
-            if events:
-                await context.write(pb.CollaborateResponse(events=events))
+            if response is not None:
+                await context.write(response)
                 last_sent = loop.time()
                 continue
             if receiver.done():
@@ -215,7 +217,8 @@ class CollabService:
                 )
             heartbeat = self.log_settings.heartbeat
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(editor.wake.wait(), max(0.0, last_sent + heartbeat - loop.time()))
+                async with asyncio.timeout_at(last_sent + heartbeat):  # (no task per wait, as wait_for makes)
+                    await editor.wake.wait()
             if not editor.wake.is_set() and loop.time() >= last_sent + heartbeat:
                 await context.write(pb.CollaborateResponse())  # heartbeat: proxies keep an idle stream
                 last_sent = loop.time()

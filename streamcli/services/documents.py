@@ -69,7 +69,7 @@ class Document:
         self.log = log
         self.settings = settings
         self.sequencer = Sequencer(max_length=settings.max_length)
-        self.events: list[pb.CollaborationEvent] = []  # one per revision of sequencer.history
+        self.events: list[bytes] = []  # each revision of sequencer.history: its CollaborationEvent, serialized
         self.editors: set[Editor] = set()
         self.lock = asyncio.Lock()  # one commit at a time
         self.snapshot_revision = 0
@@ -100,29 +100,29 @@ class Document:
             return
         self._log_start = (await self.log.bounds(self.stream)).trimmed_through
         start = max(revision, self._log_start)
-        earlier: list[pb.CollaborationEvent] = []
+        earlier: list[bytes] = []
         while start + len(earlier) < first:
             after = start + len(earlier)
             records = await self.log.read(self.stream, after, min(READ_RECORDS, first - after))
             if not records:
                 return
-            earlier.extend(pb.CollaborationEvent.FromString(r.payload) for r in records)
-        self.sequencer.keep_earlier([_committed(e) for e in earlier])
+            earlier.extend(r.payload for r in records)
+        self.sequencer.keep_earlier([_committed(pb.CollaborationEvent.FromString(e)) for e in earlier])
         self.events[:0] = earlier
 
     async def _read_on(self) -> None:
         """Take in what the log holds after the sequencer's revision."""
         while records := await self.log.read(self.stream, self.sequencer.revision, READ_RECORDS):
-            events = [pb.CollaborationEvent.FromString(r.payload) for r in records]
-            self.sequencer.record(_committed(e) for e in events)
-            self.events.extend(events)
+            self.sequencer.record(_committed(pb.CollaborationEvent.FromString(r.payload)) for r in records)
+            self.events.extend(r.payload for r in records)
 
     @property
     def revision(self) -> int:
         return self.sequencer.revision
 
-    def events_after(self, revision: int, limit: int) -> list[pb.CollaborationEvent]:
-        """Up to ``limit`` edit events after ``revision`` (:class:`TrimmedHistory` if they are no longer kept)."""
+    def events_after(self, revision: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` edit events after ``revision``, serialized, one a revision (:class:`TrimmedHistory` if
+        they are no longer kept). Serialized once when committed: every editor is sent the same bytes."""
         first = self.sequencer.first_kept
         self.sequencer.since(revision)  # raises when trimmed
         return self.events[revision - first : revision - first + limit]
@@ -130,9 +130,15 @@ class Document:
     async def commit(self, user: str, client_id: str, client_seq: int, base: int, edits: list[Edit]) -> int:
         """Transform a change onto the current revision and commit it; returns the revisions it made (0: a re-send).
 
+        A commit that has begun runs to its end (the editors woken, a snapshot written) even when the author's
+        stream ends meanwhile and its caller is cancelled.
+
         Raises:
             InvalidEdit, TrimmedHistory: from ``Sequencer.rebase``.
         """
+        return await asyncio.shield(self._commit(user, client_id, client_seq, base, edits))
+
+    async def _commit(self, user: str, client_id: str, client_seq: int, base: int, edits: list[Edit]) -> int:
         async with self.lock:
             await self._read_back(base)
             while True:
@@ -162,7 +168,7 @@ class Document:
                     await self._read_on()  # another writer committed first: transform again
                     continue
                 self.sequencer.record(_committed(e) for e in events)
-                self.events.extend(events)
+                self.events.extend(r.payload for r in records)
                 break
             for editor in self.editors:
                 editor.wake.set()
@@ -236,6 +242,7 @@ class Documents:
         self.settings = settings
         self._open: dict[str, Document] = {}
         self._opening = asyncio.Lock()
+        self._closing: set[asyncio.Future[None]] = set()
 
     async def get(self, document_id: str) -> Document:
         """The document, opened (read from its log) if it is not open yet."""
@@ -248,9 +255,25 @@ class Documents:
             return document
 
     def left(self, document: Document, editor: Editor) -> None:
-        """``editor`` is gone: the others are told; the document is closed when it was the last."""
+        """``editor`` is gone: the others are told; the document is closed when it was the last (once a commit
+        or a read in progress has ended)."""
         document.leave(editor)
-        if not document.editors and not document.lock.locked() and self._open.get(document.id) is document:
+        if document.editors:
+            return
+        if not document.lock.locked():
+            self._close(document)
+            return
+        closing = asyncio.ensure_future(self._close_when_idle(document))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _close_when_idle(self, document: Document) -> None:
+        async with document.lock:
+            pass
+        self._close(document)
+
+    def _close(self, document: Document) -> None:
+        if not document.editors and self._open.get(document.id) is document:
             del self._open[document.id]
 
     def wake_all(self) -> None:
