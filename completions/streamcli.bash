@@ -115,7 +115,7 @@ _streamcli() {
         'chat:--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'chat:--client-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'chat:--client-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        'collab:--apply') COMPREPLY=(); return ;;
+        'collab:--apply') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'collab:--user'|'collab:-u') COMPREPLY=(); return ;;
         'collab:--retries') COMPREPLY=(); return ;;
         'collab:--address'|'collab:-a') COMPREPLY=(); return ;;

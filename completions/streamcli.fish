@@ -233,7 +233,7 @@ complete -c streamcli -n '__streamcli_at '\''chat'\''' -l traceback -d 'Show a t
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l version -d 'Show the version and exit.'
 complete -c streamcli -n '__streamcli_at '\''chat'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''collab'\''' -l print -d 'Print the document'\''s current text.'
-complete -c streamcli -n '__streamcli_at '\''collab'\''' -l apply -x -d 'Apply the edits of this NDJSON file (- for stdin) as one change.'
+complete -c streamcli -n '__streamcli_at '\''collab'\''' -l apply -r -F -d 'Apply the edits of this NDJSON file (- for stdin) as one change.'
 complete -c streamcli -n '__streamcli_at '\''collab'\''' -l user -s u -x -d 'Your name (letters, digits, - _ .). [default: $USER]'
 complete -c streamcli -n '__streamcli_at '\''collab'\''' -l retries -x -d 'Reconnection attempts after a lost server before giving up.'
 complete -c streamcli -n '__streamcli_at '\''collab'\''' -l address -s a -x -d 'Server address, HOST:PORT.'

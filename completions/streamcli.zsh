@@ -116,7 +116,7 @@ _streamcli() {
         'chat:--ca-cert') _files; return ;;
         'chat:--client-cert') _files; return ;;
         'chat:--client-key') _files; return ;;
-        'collab:--apply') _message 'value'; return ;;
+        'collab:--apply') _files; return ;;
         'collab:--user'|'collab:-u') _message 'value'; return ;;
         'collab:--retries') _message 'value'; return ;;
         'collab:--address'|'collab:-a') _message 'value'; return ;;

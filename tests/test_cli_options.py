@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import re
 
 import pytest
 
@@ -102,3 +103,57 @@ def test_the_last_of_a_repeated_global_option_counts(tmp_path: pathlib.Path) -> 
     with threaded_server(tmp_path / "data") as address:
         result = cli("127.0.0.1:1", "health", "--address", address)
     assert (result.code, result.out.strip()) == (0, "SERVING"), result.err
+
+
+def _command_paths() -> list[list[str]]:
+    paths: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        paths.append(path)
+        for name, child in sorted(getattr(command, "commands", {}).items()):
+            walk(child, [*path, name])
+
+    walk(command_tree(), [])
+    return paths
+
+
+#: What typer would show instead of a man page's metavars: Python types, ranges as types, {ARG}.
+_TYPE_NAMES = re.compile(r"<(bool|str|int|float|file|dir|path|list\[[^\]]*\]|[a-z]+ range)>", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "streamcli")
+def test_help_reads_as_a_man_page(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*path, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert _TYPE_NAMES.search(out) is None, out
+    assert "range>" not in out
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+    # Every option that takes a value shows a metavar in capitals (or its choices); flags show none.
+    command = command_tree()
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    for param in command.params:
+        if param.param_type_name != "option":
+            continue
+        if getattr(param, "is_flag", False):
+            assert param.metavar == "", param.opts
+        else:
+            assert param.metavar and (param.metavar.isupper() or "|" in param.metavar), (param.opts, param.metavar)
+
+
+def test_usage_lines_name_arguments_as_a_man_page_does(capsys: pytest.CaptureFixture[str]) -> None:
+    usages = {}
+    for path in (["upload"], ["download"], ["files", "rm"], ["health"], ["process"], ["batch", "ingest"]):
+        main([*path, "--help"])
+        out = capsys.readouterr().out
+        usage = next(line for line in out.splitlines() if "Usage:" in line)
+        usages[" ".join(path)] = usage.split("[OPTIONS]")[1].strip()
+    assert usages == {
+        "upload": "PATH...",
+        "download": "ID",
+        "files rm": "ID...",
+        "health": "[SERVICE]",
+        "process": "[FILE|-]",
+        "batch ingest": "FILE...",
+    }

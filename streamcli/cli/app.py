@@ -145,6 +145,9 @@ def command_tree() -> TyperGroup:
     """The click command tree of ``app``, built once: what ``main`` runs, completions and tests walk."""
     import typer.main
 
+    from streamcli.cli.manpage import man_page_help
+
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
+    man_page_help(group)
     return group
