@@ -15,6 +15,7 @@ from streamcli.cli.argv import global_options_first
 from streamcli.cli.environment import Environment
 from streamcli.cli.main import main
 from streamcli.errors import ExitStatus
+from streamcli.transport import client_target
 from tests.support.certs import make_pki
 from tests.support.inprocess import cli
 from tests.support.threaded import threaded_server
@@ -157,3 +158,93 @@ def test_usage_lines_name_arguments_as_a_man_page_does(capsys: pytest.CaptureFix
         "process": "[FILE|-]",
         "batch ingest": "FILE...",
     }
+
+
+@pytest.mark.parametrize(
+    ("address", "target", "tls"),
+    [
+        ("127.0.0.1", "127.0.0.1:50051", None),  # the server's default port, not gRPC's 443
+        ("localhost:7000", "localhost:7000", None),
+        ("[::1]", "[::1]:50051", None),
+        ("::1", "[::1]:50051", None),
+        ("http://host:50051", "host:50051", False),
+        ("grpc://host:50051/", "host:50051", False),
+        ("https://host", "host:443", True),
+        ("https://host:8443", "host:8443", True),
+        ("grpcs://host", "host:50051", True),
+        ("unix:/run/streamcli.sock", "unix:/run/streamcli.sock", None),
+    ],
+)
+def test_client_addresses(address: str, target: str, tls: bool | None) -> None:
+    assert client_target(address) == (target, tls)
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("ftp://host:1", "unknown scheme ftp://; write HOST:PORT (plaintext), https://HOST:PORT (TLS)"),
+        ("http://host:1/api", "a gRPC address has no path; write http://HOST:PORT"),
+        ("host:http", "the port must be a number of 1-65535"),
+        ("host:70000", "the port must be a number of 1-65535"),
+        (":50051", "no host; write HOST:PORT"),
+        ("  ", "the server address is empty"),
+    ],
+)
+def test_bad_addresses_are_usage_errors(address: str, message: str) -> None:
+    result = cli(address, "health")
+    assert result.code == ExitStatus.USAGE
+    assert len(result.error_lines) == 1 and message in result.err, result.err
+
+
+def test_an_address_without_a_port_or_with_a_scheme_reaches_the_server(tmp_path: pathlib.Path) -> None:
+    with threaded_server(tmp_path / "data") as address:
+        port = address.rpartition(":")[2]
+        as_url = cli(f"http://127.0.0.1:{port}", "health")
+        as_grpc = cli(f"grpc://127.0.0.1:{port}/", "health")
+        mixed = cli(f"http://127.0.0.1:{port}", "--tls", "health")
+    no_port = cli("127.0.0.1", "health", "--timeout", "1")  # the default port: nothing listens there here
+    assert (as_url.code, as_url.out.strip()) == (0, "SERVING"), as_url.err
+    assert (as_grpc.code, as_grpc.out.strip()) == (0, "SERVING"), as_grpc.err
+    assert mixed.code == ExitStatus.USAGE and "write https:// or drop the TLS options" in mixed.err
+    assert no_port.code == ExitStatus.UNAVAILABLE
+    assert "cannot reach the server at 127.0.0.1:50051" in no_port.err
+
+
+def test_a_ca_cert_that_is_not_a_certificate_is_a_usage_error(tmp_path: pathlib.Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("hello\n")
+    binary = tmp_path / "ca.der"
+    binary.write_bytes(bytes(range(256)))
+    for path in (not_pem, binary):
+        result = cli("127.0.0.1:1", "--ca-cert", str(path), "health")
+        assert result.code == ExitStatus.USAGE
+        assert result.err == f"streamcli: error: CA certificate {path} is not a PEM certificate: " + (
+            "give a file that starts -----BEGIN CERTIFICATE-----\n"
+        )
+
+
+def test_tls_and_plaintext_mismatches_say_so(tmp_path: pathlib.Path) -> None:
+    ca, server, _ = make_pki(tmp_path)
+    tls = {"tls_cert": server.cert, "tls_key": server.key}
+    with threaded_server(tmp_path / "tls", **tls) as address:
+        address = address.replace("127.0.0.1", "localhost")
+        plaintext = cli(address, "health", "--timeout", "3")
+        https = cli(f"https://{address}", "--ca-cert", str(ca.cert), "health")
+    with threaded_server(tmp_path / "mtls", tls_client_ca=ca.cert, **tls) as address:
+        address = address.replace("127.0.0.1", "localhost")
+        no_client_cert = cli(address, "--ca-cert", str(ca.cert), "files", "ls")
+        plaintext_at_mtls = cli(address, "files", "ls")
+    with threaded_server(tmp_path / "plain") as address:
+        tls_at_plaintext = cli(address, "--ca-cert", str(ca.cert), "health", "--timeout", "3")
+    assert plaintext.code == ExitStatus.USAGE
+    assert "TLS/plaintext mismatch: the server at localhost:" in plaintext.err
+    assert "add --tls (with --ca-cert CA.pem for a private CA), or write https://localhost:" in plaintext.err
+    assert (https.code, https.out.strip()) == (0, "SERVING"), https.err
+    assert no_client_cert.code == ExitStatus.USAGE
+    assert "requires a client certificate (mTLS): give --client-cert and --client-key" in no_client_cert.err
+    assert plaintext_at_mtls.code == ExitStatus.USAGE
+    assert "TLS/plaintext mismatch" in plaintext_at_mtls.err and "--client-cert" in plaintext_at_mtls.err
+    assert tls_at_plaintext.code == ExitStatus.USAGE
+    assert "does not use TLS (it answered in plaintext)" in tls_at_plaintext.err
+    for run in (plaintext, no_client_cert, plaintext_at_mtls, tls_at_plaintext):
+        assert len(run.error_lines) == 1, run.err
