@@ -53,7 +53,12 @@ def root(
     ctx: typer.Context,
     address: Annotated[
         str,
-        typer.Option("--address", "-a", envvar="STREAMCLI_ADDRESS", help="Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS)."),
+        typer.Option(
+            "--address",
+            "-a",
+            envvar="STREAMCLI_ADDRESS",
+            help="Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS).",
+        ),
     ] = DEFAULT_ADDRESS,
     token: Annotated[
         str | None,
