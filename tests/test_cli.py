@@ -69,14 +69,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["tail", "notifications"], "missing option '--user' / '-u' (see streamcli tail notifications --help)"),
         (["health", "--no-such-option"], "no such option: --no-such-option (see streamcli health --help)"),
         (["helth"], "no such command 'helth'. Did you mean 'health'? (see streamcli --help)"),
-        (
-            ["tail", "events", "--all-users", "--json"],
-            "--json is a global option: put it before the command, e.g. streamcli --json tail events ...",
-        ),
-        (
-            ["tail", "events", "--all-users", "--address", "127.0.0.1:1"],
-            "--address is a global option: put it before the command, e.g. streamcli --address VALUE tail events ...",
-        ),
     ],
 )
 def test_usage_errors_print_one_line_and_exit_2(

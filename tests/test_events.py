@@ -332,7 +332,7 @@ async def test_a_trimmed_resume_point_is_out_of_range(tmp_path: pathlib.Path) ->
         assert "trimmed by retention" in failure.value.details()
         kept = pb.StreamUserEventsRequest(user_id="alice", resume_after_id=7, no_follow=True)
         assert [e.id for r in [r async for r in conn.stub.StreamUserEvents(kept)] for e in r.events] == [8, 9, 10]
-        with pytest.raises(ConflictError), rpc_errors(server.address):  # the CLI's exit code 9
+        with pytest.raises(ConflictError), rpc_errors(conn.settings):  # the CLI's exit code 9
             await conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="alice", resume_after_id=1)).read()
 
 

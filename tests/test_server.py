@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from streamcli.client.connection import connect
 from streamcli.client.health import check_health
 from streamcli.client.settings import ConnectionSettings
-from streamcli.errors import AuthError, UnavailableError, UsageError
+from streamcli.errors import AuthError, UsageError
 from streamcli.server.app import RunningServer, ServerConfig, start_server
 from tests.support.certs import make_pki
 from tests.support.rpc import METHODS, invoke, kind
@@ -119,8 +119,8 @@ async def test_tls_round_trip_with_a_generated_certificate(tmp_path: pathlib.Pat
     async with running_server(tmp_path / "data", tls_cert=server_cert.cert, tls_key=server_cert.key) as server:
         address = server.address.replace("127.0.0.1", "localhost")
         assert await health(ConnectionSettings(address=address, ca_cert=ca.cert)) == "SERVING"
-        # A plaintext client cannot talk to a TLS server.
-        with pytest.raises(UnavailableError):
+        # A plaintext client cannot talk to a TLS server, and is told so (a configuration error).
+        with pytest.raises(UsageError, match="TLS/plaintext mismatch"):
             await health(ConnectionSettings(address=server.address), timeout=2)
 
 
@@ -130,7 +130,7 @@ async def test_mutual_tls_requires_a_client_certificate(tmp_path: pathlib.Path) 
         tmp_path / "data", tls_cert=server_cert.cert, tls_key=server_cert.key, tls_client_ca=ca.cert
     ) as server:
         address = server.address.replace("127.0.0.1", "localhost")
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UsageError, match="requires a client certificate"):
             await health(ConnectionSettings(address=address, ca_cert=ca.cert), timeout=2)
         settings = ConnectionSettings(
             address=address, ca_cert=ca.cert, client_cert=client_cert.cert, client_key=client_cert.key

@@ -7,8 +7,9 @@ stay about as cheap as importing typer.
 
 from __future__ import annotations
 
+import functools
 import pathlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,11 +18,15 @@ from streamcli.cli.environment import get_env
 from streamcli.client.settings import ConnectionSettings
 from streamcli.transport import DEFAULT_ADDRESS
 
+if TYPE_CHECKING:
+    from typer.core import TyperGroup
+
 app = typer.Typer(
     name="streamcli",
     help=(
         "gRPC streaming toolkit: run a streaming server ([bold]serve[/bold]) and talk to it.\n\n"
-        "Connection options go before the command; they also read [cyan]STREAMCLI_*[/cyan] variables."
+        "These options go before or after the command; the connection options also read "
+        "[cyan]STREAMCLI_*[/cyan] variables."
     ),
     epilog=(
         "Examples:\n\n"
@@ -48,7 +53,12 @@ def root(
     ctx: typer.Context,
     address: Annotated[
         str,
-        typer.Option("--address", "-a", envvar="STREAMCLI_ADDRESS", help="Server address, HOST:PORT."),
+        typer.Option(
+            "--address",
+            "-a",
+            envvar="STREAMCLI_ADDRESS",
+            help="Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS).",
+        ),
     ] = DEFAULT_ADDRESS,
     token: Annotated[
         str | None,
@@ -133,3 +143,16 @@ def _register() -> None:
 
 
 _register()
+
+
+@functools.cache
+def command_tree() -> TyperGroup:
+    """The click command tree of ``app``, built once: what ``main`` runs, completions and tests walk."""
+    import typer.main
+
+    from streamcli.cli.manpage import man_page_help
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    man_page_help(group)
+    return group

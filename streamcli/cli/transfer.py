@@ -24,7 +24,7 @@ def upload(
     ctx: typer.Context,
     paths: Annotated[
         list[pathlib.Path],
-        typer.Argument(help="Files to upload; '-' reads standard input.", show_default=False),
+        typer.Argument(metavar="PATH...", help="Files to upload; '-' reads standard input.", show_default=False),
     ],
     name: Annotated[
         str | None,

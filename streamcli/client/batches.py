@@ -289,7 +289,7 @@ class BatchIngest:
             self._say(everything=True)
 
     async def _run(self, attempts: Attempts) -> IngestResult:
-        with rpc_errors(self._conn.settings.address):
+        with rpc_errors(self._conn.settings):
             reply = await self._call(self._query())
             self._acknowledge(reply)
             self._earlier = {e.index: e.reason for e in reply.errors}

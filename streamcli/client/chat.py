@@ -223,7 +223,7 @@ class ChatClient:
         self.handlers.state(ChatState.CONNECTING, self.conn.settings.address)
         sender = asyncio.create_task(self._deliver_all())
         try:
-            with rpc_errors(self.conn.settings.address):
+            with rpc_errors(self.conn.settings):
                 while True:
                     try:
                         if await self._one_stream():

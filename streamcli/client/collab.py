@@ -76,7 +76,7 @@ async def list_documents(conn: Connection) -> list[DocumentEntry]:
     """Every shared document, by id (paging through the server's pages)."""
     entries: list[DocumentEntry] = []
     after = ""
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings):
         while True:
             request = pb.ListDocumentsRequest(page_size=PAGE, after_document_id=after)
             page = await conn.stub.ListDocuments(request, metadata=conn.metadata)
@@ -249,7 +249,7 @@ class DocumentSession:
         attempts = Attempts(
             self.retry, f"document {self.document_id}", announce=self.announce, address=self.conn.settings.address
         )
-        with rpc_errors(self.conn.settings.address):
+        with rpc_errors(self.conn.settings):
             while True:
                 try:
                     await self._one_stream()

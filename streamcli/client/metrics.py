@@ -201,7 +201,7 @@ class MetricPush:
             address=self._conn.settings.address,
             announce=self._options.notice,
         )
-        with rpc_errors(self._conn.settings.address):
+        with rpc_errors(self._conn.settings):
             self.held = (await self._query()).next_index
             while True:
                 try:

@@ -77,7 +77,7 @@ async def tail_log(
     connected = False  # until the server first answers, a failure is reported, not retried
     seen = 0
     idle = _IdleWatch(options.idle_timeout)
-    with rpc_errors(conn.settings.address), idle:
+    with rpc_errors(conn.settings), idle:
         while not idle.expired:  # (it may run out during a reconnect's backoff)
             call = open_stream(resume_after)
             idle.watch(call)

@@ -117,7 +117,7 @@ async def upload_path(
         hint="run the same command again to resume the upload", address=conn.settings.address,
     )  # fmt: skip
     resumed_from = 0
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings):
         sent = [0]  # bytes the current attempt handed to the stream
 
         def advance(n: int) -> None:
@@ -234,7 +234,7 @@ async def upload_stream(
         yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=size, checksum=hasher.hexdigest()))
 
     progress.start(key, name, None)
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings):
         call = conn.stub.UploadFile(requests(), metadata=conn.metadata)
         first_status = FirstStatus(call)
         try:
@@ -315,7 +315,7 @@ async def download_file(
         info, file_id = file, file.file_id
     else:
         file_id = file
-        with rpc_errors(conn.settings.address):
+        with rpc_errors(conn.settings):
             reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)
         info = FileEntry.from_message(reply.file)
     if stdout is not None:
@@ -558,7 +558,7 @@ async def _download(
         hint = "standard output cannot resume: run it again, or download to a file"
     attempts = Attempts(retry, f"download of {info.filename}", hint=hint, address=conn.settings.address)
     progress.start(info.file_id, info.filename, info.size, offset)
-    with rpc_errors(conn.settings.address), _BackgroundWriter(sink, hasher) as writer:
+    with rpc_errors(conn.settings), _BackgroundWriter(sink, hasher) as writer:
         while True:  # one pass per attempt; retries continue from `offset`
             attempt_start = offset
             try:
