@@ -50,10 +50,12 @@ _streamcli() {
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
             'process:--window'|'process:--z'|'process:--in-flight') skip=1 ;;
             'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
+            'tail:chat') cmdpath='tail chat' ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
-            'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
-            'tail notifications:--user'|'tail notifications:-u'|'tail notifications:--topic'|'tail notifications:--since'|'tail notifications:-s'|'tail notifications:--max'|'tail notifications:-n'|'tail notifications:--idle-timeout') skip=1 ;;
+            'tail chat:--since'|'tail chat:-s'|'tail chat:--tail'|'tail chat:--until'|'tail chat:--max'|'tail chat:-n'|'tail chat:--idle-timeout') skip=1 ;;
+            'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--tail'|'tail events:--until'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout') skip=1 ;;
+            'tail notifications:--user'|'tail notifications:-u'|'tail notifications:--topic'|'tail notifications:--since'|'tail notifications:-s'|'tail notifications:--tail'|'tail notifications:--until'|'tail notifications:--max'|'tail notifications:-n'|'tail notifications:--idle-timeout') skip=1 ;;
             'upload:--name'|'upload:-n'|'upload:--parallel'|'upload:-p'|'upload:--retries') skip=1 ;;
         esac
     done
@@ -128,14 +130,23 @@ _streamcli() {
         'serve:--chat-rate') COMPREPLY=(); return ;;
         'serve:--stall-limit') COMPREPLY=(); return ;;
         'serve:--log-level') COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return ;;
+        'tail chat:--since'|'tail chat:-s') COMPREPLY=(); return ;;
+        'tail chat:--tail') COMPREPLY=(); return ;;
+        'tail chat:--until') COMPREPLY=(); return ;;
+        'tail chat:--max'|'tail chat:-n') COMPREPLY=(); return ;;
+        'tail chat:--idle-timeout') COMPREPLY=(); return ;;
         'tail events:--user'|'tail events:-u') COMPREPLY=(); return ;;
         'tail events:--type'|'tail events:-t') COMPREPLY=(); return ;;
         'tail events:--since'|'tail events:-s') COMPREPLY=(); return ;;
+        'tail events:--tail') COMPREPLY=(); return ;;
+        'tail events:--until') COMPREPLY=(); return ;;
         'tail events:--max'|'tail events:-n') COMPREPLY=(); return ;;
         'tail events:--idle-timeout') COMPREPLY=(); return ;;
         'tail notifications:--user'|'tail notifications:-u') COMPREPLY=(); return ;;
         'tail notifications:--topic') COMPREPLY=(); return ;;
         'tail notifications:--since'|'tail notifications:-s') COMPREPLY=(); return ;;
+        'tail notifications:--tail') COMPREPLY=(); return ;;
+        'tail notifications:--until') COMPREPLY=(); return ;;
         'tail notifications:--max'|'tail notifications:-n') COMPREPLY=(); return ;;
         'tail notifications:--idle-timeout') COMPREPLY=(); return ;;
         'upload:--name'|'upload:-n') COMPREPLY=(); return ;;
@@ -169,9 +180,10 @@ _streamcli() {
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
         'process') COMPREPLY=($(compgen -W '--window --z --in-flight --anomalies-only --help -h' -- "$cur")) ;;
         'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
-        'tail') COMPREPLY=($(compgen -W '--help -h events notifications' -- "$cur")) ;;
-        'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
-        'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
+        'tail') COMPREPLY=($(compgen -W '--help -h chat events notifications' -- "$cur")) ;;
+        'tail chat') COMPREPLY=($(compgen -W '--since -s --tail --until --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
+        'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --tail --until --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
+        'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --tail --until --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
         'upload') COMPREPLY=($(compgen -W '--name -n --parallel -p --retries --help -h' -- "$cur")) ;;
     esac
 }

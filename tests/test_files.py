@@ -16,7 +16,7 @@ from streamcli.client.connection import Connection
 from streamcli.client.files import delete_file, get_file_info, list_files
 from streamcli.client.progress import NullProgress
 from streamcli.client.transfer import CHUNK_SIZE, TransferResult, download_file, upload_many, upload_path
-from streamcli.errors import ConflictError, IntegrityError, NotFoundError
+from streamcli.errors import IntegrityError, LocalFileError, NotFoundError
 from streamcli.server.app import RunningServer
 from streamcli.services.uploads import MAX_CHUNK_SIZE
 from tests.support.files import MiB, write_random
@@ -396,7 +396,7 @@ async def test_download_errors(conn: Connection, tmp_path: pathlib.Path) -> None
     assert b"".join(r.data for r in rest) == b"llo"
     assert rest[0].file.size == 5 and rest[0].file.checksum == hashlib.sha256(b"hello").hexdigest()
     (tmp_path / "data.bin").write_bytes(b"keep me")
-    with pytest.raises(ConflictError, match="exists; pass --force"):
+    with pytest.raises(LocalFileError, match="exists; pass --force"):
         await download_file(conn, response.file_id, tmp_path, NullProgress())
     await download_file(conn, response.file_id, tmp_path, NullProgress(), force=True)
     assert (tmp_path / "data.bin").read_bytes() == b"hello"

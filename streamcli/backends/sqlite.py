@@ -284,6 +284,16 @@ class SqliteStore(SqliteMetrics):
             raise TrimmedError(stream, after_id, trimmed)
         return records
 
+    async def read_before(self, stream: str, before_id: int, limit: int) -> list[LogRecord]:
+        def query(db: sqlite3.Connection) -> list[LogRecord]:
+            rows = db.execute(
+                "SELECT id, ts, key, kind, payload FROM log WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (stream, before_id, limit),
+            ).fetchall()
+            return [LogRecord(*r) for r in rows]
+
+        return await self._run(query)
+
     async def bounds(self, stream: str) -> LogBounds:
         cached = self._heads.get(stream)
         if cached is not None:

@@ -20,7 +20,15 @@ def chat(
     ctx: typer.Context,
     room: Annotated[str, typer.Option("--room", "-r", help="Room to join (letters, digits, - _ .).")] = "general",
     user: UserOption = None,
-    backlog: Annotated[int, typer.Option(min=0, help="Recent messages to show on joining; 0: the server's.")] = 0,
+    backlog: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            show_default=False,
+            help="Recent messages to show on joining (0: none); without it, the server's default "
+            "(serve --chat-backlog).",
+        ),
+    ] = None,
     allow_duplicate: Annotated[
         bool, typer.Option("--allow-duplicate", help="Join even if this user is already in the room elsewhere.")
     ] = False,
@@ -63,7 +71,7 @@ def chat(
 
 
 async def _interactive(
-    conn: Connection, user: str, room: str, backlog: int, duplicate: bool, history: pathlib.Path
+    conn: Connection, user: str, room: str, backlog: int | None, duplicate: bool, history: pathlib.Path
 ) -> None:
     from streamcli.ui.chat import ChatRepl
 
@@ -71,7 +79,9 @@ async def _interactive(
     await repl.run()
 
 
-async def _line_mode(env: Environment, conn: Connection, user: str, room: str, backlog: int, duplicate: bool) -> None:
+async def _line_mode(
+    env: Environment, conn: Connection, user: str, room: str, backlog: int | None, duplicate: bool
+) -> None:
     """Each stdin line becomes a message, delivered in order; incoming messages print as lines; EOF leaves.
 
     Raises:

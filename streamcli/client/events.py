@@ -432,7 +432,7 @@ def tail_events(
         request = pb.StreamUserEventsRequest(
             user_id=user_id, all_users=all_users, event_types=types, no_follow=not options.follow
         )
-        set_start(request, resume_after, since)
+        set_start(request, resume_after, since, options)
         return conn.stub.StreamUserEvents(request, metadata=conn.metadata)
 
     return tail_log(conn, open_stream, lambda response: EventBatch(response.events), options)

@@ -33,6 +33,7 @@ from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import (
     ConflictError,
     IntegrityError,
+    LocalFileError,
     ResourceExhaustedError,
     StreamcliError,
     UsageError,
@@ -306,7 +307,7 @@ async def download_file(
     Raises:
         NotFoundError: no such file.
         UsageError: a directory that does not exist, or a path that cannot be written.
-        ConflictError: the destination exists and ``force`` is false; it is a directory;
+        LocalFileError: the destination exists and ``force`` is false; it is a directory;
             ``NAME.part`` is a link or not a regular file.
         IntegrityError: the bytes received do not hash to the stored SHA-256.
         ResourceExhaustedError: the disk (or stdout) is full.
@@ -391,11 +392,11 @@ def _check_target(target: pathlib.Path, force: bool) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(mode):
-        raise ConflictError(f"{target} is a directory; not replacing it")
+        raise LocalFileError(f"{target} is a directory; not replacing it")
     if not force:
-        raise ConflictError(f"{target} exists; pass --force to overwrite it")
+        raise LocalFileError(f"{target} exists; pass --force to overwrite it")
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        raise ConflictError(f"{target} is not a regular file; not replacing it")
+        raise LocalFileError(f"{target} is not a regular file; not replacing it")
 
 
 def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.Path, BinaryIO, int, hashlib._Hash]:
@@ -418,7 +419,7 @@ def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.P
             fd = os.open(part, flags)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EEXIST, errno.EISDIR, errno.ENXIO):  # replaced since we looked
-            raise ConflictError(f"{part} changed while being opened; try again") from exc
+            raise LocalFileError(f"{part} changed while being opened; try again") from exc
         raise UsageError(f"cannot write {part}: {exc.strerror or exc}") from exc
     handle = os.fdopen(fd, "r+b")
     try:
@@ -437,11 +438,11 @@ def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.P
 def _check_part(part: pathlib.Path, status: os.stat_result) -> None:
     again = " (remove it and try again)"
     if stat.S_ISLNK(status.st_mode):
-        raise ConflictError(f"{part} is a symbolic link; not following it{again}")
+        raise LocalFileError(f"{part} is a symbolic link; not following it{again}")
     if not stat.S_ISREG(status.st_mode):
-        raise ConflictError(f"{part} is not a regular file{again}")
+        raise LocalFileError(f"{part} is not a regular file{again}")
     if status.st_nlink > 1:  # a hard link to another file: writing would change that file too
-        raise ConflictError(f"{part} has other links ({status.st_nlink}); not writing through them{again}")
+        raise LocalFileError(f"{part} has other links ({status.st_nlink}); not writing through them{again}")
 
 
 def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
@@ -455,7 +456,7 @@ def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
         try:
             os.link(part, target, follow_symlinks=False)
         except FileExistsError:
-            raise ConflictError(f"{target} exists; pass --force to overwrite it") from None
+            raise LocalFileError(f"{target} exists; pass --force to overwrite it") from None
         except OSError:
             pass  # no hard links here (EPERM, ENOTSUP...): check, then rename
         else:
@@ -466,7 +467,7 @@ def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
         os.replace(part, target)
     except OSError as exc:
         if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
-            raise ConflictError(f"{target} is a directory; not replacing it") from exc
+            raise LocalFileError(f"{target} is a directory; not replacing it") from exc
         raise UsageError(f"cannot rename {part} to {target}: {exc.strerror or exc}") from exc
 
 
