@@ -49,7 +49,7 @@ _streamcli() {
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr') skip=1 ;;
             'process:--window'|'process:--z'|'process:--in-flight') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--ready-file'|'serve:--log-level') skip=1 ;;
             'tail:chat') cmdpath='tail chat' ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
@@ -129,6 +129,7 @@ _streamcli() {
         'serve:--chat-backlog') COMPREPLY=(); return ;;
         'serve:--chat-rate') COMPREPLY=(); return ;;
         'serve:--stall-limit') COMPREPLY=(); return ;;
+        'serve:--ready-file') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--log-level') COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return ;;
         'tail chat:--since'|'tail chat:-s') COMPREPLY=(); return ;;
         'tail chat:--tail') COMPREPLY=(); return ;;
@@ -179,7 +180,7 @@ _streamcli() {
         'notify') COMPREPLY=($(compgen -W '--help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --help -h' -- "$cur")) ;;
         'process') COMPREPLY=($(compgen -W '--window --z --in-flight --anomalies-only --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --ready-file --log-level --help -h' -- "$cur")) ;;
         'tail') COMPREPLY=($(compgen -W '--help -h chat events notifications' -- "$cur")) ;;
         'tail chat') COMPREPLY=($(compgen -W '--since -s --tail --until --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;
         'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --tail --until --follow --no-follow --max -n --idle-timeout --help -h' -- "$cur")) ;;

@@ -63,9 +63,11 @@ def chat(
 
         import platformdirs
 
-        state = pathlib.Path(platformdirs.user_state_dir("streamcli"))
-        state.mkdir(parents=True, exist_ok=True)
-        env.run(lambda conn: _interactive(conn, name, room, backlog, allow_duplicate, state / "chat_history"))
+        from streamcli.private_files import private_dir, private_file
+
+        state = private_dir(pathlib.Path(platformdirs.user_state_dir("streamcli")))
+        history = private_file(state / "chat_history")  # what was typed: 0600 in a 0700 dir
+        env.run(lambda conn: _interactive(conn, name, room, backlog, allow_duplicate, history))
     else:
         env.run(lambda conn: _line_mode(env, conn, name, room, backlog, allow_duplicate))
 
