@@ -118,6 +118,7 @@ async def upload_path(
         hint="run the same command again to resume the upload", address=conn.settings.address,
     )  # fmt: skip
     resumed_from = 0
+    changed: list[str] = []  # what _file_requests found changed in the file, when it did
     with rpc_errors(conn.settings.address):
         sent = [0]  # bytes the current attempt handed to the stream
 
@@ -140,14 +141,19 @@ async def upload_path(
                 hasher = await asyncio.to_thread(_hash_head, path, offset)
                 progress.start(upload_id, name, size, offset)
                 requests = _file_requests(
-                    first, path, offset, size, hasher, trailer=not declared,
-                    advance=advance,
+                    first, path, offset, (size, mtime_ns), hasher, trailer=not declared,
+                    advance=advance, changed=changed,
                 )  # fmt: skip
                 call = conn.stub.UploadFile(requests, metadata=conn.metadata)
                 first_status = FirstStatus(call)
                 response = await call
                 break
             except grpc.aio.AioRpcError as exc:
+                if changed:  # the server refused what the stream became; the reason is here
+                    raise LocalFileError(
+                        f"{path} changed while it was being uploaded ({changed[0]}); it was not stored: run the "
+                        "command again once nothing writes to the file any more"
+                    ) from None
                 exc = first_status.unmask(exc) if first_status else exc
                 await attempts.failed(exc, progressed=sent[0] > 0)
     progress.finish(upload_id)
@@ -194,18 +200,32 @@ async def _file_requests(
     first: pb.UploadFileRequest,
     path: pathlib.Path,
     offset: int,
-    size: int,
+    inspected: tuple[int, int],
     hasher: hashlib._Hash,
     *,
     trailer: bool,
     advance: Callable[[int], None],
+    changed: list[str],
 ) -> AsyncIterator[pb.UploadFileRequest]:
-    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer."""
+    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer.
+
+    ``inspected`` is the file's size and modification time (ns) when the upload started. If they differ
+    when the last chunk has been read, or the file ends early, the stream ends one chunk short of the
+    declared size, so that the server stores nothing, and ``changed`` says what changed.
+    """
+    size = inspected[0]
     yield first
     sent = offset
     with open(path, "rb") as handle:  # noqa: ASYNC230 (local reads of 64 KiB: cheaper inline than a thread hop)
         handle.seek(offset)
-        while sent < size and (chunk := handle.read(min(CHUNK_SIZE, size - sent))):
+        while sent < size:
+            chunk = handle.read(min(CHUNK_SIZE, size - sent))
+            if sent + len(chunk) == size or not chunk:  # the last one: is it still the file that was inspected?
+                now = os.fstat(handle.fileno())
+                if (now.st_size, now.st_mtime_ns) != inspected:
+                    grew = f"{size} bytes when it started, {now.st_size} now"
+                    changed.append(grew if now.st_size != size else "modified since it started")
+                    return
             hasher.update(chunk)
             sent += len(chunk)
             yield pb.UploadFileRequest(chunk=chunk)
@@ -328,10 +348,10 @@ async def download_file(
     with handle:
         try:
             result = await _download(conn, info, handle, offset, hasher, progress, retry, str(target))
-        except IntegrityError:
+        except IntegrityError as exc:
             handle.close()
             part.unlink(missing_ok=True)  # corrupt bytes are not worth resuming
-            raise
+            raise IntegrityError(f"{exc}; {part.name} was removed: run the same command again to start over") from exc
         handle.flush()
         os.fsync(handle.fileno())
     await asyncio.to_thread(_install, part, target, force)
