@@ -7,8 +7,8 @@ import dataclasses
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from streamcli.client.connection import Connection
-from streamcli.errors import StreamcliError, error_for_status
+from streamcli.client.connection import Connection, rpc_errors
+from streamcli.errors import StreamcliError
 
 #: The status of a server that did not answer (unreachable, or no answer within the timeout).
 UNREACHABLE = "UNREACHABLE"
@@ -36,6 +36,16 @@ async def check_health(conn: Connection, service: str = "", timeout: float = 5.0
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             return HealthReport("SERVICE_UNKNOWN")
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return HealthReport(UNREACHABLE, error_for_status(exc.code(), exc.details(), address=conn.settings.address))
+            return HealthReport(UNREACHABLE, _translated(exc, conn))
         raise  # translated where the connection closes
     return HealthReport(str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)))
+
+
+def _translated(exc: grpc.aio.AioRpcError, conn: Connection) -> StreamcliError:
+    """``exc`` as the one translation of gRPC failures (``rpc_errors``) makes it."""
+    try:
+        with rpc_errors(conn.settings.address):
+            raise exc
+    except StreamcliError as error:
+        return error
+    raise AssertionError("rpc_errors translates every AioRpcError")  # pragma: no cover
