@@ -57,12 +57,14 @@ _streamcli() {
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr'|'notify send:--address'|'notify send:-a'|'notify send:--token'|'notify send:--ca-cert'|'notify send:--client-cert'|'notify send:--client-key') skip=1 ;;
             'process:--window'|'process:--z'|'process:--in-flight'|'process:--address'|'process:-a'|'process:--token'|'process:--ca-cert'|'process:--client-cert'|'process:--client-key') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--log-level'|'serve:--ca-cert'|'serve:--client-cert'|'serve:--client-key') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--ready-file'|'serve:--log-level'|'serve:--ca-cert'|'serve:--client-cert'|'serve:--client-key') skip=1 ;;
             'tail:--address'|'tail:-a'|'tail:--token'|'tail:--ca-cert'|'tail:--client-cert'|'tail:--client-key') skip=1 ;;
+            'tail:chat') cmdpath='tail chat' ;;
             'tail:events') cmdpath='tail events' ;;
             'tail:notifications') cmdpath='tail notifications' ;;
-            'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout'|'tail events:--address'|'tail events:-a'|'tail events:--token'|'tail events:--ca-cert'|'tail events:--client-cert'|'tail events:--client-key') skip=1 ;;
-            'tail notifications:--user'|'tail notifications:-u'|'tail notifications:--topic'|'tail notifications:--since'|'tail notifications:-s'|'tail notifications:--max'|'tail notifications:-n'|'tail notifications:--idle-timeout'|'tail notifications:--address'|'tail notifications:-a'|'tail notifications:--token'|'tail notifications:--ca-cert'|'tail notifications:--client-cert'|'tail notifications:--client-key') skip=1 ;;
+            'tail chat:--since'|'tail chat:-s'|'tail chat:--tail'|'tail chat:--until'|'tail chat:--max'|'tail chat:-n'|'tail chat:--idle-timeout'|'tail chat:--address'|'tail chat:-a'|'tail chat:--token'|'tail chat:--ca-cert'|'tail chat:--client-cert'|'tail chat:--client-key') skip=1 ;;
+            'tail events:--user'|'tail events:-u'|'tail events:--type'|'tail events:-t'|'tail events:--since'|'tail events:-s'|'tail events:--tail'|'tail events:--until'|'tail events:--max'|'tail events:-n'|'tail events:--idle-timeout'|'tail events:--address'|'tail events:-a'|'tail events:--token'|'tail events:--ca-cert'|'tail events:--client-cert'|'tail events:--client-key') skip=1 ;;
+            'tail notifications:--user'|'tail notifications:-u'|'tail notifications:--topic'|'tail notifications:--since'|'tail notifications:-s'|'tail notifications:--tail'|'tail notifications:--until'|'tail notifications:--max'|'tail notifications:-n'|'tail notifications:--idle-timeout'|'tail notifications:--address'|'tail notifications:-a'|'tail notifications:--token'|'tail notifications:--ca-cert'|'tail notifications:--client-cert'|'tail notifications:--client-key') skip=1 ;;
             'upload:--name'|'upload:-n'|'upload:--parallel'|'upload:-p'|'upload:--retries'|'upload:--address'|'upload:-a'|'upload:--token'|'upload:--ca-cert'|'upload:--client-cert'|'upload:--client-key') skip=1 ;;
         esac
     done
@@ -251,6 +253,7 @@ _streamcli() {
         'serve:--chat-backlog') COMPREPLY=(); return ;;
         'serve:--chat-rate') COMPREPLY=(); return ;;
         'serve:--stall-limit') COMPREPLY=(); return ;;
+        'serve:--ready-file') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--log-level') COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return ;;
         'serve:--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--client-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -260,9 +263,21 @@ _streamcli() {
         'tail:--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'tail:--client-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'tail:--client-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'tail chat:--since'|'tail chat:-s') COMPREPLY=(); return ;;
+        'tail chat:--tail') COMPREPLY=(); return ;;
+        'tail chat:--until') COMPREPLY=(); return ;;
+        'tail chat:--max'|'tail chat:-n') COMPREPLY=(); return ;;
+        'tail chat:--idle-timeout') COMPREPLY=(); return ;;
+        'tail chat:--address'|'tail chat:-a') COMPREPLY=(); return ;;
+        'tail chat:--token') COMPREPLY=(); return ;;
+        'tail chat:--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'tail chat:--client-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        'tail chat:--client-key') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'tail events:--user'|'tail events:-u') COMPREPLY=(); return ;;
         'tail events:--type'|'tail events:-t') COMPREPLY=(); return ;;
         'tail events:--since'|'tail events:-s') COMPREPLY=(); return ;;
+        'tail events:--tail') COMPREPLY=(); return ;;
+        'tail events:--until') COMPREPLY=(); return ;;
         'tail events:--max'|'tail events:-n') COMPREPLY=(); return ;;
         'tail events:--idle-timeout') COMPREPLY=(); return ;;
         'tail events:--address'|'tail events:-a') COMPREPLY=(); return ;;
@@ -273,6 +288,8 @@ _streamcli() {
         'tail notifications:--user'|'tail notifications:-u') COMPREPLY=(); return ;;
         'tail notifications:--topic') COMPREPLY=(); return ;;
         'tail notifications:--since'|'tail notifications:-s') COMPREPLY=(); return ;;
+        'tail notifications:--tail') COMPREPLY=(); return ;;
+        'tail notifications:--until') COMPREPLY=(); return ;;
         'tail notifications:--max'|'tail notifications:-n') COMPREPLY=(); return ;;
         'tail notifications:--idle-timeout') COMPREPLY=(); return ;;
         'tail notifications:--address'|'tail notifications:-a') COMPREPLY=(); return ;;
@@ -315,10 +332,11 @@ _streamcli() {
         'notify') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
         'process') COMPREPLY=($(compgen -W '--window --z --in-flight --anomalies-only --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --log-level --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
-        'tail') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h events notifications' -- "$cur")) ;;
-        'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --follow --no-follow --max -n --idle-timeout --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
-        'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --follow --no-follow --max -n --idle-timeout --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --ready-file --log-level --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
+        'tail') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h chat events notifications' -- "$cur")) ;;
+        'tail chat') COMPREPLY=($(compgen -W '--since -s --tail --until --follow --no-follow --max -n --idle-timeout --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
+        'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --tail --until --follow --no-follow --max -n --idle-timeout --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
+        'tail notifications') COMPREPLY=($(compgen -W '--user -u --topic --since -s --tail --until --follow --no-follow --max -n --idle-timeout --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
         'upload') COMPREPLY=($(compgen -W '--name -n --parallel -p --retries --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
     esac
 }

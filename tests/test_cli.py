@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 import subprocess
 import sys
@@ -95,6 +96,19 @@ def test_unreachable_address_gives_one_line_and_exit_3() -> None:
     assert len(lines) == 1, result.err
     assert lines[0].startswith("streamcli: error: cannot reach the server at 127.0.0.1:1")
     assert result.out == ""
+
+
+def test_json_health_of_an_unreachable_server_prints_its_status_too() -> None:
+    result = cli("127.0.0.1:1", "--json", "health")
+    assert result.code == 3
+    printed = json.loads(result.out)
+    assert {k: printed[k] for k in ("address", "service", "status")} == {
+        "address": "127.0.0.1:1",
+        "service": "",
+        "status": "UNREACHABLE",
+    }
+    assert printed["error"].startswith("cannot reach the server at 127.0.0.1:1")
+    assert result.err.startswith("streamcli: error: cannot reach the server at 127.0.0.1:1")
 
 
 def test_traceback_flag_shows_the_traceback() -> None:

@@ -51,7 +51,13 @@ def tail_json(address: str, what: str = "events") -> list[dict[str, Any]]:
         ('{"a": {"b": -Infinity}}', "-Infinity is not a JSON number"),
         ('{"big": 1e400}', "1e400 is beyond the range of a double"),
         ("-1.5E+309", "-1.5E+309 is beyond the range of a double"),
-        ('{"huge": 1' + "0" * 400 + "}", "data holds an integer beyond the range of a double"),
+        ('{"huge": 1' + "0" * 400 + "}", "1" + "0" * 400 + " is beyond 2^53: event data numbers are doubles"),
+        ('{"i": [12345678901234567890]}', "12345678901234567890 is beyond 2^53"),
+        (
+            '{"i": -9007199254740993}',
+            "-9007199254740993 is beyond 2^53: event data numbers are doubles, which "
+            "would round it (send it as a string)",
+        ),
         ('{"huger": 1' + "0" * 5000 + "}", "an integer is beyond the range of a double"),
     ],
 )
@@ -64,7 +70,10 @@ def test_parse_json_refuses_what_json_loads_lets_through(text: str, problem: str
 
 
 def test_parse_json_reads_finite_numbers_as_json_loads_does() -> None:
-    text = '{"f": [0.5, -1e-7, 1e308, 1.7976931348623157e308, 1e-400, 2E3], "i": [0, -1, 12345678901234567890]}'
+    text = (
+        '{"f": [0.5, -1e-7, 1e308, 1.7976931348623157e308, 1e-400, 2E3], '
+        '"i": [0, -1, 9007199254740992, -9007199254740992]}'
+    )
     assert parse_json(text) == json.loads(text)
     assert parse_json(text.encode()) == json.loads(text)
     for bad in ["\ufeff{}", "{", '{"a": nan}', "[1,]"]:  # not JSON: the same error as from json.loads
@@ -80,6 +89,8 @@ def test_publish_refuses_non_finite_numbers_in_data(tmp_path: pathlib.Path) -> N
         '{"a":[Infinity]}': "--data: Infinity is not a JSON number",
         "-Infinity": "--data: -Infinity is not a JSON number",
         '{"big":1e400}': "--data: 1e400 is beyond the range of a double",
+        '{"id":9007199254740993}': "--data: 9007199254740993 is beyond 2^53: event data numbers are doubles, "
+        "which would round it (send it as a string)",
     }
     with threaded_server(tmp_path / "data") as address:
         results = {data: cli(address, "events", "publish", "-u", "a", "-t", "login", "--data", data) for data in cases}
@@ -102,6 +113,9 @@ def test_publish_refuses_non_finite_numbers_on_stdin(tmp_path: pathlib.Path) -> 
          "stdin line 3: -Infinity is not a JSON number; the 2 event(s) before it were published (ids 2-3)"),
         ('{"user_id": "a", "type": "login", "data": Infinity}\n',
          "stdin line 1: Infinity is not a JSON number; nothing was published"),
+        (good + '{"user_id": "a", "type": "login", "data": {"id": 9007199254740993}}\n',
+         "stdin line 2: 9007199254740993 is beyond 2^53: event data numbers are doubles, which would round it "
+         "(send it as a string); the 1 event(s) before it were published (ids 4-4)"),
     ]  # fmt: skip
     with threaded_server(tmp_path / "data") as address:
         results = [cli(address, "events", "publish", stdin=lines) for lines, _ in cases]
@@ -109,7 +123,7 @@ def test_publish_refuses_non_finite_numbers_on_stdin(tmp_path: pathlib.Path) -> 
     for (_, message), result in zip(cases, results, strict=True):
         assert (result.code, result.out) == (2, ""), result.err
         assert result.err.splitlines() == [f"streamcli: error: {message}"]
-    assert [(event["id"], event["data"]) for event in stored] == [(1, {"n": 1.5}), (2, {"n": 1.5}), (3, {"n": 1.5})]
+    assert [(event["id"], event["data"]) for event in stored] == [(n, {"n": 1.5}) for n in range(1, 5)]
 
 
 def _data(message: struct_pb2.Struct | struct_pb2.Value) -> AnyMessage:

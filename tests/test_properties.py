@@ -147,6 +147,11 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.OK: "any room id is a question with an answer (no members)",
         Code.INVALID_ARGUMENT: _UNDECODABLE,
     },
+    "StreamRoomMessages": {
+        Code.OK: "no_follow: the history was replayed (any valid room id: rooms are open), or end_time passed",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (a bad room id, a start time in the future, an invalid end time)",
+        Code.OUT_OF_RANGE: "resume_after_id beyond the end of the room's log (or trimmed by retention)",
+    },
     "ListBatches": {
         Code.OK: "a page (maybe empty)",
         Code.INVALID_ARGUMENT: _UNDECODABLE + " (page_size outside 0-1000, a page_token not from the server)",
@@ -183,7 +188,7 @@ ALLOWED: dict[str, dict[Code, str]] = {
 
 #: Streams that follow live and never end by themselves: the test reads a few responses and cancels.
 #: For these only, CANCELLED (by the test) and DEADLINE_EXCEEDED (the test's bound) are allowed too.
-LIVE = {"StreamUserEvents": 3, "SubscribeToNotifications": 3, "Health/Watch": 1}
+LIVE = {"StreamUserEvents": 3, "SubscribeToNotifications": 3, "StreamRoomMessages": 3, "Health/Watch": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,6 +562,17 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
         optional_timestamps(),
         st.booleans(),
     ),
+    "StreamRoomMessages": st.builds(
+        lambda room, resume, start, no_follow, tail, end: pb.StreamRoomMessagesRequest(
+            room_id=room, resume_after_id=resume, start_time=start, no_follow=no_follow, tail=tail, end_time=end
+        ),
+        mostly(["lobby", "props"], names()),
+        st.sampled_from(LOG_IDS),
+        optional_timestamps(),
+        st.booleans(),
+        st.sampled_from([0, 1, 10, 2**32 - 1]),
+        optional_timestamps(),
+    ),
     "DownloadFile": st.builds(
         lambda file_id, offset: pb.DownloadFileRequest(file_id=file_id, offset=offset),
         _file_ids(),
@@ -782,6 +798,10 @@ REGRESSIONS: dict[str, list[list[Item]]] = {
     ],
     "SubscribeToNotifications": [
         [pb.SubscribeToNotificationsRequest(recipient="*", no_follow=True, start_time=_timestamp(-(2**63)))],
+        [pb.SubscribeToNotificationsRequest(recipient="*", no_follow=True, end_time=_timestamp(0, -1))],
+    ],
+    "StreamRoomMessages": [
+        [pb.StreamRoomMessagesRequest(room_id="lobby", tail=2**32 - 1, end_time=_timestamp(253_402_300_800))],
     ],
     # Page tokens that str.isdigit() accepts and SQLite (beyond int64) or int() (not ASCII) do not:
     # the call ended UNKNOWN.

@@ -35,7 +35,10 @@ ONE_PER_KIND = {kind(m): m for m in METHODS}
 
 async def health(settings: ConnectionSettings, service: str = "", timeout: float = 5.0) -> str:
     async with connect(settings) as conn:
-        return await check_health(conn, service, timeout)
+        report = await check_health(conn, service, timeout)
+    if report.error is not None:  # the server did not answer: UNREACHABLE, and why
+        raise report.error
+    return report.status
 
 
 def test_contract_has_the_nine_rpcs_of_the_specification_with_their_kinds() -> None:
@@ -238,7 +241,7 @@ def test_the_binding_of_rpcs_is_checked_against_the_contract_at_start_up() -> No
 
     class Rest:
         RPCS = ("PublishEvents", "StreamUserEvents", "SendNotification", "SubscribeToNotifications", "Chat",
-                "ListRoomMembers")  # fmt: skip
+                "ListRoomMembers", "StreamRoomMessages")  # fmt: skip
 
         def __getattr__(self, name: str) -> object:
             if name in self.RPCS:

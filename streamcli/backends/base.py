@@ -168,6 +168,10 @@ class LogStore(Protocol):
         """
         ...
 
+    async def read_before(self, stream: str, before_id: int, limit: int) -> list[LogRecord]:
+        """Return up to ``limit`` kept records with ids below ``before_id``, newest first (reading a log backwards)."""
+        ...
+
     async def bounds(self, stream: str) -> LogBounds:
         """Return the stream's current bounds."""
         ...

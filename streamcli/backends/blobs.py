@@ -15,6 +15,8 @@ import os
 import pathlib
 import re
 
+from streamcli.private_files import private_dir
+
 #: What an id must look like to be used as a file name.
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -32,8 +34,8 @@ class DirectoryBlobStore:
     def __init__(self, root: pathlib.Path) -> None:
         self._files = root / "files"
         self._partial = root / "partial"
-        self._files.mkdir(parents=True, exist_ok=True)
-        self._partial.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self._files, self._partial):
+            private_dir(directory)  # 0700; the files in them are created 0600 (uploads.py), renamed as they are
 
     def partial_path(self, upload_id: str) -> pathlib.Path:
         return self._partial / check_id(upload_id)

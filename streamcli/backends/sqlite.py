@@ -42,6 +42,7 @@ from streamcli.backends.base import (
 )
 from streamcli.backends.sqlite_metrics import SCHEMA as METRICS_SCHEMA
 from streamcli.backends.sqlite_metrics import SqliteMetrics
+from streamcli.private_files import open_private, private_file
 
 T = TypeVar("T")
 
@@ -132,7 +133,8 @@ class SqliteStore(SqliteMetrics):
 
     def __init__(self, path: pathlib.Path) -> None:
         # One process per database: wake-ups and the head cache live in this process.
-        self._lock = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 (released by close)
+        self._lock = open_private(path.with_name(path.name + ".lock"), "a+b")
+        private_file(path)  # 0600 before SQLite opens it: its -wal and -shm files take the database's mode
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -283,6 +285,16 @@ class SqliteStore(SqliteMetrics):
         if after_id < trimmed:
             raise TrimmedError(stream, after_id, trimmed)
         return records
+
+    async def read_before(self, stream: str, before_id: int, limit: int) -> list[LogRecord]:
+        def query(db: sqlite3.Connection) -> list[LogRecord]:
+            rows = db.execute(
+                "SELECT id, ts, key, kind, payload FROM log WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (stream, before_id, limit),
+            ).fetchall()
+            return [LogRecord(*r) for r in rows]
+
+        return await self._run(query)
 
     async def bounds(self, stream: str) -> LogBounds:
         cached = self._heads.get(stream)

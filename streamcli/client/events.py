@@ -31,7 +31,8 @@ EVENT_TYPES = ShortNames(pb.UserEventType, "USER_EVENT_TYPE_", "event type")
 class NonFiniteNumber(ValueError):
     """JSON text holds NaN, Infinity or -Infinity, or a number beyond the range of a double (which
     Python reads as infinite). ``json.loads`` accepts them, but that is not JSON: strict parsers
-    refuse it, and a tail would print it back as it came."""
+    refuse it, and a tail would print it back as it came. Also an integer beyond 2^53 in magnitude,
+    which the double it becomes in a Struct would silently round."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg)
@@ -49,19 +50,34 @@ def _finite_float(text: str) -> float:
     return number
 
 
+#: The largest integer magnitude a double holds exactly along with every integer below it (JavaScript's
+#: Number.MAX_SAFE_INTEGER + 1): a Struct's numbers are doubles, so 2^53 + 1 would come back as 2^53.
+EXACT_INTEGERS = 2**53
+
+
+def _exact_int(text: str) -> int:
+    number = int(text)
+    if len(text) >= 16 and abs(number) > EXACT_INTEGERS:  # (15 digits are always below it)
+        raise NonFiniteNumber(
+            f"{text} is beyond 2^53: event data numbers are doubles, which would round it (send it as a string)"
+        )
+    return number
+
+
 # One decoder: json.loads with hooks would build a decoder and its scanner for every line.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_exact_int)
 
 
 def parse_json(text: str | bytes) -> Any:
     """``json.loads`` of what is JSON proper: the one parser of published events and their data.
 
-    Numbers with a fraction or an exponent pass through a check for infinity; integers and
-    everything else are parsed as fast as by ``json.loads``.
+    Numbers with a fraction or an exponent pass through a check for infinity, integers through one for
+    their magnitude; everything else is parsed as fast as by ``json.loads``.
 
     Raises:
         json.JSONDecodeError: the text is not JSON.
-        NonFiniteNumber: it holds NaN, Infinity, -Infinity or a number too large for a double.
+        NonFiniteNumber: it holds NaN, Infinity, -Infinity, a number too large for a double or an integer
+            beyond 2^53 (which a double would round).
         UnicodeDecodeError: bytes that are not UTF-8.
     """
     try:
@@ -432,7 +448,7 @@ def tail_events(
         request = pb.StreamUserEventsRequest(
             user_id=user_id, all_users=all_users, event_types=types, no_follow=not options.follow
         )
-        set_start(request, resume_after, since)
+        set_start(request, resume_after, since, options)
         return conn.stub.StreamUserEvents(request, metadata=conn.metadata)
 
     return tail_log(conn, open_stream, lambda response: EventBatch(response.events), options)

@@ -85,7 +85,7 @@ def tail_notifications(
 
     def open_stream(resume_after: int | None) -> Any:
         request = pb.SubscribeToNotificationsRequest(recipient=recipient, topics=topics, no_follow=not options.follow)
-        set_start(request, resume_after, since)
+        set_start(request, resume_after, since, options)
         return conn.stub.SubscribeToNotifications(request, metadata=conn.metadata)
 
     return tail_log(

@@ -33,6 +33,7 @@ from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import (
     ConflictError,
     IntegrityError,
+    LocalFileError,
     ResourceExhaustedError,
     StreamcliError,
     UsageError,
@@ -117,6 +118,7 @@ async def upload_path(
         hint="run the same command again to resume the upload", address=conn.settings.address,
     )  # fmt: skip
     resumed_from = 0
+    changed: list[str] = []  # what _file_requests found changed in the file, when it did
     with rpc_errors(conn.settings):
         sent = [0]  # bytes the current attempt handed to the stream
 
@@ -139,14 +141,19 @@ async def upload_path(
                 hasher = await asyncio.to_thread(_hash_head, path, offset)
                 progress.start(upload_id, name, size, offset)
                 requests = _file_requests(
-                    first, path, offset, size, hasher, trailer=not declared,
-                    advance=advance,
+                    first, path, offset, (size, mtime_ns), hasher, trailer=not declared,
+                    advance=advance, changed=changed,
                 )  # fmt: skip
                 call = conn.stub.UploadFile(requests, metadata=conn.metadata)
                 first_status = FirstStatus(call)
                 response = await call
                 break
             except grpc.aio.AioRpcError as exc:
+                if changed:  # the server refused what the stream became; the reason is here
+                    raise LocalFileError(
+                        f"{path} changed while it was being uploaded ({changed[0]}); it was not stored: run the "
+                        "command again once nothing writes to the file any more"
+                    ) from None
                 exc = first_status.unmask(exc) if first_status else exc
                 await attempts.failed(exc, progressed=sent[0] > 0)
     progress.finish(upload_id)
@@ -193,18 +200,32 @@ async def _file_requests(
     first: pb.UploadFileRequest,
     path: pathlib.Path,
     offset: int,
-    size: int,
+    inspected: tuple[int, int],
     hasher: hashlib._Hash,
     *,
     trailer: bool,
     advance: Callable[[int], None],
+    changed: list[str],
 ) -> AsyncIterator[pb.UploadFileRequest]:
-    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer."""
+    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer.
+
+    ``inspected`` is the file's size and modification time (ns) when the upload started. If they differ
+    when the last chunk has been read, or the file ends early, the stream ends one chunk short of the
+    declared size, so that the server stores nothing, and ``changed`` says what changed.
+    """
+    size = inspected[0]
     yield first
     sent = offset
     with open(path, "rb") as handle:  # noqa: ASYNC230 (local reads of 64 KiB: cheaper inline than a thread hop)
         handle.seek(offset)
-        while sent < size and (chunk := handle.read(min(CHUNK_SIZE, size - sent))):
+        while sent < size:
+            chunk = handle.read(min(CHUNK_SIZE, size - sent))
+            if sent + len(chunk) == size or not chunk:  # the last one: is it still the file that was inspected?
+                now = os.fstat(handle.fileno())
+                if (now.st_size, now.st_mtime_ns) != inspected:
+                    grew = f"{size} bytes when it started, {now.st_size} now"
+                    changed.append(grew if now.st_size != size else "modified since it started")
+                    return
             hasher.update(chunk)
             sent += len(chunk)
             yield pb.UploadFileRequest(chunk=chunk)
@@ -306,7 +327,7 @@ async def download_file(
     Raises:
         NotFoundError: no such file.
         UsageError: a directory that does not exist, or a path that cannot be written.
-        ConflictError: the destination exists and ``force`` is false; it is a directory;
+        LocalFileError: the destination exists and ``force`` is false; it is a directory;
             ``NAME.part`` is a link or not a regular file.
         IntegrityError: the bytes received do not hash to the stored SHA-256.
         ResourceExhaustedError: the disk (or stdout) is full.
@@ -327,10 +348,10 @@ async def download_file(
     with handle:
         try:
             result = await _download(conn, info, handle, offset, hasher, progress, retry, str(target))
-        except IntegrityError:
+        except IntegrityError as exc:
             handle.close()
             part.unlink(missing_ok=True)  # corrupt bytes are not worth resuming
-            raise
+            raise IntegrityError(f"{exc}; {part.name} was removed: run the same command again to start over") from exc
         handle.flush()
         os.fsync(handle.fileno())
     await asyncio.to_thread(_install, part, target, force)
@@ -391,11 +412,11 @@ def _check_target(target: pathlib.Path, force: bool) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(mode):
-        raise ConflictError(f"{target} is a directory; not replacing it")
+        raise LocalFileError(f"{target} is a directory; not replacing it")
     if not force:
-        raise ConflictError(f"{target} exists; pass --force to overwrite it")
+        raise LocalFileError(f"{target} exists; pass --force to overwrite it")
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        raise ConflictError(f"{target} is not a regular file; not replacing it")
+        raise LocalFileError(f"{target} is not a regular file; not replacing it")
 
 
 def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.Path, BinaryIO, int, hashlib._Hash]:
@@ -418,7 +439,7 @@ def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.P
             fd = os.open(part, flags)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EEXIST, errno.EISDIR, errno.ENXIO):  # replaced since we looked
-            raise ConflictError(f"{part} changed while being opened; try again") from exc
+            raise LocalFileError(f"{part} changed while being opened; try again") from exc
         raise UsageError(f"cannot write {part}: {exc.strerror or exc}") from exc
     handle = os.fdopen(fd, "r+b")
     try:
@@ -437,11 +458,11 @@ def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.P
 def _check_part(part: pathlib.Path, status: os.stat_result) -> None:
     again = " (remove it and try again)"
     if stat.S_ISLNK(status.st_mode):
-        raise ConflictError(f"{part} is a symbolic link; not following it{again}")
+        raise LocalFileError(f"{part} is a symbolic link; not following it{again}")
     if not stat.S_ISREG(status.st_mode):
-        raise ConflictError(f"{part} is not a regular file{again}")
+        raise LocalFileError(f"{part} is not a regular file{again}")
     if status.st_nlink > 1:  # a hard link to another file: writing would change that file too
-        raise ConflictError(f"{part} has other links ({status.st_nlink}); not writing through them{again}")
+        raise LocalFileError(f"{part} has other links ({status.st_nlink}); not writing through them{again}")
 
 
 def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
@@ -455,7 +476,7 @@ def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
         try:
             os.link(part, target, follow_symlinks=False)
         except FileExistsError:
-            raise ConflictError(f"{target} exists; pass --force to overwrite it") from None
+            raise LocalFileError(f"{target} exists; pass --force to overwrite it") from None
         except OSError:
             pass  # no hard links here (EPERM, ENOTSUP...): check, then rename
         else:
@@ -466,7 +487,7 @@ def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
         os.replace(part, target)
     except OSError as exc:
         if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
-            raise ConflictError(f"{target} is a directory; not replacing it") from exc
+            raise LocalFileError(f"{target} is a directory; not replacing it") from exc
         raise UsageError(f"cannot rename {part} to {target}: {exc.strerror or exc}") from exc
 
 

@@ -292,8 +292,11 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 GC_THRESHOLDS = (5000, 20, 50)
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully (a second signal exits at once)."""
+async def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully (a second signal exits at once).
+
+    ``on_ready`` is told the bound address (the real port when 0 was asked for) once the server serves.
+    """
     running = await start_server(config)
     # What exists now lives as long as the server: keep it out of the collector's full passes,
     # which otherwise walk every module, descriptor and handler object (gen-2 passes of 26-34 ms
@@ -309,6 +312,12 @@ async def serve(config: ServerConfig) -> None:
         "on" if config.tls else "off",
         "tokens" if running.credentials.enabled else "off",
     )
+    if on_ready is not None:
+        try:
+            on_ready(running.address)
+        except BaseException:  # e.g. the ready file cannot be written: nobody would know the server is up
+            await running.stop(0)
+            raise
     loop = asyncio.get_running_loop()
     first_signal = asyncio.Event()
 

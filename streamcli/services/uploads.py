@@ -39,6 +39,7 @@ from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Caller
 from streamcli.names import check_filename
+from streamcli.private_files import open_private
 from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
 
@@ -220,7 +221,8 @@ class Uploads:
         path = self.blobs.partial_path(upload.upload_id)
         handle = None
         try:
-            handle = await asyncio.to_thread(io.FileIO, path, "wb" if new else "r+b" if path.exists() else "w+b")
+            mode = "wb" if new else "r+b" if path.exists() else "w+b"
+            handle = await asyncio.to_thread(open_private, path, mode)  # 0600, as the blob it becomes
             if new:
                 hasher = hashlib.sha256()
             else:

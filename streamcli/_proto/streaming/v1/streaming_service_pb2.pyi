@@ -220,6 +220,8 @@ class StreamUserEventsRequest(_message.Message):
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
     ALL_USERS_FIELD_NUMBER: _builtins.int
     NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user whose events to stream. Required unless `all_users` is true."""
     resume_after_id: _builtins.int
@@ -231,6 +233,13 @@ class StreamUserEventsRequest(_message.Message):
     """Stream every user's events; `user_id` must then be empty."""
     no_follow: _builtins.bool
     """Stop after replaying history instead of following live."""
+    tail: _builtins.int
+    """Start with the last `tail` events that match the filters (those stored
+    when the stream opens; at or after `start_time` too, if it is set), then
+    follow live (or end, with `no_follow`). 0 means unset. Ignored with
+    `resume_after_id`. The server finds them reading the log backwards: it
+    does not send the history before them.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___UserEventType.ValueType]:
         """Only these types; empty means every type."""
@@ -239,6 +248,14 @@ class StreamUserEventsRequest(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Replay history from this time (inclusive, by server append time), then
         follow live. Unset means: live only (or from `resume_after_id`).
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End the stream (OK) at the first event appended after this time (by
+        server append time, as `start_time`); that event is not sent. A stream
+        that follows live ends once the server's clock passes it too. Unset
+        means: no end.
         """
 
     def __init__(
@@ -250,10 +267,12 @@ class StreamUserEventsRequest(_message.Message):
         resume_after_id: _builtins.int = ...,
         all_users: _builtins.bool = ...,
         no_follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "event_types", b"event_types", "no_follow", b"no_follow", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "end_time", b"end_time", "event_types", b"event_types", "no_follow", b"no_follow", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "tail", b"tail", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1003,12 +1022,18 @@ class SubscribeToNotificationsRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
     NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
     """The recipient; notifications addressed to "*" are included too."""
     resume_after_id: _builtins.int
     """Continue exactly after this id; 0 means unset. Trimmed → OUT_OF_RANGE."""
     no_follow: _builtins.bool
     """Stop after replaying history instead of following live."""
+    tail: _builtins.int
+    """Start with the last `tail` matching notifications (see
+    StreamUserEventsRequest.tail); 0 means unset.
+    """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these topics; empty means every topic."""
@@ -1016,6 +1041,12 @@ class SubscribeToNotificationsRequest(_message.Message):
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Replay from this time (inclusive), then follow live."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End the stream (OK) at the first notification appended after this time
+        (see StreamUserEventsRequest.end_time); unset means no end.
+        """
 
     def __init__(
         self,
@@ -1025,10 +1056,12 @@ class SubscribeToNotificationsRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         resume_after_id: _builtins.int = ...,
         no_follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["no_follow", b"no_follow", "recipient", b"recipient", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "no_follow", b"no_follow", "recipient", b"recipient", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "tail", b"tail", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2408,6 +2441,7 @@ class ChatJoin(_message.Message):
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
     ALLOW_DUPLICATE_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    NO_BACKLOG_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     """Room to join. Required: 1-64 characters of letters, digits, '-', '_', '.'."""
     user_id: _builtins.str
@@ -2426,6 +2460,10 @@ class ChatJoin(_message.Message):
     characters of letters, digits, '-', '_', '.'; anything else is refused with
     INVALID_ARGUMENT.
     """
+    no_backlog: _builtins.bool
+    """Replay no backlog: only what is appended after the join (or after
+    `resume_after_id`). Without it, a `backlog` of 0 means the server's default.
+    """
     def __init__(
         self,
         *,
@@ -2435,10 +2473,11 @@ class ChatJoin(_message.Message):
         resume_after_id: _builtins.int = ...,
         allow_duplicate: _builtins.bool = ...,
         client_id: _builtins.str = ...,
+        no_backlog: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_duplicate", b"allow_duplicate", "backlog", b"backlog", "client_id", b"client_id", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_duplicate", b"allow_duplicate", "backlog", b"backlog", "client_id", b"client_id", "no_backlog", b"no_backlog", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2627,6 +2666,100 @@ class ChatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
+
+@_typing.final
+class StreamRoomMessagesRequest(_message.Message):
+    """StreamRoomMessagesRequest selects a room and where to start reading it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
+    NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """The room: 1-64 characters of letters, digits, '-', '_', '.'. Required."""
+    resume_after_id: _builtins.int
+    """Continue exactly after this room log id (the last id the client saw).
+    Takes precedence over `start_time` and `tail`. 0 means unset. A position
+    that has been trimmed fails with OUT_OF_RANGE.
+    """
+    no_follow: _builtins.bool
+    """Stop after replaying history instead of following live."""
+    tail: _builtins.int
+    """Start with the room's last `tail` stored messages (at or after
+    `start_time` too, if it is set); 0 means unset.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Replay the messages appended from this time (inclusive, by server append
+        time), then follow live. Unset means: live only (or from `tail` or
+        `resume_after_id`).
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End the stream (OK) at the first message appended after this time; unset
+        means no end (see StreamUserEventsRequest.end_time).
+        """
+
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        resume_after_id: _builtins.int = ...,
+        no_follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "no_follow", b"no_follow", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "start_time", b"start_time", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRoomMessagesRequest: _TypeAlias = StreamRoomMessagesRequest  # noqa: Y015
+
+@_typing.final
+class StreamRoomMessagesResponse(_message.Message):
+    """StreamRoomMessagesResponse carries zero or more stored room messages; none
+    means heartbeat (or, first of all, the start position).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """The room log position this stream has read up to; resume after it."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """Messages in log order (TEXT, IMAGE, FILE and SYSTEM; typing indicators
+        are never stored, so never read).
+        """
+
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """The server's clock when the response was sent (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        position: _builtins.int = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "position", b"position", "server_time", b"server_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRoomMessagesResponse: _TypeAlias = StreamRoomMessagesResponse  # noqa: Y015
 
 @_typing.final
 class ListRoomMembersRequest(_message.Message):

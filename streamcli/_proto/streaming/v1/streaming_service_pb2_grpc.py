@@ -143,6 +143,11 @@ class StreamingServiceStub:
                 request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
                 response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
                 _registered_method=True)
+        self.StreamRoomMessages = channel.unary_stream(
+                '/streaming.v1.StreamingService/StreamRoomMessages',
+                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.SerializeToString,
+                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class StreamingServiceServicer:
@@ -377,6 +382,17 @@ class StreamingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamRoomMessages(self, request, context):
+        """Reads a chat room's messages without joining it: history (from
+        `start_time`, the last `tail` messages, or after `resume_after_id`), then
+        live. The reader is not a member: it sends nothing, is not in the room's
+        presence and causes no join or leave message. Rooms are open, so every
+        caller may read every room. Idle streams receive heartbeats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -484,6 +500,11 @@ def add_StreamingServiceServicer_to_server(servicer, server):
                     servicer.ListMetricSeries,
                     request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.FromString,
                     response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.SerializeToString,
+            ),
+            'StreamRoomMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamRoomMessages,
+                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.FromString,
+                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1057,6 +1078,33 @@ class StreamingService:
             '/streaming.v1.StreamingService/ListMetricSeries',
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRoomMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/streaming.v1.StreamingService/StreamRoomMessages',
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.SerializeToString,
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

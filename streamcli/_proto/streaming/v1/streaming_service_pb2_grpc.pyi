@@ -189,6 +189,13 @@ class StreamingServiceStub:
     """Lists metric series (a user token's own; all with the service token) with
     their aggregates, all time or since a time, by name and labels.
     """
+    StreamRoomMessages: _grpc.UnaryStreamMultiCallable[_streaming_service_pb2.StreamRoomMessagesRequest, _streaming_service_pb2.StreamRoomMessagesResponse]
+    """Reads a chat room's messages without joining it: history (from
+    `start_time`, the last `tail` messages, or after `resume_after_id`), then
+    live. The reader is not a member: it sends nothing, is not in the room's
+    presence and causes no join or leave message. Rooms are open, so every
+    caller may read every room. Idle streams receive heartbeats.
+    """
 
 @_typing.type_check_only
 class StreamingServiceAsyncStub(StreamingServiceStub):
@@ -330,6 +337,13 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     ListMetricSeries: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListMetricSeriesRequest, _streaming_service_pb2.ListMetricSeriesResponse]  # type: ignore[assignment]
     """Lists metric series (a user token's own; all with the service token) with
     their aggregates, all time or since a time, by name and labels.
+    """
+    StreamRoomMessages: _aio.UnaryStreamMultiCallable[_streaming_service_pb2.StreamRoomMessagesRequest, _streaming_service_pb2.StreamRoomMessagesResponse]  # type: ignore[assignment]
+    """Reads a chat room's messages without joining it: history (from
+    `start_time`, the last `tail` messages, or after `resume_after_id`), then
+    live. The reader is not a member: it sends nothing, is not in the room's
+    presence and causes no join or leave message. Rooms are open, so every
+    caller may read every room. Idle streams receive heartbeats.
     """
 
 class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -595,6 +609,19 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_streaming_service_pb2.ListMetricSeriesResponse, _abc.Awaitable[_streaming_service_pb2.ListMetricSeriesResponse]]:
         """Lists metric series (a user token's own; all with the service token) with
         their aggregates, all time or since a time, by name and labels.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamRoomMessages(
+        self,
+        request: _streaming_service_pb2.StreamRoomMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_streaming_service_pb2.StreamRoomMessagesResponse], _abc.AsyncIterator[_streaming_service_pb2.StreamRoomMessagesResponse]]:
+        """Reads a chat room's messages without joining it: history (from
+        `start_time`, the last `tail` messages, or after `resume_after_id`), then
+        live. The reader is not a member: it sends nothing, is not in the room's
+        presence and causes no join or leave message. Rooms are open, so every
+        caller may read every room. Idle streams receive heartbeats.
         """
 
 def add_StreamingServiceServicer_to_server(servicer: StreamingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
