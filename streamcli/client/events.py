@@ -353,14 +353,14 @@ def parse_time(text: str) -> tuple[int, int]:
         and text.isascii()
         and (day := _day_seconds(text[:10])) is not None
     ):
-        hours, minutes, seconds, rest = text[11:13], text[14:16], text[17:19], text[19:-1]
+        hh, mm, ss, rest = text[11:13], text[14:16], text[17:19], text[19:-1]
         if (
-            hours.isdigit()
-            and minutes.isdigit()
-            and seconds.isdigit()
-            and (hour := int(hours)) < 24
-            and (minute := int(minutes)) < 60
-            and (second := int(seconds)) < 60
+            hh.isdigit()
+            and mm.isdigit()
+            and ss.isdigit()
+            and (hour := int(hh)) < 24
+            and (minute := int(mm)) < 60
+            and (second := int(ss)) < 60
         ):
             if not rest:
                 return day + hour * 3600 + minute * 60 + second, 0
