@@ -93,7 +93,7 @@ function __streamcli_path
                 set skip 1
             case 'process:--window' 'process:--z' 'process:--in-flight'
                 set skip 1
-            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--max-series' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
+            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--max-series' 'serve:--metric-retention' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--log-level'
                 set skip 1
             case 'tail:events'
                 set cmdpath 'tail events'
@@ -193,7 +193,7 @@ complete -c streamcli -n '__streamcli_at '\''health'\''' -l help -s h -d 'Show h
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'ls' -d 'List metric series (a user token'\''s own; every owner'\''s with the service token) with count, min, mean,'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'push' -d 'Push metric samples; print each series they went to (all time).'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'sample' -d 'Sample this machine (CPU, memory, load, disk and network, with psutil) and stream it live.'
-complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'show' -d 'Show the series of one metric: the table, and a picture of each one'\''s distribution.'
+complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'show' -d 'Show the series of one metric: the table, and pictures of each one'\''s distribution and trend.'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''metrics ls'\''' -l since -x -d 'Only samples since then: a duration back from now (90m, 2h, 7d) or a time (RFC 3339), counted in whole minutes.'
 complete -c streamcli -n '__streamcli_at '\''metrics ls'\''' -l limit -x -d 'Show at most this many series.'
@@ -207,6 +207,7 @@ complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l retries -x -
 complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l label -s l -x -d 'Only series with this label.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l since -x -d 'Only samples since then: a duration back from now (90m, 2h, 7d) or a time (RFC 3339), counted in whole minutes.'
+complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l trend -l no-trend -d 'Ask for each series'\'' trend over the window (--since to now; without it, from the oldest minute the server keeps) in up to 60 steps, and draw its p50, p99 and count when two steps or more hold samples; with --json, each series'\'' "trend".'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''notify'\''' -a 'send' -d 'Raise one notification; subscribers of the recipient see it live.'
 complete -c streamcli -n '__streamcli_at '\''notify'\''' -l help -s h -d 'Show help and exit.'
@@ -236,6 +237,7 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l allow-insecure -d 'Al
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l max-file-size -x -d 'Largest file accepted (e.g. 2G); 0 = no limit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l quota -x -d 'Total size of all stored files (e.g. 100G); 0 = no limit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l max-series -x -d 'Metric series the server holds (every user'\''s); samples of new series beyond it go to an overflow series.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l metric-retention -x -d 'How long each metric series keeps its per-minute aggregates (what --since and trends read), e.g. 30d, or none (for ever). Each series'\'' all-time aggregate is kept for ever; a --since before what is kept counts from the oldest minute kept.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l upload-ttl -x -d 'How long an interrupted upload stays resumable (e.g. 24h).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l heartbeat -x -d 'Seconds between heartbeats on idle tail and chat streams.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l live-interval -x -d 'A live tail sends at most one response per tick of this many seconds: what is published meanwhile rides in the next one (an event after a quiet spell goes out at once). 0 = a response per append.'
