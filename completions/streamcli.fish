@@ -109,7 +109,7 @@ function __streamcli_path
                 set skip 1
             case 'process:--window' 'process:--z' 'process:--in-flight' 'process:--address' 'process:-a' 'process:--token' 'process:--ca-cert' 'process:--client-cert' 'process:--client-key'
                 set skip 1
-            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--max-series' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--ready-file' 'serve:--log-level' 'serve:--ca-cert' 'serve:--client-cert' 'serve:--client-key'
+            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--max-series' 'serve:--metric-retention' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--ready-file' 'serve:--log-level' 'serve:--ca-cert' 'serve:--client-cert' 'serve:--client-key'
                 set skip 1
             case 'tail:--address' 'tail:-a' 'tail:--token' 'tail:--ca-cert' 'tail:--client-cert' 'tail:--client-key'
                 set skip 1
@@ -350,7 +350,7 @@ complete -c streamcli -n '__streamcli_at '\''health'\''' -l help -s h -d 'Show h
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'ls' -d 'List metric series (a user token'\''s own; every owner'\''s with the service token) with count, min, mean,'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'push' -d 'Push metric samples; print each series they went to (all time).'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'sample' -d 'Sample this machine (CPU, memory, load, disk and network, with psutil) and stream it live.'
-complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'show' -d 'Show the series of one metric: the table, and a picture of each one'\''s distribution.'
+complete -c streamcli -n '__streamcli_at '\''metrics'\''' -a 'show' -d 'Show the series of one metric: the table, and pictures of each one'\''s distribution and trend.'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -l address -s a -x -d 'Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS).'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -l token -x -d 'Bearer token sent with every call.'
 complete -c streamcli -n '__streamcli_at '\''metrics'\''' -l tls -l no-tls -d 'Connect with TLS.'
@@ -400,6 +400,7 @@ complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l version -d '
 complete -c streamcli -n '__streamcli_at '\''metrics sample'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l label -s l -x -d 'Only series with this label.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l since -x -d 'Only samples since then: a duration back from now (90m, 2h, 7d) or a time (RFC 3339), counted in whole minutes.'
+complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l trend -l no-trend -d 'Ask for each series'\'' trend over the window (--since to now; without it, from the oldest minute the server keeps) in up to 60 steps, and draw its p50, p99 and count when two steps or more hold samples; with --json, each series'\'' "trend".'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l address -s a -x -d 'Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS).'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l token -x -d 'Bearer token sent with every call.'
 complete -c streamcli -n '__streamcli_at '\''metrics show'\''' -l tls -l no-tls -d 'Connect with TLS.'
@@ -465,6 +466,7 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l allow-insecure -d 'Al
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l max-file-size -x -d 'Largest file accepted (e.g. 2G); 0 = no limit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l quota -x -d 'Total size of all stored files (e.g. 100G); 0 = no limit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l max-series -x -d 'Metric series the server holds (every user'\''s); samples of new series beyond it go to an overflow series.'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l metric-retention -x -d 'How long each metric series keeps its per-minute aggregates (what --since and trends read), e.g. 30d, or none (for ever). Each series'\'' all-time aggregate is kept for ever; a --since before what is kept counts from the oldest minute kept.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l upload-ttl -x -d 'How long an interrupted upload stays resumable (e.g. 24h).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l heartbeat -x -d 'Seconds between heartbeats on idle tail and chat streams.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l live-interval -x -d 'A live tail sends at most one response per tick of this many seconds: what is published meanwhile rides in the next one (an event after a quiet spell goes out at once). 0 = a response per append.'

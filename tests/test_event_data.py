@@ -219,6 +219,32 @@ def test_time_options_keep_nanoseconds_and_refuse_what_a_timestamp_cannot_hold()
             parse_timestamp(bad)
 
 
+def test_the_fast_reading_of_machine_written_times_agrees_with_the_general_one() -> None:
+    from streamcli.client.events import parse_time
+    from streamcli.errors import UsageError
+
+    def read(text: str) -> tuple[int, int] | str:
+        try:
+            return parse_time(text)
+        except UsageError as exc:
+            return type(exc).__name__ + ": " + exc.message.replace(repr(text.strip()), "TEXT")
+
+    # Each text in the form the fast reading takes (YYYY-MM-DDTHH:MM:SS[.digits]Z) and near misses, against the
+    # same text with surrounding spaces (which only the general, regular-expression reading takes).
+    texts = [
+        "2026-11-24T10:00:00Z", "2026-11-24T10:00:00.1Z", "2026-11-24T10:00:00.1234567891234Z",
+        "9999-12-31T23:59:59.999999999Z", "0001-01-01T00:00:00Z", "1969-12-31T23:59:59.5Z",
+        "2024-02-29T12:34:56.000001Z", "0000-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-24T24:00:00Z",
+        "2026-11-24T23:60:00Z", "2026-11-24T23:59:60Z", "2026-11-24T23:59:59.Z", "2026-W47-1T00:00:00Z",
+        "\uff12026-11-24T10:00:00Z", "2026-11-24T1a:00:00Z", "2026-11-24T10:00:00.12a3Z", "2026-11-24T10:00:00+Z",
+        "2026-11-24T10:00:00.\u0661Z", "2026-1-024T10:00:00Z",
+    ]  # fmt: skip
+    assert read("2026-11-24T10:00:00.1Z") == (1_795_514_400, 100_000_000)
+    assert read("2026-02-30T00:00:00Z") == "UsageError: TEXT is not a time like 2026-11-24T10:00:00Z"
+    for text in texts:
+        assert read(text) == read(f" {text} "), text
+
+
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(
     year=st.integers(1, 9999),

@@ -379,10 +379,12 @@ class PushMark:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoredMetric:
-    """A series' stored aggregates: all time (one), or one per minute since a time; when it last changed."""
+    """A series' stored aggregates: all time (one), or one per minute since a time, oldest first, with the
+    minute of each in ``minutes``; when it last changed."""
 
     updated_at: float
     aggregates: tuple[bytes, ...]
+    minutes: tuple[int, ...] = ()  # (seconds since the epoch // 60) of each aggregate, when per minute
 
 
 class MetricStore(Protocol):
@@ -413,6 +415,11 @@ class MetricStore(Protocol):
 
     async def forget_pushes(self, before: float) -> int:
         """Forget the pushes last sent to before ``before`` (seconds since the epoch); returns how many."""
+        ...
+
+    async def forget_metric_minutes(self, before_minute: int) -> int:
+        """Forget the per-minute aggregates of minutes before ``before_minute`` (the all-time ones stay);
+        returns how many."""
         ...
 
 

@@ -127,6 +127,15 @@ def serve(
             "overflow series.",
         ),
     ] = 100_000,
+    metric_retention: Annotated[
+        str,
+        typer.Option(
+            envvar="STREAMCLI_METRIC_RETENTION",
+            help="How long each metric series keeps its per-minute aggregates (what --since and trends read), "
+            "e.g. 30d, or none (for ever). Each series' all-time aggregate is kept for ever; a --since before "
+            "what is kept counts from the oldest minute kept.",
+        ),
+    ] = "30d",
     upload_ttl: Annotated[
         str,
         typer.Option(envvar="STREAMCLI_UPLOAD_TTL", help="How long an interrupted upload stays resumable (e.g. 24h)."),
@@ -239,6 +248,7 @@ def serve(
         max_file_size=parse_size(max_file_size),
         quota=parse_size(quota),
         max_series=max_series,
+        metric_retention=None if metric_retention.strip().lower() == "none" else parse_duration(metric_retention),
         upload_ttl=parse_duration(upload_ttl),
         heartbeat=heartbeat,
         live_interval=live_interval,

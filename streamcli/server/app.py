@@ -39,7 +39,7 @@ from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
 from streamcli.services.logs import LogSettings, Retention
-from streamcli.services.metrics import DEFAULT_MAX_SERIES, MetricService
+from streamcli.services.metrics import DEFAULT_MAX_SERIES, DEFAULT_MINUTE_RETENTION, MetricService
 from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
 from streamcli.services.notifications import NotificationService
 from streamcli.services.processing import ProcessingService
@@ -73,6 +73,8 @@ class ServerConfig:
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
     chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
     max_series: int = DEFAULT_MAX_SERIES  # metric series the server holds; new ones beyond go to an overflow series
+    # Seconds per-minute metric sketches are kept (--since, trends); None: for ever. All-time ones are always kept.
+    metric_retention: float | None = DEFAULT_MINUTE_RETENTION
     documents: DocumentSettings = dataclasses.field(default_factory=DocumentSettings)  # Collaborate's limits
 
     @property
@@ -99,6 +101,8 @@ class ServerConfig:
             raise UsageError("--max-file-size and --quota must be zero (no limit) or more bytes")
         if self.max_series < 1:
             raise UsageError("--max-series must be at least 1")
+        if self.metric_retention is not None and self.metric_retention < 60:
+            raise UsageError("--metric-retention must be at least a minute (or none)")
         if self.upload_ttl <= 0:
             raise UsageError("--upload-ttl must be more than zero seconds")
         if self.heartbeat <= 0 or self.housekeeping_interval <= 0:
@@ -225,7 +229,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
-        metrics = MetricService(backend.metrics, credentials_, config.max_series)
+        metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
         await metrics.load()
         collab = CollabService(backend.log, log_settings, stopping, credentials_, config.documents)
         domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab]

@@ -1913,6 +1913,7 @@ class MetricSummary(_message.Message):
     OVERFLOW_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
+    TREND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Metric name."""
     count: _builtins.int
@@ -1949,6 +1950,12 @@ class MetricSummary(_message.Message):
     def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricQuantile]:
         """The quantiles a ListMetricSeriesRequest asked for, in its order."""
 
+    @_builtins.property
+    def trend(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricTrendPoint]:
+        """The trend a ListMetricSeriesRequest asked for (trend_points), oldest
+        first: the series' samples in equal steps of whole minutes.
+        """
+
     def __init__(
         self,
         *,
@@ -1966,14 +1973,55 @@ class MetricSummary(_message.Message):
         overflow: _builtins.bool = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         quantiles: _abc.Iterable[Global___MetricQuantile] | None = ...,
+        trend: _abc.Iterable[Global___MetricTrendPoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "labels", b"labels", "max", b"max", "mean", b"mean", "min", b"min", "name", b"name", "overflow", b"overflow", "owner", b"owner", "p50", b"p50", "p90", b"p90", "p99", b"p99", "quantiles", b"quantiles", "sum", b"sum", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "labels", b"labels", "max", b"max", "mean", b"mean", "min", b"min", "name", b"name", "overflow", b"overflow", "owner", b"owner", "p50", b"p50", "p90", b"p90", "p99", b"p99", "quantiles", b"quantiles", "sum", b"sum", "trend", b"trend", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MetricSummary: _TypeAlias = MetricSummary  # noqa: Y015
+
+@_typing.final
+class MetricTrendPoint(_message.Message):
+    """MetricTrendPoint aggregates the samples of one step of a trend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    P50_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    minutes: _builtins.int
+    """Length of the step in minutes (every step of a trend has the same)."""
+    count: _builtins.int
+    """Number of samples in the step (0: none; then p50 and p99 are 0)."""
+    p50: _builtins.float
+    """Median of the step's samples, within 1% relative (DDSketch)."""
+    p99: _builtins.float
+    """99th percentile of the step's samples, within 1% relative."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the step (UTC, a whole minute): samples timed at or after it."""
+
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        minutes: _builtins.int = ...,
+        count: _builtins.int = ...,
+        p50: _builtins.float = ...,
+        p99: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "minutes", b"minutes", "p50", b"p50", "p99", b"p99", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricTrendPoint: _TypeAlias = MetricTrendPoint  # noqa: Y015
 
 @_typing.final
 class CollectMetricsResponse(_message.Message):
@@ -2087,12 +2135,19 @@ class ListMetricSeriesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
+    TREND_POINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Only series of this name; empty for every name."""
     page_size: _builtins.int
     """Maximum series per page (1-1000; 0 means 100)."""
     page_token: _builtins.str
     """Opaque token from a previous ListMetricSeriesResponse; empty for the first page."""
+    trend_points: _builtins.int
+    """Points of a trend to add to each series (MetricSummary.trend), 0-120; 0
+    for none. The window runs from `since` (without it, from the series'
+    first minute the server keeps) to the current minute, in at most this
+    many equal steps of whole minutes.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only series carrying all these labels (with these values)."""
@@ -2116,10 +2171,11 @@ class ListMetricSeriesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         quantiles: _abc.Iterable[_builtins.float] | None = ...,
+        trend_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "quantiles", b"quantiles", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "quantiles", b"quantiles", "since", b"since", "trend_points", b"trend_points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2133,21 +2189,30 @@ class ListMetricSeriesResponse(_message.Message):
 
     SERIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KEPT_SINCE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
         """Series sorted by name, then labels; with `since`, those with samples since then."""
 
+    @_builtins.property
+    def kept_since(self) -> _timestamp_pb2.Timestamp:
+        """Set when `since` (or a trend's window) reaches back before the oldest
+        minute the server keeps per minute (serve --metric-retention): the
+        answer counts the samples from this time (UTC) on.
+        """
+
     def __init__(
         self,
         *,
         series: _abc.Iterable[Global___MetricSummary] | None = ...,
         next_page_token: _builtins.str = ...,
+        kept_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kept_since", b"kept_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept_since", b"kept_since", "next_page_token", b"next_page_token", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
