@@ -28,6 +28,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.checksums import sha256_prefix
 from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.files import FileEntry
+from streamcli.client.ids import IdKind, resolve_id
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import (
@@ -291,8 +292,8 @@ async def download_file(
     create_dirs: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> TransferResult:
-    """Download a file (its id, or its entry from ``files.list_files``) to ``destination`` via ``NAME.part``, or to
-    ``stdout`` when given.
+    """Download a file (its id or the start of it, or its entry from ``files.list_files``) to ``destination``
+    via ``NAME.part``, or to ``stdout`` when given.
 
     ``destination`` is a file, or a directory to write the server's name into: one
     that exists, or any path ending in ``/`` (created with ``create_dirs``, as are
@@ -314,7 +315,7 @@ async def download_file(
     if isinstance(file, FileEntry):
         info, file_id = file, file.file_id
     else:
-        file_id = file
+        file_id = await resolve_id(conn, IdKind.FILE, file)
         with rpc_errors(conn.settings):
             reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)
         info = FileEntry.from_message(reply.file)

@@ -189,6 +189,15 @@ class StreamingServiceStub:
     """Lists metric series (a user token's own; all with the service token) with
     their aggregates, all time or since a time, by name and labels.
     """
+    ResolveIds: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ResolveIdsRequest, _streaming_service_pb2.ResolveIdsResponse]
+    """Resolves the start of an id (as git resolves an abbreviated commit id) to
+    the ids of one kind that begin with it, among those the caller may see
+    (the same rules as ListFiles and ListBatches): a prefix never reveals an
+    id the token could not list. An id equal to the prefix is the only answer.
+    A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+    is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+    id, then use the one id answered; none answered means no such id.
+    """
 
 @_typing.type_check_only
 class StreamingServiceAsyncStub(StreamingServiceStub):
@@ -330,6 +339,15 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     ListMetricSeries: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListMetricSeriesRequest, _streaming_service_pb2.ListMetricSeriesResponse]  # type: ignore[assignment]
     """Lists metric series (a user token's own; all with the service token) with
     their aggregates, all time or since a time, by name and labels.
+    """
+    ResolveIds: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ResolveIdsRequest, _streaming_service_pb2.ResolveIdsResponse]  # type: ignore[assignment]
+    """Resolves the start of an id (as git resolves an abbreviated commit id) to
+    the ids of one kind that begin with it, among those the caller may see
+    (the same rules as ListFiles and ListBatches): a prefix never reveals an
+    id the token could not list. An id equal to the prefix is the only answer.
+    A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+    is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+    id, then use the one id answered; none answered means no such id.
     """
 
 class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -595,6 +613,21 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_streaming_service_pb2.ListMetricSeriesResponse, _abc.Awaitable[_streaming_service_pb2.ListMetricSeriesResponse]]:
         """Lists metric series (a user token's own; all with the service token) with
         their aggregates, all time or since a time, by name and labels.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveIds(
+        self,
+        request: _streaming_service_pb2.ResolveIdsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.ResolveIdsResponse, _abc.Awaitable[_streaming_service_pb2.ResolveIdsResponse]]:
+        """Resolves the start of an id (as git resolves an abbreviated commit id) to
+        the ids of one kind that begin with it, among those the caller may see
+        (the same rules as ListFiles and ListBatches): a prefix never reveals an
+        id the token could not list. An id equal to the prefix is the only answer.
+        A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+        is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+        id, then use the one id answered; none answered means no such id.
         """
 
 def add_StreamingServiceServicer_to_server(servicer: StreamingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
