@@ -280,7 +280,7 @@ class BatchIngest:
             self._options.retry,
             f"ingest of {self._source}",
             hint="run the same command again to resume the batch",
-            address=self._conn.settings.address,
+            settings=self._conn.settings,
             announce=self._options.notice,
         )
         try:

@@ -115,7 +115,7 @@ async def upload_path(
     metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
     attempts = Attempts(
         retry, f"upload of {name}", also=_UPLOAD_RACES,
-        hint="run the same command again to resume the upload", address=conn.settings.address,
+        hint="run the same command again to resume the upload", settings=conn.settings,
     )  # fmt: skip
     resumed_from = 0
     with rpc_errors(conn.settings):
@@ -557,7 +557,7 @@ async def _download(
     hint = "run the same command again to resume from the .part file"
     if shown_path == "-":
         hint = "standard output cannot resume: run it again, or download to a file"
-    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, address=conn.settings.address)
+    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, settings=conn.settings)
     progress.start(info.file_id, info.filename, info.size, offset)
     with rpc_errors(conn.settings), _BackgroundWriter(sink, hasher) as writer:
         while True:  # one pass per attempt; retries continue from `offset`
