@@ -248,3 +248,22 @@ def test_tls_and_plaintext_mismatches_say_so(tmp_path: pathlib.Path) -> None:
     assert "does not use TLS (it answered in plaintext)" in tls_at_plaintext.err
     for run in (plaintext, no_client_cert, plaintext_at_mtls, tls_at_plaintext):
         assert len(run.error_lines) == 1, run.err
+
+
+def test_commands_that_retry_say_a_tls_mismatch_at_once(tmp_path: pathlib.Path) -> None:
+    """Retrying cannot mend a configuration: the first failure is diagnosed, and no retry is made."""
+    _, server, _ = make_pki(tmp_path)
+    payload = tmp_path / "a.bin"
+    payload.write_bytes(b"bytes")
+    with threaded_server(tmp_path / "tls", tls_cert=server.cert, tls_key=server.key) as address:
+        address = address.replace("127.0.0.1", "localhost")
+        runs = [
+            cli(address, "upload", str(payload)),
+            cli(address, "tail", "events", "--user", "alice"),
+            cli(address, "events", "publish", "--user", "alice", "--type", "login"),
+            cli(address, "download", "0" * 32, "-o", str(tmp_path / "out")),
+        ]
+    for run in runs:
+        assert run.code == ExitStatus.USAGE, run.err
+        assert len(run.error_lines) == 1, run.err  # no "retry 1 of 25" before it
+        assert "TLS/plaintext mismatch: the server at localhost:" in run.err

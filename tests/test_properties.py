@@ -170,6 +170,10 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.INVALID_ARGUMENT: _UNDECODABLE + " (not a batch id)",
         Code.NOT_FOUND: "no such batch",
     },
+    "ResolveIds": {
+        Code.OK: "the ids the caller may list that begin with the prefix (maybe none)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (kind unset or unknown, limit over 100, a prefix under 4 characters)",
+    },
     "Health/Check": {
         Code.OK: "a service the server knows",
         Code.INVALID_ARGUMENT: _UNDECODABLE,
@@ -690,6 +694,12 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
     "ReadBatchRecords": st.builds(lambda b: pb.ReadBatchRecordsRequest(batch_id=b), mostly(BATCH_IDS, ps.texts())),
     "GetUploadStatus": st.builds(lambda u: pb.GetUploadStatusRequest(upload_id=u), st.sampled_from(UPLOAD_IDS)),
     "GetFileInfo": st.builds(lambda f: pb.GetFileInfoRequest(file_id=f), _file_ids()),
+    "ResolveIds": st.builds(
+        lambda kind, prefix, limit: pb.ResolveIdsRequest(kind=kind, prefix=prefix, limit=limit),
+        st.sampled_from([pb.ID_KIND_FILE, pb.ID_KIND_BATCH, 0, 7]),
+        mostly(["", "abc", "abcd", "alice/", "alice/abcd", "\U0010ffff" * 4, "a" * 600], ps.texts()),
+        st.sampled_from([0, 1, 100, 101, 2**32 - 1]),
+    ),
     "ListFiles": st.builds(
         lambda size, token: pb.ListFilesRequest(page_size=size, page_token=token),
         st.sampled_from([0, 1, 2, 1000, 1001, -1, -(2**31), 2**31 - 1]),

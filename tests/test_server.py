@@ -258,7 +258,7 @@ def test_the_binding_of_rpcs_is_checked_against_the_contract_at_start_up() -> No
         RPCS = ("ProcessLiveData",)
 
     class Collab(Files):
-        RPCS = ("Collaborate", "ListDocuments")
+        RPCS = ("Collaborate", "ListDocuments", "ResolveIds")
 
     assert (
         set(bind([Files(), Rest(), Batches(), Metrics(), Processing(), Collab()]))

@@ -291,6 +291,13 @@ class MetadataStore(Protocol):
         """Batches newest first (by creation); with ``owner``, only that user's."""
         ...
 
+    async def batch_ids_with_prefix(
+        self, prefix: str, limit: int, *, owner: str | None = None
+    ) -> tuple[list[str], int]:
+        """The ids of the batches that begin with ``prefix``, ascending, at most ``limit``, and how many there
+        are; with ``owner``, only that user's."""
+        ...
+
     async def delete_batch(self, batch_id: str) -> None:
         """Forget a batch (idempotent; its log stream is dropped separately)."""
         ...
@@ -309,6 +316,13 @@ class MetadataStore(Protocol):
 
     async def list_files(self, limit: int, offset: int = 0, *, visible_to: str | None = None) -> list[FileRecord]:
         """Files newest first; with ``visible_to``, only those that user may see (``file_visible_to``)."""
+        ...
+
+    async def file_ids_with_prefix(
+        self, prefix: str, limit: int, *, visible_to: str | None = None
+    ) -> tuple[list[str], int]:
+        """The ids of the files that begin with ``prefix``, ascending, at most ``limit``, and how many there
+        are; with ``visible_to``, only those that user may see (``file_visible_to``)."""
         ...
 
     async def file_visible_to(self, record: FileRecord, user: str) -> bool:

@@ -222,7 +222,12 @@ class ChatClient:
     async def run(self) -> None:
         """Join and stay joined until ``leave``; raises StreamcliError when the room cannot be joined."""
         # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
-        attempts = Attempts(self.retry, f"chat in {self.room}", also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
+        attempts = Attempts(
+            self.retry,
+            f"chat in {self.room}",
+            also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}),
+            settings=self.conn.settings,
+        )
         self.handlers.state(ChatState.CONNECTING, self.conn.settings.address)
         sender = asyncio.create_task(self._deliver_all())
         try:

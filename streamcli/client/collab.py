@@ -247,7 +247,7 @@ class DocumentSession:
 
     async def _follow(self) -> None:
         attempts = Attempts(
-            self.retry, f"document {self.document_id}", announce=self.announce, address=self.conn.settings.address
+            self.retry, f"document {self.document_id}", announce=self.announce, settings=self.conn.settings
         )
         with rpc_errors(self.conn.settings):
             while True:

@@ -218,7 +218,7 @@ class MetricPush:
             self._options.retry,
             f"push of {self._source}",
             hint="run the same command again to resume the push",
-            address=self._conn.settings.address,
+            settings=self._conn.settings,
             announce=self._options.notice,
         )
         with rpc_errors(self._conn.settings):

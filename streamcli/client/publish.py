@@ -166,7 +166,7 @@ class IdempotentPublisher:
 
     async def _publish(self, source: _Source) -> None:
         notice = self._options.notice
-        attempts = Attempts(self._options.retry, "publish", announce=notice)
+        attempts = Attempts(self._options.retry, "publish", settings=self._conn.settings, announce=notice)
         while True:
             try:
                 response = await self._stream(source)

@@ -80,7 +80,7 @@ async def tail_log(
         records_of: the records of one response (empty for a heartbeat).
         options: follow, max records, idle timeout, retries.
     """
-    attempts = Attempts(options.retry, "tail", announce=options.notice)
+    attempts = Attempts(options.retry, "tail", settings=conn.settings, announce=options.notice)
     resume_after: int | None = None
     connected = False  # until the server first answers, a failure is reported, not retried
     seen = 0

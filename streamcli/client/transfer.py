@@ -28,6 +28,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.checksums import sha256_prefix
 from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.files import FileEntry
+from streamcli.client.ids import IdKind, resolve_id
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import (
@@ -115,7 +116,7 @@ async def upload_path(
     metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
     attempts = Attempts(
         retry, f"upload of {name}", also=_UPLOAD_RACES,
-        hint="run the same command again to resume the upload", address=conn.settings.address,
+        hint="run the same command again to resume the upload", settings=conn.settings,
     )  # fmt: skip
     resumed_from = 0
     changed: list[str] = []  # what _file_requests found changed in the file, when it did
@@ -312,8 +313,8 @@ async def download_file(
     create_dirs: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> TransferResult:
-    """Download a file (its id, or its entry from ``files.list_files``) to ``destination`` via ``NAME.part``, or to
-    ``stdout`` when given.
+    """Download a file (its id or the start of it, or its entry from ``files.list_files``) to ``destination``
+    via ``NAME.part``, or to ``stdout`` when given.
 
     ``destination`` is a file, or a directory to write the server's name into: one
     that exists, or any path ending in ``/`` (created with ``create_dirs``, as are
@@ -335,7 +336,7 @@ async def download_file(
     if isinstance(file, FileEntry):
         info, file_id = file, file.file_id
     else:
-        file_id = file
+        file_id = await resolve_id(conn, IdKind.FILE, file)
         with rpc_errors(conn.settings):
             reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)
         info = FileEntry.from_message(reply.file)
@@ -577,7 +578,7 @@ async def _download(
     hint = "run the same command again to resume from the .part file"
     if shown_path == "-":
         hint = "standard output cannot resume: run it again, or download to a file"
-    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, address=conn.settings.address)
+    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, settings=conn.settings)
     progress.start(info.file_id, info.filename, info.size, offset)
     with rpc_errors(conn.settings), _BackgroundWriter(sink, hasher) as writer:
         while True:  # one pass per attempt; retries continue from `offset`

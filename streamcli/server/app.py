@@ -38,6 +38,7 @@ from streamcli.services.documents import DocumentSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
+from streamcli.services.ids import IdService
 from streamcli.services.logs import LogSettings, Retention
 from streamcli.services.metrics import DEFAULT_MAX_SERIES, DEFAULT_MINUTE_RETENTION, MetricService
 from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
@@ -232,7 +233,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
         metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
         await metrics.load()
         collab = CollabService(backend.log, log_settings, stopping, credentials_, config.documents)
-        domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab]
+        ids = IdService(backend.metadata, credentials_)
+        domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab, ids]
         add_service(server, domains)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -154,6 +154,35 @@ CHAT_MESSAGE_TYPE_TYPING: ChatMessageType.ValueType  # 5
 """The user is typing: delivered live, never stored."""
 Global___ChatMessageType: _TypeAlias = ChatMessageType  # noqa: Y015
 
+class _IdKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ID_KIND_UNSPECIFIED: _IdKind.ValueType  # 0
+    """Not set: INVALID_ARGUMENT."""
+    ID_KIND_FILE: _IdKind.ValueType  # 1
+    """A stored file (FileInfo.file_id)."""
+    ID_KIND_BATCH: _IdKind.ValueType  # 2
+    """A batch (BatchInfo.batch_id)."""
+
+class IdKind(_IdKind, metaclass=_IdKindEnumTypeWrapper):
+    """============================================================================
+    Ids
+    ============================================================================
+
+    IdKind says what an id names.
+    """
+
+ID_KIND_UNSPECIFIED: IdKind.ValueType  # 0
+"""Not set: INVALID_ARGUMENT."""
+ID_KIND_FILE: IdKind.ValueType  # 1
+"""A stored file (FileInfo.file_id)."""
+ID_KIND_BATCH: IdKind.ValueType  # 2
+"""A batch (BatchInfo.batch_id)."""
+Global___IdKind: _TypeAlias = IdKind  # noqa: Y015
+
 @_typing.final
 class UserEvent(_message.Message):
     """UserEvent is one entry of the event log."""
@@ -3319,3 +3348,70 @@ class CollaborateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollaborateResponse: _TypeAlias = CollaborateResponse  # noqa: Y015
+
+@_typing.final
+class ResolveIdsRequest(_message.Message):
+    """ResolveIdsRequest asks which ids of one kind begin with a prefix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    kind: Global___IdKind.ValueType
+    """What the ids name."""
+    prefix: _builtins.str
+    """The start of the id, compared character by character (case matters).
+    At least 4 characters unless it is a whole id; for a batch, counted after
+    any "USER/". A user token's batch may be named with or without its
+    "USER/", as GetBatch takes it.
+    """
+    limit: _builtins.int
+    """The most ids to answer (1-100; 0 means 10)."""
+    def __init__(
+        self,
+        *,
+        kind: Global___IdKind.ValueType = ...,
+        prefix: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIdsRequest: _TypeAlias = ResolveIdsRequest  # noqa: Y015
+
+@_typing.final
+class ResolveIdsResponse(_message.Message):
+    """ResolveIdsResponse names the ids that begin with the prefix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """How many ids the caller may see begin with the prefix (1 when it is a
+    whole id): more than one means the prefix is ambiguous.
+    """
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The matching ids the caller may see, in ascending order, at most `limit`,
+        as ListFiles / ListBatches give them. Just the prefix itself when it is a
+        whole id; empty when no id the caller may see begins with it.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIdsResponse: _TypeAlias = ResolveIdsResponse  # noqa: Y015

@@ -148,6 +148,11 @@ class StreamingServiceStub:
                 request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.SerializeToString,
                 response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.FromString,
                 _registered_method=True)
+        self.ResolveIds = channel.unary_unary(
+                '/streaming.v1.StreamingService/ResolveIds',
+                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsRequest.SerializeToString,
+                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsResponse.FromString,
+                _registered_method=True)
 
 
 class StreamingServiceServicer:
@@ -393,6 +398,19 @@ class StreamingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveIds(self, request, context):
+        """Resolves the start of an id (as git resolves an abbreviated commit id) to
+        the ids of one kind that begin with it, among those the caller may see
+        (the same rules as ListFiles and ListBatches): a prefix never reveals an
+        id the token could not list. An id equal to the prefix is the only answer.
+        A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+        is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+        id, then use the one id answered; none answered means no such id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -505,6 +523,11 @@ def add_StreamingServiceServicer_to_server(servicer, server):
                     servicer.StreamRoomMessages,
                     request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.FromString,
                     response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.SerializeToString,
+            ),
+            'ResolveIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveIds,
+                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsRequest.FromString,
+                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1105,6 +1128,33 @@ class StreamingService:
             '/streaming.v1.StreamingService/StreamRoomMessages',
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.SerializeToString,
             streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streaming.v1.StreamingService/ResolveIds',
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsRequest.SerializeToString,
+            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

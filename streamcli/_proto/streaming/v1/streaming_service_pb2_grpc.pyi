@@ -196,6 +196,15 @@ class StreamingServiceStub:
     presence and causes no join or leave message. Rooms are open, so every
     caller may read every room. Idle streams receive heartbeats.
     """
+    ResolveIds: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ResolveIdsRequest, _streaming_service_pb2.ResolveIdsResponse]
+    """Resolves the start of an id (as git resolves an abbreviated commit id) to
+    the ids of one kind that begin with it, among those the caller may see
+    (the same rules as ListFiles and ListBatches): a prefix never reveals an
+    id the token could not list. An id equal to the prefix is the only answer.
+    A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+    is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+    id, then use the one id answered; none answered means no such id.
+    """
 
 @_typing.type_check_only
 class StreamingServiceAsyncStub(StreamingServiceStub):
@@ -344,6 +353,15 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     live. The reader is not a member: it sends nothing, is not in the room's
     presence and causes no join or leave message. Rooms are open, so every
     caller may read every room. Idle streams receive heartbeats.
+    """
+    ResolveIds: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ResolveIdsRequest, _streaming_service_pb2.ResolveIdsResponse]  # type: ignore[assignment]
+    """Resolves the start of an id (as git resolves an abbreviated commit id) to
+    the ids of one kind that begin with it, among those the caller may see
+    (the same rules as ListFiles and ListBatches): a prefix never reveals an
+    id the token could not list. An id equal to the prefix is the only answer.
+    A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+    is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+    id, then use the one id answered; none answered means no such id.
     """
 
 class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -622,6 +640,21 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         live. The reader is not a member: it sends nothing, is not in the room's
         presence and causes no join or leave message. Rooms are open, so every
         caller may read every room. Idle streams receive heartbeats.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveIds(
+        self,
+        request: _streaming_service_pb2.ResolveIdsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.ResolveIdsResponse, _abc.Awaitable[_streaming_service_pb2.ResolveIdsResponse]]:
+        """Resolves the start of an id (as git resolves an abbreviated commit id) to
+        the ids of one kind that begin with it, among those the caller may see
+        (the same rules as ListFiles and ListBatches): a prefix never reveals an
+        id the token could not list. An id equal to the prefix is the only answer.
+        A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+        is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+        id, then use the one id answered; none answered means no such id.
         """
 
 def add_StreamingServiceServicer_to_server(servicer: StreamingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
