@@ -11,10 +11,9 @@ SHA-256 and only then rename it into place.
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import pathlib
@@ -38,10 +37,14 @@ from streamcli.errors import (
     UsageError,
 )
 from streamcli.names import check_filename, is_filename
+from streamcli.pipeline import Pipeline
 
-#: Bytes per upload message. 64 KiB moved the most bytes per second through
-#: grpc.aio on loopback of the sizes measured (bench/README.md).
-CHUNK_SIZE = 64 * 1024
+#: Bytes per upload message: the most the contract allows, which moved the most bytes per second
+#: through grpc.aio on loopback of the sizes measured (bench/README.md, "File transfer"); at the
+#: speeds measured that is still hundreds of progress updates a second.
+CHUNK_SIZE = 1024 * 1024
+#: Chunks an upload reads (and hashes) ahead of what it sends, at most.
+READS_AHEAD = 4
 
 #: Codes an upload retries on besides the usual ones: the server may still be
 #: finishing the previous attempt's stream when the next one starts.
@@ -124,11 +127,15 @@ async def upload_path(
             sent[0] += n
             progress.advance(upload_id, n)
 
+        # A file of one chunk or less has nothing worth resuming: it starts at once, without asking the
+        # server first (a round trip per file, most of the cost of small files), and asks only when the
+        # server has an upload under its id already (ALREADY_EXISTS) or an attempt failed.
+        ask = size > CHUNK_SIZE
         while True:
             first_status = None
             sent[0] = 0
             try:
-                status = await _upload_status(conn, upload_id, size)
+                status = await _upload_status(conn, upload_id, size) if ask else None
                 if status is None:
                     first = pb.UploadFileRequest(metadata=metadata, upload_id=upload_id)
                     offset, declared = 0, ""
@@ -136,7 +143,7 @@ async def upload_path(
                     offset, declared = status
                     first = pb.UploadFileRequest(resume=pb.UploadResume(upload_id=upload_id, offset=offset))
                     resumed_from = resumed_from or offset
-                hasher = await asyncio.to_thread(_hash_head, path, offset)
+                hasher = await asyncio.to_thread(_hash_head, path, offset) if offset else hashlib.sha256()
                 progress.start(upload_id, name, size, offset)
                 requests = _file_requests(
                     first, path, offset, size, hasher, trailer=not declared,
@@ -148,6 +155,10 @@ async def upload_path(
                 break
             except grpc.aio.AioRpcError as exc:
                 exc = first_status.unmask(exc) if first_status else exc
+                if not ask and exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    ask = True
+                    continue  # not a failure: the server has an earlier attempt of this file to resume
+                ask = True
                 await attempts.failed(exc, progressed=sent[0] > 0)
     progress.finish(upload_id)
     return TransferResult(
@@ -199,16 +210,40 @@ async def _file_requests(
     trailer: bool,
     advance: Callable[[int], None],
 ) -> AsyncIterator[pb.UploadFileRequest]:
-    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer."""
+    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer.
+
+    Reading and hashing run on a worker thread (a ``Pipeline``), at most ``READS_AHEAD`` chunks ahead
+    of what the stream has taken: the event loop only sends.
+    """
     yield first
     sent = offset
-    with open(path, "rb") as handle:  # noqa: ASYNC230 (local reads of 64 KiB: cheaper inline than a thread hop)
-        handle.seek(offset)
-        while sent < size and (chunk := handle.read(min(CHUNK_SIZE, size - sent))):
-            hasher.update(chunk)
-            sent += len(chunk)
-            yield pb.UploadFileRequest(chunk=chunk)
-            advance(len(chunk))
+    handle = await asyncio.to_thread(open, path, "rb")
+
+    def read(length: int) -> bytes:
+        chunk = handle.read(length)
+        hasher.update(chunk)
+        return chunk
+
+    reads: Pipeline[bytes] = Pipeline("upload-reader")
+    with handle:
+        try:
+            handle.seek(offset)
+            ahead = offset  # bytes asked of the pipeline so far
+            while ahead < size and len(reads) < READS_AHEAD:
+                reads.put(functools.partial(read, min(CHUNK_SIZE, size - ahead)))
+                ahead += CHUNK_SIZE
+            while reads:
+                chunk = await reads.take()
+                if ahead < size:
+                    reads.put(functools.partial(read, min(CHUNK_SIZE, size - ahead)))
+                    ahead += CHUNK_SIZE
+                if not chunk:  # the file shrank: the trailer says how much was sent, and the server refuses it
+                    break
+                sent += len(chunk)
+                yield pb.UploadFileRequest(chunk=chunk)
+                advance(len(chunk))
+        finally:
+            await reads.close()  # before the handle is closed
     if trailer:
         yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=sent, checksum=hasher.hexdigest()))
 
@@ -331,10 +366,14 @@ async def download_file(
             handle.close()
             part.unlink(missing_ok=True)  # corrupt bytes are not worth resuming
             raise
-        handle.flush()
-        os.fsync(handle.fileno())
+        await asyncio.to_thread(_make_durable, handle)  # before the rename: a crash leaves NAME whole or absent
     await asyncio.to_thread(_install, part, target, force)
     return result
+
+
+def _make_durable(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def _local_name(server_name: str, file_id: str) -> str:
@@ -470,35 +509,29 @@ def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
         raise UsageError(f"cannot rename {part} to {target}: {exc.strerror or exc}") from exc
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 class _BackgroundWriter:
     """Writes and hashes received bytes on a worker thread, in order, with bounded memory.
 
-    The event loop only receives: ~1 MiB blocks go to one worker thread (file
+    The event loop only receives: ~1 MiB blocks go to the download's ``Pipeline`` (file
     writes and SHA-256 release the GIL, so the two overlap on two cores), and at
     most ``MAX_PENDING`` blocks wait, so memory stays constant whatever the size.
     """
 
     BLOCK = 1 << 20
-    MAX_PENDING = 8
+    MAX_PENDING = 4
 
     def __init__(self, sink: BinaryIO, hasher: hashlib._Hash) -> None:
         self._sink = sink
         self._hasher = hasher
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamcli-writer")
-        self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._pipeline: Pipeline[None] = Pipeline("download-writer")
         self._buffer: list[bytes] = []
         self._buffered = 0
 
-    def __enter__(self) -> _BackgroundWriter:
+    async def __aenter__(self) -> _BackgroundWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._executor.shutdown(wait=True)
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pipeline.close()  # the block being written ends before the sink is used again
 
     def _write(self, block: bytes) -> None:
         self._sink.write(block)
@@ -511,31 +544,24 @@ class _BackgroundWriter:
             await self._dispatch()
 
     async def _dispatch(self) -> None:
-        block = b"".join(self._buffer)
+        block = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._write, block)
-        # Marks a failure as retrieved even if the download ends before awaiting this block (the stream
-        # failed, an earlier block failed): "Future exception was never retrieved" is not for users.
-        future.add_done_callback(_retrieve)
-        self._pending.append(future)
-        while len(self._pending) > self.MAX_PENDING:
+        self._pipeline.put(functools.partial(self._write, block))
+        while len(self._pipeline) > self.MAX_PENDING:
             await self._settle()
 
     async def drain(self) -> None:
         """Wait until everything given to ``write`` is written and hashed."""
         if self._buffer:
             await self._dispatch()
-        while self._pending:
+        while self._pipeline:
             await self._settle()
 
     async def _settle(self) -> None:
         try:
-            await self._pending.popleft()
+            await self._pipeline.take()  # after a failed block, nothing more is written
         except OSError as exc:
-            for later in self._pending:  # nothing after a failed block may be written
-                later.cancel()
-            self._pending.clear()
             if exc.errno == errno.EPIPE:
                 raise  # stdout's reader went away (`| head`): the CLI's boundary exits 141, quietly
             kind = ResourceExhaustedError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else UsageError
@@ -558,21 +584,22 @@ async def _download(
         hint = "standard output cannot resume: run it again, or download to a file"
     attempts = Attempts(retry, f"download of {info.filename}", hint=hint, address=conn.settings.address)
     progress.start(info.file_id, info.filename, info.size, offset)
-    with rpc_errors(conn.settings.address), _BackgroundWriter(sink, hasher) as writer:
-        while True:  # one pass per attempt; retries continue from `offset`
-            attempt_start = offset
-            try:
-                request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
-                async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
-                    if response.offset != offset:
-                        raise IntegrityError(f"server sent bytes at offset {response.offset}, expected {offset}")
-                    await writer.write(response.data)
-                    offset += len(response.data)
-                    progress.advance(info.file_id, len(response.data))
-                break
-            except grpc.aio.AioRpcError as exc:
-                await attempts.failed(exc, progressed=offset > attempt_start)
-        await writer.drain()
+    with rpc_errors(conn.settings.address):
+        async with _BackgroundWriter(sink, hasher) as writer:
+            while True:  # one pass per attempt; retries continue from `offset`
+                attempt_start = offset
+                try:
+                    request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
+                    async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
+                        if response.offset != offset:
+                            raise IntegrityError(f"server sent bytes at offset {response.offset}, expected {offset}")
+                        await writer.write(response.data)
+                        offset += len(response.data)
+                        progress.advance(info.file_id, len(response.data))
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    await attempts.failed(exc, progressed=offset > attempt_start)
+            await writer.drain()
     sink.flush()
     progress.finish(info.file_id)
     digest = hasher.hexdigest()
