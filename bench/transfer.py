@@ -1,36 +1,52 @@
-"""File transfer of ``streamcli upload`` / ``download``, measured against two baselines in the same run.
+"""File transfer of ``streamcli upload`` / ``download``, measured against the stack's and the disk's limits in the
+same run (issue 18).
 
 What it measures, on loopback (127.0.0.1), every server and every client in a process of its own so that the
 peak RSS of each can be read (``VmHWM`` of ``/proc/PID/status``, polled every 10 ms for clients, read before
 stopping for servers):
 
 1. raw: a ``grpc.aio`` server (handlers registered with ``grpc.method_handlers_generic_handler``) and a
-   ``grpc.aio`` client moving the same number of bytes in the same chunk sizes through the real
+   ``grpc.aio`` client moving the same number of bytes through the real
    ``streaming.v1.StreamingService/UploadFile`` and ``/DownloadFile`` message types, from memory: no disk, no
-   hashing -- the stack's limit;
-2. reference: a straightforward implementation, as in the original specification's example: a sync
-   ``grpc.server(ThreadPoolExecutor)`` whose UploadFile opens the target in append mode, writes and closes it
-   for every 64 KiB chunk and hashes with hashlib, and whose DownloadFile reads 64 KiB chunks, driven by a sync
-   client (``grpc.insecure_channel``) that reads the file in 64 KiB chunks (and writes downloads to a file);
+   hashing -- the stack's limit; in 1 MiB messages (the stack's best, the most the contract's chunks take),
+   and also in the project's chunk sizes when they differ;
+2. disk: ``--size-mib`` written in 1 MiB blocks and fsynced, in the directory where ``streamcli serve`` writes
+   uploads (``DATA/blobs/partial``): a durable transfer cannot beat it. The limit of each direction is the
+   slower of raw (1 MiB) and disk, and each streamcli transfer is given as a ratio to it;
 3. streamcli: ``streamcli serve`` and the CLI: ``streamcli --json upload FILE`` and
    ``streamcli --json download ID -o OUT`` of a file of random bytes, timed as the user sees them (start-up,
-   the client's SHA-256 pre-hash, verification and fsync included);
+   verification and fsync included);
 4. memory: peak RSS of the streamcli CLI client (upload, download) and of a fresh ``streamcli serve`` while
-   moving a larger file up and down.
+   moving ``--rss-size-mib`` up and down;
+5. many small files: ``streamcli --json upload --parallel 4 F1 ... FN`` (one command, ``--small-files`` new
+   files of ``--small-size`` random bytes) against a raw ``grpc.aio`` client making as many UploadFile calls of
+   the same messages (metadata, one chunk, trailer), 4 at a time on one channel, to the raw server, both timed
+   spawn to exit, alternating, ``--small-rounds`` rounds;
+6. chat under transfers: load A of ``bench/chat.py`` (``--chat-clients`` clients in one room of a fresh
+   ``streamcli serve``, ``--chat-rate`` messages/s in all for ``--chat-duration`` s, every receive time - send
+   time) alone, and while two ``streamcli upload``s and one ``streamcli download`` of ``--chat-transfer-mib``
+   each run, again and again, through the same server (started 1 s before the chat load, stopped after it),
+   alternating, ``--chat-rounds`` rounds of each; p99 of each condition over its rounds.
 
-Every transfer is timed as the wall time of its client process, spawn to exit, for all three alike; the raw
-and reference clients also report the time of the transfer alone (connected channel to last byte). Rounds
-run the three round-robin, starting with a different one each round, after ``--warmup`` untimed rounds (on a
-VM, page cache that lands in guest memory never touched before can be several times slower to write than
-page cache reused from deleted files: the warm-up makes every timed round reuse it alike), with ``os.sync()``
-before every timed transfer so that one's dirty pages are not written back on the next one's time; the
-figures are the medians over rounds. Every transfer is verified (size, and SHA-256 where bytes are stored)
-outside its timing; stored copies and downloads are deleted after each round. MB = 10**6 bytes.
+Every transfer of 1-4 is timed as the wall time of its client process, spawn to exit; the raw clients also
+report the time of the transfer alone (connected channel to last byte). Rounds run raw, disk and streamcli
+round-robin, starting with a different one each round, after ``--warmup`` untimed rounds (on a VM, page
+cache that lands in guest memory never touched before can be several times slower to write than page cache
+reused from deleted files: the warm-up makes every timed round reuse it alike), with ``os.sync()`` before
+every timed transfer so that one's dirty pages are not written back on the next one's time; the figures are
+the medians over rounds. Every transfer is verified (size, and SHA-256 where bytes are stored) outside its
+timing; stored copies and downloads are deleted after each round. MB = 10**6 bytes.
 
 Run from anywhere, with the interpreter of the environment streamcli is installed in (Linux only; the
 files go to a temporary directory under /tmp: about 3x --size-mib, then 3x --rss-size-mib, of free space)::
 
-    python bench/transfer.py [--size-mib N] [--rss-size-mib N] [--rounds N] [--warmup N]
+    python bench/transfer.py [--size-mib 1024] [--rss-size-mib 2048] [--rounds 3] [--warmup 1]
+        [--small-files 1000] [--small-size 4096] [--small-rounds 2]
+        [--chat-clients 50] [--chat-rate 50] [--chat-duration 5] [--chat-rounds 2] [--chat-transfer-mib 1024]
+
+A quick run: ``--size-mib 64 --rss-size-mib 0 --rounds 1 --warmup 0 --small-files 50 --chat-clients 6
+--chat-duration 2 --chat-rounds 1 --chat-transfer-mib 64``; ``--small-files 0`` and ``--chat-clients 0`` skip
+those cases.
 
 Standard library, grpc and streamcli only; not part of the test suite.
 """

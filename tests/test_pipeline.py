@@ -10,22 +10,33 @@ import pytest
 from streamcli.pipeline import Pipeline
 
 
-async def test_steps_run_in_order_on_one_thread_of_their_own() -> None:
-    pipeline: Pipeline[tuple[int, str]] = Pipeline("test")
+async def test_steps_run_in_order_one_at_a_time_off_the_event_loop() -> None:
+    pipeline: Pipeline[tuple[int, str, int]] = Pipeline()
+    running = [0]
+    lock = threading.Lock()
+
+    def step(n: int) -> tuple[int, str, int]:
+        with lock:
+            running[0] += 1
+            at_once = running[0]
+        with lock:
+            running[0] -= 1
+        return n, threading.current_thread().name, at_once
+
     try:
-        for n in range(20):
-            pipeline.put(lambda n=n: (n, threading.current_thread().name))
-        results = [await pipeline.take() for _ in range(20)]
+        for n in range(50):
+            pipeline.put(lambda n=n: step(n))
+        results = [await pipeline.take() for _ in range(50)]
     finally:
         await pipeline.close()
-    assert [n for n, _ in results] == list(range(20))
-    threads = {name for _, name in results}
-    assert len(threads) == 1 and threads != {threading.current_thread().name}
+    assert [n for n, _, _ in results] == list(range(50))
+    assert threading.current_thread().name not in {name for _, name, _ in results}
+    assert {at_once for _, _, at_once in results} == {1}
 
 
 async def test_no_step_runs_after_one_that_failed_and_its_failure_is_raised_again() -> None:
     ran: list[int] = []
-    pipeline: Pipeline[None] = Pipeline("test")
+    pipeline: Pipeline[None] = Pipeline()
 
     def step(n: int) -> None:
         if n == 2:
@@ -50,7 +61,7 @@ async def test_no_step_runs_after_one_that_failed_and_its_failure_is_raised_agai
 async def test_close_waits_for_the_step_that_runs_and_drops_those_waiting() -> None:
     started, release = threading.Event(), threading.Event()
     ran: list[str] = []
-    pipeline: Pipeline[None] = Pipeline("test")
+    pipeline: Pipeline[None] = Pipeline()
 
     def blocked() -> None:
         started.set()

@@ -37,7 +37,7 @@ from streamcli.errors import (
     UsageError,
 )
 from streamcli.names import check_filename, is_filename
-from streamcli.pipeline import Pipeline
+from streamcli.pipeline import Pipeline, Writeback
 
 #: Bytes per upload message: the most the contract allows, which moved the most bytes per second
 #: through grpc.aio on loopback of the sizes measured (bench/README.md, "File transfer"); at the
@@ -224,7 +224,7 @@ async def _file_requests(
         hasher.update(chunk)
         return chunk
 
-    reads: Pipeline[bytes] = Pipeline("upload-reader")
+    reads: Pipeline[bytes] = Pipeline()
     with handle:
         try:
             handle.seek(offset)
@@ -523,9 +523,11 @@ class _BackgroundWriter:
     def __init__(self, sink: BinaryIO, hasher: hashlib._Hash) -> None:
         self._sink = sink
         self._hasher = hasher
-        self._pipeline: Pipeline[None] = Pipeline("download-writer")
+        self._pipeline: Pipeline[None] = Pipeline()
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._writeback: Writeback | None = None  # (made by the worker, at the first block)
+        self._written = 0
 
     async def __aenter__(self) -> _BackgroundWriter:
         return self
@@ -534,7 +536,15 @@ class _BackgroundWriter:
         await self._pipeline.close()  # the block being written ends before the sink is used again
 
     def _write(self, block: bytes) -> None:
+        if self._writeback is None:  # so that the fsync before the rename has little left
+            try:
+                self._written = self._sink.tell()
+                self._writeback = Writeback(self._sink.fileno(), self._written)
+            except (OSError, ValueError):  # a pipe, or no file at all (a test's buffer): nothing to write back
+                self._writeback = Writeback(-1, 0, enabled=False)
         self._sink.write(block)
+        self._written += len(block)
+        self._writeback.wrote(self._written)
         self._hasher.update(block)
 
     async def write(self, data: bytes) -> None:

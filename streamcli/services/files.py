@@ -185,7 +185,7 @@ class FileService:
             handle = await asyncio.to_thread(open, self._blobs.blob_path(record.file_id), "rb")
         except FileNotFoundError:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"file {record.file_id} was deleted")
-        reads: Pipeline[bytes] = Pipeline("download-reader")
+        reads: Pipeline[bytes] = Pipeline()
         with handle:
             try:
                 # Reads run ahead on a worker thread, at most READS_AHEAD chunks: the loop only sends.

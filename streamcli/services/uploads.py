@@ -40,7 +40,7 @@ from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Caller
 from streamcli.names import check_filename
-from streamcli.pipeline import Pipeline
+from streamcli.pipeline import Pipeline, Writeback
 from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
 
@@ -107,7 +107,8 @@ class PartialFile:
         self.received = size  # bytes in the file plus those accepted and not yet written
         self.reservation = reservation
         self._accounted = size  # of ``size``, what the reservation has been told of
-        self._pipeline: Pipeline[None] = Pipeline("upload-writer")
+        self._pipeline: Pipeline[None] = Pipeline()
+        self._writeback = Writeback(handle.fileno(), size)  # so that the fsync of the commit has little left
 
     async def write(self, data: bytes) -> None:
         """Accept ``data`` for writing after what came before; raises a failure of an earlier write."""
@@ -135,6 +136,7 @@ class PartialFile:
                 raise OSError(errno.EIO, "the partial file accepted no bytes")
             self.size += written
             view = view[written:]
+        self._writeback.wrote(self.size)
         self.hasher.update(data)
 
     def _account(self) -> None:
