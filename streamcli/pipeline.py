@@ -160,8 +160,8 @@ class Writeback:
     A durable transfer ends with an fsync, and Linux starts writing dirty pages back only after seconds,
     or gigabytes: without this the fsync would write the whole file after the last byte arrived, and the
     transfer would take the network's time plus the disk's. ``POSIX_FADV_DONTNEED`` on a range makes Linux
-    start writing its dirty pages (and drop the pages of it already clean, which a transfer will not read
-    again), so that the disk works while bytes still arrive and the final fsync has little left. It is
+    start writing its dirty pages (and drop those of it already written back: a later read of them goes to
+    the disk), so that the disk works while bytes still arrive and the final fsync has little left. It is
     advice: where it is not available (another system, a pipe), nothing happens. Called on the worker
     thread, after each write.
     """
