@@ -337,6 +337,24 @@ async def test_client_upload_resumes_an_interrupted_upload_of_the_same_file(
     assert result.sha256 == digest
 
 
+async def test_a_file_of_one_chunk_starts_without_asking_and_still_resumes_an_interrupted_upload(
+    conn: Connection, tmp_path: pathlib.Path
+) -> None:
+    from streamcli.client.transfer import upload_id_for
+
+    source = tmp_path / "small.bin"
+    digest = write_random(source, CHUNK_SIZE // 2)
+    content = source.read_bytes()
+    upload_id = upload_id_for(source, len(content), source.stat().st_mtime_ns, "small.bin")
+    await _interrupted_upload(conn, content, 1000, upload_id, declare_checksum=False)
+    await asyncio.sleep(0.1)
+    # The first attempt meets the interrupted upload (ALREADY_EXISTS), asks for its offset, sends the rest.
+    result = await upload_path(conn, source, NullProgress())
+    assert result.resumed_from == 1000
+    assert result.sha256 == digest
+    assert partial_files(tmp_path / "data") == []
+
+
 async def test_partial_uploads_expire(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path / "data", upload_ttl=0.3) as server, client(server.address) as conn:
         await _interrupted_upload(conn, b"z" * 1000, 500, "expiring")
