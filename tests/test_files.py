@@ -15,7 +15,14 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection
 from streamcli.client.files import delete_file, get_file_info, list_files
 from streamcli.client.progress import NullProgress
-from streamcli.client.transfer import CHUNK_SIZE, TransferResult, download_file, upload_many, upload_path
+from streamcli.client.transfer import (
+    CHUNK_SIZE,
+    READS_AHEAD,
+    TransferResult,
+    download_file,
+    upload_many,
+    upload_path,
+)
 from streamcli.errors import IntegrityError, LocalFileError, NotFoundError
 from streamcli.server.app import RunningServer
 from streamcli.services.uploads import MAX_CHUNK_SIZE
@@ -502,18 +509,24 @@ class _Writer(NullProgress):
                 handle.write(b"more")
         elif self.change == "rewrite":  # the same size, other bytes, a later time
             stat = self.path.stat()
-            self.path.write_bytes(b"x" * stat.st_size)
+            with open(self.path, "r+b") as handle:  # in place: the size never changes (the client reads meanwhile)
+                handle.write(b"x" * stat.st_size)
             os.utime(self.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
         elif self.change == "shrink":
             os.truncate(self.path, CHUNK_SIZE)
         self.change = "done"
 
 
+#: Chunks of the changing file: more than the client reads ahead, so its last chunk is read after the change
+#: the first advance makes (a change after the last read is outside what was sent).
+CHANGING_CHUNKS = READS_AHEAD + 3
+
+
 @pytest.mark.parametrize(
     ("change", "what"),
     [
-        ("grow", f"{3 * CHUNK_SIZE} bytes when it started, {3 * CHUNK_SIZE + 4} now"),
-        ("shrink", f"{3 * CHUNK_SIZE} bytes when it started, {CHUNK_SIZE} now"),
+        ("grow", f"{CHANGING_CHUNKS * CHUNK_SIZE} bytes when it started, {CHANGING_CHUNKS * CHUNK_SIZE + 4} now"),
+        ("shrink", f"{CHANGING_CHUNKS * CHUNK_SIZE} bytes when it started, {CHUNK_SIZE} now"),
         ("rewrite", "modified since it started"),
     ],
 )
@@ -521,7 +534,7 @@ async def test_a_file_that_changes_while_it_uploads_is_not_stored_and_said_so(
     conn: Connection, tmp_path: pathlib.Path, change: str, what: str
 ) -> None:
     path = tmp_path / "growing.log"
-    path.write_bytes(os.urandom(3 * CHUNK_SIZE))
+    path.write_bytes(os.urandom(CHANGING_CHUNKS * CHUNK_SIZE))
     with pytest.raises(LocalFileError) as changed:
         await upload_path(conn, path, _Writer(path, change))
     assert str(changed.value) == (
