@@ -5,7 +5,8 @@ What it measures (wall time of a fresh interpreter, ``sys.executable``, one subp
 1. baseline: ``python -c "import typer"`` -- the floor a typer CLI cannot go below;
 2. ``python -m streamcli --help`` (output to /dev/null);
 3. ``python -m streamcli --version``;
-4. ``python -c "import streamcli.cli.app"`` -- what shell completion pays on every <TAB>;
+4. ``python -c "from streamcli.cli.app import app"`` -- importing every command module and assembling
+   the whole tree (what ``scripts/gen_completions.py`` and the tests use; a command builds only its part);
 5. baseline of the unary commands: ``python -c "import typer, grpc"`` -- a gRPC client with a typer CLI;
 6. unary commands against a ``streamcli serve`` this script starts (a temporary data dir holding three
    small files): ``files ls`` (the table), ``--json files ls``, ``files info ID`` and ``health``.
@@ -13,7 +14,9 @@ What it measures (wall time of a fresh interpreter, ``sys.executable``, one subp
 Commands 2-4 are compared with baseline 1, the unary commands with baseline 5. Each command gets
 warm-up runs first, then ``--runs`` timed runs. The commands are run round-robin (one of each per
 round, starting with a different one each round), so machine noise falls on all of them alike. For
-each it prints the median, p90 and min in milliseconds and the ratio of its median to its baseline's.
+each it prints the median, p90 and min wall time in milliseconds and the ratio of its median to its
+baseline's, then the median CPU time (user + system) of the process and its ratio: on a machine shared
+with other work, wall time also measures the others' load, CPU time much less so.
 
 It also runs ``-X importtime`` once for ``--help`` and once for each unary command and reports which
 packages that must not be imported there were (``grpc`` and ``prompt_toolkit`` for ``--help``;
@@ -36,6 +39,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,26 +62,30 @@ class Command:
     label: str
     argv: tuple[str, ...]
     baseline: str = 'python -c "import typer" (baseline)'
+    tree: str | None = None  # another checkout of streamcli to import instead (PYTHONPATH)
+
+    def env(self) -> dict[str, str]:
+        return clean_env() if self.tree is None else {**clean_env(), "PYTHONPATH": self.tree}
 
 
 COMMANDS: tuple[Command, ...] = (
     Command('python -c "import typer" (baseline)', (PY, "-c", "import typer")),
     Command("python -m streamcli --help", (PY, "-m", "streamcli", "--help")),
     Command("python -m streamcli --version", (PY, "-m", "streamcli", "--version")),
-    Command('python -c "import streamcli.cli.app"', (PY, "-c", "import streamcli.cli.app")),
+    Command('python -c "from streamcli.cli.app import app"', (PY, "-c", "from streamcli.cli.app import app")),
 )
 UNARY_BASELINE = 'python -c "import typer, grpc" (baseline)'
 
 
-def unary_commands(address: str, file_id: str) -> tuple[Command, ...]:
-    """The unary-baseline and the unary commands against the server at ``address``."""
+def unary_commands(address: str, file_id: str, tree: str | None = None) -> tuple[Command, ...]:
+    """The unary commands against the server at ``address`` (run from ``tree`` if given)."""
     cli = (PY, "-m", "streamcli", "--address", address)
+    suffix = "" if tree is None else f" [{tree}]"
     return (
-        Command(UNARY_BASELINE, (PY, "-c", "import typer, grpc"), UNARY_BASELINE),
-        Command("streamcli files ls", (*cli, "files", "ls"), UNARY_BASELINE),
-        Command("streamcli --json files ls", (*cli, "--json", "files", "ls"), UNARY_BASELINE),
-        Command("streamcli files info ID", (*cli, "files", "info", file_id), UNARY_BASELINE),
-        Command("streamcli health", (*cli, "health"), UNARY_BASELINE),
+        Command(f"streamcli files ls{suffix}", (*cli, "files", "ls"), UNARY_BASELINE, tree),
+        Command(f"streamcli --json files ls{suffix}", (*cli, "--json", "files", "ls"), UNARY_BASELINE, tree),
+        Command(f"streamcli files info ID{suffix}", (*cli, "files", "info", file_id), UNARY_BASELINE, tree),
+        Command(f"streamcli health{suffix}", (*cli, "health"), UNARY_BASELINE, tree),
     )
 
 
@@ -107,8 +115,15 @@ def server_with_files() -> Iterator[tuple[str, str]]:
         yield served.address, file_id
 
 
-def run_once(argv: Sequence[str]) -> float:
-    """Run ``argv`` once with output discarded; return its wall time in seconds."""
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    wall: float  # seconds from start to exit
+    cpu: float  # user + system CPU seconds of the process (what it costs, whatever else the machine runs)
+
+
+def run_once(argv: Sequence[str], env: dict[str, str]) -> Sample:
+    """Run ``argv`` once with output discarded; return its wall and CPU time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         argv,
@@ -116,24 +131,26 @@ def run_once(argv: Sequence[str]) -> float:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
-        env=clean_env(),
+        env=env,
         check=False,
     )
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the server, a child too, is counted once it exits
     if proc.returncode != 0:
         sys.exit(f"{' '.join(argv)} exited with {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Sample(elapsed, cpu)
 
 
-def measure(commands: Sequence[Command], runs: int, warmup: int) -> dict[Command, list[float]]:
+def measure(commands: Sequence[Command], runs: int, warmup: int) -> dict[Command, list[Sample]]:
     """Time every command ``runs`` times, round-robin, after ``warmup`` untimed rounds."""
-    samples: dict[Command, list[float]] = {command: [] for command in commands}
+    samples: dict[Command, list[Sample]] = {command: [] for command in commands}
     for round_ in range(warmup + runs):
         shift = round_ % len(commands)  # rotate the order so no command always goes first
         for command in (*commands[shift:], *commands[:shift]):
-            elapsed = run_once(command.argv)
+            sample = run_once(command.argv, command.env())
             if round_ >= warmup:
-                samples[command].append(elapsed)
+                samples[command].append(sample)
     return samples
 
 
@@ -143,16 +160,22 @@ def p90(values: Sequence[float]) -> float:
     return statistics.quantiles(values, n=10, method="inclusive")[-1]
 
 
-def print_table(samples: dict[Command, list[float]]) -> None:
-    medians = {command.label: statistics.median(values) for command, values in samples.items()}
+def print_table(samples: dict[Command, list[Sample]]) -> None:
+    """Wall time (median, p90, min, median / its baseline's) and CPU time (median, median / its baseline's)."""
+    wall = {command.label: statistics.median(s.wall for s in runs) for command, runs in samples.items()}
+    cpu = {command.label: statistics.median(s.cpu for s in runs) for command, runs in samples.items()}
     width = max(len(command.label) for command in samples)
-    print(f"{'command':<{width}}  {'median ms':>9}  {'p90 ms':>7}  {'min ms':>7}  {'ratio':>5}")
-    print(f"{'-' * width}  {'-' * 9}  {'-' * 7}  {'-' * 7}  {'-' * 5}")
-    for command, values in samples.items():
-        median = statistics.median(values)
+    print(
+        f"{'command':<{width}}  {'median ms':>9}  {'p90 ms':>7}  {'min ms':>7}  {'ratio':>5}"
+        f"  {'CPU ms':>7}  {'CPU ratio':>9}"
+    )
+    print(f"{'-' * width}  {'-' * 9}  {'-' * 7}  {'-' * 7}  {'-' * 5}  {'-' * 7}  {'-' * 9}")
+    for command, runs in samples.items():
+        walls = [s.wall for s in runs]
+        label, base = command.label, command.baseline
         print(
-            f"{command.label:<{width}}  {median * 1e3:>9.1f}  {p90(values) * 1e3:>7.1f}"
-            f"  {min(values) * 1e3:>7.1f}  {median / medians[command.baseline]:>5.2f}"
+            f"{label:<{width}}  {wall[label] * 1e3:>9.1f}  {p90(walls) * 1e3:>7.1f}  {min(walls) * 1e3:>7.1f}"
+            f"  {wall[label] / wall[base]:>5.2f}  {cpu[label] * 1e3:>7.1f}  {cpu[label] / cpu[base]:>9.2f}"
         )
 
 
@@ -232,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=20, help="timed runs of each command (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default: %(default)s)")
+    parser.add_argument(
+        "--other-tree",
+        metavar="DIR",
+        help="also run the unary commands from this checkout of streamcli (PYTHONPATH=DIR), e.g. the main branch",
+    )
     parser.add_argument("--top", type=int, default=5, help="--help imports to list (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
@@ -240,8 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"python {platform.python_version()} ({PY}), {os.cpu_count()} CPUs, {platform.platform()}")
     print(f"{args.warmup} warm-up + {args.runs} timed runs of each command, round-robin\n")
     with server_with_files() as (address, file_id):
-        unary = unary_commands(address, file_id)
-        samples = measure((*COMMANDS, *unary), args.runs, args.warmup)
+        unary = (
+            Command(UNARY_BASELINE, (PY, "-c", "import typer, grpc"), UNARY_BASELINE),
+            *unary_commands(address, file_id),
+        )
+        other = () if args.other_tree is None else unary_commands(address, file_id, args.other_tree)
+        samples = measure((*COMMANDS, *unary, *other), args.runs, args.warmup)
         print_table(samples)
         print()
         report_imports(import_times(COMMANDS[1].argv), args.top)
