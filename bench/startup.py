@@ -62,7 +62,9 @@ class Command:
     label: str
     argv: tuple[str, ...]
     baseline: str = 'python -c "import typer" (baseline)'
-    tree: str | None = None  # another checkout of streamcli to import instead (PYTHONPATH)
+    # Another checkout of streamcli to import instead: PYTHONPATH, and the working directory too (``python -m``
+    # puts the working directory first on sys.path, before PYTHONPATH).
+    tree: str | None = None
 
     def env(self) -> dict[str, str]:
         return clean_env() if self.tree is None else {**clean_env(), "PYTHONPATH": self.tree}
@@ -121,8 +123,8 @@ class Sample:
     cpu: float  # user + system CPU seconds of the process (what it costs, whatever else the machine runs)
 
 
-def run_once(argv: Sequence[str], env: dict[str, str]) -> Sample:
-    """Run ``argv`` once with output discarded; return its wall and CPU time."""
+def run_once(argv: Sequence[str], env: dict[str, str], cwd: str | Path = ROOT) -> Sample:
+    """Run ``argv`` once in ``cwd`` with output discarded; return its wall and CPU time."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
@@ -130,7 +132,7 @@ def run_once(argv: Sequence[str], env: dict[str, str]) -> Sample:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         check=False,
     )
@@ -148,7 +150,7 @@ def measure(commands: Sequence[Command], runs: int, warmup: int) -> dict[Command
     for round_ in range(warmup + runs):
         shift = round_ % len(commands)  # rotate the order so no command always goes first
         for command in (*commands[shift:], *commands[:shift]):
-            sample = run_once(command.argv, command.env())
+            sample = run_once(command.argv, command.env(), command.tree or ROOT)
             if round_ >= warmup:
                 samples[command].append(sample)
     return samples
