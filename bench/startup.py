@@ -8,10 +8,13 @@ What it measures (wall time of a fresh interpreter, ``sys.executable``, one subp
 4. ``python -c "from streamcli.cli.app import app"`` -- importing every command module and assembling
    the whole tree (what ``scripts/gen_completions.py`` and the tests use; a command builds only its part);
 5. baseline of the unary commands: ``python -c "import typer, grpc"`` -- a gRPC client with a typer CLI;
-6. unary commands against a ``streamcli serve`` this script starts (a temporary data dir holding three
+6. ``python -c "import typer, grpc, grpc.aio, rich.console, rich.table; from streamcli._proto... import
+   streaming_service_pb2_grpc"`` -- what ``files ls`` imports of its dependencies (protobuf with the
+   contract's messages, grpc.aio, rich's table), without any of streamcli's own code;
+7. unary commands against a ``streamcli serve`` this script starts (a temporary data dir holding three
    small files): ``files ls`` (the table), ``--json files ls``, ``files info ID`` and ``health``.
 
-Commands 2-4 are compared with baseline 1, the unary commands with baseline 5. Each command gets
+Commands 2-4 are compared with baseline 1, 6 and the unary commands with baseline 5. Each command gets
 warm-up runs first, then ``--runs`` timed runs. The commands are run round-robin (one of each per
 round, starting with a different one each round), so machine noise falls on all of them alike. For
 each it prints the median, p90 and min wall time in milliseconds and the ratio of its median to its
@@ -77,6 +80,13 @@ COMMANDS: tuple[Command, ...] = (
     Command('python -c "from streamcli.cli.app import app"', (PY, "-c", "from streamcli.cli.app import app")),
 )
 UNARY_BASELINE = 'python -c "import typer, grpc" (baseline)'
+#: What ``files ls`` imports of its dependencies and nothing of streamcli's own but the generated code: the
+#: protobuf runtime with the contract's messages and stub, grpc.aio, and rich's console and table.
+DEPENDENCY_IMPORTS = (
+    "import typer, grpc, grpc.aio, rich.console, rich.table; "
+    "from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc"
+)
+DEPENDENCIES = "files ls's dependencies, imported"
 
 
 def unary_commands(address: str, file_id: str, tree: str | None = None) -> tuple[Command, ...]:
@@ -272,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with server_with_files() as (address, file_id):
         unary = (
             Command(UNARY_BASELINE, (PY, "-c", "import typer, grpc"), UNARY_BASELINE),
+            Command(DEPENDENCIES, (PY, "-c", DEPENDENCY_IMPORTS), UNARY_BASELINE),
             *unary_commands(address, file_id),
         )
         other = () if args.other_tree is None else unary_commands(address, file_id, args.other_tree)
@@ -279,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(samples)
         print()
         report_imports(import_times(COMMANDS[1].argv), args.top)
-        report_unary_imports(unary, args.top)
+        report_unary_imports((unary[0], *unary[2:]), args.top)  # without the dependencies row
     return 0
 
 
