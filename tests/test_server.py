@@ -7,6 +7,7 @@ import pathlib
 
 import grpc
 import pytest
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -31,6 +32,7 @@ NINE_RPCS = {
     "ProcessLiveData": "stream_stream",
 }
 ONE_PER_KIND = {kind(m): m for m in METHODS}
+CONTRACT = "streaming/v1/streaming_service.proto"  # its path in the contract, under proto/
 
 
 async def health(settings: ConnectionSettings, service: str = "", timeout: float = 5.0) -> str:
@@ -67,6 +69,28 @@ async def test_reflection_lists_the_service_and_describes_it(server: RunningServ
     names = {s.name for s in responses[0].list_services_response.service}
     assert {"streaming.v1.StreamingService", "grpc.health.v1.Health"} <= names
     assert responses[1].file_descriptor_response.file_descriptor_proto
+
+
+async def test_reflection_serves_the_contract_under_its_path_with_its_comments(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = reflection_pb2_grpc.ServerReflectionStub(conn.channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="streaming.v1.StreamingService"),
+            reflection_pb2.ServerReflectionRequest(file_by_filename=CONTRACT),
+            reflection_pb2.ServerReflectionRequest(file_by_filename="streamcli/_proto/" + CONTRACT),
+        ]
+        responses = [r async for r in stub.ServerReflectionInfo(iter(requests))]
+    for response in responses[:2]:
+        files = {
+            f.name: f
+            for f in map(FileDescriptorProto.FromString, response.file_descriptor_response.file_descriptor_proto)
+        }
+        assert "google/protobuf/timestamp.proto" in files  # the dependencies still come along
+        comments = [location.leading_comments for location in files[CONTRACT].source_code_info.location]
+        # The service's own comment and an RPC's framing rule, as the proto writes them.
+        assert any("offers the four kinds of gRPC methods" in c for c in comments), comments[:5]
+        assert any("the first message carries the metadata" in c for c in comments)
+    assert responses[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 @pytest.mark.parametrize("rpc_kind", sorted(ONE_PER_KIND))

@@ -29,6 +29,7 @@ from streamcli.credentials import Credentials
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.decoding import DecodingBoundary
+from streamcli.server.reflection import enable_documented_reflection
 from streamcli.server.service import SERVICE_NAME, add_service
 from streamcli.server.tokens import check_user_tokens, read_user_tokens, world_readable
 from streamcli.services.batches import BatchService
@@ -238,7 +239,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         add_service(server, domains)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
+        enable_documented_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
