@@ -17,7 +17,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from streamcli.ot import Edit, InvalidEdit, Operation, compose, transform, transform_cursor, transform_edit
+from streamcli.ot import (
+    Edit,
+    InvalidEdit,
+    Operation,
+    compose,
+    edit_between,
+    transform,
+    transform_cursor,
+    transform_edit,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,21 +187,38 @@ class Replica:
         self.text = text
         self.revision = revision
         self.next_seq = next_seq
+        self.confirmed = text  # the server's text at ``revision`` (without the changes not acknowledged)
         self.in_flight: Operation | None = None
         self.in_flight_seq = 0
         self.waiting: Operation | None = None
 
     def reset(self, text: str, revision: int) -> Operation | None:
-        """Start again from a snapshot; returns the local changes not acknowledged, which are dropped.
-
-        They were made on a revision whose following edits the server no longer keeps, so they cannot be
-        transformed onto the snapshot: the caller says they were lost.
-        """
+        """Start again from a snapshot; returns the local changes not acknowledged, which are dropped."""
         dropped = self.pending()
-        self.text, self.revision = text, revision
+        self.text = self.confirmed = text
+        self.revision = revision
         self.in_flight = None
         self.waiting = None
         return dropped
+
+    def rebase_onto(self, text: str, revision: int, committed_seq: int) -> Operation | None:
+        """Start again from a snapshot, keeping the local changes not acknowledged; returns them as one operation
+        on the snapshot's text (to make with ``local``, which sends it as a new change), or None.
+
+        Used when the server no longer keeps the edits since the last revision seen, so they cannot be replayed:
+        what the snapshot changed since is taken as one edit (the texts' common start and end kept) and the
+        changes are transformed over it. ``committed_seq`` is this client's last change the server committed:
+        the change in flight may be one of them, and is then in the snapshot already.
+        """
+        base, rest = self.confirmed, self.pending()
+        if self.in_flight is not None and self.in_flight_seq <= committed_seq:
+            base, rest = self.in_flight.apply(base), self.waiting
+        self.reset(text, revision)
+        if rest is None:
+            return None
+        theirs = Operation.from_edit(len(base), edit_between(base, text))
+        _, mine = transform(theirs, rest)
+        return None if mine.is_noop else mine
 
     def pending(self) -> Operation | None:
         """Everything not acknowledged, as one operation on the last revision seen."""
@@ -229,12 +255,14 @@ class Replica:
         self.revision = committed.revision
         if mine and self.in_flight is not None:
             if committed.parts_after == 0:
+                self.confirmed = self.in_flight.apply(self.confirmed)  # its parts, made in turn, are this
                 self.in_flight = None
                 if self.waiting is not None:
                     waiting, self.waiting = self.waiting, None
                     return None, self._send(waiting)
             return None, None
         remote = Operation.from_edit(len(self.text) - _pending_growth(self), committed.edit)
+        self.confirmed = committed.edit.apply(self.confirmed)
         if self.in_flight is not None:
             remote, self.in_flight = transform(remote, self.in_flight)
         if self.waiting is not None:

@@ -290,6 +290,18 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     return Operation.of(b.target_length, a2), Operation.of(a.target_length, b2)
 
 
+def edit_between(before: str, after: str) -> Edit:
+    """The one edit that turns ``before`` into ``after``: the span between their common start and common end."""
+    start = 0
+    limit = min(len(before), len(after))
+    while start < limit and before[start] == after[start]:
+        start += 1
+    end = 0
+    while end < limit - start and before[len(before) - 1 - end] == after[len(after) - 1 - end]:
+        end += 1
+    return Edit(start, len(before) - start - end, after[start : len(after) - end])
+
+
 def transform_edit(a: Edit, b: Edit) -> Edit | None:
     """``transform(a, b)[1]`` for two single edits, as one edit, in constant time; ``None`` when the result is two
     edits (``b`` deletes around the place where ``a`` inserts): transform the operations then.

@@ -328,6 +328,64 @@ async def test_after_a_restart_a_change_based_before_the_snapshot_is_transformed
             assert text_of(await carol.event()) == (5, "aXbcd")
 
 
+async def test_a_change_made_offline_survives_a_rejoin_after_the_history_was_trimmed(tmp_path: pathlib.Path) -> None:
+    """The server no longer keeps the edits since the session's revision: it rejoins from a snapshot and its
+    change not yet acknowledged is merged onto it, not lost (and not applied twice)."""
+    from streamcli.backends.sqlite import SqliteStore
+    from streamcli.client.collab import DocumentSession
+    from streamcli.client.retry import RetryPolicy
+    from streamcli.ot import Edit, Operation
+    from streamcli.services.documents import Document
+    from tests.support.servers import free_port
+
+    settings = DocumentSettings(kept_revisions=2, snapshot_every=3)
+    address = f"127.0.0.1:{free_port()}"
+    said: list[str] = []
+    policy = RetryPolicy(retries=60, initial_delay=0.05, max_delay=0.2)
+    stopped, others_done = asyncio.Event(), asyncio.Event()
+
+    async def work(session: DocumentSession) -> tuple[str, list[str]]:
+        await session.joined.wait()
+        await session.local(Operation.from_edit(0, Edit(0, 0, "one ")))
+        await session.settled.wait()
+        stopped.clear()
+        first_server_done.set()
+        await stopped.wait()  # the server is gone: this change waits, unacknowledged
+        await session.local(Operation.from_edit(4, Edit(4, 0, "two")))
+        others_done.clear()
+        offline_change_made.set()
+        await others_done.wait()
+        await session.settled.wait()
+        while not session.joined.is_set() or session.replica.pending() is not None:
+            await asyncio.sleep(0.02)
+        return session.replica.text, said
+
+    first_server_done, offline_change_made = asyncio.Event(), asyncio.Event()
+    async with client(address) as conn:
+        session = DocumentSession(conn, "off", "alice", retry=policy, announce=said.append)
+        async with running_server(tmp_path / "data", address=address, documents=settings):
+            running = asyncio.ensure_future(session.run(work))
+            await asyncio.wait_for(first_server_done.wait(), 10)
+        stopped.set()
+        await asyncio.wait_for(offline_change_made.wait(), 10)
+        # Meanwhile others make six edits (two snapshots: the history after revision 1 is trimmed away).
+        store = SqliteStore(tmp_path / "data" / "streamcli.db")
+        try:
+            document = Document("off", store, settings)
+            await document.open()
+            for n in range(6):
+                await document.commit("bob", "bob", n + 1, document.revision, [Edit(0, 0, "B")])
+        finally:
+            await store.close()
+        async with running_server(tmp_path / "data", address=address, documents=settings):
+            others_done.set()
+            text, notices = await asyncio.wait_for(running, 30)
+            async with joined(conn, "off", "carol") as carol:
+                assert text_of(await carol.event()) == (8, "BBBBBBone two")
+    assert text == "BBBBBBone two"
+    assert any("joining again from a snapshot" in line or "reconnecting" in line for line in notices)
+
+
 async def test_a_user_token_edits_as_its_user_and_its_name_is_its_own(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path, token="shared", user_tokens={"alice": "alice-secret"}) as server:
         async with client(server.address, token="alice-secret") as conn, joined(conn, "doc", "mallory") as alice:

@@ -10,7 +10,7 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcli.ui.collab import typed_edit
+from streamcli.ot import edit_between
 from tests.support.inprocess import cli
 from tests.support.servers import serve_process
 from tests.support.terminal import Tmux
@@ -60,6 +60,6 @@ def test_other_editors_are_named_while_they_are_there_and_ctrl_q_leaves(tmux: Tm
 @settings(derandomize=True, database=None, max_examples=200, deadline=None)
 @given(st.text(st.sampled_from("ab😀字\u0301\n"), max_size=8), st.text(st.sampled_from("ab😀字\u0301\n"), max_size=8))
 def test_what_was_typed_is_one_edit_from_the_text_before(before: str, after: str) -> None:
-    edit = typed_edit(before, after)
+    edit = edit_between(before, after)
     assert edit.apply(before) == after
     assert edit.delete_count <= len(before) and len(edit.insert_text) <= len(after)

@@ -108,6 +108,25 @@ def test_a_rebase_through_a_split_goes_on_with_the_operations() -> None:
     assert op.apply(seq.text) == "!XYf"
 
 
+def test_a_replica_merges_what_was_not_acknowledged_onto_a_snapshot() -> None:
+    replica = Replica("me", "hello world", 5)
+    replica.local(Operation.from_edit(11, Edit(5, 0, "X")))  # in flight as change 1: "helloX world"
+    replica.local(Operation.from_edit(12, Edit(12, 0, "!")))  # waiting: "helloX world!"
+    # The server's text moved on without change 1 ("Ahello " at revision 9): both changes are kept.
+    kept = replica.rebase_onto("Ahello ", 9, committed_seq=0)
+    assert kept is not None and kept.apply("Ahello ") == "Ahello X!"
+    assert (replica.text, replica.revision, replica.pending()) == ("Ahello ", 9, None)
+
+
+def test_a_replica_does_not_merge_a_change_the_snapshot_holds_already() -> None:
+    replica = Replica("me", "hello world", 5)
+    replica.local(Operation.from_edit(11, Edit(5, 0, "X")))  # change 1, in flight
+    replica.local(Operation.from_edit(12, Edit(0, 1, "H")))  # waiting: "HelloX world"
+    # Change 1 was committed (its acknowledgement lost), then someone appended "?": only the waiting edit is new.
+    kept = replica.rebase_onto("helloX world?", 8, committed_seq=1)
+    assert kept is not None and kept.apply("helloX world?") == "HelloX world?"
+
+
 def test_invalid_edits_are_refused() -> None:
     for edit in (Edit(3, 0, "x"), Edit(1, 2, ""), Edit(-1, 0, "")):
         try:

@@ -22,7 +22,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.collab_sync import Committed, Outgoing, Replica
-from streamcli.errors import ConflictError, InvalidArgumentError, UnavailableError, UsageError
+from streamcli.errors import InvalidArgumentError, UnavailableError, UsageError
 from streamcli.ot import Edit, InvalidEdit, Operation, compose
 from streamcli.times import Instant, rfc3339
 
@@ -268,13 +268,12 @@ class DocumentSession:
                     self.joined.clear()
 
     def _rejoin_from_snapshot(self, exc: grpc.aio.AioRpcError) -> None:
-        """The server no longer keeps the edits after our revision: changes not acknowledged cannot be kept."""
-        if self.replica.pending() is not None:
-            raise ConflictError(
-                f"{exc.details()}: the changes not yet acknowledged were made on a revision the server no longer "
-                "keeps the edits after, and are dropped; run the command again"
-            )
+        """The server no longer keeps the edits after our revision: join for a snapshot, and merge the changes
+        not acknowledged onto it (``Replica.rebase_onto``)."""
         self._fresh_join = True
+        if self.announce is not None:
+            kept = "; the changes not yet acknowledged are merged onto it" if self.replica.pending() else ""
+            self.announce(f"{exc.details()}: joining again from a snapshot{kept}")
 
     async def _one_stream(self) -> None:
         call = self.conn.stub.Collaborate(metadata=self.conn.metadata)
@@ -307,12 +306,21 @@ class DocumentSession:
     async def _take(self, event: pb.CollaborationEvent) -> None:
         change = event.WhichOneof("change")
         if change == "snapshot":
-            self.replica.reset(event.snapshot, event.revision)
+            out = None
+            if self.replica.pending() is not None:
+                # A rejoin the server answered with a snapshot (the edits since our revision are no longer
+                # kept): what was not acknowledged is merged onto it and sent as a new change.
+                kept = self.replica.rebase_onto(event.snapshot, event.revision, event.client_seq)
+                out = self.replica.local(kept) if kept is not None else None
+            else:
+                self.replica.reset(event.snapshot, event.revision)
             self._ever_joined = True
             self._fresh_join = False
             self._joined()
             if self.handlers.reset is not None:
-                self.handlers.reset(event.snapshot)
+                self.handlers.reset(self.replica.text)
+            if out is not None:
+                await self._send(out)
         elif change == "edit":
             self._joined()
             remote, out = self.replica.received(_committed(event))

@@ -85,6 +85,8 @@ class CollabService:
                     revision=position,
                     snapshot=document.sequencer.text,
                     timestamp=timestamp(time.time()),
+                    # The joining client's last committed change: is its change in flight in the snapshot?
+                    client_seq=document.sequencer.last_seq.get(join.client_id, 0) if join.client_id else 0,
                 )
             )
         editor = Editor(join.user_id, join.client_id, position)

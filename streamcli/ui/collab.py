@@ -28,23 +28,11 @@ from prompt_toolkit.output import Output
 from streamcli.client.collab import DocumentSession, Participant, RemoteCursor, SessionHandlers
 from streamcli.client.connection import Connection
 from streamcli.client.retry import RetryPolicy
-from streamcli.ot import Edit, Operation
+from streamcli.ot import Operation, edit_between
 from streamcli.terminal_text import visible
 
 #: Seconds a pending change may take to be acknowledged after Ctrl-Q before the editor closes anyway.
 LEAVE_WAIT = 5.0
-
-
-def typed_edit(before: str, after: str) -> Edit:
-    """The one edit that turns ``before`` into ``after``: the span between their common start and common end."""
-    start = 0
-    limit = min(len(before), len(after))
-    while start < limit and before[start] == after[start]:
-        start += 1
-    end = 0
-    while end < limit - start and before[len(before) - 1 - end] == after[len(after) - 1 - end]:
-        end += 1
-    return Edit(start, len(before) - start - end, after[start : len(after) - end])
 
 
 class _Cursors(Processor):
@@ -158,7 +146,7 @@ class CollabEditor:
     def _edited(self, _: Buffer) -> None:
         if self._updating:
             return
-        edit = typed_edit(self._shown, self.buffer.text)
+        edit = edit_between(self._shown, self.buffer.text)
         if edit.is_noop:
             return
         op = Operation.from_edit(len(self._shown), edit)

@@ -3181,7 +3181,11 @@ class CollaborationEvent(_message.Message):
     client_id: _builtins.str
     """The author's client_id (edits and cursors)."""
     client_seq: _builtins.int
-    """The author's client_seq of the change this edit belongs to (edits)."""
+    """The author's client_seq of the change this edit belongs to (edits). On
+    a snapshot: the joining client's last committed change number (0: none),
+    so that a client rejoining from a snapshot knows whether its change in
+    flight was committed.
+    """
     parts_after: _builtins.int
     """How many more edits of the same change follow this one (edits)."""
     @_builtins.property
