@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from streamcli.server.app import RunningServer
+from tests.support.redis import RedisServer, redis_server
 from tests.support.servers import running_server
 from tests.support.terminal import Tmux
 
@@ -16,6 +17,20 @@ async def server(tmp_path: pathlib.Path) -> AsyncIterator[RunningServer]:
     """The real server, embedded backend, on an ephemeral loopback port."""
     async with running_server(tmp_path / "data") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` for the session (loopback, free port, no persistence), stopped at the end."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as running:
+        yield running
+
+
+@pytest.fixture
+def redis_url(redis_process: RedisServer) -> str:
+    """The URL of the session's Redis, emptied for this test (``serve --backend`` takes it)."""
+    assert redis_process.command("FLUSHALL").startswith(b"+OK")
+    return redis_process.url()
 
 
 @pytest.fixture(autouse=True)
