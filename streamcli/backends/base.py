@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 
@@ -449,7 +449,8 @@ class Backend:
     metadata: MetadataStore
     blobs: BlobStore
     closer: _Closer
-    metrics: MetricStore
+    metrics: MetricStore | None  # None: this backend does not keep metrics (yet); the metric RPCs refuse
+    ready: Callable[[], Awaitable[None]] | None = None  # raises when the store cannot be reached (start-up)
 
     async def close(self) -> None:
         """Release connections and files."""

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from streamcli import transport
 from streamcli.backends import open_backend
 from streamcli.backends.base import Backend
+from streamcli.backends.redis_backend import redis_url_for_logs
 from streamcli.credentials import Credentials
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
@@ -97,6 +98,10 @@ class ServerConfig:
             raise UsageError("--grace must be zero or more seconds")
         if self.max_file_size < 0 or self.quota < 0:
             raise UsageError("--max-file-size and --quota must be zero (no limit) or more bytes")
+        if self.backend.startswith("redis:") and self.quota:
+            # Uploads reserve quota in the memory of the replica that receives them: two replicas would
+            # each let their uploads fill the shared directory to the quota.
+            raise UsageError("--backend redis does not support --quota yet (its reservations are per replica)")
         if self.max_series < 1:
             raise UsageError("--max-series must be at least 1")
         if self.upload_ttl <= 0:
@@ -210,6 +215,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
     backend = open_backend(config.backend, config.data_dir)
     try:
+        if backend.ready is not None:
+            await backend.ready()
         port = _bind(server, config.address, credentials)
         address = f"{transport.parse_address(config.address)[0]}:{port}"
         stopping = asyncio.Event()
@@ -225,11 +232,18 @@ async def start_server(config: ServerConfig) -> RunningServer:
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
-        metrics = MetricService(backend.metrics, credentials_, config.max_series)
-        await metrics.load()
+        metrics = None
+        unavailable = {}
+        if backend.metrics is not None:
+            metrics = MetricService(backend.metrics, credentials_, config.max_series)
+            await metrics.load()
+        else:
+            reason = f"--backend {backend.name} does not support metrics yet"
+            unavailable = dict.fromkeys(MetricService.RPCS, reason)
+            log.warning("%s: %s answer UNIMPLEMENTED", reason, ", ".join(MetricService.RPCS))
         collab = CollabService(backend.log, log_settings, stopping, credentials_, config.documents)
         domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab]
-        add_service(server, domains)
+        add_service(server, [domain for domain in domains if domain is not None], unavailable)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -253,7 +267,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
             )
             await backend.log.forget_producers(stream, time.time() - config.retention.producer_idle_limit)
         await batches.expire(config.retention)
-        await metrics.expire(config.retention)
+        if metrics is not None:
+            await metrics.expire(config.retention)
 
     housekeeping = [
         asyncio.create_task(_every(interval, files.expire_uploads)),
@@ -304,7 +319,7 @@ async def serve(config: ServerConfig) -> None:
     log.info(
         "listening on %s (backend %s, data dir %s, TLS %s, auth %s)",
         running.address,
-        config.backend,
+        redis_url_for_logs(config.backend),
         config.data_dir,
         "on" if config.tls else "off",
         "tokens" if running.credentials.enabled else "off",

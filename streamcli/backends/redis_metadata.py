@@ -1,0 +1,236 @@
+"""``RedisMetadata``: the ``MetadataStore`` on Redis (files, uploads, batches, room members), shared by replicas.
+
+A record is a hash (``file:ID``, ``upload:ID``, ``batch:ID``); sorted sets order them: ``files`` and
+``batches`` by minus the creation time (Redis orders equal scores by member, so ``ZRANGE`` gives newest
+first, then by id, as the embedded store's ``ORDER BY created_at DESC, id``), ``uploads`` by expiry,
+``batches:updated`` by the last update. ``content:SHA256:SIZE`` holds the ids of files with that content
+(``find_file`` checks each record, so an entry a replaced file left behind matches nothing),
+``member:USER`` the rooms a user joined and ``shared:FILE`` the rooms a file was posted in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from streamcli.backends.base import BatchRecord, FileRecord, UploadRecord
+from streamcli.backends.redis_log import PREFIX
+
+T = TypeVar("T")
+
+#: Records fetched per step when a listing filters.
+LIST_STEP = 500
+
+
+def _key(kind: str, name: str) -> bytes:
+    return PREFIX + f"{kind}:{name}".encode()
+
+
+def _text(fields: dict[bytes, bytes], name: str) -> str:
+    return fields[name.encode()].decode()
+
+
+def _file(fields: dict[bytes, bytes]) -> FileRecord:
+    return FileRecord(
+        _text(fields, "file_id"),
+        _text(fields, "filename"),
+        int(fields[b"size"]),
+        _text(fields, "content_type"),
+        _text(fields, "sha256"),
+        float(fields[b"created_at"]),
+        _text(fields, "owner"),
+    )
+
+
+def _upload(fields: dict[bytes, bytes]) -> UploadRecord:
+    return UploadRecord(
+        _text(fields, "upload_id"),
+        _text(fields, "filename"),
+        int(fields[b"total_size"]),
+        _text(fields, "content_type"),
+        _text(fields, "sha256"),
+        float(fields[b"created_at"]),
+        float(fields[b"expires_at"]),
+        _text(fields, "owner"),
+    )
+
+
+def _batch(fields: dict[bytes, bytes]) -> BatchRecord:
+    return BatchRecord(
+        _text(fields, "batch_id"),
+        _text(fields, "owner"),
+        _text(fields, "source"),
+        float(fields[b"created_at"]),
+        float(fields[b"updated_at"]),
+        float(fields[b"completed_at"]),
+        bytes(fields[b"summary"]),
+    )
+
+
+def _fields(record: Any) -> dict[str, Any]:
+    """A record's fields as a hash: floats by ``repr`` (they come back exactly), the rest as they are."""
+    return {
+        field.name: repr(value) if isinstance(value, float) else value
+        for field in dataclasses.fields(record)
+        for value in (getattr(record, field.name),)
+    }
+
+
+class RedisMetadata:
+    """A ``MetadataStore`` on one Redis database."""
+
+    def __init__(self, commands: aioredis.Redis) -> None:
+        # Any: redis-py types its replies as the union of every reply type of both its clients.
+        self._redis: Any = commands
+
+    async def _records(self, keys: list[bytes], parse: Callable[[dict[bytes, bytes]], T]) -> list[T]:
+        """The records at ``keys`` in order, without those gone meanwhile."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            found = await pipe.execute()
+        return [parse(fields) for fields in found if fields]
+
+    async def _ordered(
+        self, index: bytes, kind: str, parse: Callable[[dict[bytes, bytes]], T]
+    ) -> AsyncIterator[list[T]]:
+        """The records of ``index`` (a sorted set of ids) in its order, a step at a time."""
+        start = 0
+        while ids := await self._redis.zrange(index, start, start + LIST_STEP - 1):
+            yield await self._records([_key(kind, i.decode()) for i in ids], parse)
+            start += LIST_STEP
+
+    # --- batches ----------------------------------------------------------------------------------
+
+    async def put_batch(self, record: BatchRecord) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key("batch", record.batch_id), mapping=_fields(record))
+            pipe.zadd(PREFIX + b"batches", {record.batch_id: -record.created_at})
+            pipe.zadd(PREFIX + b"batches:updated", {record.batch_id: record.updated_at})
+            await pipe.execute()
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        fields = await self._redis.hgetall(_key("batch", batch_id))
+        return _batch(fields) if fields else None
+
+    async def list_batches(self, limit: int, offset: int = 0, *, owner: str | None = None) -> list[BatchRecord]:
+        if limit <= 0:
+            return []
+        if owner is None:
+            ids = await self._redis.zrange(PREFIX + b"batches", offset, offset + limit - 1)
+            return await self._records([_key("batch", i.decode()) for i in ids], _batch)
+        found: list[BatchRecord] = []
+        skip = offset
+        async for step in self._ordered(PREFIX + b"batches", "batch", _batch):
+            for record in step:
+                if record.owner != owner:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                found.append(record)
+                if len(found) == limit:
+                    return found
+        return found
+
+    async def delete_batch(self, batch_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_key("batch", batch_id))
+            pipe.zrem(PREFIX + b"batches", batch_id)
+            pipe.zrem(PREFIX + b"batches:updated", batch_id)
+            await pipe.execute()
+
+    async def batches_idle_since(self, before: float) -> list[BatchRecord]:
+        ids = await self._redis.zrange(PREFIX + b"batches:updated", "-inf", f"({before!r}", byscore=True)
+        return await self._records([_key("batch", i.decode()) for i in ids], _batch)
+
+    # --- files ------------------------------------------------------------------------------------
+
+    async def put_file(self, record: FileRecord) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key("file", record.file_id), mapping=_fields(record))
+            pipe.zadd(PREFIX + b"files", {record.file_id: -record.created_at})
+            pipe.sadd(_key("content", f"{record.sha256}:{record.size}"), record.file_id)
+            await pipe.execute()
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        fields = await self._redis.hgetall(_key("file", file_id))
+        return _file(fields) if fields else None
+
+    async def list_files(self, limit: int, offset: int = 0, *, visible_to: str | None = None) -> list[FileRecord]:
+        if limit <= 0:
+            return []
+        if visible_to is None:
+            ids = await self._redis.zrange(PREFIX + b"files", offset, offset + limit - 1)
+            return await self._records([_key("file", i.decode()) for i in ids], _file)
+        rooms = await self._redis.smembers(_key("member", visible_to))
+        found: list[FileRecord] = []
+        skip = offset
+        async for step in self._ordered(PREFIX + b"files", "file", _file):
+            for record in step:
+                if not await self._visible(record, visible_to, rooms):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                found.append(record)
+                if len(found) == limit:
+                    return found
+        return found
+
+    async def _visible(self, record: FileRecord, user: str, rooms: set[bytes]) -> bool:
+        if record.owner == user:
+            return True
+        return bool(rooms) and bool(rooms & await self._redis.smembers(_key("shared", record.file_id)))
+
+    async def file_visible_to(self, record: FileRecord, user: str) -> bool:
+        return await self._visible(record, user, await self._redis.smembers(_key("member", user)))
+
+    async def add_room_member(self, room_id: str, user: str) -> None:
+        await self._redis.sadd(_key("member", user), room_id)
+
+    async def share_file(self, file_id: str, room_id: str) -> None:
+        await self._redis.sadd(_key("shared", file_id), room_id)
+
+    async def delete_file(self, file_id: str) -> FileRecord | None:
+        async with self._redis.pipeline(transaction=True) as pipe:  # one step: one caller gets the record
+            pipe.hgetall(_key("file", file_id))
+            pipe.delete(_key("file", file_id))
+            pipe.zrem(PREFIX + b"files", file_id)
+            fields, _, _ = await pipe.execute()
+        if not fields:
+            return None
+        record = _file(fields)
+        await self._redis.srem(_key("content", f"{record.sha256}:{record.size}"), file_id)
+        return record
+
+    async def find_file(self, filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:
+        ids = await self._redis.smembers(_key("content", f"{sha256}:{size}"))
+        records = await self._records([_key("file", i.decode()) for i in sorted(ids)], _file)
+        matching = [r for r in records if (r.filename, r.sha256, r.size, r.owner) == (filename, sha256, size, owner)]
+        return min(matching, key=lambda r: r.created_at) if matching else None
+
+    # --- uploads ----------------------------------------------------------------------------------
+
+    async def put_upload(self, record: UploadRecord) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key("upload", record.upload_id), mapping=_fields(record))
+            pipe.zadd(PREFIX + b"uploads", {record.upload_id: record.expires_at})
+            await pipe.execute()
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        fields = await self._redis.hgetall(_key("upload", upload_id))
+        return _upload(fields) if fields else None
+
+    async def delete_upload(self, upload_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_key("upload", upload_id))
+            pipe.zrem(PREFIX + b"uploads", upload_id)
+            await pipe.execute()
+
+    async def expired_uploads(self, now: float) -> list[UploadRecord]:
+        ids = await self._redis.zrange(PREFIX + b"uploads", "-inf", f"({now!r}", byscore=True)
+        return await self._records([_key("upload", i.decode()) for i in ids], _upload)
