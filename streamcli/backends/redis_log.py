@@ -57,6 +57,12 @@ def _record(entry: tuple[bytes, dict[bytes, bytes]]) -> LogRecord:
     )
 
 
+def _abandoned(waiting: asyncio.Future[bool]) -> None:
+    """Take the outcome of a wait nobody awaits any more (so that asyncio does not log it as lost)."""
+    if not waiting.cancelled():
+        waiting.exception()
+
+
 class RedisLog:
     """A ``LogStore`` on one Redis database (``commands`` for ordinary commands, ``waits`` for blocking reads)."""
 
@@ -68,8 +74,8 @@ class RedisLog:
         self._position_before = commands.register_script(redis_scripts.POSITION_BEFORE)
         self._trim = commands.register_script(redis_scripts.TRIM)
         self._forget = commands.register_script(redis_scripts.FORGET_PRODUCERS)
-        self._released = asyncio.Event()
-        self._blocked: set[asyncio.Task[bool]] = set()
+        self._released = False
+        self._release: asyncio.Future[None] | None = None  # done when released: ends every wait
 
     def _keys(self, stream: str) -> list[bytes]:
         return [_key(b"log", stream), _key(b"head", stream)]
@@ -143,21 +149,24 @@ class RedisLog:
         return int(await self._position_before(keys=self._keys(stream), args=[repr(timestamp)]))
 
     async def wait_for(self, stream: str, after_id: int, timeout: float) -> bool:
-        if self._released.is_set():
+        if self._released:
             return False
         if (await self.bounds(stream)).last_id > after_id:
             return True
-        if timeout <= 0:
+        if timeout <= 0 or self._released:  # (released while the bounds were read)
             return False
+        if self._release is None:
+            self._release = asyncio.get_running_loop().create_future()
         waiting = asyncio.ensure_future(self._block(_key(b"log", stream), after_id, timeout))
-        self._blocked.add(waiting)
-        waiting.add_done_callback(self._blocked.discard)
         try:
-            await asyncio.wait([waiting])
-        except asyncio.CancelledError:
-            waiting.cancel()  # the wait's connection is disconnected, never handed back busy
-            raise
-        return not waiting.cancelled() and waiting.result()
+            # Released: return at once, whatever the blocked read does with its cancellation.
+            ends: list[asyncio.Future[Any]] = [waiting, self._release]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiting.done():
+                waiting.cancel()  # its connection is disconnected, never handed back with a reply due
+                waiting.add_done_callback(_abandoned)
+        return waiting.done() and not waiting.cancelled() and waiting.result()
 
     async def _block(self, log: bytes, after_id: int, timeout: float) -> bool:
         """``XREAD BLOCK`` on a connection of its own: whether an entry after ``after_id`` came in time."""
@@ -174,9 +183,9 @@ class RedisLog:
         return bool(reply)
 
     def release_readers(self) -> None:
-        self._released.set()
-        for waiting in list(self._blocked):
-            waiting.cancel()
+        self._released = True
+        if self._release is not None and not self._release.done():
+            self._release.set_result(None)
 
     async def trim(self, stream: str, *, older_than: float | None = None, keep_last: int | None = None) -> int:
         args = ["" if older_than is None else repr(older_than), "" if keep_last is None else str(keep_last)]
