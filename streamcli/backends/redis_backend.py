@@ -20,7 +20,7 @@ import redis.exceptions
 
 from streamcli.backends.base import Backend
 from streamcli.backends.blobs import DirectoryBlobStore
-from streamcli.backends.redis_log import RedisLog
+from streamcli.backends.redis_log import Commands, RedisLog
 from streamcli.backends.redis_metadata import RedisMetadata
 from streamcli.errors import UnavailableError, UsageError
 
@@ -62,9 +62,7 @@ class RedisConnections:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.commands = aioredis.Redis.from_url(
-            url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT
-        )
+        self.commands = Commands.from_url(url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT)
         # No socket timeout: a blocked XREAD is silent for as long as it blocks (RedisLog sets each read's).
         self.waits = aioredis.ConnectionPool.from_url(url, socket_connect_timeout=COMMAND_TIMEOUT)
 

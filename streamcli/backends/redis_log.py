@@ -16,8 +16,8 @@ shutdown) disconnects its connection rather than hand it back with a reply still
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -33,6 +33,8 @@ from streamcli.backends.base import (
     StreamHead,
     TrimmedError,
 )
+
+T = TypeVar("T")
 
 #: Prefix of every key the Redis backend writes.
 PREFIX = b"streamcli:"
@@ -57,10 +59,33 @@ def _record(entry: tuple[bytes, dict[bytes, bytes]]) -> LogRecord:
     )
 
 
-def _abandoned(waiting: asyncio.Future[bool]) -> None:
-    """Take the outcome of a wait nobody awaits any more (so that asyncio does not log it as lost)."""
-    if not waiting.cancelled():
-        waiting.exception()
+def _abandoned(work: asyncio.Future[Any]) -> None:
+    """Take the outcome of work nobody awaits any more (so that asyncio does not log it as lost)."""
+    if not work.cancelled():
+        work.exception()
+
+
+async def shielded(work: Awaitable[T]) -> T:
+    """Await ``work`` in a task of its own, so that cancelling the caller always cancels the caller.
+
+    redis-py (8.1) sometimes swallows a cancellation that reaches it in the middle of a command: the
+    cancelled caller then carries on as if nothing happened (a housekeeping loop sleeps on instead of
+    ending, a shutdown waits for ever). Shielded, the caller gets its CancelledError at once and the
+    command finishes in its task, its connection going back to the pool with no reply due.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_abandoned)
+        raise
+
+
+class Commands(aioredis.Redis):
+    """The client for ordinary commands: each one ``shielded``."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        return await shielded(super().execute_command(*args, **options))  # type: ignore[no-untyped-call]
 
 
 class RedisLog:
@@ -117,12 +142,13 @@ class RedisLog:
         log, head = self._keys(stream)
         async with self._redis.pipeline(transaction=True) as pipe:  # one step: the trim check and the entries agree
             pipe.hget(head, "trimmed_through")
-            pipe.xrange(log, min=f"{after_id + 1}-0", max="+", count=limit)
-            trimmed, entries = await pipe.execute()
+            if limit > 0:
+                pipe.xrange(log, min=f"{after_id + 1}-0", max="+", count=limit)
+            trimmed, *entries = await shielded(pipe.execute())
         trimmed_through = int(trimmed or 0)
         if after_id < trimmed_through:
             raise TrimmedError(stream, after_id, trimmed_through)
-        return [_record(entry) for entry in entries] if limit > 0 else []
+        return [_record(entry) for entry in entries[0]] if entries else []
 
     async def bounds(self, stream: str) -> LogBounds:
         trimmed, last = await self._redis.hmget(_key(b"head", stream), ["trimmed_through", "last_id"])
@@ -139,7 +165,7 @@ class RedisLog:
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hmget(PREFIX + b"head:" + name, ["trimmed_through", "last_id", "last_ts"])
-            rows = await pipe.execute()
+            rows = await shielded(pipe.execute())
         return [
             StreamHead(name.decode(), LogBounds(int(trimmed or 0), int(last or 0)), float(ts or 0))
             for name, (trimmed, last, ts) in zip(names, rows, strict=True)
@@ -195,7 +221,7 @@ class RedisLog:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(*self._keys(stream), _key(b"producers", stream))
             pipe.zrem(PREFIX + b"streams", stream)
-            await pipe.execute()
+            await shielded(pipe.execute())
 
     async def kind_counts(self, stream: str) -> dict[str, KindCount]:
         log = _key(b"log", stream)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from streamcli.backends.base import BatchRecord, FileRecord, UploadRecord
-from streamcli.backends.redis_log import PREFIX
+from streamcli.backends.redis_log import PREFIX, shielded
 
 T = TypeVar("T")
 
@@ -91,7 +91,7 @@ class RedisMetadata:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)
-            found = await pipe.execute()
+            found = await shielded(pipe.execute())
         return [parse(fields) for fields in found if fields]
 
     async def _ordered(
@@ -110,7 +110,7 @@ class RedisMetadata:
             pipe.hset(_key("batch", record.batch_id), mapping=_fields(record))
             pipe.zadd(PREFIX + b"batches", {record.batch_id: -record.created_at})
             pipe.zadd(PREFIX + b"batches:updated", {record.batch_id: record.updated_at})
-            await pipe.execute()
+            await shielded(pipe.execute())
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         fields = await self._redis.hgetall(_key("batch", batch_id))
@@ -141,7 +141,7 @@ class RedisMetadata:
             pipe.delete(_key("batch", batch_id))
             pipe.zrem(PREFIX + b"batches", batch_id)
             pipe.zrem(PREFIX + b"batches:updated", batch_id)
-            await pipe.execute()
+            await shielded(pipe.execute())
 
     async def batches_idle_since(self, before: float) -> list[BatchRecord]:
         ids = await self._redis.zrange(PREFIX + b"batches:updated", "-inf", f"({before!r}", byscore=True)
@@ -154,7 +154,7 @@ class RedisMetadata:
             pipe.hset(_key("file", record.file_id), mapping=_fields(record))
             pipe.zadd(PREFIX + b"files", {record.file_id: -record.created_at})
             pipe.sadd(_key("content", f"{record.sha256}:{record.size}"), record.file_id)
-            await pipe.execute()
+            await shielded(pipe.execute())
 
     async def get_file(self, file_id: str) -> FileRecord | None:
         fields = await self._redis.hgetall(_key("file", file_id))
@@ -200,7 +200,7 @@ class RedisMetadata:
             pipe.hgetall(_key("file", file_id))
             pipe.delete(_key("file", file_id))
             pipe.zrem(PREFIX + b"files", file_id)
-            fields, _, _ = await pipe.execute()
+            fields, _, _ = await shielded(pipe.execute())
         if not fields:
             return None
         record = _file(fields)
@@ -219,7 +219,7 @@ class RedisMetadata:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(_key("upload", record.upload_id), mapping=_fields(record))
             pipe.zadd(PREFIX + b"uploads", {record.upload_id: record.expires_at})
-            await pipe.execute()
+            await shielded(pipe.execute())
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         fields = await self._redis.hgetall(_key("upload", upload_id))
@@ -229,7 +229,7 @@ class RedisMetadata:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(_key("upload", upload_id))
             pipe.zrem(PREFIX + b"uploads", upload_id)
-            await pipe.execute()
+            await shielded(pipe.execute())
 
     async def expired_uploads(self, now: float) -> list[UploadRecord]:
         ids = await self._redis.zrange(PREFIX + b"uploads", "-inf", f"({now!r}", byscore=True)
