@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from streamcli.backends.base import (
+    BatchRecord,
     ConditionFailedError,
     FileRecord,
     LogBounds,
@@ -424,3 +425,41 @@ async def test_expired_uploads_are_those_expiring_before_now(store: Store) -> No
     await store.delete_upload("early")
     assert {u.upload_id for u in await store.expired_uploads(1e12)} == {"edge", "late"}
     assert await store.expired_uploads(250.0) == [UploadRecord("edge", "x", -1, "", "", 0, 200.0)]
+
+
+async def test_files_visible_to_a_user_are_theirs_and_those_posted_in_their_rooms(store: Store) -> None:
+    def owned(file_id: str, created_at: float, owner: str) -> FileRecord:
+        return FileRecord(file_id, f"{file_id}.txt", 10, "text/plain", "a" * 64, created_at, owner)
+
+    for record in [
+        owned("a1", 1.0, "alice"),
+        owned("b1", 2.0, "bob"),
+        owned("b2", 3.0, "bob"),
+        owned("a2", 4.0, "alice"),
+    ]:
+        await store.put_file(record)
+    await store.add_room_member("room", "alice")
+    await store.share_file("b1", "room")
+    await store.share_file("b2", "elsewhere")
+    assert [f.file_id for f in await store.list_files(10, visible_to="alice")] == ["a2", "b1", "a1"]
+    assert [f.file_id for f in await store.list_files(1, offset=1, visible_to="alice")] == ["b1"]
+    assert [f.file_id for f in await store.list_files(10, visible_to="bob")] == ["b2", "b1"]
+    assert await store.file_visible_to(owned("b1", 2.0, "bob"), "alice") is True
+    assert await store.file_visible_to(owned("b2", 3.0, "bob"), "alice") is False
+    found = await store.find_file("b1.txt", "a" * 64, 10, "bob")
+    assert found is not None and found.file_id == "b1"
+    assert await store.find_file("b1.txt", "a" * 64, 10, "alice") is None
+
+
+async def test_batches_newest_first_by_owner_and_idle_ones(store: Store) -> None:
+    for batch_id, owner, created in [("x", "alice", 1.0), ("y", "bob", 2.0), ("z", "alice", 3.0)]:
+        await store.put_batch(BatchRecord(batch_id, owner, "src", created, created + 10, 0.0, b"\x00summary"))
+    assert [b.batch_id for b in await store.list_batches(10)] == ["z", "y", "x"]
+    assert [b.batch_id for b in await store.list_batches(10, owner="alice")] == ["z", "x"]
+    assert [b.batch_id for b in await store.list_batches(1, 1, owner="alice")] == ["x"]
+    assert {b.batch_id for b in await store.batches_idle_since(12.5)} == {"x", "y"}
+    got = await store.get_batch("y")
+    assert got == BatchRecord("y", "bob", "src", 2.0, 12.0, 0.0, b"\x00summary")
+    await store.delete_batch("y")
+    assert await store.get_batch("y") is None
+    assert [b.batch_id for b in await store.list_batches(10)] == ["z", "x"]

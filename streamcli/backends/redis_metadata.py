@@ -11,7 +11,7 @@ first, then by id, as the embedded store's ``ORDER BY created_at DESC, id``), ``
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -29,45 +29,25 @@ def _key(kind: str, name: str) -> bytes:
     return PREFIX + f"{kind}:{name}".encode()
 
 
-def _text(fields: dict[bytes, bytes], name: str) -> str:
-    return fields[name.encode()].decode()
+#: How a hash's value becomes each type of a record's field (the annotations are strings here).
+_DECODERS: dict[str, Callable[[bytes], Any]] = {"str": bytes.decode, "int": int, "float": float, "bytes": bytes}
+
+R = TypeVar("R", FileRecord, UploadRecord, BatchRecord)
 
 
-def _file(fields: dict[bytes, bytes]) -> FileRecord:
-    return FileRecord(
-        _text(fields, "file_id"),
-        _text(fields, "filename"),
-        int(fields[b"size"]),
-        _text(fields, "content_type"),
-        _text(fields, "sha256"),
-        float(fields[b"created_at"]),
-        _text(fields, "owner"),
-    )
+def _parser(record_type: type[R]) -> Callable[[dict[bytes, bytes]], R]:
+    """What turns a hash written by ``_fields`` back into a ``record_type``."""
+    decoders = [(field.name.encode(), _DECODERS[str(field.type)]) for field in dataclasses.fields(record_type)]
+
+    def parse(fields: dict[bytes, bytes]) -> R:
+        return record_type(*(decode(fields[name]) for name, decode in decoders))
+
+    return parse
 
 
-def _upload(fields: dict[bytes, bytes]) -> UploadRecord:
-    return UploadRecord(
-        _text(fields, "upload_id"),
-        _text(fields, "filename"),
-        int(fields[b"total_size"]),
-        _text(fields, "content_type"),
-        _text(fields, "sha256"),
-        float(fields[b"created_at"]),
-        float(fields[b"expires_at"]),
-        _text(fields, "owner"),
-    )
-
-
-def _batch(fields: dict[bytes, bytes]) -> BatchRecord:
-    return BatchRecord(
-        _text(fields, "batch_id"),
-        _text(fields, "owner"),
-        _text(fields, "source"),
-        float(fields[b"created_at"]),
-        float(fields[b"updated_at"]),
-        float(fields[b"completed_at"]),
-        bytes(fields[b"summary"]),
-    )
+_file = _parser(FileRecord)
+_upload = _parser(UploadRecord)
+_batch = _parser(BatchRecord)
 
 
 def _fields(record: Any) -> dict[str, Any]:
@@ -103,6 +83,35 @@ class RedisMetadata:
             yield await self._records([_key(kind, i.decode()) for i in ids], parse)
             start += LIST_STEP
 
+    async def _page(
+        self,
+        index: bytes,
+        kind: str,
+        parse: Callable[[dict[bytes, bytes]], T],
+        limit: int,
+        offset: int,
+        keep: Callable[[T], Awaitable[bool]] | None,
+    ) -> list[T]:
+        """Up to ``limit`` records of ``index`` in its order after the first ``offset`` (of those ``keep``s)."""
+        if limit <= 0:
+            return []
+        if keep is None:
+            ids = await self._redis.zrange(index, offset, offset + limit - 1)
+            return await self._records([_key(kind, i.decode()) for i in ids], parse)
+        found: list[T] = []
+        skip = offset
+        async for step in self._ordered(index, kind, parse):
+            for record in step:
+                if not await keep(record):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                found.append(record)
+                if len(found) == limit:
+                    return found
+        return found
+
     # --- batches ----------------------------------------------------------------------------------
 
     async def put_batch(self, record: BatchRecord) -> None:
@@ -117,24 +126,10 @@ class RedisMetadata:
         return _batch(fields) if fields else None
 
     async def list_batches(self, limit: int, offset: int = 0, *, owner: str | None = None) -> list[BatchRecord]:
-        if limit <= 0:
-            return []
-        if owner is None:
-            ids = await self._redis.zrange(PREFIX + b"batches", offset, offset + limit - 1)
-            return await self._records([_key("batch", i.decode()) for i in ids], _batch)
-        found: list[BatchRecord] = []
-        skip = offset
-        async for step in self._ordered(PREFIX + b"batches", "batch", _batch):
-            for record in step:
-                if record.owner != owner:
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                found.append(record)
-                if len(found) == limit:
-                    return found
-        return found
+        async def owned(record: BatchRecord) -> bool:
+            return record.owner == owner
+
+        return await self._page(PREFIX + b"batches", "batch", _batch, limit, offset, None if owner is None else owned)
 
     async def delete_batch(self, batch_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -161,25 +156,15 @@ class RedisMetadata:
         return _file(fields) if fields else None
 
     async def list_files(self, limit: int, offset: int = 0, *, visible_to: str | None = None) -> list[FileRecord]:
-        if limit <= 0:
-            return []
         if visible_to is None:
-            ids = await self._redis.zrange(PREFIX + b"files", offset, offset + limit - 1)
-            return await self._records([_key("file", i.decode()) for i in ids], _file)
-        rooms = await self._redis.smembers(_key("member", visible_to))
-        found: list[FileRecord] = []
-        skip = offset
-        async for step in self._ordered(PREFIX + b"files", "file", _file):
-            for record in step:
-                if not await self._visible(record, visible_to, rooms):
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                found.append(record)
-                if len(found) == limit:
-                    return found
-        return found
+            return await self._page(PREFIX + b"files", "file", _file, limit, offset, None)
+        user = visible_to
+        rooms = await self._redis.smembers(_key("member", user))
+
+        async def visible(record: FileRecord) -> bool:
+            return await self._visible(record, user, rooms)
+
+        return await self._page(PREFIX + b"files", "file", _file, limit, offset, visible)
 
     async def _visible(self, record: FileRecord, user: str, rooms: set[bytes]) -> bool:
         if record.owner == user:
