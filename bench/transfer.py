@@ -1,36 +1,52 @@
-"""File transfer of ``streamcli upload`` / ``download``, measured against two baselines in the same run.
+"""File transfer of ``streamcli upload`` / ``download``, measured against the stack's and the disk's limits in the
+same run (issue 18).
 
 What it measures, on loopback (127.0.0.1), every server and every client in a process of its own so that the
 peak RSS of each can be read (``VmHWM`` of ``/proc/PID/status``, polled every 10 ms for clients, read before
 stopping for servers):
 
 1. raw: a ``grpc.aio`` server (handlers registered with ``grpc.method_handlers_generic_handler``) and a
-   ``grpc.aio`` client moving the same number of bytes in the same chunk sizes through the real
+   ``grpc.aio`` client moving the same number of bytes through the real
    ``streaming.v1.StreamingService/UploadFile`` and ``/DownloadFile`` message types, from memory: no disk, no
-   hashing -- the stack's limit;
-2. reference: a straightforward implementation, as in the original specification's example: a sync
-   ``grpc.server(ThreadPoolExecutor)`` whose UploadFile opens the target in append mode, writes and closes it
-   for every 64 KiB chunk and hashes with hashlib, and whose DownloadFile reads 64 KiB chunks, driven by a sync
-   client (``grpc.insecure_channel``) that reads the file in 64 KiB chunks (and writes downloads to a file);
+   hashing -- the stack's limit; in 1 MiB messages (the stack's best, the most the contract's chunks take),
+   and also in the project's chunk sizes when they differ;
+2. disk: ``--size-mib`` written in 1 MiB blocks and fsynced, in the directory where ``streamcli serve`` writes
+   uploads (``DATA/blobs/partial``): a durable transfer cannot beat it. The limit of each direction is the
+   slower of raw (1 MiB) and disk, and each streamcli transfer is given as a ratio to it;
 3. streamcli: ``streamcli serve`` and the CLI: ``streamcli --json upload FILE`` and
    ``streamcli --json download ID -o OUT`` of a file of random bytes, timed as the user sees them (start-up,
-   the client's SHA-256 pre-hash, verification and fsync included);
+   verification and fsync included);
 4. memory: peak RSS of the streamcli CLI client (upload, download) and of a fresh ``streamcli serve`` while
-   moving a larger file up and down.
+   moving ``--rss-size-mib`` up and down;
+5. many small files: ``streamcli --json upload --parallel 4 F1 ... FN`` (one command, ``--small-files`` new
+   files of ``--small-size`` random bytes) against a raw ``grpc.aio`` client making as many UploadFile calls of
+   the same messages (metadata, one chunk, trailer), 4 at a time on one channel, to the raw server, both timed
+   spawn to exit, alternating, ``--small-rounds`` rounds;
+6. chat under transfers: load A of ``bench/chat.py`` (``--chat-clients`` clients in one room of a fresh
+   ``streamcli serve``, ``--chat-rate`` messages/s in all for ``--chat-duration`` s, every receive time - send
+   time) alone, and while two ``streamcli upload``s and one ``streamcli download`` of ``--chat-transfer-mib``
+   each run, again and again, through the same server (started 1 s before the chat load, stopped after it),
+   alternating, ``--chat-rounds`` rounds of each; p99 of each condition over its rounds.
 
-Every transfer is timed as the wall time of its client process, spawn to exit, for all three alike; the raw
-and reference clients also report the time of the transfer alone (connected channel to last byte). Rounds
-run the three round-robin, starting with a different one each round, after ``--warmup`` untimed rounds (on a
-VM, page cache that lands in guest memory never touched before can be several times slower to write than
-page cache reused from deleted files: the warm-up makes every timed round reuse it alike), with ``os.sync()``
-before every timed transfer so that one's dirty pages are not written back on the next one's time; the
-figures are the medians over rounds. Every transfer is verified (size, and SHA-256 where bytes are stored)
-outside its timing; stored copies and downloads are deleted after each round. MB = 10**6 bytes.
+Every transfer of 1-4 is timed as the wall time of its client process, spawn to exit; the raw clients also
+report the time of the transfer alone (connected channel to last byte). Rounds run raw, disk and streamcli
+round-robin, starting with a different one each round, after ``--warmup`` untimed rounds (on a VM, page
+cache that lands in guest memory never touched before can be several times slower to write than page cache
+reused from deleted files: the warm-up makes every timed round reuse it alike), with ``os.sync()`` before
+every timed transfer so that one's dirty pages are not written back on the next one's time; the figures are
+the medians over rounds. Every transfer is verified (size, and SHA-256 where bytes are stored) outside its
+timing; stored copies and downloads are deleted after each round. MB = 10**6 bytes.
 
 Run from anywhere, with the interpreter of the environment streamcli is installed in (Linux only; the
 files go to a temporary directory under /tmp: about 3x --size-mib, then 3x --rss-size-mib, of free space)::
 
-    python bench/transfer.py [--size-mib N] [--rss-size-mib N] [--rounds N] [--warmup N]
+    python bench/transfer.py [--size-mib 1024] [--rss-size-mib 2048] [--rounds 3] [--warmup 1]
+        [--small-files 1000] [--small-size 4096] [--small-rounds 2]
+        [--chat-clients 50] [--chat-rate 50] [--chat-duration 5] [--chat-rounds 2] [--chat-transfer-mib 1024]
+
+A quick run: ``--size-mib 64 --rss-size-mib 0 --rounds 1 --warmup 0 --small-files 50 --chat-clients 6
+--chat-duration 2 --chat-rounds 1 --chat-transfer-mib 64``; ``--small-files 0`` and ``--chat-clients 0`` skip
+those cases.
 
 Standard library, grpc and streamcli only; not part of the test suite.
 """
@@ -43,21 +59,21 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import platform
-import re
+import shutil
 import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import chat as chat_bench  # bench/chat.py: its client processes and load A
 import grpc
 from _common import (
     MB,
@@ -67,6 +83,7 @@ from _common import (
     Run,
     Served,
     check,
+    clean_env,
     free_port,
     last_json,
     run_client,
@@ -84,9 +101,13 @@ from streamcli.services.files import DOWNLOAD_CHUNK_SIZE
 SCRIPT = pathlib.Path(__file__).resolve()
 MIB = 1 << 20
 RSS_LIMIT_MB = 150.0
-KINDS = ("raw", "reference", "streamcli")
 DIRECTIONS = ("upload", "download")
-LABELS = {"raw": "raw grpc.aio", "reference": "reference (sync)", "streamcli": "streamcli CLI"}
+LABELS = {
+    "raw-1MiB": "raw grpc.aio 1 MiB",
+    "raw-project": "raw grpc.aio project's",
+    "raw": "raw grpc.aio",
+    "streamcli": "streamcli CLI",
+}
 
 
 # --- processes -------------------------------------------------------------------------------------------------
@@ -140,8 +161,9 @@ def generic_handler(upload: Any, download: Any) -> grpc.GenericRpcHandler:
 
 
 async def raw_server() -> None:
-    """grpc.aio from memory: uploads are counted and dropped; a download of ``file_id`` = N bytes sends N bytes."""
-    block = os.urandom(DOWNLOAD_CHUNK_SIZE)
+    """grpc.aio from memory: uploads are counted and dropped; a download of ``file_id`` = "N:C" sends N bytes in
+    messages of C bytes."""
+    blocks: dict[int, bytes] = {}
 
     async def upload(requests: AsyncIterator[pb.UploadFileRequest], context: Any) -> pb.UploadFileResponse:
         received = 0
@@ -150,23 +172,25 @@ async def raw_server() -> None:
         return pb.UploadFileResponse(bytes_uploaded=received)
 
     async def download(request: pb.DownloadFileRequest, context: Any) -> AsyncIterator[pb.DownloadFileResponse]:
-        total, offset = int(request.file_id), 0
+        total_text, _, chunk_text = request.file_id.partition(":")
+        total, chunk, offset = int(total_text), int(chunk_text), 0
+        block = blocks.setdefault(chunk, os.urandom(chunk))
         while offset < total:
-            size = min(DOWNLOAD_CHUNK_SIZE, total - offset)
+            size = min(chunk, total - offset)
             yield pb.DownloadFileResponse(offset=offset, data=block if size == len(block) else block[:size])
             offset += size
 
     await run_raw_server(generic_handler(upload, download))
 
 
-async def raw_client(address: str, direction: str, total: int) -> dict[str, object]:
-    block = os.urandom(CHUNK_SIZE)
+async def raw_client(address: str, direction: str, total: int, chunk: int) -> dict[str, object]:
+    block = os.urandom(chunk)
 
     async def requests() -> AsyncIterator[pb.UploadFileRequest]:
         yield pb.UploadFileRequest(metadata=pb.FileMetadata(filename="raw", total_size=total))
         sent = 0
         while sent < total:
-            size = min(CHUNK_SIZE, total - sent)
+            size = min(chunk, total - sent)
             yield pb.UploadFileRequest(chunk=block if size == len(block) else block[:size])
             sent += size
 
@@ -178,102 +202,58 @@ async def raw_client(address: str, direction: str, total: int) -> dict[str, obje
             moved = (await stub.UploadFile(requests())).bytes_uploaded
         else:
             moved = 0
-            async for response in stub.DownloadFile(pb.DownloadFileRequest(file_id=str(total))):
+            async for response in stub.DownloadFile(pb.DownloadFileRequest(file_id=f"{total}:{chunk}")):
                 moved += len(response.data)
         return {"seconds": time.perf_counter() - start, "bytes": moved}
 
 
-def reference_server(data_dir: pathlib.Path) -> None:
-    """The straightforward sync server: open-append-close per chunk, hashlib, 64 KiB reads."""
+async def small_raw_client(address: str, files: int, file_size: int, parallel: int) -> dict[str, object]:
+    """``files`` UploadFile calls on one channel, ``parallel`` at a time, each the messages ``streamcli upload``
+    sends for a small file (metadata, one chunk, trailer), from memory."""
+    gate = asyncio.Semaphore(parallel)
+    moved = 0
 
-    def upload(requests: Iterator[pb.UploadFileRequest], context: grpc.ServicerContext) -> pb.UploadFileResponse:
-        first = next(requests, None)
-        if first is None or first.WhichOneof("payload") != "metadata":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "send metadata first")
-        file_id = uuid.uuid4().hex
-        path = data_dir / file_id
-        hasher = hashlib.sha256()
-        size = 0
-        for request in requests:
-            chunk = request.chunk
-            with open(path, "ab") as handle:
-                handle.write(chunk)
-            hasher.update(chunk)
-            size += len(chunk)
-        digest = hasher.hexdigest()
-        return pb.UploadFileResponse(
-            file_id=file_id, bytes_uploaded=size, checksum=digest, checksum_verified=digest == first.metadata.checksum
-        )
-
-    def download(request: pb.DownloadFileRequest, context: grpc.ServicerContext) -> Iterator[pb.DownloadFileResponse]:
-        if not re.fullmatch(r"[0-9a-f]{32}", request.file_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, "no such file")
-        path = data_dir / request.file_id
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            offset = 0
-            info = pb.FileInfo(file_id=request.file_id, size=size)
-            while chunk := handle.read(CHUNK_SIZE):
-                yield pb.DownloadFileResponse(file=info if offset == 0 else None, offset=offset, data=chunk)
-                offset += len(chunk)
-
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((generic_handler(upload, download),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    try:
-        stop.wait()
-    finally:
-        server.stop(1).wait()
-
-
-def reference_client(address: str, direction: str, path: pathlib.Path, file_id: str) -> dict[str, object]:
-    def requests() -> Iterator[pb.UploadFileRequest]:
-        yield pb.UploadFileRequest(metadata=pb.FileMetadata(filename=path.name, total_size=path.stat().st_size))
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK_SIZE):
-                yield pb.UploadFileRequest(chunk=chunk)
-
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=10)
+    async with grpc.aio.insecure_channel(address, options=transport.client_options()) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
         stub = pb_grpc.StreamingServiceStub(channel)
+
+        async def one(n: int) -> None:
+            nonlocal moved
+            content = os.urandom(file_size)
+            messages = [
+                pb.UploadFileRequest(
+                    metadata=pb.FileMetadata(filename=f"f{n}.bin", total_size=file_size), upload_id=uuid.uuid4().hex
+                ),
+                pb.UploadFileRequest(chunk=content),
+                pb.UploadFileRequest(
+                    trailer=pb.UploadTrailer(total_size=file_size, checksum=hashlib.sha256(content).hexdigest())
+                ),
+            ]
+            async with gate:
+                response = await stub.UploadFile(iter(messages))
+            moved += response.bytes_uploaded
+
         start = time.perf_counter()
-        if direction == "upload":
-            response = stub.UploadFile(requests())
-            return {
-                "seconds": time.perf_counter() - start,
-                "bytes": response.bytes_uploaded,
-                "id": response.file_id,
-                "sha256": response.checksum,
-            }
-        moved = 0
-        with open(path, "wb") as handle:
-            for response in stub.DownloadFile(pb.DownloadFileRequest(file_id=file_id)):
-                handle.write(response.data)
-                moved += len(response.data)
+        await asyncio.gather(*(one(n) for n in range(files)))
         return {"seconds": time.perf_counter() - start, "bytes": moved}
 
 
 def worker_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="transfer.py _worker")
-    parser.add_argument("role", choices=("raw-server", "raw-client", "reference-server", "reference-client"))
+    parser.add_argument("role", choices=("raw-server", "raw-client", "small-raw-client"))
     parser.add_argument("--address", default="")
     parser.add_argument("--direction", choices=DIRECTIONS, default="upload")
     parser.add_argument("--bytes", type=int, default=0)
-    parser.add_argument("--path", type=pathlib.Path)
-    parser.add_argument("--file-id", default="")
+    parser.add_argument("--chunk", type=int, default=MIB)
+    parser.add_argument("--files", type=int, default=0)
+    parser.add_argument("--parallel", type=int, default=4)
     args = parser.parse_args(argv)
     if args.role == "raw-server":
         asyncio.run(raw_server())
-    elif args.role == "reference-server":
-        reference_server(args.path)
     elif args.role == "raw-client":
-        print(json.dumps(asyncio.run(raw_client(args.address, args.direction, args.bytes))))
+        print(json.dumps(asyncio.run(raw_client(args.address, args.direction, args.bytes, args.chunk))))
     else:
-        print(json.dumps(reference_client(args.address, args.direction, args.path, args.file_id)))
+        print(json.dumps(asyncio.run(small_raw_client(args.address, args.files, args.bytes, args.parallel))))
     return 0
 
 
@@ -283,7 +263,7 @@ def worker_main(argv: Sequence[str]) -> int:
 @dataclasses.dataclass(frozen=True)
 class Sample:
     seconds: float  # wall time of the client process
-    transfer_seconds: float | None  # the transfer alone, as the raw and reference clients report it
+    transfer_seconds: float | None  # the transfer alone, as the raw clients report it
     peak_rss: int  # bytes, client process
 
 
@@ -298,33 +278,34 @@ def sample(run: Run, result: dict[str, Any]) -> Sample:
     return Sample(run.seconds, float(seconds) if seconds is not None else None, run.peak_rss)
 
 
-def round_raw(served: Served, size: int) -> dict[str, Sample]:
+def round_raw(served: Served, size: int, chunks: dict[str, int]) -> dict[str, Sample]:
     samples = {}
     for direction in DIRECTIONS:
-        run, result = timed(
-            worker_argv("raw-client", "--address", served.address, "--direction", direction, "--bytes", str(size))
-        )
+        argv = ("--address", served.address, "--direction", direction, "--bytes", str(size))
+        run, result = timed(worker_argv("raw-client", *argv, "--chunk", str(chunks[direction])))
         check(result["bytes"] == size, f"raw {direction} moved {result['bytes']} of {size} bytes")
         samples[direction] = sample(run, result)
     return samples
 
 
-def round_reference(
-    served: Served, data_dir: pathlib.Path, src: pathlib.Path, size: int, digest: str
-) -> dict[str, Sample]:
-    address = ("--address", served.address)
-    run, result = timed(worker_argv("reference-client", *address, "--direction", "upload", "--path", str(src)))
-    check(result["bytes"] == size and result["sha256"] == digest, f"reference upload: {result}")
-    samples = {"upload": sample(run, result)}
-    file_id = result["id"]
-    out = src.with_name("reference.out")
-    args = ("--direction", "download", "--path", str(out), "--file-id", file_id)
-    run, result = timed(worker_argv("reference-client", *address, *args))
-    check(result["bytes"] == size and sha256_of(out) == digest, "reference download: wrong bytes")
-    samples["download"] = sample(run, result)
-    out.unlink()
-    (data_dir / file_id).unlink()
-    return samples
+def disk_rate(directory: pathlib.Path, size: int) -> float:
+    """MB/s of writing ``size`` bytes in 1 MiB blocks to a new file in ``directory``, fsync included (as a
+    durable transfer must); the file is deleted after."""
+    block = os.urandom(MIB)
+    path = directory / f"disk-probe-{uuid.uuid4().hex}"
+    os.sync()
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        left = size
+        while left:
+            left -= os.write(fd, block[: min(MIB, left)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return mbps(size, seconds)
 
 
 def streamcli_transfers(served: Served, src: pathlib.Path, size: int, digest: str) -> dict[str, Sample]:
@@ -344,10 +325,17 @@ def streamcli_transfers(served: Served, src: pathlib.Path, size: int, digest: st
     return samples
 
 
+def streamcli_serve(tmp: pathlib.Path, name: str, *extra: str) -> tuple[str, list[str]]:
+    """The data dir and command line of a fresh ``streamcli serve`` on a free port."""
+    data = tmp / name
+    return str(data), [*STREAMCLI, "serve", "--address", f"127.0.0.1:{free_port()}", "--data-dir", str(data), *extra]
+
+
 @dataclasses.dataclass
 class Results:
     size: int
     samples: dict[tuple[str, str], list[Sample]]  # (kind, direction) -> one per round
+    disk: list[float]  # MB/s of write + fsync, one per round
     server_rss: dict[str, int]  # kind -> peak RSS of its server over all rounds
     rss_size: int = 0
     rss_client: dict[str, int] = dataclasses.field(default_factory=dict)  # direction -> peak RSS
@@ -355,49 +343,51 @@ class Results:
     rss_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def raw_kinds() -> dict[str, dict[str, int]]:
+    """The raw streams to measure: at 1 MiB messages (the stack's best), and at the project's chunk sizes if
+    they differ."""
+    kinds = {"raw-1MiB": {"upload": MIB, "download": MIB}}
+    if (CHUNK_SIZE, DOWNLOAD_CHUNK_SIZE) != (MIB, MIB):
+        kinds["raw-project"] = {"upload": CHUNK_SIZE, "download": DOWNLOAD_CHUNK_SIZE}
+    return kinds
+
+
 def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int, warmup: int) -> Results:
     src = tmp / "source.bin"
     print(f"writing {size / MIB:.0f} MiB of random bytes ...", flush=True)
     digest = write_random(src, size)
-    results = Results(size, {(k, d): [] for k in KINDS for d in DIRECTIONS}, {})
-    ref_dir = tmp / "reference-data"
-    ref_dir.mkdir()
+    raws = raw_kinds()
+    kinds = (*raws, "disk", "streamcli")
+    results = Results(size, {(k, d): [] for k in (*raws, "streamcli") for d in DIRECTIONS}, [], {})
     with contextlib.ExitStack() as stack:
-        servers = {
-            "raw": stack.enter_context(serve("raw server", worker_argv("raw-server"), tmp / "raw.log")),
-            "reference": stack.enter_context(
-                serve("reference server", worker_argv("reference-server", "--path", str(ref_dir)), tmp / "ref.log")
-            ),
-            "streamcli": stack.enter_context(
-                serve(
-                    "streamcli serve",
-                    (*STREAMCLI, "serve", "--address", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp / "data")),
-                    tmp / "serve.log",
-                )
-            ),
-        }
+        raw = stack.enter_context(serve("raw server", worker_argv("raw-server"), tmp / "raw.log"))
+        data_dir, argv = streamcli_serve(tmp, "data")
+        ours = stack.enter_context(serve("streamcli serve", argv, tmp / "serve.log"))
+        partial_dir = pathlib.Path(data_dir) / "blobs" / "partial"  # where the server writes uploads
         for round_ in range(warmup + rounds):
-            shift = round_ % len(KINDS)
-            for kind in (*KINDS[shift:], *KINDS[:shift]):
+            shift = round_ % len(kinds)
+            for kind in (*kinds[shift:], *kinds[:shift]):
                 what = f"warm-up round {round_ + 1}" if round_ < warmup else f"round {round_ - warmup + 1}/{rounds}"
-                print(f"{what}: {kind} upload + download ...", flush=True)
-                if kind == "raw":
-                    samples = round_raw(servers[kind], size)
-                elif kind == "reference":
-                    samples = round_reference(servers[kind], ref_dir, src, size, digest)
-                else:
-                    samples = streamcli_transfers(servers[kind], src, size, digest)
+                print(f"{what}: {kind} ...", flush=True)
+                if kind == "disk":
+                    rate = disk_rate(partial_dir, size)
+                    if round_ >= warmup:
+                        results.disk.append(rate)
+                    continue
+                samples = (
+                    round_raw(raw, size, raws[kind]) if kind in raws else streamcli_transfers(ours, src, size, digest)
+                )
                 if round_ >= warmup:
                     for direction, value in samples.items():
                         results.samples[kind, direction].append(value)
-        results.server_rss = {kind: served.peak_rss() for kind, served in servers.items()}
+        results.server_rss = {"raw": raw.peak_rss(), "streamcli": ours.peak_rss()}
     src.unlink()
 
     if rss_size:
         big = tmp / "big.bin"
         print(f"writing {rss_size / MIB:.0f} MiB of random bytes for the memory run ...", flush=True)
         big_digest = write_random(big, rss_size)
-        argv = (*STREAMCLI, "serve", "--address", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp / "rss-data"))
+        _, argv = streamcli_serve(tmp, "rss-data")
         with serve("streamcli serve (memory run)", argv, tmp / "serve-rss.log") as served:
             print(f"memory run: streamcli upload + download of {rss_size / MIB:.0f} MiB ...", flush=True)
             samples = streamcli_transfers(served, big, rss_size, big_digest)
@@ -409,6 +399,142 @@ def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int, warmup: in
     return results
 
 
+# --- many small files ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Small:
+    files: int
+    file_size: int
+    parallel: int
+    streamcli: list[float] = dataclasses.field(default_factory=list)  # files/s, spawn to exit
+    raw: list[float] = dataclasses.field(default_factory=list)  # files/s, spawn to exit
+    raw_only: list[float] = dataclasses.field(default_factory=list)  # files/s, the calls alone
+
+
+def measure_small(tmp: pathlib.Path, files: int, file_size: int, parallel: int, rounds: int) -> Small:
+    """``streamcli upload`` of ``files`` new files of ``file_size`` bytes (one command) against as many raw
+    UploadFile calls of the same messages, ``parallel`` at a time both, alternating."""
+    small = Small(files, file_size, parallel)
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(serve("raw server", worker_argv("raw-server"), tmp / "small-raw.log"))
+        _, argv = streamcli_serve(tmp, "small-data")
+        ours = stack.enter_context(serve("streamcli serve", argv, tmp / "small-serve.log"))
+        for round_ in range(rounds):
+            for kind in ("streamcli", "raw") if round_ % 2 == 0 else ("raw", "streamcli"):
+                print(f"small files, round {round_ + 1}/{rounds}: {kind}, {files} x {file_size} bytes ...", flush=True)
+                if kind == "raw":
+                    args = ("--address", raw.address, "--files", str(files), "--bytes", str(file_size))
+                    run, result = timed(worker_argv("small-raw-client", *args, "--parallel", str(parallel)))
+                    check(result["bytes"] == files * file_size, f"raw small files: {result}")
+                    small.raw.append(files / run.seconds)
+                    small.raw_only.append(files / float(result["seconds"]))
+                    continue
+                directory = tmp / f"small-{round_}"
+                directory.mkdir()
+                paths = []
+                for n in range(files):
+                    path = directory / f"f{n:05d}.bin"
+                    path.write_bytes(os.urandom(file_size))
+                    paths.append(str(path))
+                cli = (*STREAMCLI, "--address", ours.address, "--json", "upload", "--parallel", str(parallel))
+                os.sync()
+                run = run_client((*cli, *paths))
+                stored = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+                check(len(stored) == files and all(r["size"] == file_size for r in stored), "streamcli small files")
+                small.streamcli.append(files / run.seconds)
+                shutil.rmtree(directory)
+    return small
+
+
+# --- chat while transfers run --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ChatLoad:
+    clients: int
+    rate: float
+    transfer_size: int
+    alone: list[float] = dataclasses.field(default_factory=list)  # ms, every latency of the rounds without transfers
+    during: list[float] = dataclasses.field(default_factory=list)  # ms, of the rounds with them
+    round_p99: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    transfers_done: int = 0  # transfers that completed during the loaded rounds
+
+
+async def transfer_loop(argv: Sequence[str], stop: asyncio.Event, done: list[int], log: pathlib.Path) -> None:
+    """Run ``argv`` again and again until ``stop``; the one running then is stopped."""
+    while not stop.is_set():
+        with chat_bench.log_file(log) as err:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err, env=clean_env()
+            )
+        finished = asyncio.ensure_future(proc.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((finished, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not finished.done():
+            proc.kill()
+            await finished
+        elif proc.returncode == 0:
+            done[0] += 1
+        else:
+            check(False, f"{' '.join(argv)} exited with {proc.returncode} (see {log})")
+
+
+async def measure_chat(tmp: pathlib.Path, args: argparse.Namespace) -> ChatLoad:
+    """Load A of bench/chat.py (``--chat-clients`` clients in one room, ``--chat-rate`` messages/s) on one
+    ``streamcli serve``, alone and while two uploads and one download of ``--chat-transfer-mib`` run through
+    the same server, alternating, ``--chat-rounds`` rounds of each."""
+    size = args.chat_transfer_mib * MIB
+    load = ChatLoad(args.chat_clients, args.chat_rate, size)
+    sources = [tmp / f"chat-up-{n}.bin" for n in range(2)]
+    print(f"writing 2 x {args.chat_transfer_mib} MiB of random bytes for the chat case ...", flush=True)
+    for source in sources:
+        write_random(source, size)
+    chat_args = argparse.Namespace(rate=args.chat_rate, duration=args.chat_duration, clients=args.chat_clients)
+    async with contextlib.AsyncExitStack() as stack:
+        _, argv = streamcli_serve(tmp, "chat-data", "--chat-rate", "100000")
+        served = stack.enter_context(serve("streamcli serve (chat)", argv, tmp / "chat-serve.log"))
+        cli = (*STREAMCLI, "--address", served.address, "--json")
+        stored = last_json(run_client((*cli, "upload", str(sources[0]), "--name", "to-download.bin")).stdout)
+        workers = await stack.enter_async_context(
+            chat_bench.fleet(served.address, args.chat_clients, 2, 1, "u", tmp / "chat")
+        )
+        side = chat_bench.Side("streamcli", served, workers)
+        print(f"chat: joining {args.chat_clients} clients ...", flush=True)
+        await chat_bench.join_all(workers)
+        await chat_bench.barrier(workers, "settled")
+        transfers = [
+            (*cli, "upload", str(sources[0])),
+            (*cli, "upload", str(sources[1])),
+            (*cli, "download", stored["id"], "-o", str(tmp / "chat-down.bin"), "--force", "--no-resume"),
+        ]
+        for round_ in range(args.chat_rounds):
+            for during in (False, True) if round_ % 2 == 0 else (True, False):
+                tag = f"{'during' if during else 'alone'}{round_}"
+                stop, done = asyncio.Event(), [0]
+                loops = []
+                if during:
+                    print(f"chat round {round_ + 1}: 2 uploads + 1 download of {args.chat_transfer_mib} MiB ...")
+                    loops = [
+                        asyncio.ensure_future(transfer_loop(t, stop, done, tmp / f"chat-transfer-{n}.log"))
+                        for n, t in enumerate(transfers)
+                    ]
+                    await asyncio.sleep(1.0)  # the transfers are under way (past start-up) before the chat load
+                before = len(side.result.latencies)
+                try:
+                    await chat_bench.load_a(side, chat_args, tag, None)
+                finally:
+                    stop.set()
+                    await asyncio.gather(*loops)
+                latencies = side.result.latencies[before:]
+                (load.during if during else load.alone).extend(latencies)
+                load.round_p99.append((tag, side.result.round_p99[-1]))
+                load.transfers_done += done[0]
+        print(f"chat: {side.result.sent} messages sent, to {args.chat_clients - 1} other clients each", flush=True)
+    return load
+
+
 # --- the report --------------------------------------------------------------------------------------------------
 
 
@@ -416,40 +542,50 @@ def mbps(size: int, seconds: float) -> float:
     return size / seconds / MB
 
 
-def report(results: Results) -> None:
+def report(results: Results) -> dict[str, float]:
+    """Print the transfer figures; returns streamcli's ratio to the limit per direction."""
     size = results.size
     median_rate: dict[tuple[str, str], float] = {}
-    print(f"\n{size / MIB:.0f} MiB per transfer, median of {len(results.samples['raw', 'upload'])} rounds:\n")
+    print(f"\n{size / MIB:.0f} MiB per transfer, median of {len(results.disk)} rounds:\n")
     columns = (("transfer", -28), ("MB/s", 7), ("min", 7), ("max", 7), ("s", 6), ("transfer-only MB/s", 18))
     columns += (("client peak MB", 14),)
     print("  ".join(f"{name:<{-width}}" if width < 0 else f"{name:>{width}}" for name, width in columns))
     print("  ".join("-" * abs(width) for _, width in columns))
+    kinds = sorted({kind for kind, _ in results.samples}, key=lambda k: (k == "streamcli", k))
     for direction in DIRECTIONS:
-        for kind in KINDS:
+        for kind in kinds:
             samples = results.samples[kind, direction]
             rates = [mbps(size, s.seconds) for s in samples]
             median_rate[kind, direction] = statistics.median(rates)
             only = [s.transfer_seconds for s in samples if s.transfer_seconds is not None]
             only_text = f"{mbps(size, statistics.median(only)):.1f}" if only else "-"
+            label = f"{LABELS.get(kind, kind)} {direction}"
             print(
-                f"{LABELS[kind] + ' ' + direction:<28}  {median_rate[kind, direction]:>7.1f}  {min(rates):>7.1f}"
+                f"{label:<28}  {median_rate[kind, direction]:>7.1f}  {min(rates):>7.1f}"
                 f"  {max(rates):>7.1f}  {statistics.median(s.seconds for s in samples):>6.2f}  {only_text:>18}"
                 f"  {max(s.peak_rss for s in samples) / MB:>14.1f}"
             )
-    print("\nMB/s: the client process's wall time, spawn to exit; transfer-only: connected channel to last byte.")
-    ceiling = ", ".join(f"{d} {median_rate['raw', d] / median_rate['reference', d]:.2f}x" for d in DIRECTIONS)
-    print(f"raw / reference: {ceiling} (streamcli/ref can only reach this much while streamcli <= raw)")
-    servers = ", ".join(f"{LABELS[k]} {v / MB:.1f}" for k, v in results.server_rss.items())
+    disk = statistics.median(results.disk)
+    rates_text = " ".join(f"{r:.1f}" for r in results.disk)
+    print(
+        f"{'disk write + fsync':<28}  {disk:>7.1f}  {min(results.disk):>7.1f}  {max(results.disk):>7.1f}"
+        f"  ({rates_text})"
+    )
+    print("\nMB/s: the client process's wall time, spawn to exit (start-up included); transfer-only: connected")
+    print("channel to last byte. disk: write + fsync of the same size in the server's partial/ directory.")
+    servers = ", ".join(f"{LABELS.get(k, k)} {v / MB:.1f}" for k, v in results.server_rss.items())
     print(f"server peak RSS over all rounds, MB: {servers}")
 
-    print(f"\n{'target (from the issue)':<52}  {'measured':>22}  verdict")
-    print(f"{'-' * 52}  {'-' * 22}  -------")
+    ratios = {}
+    print(f"\n{'target (issue 18)':<52}  {'measured':>30}  verdict")
+    print(f"{'-' * 52}  {'-' * 30}  -------")
     for direction in DIRECTIONS:
-        ours = median_rate["streamcli", direction]
-        raw = ours / median_rate["raw", direction]
-        ref = ours / median_rate["reference", direction]
-        print(f"{direction + ' >= 50% of raw grpc.aio':<52}  {f'streamcli/raw {raw:.2f}':>22}  {verdict(raw >= 0.5)}")
-        print(f"{direction + ' >= 2x the reference':<52}  {f'streamcli/ref {ref:.2f}x':>22}  {verdict(ref >= 2.0)}")
+        raw = median_rate["raw-1MiB", direction]
+        limit = min(raw, disk)
+        ratios[direction] = median_rate["streamcli", direction] / limit
+        which = "raw 1 MiB" if raw <= disk else "disk"
+        measured = f"{ratios[direction]:.2f} of {limit:.0f} ({which})"
+        print(f"{direction + ' >= 0.8 of the limit':<52}  {measured:>30}  {verdict(ratios[direction] >= 0.8)}")
     if results.rss_size:
         what = f"moving {results.rss_size / MIB:.0f} MiB"
         rows = [
@@ -458,9 +594,38 @@ def report(results: Results) -> None:
             (f"server peak RSS < {RSS_LIMIT_MB:.0f} MB ({what} up + down)", results.rss_server),
         ]
         for label, peak in rows:
-            print(f"{label:<52}  {f'{peak / MB:.1f} MB':>22}  {verdict(peak / MB < RSS_LIMIT_MB)}")
+            print(f"{label:<52}  {f'{peak / MB:.1f} MB':>30}  {verdict(peak / MB < RSS_LIMIT_MB)}")
         rates = ", ".join(f"{d} {mbps(results.rss_size, s):.1f} MB/s" for d, s in results.rss_seconds.items())
-        print(f"\n(memory run: {rates})")
+        print(f"(memory run: {rates})")
+    return ratios
+
+
+def report_small(small: Small) -> None:
+    ours, raw = statistics.median(small.streamcli), statistics.median(small.raw)
+    print(f"\n{small.files} files of {small.file_size} bytes, {small.parallel} at a time, files/s (median; all):")
+    print(f"  streamcli upload (one command)  {ours:8.1f}  ({' '.join(f'{r:.1f}' for r in small.streamcli)})")
+    print(f"  raw UploadFile calls            {raw:8.1f}  ({' '.join(f'{r:.1f}' for r in small.raw)})")
+    print(f"  raw, the calls alone            {statistics.median(small.raw_only):8.1f}")
+    ratio = ours / raw
+    label = "1,000 small files >= 0.5 of the raw calls' rate" if small.files == 1000 else "small files >= 0.5 of raw"
+    print(f"{label:<52}  {f'{ratio:.2f}':>30}  {verdict(ratio >= 0.5)}")
+
+
+def report_chat(load: ChatLoad) -> None:
+    alone, during = sorted(load.alone), sorted(load.during)
+    p99_alone, p99_during = chat_bench.percentile(alone, 0.99), chat_bench.percentile(during, 0.99)
+    print(f"\nchat: {load.clients} clients, {load.rate:g} msg/s; p50 / p99 / max ms:")
+    for name, values in (("alone", alone), ("during transfers", during)):
+        p50, p99 = chat_bench.percentile(values, 0.5), chat_bench.percentile(values, 0.99)
+        print(
+            f"  {name:<18} {p50:8.1f} {p99:8.1f} {values[-1] if values else math.nan:8.1f}  ({len(values)} latencies)"
+        )
+    print("  rounds' p99: " + ", ".join(f"{tag} {p99:.1f}" for tag, p99 in load.round_p99))
+    print(
+        f"  transfers of {load.transfer_size / MIB:.0f} MiB completed during the loaded rounds: {load.transfers_done}"
+    )
+    ratio = p99_during / p99_alone
+    print(f"{'chat p99 during transfers <= 2x without':<52}  {f'{ratio:.2f}x':>30}  {verdict(ratio <= 2.0)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -468,17 +633,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return worker_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--size-mib", type=int, default=1024, help="file moved in the timed runs (default: %(default)s)"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--size-mib", type=int, default=1024, help="file moved in the timed runs (default: %(default)s)")
+    add(
         "--rss-size-mib", type=int, default=2048, help="file moved in the memory run; 0 skips it (default: %(default)s)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of every transfer (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
+    add("--rounds", type=int, default=3, help="timed rounds of every transfer (default: %(default)s)")
+    add("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
+    add(
+        "--small-files", type=int, default=1000, help="files of the small-files case; 0 skips it (default: %(default)s)"
+    )
+    add("--small-size", type=int, default=4096, help="bytes per small file (default: %(default)s)")
+    add("--small-rounds", type=int, default=2, help="rounds of the small-files case (default: %(default)s)")
+    add("--chat-clients", type=int, default=50, help="chat clients; 0 skips the chat case (default: %(default)s)")
+    add("--chat-rate", type=float, default=50.0, help="chat messages/s, all clients (default: %(default)s)")
+    add("--chat-duration", type=float, default=5.0, help="seconds of chat load per round (default: %(default)s)")
+    add("--chat-rounds", type=int, default=2, help="rounds alone and with transfers, each (default: %(default)s)")
+    add("--chat-transfer-mib", type=int, default=1024, help="size of each transfer under chat (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.rss_size_mib < 0 or args.rounds < 1 or args.warmup < 0:
         parser.error("--size-mib and --rounds must be >= 1, --rss-size-mib and --warmup >= 0")
+    if args.small_files < 0 or args.small_size < 1 or args.chat_clients in (1,) or args.chat_transfer_mib < 1:
+        parser.error("--small-files >= 0, --small-size >= 1, --chat-clients 0 or >= 2, --chat-transfer-mib >= 1")
 
     # SIGTERM unwinds like Ctrl-C: every server and client started is stopped, the temporary files deleted.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -488,7 +664,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="streamcli-bench-", dir="/tmp") as tmp:
         results = measure(pathlib.Path(tmp), args.size_mib * MIB, args.rss_size_mib * MIB, args.rounds, args.warmup)
+        small = (
+            measure_small(pathlib.Path(tmp), args.small_files, args.small_size, 4, args.small_rounds)
+            if args.small_files
+            else None
+        )
+        try:
+            chat = asyncio.run(measure_chat(pathlib.Path(tmp), args)) if args.chat_clients else None
+        except chat_bench.BenchError as exc:
+            sys.exit(f"chat case failed: {exc}")
     report(results)
+    if small is not None:
+        report_small(small)
+    if chat is not None:
+        report_chat(chat)
     print(
         "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
             *load, *os.getloadavg()

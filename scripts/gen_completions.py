@@ -84,14 +84,18 @@ def _option(param: Any) -> OptionSpec | None:
 
 def command_tree() -> list[CommandSpec]:
     """Walk the typer app and describe every command path."""
-    import typer.main
-
-    from streamcli.cli.app import app
+    from streamcli.cli.app import command_tree
 
     specs: list[CommandSpec] = []
+    root = command_tree()
+    global_options = [o for o in (_option(p) for p in root.params) if o is not None]
 
     def walk(command: Any, path: str) -> None:
         options = [o for o in (_option(p) for p in command.params) if o is not None]
+        if path:
+            # Global options are taken after the command too, unless the command has its own of that name.
+            own = {name for option in options for name in option.names}
+            options += [o for o in global_options if not own.intersection(o.names)]
         options.append(OptionSpec(["--help", "-h"], False, [], "", "Show help and exit."))
         children = dict(sorted(getattr(command, "commands", {}).items()))
         subcommands = [(name, _first_line(child.help)) for name, child in children.items() if not child.hidden]
@@ -100,7 +104,7 @@ def command_tree() -> list[CommandSpec]:
             if not child.hidden:
                 walk(child, f"{path} {name}".strip())
 
-    walk(typer.main.get_command(app), "")
+    walk(root, "")
     return specs
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from streamcli.ot import Edit, InvalidEdit, Operation, compose, transform
+from streamcli.ot import Edit, InvalidEdit, Operation, compose, transform, transform_cursor, transform_edit
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +71,20 @@ class Sequencer:
         later = self.since(base_revision)
         length = _length_at(self.text, later)
         op = change_of(length, edits)
+        single = op.edits()
+        if len(single) == 1:  # typing: one edit through each edit since, in constant time while it stays one
+            edit = single[0]
+            for done, committed in enumerate(later):
+                moved = transform_edit(committed.edit, edit)
+                if moved is None:
+                    op = Operation.from_edit(length, edit)
+                    later = later[done:]
+                    break
+                length += len(committed.edit.insert_text) - committed.edit.delete_count
+                edit = moved
+            else:
+                later = []
+                op = Operation.from_edit(length, edit)
         for committed in later:
             theirs = Operation.from_edit(op.base_length, committed.edit)
             _, op = transform(theirs, op)
@@ -93,9 +107,7 @@ class Sequencer:
         if position > length:
             raise InvalidEdit(f"cursor at {position} is outside a document of {length} code points")
         for committed in later:
-            op = Operation.from_edit(length, committed.edit)
-            position = op.transform_position(position)
-            length = op.target_length
+            position = transform_cursor(committed.edit, position)
         return position
 
     def is_duplicate(self, client_id: str, client_seq: int) -> bool:

@@ -13,6 +13,7 @@
     ├── ConflictError                  exit 9  FAILED_PRECONDITION, ALREADY_EXISTS, ABORTED, OUT_OF_RANGE
     ├── DeadlineError                  exit 10 DEADLINE_EXCEEDED
     ├── UnimplementedError             exit 11 the server does not offer this RPC
+    ├── LocalFileError                 exit 13 a local file is in the way (it exists) or changed under us
     └── Interrupted                    exit 130 Ctrl-C
 
 (Exit 12, ``ExitStatus.REFUSED_RECORDS``, is no error: ``batch ingest`` stored what it could.)
@@ -47,6 +48,7 @@ class ExitStatus(enum.IntEnum):
     TIMEOUT = 10  # a deadline expired
     UNIMPLEMENTED = 11  # the server does not implement this RPC
     REFUSED_RECORDS = 12  # batch ingest: some input records were refused (the others are stored)
+    LOCAL_CONFLICT = 13  # a local file is in the way (exists without --force, a link at NAME.part) or changed
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
     BROKEN_PIPE = 141  # stdout's reader went away (`| head`): quietly, as if killed by SIGPIPE (128 + 13)
 
@@ -110,6 +112,12 @@ class ConflictError(StreamcliError):
     """The request disagrees with the server's state."""
 
     exit_status = ExitStatus.CONFLICT
+
+
+class LocalFileError(StreamcliError):
+    """What is on the local disk is in the way: the destination exists, or is not what may be replaced."""
+
+    exit_status = ExitStatus.LOCAL_CONFLICT
 
 
 class DeadlineError(StreamcliError):

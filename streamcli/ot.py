@@ -290,6 +290,44 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     return Operation.of(b.target_length, a2), Operation.of(a.target_length, b2)
 
 
+def transform_edit(a: Edit, b: Edit) -> Edit | None:
+    """``transform(a, b)[1]`` for two single edits, as one edit, in constant time; ``None`` when the result is two
+    edits (``b`` deletes around the place where ``a`` inserts): transform the operations then.
+
+    The server rebases each typed character through every edit committed since its base revision: the general
+    transform walks both operations component by component, which was most of a commit's cost.
+    """
+    start, deleted, inserted = a.position, a.delete_count, len(a.insert_text)
+    end = start + deleted  # a's deleted span is [start, end); its insertion sits at start
+    position, stop = b.position, b.position + b.delete_count
+    if position < start < stop and stop > end and inserted:
+        return None  # a's insertion lands inside what b deletes, with b's deletion going on after a's span
+    # b's insertion and the start of its deletion: after a's insertion at one position (a's comes first).
+    if position < start:
+        new_position = position
+    elif position <= end:
+        new_position = start + inserted
+    else:
+        new_position = position + inserted - deleted
+    # The end of b's deletion: before a's insertion when it reaches start or falls in a's span.
+    if stop <= start:
+        new_stop = stop
+    elif stop <= end:
+        new_stop = start if position < start else start + inserted
+    else:
+        new_stop = stop + inserted - deleted
+    return Edit(new_position, max(0, new_stop - new_position), b.insert_text)
+
+
+def transform_cursor(edit: Edit, position: int) -> int:
+    """``Operation.from_edit(n, edit).transform_position(position)``, in constant time."""
+    if position < edit.position:
+        return position
+    if position <= edit.position + edit.delete_count:
+        return edit.position + len(edit.insert_text)
+    return position + len(edit.insert_text) - edit.delete_count
+
+
 def compose(a: Operation, b: Operation) -> Operation:
     """The one operation doing ``a`` then ``b`` (``b`` applies to what ``a`` produces)."""
     if a.target_length != b.base_length:

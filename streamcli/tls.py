@@ -28,3 +28,15 @@ def check_pair(cert: pathlib.Path | None, key: pathlib.Path | None, cert_flag: s
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except ssl.SSLError as exc:
         raise UsageError(f"invalid TLS certificate {cert} or key {key}: {exc.reason or exc}") from exc
+
+
+def read_certificates(path: pathlib.Path, what: str) -> bytes:
+    """The bytes of a PEM file of certificates (a CA bundle), or a UsageError saying it is not one."""
+    data = read_pem(path, what)
+    try:
+        ssl.create_default_context(cadata=data.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
+        raise UsageError(
+            f"{what} {path} is not a PEM certificate: give a file that starts -----BEGIN CERTIFICATE-----"
+        ) from exc
+    return data

@@ -107,3 +107,61 @@ def split_host(address: str) -> str:
         return address[1 : address.find("]")]
     host, separator, _ = address.rpartition(":")
     return host if separator else address
+
+
+#: Schemes ``--address`` understands, and whether each means TLS.
+_SCHEMES: Final = {"http": False, "grpc": False, "https": True, "grpcs": True}
+#: The port of a URL without one, by scheme (``https://host`` is port 443, as for curl and buf curl).
+_URL_PORTS: Final = {"http": 80, "https": 443}
+#: gRPC's own target schemes, passed on as written.
+_GRPC_TARGETS: Final = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+
+
+def client_target(address: str) -> tuple[str, bool | None]:
+    """The gRPC target of a client's ``--address`` and whether its scheme asks for TLS.
+
+    ``HOST:PORT``, ``HOST`` (the server's default port, not gRPC's 443), ``[V6]:PORT``,
+    ``http://``/``grpc://`` (plaintext), ``https://``/``grpcs://`` (TLS), and gRPC's own targets
+    (``unix:PATH``, ``dns:///HOST:PORT``...) as written. The second value is None without a scheme.
+
+    Raises:
+        UsageError: what cannot be an address, with how to write it.
+    """
+    from streamcli.errors import UsageError
+
+    text = address.strip()
+    if not text:
+        raise UsageError("the server address is empty: give --address HOST:PORT, e.g. 127.0.0.1:50051")
+    if text.startswith(_GRPC_TARGETS):
+        return text, None
+    scheme, separator, rest = text.partition("://")
+    tls: bool | None = None
+    default_port = int(DEFAULT_ADDRESS.rpartition(":")[2])
+    if separator:
+        if scheme.lower() not in _SCHEMES:
+            raise UsageError(
+                f"--address {text}: unknown scheme {scheme}://; write HOST:PORT (plaintext), "
+                "https://HOST:PORT (TLS) or http://HOST:PORT"
+            )
+        tls = _SCHEMES[scheme.lower()]
+        default_port = _URL_PORTS.get(scheme.lower(), default_port)
+        if rest.rstrip("/").count("/") or "?" in rest or "#" in rest:
+            raise UsageError(f"--address {text}: a gRPC address has no path; write {scheme}://HOST:PORT")
+        text = rest.rstrip("/")
+    if "@" in text:
+        raise UsageError(f"--address {address.strip()}: no user in the address; give a token with --token")
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+        host = f"[{host}]"
+    elif text.count(":") > 1:  # a bare IPv6 address: no port
+        host, port = f"[{text}]", ""
+    else:
+        host, _, port = text.partition(":")
+    if not host or host == "[]":
+        raise UsageError(f"--address {address.strip()}: no host; write HOST:PORT, e.g. 127.0.0.1:50051")
+    if not port:
+        return f"{host}:{default_port}", tls
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError(f"--address {address.strip()}: the port must be a number of 1-65535, e.g. {host}:50051")
+    return f"{host}:{int(port)}", tls

@@ -24,7 +24,7 @@ from streamcli.client.connection import FirstStatus
 from streamcli.errors import ExitStatus
 from streamcli.server.app import RunningServer
 from tests.support.chat import RawChat
-from tests.support.inprocess import cli
+from tests.support.inprocess import acli, cli
 from tests.support.servers import client, running_server, serve_process
 from tests.support.threaded import threaded_server
 
@@ -33,9 +33,13 @@ SERVICE = "service-token"
 LOGIN = pb.USER_EVENT_TYPE_LOGIN
 
 
+#: Every test that uses ``server`` runs on each backend (tests/conftest.py): the access rules are the metadata's.
+ON_EACH_BACKEND = True
+
+
 @pytest.fixture
-async def server(tmp_path: pathlib.Path) -> AsyncIterator[RunningServer]:
-    async with running_server(tmp_path / "data", token=SERVICE, user_tokens=TOKENS) as running:
+async def server(tmp_path: pathlib.Path, backend: str) -> AsyncIterator[RunningServer]:
+    async with running_server(tmp_path / "data", backend=backend, token=SERVICE, user_tokens=TOKENS) as running:
         yield running
 
 
@@ -238,6 +242,32 @@ async def test_chat_names_with_a_user_token_are_their_holders_alone(server: Runn
         await carol.close()
 
 
+async def resolved(stub: Any, metadata: Any, kind: int, prefix: str) -> list[str]:
+    reply = await stub.ResolveIds(pb.ResolveIdsRequest(kind=kind, prefix=prefix), metadata=metadata)
+    return list(reply.ids)
+
+
+async def test_a_prefix_resolves_only_to_ids_the_token_may_list(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = conn.stub
+        alices = await upload(stub, ALICE, "alice.txt", b"alice's own")
+        prefix = alices.file_id[:8]
+        assert await resolved(stub, ALICE, pb.ID_KIND_FILE, prefix) == [alices.file_id]
+        assert await resolved(stub, SVC, pb.ID_KIND_FILE, prefix) == [alices.file_id]
+        # Neither a prefix nor the whole id tells bob that alice's file exists.
+        assert await resolved(stub, BOB, pb.ID_KIND_FILE, prefix) == []
+        assert await resolved(stub, BOB, pb.ID_KIND_FILE, alices.file_id) == []
+        run = await acli(server.address, "--token", TOKENS["bob"], "files", "info", prefix)
+        assert (run.code, run.error_lines) == (ExitStatus.NOT_FOUND, [f"streamcli: error: no file '{prefix}'"])
+        batch = pb.ProcessDataBatchRequest(batch_id="reports-1", records=[pb.DataRecord(key="k", value=1)])
+        assert (await stub.ProcessDataBatch(iter([batch]), metadata=ALICE)).batch_id == "alice/reports-1"
+        assert await resolved(stub, ALICE, pb.ID_KIND_BATCH, "repo") == ["alice/reports-1"]
+        assert await resolved(stub, ALICE, pb.ID_KIND_BATCH, "alice/repo") == ["alice/reports-1"]
+        assert await resolved(stub, SVC, pb.ID_KIND_BATCH, "alice/repo") == ["alice/reports-1"]
+        for prefix in ("repo", "alice/repo", "alice/reports-1"):
+            assert await resolved(stub, BOB, pb.ID_KIND_BATCH, prefix) == []
+
+
 async def test_a_file_posted_in_a_room_becomes_visible_to_its_members(server: RunningServer) -> None:
     async with (
         client(server.address, token=TOKENS["alice"]) as as_alice,
@@ -255,6 +285,8 @@ async def test_a_file_posted_in_a_room_becomes_visible_to_its_members(server: Ru
         await bob.messages_until("bob joined")
         assert (await as_bob.stub.GetFileInfo(info, metadata=BOB)).file.filename == "shared.txt"
         assert await listed(as_bob.stub, BOB) == ["shared.txt"]
+        assert await resolved(as_bob.stub, BOB, pb.ID_KIND_FILE, shared.file_id[:8]) == [shared.file_id]
+        assert await resolved(as_bob.stub, BOB, pb.ID_KIND_FILE, private.file_id[:8]) == []
         await denied(as_bob.stub.DeleteFile(pb.DeleteFileRequest(file_id=shared.file_id), metadata=BOB))
         # Bob cannot pass alice's other file on: he cannot see it.
         await bob.say("look", pb.CHAT_MESSAGE_TYPE_FILE, file_id=private.file_id)

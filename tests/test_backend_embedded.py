@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,10 @@ from streamcli.backends.base import (
 from streamcli.backends.blobs import DirectoryBlobStore
 from streamcli.backends.sqlite import SqliteStore
 from streamcli.errors import UsageError
+from streamcli.private_files import open_private, private_dir, private_file
 from streamcli.services.logs import Appender
+from tests.support.inprocess import cli
+from tests.support.threaded import threaded_server
 from tests.test_log_contract import Recorder, produced
 
 UNSAFE_IDS = ["../x", "", "a/b", "a" * 65, "..", ".", "/etc/passwd", "x\n", "a b", "é"]
@@ -283,3 +287,47 @@ async def test_an_append_whose_caller_is_cancelled_still_reaches_the_readers(sto
     await asyncio.sleep(0)
     assert [r.payload for r in await store.read("s", 0, 10)] == [b"payload-0", b"payload-1", b"payload-2"]
     assert (await store.bounds("s")).last_id == 3
+
+
+def test_the_data_dir_is_private_to_its_owner(tmp_path: pathlib.Path) -> None:
+    """Directories 0700, files 0600 (database, -wal, -shm, lock, blobs, partial uploads), whatever the umask."""
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)  # a data dir made before, world-readable: tightened
+    previous = os.umask(0o022)
+    try:
+        for data_dir in (tmp_path / "new" / "data", loose):
+            with threaded_server(data_dir) as address:
+                (tmp_path / "a.txt").write_bytes(b"secret")
+                uploaded = cli(address, "upload", str(tmp_path / "a.txt"))
+                assert uploaded.code == 0, uploaded.err
+                modes = {p.relative_to(data_dir).as_posix(): p.stat().st_mode & 0o777 for p in data_dir.rglob("*")}
+                modes["."] = data_dir.stat().st_mode & 0o777
+            file_id = uploaded.out.split()[0]
+            assert modes == {
+                ".": 0o700,
+                "blobs": 0o700,
+                "blobs/files": 0o700,
+                "blobs/partial": 0o700,
+                f"blobs/files/{file_id}": 0o600,  # renamed from blobs/partial, created there 0600
+                "streamcli.db": 0o600,
+                "streamcli.db-wal": 0o600,
+                "streamcli.db-shm": 0o600,
+                "streamcli.db.lock": 0o600,
+            }
+    finally:
+        os.umask(previous)
+
+
+def test_private_files_are_created_and_tightened_0600(tmp_path: pathlib.Path) -> None:
+    history = tmp_path / "state" / "chat_history"
+    private_dir(history.parent)
+    private_file(history)
+    assert (history.parent.stat().st_mode & 0o777, history.stat().st_mode & 0o777) == (0o700, 0o600)
+    history.chmod(0o644)
+    history.write_text("kept\n")
+    private_file(history)  # an existing history: tightened, kept
+    assert (history.stat().st_mode & 0o777, history.read_text()) == (0o600, "kept\n")
+    with open_private(tmp_path / "part", "wb") as part:
+        part.write(b"x")
+    assert (tmp_path / "part").stat().st_mode & 0o777 == 0o600

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import create_pipe_input
@@ -441,3 +442,47 @@ async def test_repl_rejoins_at_once_when_the_server_is_back_after_it_gave_up(tmp
                 pipe.send_text("/quit\r")
                 await asyncio.wait_for(running, 10)
                 watcher.call.cancel()
+
+
+async def test_stream_room_messages_reads_a_room_without_joining_it(conn: Connection) -> None:
+    alice = await RawChat(conn, "readonly", "alice").open()
+    await alice.say("one")
+    await alice.say("two")
+    await alice.messages_until("two")
+    history = pb.StreamRoomMessagesRequest(room_id="readonly", tail=2, no_follow=True)
+    assert [m.content async for r in conn.stub.StreamRoomMessages(history) for m in r.messages] == ["one", "two"]
+    reader = conn.stub.StreamRoomMessages(pb.StreamRoomMessagesRequest(room_id="readonly"))
+    first = await reader.read()  # the start position: the reader is in place
+    assert not first.messages and first.position == 3  # alice joined, one, two
+    listed = await conn.stub.ListRoomMembers(pb.ListRoomMembersRequest(room_id="readonly"))
+    assert list(listed.presence.users) == ["alice"]  # not the reader
+    await alice.say("three")
+    while not (live := await reader.read()).messages:
+        pass
+    assert [(m.id, m.user_id, m.content) for m in live.messages] == [(4, "alice", "three")]
+    reader.cancel()
+    # No join or leave message of the reader's reached the room.
+    everything = pb.StreamRoomMessagesRequest(room_id="readonly", start_time=Timestamp(), no_follow=True)
+    assert [m.content async for r in conn.stub.StreamRoomMessages(everything) for m in r.messages] == [
+        "alice joined",
+        "one",
+        "two",
+        "three",
+    ]
+    alice.call.cancel()
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        async for _ in conn.stub.StreamRoomMessages(pb.StreamRoomMessagesRequest(room_id="bad room!")):
+            pass
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_no_backlog_joins_without_replay_while_backlog_0_is_the_servers_default(conn: Connection) -> None:
+    alice = await RawChat(conn, "quiet", "alice").open()
+    await alice.say("before")
+    await alice.messages_until("before")
+    bob = await RawChat(conn, "quiet", "bob", no_backlog=True).open()
+    carol = await RawChat(conn, "quiet", "carol", backlog=0).open()
+    assert [m.content for m in await bob.messages_until("bob joined")] == ["bob joined"]
+    assert "before" in [m.content for m in await carol.messages_until("carol joined")]
+    for chat in (alice, bob, carol):
+        chat.call.cancel()

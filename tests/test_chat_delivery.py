@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import pathlib
 from typing import IO
@@ -21,6 +22,7 @@ from streamcli.services.chat import MAX_CONTENT_BYTES, ChatSettings
 from tests.support.chat import RawChat
 from tests.support.inprocess import acli, cli
 from tests.support.servers import client, free_port, running_server
+from tests.support.threaded import threaded_server
 
 TEXT = pb.CHAT_MESSAGE_TYPE_TEXT
 #: Fast enough for a test, slow enough that 40 lines run into the limit many times.
@@ -140,3 +142,13 @@ def test_an_empty_user_name_is_a_usage_error(name: str) -> None:
         "streamcli: error: invalid value for '--user' / '-u' (env var: 'STREAMCLI_USER'): the name must not be empty"
         " (see streamcli chat --help)\n"
     )
+
+
+def test_backlog_0_shows_none_and_no_backlog_option_the_servers_default(tmp_path: pathlib.Path) -> None:
+    with threaded_server(tmp_path / "data") as address:
+        said = cli(address, "chat", "--room", "quiet", "--user", "alice", stdin="before\n")
+        none = cli(address, "--json", "chat", "--room", "quiet", "--user", "bob", "--backlog", "0", stdin="")
+        default = cli(address, "--json", "chat", "--room", "quiet", "--user", "carol", stdin="")
+    assert (said.code, none.code, default.code) == (0, 0, 0), none.err
+    assert "before" not in [json.loads(line)["content"] for line in none.out.splitlines()]
+    assert "before" in [json.loads(line)["content"] for line in default.out.splitlines()]

@@ -23,6 +23,7 @@ from streamcli.client.chat_session import (
 )
 from streamcli.client.connection import Connection
 from streamcli.server.app import RunningServer
+from streamcli.ui.chat import event_text
 from tests.support.chat import RawChat, SessionEvents
 from tests.support.servers import client
 
@@ -51,6 +52,13 @@ async def test_a_file_sent_is_shared_in_the_room_and_downloaded_by_get(
         assert seen_by_watcher.file_id == shared.file_id
         target = tmp_path / "fetched.png"
         assert await session.handle(f"/get {shared.file_id} {target}")
+        assert await events.next(Downloaded) == Downloaded(str(target), len(b"\x89PNG not really"))
+        assert target.read_bytes() == b"\x89PNG not really"
+        await session.handle(f"/get {shared.file_id} {target}")  # it exists now: kept, and the notice says how
+        kept = await events.next(ChatNotice)
+        assert (kept.code, kept.message) == ("DOWNLOAD", f"{target} exists; pass --force to overwrite it")
+        target.write_bytes(b"changed")
+        assert await session.handle(f"/get --force {shared.file_id} {target}")
         assert await events.next(Downloaded) == Downloaded(str(target), len(b"\x89PNG not really"))
         assert target.read_bytes() == b"\x89PNG not really"
     assert (await watcher.messages_until("alice left"))[-1].user_id == "system"
@@ -150,7 +158,12 @@ async def test_who_history_typing_help_and_quit(conn: Connection) -> None:
         await bob.say("", kind=pb.CHAT_MESSAGE_TYPE_TYPING)
         assert await events.next(Typing) == Typing("bob")
         await session.handle("/help")
-        assert await events.next(Help) == Help(tuple(COMMANDS.items()))
+        shown = await events.next(Help)
+        assert shown.commands[5] == ("/get ID [PATH] [--force]", COMMANDS["/get"][1])
+        assert [usage.split()[0] for usage, _ in shown.commands] == list(COMMANDS)
+        # Rendered, every description starts in one column.
+        lines = [str(line) for line in event_text(shown)]
+        assert len({line.index(does) for line, (_, does) in zip(lines, shown.commands, strict=True)}) == 1
         assert await session.handle("   ")  # blank: nothing
         assert not await session.handle("/quit")
     bob.call.cancel()

@@ -27,7 +27,12 @@ def test_an_incoming_message_prints_above_what_the_user_is_typing(tmux: Tmux, tm
         tmux.wait_for("alice", "dev> half-typed draft")
         tmux.run("send-keys", "-t", "bob", "-l", "hello from bob")
         tmux.run("send-keys", "-t", "bob", "Enter")
-        screen = tmux.wait_for("alice", "<bob> hello from bob")
+        # (prompt-toolkit erases the prompt, prints the message and draws the prompt again: wait for the end.)
+        screen = tmux.wait_until(
+            "alice",
+            lambda lines: any("<bob> hello from bob" in line for line in lines) and any("dev> " in r for r in lines),
+            "bob's message and the prompt",
+        )
         message_row = next(i for i, line in enumerate(screen) if "<bob> hello from bob" in line)
         prompt_row = next(i for i, line in enumerate(screen) if "dev> " in line)
         assert message_row < prompt_row, "\n".join(screen)

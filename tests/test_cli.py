@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 import subprocess
 import sys
@@ -69,14 +70,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["tail", "notifications"], "missing option '--user' / '-u' (see streamcli tail notifications --help)"),
         (["health", "--no-such-option"], "no such option: --no-such-option (see streamcli health --help)"),
         (["helth"], "no such command 'helth'. Did you mean 'health'? (see streamcli --help)"),
-        (
-            ["tail", "events", "--all-users", "--json"],
-            "--json is a global option: put it before the command, e.g. streamcli --json tail events ...",
-        ),
-        (
-            ["tail", "events", "--all-users", "--address", "127.0.0.1:1"],
-            "--address is a global option: put it before the command, e.g. streamcli --address VALUE tail events ...",
-        ),
     ],
 )
 def test_usage_errors_print_one_line_and_exit_2(
@@ -103,6 +96,19 @@ def test_unreachable_address_gives_one_line_and_exit_3() -> None:
     assert len(lines) == 1, result.err
     assert lines[0].startswith("streamcli: error: cannot reach the server at 127.0.0.1:1")
     assert result.out == ""
+
+
+def test_json_health_of_an_unreachable_server_prints_its_status_too() -> None:
+    result = cli("127.0.0.1:1", "--json", "health")
+    assert result.code == 3
+    printed = json.loads(result.out)
+    assert {k: printed[k] for k in ("address", "service", "status")} == {
+        "address": "127.0.0.1:1",
+        "service": "",
+        "status": "UNREACHABLE",
+    }
+    assert printed["error"].startswith("cannot reach the server at 127.0.0.1:1")
+    assert result.err.startswith("streamcli: error: cannot reach the server at 127.0.0.1:1")
 
 
 def test_traceback_flag_shows_the_traceback() -> None:

@@ -27,18 +27,25 @@ Call = grpc.aio.StreamStreamCall[pb.CollaborateRequest, pb.CollaborateResponse]
 
 
 class Stream:
-    """One Collaborate stream: write requests, read events one at a time (heartbeats skipped)."""
+    """One Collaborate stream: write requests, read events one at a time (heartbeats skipped; presence events
+    kept aside in ``presence``, in order, unless ``with_presence``)."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, with_presence: bool) -> None:
         self.call = call
+        self.with_presence = with_presence
         self.pending: list[pb.CollaborationEvent] = []
+        self.presence: list[tuple[str, str, bool]] = []  # (user, client id, present)
 
     async def event(self) -> pb.CollaborationEvent:
-        while not self.pending:
-            response = await asyncio.wait_for(self.call.read(), 10)
-            assert response is not grpc.aio.EOF, "the stream ended"
-            self.pending.extend(response.events)
-        return self.pending.pop(0)
+        while True:
+            while not self.pending:
+                response = await asyncio.wait_for(self.call.read(), 10)
+                assert response is not grpc.aio.EOF, "the stream ended"
+                self.pending.extend(response.events)
+            event = self.pending.pop(0)
+            if self.with_presence or event.WhichOneof("change") != "presence":
+                return event
+            self.presence.append((event.user_id, event.client_id, event.presence.present))
 
     async def events(self, count: int) -> list[pb.CollaborationEvent]:
         return [await self.event() for _ in range(count)]
@@ -51,7 +58,9 @@ class Stream:
 
 
 @contextlib.asynccontextmanager
-async def joined(conn: Connection, document: str, user: str, client_id: str = "", **join: int) -> AsyncIterator[Stream]:
+async def joined(
+    conn: Connection, document: str, user: str, client_id: str = "", with_presence: bool = False, **join: int
+) -> AsyncIterator[Stream]:
     call: Call = conn.stub.Collaborate(metadata=conn.metadata)
     await call.write(
         pb.CollaborateRequest(
@@ -59,7 +68,7 @@ async def joined(conn: Connection, document: str, user: str, client_id: str = ""
         )
     )
     try:
-        yield Stream(call)
+        yield Stream(call, with_presence)
     finally:
         call.cancel()
 
@@ -73,6 +82,54 @@ def text_of(event: pb.CollaborationEvent) -> tuple[int, str]:
 async def conn(server: RunningServer) -> AsyncIterator[Connection]:
     async with client(server.address) as connection:
         yield connection
+
+
+def presence_of(event: pb.CollaborationEvent) -> tuple[str, str, bool]:
+    assert event.WhichOneof("change") == "presence", event
+    return event.user_id, event.client_id, event.presence.present
+
+
+async def test_editors_are_told_who_is_here_who_comes_and_who_leaves(conn: Connection) -> None:
+    async with joined(conn, "p", "alice", "a1", with_presence=True) as alice:
+        assert text_of(await alice.event()) == (0, "")
+        async with joined(conn, "p", "bob", "b1", with_presence=True) as bob:
+            assert text_of(await bob.event()) == (0, "")
+            assert presence_of(await bob.event()) == ("alice", "a1", True)  # who is here
+            assert presence_of(await alice.event()) == ("bob", "b1", True)  # who came
+            # bob's client rejoins on a second stream before its first one has ended: nobody is told it left.
+            async with joined(conn, "p", "bob", "b1", with_presence=True, last_revision=0) as again:
+                assert {presence_of(await again.event()) for _ in range(2)} == {
+                    ("alice", "a1", True),
+                    ("bob", "b1", True),
+                }
+                assert presence_of(await alice.event()) == ("bob", "b1", True)
+                bob.call.cancel()
+                await asyncio.sleep(0.3)  # (the server notices the cancel; if not yet, the check below is weaker)
+                await alice.edit(0, 0, text="x", seq=1)  # an edit: what alice is sent next comes after it
+                assert (await alice.event()).WhichOneof("change") == "edit"
+                assert (await again.event()).WhichOneof("change") == "edit"
+            assert presence_of(await alice.event()) == ("bob", "b1", False)  # its last stream ended: who left
+
+
+async def test_a_cursor_moved_while_a_change_was_unacknowledged_is_sent_once_it_is(conn: Connection) -> None:
+    from streamcli.client.collab import DocumentSession, SessionHandlers
+    from streamcli.client.retry import RetryPolicy
+    from streamcli.ot import Edit, Operation
+
+    async with joined(conn, "cur", "bob", "b") as bob:
+        await bob.event()
+        handlers = SessionHandlers(cursor_at=lambda: 3)  # where the view's cursor is once the change is in
+
+        async def work(session: DocumentSession) -> list[pb.CollaborationEvent]:
+            await session.joined.wait()
+            await session.local(Operation.from_edit(0, Edit(0, 0, "hello")))
+            await session.move_cursor(5)  # while "hello" is unacknowledged: not sent now
+            return await bob.events(2)
+
+        session = DocumentSession(conn, "cur", "alice", retry=RetryPolicy(retries=0), handlers=handlers)
+        edit, cursor = await session.run(work)
+        assert (edit.edit.insert_text, cursor.WhichOneof("change")) == ("hello", "cursor")
+        assert (cursor.cursor.position, cursor.revision, cursor.client_id) == (3, 1, session.replica.client_id)
 
 
 async def test_a_join_gets_a_snapshot_and_every_editor_gets_each_edit_with_its_author(conn: Connection) -> None:
@@ -248,6 +305,30 @@ async def test_documents_persist_across_a_restart(tmp_path: pathlib.Path) -> Non
         joined(conn, "kept", "bob", last_revision=2) as bob,
     ):
         assert [e.edit.insert_text for e in await bob.events(2)] == ["c", "d"]
+
+
+async def test_after_a_restart_a_change_based_before_the_snapshot_is_transformed_with_the_kept_edits(
+    tmp_path: pathlib.Path,
+) -> None:
+    settings = DocumentSettings(snapshot_every=2)
+    async with (
+        running_server(tmp_path / "data", documents=settings) as server,
+        client(server.address) as conn,
+        joined(conn, "kept", "alice", "a") as alice,
+    ):
+        await alice.events(1)
+        for n, letter in enumerate("abcd"):
+            await alice.edit(n, n, text=letter, seq=n + 1)
+            await alice.events(1)
+    # A new server opens the document from its snapshot at revision 4; the edits before it stay in the log.
+    async with running_server(tmp_path / "data", documents=settings) as server, client(server.address) as conn:
+        async with joined(conn, "kept", "bob", "b") as bob:
+            assert text_of(await bob.event()) == (4, "abcd")
+            await bob.edit(2, 1, text="X", seq=1)  # "a|b" at revision 2: "c" and "d" came after it
+            committed = await bob.event()
+            assert (committed.revision, committed.edit.position, committed.edit.insert_text) == (5, 1, "X")
+        async with joined(conn, "kept", "carol", "c") as carol:
+            assert text_of(await carol.event()) == (5, "aXbcd")
 
 
 async def test_a_user_token_edits_as_its_user_and_its_name_is_its_own(tmp_path: pathlib.Path) -> None:

@@ -41,16 +41,18 @@ def test_a_remote_edit_appears_and_the_local_cursor_stays_on_its_character(tmux:
         assert printed.out == "😀XY abc字!def\n"
 
 
-def test_another_editor_appears_by_name_and_ctrl_q_leaves(tmux: Tmux, tmp_path: pathlib.Path) -> None:
+def test_other_editors_are_named_while_they_are_there_and_ctrl_q_leaves(tmux: Tmux, tmp_path: pathlib.Path) -> None:
     with serve_process(tmp_path) as served:
         tmux.start("alice", editor(served.address, "alice"))
         tmux.wait_for("alice", "alone")
         tmux.start("bob", editor(served.address, "bob"))
-        tmux.wait_for("bob", "connected")
+        tmux.wait_for("bob", "with alice")  # told who is here on joining
+        tmux.wait_for("alice", "with bob")  # told who came
         tmux.run("send-keys", "-t", "bob", "-l", "hi")
         tmux.wait_for("alice", "hi")
-        tmux.run("send-keys", "-t", "bob", "Left")  # bob's cursor moves: alice's status bar names him
-        tmux.wait_for("alice", "with bob")
+        tmux.run("send-keys", "-t", "bob", "C-q")
+        tmux.wait_for_exit("bob")
+        tmux.wait_for("alice", "alone")  # told who left
         tmux.run("send-keys", "-t", "alice", "C-q")
         tmux.wait_for_exit("alice")
 

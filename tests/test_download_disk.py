@@ -65,7 +65,7 @@ def test_a_symlink_at_the_part_file_is_refused_not_followed(
     address, file_id = served
     (work / "report.pdf.part").symlink_to("../victim.txt")
     run = cli(address, "download", file_id, "-o", f"{work}/", resume)
-    assert run.code == ExitStatus.CONFLICT
+    assert run.code == ExitStatus.LOCAL_CONFLICT
     assert run.error_lines == [
         f"streamcli: error: {work}/report.pdf.part is a symbolic link; not following it (remove it and try again)"
     ]
@@ -78,7 +78,7 @@ def test_a_hard_link_at_the_part_file_is_refused(served: tuple[str, str], work: 
     address, file_id = served
     os.link(work.parent / "victim.txt", work / "report.pdf.part")
     run = cli(address, "download", file_id, "-o", f"{work}/")
-    assert run.code == ExitStatus.CONFLICT
+    assert run.code == ExitStatus.LOCAL_CONFLICT
     assert run.error_lines == [
         f"streamcli: error: {work}/report.pdf.part has other links (2);"
         " not writing through them (remove it and try again)"
@@ -94,7 +94,7 @@ def test_a_part_file_that_is_not_a_regular_file_is_refused(
     part = work / "report.pdf.part"
     os.mkfifo(part) if kind == "fifo" else part.mkdir()
     run = cli(address, "download", file_id, "-o", f"{work}/", "--no-resume")  # opening a FIFO must not block
-    assert run.code == ExitStatus.CONFLICT
+    assert run.code == ExitStatus.LOCAL_CONFLICT
     assert run.error_lines == [f"streamcli: error: {part} is not a regular file (remove it and try again)"]
     assert not (work / "report.pdf").exists()
 
@@ -106,7 +106,7 @@ def test_a_symlink_at_the_target_is_kept_unless_forced_then_replaced_itself(
     target = work / "report.pdf"
     target.symlink_to("../victim.txt")
     refused = cli(address, "download", file_id, "-o", str(target))
-    assert refused.code == ExitStatus.CONFLICT
+    assert refused.code == ExitStatus.LOCAL_CONFLICT
     assert refused.error_lines == [f"streamcli: error: {target} exists; pass --force to overwrite it"]
     assert not (work / "report.pdf.part").exists()  # refused before downloading anything
 
@@ -124,7 +124,7 @@ def test_a_directory_at_the_target_is_never_replaced(
     (work / "report.pdf").mkdir()
     (work / "report.pdf" / "inside").write_bytes(VICTIM)
     run = cli(address, "download", file_id, "-o", f"{work}/", *force)
-    assert run.code == ExitStatus.CONFLICT
+    assert run.code == ExitStatus.LOCAL_CONFLICT
     assert run.error_lines == [f"streamcli: error: {work}/report.pdf is a directory; not replacing it"]
     assert not (work / "report.pdf.part").exists()  # checked before downloading
     assert (work / "report.pdf" / "inside").read_bytes() == VICTIM

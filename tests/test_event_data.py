@@ -51,7 +51,13 @@ def tail_json(address: str, what: str = "events") -> list[dict[str, Any]]:
         ('{"a": {"b": -Infinity}}', "-Infinity is not a JSON number"),
         ('{"big": 1e400}', "1e400 is beyond the range of a double"),
         ("-1.5E+309", "-1.5E+309 is beyond the range of a double"),
-        ('{"huge": 1' + "0" * 400 + "}", "data holds an integer beyond the range of a double"),
+        ('{"huge": 1' + "0" * 400 + "}", "1" + "0" * 400 + " is beyond 2^53: event data numbers are doubles"),
+        ('{"i": [12345678901234567890]}', "12345678901234567890 is beyond 2^53"),
+        (
+            '{"i": -9007199254740993}',
+            "-9007199254740993 is beyond 2^53: event data numbers are doubles, which "
+            "would round it (send it as a string)",
+        ),
         ('{"huger": 1' + "0" * 5000 + "}", "an integer is beyond the range of a double"),
     ],
 )
@@ -64,7 +70,10 @@ def test_parse_json_refuses_what_json_loads_lets_through(text: str, problem: str
 
 
 def test_parse_json_reads_finite_numbers_as_json_loads_does() -> None:
-    text = '{"f": [0.5, -1e-7, 1e308, 1.7976931348623157e308, 1e-400, 2E3], "i": [0, -1, 12345678901234567890]}'
+    text = (
+        '{"f": [0.5, -1e-7, 1e308, 1.7976931348623157e308, 1e-400, 2E3], '
+        '"i": [0, -1, 9007199254740992, -9007199254740992]}'
+    )
     assert parse_json(text) == json.loads(text)
     assert parse_json(text.encode()) == json.loads(text)
     for bad in ["\ufeff{}", "{", '{"a": nan}', "[1,]"]:  # not JSON: the same error as from json.loads
@@ -80,6 +89,8 @@ def test_publish_refuses_non_finite_numbers_in_data(tmp_path: pathlib.Path) -> N
         '{"a":[Infinity]}': "--data: Infinity is not a JSON number",
         "-Infinity": "--data: -Infinity is not a JSON number",
         '{"big":1e400}': "--data: 1e400 is beyond the range of a double",
+        '{"id":9007199254740993}': "--data: 9007199254740993 is beyond 2^53: event data numbers are doubles, "
+        "which would round it (send it as a string)",
     }
     with threaded_server(tmp_path / "data") as address:
         results = {data: cli(address, "events", "publish", "-u", "a", "-t", "login", "--data", data) for data in cases}
@@ -102,6 +113,9 @@ def test_publish_refuses_non_finite_numbers_on_stdin(tmp_path: pathlib.Path) -> 
          "stdin line 3: -Infinity is not a JSON number; the 2 event(s) before it were published (ids 2-3)"),
         ('{"user_id": "a", "type": "login", "data": Infinity}\n',
          "stdin line 1: Infinity is not a JSON number; nothing was published"),
+        (good + '{"user_id": "a", "type": "login", "data": {"id": 9007199254740993}}\n',
+         "stdin line 2: 9007199254740993 is beyond 2^53: event data numbers are doubles, which would round it "
+         "(send it as a string); the 1 event(s) before it were published (ids 4-4)"),
     ]  # fmt: skip
     with threaded_server(tmp_path / "data") as address:
         results = [cli(address, "events", "publish", stdin=lines) for lines, _ in cases]
@@ -109,7 +123,7 @@ def test_publish_refuses_non_finite_numbers_on_stdin(tmp_path: pathlib.Path) -> 
     for (_, message), result in zip(cases, results, strict=True):
         assert (result.code, result.out) == (2, ""), result.err
         assert result.err.splitlines() == [f"streamcli: error: {message}"]
-    assert [(event["id"], event["data"]) for event in stored] == [(1, {"n": 1.5}), (2, {"n": 1.5}), (3, {"n": 1.5})]
+    assert [(event["id"], event["data"]) for event in stored] == [(n, {"n": 1.5}) for n in range(1, 5)]
 
 
 def _data(message: struct_pb2.Struct | struct_pb2.Value) -> AnyMessage:
@@ -203,6 +217,32 @@ def test_time_options_keep_nanoseconds_and_refuse_what_a_timestamp_cannot_hold()
     for bad in ("2026-02-30T00:00:00Z", "2026-11-24T24:00:00Z", "2026-11-24T10:00:00+05", "tomorrow", "1h"):
         with pytest.raises(UsageError, match="is not a time like 2026-11-24T10:00:00Z"):
             parse_timestamp(bad)
+
+
+def test_the_fast_reading_of_machine_written_times_agrees_with_the_general_one() -> None:
+    from streamcli.client.events import parse_time
+    from streamcli.errors import UsageError
+
+    def read(text: str) -> tuple[int, int] | str:
+        try:
+            return parse_time(text)
+        except UsageError as exc:
+            return type(exc).__name__ + ": " + exc.message.replace(repr(text.strip()), "TEXT")
+
+    # Each text in the form the fast reading takes (YYYY-MM-DDTHH:MM:SS[.digits]Z) and near misses, against the
+    # same text with surrounding spaces (which only the general, regular-expression reading takes).
+    texts = [
+        "2026-11-24T10:00:00Z", "2026-11-24T10:00:00.1Z", "2026-11-24T10:00:00.1234567891234Z",
+        "9999-12-31T23:59:59.999999999Z", "0001-01-01T00:00:00Z", "1969-12-31T23:59:59.5Z",
+        "2024-02-29T12:34:56.000001Z", "0000-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-24T24:00:00Z",
+        "2026-11-24T23:60:00Z", "2026-11-24T23:59:60Z", "2026-11-24T23:59:59.Z", "2026-W47-1T00:00:00Z",
+        "\uff12026-11-24T10:00:00Z", "2026-11-24T1a:00:00Z", "2026-11-24T10:00:00.12a3Z", "2026-11-24T10:00:00+Z",
+        "2026-11-24T10:00:00.\u0661Z", "2026-1-024T10:00:00Z",
+    ]  # fmt: skip
+    assert read("2026-11-24T10:00:00.1Z") == (1_795_514_400, 100_000_000)
+    assert read("2026-02-30T00:00:00Z") == "UsageError: TEXT is not a time like 2026-11-24T10:00:00Z"
+    for text in texts:
+        assert read(text) == read(f" {text} "), text
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)

@@ -335,7 +335,7 @@ async def test_a_trimmed_resume_point_is_out_of_range(tmp_path: pathlib.Path) ->
         assert "trimmed by retention" in failure.value.details()
         kept = pb.StreamUserEventsRequest(user_id="alice", resume_after_id=7, no_follow=True)
         assert [e.id for r in [r async for r in conn.stub.StreamUserEvents(kept)] for e in r.events] == [8, 9, 10]
-        with pytest.raises(ConflictError), rpc_errors(server.address):  # the CLI's exit code 9
+        with pytest.raises(ConflictError), rpc_errors(conn.settings):  # the CLI's exit code 9
             await conn.stub.StreamUserEvents(pb.StreamUserEventsRequest(user_id="alice", resume_after_id=1)).read()
 
 
@@ -523,3 +523,43 @@ def test_rfc3339_text_is_what_protobuf_prints(nanos: int) -> None:
     for seconds in (0, 1_700_000_000, 1_700_000_001, 4_000_000_000):
         stamp = Timestamp(seconds=seconds, nanos=nanos)
         assert rfc3339(stamp) == stamp.ToJsonString()
+
+
+async def test_tail_starts_with_the_last_n_matching_events_found_backwards(conn: Connection) -> None:
+    # 1,200 events, alice's every third: the last 4 of hers lie beyond one backward read step (500).
+    await publish_events(conn, [event("alice" if i % 3 == 0 else "bob") for i in range(1200)])
+    last = tail_events(conn, user_id="alice", all_users=False, types=[], since=None, options=TailOptions(False, tail=4))
+    assert [e.id for e in await collect(last)] == [1189, 1192, 1195, 1198]
+    more_than_kept = pb.StreamUserEventsRequest(user_id="alice", tail=10_000, no_follow=True)
+    ids = [e.id async for r in conn.stub.StreamUserEvents(more_than_kept) for e in r.events]
+    assert len(ids) == 400 and ids[0] == 1
+    # With a start time too: the last N after it, here fewer than N.
+    now = Timestamp()
+    now.GetCurrentTime()
+    await asyncio.sleep(0.01)
+    await publish_events(conn, [event("alice"), event("bob"), event("alice")])
+    after = pb.StreamUserEventsRequest(user_id="alice", tail=5, start_time=now, no_follow=True)
+    assert [e.id async for r in conn.stub.StreamUserEvents(after) for e in r.events] == [1201, 1203]
+
+
+async def test_end_time_ends_the_stream_at_the_first_record_after_it(conn: Connection) -> None:
+    await publish_events(conn, [event("alice"), event("alice")])
+    await asyncio.sleep(0.01)
+    middle = Timestamp()
+    middle.GetCurrentTime()
+    await asyncio.sleep(0.01)
+    await publish_events(conn, [event("alice", LOGOUT)])
+    # Following live, it still ends (OK) at the event after end_time, which it does not send.
+    following = pb.StreamUserEventsRequest(user_id="alice", start_time=epoch(), end_time=middle)
+    assert [e.id async for r in conn.stub.StreamUserEvents(following) for e in r.events] == [1, 2]
+    # A live tail whose end_time passes with nothing after it ends too; so does one with an end in the past.
+    soon = Timestamp()
+    soon.FromNanoseconds(time.time_ns() + 200_000_000)
+    live = pb.SubscribeToNotificationsRequest(recipient="alice", end_time=soon)
+    assert [n async for r in conn.stub.SubscribeToNotifications(live) for n in r.notifications] == []
+    bad = pb.StreamUserEventsRequest(user_id="alice", end_time=Timestamp(seconds=253_402_300_800))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in conn.stub.StreamUserEvents(bad):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "end_time is not a valid time" in (refused.value.details() or "")

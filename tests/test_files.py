@@ -15,8 +15,15 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection
 from streamcli.client.files import delete_file, get_file_info, list_files
 from streamcli.client.progress import NullProgress
-from streamcli.client.transfer import CHUNK_SIZE, TransferResult, download_file, upload_many, upload_path
-from streamcli.errors import ConflictError, IntegrityError, NotFoundError
+from streamcli.client.transfer import (
+    CHUNK_SIZE,
+    READS_AHEAD,
+    TransferResult,
+    download_file,
+    upload_many,
+    upload_path,
+)
+from streamcli.errors import IntegrityError, LocalFileError, NotFoundError
 from streamcli.server.app import RunningServer
 from streamcli.services.uploads import MAX_CHUNK_SIZE
 from tests.support.files import MiB, write_random
@@ -337,6 +344,24 @@ async def test_client_upload_resumes_an_interrupted_upload_of_the_same_file(
     assert result.sha256 == digest
 
 
+async def test_a_file_of_one_chunk_starts_without_asking_and_still_resumes_an_interrupted_upload(
+    conn: Connection, tmp_path: pathlib.Path
+) -> None:
+    from streamcli.client.transfer import upload_id_for
+
+    source = tmp_path / "small.bin"
+    digest = write_random(source, CHUNK_SIZE // 2)
+    content = source.read_bytes()
+    upload_id = upload_id_for(source, len(content), source.stat().st_mtime_ns, "small.bin")
+    await _interrupted_upload(conn, content, 1000, upload_id, declare_checksum=False)
+    await asyncio.sleep(0.1)
+    # The first attempt meets the interrupted upload (ALREADY_EXISTS), asks for its offset, sends the rest.
+    result = await upload_path(conn, source, NullProgress())
+    assert result.resumed_from == 1000
+    assert result.sha256 == digest
+    assert partial_files(tmp_path / "data") == []
+
+
 async def test_partial_uploads_expire(tmp_path: pathlib.Path) -> None:
     async with running_server(tmp_path / "data", upload_ttl=0.3) as server, client(server.address) as conn:
         await _interrupted_upload(conn, b"z" * 1000, 500, "expiring")
@@ -396,7 +421,7 @@ async def test_download_errors(conn: Connection, tmp_path: pathlib.Path) -> None
     assert b"".join(r.data for r in rest) == b"llo"
     assert rest[0].file.size == 5 and rest[0].file.checksum == hashlib.sha256(b"hello").hexdigest()
     (tmp_path / "data.bin").write_bytes(b"keep me")
-    with pytest.raises(ConflictError, match="exists; pass --force"):
+    with pytest.raises(LocalFileError, match="exists; pass --force"):
         await download_file(conn, response.file_id, tmp_path, NullProgress())
     await download_file(conn, response.file_id, tmp_path, NullProgress(), force=True)
     assert (tmp_path / "data.bin").read_bytes() == b"hello"
@@ -418,8 +443,9 @@ async def test_download_resumes_from_a_part_file(conn: Connection, tmp_path: pat
     # A corrupt .part fails verification, is removed, and the next run starts over.
     target.unlink()
     (tmp_path / "out.bin.part").write_bytes(b"garbage" + content[7 : 2 * CHUNK_SIZE])
-    with pytest.raises(IntegrityError, match="failed verification"):
+    with pytest.raises(IntegrityError, match="failed verification") as failed:
         await download_file(conn, response.file_id, target, NullProgress())
+    assert str(failed.value).endswith("; out.bin.part was removed: run the same command again to start over")
     assert not target.exists() and not (tmp_path / "out.bin.part").exists()
     await download_file(conn, response.file_id, target, NullProgress())
     assert target.read_bytes() == content
@@ -469,3 +495,52 @@ async def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(conn: Connec
     with pytest.raises(grpc.aio.AioRpcError) as gone:
         await conn.stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id="disk-full"))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _Writer(NullProgress):
+    """Progress that changes the file being uploaded once its first chunk is sent, as another program would."""
+
+    def __init__(self, path: pathlib.Path, change: str) -> None:
+        self.path, self.change = path, change
+
+    def advance(self, key: str, amount: int, records: int = 0) -> None:
+        if self.change == "grow":
+            with open(self.path, "ab") as handle:
+                handle.write(b"more")
+        elif self.change == "rewrite":  # the same size, other bytes, a later time
+            stat = self.path.stat()
+            with open(self.path, "r+b") as handle:  # in place: the size never changes (the client reads meanwhile)
+                handle.write(b"x" * stat.st_size)
+            os.utime(self.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        elif self.change == "shrink":
+            os.truncate(self.path, CHUNK_SIZE)
+        self.change = "done"
+
+
+#: Chunks of the changing file: more than the client reads ahead, so its last chunk is read after the change
+#: the first advance makes (a change after the last read is outside what was sent).
+CHANGING_CHUNKS = READS_AHEAD + 3
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        ("grow", f"{CHANGING_CHUNKS * CHUNK_SIZE} bytes when it started, {CHANGING_CHUNKS * CHUNK_SIZE + 4} now"),
+        ("shrink", f"{CHANGING_CHUNKS * CHUNK_SIZE} bytes when it started, {CHUNK_SIZE} now"),
+        ("rewrite", "modified since it started"),
+    ],
+)
+async def test_a_file_that_changes_while_it_uploads_is_not_stored_and_said_so(
+    conn: Connection, tmp_path: pathlib.Path, change: str, what: str
+) -> None:
+    path = tmp_path / "growing.log"
+    path.write_bytes(os.urandom(CHANGING_CHUNKS * CHUNK_SIZE))
+    with pytest.raises(LocalFileError) as changed:
+        await upload_path(conn, path, _Writer(path, change))
+    assert str(changed.value) == (
+        f"{path} changed while it was being uploaded ({what}); it was not stored: run the command again once "
+        "nothing writes to the file any more"
+    )
+    assert await list_files(conn, 10) == []
+    stored = await upload_path(conn, path, NullProgress())  # once it is stable, it uploads
+    assert stored.size == path.stat().st_size

@@ -99,6 +99,22 @@ async def test_read_is_by_position_with_limit(store: Store) -> None:
     assert await store.read("unknown", 0, 100) == []
 
 
+async def test_read_before_reads_backwards_from_a_position(store: Store) -> None:
+    await store.append("s", batch(1, 10))
+    assert [r.id for r in await store.read_before("s", 11, 3)] == [10, 9, 8]
+    assert [r.id for r in await store.read_before("s", 8, 3)] == [7, 6, 5]
+    assert [r.id for r in await store.read_before("s", 3, 100)] == [2, 1]
+    assert [r.id for r in await store.read_before("s", 10**12, 2)] == [10, 9]
+    assert [r.payload for r in await store.read_before("s", 2, 5)] == [b"payload-1"]
+    for before, limit in ((1, 5), (0, 5), (5, 0)):
+        assert await store.read_before("s", before, limit) == []
+    assert await store.read_before("unknown", 100, 5) == []
+    # Trimmed records are not read: only what is kept.
+    await store.trim("s", keep_last=4)
+    assert [r.id for r in await store.read_before("s", 11, 100)] == [10, 9, 8, 7]
+    assert await store.read_before("s", 7, 100) == []
+
+
 async def test_bounds_of_an_unknown_stream_are_empty(store: Store) -> None:
     assert await store.bounds("nothing") == LogBounds(trimmed_through=0, last_id=0)
 
@@ -463,3 +479,36 @@ async def test_batches_newest_first_by_owner_and_idle_ones(store: Store) -> None
     await store.delete_batch("y")
     assert await store.get_batch("y") is None
     assert [b.batch_id for b in await store.list_batches(10)] == ["z", "x"]
+
+
+async def test_file_ids_with_a_prefix_ascending_counted_and_access_filtered(store: Store) -> None:
+    for file_id, owner in [("abcd2", "bob"), ("abcd0", "alice"), ("abce0", "alice"), ("abcd1", "bob"), ("ab", "bob")]:
+        await store.put_file(FileRecord(file_id, f"{file_id}.txt", 1, "text/plain", "a" * 64, 1.0, owner))
+    await store.add_room_member("room", "alice")
+    await store.share_file("abcd2", "room")
+    assert await store.file_ids_with_prefix("abcd", 10) == (["abcd0", "abcd1", "abcd2"], 3)
+    assert await store.file_ids_with_prefix("abcd", 2) == (["abcd0", "abcd1"], 3)
+    assert await store.file_ids_with_prefix("ab", 10) == (["ab", "abcd0", "abcd1", "abcd2", "abce0"], 5)
+    assert await store.file_ids_with_prefix("abcd1", 10) == (["abcd1"], 1)
+    assert await store.file_ids_with_prefix("ABCD", 10) == ([], 0)
+    assert await store.file_ids_with_prefix("abcd0x", 10) == ([], 0)
+    # A user's: their own and those posted in rooms they joined (alice: not bob's abcd1).
+    assert await store.file_ids_with_prefix("abcd", 10, visible_to="alice") == (["abcd0", "abcd2"], 2)
+    assert await store.file_ids_with_prefix("abcd", 1, visible_to="alice") == (["abcd0"], 2)
+    assert await store.file_ids_with_prefix("abcd", 10, visible_to="bob") == (["abcd1", "abcd2"], 2)
+    assert await store.file_ids_with_prefix("abcd", 10, visible_to="carol") == ([], 0)
+    await store.delete_file("abcd0")
+    assert await store.file_ids_with_prefix("abcd", 10, visible_to="alice") == (["abcd2"], 1)
+    assert await store.file_ids_with_prefix("abcd", 10) == (["abcd1", "abcd2"], 2)
+
+
+async def test_batch_ids_with_a_prefix_ascending_counted_and_by_owner(store: Store) -> None:
+    for batch_id, owner in [("bob/r2", "bob"), ("alice/r1", "alice"), ("alice/r2", "alice"), ("alice/s", "alice")]:
+        await store.put_batch(BatchRecord(batch_id, owner, "src", 1.0, 1.0, 0.0, b""))
+    assert await store.batch_ids_with_prefix("alice/r", 10) == (["alice/r1", "alice/r2"], 2)
+    assert await store.batch_ids_with_prefix("alice/", 1) == (["alice/r1"], 3)
+    assert await store.batch_ids_with_prefix("alice/", 10, owner="alice") == (["alice/r1", "alice/r2", "alice/s"], 3)
+    assert await store.batch_ids_with_prefix("alice/", 10, owner="bob") == ([], 0)
+    assert await store.batch_ids_with_prefix("bob/", 10, owner="bob") == (["bob/r2"], 1)
+    await store.delete_batch("alice/r1")
+    assert await store.batch_ids_with_prefix("alice/r", 10, owner="alice") == (["alice/r2"], 1)

@@ -3,6 +3,7 @@ series identity, refusals, cardinality limits, resumable pushes, windows and acc
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pathlib
 import time
@@ -222,3 +223,71 @@ async def test_a_user_token_sees_only_its_own_series(tmp_path: pathlib.Path) -> 
         await collect(conn, [pb.CollectMetricsRequest(push_id="p", metrics=[sample("x", 1.0)])], alice)
         reply = await collect(conn, [pb.CollectMetricsRequest(push_id="p")], bob)
         assert reply.next_index == 0
+
+
+async def test_a_trend_counts_each_step_of_whole_minutes(conn: Connection) -> None:
+    first = int(time.time()) // 60 - 9  # ten minutes back, the current one included
+    at = [first * 60 + 5] * 100 + [(first + 4) * 60 + 59] + [(first + 8) * 60] * 2
+    values = [float(v) for v in range(1, 101)] + [10.0, 4.0, 6.0]
+    await collect(
+        conn, [pb.CollectMetricsRequest(metrics=[sample("lat", v, s) for v, s in zip(values, at, strict=True)])]
+    )
+    [windowed] = await series(conn, since=Timestamp(seconds=first * 60 + 30), trend_points=10)
+    steps = windowed.trend  # (ten steps of a minute; eleven if the minute turned since `first` was taken)
+    assert [p.minutes for p in steps] == [1] * len(steps) and len(steps) in (10, 11)
+    assert steps[0].start.seconds == first * 60  # (the minute `since` falls in counts whole)
+    assert [p.count for p in steps[:9]] == [100, 0, 0, 0, 1, 0, 0, 0, 2]
+    assert math.isclose(steps[0].p50, 50.0, rel_tol=0.01) and math.isclose(steps[0].p99, 99.0, rel_tol=0.01)
+    assert (steps[1].p50, steps[1].p99) == (0.0, 0.0)
+    assert math.isclose(steps[4].p50, 10.0, rel_tol=0.01)
+    # Without since: from the series' first minute kept; fewer points than minutes make longer steps.
+    [whole] = await series(conn, trend_points=3)
+    assert [p.minutes for p in whole.trend] == [4] * len(whole.trend) and len(whole.trend) == 3
+    assert whole.trend[0].start.seconds == first * 60
+    assert [p.count for p in whole.trend][:2] == [100, 1] and whole.count == 103
+    [plain] = await series(conn)
+    assert not plain.trend
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await series(conn, trend_points=metrics.MAX_TREND_POINTS + 1)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trend_points" in (
+        failure.value.details() or ""
+    )
+
+
+async def test_per_minute_sketches_expire_after_the_retention_and_all_time_ones_stay(tmp_path: pathlib.Path) -> None:
+    now = int(time.time())
+    async with (
+        running_server(tmp_path / "data", metric_retention=3600.0, housekeeping_interval=0.05) as server,
+        client(server.address) as conn,
+    ):
+        samples = [sample("disk", 7.0, now - 7200), sample("disk", 1.0, now - 600), sample("disk", 3.0, now - 540)]
+        await collect(conn, [pb.CollectMetricsRequest(metrics=samples)])
+        # A --since beyond the retention counts from the oldest minute kept, and says so.
+        answer = await conn.stub.ListMetricSeries(pb.ListMetricSeriesRequest(since=Timestamp(seconds=now - 10_800)))
+        [window] = answer.series
+        assert (window.count, window.max) == (2, 3.0)
+        assert answer.HasField("kept_since") and now - 3700 <= answer.kept_since.seconds <= now - 3500
+        inside = await conn.stub.ListMetricSeries(pb.ListMetricSeriesRequest(since=Timestamp(seconds=now - 1800)))
+        assert not inside.HasField("kept_since") and inside.series[0].count == 2
+        # Housekeeping deletes the minute older than the retention; the all-time aggregate keeps its sample.
+        [series_id] = [s.series_id for s in await server.backend.metrics.metric_series()]
+        deadline = time.monotonic() + 30
+        while (await server.backend.metrics.stored_metrics([series_id], 0))[series_id].minutes[0] < now // 60 - 60:
+            assert time.monotonic() < deadline, "the old minute was never deleted"
+            await asyncio.sleep(0.05)
+        assert [
+            m - now // 60 for m in (await server.backend.metrics.stored_metrics([series_id], 0))[series_id].minutes
+        ] == [
+            (now - 600) // 60 - now // 60,
+            (now - 540) // 60 - now // 60,
+        ]
+        [whole] = await series(conn)
+        assert (whole.count, whole.max) == (3, 7.0)
+
+
+def test_serve_refuses_a_metric_retention_under_a_minute(tmp_path: pathlib.Path) -> None:
+    from streamcli.errors import UsageError
+    from streamcli.server.app import ServerConfig
+
+    with pytest.raises(UsageError, match="--metric-retention"):
+        ServerConfig(data_dir=tmp_path, metric_retention=30.0).validate()

@@ -209,3 +209,63 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+def test_the_trend_picture_draws_p50_p99_and_count_per_step() -> None:
+    import io
+
+    from rich.console import Console
+
+    from streamcli.client.metrics import SeriesSummary, TrendPoint
+    from streamcli.ui.metrics import has_trend, sparkline, trend
+
+    assert sparkline([1.0, None, 8.0, 4.5]) == "▁ █▅"
+    assert sparkline([2.0, 2.0]) == "▄▄" and sparkline([None]) == " "
+    points = [
+        TrendPoint("2026-11-30T10:00:00Z", 5, 10, 1.0, 2.0),
+        TrendPoint("2026-11-30T10:05:00Z", 5, 0, 0.0, 0.0),
+        TrendPoint("2026-11-30T10:10:00Z", 5, 30, 8.0, 16.0),
+    ]
+    series = SeriesSummary("rtt", (("host", "a"),), "", False, 40, 1, 20, 200, 5, 6, 9, 15, "", (), tuple(points))
+    assert has_trend(series) and not has_trend(dataclasses_replace(series, trend=tuple(points[:2])))
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(trend(series))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == 'trend of rtt{host="a"}, 2026-11-30T10:00:00Z to 2026-11-30T10:15:00Z, 5m a character'
+    assert [line.split() for line in lines[1:]] == [
+        ["p50", "▁", "█", "1", "-", "8"],
+        ["p99", "▁", "█", "2", "-", "16"],
+        ["count", "▁", "█", "10", "-", "30"],
+    ]
+    assert "▁ █" in lines[1]  # (the step without samples is a blank)
+    assert series.to_json()["trend"][2] == {
+        "start": "2026-11-30T10:10:00Z", "minutes": 5, "count": 30, "p50": 8.0, "p99": 16.0
+    }  # fmt: skip
+    assert "trend" not in dataclasses_replace(series, trend=()).to_json()
+
+
+def dataclasses_replace(series: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(series, **changes)
+
+
+def test_show_draws_the_trend_of_a_series_with_samples_in_several_minutes(address: str, tmp_path: pathlib.Path) -> None:
+    now = int(time.time())
+    lines = [{"name": "q", "value": float(v), "timestamp": now - 60 * back} for back in (30, 20, 10) for v in range(5)]
+    assert cli(address, "metrics", "push", str(write_ndjson(tmp_path / "q.ndjson", lines))).code == 0
+    run = cli(address, "metrics", "show", "q", "--since", "1h")
+    assert run.code == 0, run.err
+    # (The hour and its first minute in 31 steps of 2 minutes: the picture's title may wrap.)
+    assert "trend of q, " in run.out and "2m a" in run.out and "no samples" not in run.out
+    [counts] = [line.split() for line in run.out.splitlines() if line.split()[:1] == ["count"]]
+    assert counts == ["count", "▄", "▄", "▄", "5", "-", "5"]
+    plain = cli(address, "metrics", "show", "q", "--no-trend")
+    assert plain.code == 0 and "trend of" not in plain.out and "distribution of q" in plain.out
+    [record] = [
+        json.loads(line) for line in cli(address, "--json", "metrics", "show", "q", "--since", "1h").out.splitlines()
+    ]
+    assert sum(point["count"] for point in record["trend"]) == 15
+    # A --since beyond what the server keeps per minute is said on stderr (the default keeps 30 days).
+    old = cli(address, "metrics", "show", "q", "--since", "40d")
+    assert old.code == 0 and "keeps per-minute aggregates since" in old.err

@@ -14,7 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamcli.collab_sync import Committed, Outgoing, Replica, Sequencer, TrimmedHistory, change_of
-from streamcli.ot import Edit, InvalidEdit, Operation, apply_edits, compose, transform
+from streamcli.ot import (
+    Edit,
+    InvalidEdit,
+    Operation,
+    apply_edits,
+    compose,
+    transform,
+    transform_cursor,
+    transform_edit,
+)
 
 # Code points of every width: ASCII, Latin with a combining accent, CJK, an emoji outside the BMP.
 ALPHABET = st.sampled_from(["a", "b", "é", "\u0301", "字", "😀", " ", "\n"])
@@ -66,6 +75,37 @@ def test_ties_put_the_first_operation_first() -> None:
     b = Operation.from_edit(2, Edit(1, 0, "B"))
     a2, b2 = transform(a, b)
     assert b2.apply(a.apply("xy")) == a2.apply(b.apply("xy")) == "xABy"
+
+
+def test_the_constant_time_edit_transform_agrees_with_the_operations_on_every_small_case() -> None:
+    """Every pair of single edits on documents of up to 5 code points: transform_edit gives the operation
+    transform's result (or says it splits, exactly when it does); transform_cursor moves cursors as
+    transform_position does."""
+    splits = 0
+    for length in range(6):
+        edits = [Edit(p, d, t) for p in range(length + 1) for d in range(length - p + 1) for t in ("", "x", "yz")]
+        for a in edits:
+            after = length + len(a.insert_text) - a.delete_count
+            for b in edits:
+                expected = transform(Operation.from_edit(length, a), Operation.from_edit(length, b))[1]
+                moved = transform_edit(a, b)
+                if moved is None:
+                    splits += 1
+                    assert len(expected.edits()) == 2, (a, b)
+                else:
+                    assert Operation.from_edit(after, moved) == expected, (a, b, moved)
+            for cursor in range(length + 1):
+                assert transform_cursor(a, cursor) == Operation.from_edit(length, a).transform_position(cursor)
+    assert splits > 0  # the split case was met
+
+
+def test_a_rebase_through_a_split_goes_on_with_the_operations() -> None:
+    seq = Sequencer("abcdef")
+    seq.commit(seq.rebase(0, [Edit(3, 0, "XY")]), "a", 1)  # abcXYdef
+    seq.commit(seq.rebase(1, [Edit(0, 1, "")]), "a", 2)  # bcXYdef
+    # Made on revision 0: delete "bcde" (around the insertion), then insert "!" at 0 (typed after).
+    op = seq.rebase(0, [Edit(1, 4, "!")])
+    assert op.apply(seq.text) == "!XYf"
 
 
 def test_invalid_edits_are_refused() -> None:

@@ -147,6 +147,11 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.OK: "any room id is a question with an answer (no members)",
         Code.INVALID_ARGUMENT: _UNDECODABLE,
     },
+    "StreamRoomMessages": {
+        Code.OK: "no_follow: the history was replayed (any valid room id: rooms are open), or end_time passed",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (a bad room id, a start time in the future, an invalid end time)",
+        Code.OUT_OF_RANGE: "resume_after_id beyond the end of the room's log (or trimmed by retention)",
+    },
     "ListBatches": {
         Code.OK: "a page (maybe empty)",
         Code.INVALID_ARGUMENT: _UNDECODABLE + " (page_size outside 0-1000, a page_token not from the server)",
@@ -164,6 +169,10 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.OK: "the batch's records were sent",
         Code.INVALID_ARGUMENT: _UNDECODABLE + " (not a batch id)",
         Code.NOT_FOUND: "no such batch",
+    },
+    "ResolveIds": {
+        Code.OK: "the ids the caller may list that begin with the prefix (maybe none)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE + " (kind unset or unknown, limit over 100, a prefix under 4 characters)",
     },
     "Health/Check": {
         Code.OK: "a service the server knows",
@@ -183,7 +192,7 @@ ALLOWED: dict[str, dict[Code, str]] = {
 
 #: Streams that follow live and never end by themselves: the test reads a few responses and cancels.
 #: For these only, CANCELLED (by the test) and DEADLINE_EXCEEDED (the test's bound) are allowed too.
-LIVE = {"StreamUserEvents": 3, "SubscribeToNotifications": 3, "Health/Watch": 1}
+LIVE = {"StreamUserEvents": 3, "SubscribeToNotifications": 3, "StreamRoomMessages": 3, "Health/Watch": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,6 +566,17 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
         optional_timestamps(),
         st.booleans(),
     ),
+    "StreamRoomMessages": st.builds(
+        lambda room, resume, start, no_follow, tail, end: pb.StreamRoomMessagesRequest(
+            room_id=room, resume_after_id=resume, start_time=start, no_follow=no_follow, tail=tail, end_time=end
+        ),
+        mostly(["lobby", "props"], names()),
+        st.sampled_from(LOG_IDS),
+        optional_timestamps(),
+        st.booleans(),
+        st.sampled_from([0, 1, 10, 2**32 - 1]),
+        optional_timestamps(),
+    ),
     "DownloadFile": st.builds(
         lambda file_id, offset: pb.DownloadFileRequest(file_id=file_id, offset=offset),
         _file_ids(),
@@ -674,6 +694,12 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
     "ReadBatchRecords": st.builds(lambda b: pb.ReadBatchRecordsRequest(batch_id=b), mostly(BATCH_IDS, ps.texts())),
     "GetUploadStatus": st.builds(lambda u: pb.GetUploadStatusRequest(upload_id=u), st.sampled_from(UPLOAD_IDS)),
     "GetFileInfo": st.builds(lambda f: pb.GetFileInfoRequest(file_id=f), _file_ids()),
+    "ResolveIds": st.builds(
+        lambda kind, prefix, limit: pb.ResolveIdsRequest(kind=kind, prefix=prefix, limit=limit),
+        st.sampled_from([pb.ID_KIND_FILE, pb.ID_KIND_BATCH, 0, 7]),
+        mostly(["", "abc", "abcd", "alice/", "alice/abcd", "\U0010ffff" * 4, "a" * 600], ps.texts()),
+        st.sampled_from([0, 1, 100, 101, 2**32 - 1]),
+    ),
     "ListFiles": st.builds(
         lambda size, token: pb.ListFilesRequest(page_size=size, page_token=token),
         st.sampled_from([0, 1, 2, 1000, 1001, -1, -(2**31), 2**31 - 1]),
@@ -782,6 +808,10 @@ REGRESSIONS: dict[str, list[list[Item]]] = {
     ],
     "SubscribeToNotifications": [
         [pb.SubscribeToNotificationsRequest(recipient="*", no_follow=True, start_time=_timestamp(-(2**63)))],
+        [pb.SubscribeToNotificationsRequest(recipient="*", no_follow=True, end_time=_timestamp(0, -1))],
+    ],
+    "StreamRoomMessages": [
+        [pb.StreamRoomMessagesRequest(room_id="lobby", tail=2**32 - 1, end_time=_timestamp(253_402_300_800))],
     ],
     # Page tokens that str.isdigit() accepts and SQLite (beyond int64) or int() (not ASCII) do not:
     # the call ended UNKNOWN.

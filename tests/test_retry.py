@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from streamcli.client.retry import Attempts, RetryPolicy
+from streamcli.client.settings import ConnectionSettings
 from streamcli.errors import StreamcliError, UnavailableError
 
 FAST = RetryPolicy(retries=2, initial_delay=0.001, max_delay=0.001)
@@ -30,7 +31,9 @@ async def test_a_failure_not_worth_retrying_is_raised_at_once() -> None:
 async def test_out_of_retries_the_error_says_how_many_and_how_to_go_on() -> None:
     told: list[str] = []
     policy = RetryPolicy(retries=2, initial_delay=0.001, max_delay=0.001, notice=told.append)
-    attempts = Attempts(policy, "upload of a", hint="run the same command again", address="127.0.0.1:9")
+    attempts = Attempts(
+        policy, "upload of a", hint="run the same command again", settings=ConnectionSettings(address="127.0.0.1:9")
+    )
     await attempts.failed(failure())
     await attempts.failed(failure())
     with pytest.raises(StreamcliError) as raised:

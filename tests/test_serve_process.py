@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 import signal
+import subprocess
+import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.inprocess import cli
-from tests.support.servers import serve_process
+from tests.support.servers import clean_env, serve_process
 from tests.support.threaded import threaded_server
 
 
@@ -115,3 +118,26 @@ def test_a_data_dir_serves_one_server_at_a_time(tmp_path: pathlib.Path) -> None:
     assert _stderr_lines(result.err) == [
         f"streamcli: error: data dir {tmp_path / 'data'} is in use by another streamcli serve"
     ]
+
+
+def test_ready_file_and_json_start_up_line_give_the_bound_port(tmp_path: pathlib.Path) -> None:
+    """A subprocess: ``streamcli serve`` running, then stopped by a signal, is what is under test."""
+    ready = tmp_path / "ready.json"
+    command = [sys.executable, "-m", "streamcli", "--json", "serve", "--address", "127.0.0.1:0"]
+    command += ["--data-dir", str(tmp_path / "data"), "--ready-file", str(ready)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        assert server.stdout is not None
+        line = json.loads(server.stdout.readline())  # printed once serving
+        written = json.loads(ready.read_text())  # renamed into place before the line was printed
+        assert line == written
+        assert (line["host"], line["address"]) == ("127.0.0.1", f"127.0.0.1:{line['port']}")
+        assert line["port"] > 0
+        health = cli(line["address"], "health")
+        assert (health.code, health.out) == (0, "SERVING\n")
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ready")] == []  # no temporary left
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+    assert server.returncode == 0
+    assert not ready.exists()  # a stopped server is not ready

@@ -7,13 +7,14 @@ import pathlib
 
 import grpc
 import pytest
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from streamcli.client.connection import connect
 from streamcli.client.health import check_health
 from streamcli.client.settings import ConnectionSettings
-from streamcli.errors import AuthError, UnavailableError, UsageError
+from streamcli.errors import AuthError, UsageError
 from streamcli.server.app import RunningServer, ServerConfig, start_server
 from tests.support.certs import make_pki
 from tests.support.rpc import METHODS, invoke, kind
@@ -31,11 +32,15 @@ NINE_RPCS = {
     "ProcessLiveData": "stream_stream",
 }
 ONE_PER_KIND = {kind(m): m for m in METHODS}
+CONTRACT = "streaming/v1/streaming_service.proto"  # its path in the contract, under proto/
 
 
 async def health(settings: ConnectionSettings, service: str = "", timeout: float = 5.0) -> str:
     async with connect(settings) as conn:
-        return await check_health(conn, service, timeout)
+        report = await check_health(conn, service, timeout)
+    if report.error is not None:  # the server did not answer: UNREACHABLE, and why
+        raise report.error
+    return report.status
 
 
 def test_contract_has_the_nine_rpcs_of_the_specification_with_their_kinds() -> None:
@@ -64,6 +69,28 @@ async def test_reflection_lists_the_service_and_describes_it(server: RunningServ
     names = {s.name for s in responses[0].list_services_response.service}
     assert {"streaming.v1.StreamingService", "grpc.health.v1.Health"} <= names
     assert responses[1].file_descriptor_response.file_descriptor_proto
+
+
+async def test_reflection_serves_the_contract_under_its_path_with_its_comments(server: RunningServer) -> None:
+    async with client(server.address) as conn:
+        stub = reflection_pb2_grpc.ServerReflectionStub(conn.channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="streaming.v1.StreamingService"),
+            reflection_pb2.ServerReflectionRequest(file_by_filename=CONTRACT),
+            reflection_pb2.ServerReflectionRequest(file_by_filename="streamcli/_proto/" + CONTRACT),
+        ]
+        responses = [r async for r in stub.ServerReflectionInfo(iter(requests))]
+    for response in responses[:2]:
+        files = {
+            f.name: f
+            for f in map(FileDescriptorProto.FromString, response.file_descriptor_response.file_descriptor_proto)
+        }
+        assert "google/protobuf/timestamp.proto" in files  # the dependencies still come along
+        comments = [location.leading_comments for location in files[CONTRACT].source_code_info.location]
+        # The service's own comment and an RPC's framing rule, as the proto writes them.
+        assert any("offers the four kinds of gRPC methods" in c for c in comments), comments[:5]
+        assert any("the first message carries the metadata" in c for c in comments)
+    assert responses[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 @pytest.mark.parametrize("rpc_kind", sorted(ONE_PER_KIND))
@@ -119,8 +146,8 @@ async def test_tls_round_trip_with_a_generated_certificate(tmp_path: pathlib.Pat
     async with running_server(tmp_path / "data", tls_cert=server_cert.cert, tls_key=server_cert.key) as server:
         address = server.address.replace("127.0.0.1", "localhost")
         assert await health(ConnectionSettings(address=address, ca_cert=ca.cert)) == "SERVING"
-        # A plaintext client cannot talk to a TLS server.
-        with pytest.raises(UnavailableError):
+        # A plaintext client cannot talk to a TLS server, and is told so (a configuration error).
+        with pytest.raises(UsageError, match="TLS/plaintext mismatch"):
             await health(ConnectionSettings(address=server.address), timeout=2)
 
 
@@ -130,7 +157,7 @@ async def test_mutual_tls_requires_a_client_certificate(tmp_path: pathlib.Path) 
         tmp_path / "data", tls_cert=server_cert.cert, tls_key=server_cert.key, tls_client_ca=ca.cert
     ) as server:
         address = server.address.replace("127.0.0.1", "localhost")
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UsageError, match="requires a client certificate"):
             await health(ConnectionSettings(address=address, ca_cert=ca.cert), timeout=2)
         settings = ConnectionSettings(
             address=address, ca_cert=ca.cert, client_cert=client_cert.cert, client_key=client_cert.key
@@ -238,7 +265,7 @@ def test_the_binding_of_rpcs_is_checked_against_the_contract_at_start_up() -> No
 
     class Rest:
         RPCS = ("PublishEvents", "StreamUserEvents", "SendNotification", "SubscribeToNotifications", "Chat",
-                "ListRoomMembers")  # fmt: skip
+                "ListRoomMembers", "StreamRoomMessages")  # fmt: skip
 
         def __getattr__(self, name: str) -> object:
             if name in self.RPCS:
@@ -255,7 +282,7 @@ def test_the_binding_of_rpcs_is_checked_against_the_contract_at_start_up() -> No
         RPCS = ("ProcessLiveData",)
 
     class Collab(Files):
-        RPCS = ("Collaborate", "ListDocuments")
+        RPCS = ("Collaborate", "ListDocuments", "ResolveIds")
 
     assert (
         set(bind([Files(), Rest(), Batches(), Metrics(), Processing(), Collab()]))

@@ -232,7 +232,7 @@ def test_since_far_back_is_everything_and_a_bad_since_is_a_usage_error(tmp_path:
     future = cli("127.0.0.1:1", "tail", "events", "--all-users", "--since", "2999-01-01T00:00:00Z")
     beyond = cli("127.0.0.1:1", "tail", "events", "--all-users", "--since", "0001-01-01T00:00:00+01:00")
     two_units = cli("127.0.0.1:1", "tail", "events", "--all-users", "--since", "1h30m")
-    nothing = cli("127.0.0.1:1", "tail", "notifications", "--user", "a", "--no-follow")
+    until = cli("127.0.0.1:1", "tail", "events", "--all-users", "--until", "tomorrow")
     assert everything.code == 0, everything.err
     assert [json.loads(line)["id"] for line in everything.out.splitlines()] == [1]
     assert (future.code, future.err) == (
@@ -248,9 +248,9 @@ def test_since_far_back_is_everything_and_a_bad_since_is_a_usage_error(tmp_path:
         "streamcli: error: --since '1h30m' is not a duration or a time: use one unit (90m, 2h, 7d) or a time like "
         "2026-11-24T10:00:00Z\n",
     )
-    assert (nothing.code, nothing.err) == (
+    assert (until.code, until.err) == (
         2,
-        "streamcli: error: --no-follow prints history and exits: give --since too, e.g. --since 1h\n",
+        "streamcli: error: --until 'tomorrow' is not a time like 2026-11-24T10:00:00Z\n",
     )
 
 
@@ -366,3 +366,50 @@ def test_publish_refused_by_the_server_midway_exits_5_saying_what_was_stored(tmp
         "the first 2 events of this stream were stored (ids 1-2), none after them\n"
     )
     assert [json.loads(line)["user_id"] for line in history.out.splitlines()] == ["a", "b"]
+
+
+def test_no_follow_prints_the_whole_log_and_tail_n_the_last_n(tmp_path: pathlib.Path) -> None:
+    with threaded_server(tmp_path / "data") as address:
+        publish(address, *({"user_id": "a" if i % 2 else "b", "type": "login"} for i in range(10)))
+        cli(address, "notify", "send", "--to", "a", "--topic", "t", "--title", "one")
+        cli(address, "notify", "send", "--to", "a", "--topic", "t", "--title", "two")
+        everything = cli(address, "--json", "tail", "events", "--all-users", "--no-follow")
+        last = cli(address, "--json", "tail", "events", "--user", "a", "--tail", "2", "--no-follow")
+        none = cli(address, "--json", "tail", "events", "--user", "a", "--tail", "0", "--no-follow")
+        last_note = cli(address, "--json", "tail", "notifications", "--user", "a", "--tail", "1", "--no-follow")
+        # --until: stop at the first record after it (the far past: nothing; the far future: everything).
+        before = cli(address, "--json", "tail", "events", "--all-users", "--no-follow", "--until", "1971-01-01")
+        until_future = cli(address, "--json", "tail", "events", "-u", "b", "--no-follow", "--until", "2999-01-01")
+    assert everything.code == 0, everything.err
+    assert [json.loads(line)["id"] for line in everything.out.splitlines()] == list(range(1, 11))
+    assert last.code == 0, last.err
+    assert [json.loads(line)["id"] for line in last.out.splitlines()] == [8, 10]
+    assert (none.code, none.out) == (0, "")
+    assert [json.loads(line)["title"] for line in last_note.out.splitlines()] == ["two"]
+    assert (before.code, before.out) == (0, "")
+    assert [json.loads(line)["id"] for line in until_future.out.splitlines()] == [1, 3, 5, 7, 9]
+
+
+def test_tail_chat_reads_a_room_without_joining_it(tmp_path: pathlib.Path) -> None:
+    with threaded_server(tmp_path / "data") as address:
+        said = cli(address, "chat", "--room", "ops", "--user", "ci", stdin="deploy started\ndeploy done\n")
+        history = cli(address, "--json", "tail", "chat", "ops", "--no-follow")
+        human = cli(address, "tail", "chat", "ops", "--tail", "2", "--no-follow")
+        again = cli(address, "--json", "tail", "chat", "ops", "--since", "1h", "--no-follow")
+        bad = cli(address, "tail", "chat", "no room!", "--no-follow")
+    assert said.code == 0, said.err
+    assert history.code == 0, history.err
+    messages = [json.loads(line) for line in history.out.splitlines()]
+    assert [(m["user_id"], m["type"], m["content"]) for m in messages] == [
+        ("system", "system", "ci joined"),
+        ("ci", "text", "deploy started"),
+        ("ci", "text", "deploy done"),
+        ("system", "system", "ci left"),
+    ]
+    assert set(messages[0]) == {"id", "room_id", "user_id", "type", "content", "file_id", "timestamp"}
+    lines = human.out.splitlines()
+    assert human.code == 0 and len(lines) == 2
+    assert "ci" in lines[0] and lines[0].endswith("deploy done") and lines[1].endswith("-- ci left")
+    # Reading the room added nothing to it: no join or leave of the readers.
+    assert again.out == history.out
+    assert bad.code == 5 and "room_id must be" in bad.err

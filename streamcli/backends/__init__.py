@@ -35,9 +35,10 @@ def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
         raise UsageError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     from streamcli.backends.blobs import DirectoryBlobStore
     from streamcli.backends.sqlite import DatabaseInUseError, SqliteStore
+    from streamcli.private_files import private_dir
 
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)  # 0700: everyone's events, messages and files are in it
         blobs = DirectoryBlobStore(data_dir / "blobs")  # first: it holds nothing open on failure
         store = SqliteStore(data_dir / "streamcli.db")
     except DatabaseInUseError:

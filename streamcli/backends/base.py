@@ -168,6 +168,10 @@ class LogStore(Protocol):
         """
         ...
 
+    async def read_before(self, stream: str, before_id: int, limit: int) -> list[LogRecord]:
+        """Return up to ``limit`` kept records with ids below ``before_id``, newest first (reading a log backwards)."""
+        ...
+
     async def bounds(self, stream: str) -> LogBounds:
         """Return the stream's current bounds."""
         ...
@@ -287,6 +291,13 @@ class MetadataStore(Protocol):
         """Batches newest first (by creation); with ``owner``, only that user's."""
         ...
 
+    async def batch_ids_with_prefix(
+        self, prefix: str, limit: int, *, owner: str | None = None
+    ) -> tuple[list[str], int]:
+        """The ids of the batches that begin with ``prefix``, ascending, at most ``limit``, and how many there
+        are; with ``owner``, only that user's."""
+        ...
+
     async def delete_batch(self, batch_id: str) -> None:
         """Forget a batch (idempotent; its log stream is dropped separately)."""
         ...
@@ -305,6 +316,13 @@ class MetadataStore(Protocol):
 
     async def list_files(self, limit: int, offset: int = 0, *, visible_to: str | None = None) -> list[FileRecord]:
         """Files newest first; with ``visible_to``, only those that user may see (``file_visible_to``)."""
+        ...
+
+    async def file_ids_with_prefix(
+        self, prefix: str, limit: int, *, visible_to: str | None = None
+    ) -> tuple[list[str], int]:
+        """The ids of the files that begin with ``prefix``, ascending, at most ``limit``, and how many there
+        are; with ``visible_to``, only those that user may see (``file_visible_to``)."""
         ...
 
     async def file_visible_to(self, record: FileRecord, user: str) -> bool:
@@ -375,10 +393,12 @@ class PushMark:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoredMetric:
-    """A series' stored aggregates: all time (one), or one per minute since a time; when it last changed."""
+    """A series' stored aggregates: all time (one), or one per minute since a time, oldest first, with the
+    minute of each in ``minutes``; when it last changed."""
 
     updated_at: float
     aggregates: tuple[bytes, ...]
+    minutes: tuple[int, ...] = ()  # (seconds since the epoch // 60) of each aggregate, when per minute
 
 
 class MetricStore(Protocol):
@@ -409,6 +429,11 @@ class MetricStore(Protocol):
 
     async def forget_pushes(self, before: float) -> int:
         """Forget the pushes last sent to before ``before`` (seconds since the epoch); returns how many."""
+        ...
+
+    async def forget_metric_minutes(self, before_minute: int) -> int:
+        """Forget the per-minute aggregates of minutes before ``before_minute`` (the all-time ones stay);
+        returns how many."""
         ...
 
 

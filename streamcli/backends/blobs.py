@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import threading
+
+from streamcli.private_files import private_dir
 
 #: What an id must look like to be used as a file name.
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -32,8 +35,9 @@ class DirectoryBlobStore:
     def __init__(self, root: pathlib.Path) -> None:
         self._files = root / "files"
         self._partial = root / "partial"
-        self._files.mkdir(parents=True, exist_ok=True)
-        self._partial.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self._files, self._partial):
+            private_dir(directory)  # 0700; the files in them are created 0600 (uploads.py), renamed as they are
+        self._files_sync = DirectorySync(self._files)
 
     def partial_path(self, upload_id: str) -> pathlib.Path:
         return self._partial / check_id(upload_id)
@@ -47,12 +51,7 @@ class DirectoryBlobStore:
         with open(source, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(source, target)
-        # Make the rename itself durable.
-        directory = os.open(self._files, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        self._files_sync.sync()  # make the rename itself durable
         return target
 
     def discard_partial(self, upload_id: str) -> int:
@@ -71,6 +70,38 @@ class DirectoryBlobStore:
                     except FileNotFoundError:
                         continue  # removed while we were counting
         return total
+
+
+class DirectorySync:
+    """fsync of a directory for many threads at once: one fsync makes every rename done before it started durable.
+
+    Group commit: a caller whose rename an fsync already covers (one that started after the caller asked)
+    returns without one of its own, so that uploads committed together share the directory's fsync.
+    """
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()  # guards the counters
+        self._syncing = threading.Lock()  # one fsync at a time
+        self._asked = 0  # requests so far
+        self._covered = 0  # requests that a finished fsync started after
+
+    def sync(self) -> None:
+        """Return once an fsync of the directory that started after this call has finished."""
+        with self._lock:
+            self._asked += 1
+            ticket = self._asked
+        with self._syncing:
+            if self._covered >= ticket:
+                return
+            with self._lock:
+                covers = self._asked
+            directory = os.open(self._directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self._covered = covers
 
 
 def _remove(path: pathlib.Path) -> int:

@@ -150,6 +150,13 @@ class RedisLog:
             raise TrimmedError(stream, after_id, trimmed_through)
         return [_record(entry) for entry in entries[0]] if entries else []
 
+    async def read_before(self, stream: str, before_id: int, limit: int) -> list[LogRecord]:
+        if limit <= 0 or before_id <= 1:
+            return []
+        log = _key(b"log", stream)
+        entries = await self._redis.xrevrange(log, max=f"{before_id - 1}-0", min="-", count=limit)
+        return [_record(entry) for entry in entries]
+
     async def bounds(self, stream: str) -> LogBounds:
         trimmed, last = await self._redis.hmget(_key(b"head", stream), ["trimmed_through", "last_id"])
         return LogBounds(int(trimmed or 0), int(last or 0))

@@ -3,9 +3,11 @@
 A record is a hash (``file:ID``, ``upload:ID``, ``batch:ID``); sorted sets order them: ``files`` and
 ``batches`` by minus the creation time (Redis orders equal scores by member, so ``ZRANGE`` gives newest
 first, then by id, as the embedded store's ``ORDER BY created_at DESC, id``), ``uploads`` by expiry,
-``batches:updated`` by the last update. ``content:SHA256:SIZE`` holds the ids of files with that content
-(``find_file`` checks each record, so an entry a replaced file left behind matches nothing),
-``member:USER`` the rooms a user joined and ``shared:FILE`` the rooms a file was posted in.
+``batches:updated`` by the last update; ``files:ids`` and ``batches:ids`` hold the same ids, all at
+score 0, so that ``ZRANGE BYLEX`` finds those that begin with a prefix. ``content:SHA256:SIZE`` holds
+the ids of files with that content (``find_file`` checks each record, so an entry a replaced file left
+behind matches nothing), ``member:USER`` the rooms a user joined and ``shared:FILE`` the rooms a file
+was posted in.
 """
 
 from __future__ import annotations
@@ -66,13 +68,17 @@ class RedisMetadata:
         # Any: redis-py types its replies as the union of every reply type of both its clients.
         self._redis: Any = commands
 
-    async def _records(self, keys: list[bytes], parse: Callable[[dict[bytes, bytes]], T]) -> list[T]:
-        """The records at ``keys`` in order, without those gone meanwhile."""
+    async def _hashes(self, keys: list[bytes]) -> list[dict[bytes, bytes]]:
+        """The hashes at ``keys`` in order (empty for those gone meanwhile)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)
-            found = await shielded(pipe.execute())
-        return [parse(fields) for fields in found if fields]
+            found: list[dict[bytes, bytes]] = await shielded(pipe.execute())
+        return found
+
+    async def _records(self, keys: list[bytes], parse: Callable[[dict[bytes, bytes]], T]) -> list[T]:
+        """The records at ``keys`` in order, without those gone meanwhile."""
+        return [parse(fields) for fields in await self._hashes(keys) if fields]
 
     async def _ordered(
         self, index: bytes, kind: str, parse: Callable[[dict[bytes, bytes]], T]
@@ -112,12 +118,42 @@ class RedisMetadata:
                     return found
         return found
 
+    async def _ids_with_prefix(
+        self,
+        index: bytes,
+        kind: str,
+        parse: Callable[[dict[bytes, bytes]], T],
+        prefix: str,
+        limit: int,
+        keep: Callable[[T], Awaitable[bool]] | None,
+    ) -> tuple[list[str], int]:
+        """The ids of ``index`` (a sorted set of ids, all at score 0) that begin with ``prefix`` (and whose
+        records ``keep``s): at most ``limit``, ascending, and how many there are."""
+        # Members sort by their bytes; no UTF-8 byte is 0xff, so every id that begins with the prefix sorts
+        # below the prefix followed by 0xff.
+        start, end = b"[" + prefix.encode(), b"[" + prefix.encode() + b"\xff"
+        if keep is None:
+            ids = await self._redis.zrange(index, start, end, bylex=True, offset=0, num=limit) if limit > 0 else []
+            return [i.decode() for i in ids], int(await self._redis.zlexcount(index, start, end))
+        found: list[str] = []
+        total = 0
+        while ids := await self._redis.zrange(index, start, end, bylex=True, offset=0, num=LIST_STEP):
+            rows = await self._hashes([_key(kind, i.decode()) for i in ids])
+            for member, fields in zip(ids, rows, strict=True):
+                if fields and await keep(parse(fields)):  # (a record deleted meanwhile: gone)
+                    total += 1
+                    if len(found) < limit:
+                        found.append(member.decode())
+            start = b"(" + ids[-1]
+        return found, total
+
     # --- batches ----------------------------------------------------------------------------------
 
     async def put_batch(self, record: BatchRecord) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(_key("batch", record.batch_id), mapping=_fields(record))
             pipe.zadd(PREFIX + b"batches", {record.batch_id: -record.created_at})
+            pipe.zadd(PREFIX + b"batches:ids", {record.batch_id: 0})
             pipe.zadd(PREFIX + b"batches:updated", {record.batch_id: record.updated_at})
             await shielded(pipe.execute())
 
@@ -131,10 +167,20 @@ class RedisMetadata:
 
         return await self._page(PREFIX + b"batches", "batch", _batch, limit, offset, None if owner is None else owned)
 
+    async def batch_ids_with_prefix(
+        self, prefix: str, limit: int, *, owner: str | None = None
+    ) -> tuple[list[str], int]:
+        async def owned(record: BatchRecord) -> bool:
+            return record.owner == owner
+
+        index = PREFIX + b"batches:ids"
+        return await self._ids_with_prefix(index, "batch", _batch, prefix, limit, None if owner is None else owned)
+
     async def delete_batch(self, batch_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(_key("batch", batch_id))
             pipe.zrem(PREFIX + b"batches", batch_id)
+            pipe.zrem(PREFIX + b"batches:ids", batch_id)
             pipe.zrem(PREFIX + b"batches:updated", batch_id)
             await shielded(pipe.execute())
 
@@ -148,6 +194,7 @@ class RedisMetadata:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(_key("file", record.file_id), mapping=_fields(record))
             pipe.zadd(PREFIX + b"files", {record.file_id: -record.created_at})
+            pipe.zadd(PREFIX + b"files:ids", {record.file_id: 0})
             pipe.sadd(_key("content", f"{record.sha256}:{record.size}"), record.file_id)
             await shielded(pipe.execute())
 
@@ -165,6 +212,20 @@ class RedisMetadata:
             return await self._visible(record, user, rooms)
 
         return await self._page(PREFIX + b"files", "file", _file, limit, offset, visible)
+
+    async def file_ids_with_prefix(
+        self, prefix: str, limit: int, *, visible_to: str | None = None
+    ) -> tuple[list[str], int]:
+        index = PREFIX + b"files:ids"
+        if visible_to is None:
+            return await self._ids_with_prefix(index, "file", _file, prefix, limit, None)
+        user = visible_to
+        rooms = await self._redis.smembers(_key("member", user))
+
+        async def visible(record: FileRecord) -> bool:
+            return await self._visible(record, user, rooms)
+
+        return await self._ids_with_prefix(index, "file", _file, prefix, limit, visible)
 
     async def _visible(self, record: FileRecord, user: str, rooms: set[bytes]) -> bool:
         if record.owner == user:
@@ -185,7 +246,8 @@ class RedisMetadata:
             pipe.hgetall(_key("file", file_id))
             pipe.delete(_key("file", file_id))
             pipe.zrem(PREFIX + b"files", file_id)
-            fields, _, _ = await shielded(pipe.execute())
+            pipe.zrem(PREFIX + b"files:ids", file_id)
+            fields, *_ = await shielded(pipe.execute())
         if not fields:
             return None
         record = _file(fields)

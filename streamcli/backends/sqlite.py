@@ -42,6 +42,7 @@ from streamcli.backends.base import (
 )
 from streamcli.backends.sqlite_metrics import SCHEMA as METRICS_SCHEMA
 from streamcli.backends.sqlite_metrics import SqliteMetrics
+from streamcli.private_files import open_private, private_file
 
 T = TypeVar("T")
 
@@ -132,7 +133,8 @@ class SqliteStore(SqliteMetrics):
 
     def __init__(self, path: pathlib.Path) -> None:
         # One process per database: wake-ups and the head cache live in this process.
-        self._lock = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 (released by close)
+        self._lock = open_private(path.with_name(path.name + ".lock"), "a+b")
+        private_file(path)  # 0600 before SQLite opens it: its -wal and -shm files take the database's mode
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -284,6 +286,16 @@ class SqliteStore(SqliteMetrics):
             raise TrimmedError(stream, after_id, trimmed)
         return records
 
+    async def read_before(self, stream: str, before_id: int, limit: int) -> list[LogRecord]:
+        def query(db: sqlite3.Connection) -> list[LogRecord]:
+            rows = db.execute(
+                "SELECT id, ts, key, kind, payload FROM log WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (stream, before_id, limit),
+            ).fetchall()
+            return [LogRecord(*r) for r in rows]
+
+        return await self._run(query)
+
     async def bounds(self, stream: str) -> LogBounds:
         cached = self._heads.get(stream)
         if cached is not None:
@@ -417,6 +429,12 @@ class SqliteStore(SqliteMetrics):
         )
         return [BatchRecord(*row) for row in rows]
 
+    async def batch_ids_with_prefix(
+        self, prefix: str, limit: int, *, owner: str | None = None
+    ) -> tuple[list[str], int]:
+        where, args = ("owner = ?", (owner,)) if owner is not None else ("1", ())
+        return await self._ids_with_prefix("batches", "batch_id", prefix, limit, where, args)
+
     async def delete_batch(self, batch_id: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,)))
 
@@ -457,6 +475,36 @@ class SqliteStore(SqliteMetrics):
             args = (visible_to, visible_to, limit, offset)  # type: ignore[assignment]
         rows = await self._run(lambda db: db.execute(query, args).fetchall())
         return [FileRecord(*row) for row in rows]
+
+    async def file_ids_with_prefix(
+        self, prefix: str, limit: int, *, visible_to: str | None = None
+    ) -> tuple[list[str], int]:
+        where: str
+        args: tuple[str, ...]
+        if visible_to is None:
+            where, args = "1", ()
+        else:
+            where, args = f"(owner = ? OR file_id IN ({_SHARED_WITH}))", (visible_to, visible_to)
+        return await self._ids_with_prefix("files", "file_id", prefix, limit, where, args)
+
+    async def _ids_with_prefix(
+        self, table: str, column: str, prefix: str, limit: int, where: str, args: tuple[str, ...]
+    ) -> tuple[list[str], int]:
+        """``column``'s values in ``table`` that begin with ``prefix`` and pass ``where``: at most ``limit``,
+        ascending, and their count."""
+        # A range of the primary key's index (text compares by UTF-8 bytes, and U+10FFFF encodes highest);
+        # substr() then keeps exactly the values that begin with the prefix.
+        condition = f"{column} >= ? AND {column} < ? AND substr({column}, 1, ?) = ? AND {where}"
+        bounds = (prefix, prefix + "\U0010ffff", len(prefix), prefix, *args)
+
+        def query(db: sqlite3.Connection) -> tuple[list[str], int]:
+            ids = db.execute(
+                f"SELECT {column} FROM {table} WHERE {condition} ORDER BY {column} LIMIT ?", (*bounds, limit)
+            ).fetchall()
+            (total,) = db.execute(f"SELECT COUNT(*) FROM {table} WHERE {condition}", bounds).fetchone()
+            return [row[0] for row in ids], int(total)
+
+        return await self._run(query)
 
     async def file_visible_to(self, record: FileRecord, user: str) -> bool:
         if record.owner == user:

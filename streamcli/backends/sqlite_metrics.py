@@ -1,7 +1,8 @@
 """The ``MetricStore`` of the embedded backend: tables of the SQLite database, mixed into ``SqliteStore``.
 
-A series' row holds its all-time aggregate; ``metric_minutes`` holds one per
-minute it received samples in (for ``--since``); ``metric_pushes`` how far
+A series' row holds its all-time aggregate (kept for ever); ``metric_minutes``
+holds one per minute it received samples in (for ``--since`` and trends; those
+older than ``serve --metric-retention`` are deleted); ``metric_pushes`` how far
 each resumable push is held. A flush merges into all three in one
 transaction, so a push's position never runs ahead of (or behind) what it
 added.
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS metric_minutes (
     aggregate BLOB NOT NULL,
     PRIMARY KEY (series_id, minute)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_minutes_by_minute ON metric_minutes (minute);
 CREATE TABLE IF NOT EXISTS metric_pushes (
     owner      TEXT NOT NULL,
     push_id    TEXT NOT NULL,
@@ -113,13 +115,22 @@ class SqliteMetrics:
                 if since_minute is None:
                     found.update({i: StoredMetric(at, (agg,)) for i, at, agg in rows if agg is not None})
                     continue
-                minutes: dict[int, list[bytes]] = {}
-                for i, agg in db.execute(
-                    f"SELECT series_id, aggregate FROM metric_minutes WHERE series_id IN ({marks}) AND minute >= ?",
+                minutes: dict[int, tuple[list[bytes], list[int]]] = {}
+                for i, minute, agg in db.execute(
+                    f"SELECT series_id, minute, aggregate FROM metric_minutes WHERE series_id IN ({marks}) "
+                    "AND minute >= ? ORDER BY series_id, minute",
                     (*chunk, since_minute),
                 ):
-                    minutes.setdefault(i, []).append(agg)
-                found.update({i: StoredMetric(at, tuple(minutes[i])) for i, at, _ in rows if i in minutes})
+                    held = minutes.setdefault(i, ([], []))
+                    held[0].append(agg)
+                    held[1].append(minute)
+                found.update(
+                    {
+                        i: StoredMetric(at, tuple(minutes[i][0]), tuple(minutes[i][1]))
+                        for i, at, _ in rows
+                        if i in minutes
+                    }
+                )
             return found
 
         return await self._run(read)
@@ -134,4 +145,8 @@ class SqliteMetrics:
 
     async def forget_pushes(self, before: float) -> int:
         cursor = await self._run(lambda db: db.execute("DELETE FROM metric_pushes WHERE updated_at < ?", (before,)))
+        return cursor.rowcount
+
+    async def forget_metric_minutes(self, before_minute: int) -> int:
+        cursor = await self._run(lambda db: db.execute("DELETE FROM metric_minutes WHERE minute < ?", (before_minute,)))
         return cursor.rowcount

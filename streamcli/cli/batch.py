@@ -276,7 +276,7 @@ def list_batches(
 @batch_app.command("show")
 def show_batch(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id, or its start (unique, 4+ characters).")],
     errors: Annotated[int, typer.Option(min=0, max=100_000, help="Refused records to list (by index).")] = 100,
 ) -> None:
     """Show one batch: counts, per-key aggregates and refused records.
@@ -317,7 +317,7 @@ def show_batch(
 @batch_app.command("records")
 def read_records(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id, or its start (unique, 4+ characters).")],
 ) -> None:
     """Print the stored records of a batch as NDJSON (index, key, value, timestamp, payload).
 

@@ -20,7 +20,15 @@ def chat(
     ctx: typer.Context,
     room: Annotated[str, typer.Option("--room", "-r", help="Room to join (letters, digits, - _ .).")] = "general",
     user: UserOption = None,
-    backlog: Annotated[int, typer.Option(min=0, help="Recent messages to show on joining; 0: the server's.")] = 0,
+    backlog: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            show_default=False,
+            help="Recent messages to show on joining (0: none); without it, the server's default "
+            "(serve --chat-backlog).",
+        ),
+    ] = None,
     allow_duplicate: Annotated[
         bool, typer.Option("--allow-duplicate", help="Join even if this user is already in the room elsewhere.")
     ] = False,
@@ -55,15 +63,17 @@ def chat(
 
         import platformdirs
 
-        state = pathlib.Path(platformdirs.user_state_dir("streamcli"))
-        state.mkdir(parents=True, exist_ok=True)
-        env.run(lambda conn: _interactive(conn, name, room, backlog, allow_duplicate, state / "chat_history"))
+        from streamcli.private_files import private_dir, private_file
+
+        state = private_dir(pathlib.Path(platformdirs.user_state_dir("streamcli")))
+        history = private_file(state / "chat_history")  # what was typed: 0600 in a 0700 dir
+        env.run(lambda conn: _interactive(conn, name, room, backlog, allow_duplicate, history))
     else:
         env.run(lambda conn: _line_mode(env, conn, name, room, backlog, allow_duplicate))
 
 
 async def _interactive(
-    conn: Connection, user: str, room: str, backlog: int, duplicate: bool, history: pathlib.Path
+    conn: Connection, user: str, room: str, backlog: int | None, duplicate: bool, history: pathlib.Path
 ) -> None:
     from streamcli.ui.chat import ChatRepl
 
@@ -71,7 +81,9 @@ async def _interactive(
     await repl.run()
 
 
-async def _line_mode(env: Environment, conn: Connection, user: str, room: str, backlog: int, duplicate: bool) -> None:
+async def _line_mode(
+    env: Environment, conn: Connection, user: str, room: str, backlog: int | None, duplicate: bool
+) -> None:
     """Each stdin line becomes a message, delivered in order; incoming messages print as lines; EOF leaves.
 
     Raises:

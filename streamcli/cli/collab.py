@@ -20,7 +20,7 @@ def collab(
     apply: Annotated[
         str | None,
         typer.Option(
-            "--apply", metavar="EDITS.ndjson", help="Apply the edits of this NDJSON file (- for stdin) as one change."
+            "--apply", metavar="PATH", help="Apply the edits of this NDJSON file (- for stdin) as one change."
         ),
     ] = None,
     user: UserOption = None,

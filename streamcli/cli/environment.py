@@ -16,7 +16,6 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from streamcli.client.jsontext import ENCODER
 from streamcli.client.settings import ConnectionSettings
 from streamcli.terminal_text import visible
 
@@ -162,6 +161,8 @@ class Environment:
 
     def emit_json(self, record: dict[str, Any]) -> None:
         """Write one NDJSON line to stdout."""
+        from streamcli.client.jsontext import ENCODER  # json: only for --json output
+
         self.stdout.write(ENCODER.encode(record) + "\n")
         self.stdout.flush()
 

@@ -67,7 +67,7 @@ def _table_time(seconds: int) -> str:
 @files_app.command("info")
 def file_info(
     ctx: typer.Context,
-    file_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the file.")],
+    file_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the file, or its start (unique, 4+ characters).")],
 ) -> None:
     """Show one file's metadata.
 
@@ -92,7 +92,9 @@ def file_info(
 @files_app.command("rm")
 def remove_files(
     ctx: typer.Context,
-    file_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids of the files to delete.")],
+    file_ids: Annotated[
+        list[str], typer.Argument(metavar="ID...", help="Ids of the files to delete, or their starts.")
+    ],
 ) -> None:
     """Delete stored files.
 

@@ -21,7 +21,8 @@ def health(
     """Check a server's health (grpc.health.v1); exit 0 only when SERVING.
 
     Prints the status (SERVING, NOT_SERVING, SERVICE_UNKNOWN). Exits 3 when the
-    server is unreachable or not serving.
+    server is unreachable or not serving. [cyan]--json[/cyan] prints the status in every
+    case: UNREACHABLE (with an "error" saying why) when the server did not answer.
 
     Examples:
 
@@ -34,13 +35,16 @@ def health(
     from streamcli.client.health import check_health
 
     env = get_env(ctx)
-    status = env.run(lambda conn: check_health(conn, service, timeout))
+    report = env.run(lambda conn: check_health(conn, service, timeout))
     if env.json:
-        env.emit_json({"address": env.connection.address, "service": service, "status": status})
-    else:
-        env.stdout.write(status + "\n")
-    if status != "SERVING":
-        raise UnavailableError(f"{service or 'the server'} at {env.connection.address} is {status}")
+        line = {"address": env.connection.address, "service": service, "status": report.status}
+        env.emit_json(line if report.error is None else {**line, "error": str(report.error)})
+    elif report.error is None:
+        env.stdout.write(report.status + "\n")
+    if report.error is not None:
+        raise report.error
+    if report.status != "SERVING":
+        raise UnavailableError(f"{service or 'the server'} at {env.connection.address} is {report.status}")
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from typer._click.core import Command
     from typer._click.exceptions import UsageError
 
     from streamcli.cli.environment import Environment
@@ -45,18 +44,20 @@ def _run(argv: Sequence[str] | None, env: Environment) -> int:
     # typer vendors click here; these are the exceptions its parser raises.
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from streamcli.cli.app import app
+    from streamcli.cli.app import command_tree
+    from streamcli.cli.argv import global_options_first
     from streamcli.errors import ExitStatus, StreamcliError
 
     # gRPC's C core logs (to stderr) what we already report in one line; `--traceback` shows it too.
     if "GRPC_VERBOSITY" not in os.environ:
         os.environ["GRPC_VERBOSITY"] = "ERROR" if "--traceback" in (argv or sys.argv) else "NONE"
 
-    command = typer.main.get_command(app)
+    command = command_tree()
+    args = global_options_first(command, sys.argv[1:] if argv is None else argv)
     try:
         # Not standalone: click raises its errors to us instead of printing a box and exiting.
         # It still handles --help and --version, and returns the code of a typer.Exit.
-        result = command.main(args=argv, prog_name="streamcli", obj=env, standalone_mode=False)
+        result = command.main(args=args, prog_name="streamcli", obj=env, standalone_mode=False)
     except SystemExit as exit_:
         if isinstance(exit_.__context__, BrokenPipeError):
             return _stdout_closed(env)  # typer turns a broken pipe into sys.exit(1) while handling it
@@ -64,7 +65,7 @@ def _run(argv: Sequence[str] | None, env: Environment) -> int:
     except NoArgsIsHelpError:
         return ExitStatus.USAGE  # a group without its command: typer has printed the group's help
     except UsageError as exc:
-        return _fail(env, exc, _usage_message(exc, command), ExitStatus.USAGE)
+        return _fail(env, exc, _usage_message(exc), ExitStatus.USAGE)
     except ClickException as exc:
         return _fail(env, exc, _one_line(exc.format_message()), ExitStatus.ERROR)
     except typer.Abort as exc:  # end of input at a prompt
@@ -83,21 +84,9 @@ def _run(argv: Sequence[str] | None, env: Environment) -> int:
     return _exit_code(result)
 
 
-def _usage_message(exc: UsageError, root: Command) -> str:
+def _usage_message(exc: UsageError) -> str:
     """Click's message on one line, with where to get help."""
-    from typer._click.exceptions import NoSuchOption
-
     ctx = exc.ctx
-    if isinstance(exc, NoSuchOption) and ctx is not None and ctx.parent is not None:
-        # A global option after the command: say where it goes.
-        for param in root.params:
-            if exc.option_name in (*param.opts, *param.secondary_opts):
-                value = "" if getattr(param, "is_flag", False) else " VALUE"
-                command = ctx.command_path.partition(" ")[2]
-                return (
-                    f"{exc.option_name} is a global option: put it before the command, "
-                    f"e.g. streamcli {exc.option_name}{value} {command} ..."
-                )
     message = _one_line(exc.format_message())
     message = message[:1].lower() + message[1:]  # like our own messages
     if ctx is not None:

@@ -249,7 +249,7 @@ def list_series(
 
     env = get_env(ctx)
     start = parse_since(since)
-    found = env.run(lambda conn: fetch(conn, since=start, limit=limit))
+    found = env.run(lambda conn: fetch(conn, since=start, limit=limit, notice=env.notice))
     _print_series(env, found)
 
 
@@ -271,8 +271,17 @@ def show_series(
         list[str] | None, typer.Option("--label", "-l", metavar="KEY=VALUE", help="Only series with this label.")
     ] = None,
     since: SinceOption = None,
+    show_trend: Annotated[
+        bool,
+        typer.Option(
+            "--trend/--no-trend",
+            help="Ask for each series' trend over the window (--since to now; without it, from the oldest minute "
+            "the server keeps) in up to 60 steps, and draw its p50, p99 and count when two steps or more hold "
+            'samples; with --json, each series\' "trend".',
+        ),
+    ] = True,
 ) -> None:
-    """Show the series of one metric: the table, and a picture of each one's distribution.
+    """Show the series of one metric: the table, and pictures of each one's distribution and trend.
 
     Examples:
 
@@ -282,12 +291,23 @@ def show_series(
     """
     from streamcli.client.metrics import list_series as fetch
     from streamcli.terminal_text import visible
-    from streamcli.ui.metrics import PICTURE_QUANTILES, distribution
+    from streamcli.ui.metrics import PICTURE_QUANTILES, TREND_POINTS, distribution, has_trend, trend
 
     env = get_env(ctx)
     labels = _labels(label or [])
     start = parse_since(since)
-    found = env.run(lambda conn: fetch(conn, name=name, labels=labels, since=start, quantiles=PICTURE_QUANTILES))
+    points = TREND_POINTS if show_trend else 0
+    found = env.run(
+        lambda conn: fetch(
+            conn,
+            name=name,
+            labels=labels,
+            since=start,
+            quantiles=PICTURE_QUANTILES,
+            trend_points=points,
+            notice=env.notice,
+        )
+    )
     if not found:
         raise NotFoundError(
             f"no series {visible(name)}" + (" with those labels" if labels else "") + " (see metrics ls)"
@@ -298,6 +318,9 @@ def show_series(
     for series in found[:20]:
         env.console.print()
         env.console.print(distribution(series))
+        if has_trend(series):
+            env.console.print()
+            env.console.print(trend(series))
 
 
 def register(app: typer.Typer) -> None:

@@ -91,6 +91,15 @@ def parse_retention(text: str) -> tuple[float | None, int | None]:
 
 def parse_since(text: str | None) -> Timestamp | None:
     """``--since``: a duration back from now (``10m``; longer ago than 1970 means everything) or a time."""
+    return _parse_time(text, "--since", future=False)
+
+
+def parse_until(text: str | None) -> Timestamp | None:
+    """``--until``: a duration back from now (``10m``) or a time, which may be in the future."""
+    return _parse_time(text, "--until", future=True)
+
+
+def _parse_time(text: str | None, option: str, *, future: bool) -> Timestamp | None:
     if text is None:
         return None
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -102,7 +111,7 @@ def parse_since(text: str | None) -> Timestamp | None:
             back = parse_duration(text)
         except typer.BadParameter:
             raise UsageError(
-                f"--since {text.strip()!r} is not a duration or a time: use one unit (90m, 2h, 7d) "
+                f"{option} {text.strip()!r} is not a duration or a time: use one unit (90m, 2h, 7d) "
                 "or a time like 2026-11-24T10:00:00Z"
             ) from None
         stamp = Timestamp()
@@ -111,7 +120,9 @@ def parse_since(text: str | None) -> Timestamp | None:
     try:
         stamp = parse_timestamp(text)
     except TimeOutOfRange:
-        raise UsageError(f"--since {text.strip()}: the time is out of range") from None
-    if stamp.seconds > time.time() + 1.0:
-        raise UsageError(f"--since {text.strip()} is in the future")
+        raise UsageError(f"{option} {text.strip()}: the time is out of range") from None
+    except UsageError as exc:
+        raise UsageError(f"{option} {exc}") from None
+    if not future and stamp.seconds > time.time() + 1.0:
+        raise UsageError(f"{option} {text.strip()} is in the future")
     return stamp

@@ -133,6 +133,15 @@ def serve(
             "overflow series.",
         ),
     ] = 100_000,
+    metric_retention: Annotated[
+        str,
+        typer.Option(
+            envvar="STREAMCLI_METRIC_RETENTION",
+            help="How long each metric series keeps its per-minute aggregates (what --since and trends read), "
+            "e.g. 30d, or none (for ever). Each series' all-time aggregate is kept for ever; a --since before "
+            "what is kept counts from the oldest minute kept.",
+        ),
+    ] = "30d",
     upload_ttl: Annotated[
         str,
         typer.Option(envvar="STREAMCLI_UPLOAD_TTL", help="How long an interrupted upload stays resumable (e.g. 24h)."),
@@ -169,6 +178,16 @@ def serve(
         float,
         typer.Option(min=1.0, help="Seconds a chat client may stop reading before it is disconnected (it can resume)."),
     ] = 30.0,
+    ready_file: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--ready-file",
+            dir_okay=False,
+            show_default=False,
+            help='Once serving, write {"address", "host", "port"} as JSON to this file (atomically: complete '
+            "when it appears; the real port when --address asked for 0); removed when the server stops.",
+        ),
+    ] = None,
     log_level: Annotated[
         LogLevel,
         typer.Option(envvar="STREAMCLI_LOG_LEVEL", case_sensitive=False, help="Log verbosity (logs go to stderr)."),
@@ -178,13 +197,19 @@ def serve(
 
     Serves [bold]streaming.v1.StreamingService[/bold], the standard health service and
     server reflection (grpcurl and buf curl work without the proto). The first
-    signal drains gracefully; a second one exits at once.
+    signal drains gracefully; a second one exits at once. Once serving,
+    [cyan]--json[/cyan] prints {"address", "host", "port"} on stdout (the real port when
+    --address asked for 0), as [cyan]--ready-file[/cyan] writes it to a file.
 
     Examples:
 
       streamcli serve
 
       streamcli serve --address 0.0.0.0:50051 --tls-cert cert.pem --tls-key key.pem --token s3cret
+
+      streamcli --json serve --address 127.0.0.1:0 | head -1 | jq .port
+
+      streamcli serve --address 127.0.0.1:0 --ready-file /tmp/serve.json
 
       grpcurl -plaintext 127.0.0.1:50051 list
     """
@@ -200,6 +225,7 @@ def serve(
 
     import platformdirs
 
+    from streamcli.client.jsontext import ENCODER
     from streamcli.server.app import ServerConfig
     from streamcli.server.app import serve as run_server
     from streamcli.services.chat import ChatSettings
@@ -228,13 +254,43 @@ def serve(
         max_file_size=parse_size(max_file_size),
         quota=parse_size(quota),
         max_series=max_series,
+        metric_retention=None if metric_retention.strip().lower() == "none" else parse_duration(metric_retention),
         upload_ttl=parse_duration(upload_ttl),
         heartbeat=heartbeat,
         live_interval=live_interval,
         retention=Retention(*parse_retention(event_retention)),
         chat=ChatSettings(backlog=chat_backlog, rate=chat_rate, stall_limit=stall_limit),
     )
-    asyncio.run(run_server(config))
+
+    def ready(bound: str) -> None:
+        host, _, port = bound.rpartition(":")
+        line = {"address": bound, "host": host.strip("[]"), "port": int(port)}
+        if ready_file is not None:
+            write_atomically(ready_file, ENCODER.encode(line) + "\n")
+        if env.json:
+            env.emit_json(line)
+
+    try:
+        asyncio.run(run_server(config, on_ready=ready))
+    finally:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # a stopped server is not ready
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees nothing or all of it: a temporary file beside it,
+    flushed to disk, then renamed into place."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as temporary:
+        try:
+            temporary.write(text)
+            temporary.flush()
+            os.fsync(temporary.fileno())
+            os.replace(temporary.name, path)
+        except BaseException:
+            os.unlink(temporary.name)
+            raise
 
 
 def register(app: typer.Typer) -> None:

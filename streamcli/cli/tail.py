@@ -1,4 +1,5 @@
-"""``streamcli tail events`` and ``tail notifications``: history, then live, gap-free across reconnects."""
+"""``streamcli tail events``, ``tail notifications`` and ``tail chat``: history, then live, gap-free across
+reconnects."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from streamcli.cli.environment import Environment, get_env
-from streamcli.cli.parsing import parse_since
+from streamcli.cli.parsing import parse_since, parse_until
 from streamcli.errors import UsageError
 
 if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
     from rich.text import Text
 
     from streamcli.client.connection import Connection
@@ -20,10 +22,11 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 tail_app = typer.Typer(
-    help="Follow a log live: events or notifications (history first with --since).",
+    help="Follow a log live: events, notifications or a chat room (history first with --since or --tail).",
     epilog=(
         "Examples:\n\n  streamcli tail events --user alice --since 1h\n\n"
-        "  streamcli tail notifications --user alice --topic files"
+        "  streamcli tail notifications --user alice --topic files\n\n"
+        "  streamcli tail chat dev --tail 20"
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -42,7 +45,28 @@ SinceOption = Annotated[
 FollowOption = Annotated[
     bool,
     typer.Option(
-        "--follow/--no-follow", help="Keep following live; --no-follow prints history (from --since) and exits."
+        "--follow/--no-follow",
+        help="Keep following live; --no-follow prints history and exits (the whole retained log, "
+        "unless --since or --tail says where to start).",
+    ),
+]
+TailOption = Annotated[
+    int | None,
+    typer.Option(
+        "--tail",
+        min=0,
+        show_default=False,
+        help="Start with the last N records (those matching the filters; after --since too, if given), "
+        "then follow live or, with --no-follow, exit. The server finds them: the history before them is not sent.",
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option(
+        "--until",
+        show_default=False,
+        help="Stop (exit 0) at the first record appended after this time: a duration back (10m) or a time "
+        "(2026-11-24T11:00:00Z; UTC if no zone; it may be in the future, which ends a live tail then).",
     ),
 ]
 MaxOption = Annotated[
@@ -55,13 +79,34 @@ IdleOption = Annotated[
 
 
 def _options(
-    env: Environment, follow: bool, max_records: int | None, idle_timeout: float | None, since: str | None
+    env: Environment,
+    follow: bool,
+    max_records: int | None,
+    idle_timeout: float | None,
+    tail: int | None,
+    until: str | None,
 ) -> TailOptions:
     from streamcli.client.tail import TailOptions
 
-    if not follow and since is None:  # it would start at the end and print nothing
-        raise UsageError("--no-follow prints history and exits: give --since too, e.g. --since 1h")
-    return TailOptions(follow=follow, max_records=max_records, idle_timeout=idle_timeout, notice=env.notice)
+    return TailOptions(
+        follow=follow,
+        tail=tail,
+        until=parse_until(until),
+        max_records=max_records,
+        idle_timeout=idle_timeout,
+        notice=env.notice,
+    )
+
+
+def _start(since: str | None, follow: bool, tail: int | None) -> Timestamp | None:
+    """Where the history starts: ``--since``; without it and without ``--tail``, ``--no-follow`` reads the whole
+    retained log (as ``kubectl logs`` and ``journalctl`` do) and a follow starts live."""
+    start = parse_since(since)
+    if start is None and not follow and tail is None:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        return Timestamp()  # the epoch: from the oldest record kept
+    return start
 
 
 def _print_all(
@@ -97,11 +142,13 @@ def tail_events(
         typer.Option("--type", "-t", show_default=False, help="Only this event type (repeatable): login, logout, ..."),
     ] = None,
     since: SinceOption = None,
+    tail: TailOption = None,
+    until: UntilOption = None,
     follow: FollowOption = True,
     max_records: MaxOption = None,
     idle_timeout: IdleOption = None,
 ) -> None:
-    """Show user events: history from --since, then live as they are published.
+    """Show user events: history from --since or --tail, then live as they are published.
 
     Reconnects by itself after the server or network goes away and resumes after
     the last event shown: no gap, no duplicate. [cyan]--json[/cyan] prints one object per
@@ -113,6 +160,8 @@ def tail_events(
 
       streamcli tail events --all-users --type login --since 1h --no-follow
 
+      streamcli tail events --user alice --tail 10 --no-follow
+
       streamcli --json tail events --user alice --max 10 | jq .data
     """
     from streamcli.client.events import EVENT_TYPES, Event
@@ -123,8 +172,8 @@ def tail_events(
     if all_users == bool(user):
         raise UsageError("give --user USER or --all-users (one of them)")
     values = [EVENT_TYPES.parse(t) for t in types or []]
-    options = _options(env, follow, max_records, idle_timeout, since)
-    start = parse_since(since)
+    options = _options(env, follow, max_records, idle_timeout, tail, until)
+    start = _start(since, follow, tail)
     _print_all(
         env,
         lambda conn: stream(
@@ -148,11 +197,13 @@ def tail_notifications(
         list[str] | None, typer.Option("--topic", show_default=False, help="Only this topic (repeatable).")
     ] = None,
     since: SinceOption = None,
+    tail: TailOption = None,
+    until: UntilOption = None,
     follow: FollowOption = True,
     max_records: MaxOption = None,
     idle_timeout: IdleOption = None,
 ) -> None:
-    """Show notifications for a user: history from --since, then live.
+    """Show notifications for a user: history from --since or --tail, then live.
 
     The server raises notifications itself (e.g. topic [bold]files[/bold]: an upload
     completed); [bold]streamcli notify send[/bold] raises others. Reconnects and resumes
@@ -169,13 +220,52 @@ def tail_notifications(
     from streamcli.ui.records import notification_line
 
     env = get_env(ctx)
-    options = _options(env, follow, max_records, idle_timeout, since)
-    start = parse_since(since)
+    options = _options(env, follow, max_records, idle_timeout, tail, until)
+    start = _start(since, follow, tail)
     _print_all(
         env,
         lambda conn: stream(conn, recipient=user, topics=topics or [], since=start, options=options),
         lambda notification: ENCODER.encode(notification.to_json()),
         notification_line,
+    )
+
+
+@tail_app.command("chat")
+def tail_chat(
+    ctx: typer.Context,
+    room: Annotated[str, typer.Argument(metavar="ROOM", show_default=False, help="The room to read.")],
+    since: SinceOption = None,
+    tail: TailOption = None,
+    until: UntilOption = None,
+    follow: FollowOption = True,
+    max_records: MaxOption = None,
+    idle_timeout: IdleOption = None,
+) -> None:
+    """Follow a chat room read-only: history from --since or --tail, then live.
+
+    It does not join: the room sees no join or leave message and [bold]/who[/bold] does not
+    list it, and it sends nothing. Typing indicators are not shown (they are never stored).
+    Reconnects and resumes like [bold]tail events[/bold]. [cyan]--json[/cyan] prints one object per
+    message with id, room_id, user_id, type, content, file_id and timestamp.
+
+    Examples:
+
+      streamcli tail chat dev --tail 20
+
+      streamcli --json tail chat ops --since 1d --no-follow
+    """
+    from streamcli.client.chat import tail_room as stream
+    from streamcli.client.jsontext import ENCODER
+    from streamcli.ui.records import chat_line
+
+    env = get_env(ctx)
+    options = _options(env, follow, max_records, idle_timeout, tail, until)
+    start = _start(since, follow, tail)
+    _print_all(
+        env,
+        lambda conn: stream(conn, room_id=room, since=start, options=options),
+        lambda message: ENCODER.encode(message.to_json()),
+        chat_line,
     )
 
 

@@ -24,7 +24,7 @@ def upload(
     ctx: typer.Context,
     paths: Annotated[
         list[pathlib.Path],
-        typer.Argument(help="Files to upload; '-' reads standard input.", show_default=False),
+        typer.Argument(metavar="PATH...", help="Files to upload; '-' reads standard input.", show_default=False),
     ],
     name: Annotated[
         str | None,
@@ -97,7 +97,9 @@ def _print_results(env: Environment, results: list[TransferResult]) -> None:
 
 def download(
     ctx: typer.Context,
-    file_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the file (see 'streamcli files ls').")],
+    file_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Id of the file, or its start (see 'streamcli files ls').")
+    ],
     # A string, not a Path: a Path drops the trailing slash that says "a directory".
     output: Annotated[
         str | None,

@@ -35,6 +35,7 @@ import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.ids import IdKind, resolve_id
 from streamcli.client.records import FieldMap, Parsed
 from streamcli.client.retry import Attempts, RetryPolicy
 from streamcli.client.streams import Outstanding, bytes_stream, one_stream
@@ -279,7 +280,7 @@ class BatchIngest:
             self._options.retry,
             f"ingest of {self._source}",
             hint="run the same command again to resume the batch",
-            address=self._conn.settings.address,
+            settings=self._conn.settings,
             announce=self._options.notice,
         )
         try:
@@ -289,7 +290,7 @@ class BatchIngest:
             self._say(everything=True)
 
     async def _run(self, attempts: Attempts) -> IngestResult:
-        with rpc_errors(self._conn.settings.address):
+        with rpc_errors(self._conn.settings):
             reply = await self._call(self._query())
             self._acknowledge(reply)
             self._earlier = {e.index: e.reason for e in reply.errors}
@@ -479,7 +480,8 @@ class BatchDetail:
 
 
 async def get_batch(conn: Connection, batch_id: str, max_errors: int) -> BatchDetail:
-    """One batch, with up to ``max_errors`` refused records."""
+    """One batch, with up to ``max_errors`` refused records; ``batch_id`` may be the start of the id."""
+    batch_id = await resolve_id(conn, IdKind.BATCH, batch_id)
     reply = await conn.stub.GetBatch(
         pb.GetBatchRequest(batch_id=batch_id, max_errors=max_errors), metadata=conn.metadata
     )
@@ -487,9 +489,11 @@ async def get_batch(conn: Connection, batch_id: str, max_errors: int) -> BatchDe
 
 
 async def batch_records(conn: Connection, batch_id: str) -> AsyncIterator[list[dict[str, Any]]]:
-    """The stored records of a batch as JSON objects (index, key, value, timestamp?, payload?), in batches."""
+    """The stored records of a batch as JSON objects (index, key, value, timestamp?, payload?), in batches;
+    ``batch_id`` may be the start of the id."""
     from google.protobuf import json_format
 
+    batch_id = await resolve_id(conn, IdKind.BATCH, batch_id)
     call = conn.stub.ReadBatchRecords(pb.ReadBatchRecordsRequest(batch_id=batch_id), metadata=conn.metadata)
     async for response in call:
         out = []

@@ -24,9 +24,11 @@ import contextlib
 import dataclasses
 import enum
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.chat_records import (
@@ -39,6 +41,7 @@ from streamcli.client.chat_records import (
 )
 from streamcli.client.connection import Connection, rpc_errors
 from streamcli.client.retry import Attempts, RetryPolicy
+from streamcli.client.tail import TailOptions, set_start, tail_log
 
 #: Messages typed while disconnected that are kept for sending on reconnect.
 OUTGOING_LIMIT = 1000
@@ -89,7 +92,7 @@ class ChatClient:
         user: str,
         handlers: ChatHandlers,
         *,
-        backlog: int = 0,
+        backlog: int | None = None,  # recent messages to get on joining; 0: none; None: the server's default
         allow_duplicate: bool = False,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -219,11 +222,16 @@ class ChatClient:
     async def run(self) -> None:
         """Join and stay joined until ``leave``; raises StreamcliError when the room cannot be joined."""
         # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
-        attempts = Attempts(self.retry, f"chat in {self.room}", also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
+        attempts = Attempts(
+            self.retry,
+            f"chat in {self.room}",
+            also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}),
+            settings=self.conn.settings,
+        )
         self.handlers.state(ChatState.CONNECTING, self.conn.settings.address)
         sender = asyncio.create_task(self._deliver_all())
         try:
-            with rpc_errors(self.conn.settings.address):
+            with rpc_errors(self.conn.settings):
                 while True:
                     try:
                         if await self._one_stream():
@@ -249,7 +257,8 @@ class ChatClient:
         join = pb.ChatJoin(
             room_id=self.room,
             user_id=self.user,
-            backlog=self.backlog,
+            backlog=self.backlog or 0,
+            no_backlog=self.backlog == 0,
             resume_after_id=self.last_id,
             allow_duplicate=self.allow_duplicate,
             client_id=self.client_id,
@@ -296,3 +305,17 @@ class ChatClient:
                 self._resolve(notice.client_seq, notice)
             else:
                 self.handlers.notice(notice)
+
+
+def tail_room(
+    conn: Connection, *, room_id: str, since: Timestamp | None, options: TailOptions
+) -> AsyncIterator[Sequence[ChatMessage]]:
+    """A room's stored messages in batches, read without joining it (no presence, no join message): history
+    (``since``, ``options.tail``) then live, resuming across reconnects."""
+
+    def open_stream(resume_after: int | None) -> Any:
+        request = pb.StreamRoomMessagesRequest(room_id=room_id, no_follow=not options.follow)
+        set_start(request, resume_after, since, options)
+        return conn.stub.StreamRoomMessages(request, metadata=conn.metadata)
+
+    return tail_log(conn, open_stream, lambda response: [message_from_pb(m) for m in response.messages], options)

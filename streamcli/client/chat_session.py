@@ -35,17 +35,17 @@ from streamcli.client.connection import Connection, connect
 from streamcli.client.retry import RetryPolicy
 from streamcli.errors import StreamcliError
 
-#: The commands ``handle`` understands: name -> arguments and what it does (``/help`` lists them).
+#: The commands ``handle`` understands: name -> (its arguments, what it does) (``/help`` lists them).
 COMMANDS = {
-    "/join": "ROOM      leave this room and join another",
-    "/leave": "          leave the room (stay in streamcli)",
-    "/who": "          who is in the room",
-    "/me": "ACTION    say what you are doing",
-    "/send": "PATH      upload a file and share it",
-    "/get": "ID [PATH] download a shared file",
-    "/history": "[N]       show the last N messages again (default 20)",
-    "/quit": "          leave and exit (also Ctrl-D)",
-    "/help": "          this list",
+    "/join": ("ROOM", "leave this room and join another"),
+    "/leave": ("", "leave the room (stay in streamcli)"),
+    "/who": ("", "who is in the room"),
+    "/me": ("ACTION", "say what you are doing"),
+    "/send": ("PATH", "upload a file and share it"),
+    "/get": ("ID [PATH] [--force]", "download a shared file (--force: replace an existing file)"),
+    "/history": ("[N]", "show the last N messages again (default 20)"),
+    "/quit": ("", "leave and exit (also Ctrl-D)"),
+    "/help": ("", "this list"),
 }
 #: How often the client tells the room the user is typing, at most (seconds).
 TYPING_EVERY = 2.0
@@ -110,7 +110,7 @@ class Replay:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Help:
-    """``/help``: each command with its arguments and what it does."""
+    """``/help``: each command with its arguments (``/get ID [PATH]``), and what it does."""
 
     commands: tuple[tuple[str, str], ...]
 
@@ -129,7 +129,7 @@ class ChatSession:
         user: the name to chat as.
         room: the room to join on entering ``async with``; None for none.
         report: called on the event loop with each event, in order.
-        backlog: recent messages to get on joining (0: the server's default).
+        backlog: recent messages to get on joining (0: none; None: the server's default).
         allow_duplicate: join even if the user is in the room in another session (every join).
         retry: how each room's client reconnects (None: its default).
     """
@@ -141,7 +141,7 @@ class ChatSession:
         room: str | None,
         *,
         report: Callable[[ChatEvent], None],
-        backlog: int = 0,
+        backlog: int | None = None,
         allow_duplicate: bool = False,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -195,7 +195,7 @@ class ChatSession:
         if command == "/quit":
             return False
         if command == "/help":
-            self.report(Help(tuple(COMMANDS.items())))
+            self.report(Help(tuple((f"{name} {usage}".rstrip(), does) for name, (usage, does) in COMMANDS.items())))
         elif command == "/join" and len(args) == 1:
             await self.join(args[0])
         elif command == "/leave":
@@ -208,8 +208,9 @@ class ChatSession:
             self.history(int(args[0]) if args and args[0].isdigit() else HISTORY_SHOWN)
         elif command == "/send" and len(args) == 1:
             await self.send_file(pathlib.Path(os.path.expanduser(args[0])))
-        elif command == "/get" and 1 <= len(args) <= 2:
-            await self.get_file(args[0], pathlib.Path(os.path.expanduser(args[1])) if len(args) == 2 else None)
+        elif command == "/get" and 1 <= len([a for a in args if a != "--force"]) <= 2:
+            force, (file_id, *path) = "--force" in args, [a for a in args if a != "--force"]
+            await self.get_file(file_id, pathlib.Path(os.path.expanduser(path[0])) if path else None, force=force)
         else:
             self._usage(f"{command}: see /help")
         return True
@@ -283,13 +284,14 @@ class ChatSession:
             return
         self._client.send_file(result.file_id, path.name, image=path.suffix.lower() in IMAGE_SUFFIXES)
 
-    async def get_file(self, file_id: str, target: pathlib.Path | None) -> None:
-        """Download a shared file to ``target`` (None: its own name, here), reported as Downloaded."""
+    async def get_file(self, file_id: str, target: pathlib.Path | None, *, force: bool = False) -> None:
+        """Download a shared file to ``target`` (None: its own name, here), reported as Downloaded; ``force``
+        replaces a file there."""
         from streamcli.client.progress import NullProgress
         from streamcli.client.transfer import download_file
 
         try:
-            result = await download_file(self.conn, file_id, target, NullProgress())
+            result = await download_file(self.conn, file_id, target, NullProgress(), force=force)
         except StreamcliError as exc:
             self.report(ChatNotice(code="DOWNLOAD", message=str(exc)))
             return

@@ -76,7 +76,7 @@ async def list_documents(conn: Connection) -> list[DocumentEntry]:
     """Every shared document, by id (paging through the server's pages)."""
     entries: list[DocumentEntry] = []
     after = ""
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings):
         while True:
             request = pb.ListDocumentsRequest(page_size=PAGE, after_document_id=after)
             page = await conn.stub.ListDocuments(request, metadata=conn.metadata)
@@ -116,13 +116,26 @@ class RemoteCursor:
     position: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Participant:
+    """Another editor joined the document (``present``) or left it."""
+
+    user_id: str
+    client_id: str
+    present: bool
+
+
 @dataclasses.dataclass
 class SessionHandlers:
-    """What a view of the session is told (all optional): remote changes, a fresh text, cursors, the connection."""
+    """What a view of the session is told (all optional): remote changes, a fresh text, cursors, who is here, the
+    connection. While the state is not "connected" the view cannot know who is here: after a reconnect the
+    server tells again who is."""
 
     remote: Callable[[Operation], None] | None = None  # a change by others, made on ``replica.text``
     reset: Callable[[str], None] | None = None  # a snapshot replaced the text
     cursor: Callable[[RemoteCursor], None] | None = None
+    presence: Callable[[Participant], None] | None = None
+    cursor_at: Callable[[], int] | None = None  # where the view's cursor is now: sent once a change is acknowledged
     state: Callable[[str], None] | None = None  # "connecting", "connected", "reconnecting (CODE)"
 
 
@@ -159,6 +172,7 @@ class DocumentSession:
         self._fresh_join = True  # join for a snapshot (not by revision)
         self._writing = asyncio.Lock()  # one change's edits go out together
         self._tasks: set[asyncio.Future[None]] = set()
+        self._cursor_owed = False  # a cursor move could not be sent (a change was unacknowledged)
         self._call: grpc.aio.StreamStreamCall[pb.CollaborateRequest, pb.CollaborateResponse] | None = None
 
     async def run(self, work: Callable[[DocumentSession], Any]) -> Any:
@@ -204,7 +218,9 @@ class DocumentSession:
         the server places a cursor on a revision it has, and the session's own text is ahead of it)."""
         call = self._call
         if call is None or self.replica.pending() is not None or not self.joined.is_set():
+            self._cursor_owed = True  # sent (where the view says it is then) once nothing is unacknowledged
             return
+        self._cursor_owed = False
         request = pb.CollaborateRequest(
             cursor=pb.CollaborateCursor(position=position, base_revision=self.replica.revision)
         )
@@ -231,9 +247,9 @@ class DocumentSession:
 
     async def _follow(self) -> None:
         attempts = Attempts(
-            self.retry, f"document {self.document_id}", announce=self.announce, address=self.conn.settings.address
+            self.retry, f"document {self.document_id}", announce=self.announce, settings=self.conn.settings
         )
-        with rpc_errors(self.conn.settings.address):
+        with rpc_errors(self.conn.settings):
             while True:
                 try:
                     await self._one_stream()
@@ -313,6 +329,8 @@ class DocumentSession:
             if pending is not None:
                 position = pending.transform_position(position)
             self.handlers.cursor(RemoteCursor(event.user_id, event.client_id, position))
+        elif change == "presence" and event.client_id != self.replica.client_id and self.handlers.presence:
+            self.handlers.presence(Participant(event.user_id, event.client_id, event.presence.present))
         elif (
             change == "refusal"
             and self.replica.in_flight is not None
@@ -323,6 +341,9 @@ class DocumentSession:
             self.replica.waiting = None
         if self.replica.in_flight is None and self.replica.waiting is None:
             self.settled.set()
+            if self._cursor_owed and self.handlers.cursor_at is not None:
+                self._cursor_owed = False
+                self._spawn(self.move_cursor(self.handlers.cursor_at()))
 
 
 async def read_document(conn: Connection, document_id: str, user_id: str, retry: RetryPolicy) -> DocumentText:

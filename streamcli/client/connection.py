@@ -22,7 +22,7 @@ from streamcli import transport
 from streamcli._proto.streaming.v1 import streaming_service_pb2_grpc as pb_grpc
 from streamcli.client.settings import ConnectionSettings
 from streamcli.errors import UsageError, error_for_status
-from streamcli.tls import check_pair, read_pem
+from streamcli.tls import check_pair, read_certificates, read_pem
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ class Connection:
 def _credentials(settings: ConnectionSettings) -> grpc.ChannelCredentials:
     check_pair(settings.client_cert, settings.client_key, "--client-cert", "--client-key")
     return grpc.ssl_channel_credentials(
-        root_certificates=read_pem(settings.ca_cert, "CA certificate") if settings.ca_cert else None,
+        root_certificates=read_certificates(settings.ca_cert, "CA certificate") if settings.ca_cert else None,
         private_key=read_pem(settings.client_key, "client key") if settings.client_key else None,
         certificate_chain=read_pem(settings.client_cert, "client certificate") if settings.client_cert else None,
     )
@@ -46,9 +46,18 @@ def _credentials(settings: ConnectionSettings) -> grpc.ChannelCredentials:
 
 @contextlib.asynccontextmanager
 async def connect(settings: ConnectionSettings) -> AsyncIterator[Connection]:
-    """Open a channel for the duration of the ``async with`` block."""
-    if not settings.address.strip():
-        raise UsageError("the server address is empty")
+    """Open a channel for the duration of the ``async with`` block.
+
+    The connection's settings name the gRPC target ``--address`` stands for (``HOST`` gets the
+    default port, ``https://`` TLS: ``transport.client_target``).
+    """
+    target, scheme_tls = transport.client_target(settings.address)
+    if scheme_tls is False and settings.uses_tls:
+        raise UsageError(
+            f"--address {settings.address.strip()} says plaintext (http://) but --tls, --ca-cert or "
+            "--client-cert asks for TLS: write https:// or drop the TLS options"
+        )
+    settings = dataclasses.replace(settings, address=target, tls=settings.uses_tls or bool(scheme_tls))
     options = transport.client_options()
     if settings.uses_tls:
         channel = grpc.aio.secure_channel(settings.address, _credentials(settings), options=options)
@@ -57,19 +66,30 @@ async def connect(settings: ConnectionSettings) -> AsyncIterator[Connection]:
     metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
     try:
         # The last of the translations: a failure no client function translated itself leaves as a StreamcliError.
-        with rpc_errors(settings.address):
+        with rpc_errors(settings):
             yield Connection(settings, channel, pb_grpc.StreamingServiceStub(channel), metadata)
     finally:
         await channel.close()
 
 
 @contextlib.contextmanager
-def rpc_errors(address: str) -> Iterator[None]:
-    """Translate ``grpc.aio.AioRpcError`` raised inside the block into ``StreamcliError``."""
+def rpc_errors(settings: ConnectionSettings) -> Iterator[None]:
+    """Translate ``grpc.aio.AioRpcError`` raised inside the block into ``StreamcliError``.
+
+    ``settings`` are the connection's (``Connection.settings``): a connection that failed while being
+    set up because of its TLS settings is a configuration error saying what to change (``handshake``).
+    """
     try:
         yield
     except grpc.aio.AioRpcError as exc:
-        raise error_for_status(exc.code(), exc.details(), address=address) from exc
+        details = exc.details() or ""
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+            from streamcli.client.handshake import diagnose
+
+            mismatch = diagnose(settings, settings.address, details)
+            if mismatch is not None:
+                raise mismatch from exc
+        raise error_for_status(exc.code(), details, address=settings.address) from exc
 
 
 T = TypeVar("T")

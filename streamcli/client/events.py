@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import re
@@ -31,7 +32,8 @@ EVENT_TYPES = ShortNames(pb.UserEventType, "USER_EVENT_TYPE_", "event type")
 class NonFiniteNumber(ValueError):
     """JSON text holds NaN, Infinity or -Infinity, or a number beyond the range of a double (which
     Python reads as infinite). ``json.loads`` accepts them, but that is not JSON: strict parsers
-    refuse it, and a tail would print it back as it came."""
+    refuse it, and a tail would print it back as it came. Also an integer beyond 2^53 in magnitude,
+    which the double it becomes in a Struct would silently round."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg)
@@ -49,19 +51,34 @@ def _finite_float(text: str) -> float:
     return number
 
 
+#: The largest integer magnitude a double holds exactly along with every integer below it (JavaScript's
+#: Number.MAX_SAFE_INTEGER + 1): a Struct's numbers are doubles, so 2^53 + 1 would come back as 2^53.
+EXACT_INTEGERS = 2**53
+
+
+def _exact_int(text: str) -> int:
+    number = int(text)
+    if len(text) >= 16 and abs(number) > EXACT_INTEGERS:  # (15 digits are always below it)
+        raise NonFiniteNumber(
+            f"{text} is beyond 2^53: event data numbers are doubles, which would round it (send it as a string)"
+        )
+    return number
+
+
 # One decoder: json.loads with hooks would build a decoder and its scanner for every line.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_exact_int)
 
 
 def parse_json(text: str | bytes) -> Any:
     """``json.loads`` of what is JSON proper: the one parser of published events and their data.
 
-    Numbers with a fraction or an exponent pass through a check for infinity; integers and
-    everything else are parsed as fast as by ``json.loads``.
+    Numbers with a fraction or an exponent pass through a check for infinity, integers through one for
+    their magnitude; everything else is parsed as fast as by ``json.loads``.
 
     Raises:
         json.JSONDecodeError: the text is not JSON.
-        NonFiniteNumber: it holds NaN, Infinity, -Infinity or a number too large for a double.
+        NonFiniteNumber: it holds NaN, Infinity, -Infinity, a number too large for a double or an integer
+            beyond 2^53 (which a double would round).
         UnicodeDecodeError: bytes that are not UTF-8.
     """
     try:
@@ -341,6 +358,30 @@ def parse_time(text: str) -> tuple[int, int]:
         UsageError: the text is not such a time.
         TimeOutOfRange: it is one, outside the years 0001-9999 in UTC.
     """
+    # The form machines write, ``2026-11-24T10:00:00.123Z``, read by slicing (a third of the regex's cost);
+    # anything else, or a value out of range, is left to the general reading below, which says what is wrong.
+    if (
+        len(text) >= 20
+        and text[-1] == "Z"
+        and text[10] == "T"
+        and text[13] == ":"
+        and text[16] == ":"
+        and text.isascii()
+        and (day := _day_seconds(text[:10])) is not None
+    ):
+        hh, mm, ss, rest = text[11:13], text[14:16], text[17:19], text[19:-1]
+        if (
+            hh.isdigit()
+            and mm.isdigit()
+            and ss.isdigit()
+            and (hour := int(hh)) < 24
+            and (minute := int(mm)) < 60
+            and (second := int(ss)) < 60
+        ):
+            if not rest:
+                return day + hour * 3600 + minute * 60 + second, 0
+            if rest[0] == "." and rest[1:].isdigit():
+                return day + hour * 3600 + minute * 60 + second, int(rest[1:10].ljust(9, "0"))
     text = text.strip()
     match = _TIME.fullmatch(text)
     if match is None:
@@ -364,6 +405,18 @@ def parse_time(text: str) -> tuple[int, int]:
     fraction = match["fraction"]
     nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
     return total, nanos
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_seconds(date: str) -> int | None:
+    """Seconds from the epoch to the start of ``date`` (``YYYY-MM-DD``, ASCII), or None when it is not such a
+    date (a year 0000, a 30 February): ``parse_time``'s fast reading, once per date."""
+    if date[4] != "-" or date[7] != "-" or not (date[:4] + date[5:7] + date[8:]).isdigit():
+        return None
+    try:
+        return (datetime.date.fromisoformat(date).toordinal() - _EPOCH_DAY) * 86_400
+    except ValueError:
+        return None
 
 
 async def publish_events(
@@ -432,7 +485,7 @@ def tail_events(
         request = pb.StreamUserEventsRequest(
             user_id=user_id, all_users=all_users, event_types=types, no_follow=not options.follow
         )
-        set_start(request, resume_after, since)
+        set_start(request, resume_after, since, options)
         return conn.stub.StreamUserEvents(request, metadata=conn.metadata)
 
     return tail_log(conn, open_stream, lambda response: EventBatch(response.events), options)

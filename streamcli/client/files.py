@@ -8,6 +8,7 @@ from typing import Any
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, rpc_errors
+from streamcli.client.ids import IdKind, resolve_id
 from streamcli.errors import StreamcliError, UnavailableError, UnimplementedError
 from streamcli.times import Instant, rfc3339
 
@@ -57,7 +58,7 @@ async def list_files(conn: Connection, limit: int) -> list[FileEntry]:
     """Stored files, newest first, at most ``limit`` (paging through the server's pages)."""
     files: list[FileEntry] = []
     token = ""
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings):
         while len(files) < limit:
             page = await conn.stub.ListFiles(
                 pb.ListFilesRequest(page_size=min(1000, limit - len(files)), page_token=token),
@@ -72,15 +73,16 @@ async def list_files(conn: Connection, limit: int) -> list[FileEntry]:
 
 
 async def get_file_info(conn: Connection, file_id: str) -> FileEntry:
-    """One file's metadata."""
-    with rpc_errors(conn.settings.address):
+    """One file's metadata; ``file_id`` may be the start of the id (``resolve_id``)."""
+    file_id = await resolve_id(conn, IdKind.FILE, file_id)
+    with rpc_errors(conn.settings):
         reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata, timeout=30)
     return FileEntry.from_message(reply.file)
 
 
 async def delete_file(conn: Connection, file_id: str) -> int:
-    """Delete a file; returns the bytes freed."""
-    with rpc_errors(conn.settings.address):
+    """Delete a file, named by its whole id; returns the bytes freed."""
+    with rpc_errors(conn.settings):
         reply = await conn.stub.DeleteFile(pb.DeleteFileRequest(file_id=file_id), metadata=conn.metadata, timeout=30)
     return int(reply.bytes_freed)
 
@@ -90,6 +92,8 @@ async def delete_files(
 ) -> list[StreamcliError]:
     """Delete each file, going on after one that fails; ``report`` gets bytes freed or the error, per id.
 
+    An id may be the start of one (``resolve_id``): ``report`` is then given the whole id it stood for.
+
     Returns the failures, in order. A failure that no other id can escape (server
     unreachable, RPC not implemented) stops there: the ids after it are not tried,
     and its message says how many.
@@ -97,6 +101,7 @@ async def delete_files(
     failures: list[StreamcliError] = []
     for index, file_id in enumerate(file_ids):
         try:
+            file_id = await resolve_id(conn, IdKind.FILE, file_id)
             outcome: int | StreamcliError = await delete_file(conn, file_id)
         except StreamcliError as exc:
             outcome = exc

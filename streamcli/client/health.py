@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from streamcli.client.connection import Connection
+from streamcli.client.connection import Connection, rpc_errors
+from streamcli.errors import StreamcliError
+
+#: The status of a server that did not answer (unreachable, or no answer within the timeout).
+UNREACHABLE = "UNREACHABLE"
 
 
-async def check_health(conn: Connection, service: str = "", timeout: float = 5.0) -> str:
-    """Return the serving status name of ``service`` ("" = the whole server).
+@dataclasses.dataclass(frozen=True)
+class HealthReport:
+    """What a health check found: ``status`` is SERVING, NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN or UNREACHABLE;
+    ``error`` says why the server did not answer (UNREACHABLE only)."""
 
-    Returns:
-        "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN".
-    """
+    status: str
+    error: StreamcliError | None = None
+
+
+async def check_health(conn: Connection, service: str = "", timeout: float = 5.0) -> HealthReport:
+    """The serving status of ``service`` ("" = the whole server); a server that does not answer is
+    UNREACHABLE, with the error saying why (a status to print, as well as a failure)."""
     stub = health_pb2_grpc.HealthStub(conn.channel)
     try:
         reply = await stub.Check(
@@ -22,6 +34,18 @@ async def check_health(conn: Connection, service: str = "", timeout: float = 5.0
     except grpc.aio.AioRpcError as exc:
         # The health protocol answers NOT_FOUND for a service it does not know.
         if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return "SERVICE_UNKNOWN"
+            return HealthReport("SERVICE_UNKNOWN")
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return HealthReport(UNREACHABLE, _translated(exc, conn))
         raise  # translated where the connection closes
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    return HealthReport(str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)))
+
+
+def _translated(exc: grpc.aio.AioRpcError, conn: Connection) -> StreamcliError:
+    """``exc`` as the one translation of gRPC failures (``rpc_errors``) makes it."""
+    try:
+        with rpc_errors(conn.settings):
+            raise exc
+    except StreamcliError as error:
+        return error
+    raise AssertionError("rpc_errors translates every AioRpcError")  # pragma: no cover

@@ -51,6 +51,22 @@ def new_push_id() -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrendPoint:
+    """One step of a series' trend: its start (RFC 3339), its length in minutes, and its samples' count, p50
+    and p99 (0 without samples)."""
+
+    start: str
+    minutes: int
+    count: int
+    p50: float
+    p99: float
+
+    @classmethod
+    def of(cls, point: pb.MetricTrendPoint) -> TrendPoint:
+        return cls(rfc3339(point.start), point.minutes, point.count, point.p50, point.p99)
+
+
+@dataclasses.dataclass(frozen=True)
 class SeriesSummary:
     """A metric series as the server describes it."""
 
@@ -68,6 +84,7 @@ class SeriesSummary:
     p99: float
     updated_at: str  # RFC 3339
     quantiles: tuple[tuple[float, float], ...] = ()  # (quantile, value), as asked for
+    trend: tuple[TrendPoint, ...] = ()  # as asked for (trend_points), oldest first
 
     @classmethod
     def of(cls, summary: pb.MetricSummary) -> SeriesSummary:
@@ -86,6 +103,7 @@ class SeriesSummary:
             summary.p99,
             rfc3339(summary.updated_at),
             tuple((q.quantile, q.value) for q in summary.quantiles),
+            tuple(TrendPoint.of(point) for point in summary.trend),
         )
 
     @property
@@ -100,6 +118,8 @@ class SeriesSummary:
         record = dataclasses.asdict(self)
         record["labels"] = dict(self.labels)
         record["quantiles"] = [{"quantile": q, "value": v} for q, v in self.quantiles]
+        if not self.trend:  # (asked for by `metrics show` only)
+            del record["trend"]
         return record
 
 
@@ -198,10 +218,10 @@ class MetricPush:
             self._options.retry,
             f"push of {self._source}",
             hint="run the same command again to resume the push",
-            address=self._conn.settings.address,
+            settings=self._conn.settings,
             announce=self._options.notice,
         )
-        with rpc_errors(self._conn.settings.address):
+        with rpc_errors(self._conn.settings):
             self.held = (await self._query()).next_index
             while True:
                 try:
@@ -336,19 +356,32 @@ async def list_series(
     labels: dict[str, str] | None = None,
     since: Timestamp | None = None,
     quantiles: Sequence[float] = (),
+    trend_points: int = 0,
     limit: int = 100_000,
+    notice: Callable[[str], None] | None = None,
 ) -> list[SeriesSummary]:
-    """The caller's series (every owner's for the service token), sorted by name and labels."""
+    """The caller's series (every owner's for the service token), sorted by name and labels; with
+    ``trend_points``, each with its trend. ``notice`` is told when ``since`` reaches back before what the server
+    keeps per minute (the answer then counts from what it keeps)."""
     found: list[SeriesSummary] = []
     token = ""
     while len(found) < limit:
         request = pb.ListMetricSeriesRequest(
-            name=name, labels=labels or {}, page_size=min(1000, limit - len(found)), page_token=token
+            name=name,
+            labels=labels or {},
+            page_size=min(1000, limit - len(found)),
+            page_token=token,
+            trend_points=trend_points,
         )
         request.quantiles.extend(quantiles)
         if since is not None:
             request.since.CopyFrom(since)
         page = await conn.stub.ListMetricSeries(request, metadata=conn.metadata)
+        if notice is not None and not token and page.HasField("kept_since"):
+            notice(
+                f"the server keeps per-minute aggregates since {rfc3339(page.kept_since)} only "
+                "(serve --metric-retention): counted from then"
+            )
         found.extend(SeriesSummary.of(s) for s in page.series)
         token = page.next_page_token
         if not token:

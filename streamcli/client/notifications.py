@@ -73,7 +73,7 @@ async def send_notification(
     request = pb.SendNotificationRequest(
         recipient=recipient, topic=topic, title=title, body=body, severity=severity, attributes=attributes or {}
     )
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings):
         response = await conn.stub.SendNotification(request, metadata=conn.metadata, timeout=30)
     return Notification.from_message(response.notification)
 
@@ -85,7 +85,7 @@ def tail_notifications(
 
     def open_stream(resume_after: int | None) -> Any:
         request = pb.SubscribeToNotificationsRequest(recipient=recipient, topics=topics, no_follow=not options.follow)
-        set_start(request, resume_after, since)
+        set_start(request, resume_after, since, options)
         return conn.stub.SubscribeToNotifications(request, metadata=conn.metadata)
 
     return tail_log(

@@ -153,6 +153,9 @@ def _struct_bytes(payload: dict[str, Any]) -> bytes:
         if isinstance(value, bool):
             slot = b"\x20\x01" if value else b"\x20\x00"
         elif isinstance(value, (int, float)):
+            if len(name) <= CACHED_CHARS:  # (the entry's bytes before the number, kept per name)
+                parts += (_number_entry_start(name), pack_double(value))
+                continue
             slot = b"\x11" + pack_double(value)
         elif value is None:
             slot = b"\x08\x00"
@@ -191,6 +194,12 @@ def _key_field(key: str) -> bytes:
 @functools.lru_cache(maxsize=CACHED)
 def _name_field(name: str) -> bytes:
     return string_field(1, name)
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _number_entry_start(name: str) -> bytes:
+    """A Struct's field holding a number, up to the number's 8 bytes (Value.number_value = 2: key 0x11)."""
+    return _entry(name, b"\x11" + _ZERO)[:-8]
 
 
 @functools.lru_cache(maxsize=CACHED)

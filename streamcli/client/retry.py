@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import grpc
 
-from streamcli.client.settings import RECONNECT_RETRIES
+from streamcli.client.settings import RECONNECT_RETRIES, ConnectionSettings
 from streamcli.errors import error_for_status
 
 log = logging.getLogger("streamcli.client")
@@ -48,7 +48,7 @@ class Attempts:
 
     Every loop in client/ that reconnects (transfers, tails, chat, publish) has this shape::
 
-        attempts = Attempts(policy, "upload of x", hint="run the same command again to resume")
+        attempts = Attempts(policy, "upload of x", hint="run the same command again to resume", settings=...)
         while True:
             try:
                 ...                        # one attempt
@@ -66,7 +66,7 @@ class Attempts:
         *,
         also: frozenset[grpc.StatusCode] = frozenset(),
         hint: str | None = None,
-        address: str = "",
+        settings: ConnectionSettings | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> None:
         """
@@ -76,14 +76,15 @@ class Attempts:
             also: codes retried for this operation on top of ``RETRYABLE`` (races of its own).
             hint: when the retries run out, the error says this (how to go on) after "gave up after N
                 retries"; without one, the last failure is raised as it is.
-            address: the server's, named by that error.
+            settings: the connection's (``Connection.settings``): the server's address, named by that
+                error, and the TLS options a first failure is checked against (``handshake.diagnose``).
             announce: told one line when an outage begins ("lost the stream ...; reconnecting").
         """
         self._policy = policy
         self._what = what
         self._retryable = RETRYABLE | also
         self._hint = hint
-        self._address = address
+        self._settings = settings
         self._announce = announce
         self.failures = 0  # consecutive failed attempts since the last that worked or moved data
 
@@ -103,11 +104,14 @@ class Attempts:
             self.failures = 0
         if exc.code() not in self._retryable:
             raise exc
+        if not self.failures:
+            await self._refuse_mismatch(exc)
         if self.failures >= self._policy.retries:
             if self._hint is None:
                 raise exc
             detail = f"{exc.details() or exc.code().name.lower()}; gave up after {self.failures} retries; {self._hint}"
-            raise error_for_status(exc.code(), detail, address=self._address) from exc
+            address = self._settings.address if self._settings is not None else ""
+            raise error_for_status(exc.code(), detail, address=address) from exc
         if not self.failures and self._announce is not None:
             self._announce(
                 f"lost the stream ({exc.code().name}: {exc.details()}); reconnecting, "
@@ -124,6 +128,19 @@ class Attempts:
                 f"{self._what}: {reason}; retry {self.failures} of {self._policy.retries} in {delay:.1f} s"
             )
         await asyncio.sleep(delay)
+
+    async def _refuse_mismatch(self, exc: grpc.aio.AioRpcError) -> None:
+        """Raise the configuration error behind ``exc`` if it is a TLS/plaintext mismatch (or a missing client
+        certificate): no retry can mend it. Asked at the first failure of an outage only: the check may
+        make a probe handshake of its own (``handshake.diagnose``)."""
+        if self._settings is None or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+            return
+        from streamcli.client.handshake import diagnose
+
+        settings = self._settings
+        mismatch = await asyncio.to_thread(diagnose, settings, settings.address, exc.details() or "")
+        if mismatch is not None:
+            raise mismatch from exc
 
     def recovered(self) -> bool:
         """An attempt worked: the retries start over. True when it ended an outage (time to say so)."""

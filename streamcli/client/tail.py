@@ -26,6 +26,8 @@ class TailOptions:
     """When a tail ends."""
 
     follow: bool = True  # False: history only
+    tail: int | None = None  # start with the last this many records (the server finds them), None: unset
+    until: Timestamp | None = None  # end at the first record appended after this time
     max_records: int | None = None  # end after this many records
     idle_timeout: float | None = None  # end after this many seconds without a record
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)  # consecutive failed reconnects
@@ -37,14 +39,20 @@ class _Positioned(Protocol):
     position: int
 
 
-def set_start(request: Any, resume_after: int | None, since: Timestamp | None) -> None:
-    """Where a (re)opened log stream starts: at ``since`` (or live) the first time, then just after ``resume_after``.
+def set_start(request: Any, resume_after: int | None, since: Timestamp | None, options: TailOptions) -> None:
+    """Where a (re)opened log stream starts: at ``since`` and/or the last ``options.tail`` records (or live)
+    the first time, then just after ``resume_after``; and where it ends (``options.until``), every time.
 
-    ``request`` is a StreamUserEventsRequest or SubscribeToNotificationsRequest (both have these fields).
+    ``request`` is a StreamUserEventsRequest, SubscribeToNotificationsRequest or StreamRoomMessagesRequest
+    (all have these fields).
     """
+    if options.until is not None:
+        request.end_time.CopyFrom(options.until)
     if resume_after is None:
         if since is not None:
             request.start_time.CopyFrom(since)
+        if options.tail:
+            request.tail = options.tail
     elif resume_after:
         request.resume_after_id = resume_after
     else:
@@ -72,12 +80,12 @@ async def tail_log(
         records_of: the records of one response (empty for a heartbeat).
         options: follow, max records, idle timeout, retries.
     """
-    attempts = Attempts(options.retry, "tail", announce=options.notice)
+    attempts = Attempts(options.retry, "tail", settings=conn.settings, announce=options.notice)
     resume_after: int | None = None
     connected = False  # until the server first answers, a failure is reported, not retried
     seen = 0
     idle = _IdleWatch(options.idle_timeout)
-    with rpc_errors(conn.settings.address), idle:
+    with rpc_errors(conn.settings), idle:
         while not idle.expired:  # (it may run out during a reconnect's backoff)
             call = open_stream(resume_after)
             idle.watch(call)

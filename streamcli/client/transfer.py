@@ -11,10 +11,9 @@ SHA-256 and only then rename it into place.
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import pathlib
@@ -28,20 +27,26 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.checksums import sha256_prefix
 from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.files import FileEntry
+from streamcli.client.ids import IdKind, resolve_id
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from streamcli.errors import (
     ConflictError,
     IntegrityError,
+    LocalFileError,
     ResourceExhaustedError,
     StreamcliError,
     UsageError,
 )
 from streamcli.names import check_filename, is_filename
+from streamcli.pipeline import Pipeline, Writeback
 
-#: Bytes per upload message. 64 KiB moved the most bytes per second through
-#: grpc.aio on loopback of the sizes measured (bench/README.md).
-CHUNK_SIZE = 64 * 1024
+#: Bytes per upload message: the most the contract allows, which moved the most bytes per second
+#: through grpc.aio on loopback of the sizes measured (bench/README.md, "File transfer"); at the
+#: speeds measured that is still hundreds of progress updates a second.
+CHUNK_SIZE = 1024 * 1024
+#: Chunks an upload reads (and hashes) ahead of what it sends, at most.
+READS_AHEAD = 4
 
 #: Codes an upload retries on besides the usual ones: the server may still be
 #: finishing the previous attempt's stream when the next one starts.
@@ -114,21 +119,26 @@ async def upload_path(
     metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
     attempts = Attempts(
         retry, f"upload of {name}", also=_UPLOAD_RACES,
-        hint="run the same command again to resume the upload", address=conn.settings.address,
+        hint="run the same command again to resume the upload", settings=conn.settings,
     )  # fmt: skip
     resumed_from = 0
-    with rpc_errors(conn.settings.address):
+    changed: list[str] = []  # what _file_requests found changed in the file, when it did
+    with rpc_errors(conn.settings):
         sent = [0]  # bytes the current attempt handed to the stream
 
         def advance(n: int) -> None:
             sent[0] += n
             progress.advance(upload_id, n)
 
+        # A file of one chunk or less has nothing worth resuming: it starts at once, without asking the
+        # server first (a round trip per file, most of the cost of small files), and asks only when the
+        # server has an upload under its id already (ALREADY_EXISTS) or an attempt failed.
+        ask = size > CHUNK_SIZE
         while True:
             first_status = None
             sent[0] = 0
             try:
-                status = await _upload_status(conn, upload_id, size)
+                status = await _upload_status(conn, upload_id, size) if ask else None
                 if status is None:
                     first = pb.UploadFileRequest(metadata=metadata, upload_id=upload_id)
                     offset, declared = 0, ""
@@ -136,18 +146,27 @@ async def upload_path(
                     offset, declared = status
                     first = pb.UploadFileRequest(resume=pb.UploadResume(upload_id=upload_id, offset=offset))
                     resumed_from = resumed_from or offset
-                hasher = await asyncio.to_thread(_hash_head, path, offset)
+                hasher = await asyncio.to_thread(_hash_head, path, offset) if offset else hashlib.sha256()
                 progress.start(upload_id, name, size, offset)
                 requests = _file_requests(
-                    first, path, offset, size, hasher, trailer=not declared,
-                    advance=advance,
+                    first, path, offset, (size, mtime_ns), hasher, trailer=not declared,
+                    advance=advance, changed=changed,
                 )  # fmt: skip
                 call = conn.stub.UploadFile(requests, metadata=conn.metadata)
                 first_status = FirstStatus(call)
                 response = await call
                 break
             except grpc.aio.AioRpcError as exc:
+                if changed:  # the server refused what the stream became; the reason is here
+                    raise LocalFileError(
+                        f"{path} changed while it was being uploaded ({changed[0]}); it was not stored: run the "
+                        "command again once nothing writes to the file any more"
+                    ) from None
                 exc = first_status.unmask(exc) if first_status else exc
+                if not ask and exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    ask = True
+                    continue  # not a failure: the server has an earlier attempt of this file to resume
+                ask = True
                 await attempts.failed(exc, progressed=sent[0] > 0)
     progress.finish(upload_id)
     return TransferResult(
@@ -193,22 +212,63 @@ async def _file_requests(
     first: pb.UploadFileRequest,
     path: pathlib.Path,
     offset: int,
-    size: int,
+    inspected: tuple[int, int],
     hasher: hashlib._Hash,
     *,
     trailer: bool,
     advance: Callable[[int], None],
+    changed: list[str],
 ) -> AsyncIterator[pb.UploadFileRequest]:
-    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer."""
+    """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer.
+
+    Reading and hashing run on a worker thread (a ``Pipeline``), at most ``READS_AHEAD`` chunks ahead
+    of what the stream has taken: the event loop only sends. ``inspected`` is the file's size and
+    modification time (ns) when the upload started. If they differ when the last chunk has been read, or
+    the file ends early, the stream ends one chunk short of the declared size, so that the server stores
+    nothing, and ``changed`` says what changed.
+    """
+    size = inspected[0]
     yield first
     sent = offset
-    with open(path, "rb") as handle:  # noqa: ASYNC230 (local reads of 64 KiB: cheaper inline than a thread hop)
-        handle.seek(offset)
-        while sent < size and (chunk := handle.read(min(CHUNK_SIZE, size - sent))):
-            hasher.update(chunk)
-            sent += len(chunk)
-            yield pb.UploadFileRequest(chunk=chunk)
-            advance(len(chunk))
+    handle = await asyncio.to_thread(open, path, "rb")
+
+    def read(length: int, last: bool) -> bytes | None:
+        """The next chunk, hashed; None when the file is no longer the one inspected (``changed`` says how)."""
+        chunk = handle.read(length)
+        if last or not chunk:  # the last one (or the file ended early): is it still the file inspected?
+            now = os.fstat(handle.fileno())
+            if (now.st_size, now.st_mtime_ns) != inspected or not chunk:
+                grew = f"{size} bytes when it started, {now.st_size} now"
+                changed.append(grew if now.st_size != size else "modified since it started")
+                return None
+        hasher.update(chunk)
+        return chunk
+
+    reads: Pipeline[bytes | None] = Pipeline()
+    ahead = offset  # bytes asked of the pipeline so far
+
+    def ask() -> None:
+        nonlocal ahead
+        length = min(CHUNK_SIZE, size - ahead)
+        reads.put(functools.partial(read, length, ahead + length >= size))
+        ahead += length
+
+    with handle:
+        try:
+            handle.seek(offset)
+            while ahead < size and len(reads) < READS_AHEAD:
+                ask()
+            while reads:
+                chunk = await reads.take()
+                if chunk is None:
+                    return  # one chunk short: the server stores nothing
+                if ahead < size:
+                    ask()
+                sent += len(chunk)
+                yield pb.UploadFileRequest(chunk=chunk)
+                advance(len(chunk))
+        finally:
+            await reads.close()  # before the handle is closed
     if trailer:
         yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=sent, checksum=hasher.hexdigest()))
 
@@ -234,7 +294,7 @@ async def upload_stream(
         yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=size, checksum=hasher.hexdigest()))
 
     progress.start(key, name, None)
-    with rpc_errors(conn.settings.address):
+    with rpc_errors(conn.settings):
         call = conn.stub.UploadFile(requests(), metadata=conn.metadata)
         first_status = FirstStatus(call)
         try:
@@ -291,8 +351,8 @@ async def download_file(
     create_dirs: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> TransferResult:
-    """Download a file (its id, or its entry from ``files.list_files``) to ``destination`` via ``NAME.part``, or to
-    ``stdout`` when given.
+    """Download a file (its id or the start of it, or its entry from ``files.list_files``) to ``destination``
+    via ``NAME.part``, or to ``stdout`` when given.
 
     ``destination`` is a file, or a directory to write the server's name into: one
     that exists, or any path ending in ``/`` (created with ``create_dirs``, as are
@@ -306,7 +366,7 @@ async def download_file(
     Raises:
         NotFoundError: no such file.
         UsageError: a directory that does not exist, or a path that cannot be written.
-        ConflictError: the destination exists and ``force`` is false; it is a directory;
+        LocalFileError: the destination exists and ``force`` is false; it is a directory;
             ``NAME.part`` is a link or not a regular file.
         IntegrityError: the bytes received do not hash to the stored SHA-256.
         ResourceExhaustedError: the disk (or stdout) is full.
@@ -314,8 +374,8 @@ async def download_file(
     if isinstance(file, FileEntry):
         info, file_id = file, file.file_id
     else:
-        file_id = file
-        with rpc_errors(conn.settings.address):
+        file_id = await resolve_id(conn, IdKind.FILE, file)
+        with rpc_errors(conn.settings):
             reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)
         info = FileEntry.from_message(reply.file)
     if stdout is not None:
@@ -327,14 +387,18 @@ async def download_file(
     with handle:
         try:
             result = await _download(conn, info, handle, offset, hasher, progress, retry, str(target))
-        except IntegrityError:
+        except IntegrityError as exc:
             handle.close()
             part.unlink(missing_ok=True)  # corrupt bytes are not worth resuming
-            raise
-        handle.flush()
-        os.fsync(handle.fileno())
+            raise IntegrityError(f"{exc}; {part.name} was removed: run the same command again to start over") from exc
+        await asyncio.to_thread(_make_durable, handle)  # before the rename: a crash leaves NAME whole or absent
     await asyncio.to_thread(_install, part, target, force)
     return result
+
+
+def _make_durable(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def _local_name(server_name: str, file_id: str) -> str:
@@ -391,11 +455,11 @@ def _check_target(target: pathlib.Path, force: bool) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(mode):
-        raise ConflictError(f"{target} is a directory; not replacing it")
+        raise LocalFileError(f"{target} is a directory; not replacing it")
     if not force:
-        raise ConflictError(f"{target} exists; pass --force to overwrite it")
+        raise LocalFileError(f"{target} exists; pass --force to overwrite it")
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        raise ConflictError(f"{target} is not a regular file; not replacing it")
+        raise LocalFileError(f"{target} is not a regular file; not replacing it")
 
 
 def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.Path, BinaryIO, int, hashlib._Hash]:
@@ -418,7 +482,7 @@ def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.P
             fd = os.open(part, flags)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EEXIST, errno.EISDIR, errno.ENXIO):  # replaced since we looked
-            raise ConflictError(f"{part} changed while being opened; try again") from exc
+            raise LocalFileError(f"{part} changed while being opened; try again") from exc
         raise UsageError(f"cannot write {part}: {exc.strerror or exc}") from exc
     handle = os.fdopen(fd, "r+b")
     try:
@@ -437,11 +501,11 @@ def _open_part(target: pathlib.Path, size: int, resume: bool) -> tuple[pathlib.P
 def _check_part(part: pathlib.Path, status: os.stat_result) -> None:
     again = " (remove it and try again)"
     if stat.S_ISLNK(status.st_mode):
-        raise ConflictError(f"{part} is a symbolic link; not following it{again}")
+        raise LocalFileError(f"{part} is a symbolic link; not following it{again}")
     if not stat.S_ISREG(status.st_mode):
-        raise ConflictError(f"{part} is not a regular file{again}")
+        raise LocalFileError(f"{part} is not a regular file{again}")
     if status.st_nlink > 1:  # a hard link to another file: writing would change that file too
-        raise ConflictError(f"{part} has other links ({status.st_nlink}); not writing through them{again}")
+        raise LocalFileError(f"{part} has other links ({status.st_nlink}); not writing through them{again}")
 
 
 def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
@@ -455,7 +519,7 @@ def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
         try:
             os.link(part, target, follow_symlinks=False)
         except FileExistsError:
-            raise ConflictError(f"{target} exists; pass --force to overwrite it") from None
+            raise LocalFileError(f"{target} exists; pass --force to overwrite it") from None
         except OSError:
             pass  # no hard links here (EPERM, ENOTSUP...): check, then rename
         else:
@@ -466,42 +530,46 @@ def _install(part: pathlib.Path, target: pathlib.Path, force: bool) -> None:
         os.replace(part, target)
     except OSError as exc:
         if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
-            raise ConflictError(f"{target} is a directory; not replacing it") from exc
+            raise LocalFileError(f"{target} is a directory; not replacing it") from exc
         raise UsageError(f"cannot rename {part} to {target}: {exc.strerror or exc}") from exc
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class _BackgroundWriter:
     """Writes and hashes received bytes on a worker thread, in order, with bounded memory.
 
-    The event loop only receives: ~1 MiB blocks go to one worker thread (file
+    The event loop only receives: ~1 MiB blocks go to the download's ``Pipeline`` (file
     writes and SHA-256 release the GIL, so the two overlap on two cores), and at
     most ``MAX_PENDING`` blocks wait, so memory stays constant whatever the size.
     """
 
     BLOCK = 1 << 20
-    MAX_PENDING = 8
+    MAX_PENDING = 4
 
     def __init__(self, sink: BinaryIO, hasher: hashlib._Hash) -> None:
         self._sink = sink
         self._hasher = hasher
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamcli-writer")
-        self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._pipeline: Pipeline[None] = Pipeline()
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._writeback: Writeback | None = None  # (made by the worker, at the first block)
+        self._written = 0
 
-    def __enter__(self) -> _BackgroundWriter:
+    async def __aenter__(self) -> _BackgroundWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._executor.shutdown(wait=True)
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pipeline.close()  # the block being written ends before the sink is used again
 
     def _write(self, block: bytes) -> None:
+        if self._writeback is None:  # so that the fsync before the rename has little left
+            try:
+                self._written = self._sink.tell()
+                self._writeback = Writeback(self._sink.fileno(), self._written)
+            except (OSError, ValueError):  # a pipe, or no file at all (a test's buffer): nothing to write back
+                self._writeback = Writeback(-1, 0, enabled=False)
         self._sink.write(block)
+        self._written += len(block)
+        self._writeback.wrote(self._written)
         self._hasher.update(block)
 
     async def write(self, data: bytes) -> None:
@@ -511,31 +579,24 @@ class _BackgroundWriter:
             await self._dispatch()
 
     async def _dispatch(self) -> None:
-        block = b"".join(self._buffer)
+        block = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._write, block)
-        # Marks a failure as retrieved even if the download ends before awaiting this block (the stream
-        # failed, an earlier block failed): "Future exception was never retrieved" is not for users.
-        future.add_done_callback(_retrieve)
-        self._pending.append(future)
-        while len(self._pending) > self.MAX_PENDING:
+        self._pipeline.put(functools.partial(self._write, block))
+        while len(self._pipeline) > self.MAX_PENDING:
             await self._settle()
 
     async def drain(self) -> None:
         """Wait until everything given to ``write`` is written and hashed."""
         if self._buffer:
             await self._dispatch()
-        while self._pending:
+        while self._pipeline:
             await self._settle()
 
     async def _settle(self) -> None:
         try:
-            await self._pending.popleft()
+            await self._pipeline.take()  # after a failed block, nothing more is written
         except OSError as exc:
-            for later in self._pending:  # nothing after a failed block may be written
-                later.cancel()
-            self._pending.clear()
             if exc.errno == errno.EPIPE:
                 raise  # stdout's reader went away (`| head`): the CLI's boundary exits 141, quietly
             kind = ResourceExhaustedError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else UsageError
@@ -556,23 +617,24 @@ async def _download(
     hint = "run the same command again to resume from the .part file"
     if shown_path == "-":
         hint = "standard output cannot resume: run it again, or download to a file"
-    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, address=conn.settings.address)
+    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, settings=conn.settings)
     progress.start(info.file_id, info.filename, info.size, offset)
-    with rpc_errors(conn.settings.address), _BackgroundWriter(sink, hasher) as writer:
-        while True:  # one pass per attempt; retries continue from `offset`
-            attempt_start = offset
-            try:
-                request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
-                async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
-                    if response.offset != offset:
-                        raise IntegrityError(f"server sent bytes at offset {response.offset}, expected {offset}")
-                    await writer.write(response.data)
-                    offset += len(response.data)
-                    progress.advance(info.file_id, len(response.data))
-                break
-            except grpc.aio.AioRpcError as exc:
-                await attempts.failed(exc, progressed=offset > attempt_start)
-        await writer.drain()
+    with rpc_errors(conn.settings):
+        async with _BackgroundWriter(sink, hasher) as writer:
+            while True:  # one pass per attempt; retries continue from `offset`
+                attempt_start = offset
+                try:
+                    request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
+                    async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
+                        if response.offset != offset:
+                            raise IntegrityError(f"server sent bytes at offset {response.offset}, expected {offset}")
+                        await writer.write(response.data)
+                        offset += len(response.data)
+                        progress.advance(info.file_id, len(response.data))
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    await attempts.failed(exc, progressed=offset > attempt_start)
+            await writer.drain()
     sink.flush()
     progress.finish(info.file_id)
     digest = hasher.hexdigest()

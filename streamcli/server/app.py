@@ -30,6 +30,7 @@ from streamcli.credentials import Credentials
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
 from streamcli.server.decoding import DecodingBoundary
+from streamcli.server.reflection import enable_documented_reflection
 from streamcli.server.service import SERVICE_NAME, add_service
 from streamcli.server.tokens import check_user_tokens, read_user_tokens, world_readable
 from streamcli.services.batches import BatchService
@@ -39,8 +40,9 @@ from streamcli.services.documents import DocumentSettings
 from streamcli.services.events import STREAM as EVENTS_STREAM
 from streamcli.services.events import EventService
 from streamcli.services.files import FileService
+from streamcli.services.ids import IdService
 from streamcli.services.logs import LogSettings, Retention
-from streamcli.services.metrics import DEFAULT_MAX_SERIES, MetricService
+from streamcli.services.metrics import DEFAULT_MAX_SERIES, DEFAULT_MINUTE_RETENTION, MetricService
 from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
 from streamcli.services.notifications import NotificationService
 from streamcli.services.processing import ProcessingService
@@ -74,6 +76,8 @@ class ServerConfig:
     housekeeping_interval: float = 30.0  # seconds between expiry and retention runs
     chat: ChatSettings = dataclasses.field(default_factory=ChatSettings)
     max_series: int = DEFAULT_MAX_SERIES  # metric series the server holds; new ones beyond go to an overflow series
+    # Seconds per-minute metric sketches are kept (--since, trends); None: for ever. All-time ones are always kept.
+    metric_retention: float | None = DEFAULT_MINUTE_RETENTION
     documents: DocumentSettings = dataclasses.field(default_factory=DocumentSettings)  # Collaborate's limits
 
     @property
@@ -104,6 +108,8 @@ class ServerConfig:
             raise UsageError("--backend redis does not support --quota yet (its reservations are per replica)")
         if self.max_series < 1:
             raise UsageError("--max-series must be at least 1")
+        if self.metric_retention is not None and self.metric_retention < 60:
+            raise UsageError("--metric-retention must be at least a minute (or none)")
         if self.upload_ttl <= 0:
             raise UsageError("--upload-ttl must be more than zero seconds")
         if self.heartbeat <= 0 or self.housekeeping_interval <= 0:
@@ -235,18 +241,19 @@ async def start_server(config: ServerConfig) -> RunningServer:
         metrics = None
         unavailable = {}
         if backend.metrics is not None:
-            metrics = MetricService(backend.metrics, credentials_, config.max_series)
+            metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
             await metrics.load()
         else:
             reason = f"--backend {backend.name} does not support metrics yet"
             unavailable = dict.fromkeys(MetricService.RPCS, reason)
             log.warning("%s: %s answer UNIMPLEMENTED", reason, ", ".join(MetricService.RPCS))
         collab = CollabService(backend.log, log_settings, stopping, credentials_, config.documents)
-        domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab]
+        ids = IdService(backend.metadata, credentials_)
+        domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab, ids]
         add_service(server, [domain for domain in domains if domain is not None], unavailable)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
+        enable_documented_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
@@ -307,8 +314,11 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 GC_THRESHOLDS = (5000, 20, 50)
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully (a second signal exits at once)."""
+async def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully (a second signal exits at once).
+
+    ``on_ready`` is told the bound address (the real port when 0 was asked for) once the server serves.
+    """
     running = await start_server(config)
     # What exists now lives as long as the server: keep it out of the collector's full passes,
     # which otherwise walk every module, descriptor and handler object (gen-2 passes of 26-34 ms
@@ -324,6 +334,12 @@ async def serve(config: ServerConfig) -> None:
         "on" if config.tls else "off",
         "tokens" if running.credentials.enabled else "off",
     )
+    if on_ready is not None:
+        try:
+            on_ready(running.address)
+        except BaseException:  # e.g. the ready file cannot be written: nobody would know the server is up
+            await running.stop(0)
+            raise
     loop = asyncio.get_running_loop()
     first_signal = asyncio.Event()
 

@@ -19,6 +19,7 @@ the log entries after it, never by reading the whole batch back.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -123,23 +124,34 @@ class Tally:
         return info
 
 
-def record_problem(record: pb.DataRecord) -> str:
-    """Why ``record`` is refused, or "" when it is stored."""
+def record_problem(record: pb.DataRecord, serialized: bytes | None = None) -> str:
+    """Why ``record`` is refused, or "" when it is stored. With ``serialized`` (the record's bytes), a record
+    no larger than the payload limit is not measured again (its payload is smaller still)."""
     key = record.key
-    if not key:
-        return "key is required"
     if len(key) > MAX_KEY:
         return f"key is longer than {MAX_KEY} characters"
-    if has_control(key):
-        return "key has a control character"
+    if problem := _key_problem(key):
+        return problem
     if not math.isfinite(record.value):
         return f"value is {record.value} (not a finite number)"
     if record.HasField("timestamp"):
         seconds, nanos = record.timestamp.seconds, record.timestamp.nanos
         if not FIRST_TIME <= seconds < END_TIME or not 0 <= nanos <= 999_999_999:
             return "timestamp is outside 1970-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
-    if record.HasField("payload") and (size := record.payload.ByteSize()) > MAX_PAYLOAD:
+    measure = serialized is None or len(serialized) > MAX_PAYLOAD
+    if measure and record.HasField("payload") and (size := record.payload.ByteSize()) > MAX_PAYLOAD:
         return f"payload is {size} bytes serialized; at most {MAX_PAYLOAD}"
+    return ""
+
+
+# Keys repeat from record to record: the verdict on each (at most MAX_KEY characters) is kept.
+@functools.lru_cache(maxsize=4096)
+def _key_problem(key: str) -> str:
+    """Why records of ``key`` (no longer than MAX_KEY) are refused, or ""."""
+    if not key:
+        return "key is required"
+    if has_control(key):
+        return "key has a control character"
     return ""
 
 
@@ -267,12 +279,13 @@ class BatchService:
         for offset in range(skip, len(records)):
             record = records[offset]
             index = first + offset
-            problem = record_problem(record)
+            serialized = record.SerializeToString()
+            problem = record_problem(record, serialized)
             if problem:
                 reasons[index] = problem
                 new.append(NewRecord(record.key[:MAX_KEY], REFUSED, problem.encode(), PRODUCER, index + 1))
             else:
-                new.append(NewRecord(record.key, STORED, record.SerializeToString(), PRODUCER, index + 1))
+                new.append(NewRecord(record.key, STORED, serialized, PRODUCER, index + 1))
         if not new:
             await self._held_refusals(batch, first, len(records), response, limit)
             return next_index

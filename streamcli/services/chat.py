@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -21,10 +22,11 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, LogBounds, TrimmedError
 from streamcli.credentials import REVOKED, Credentials, TokenWatch
+from streamcli.services import wire
 from streamcli.services.checks import CLIENT_ID, CLIENT_ID_RULE, USER_ID, MalformedRequest, has_control, quoted
-from streamcli.services.logs import LogCursor, LogSettings, ServerStopping
+from streamcli.services.logs import LogCursor, LogService, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
-from streamcli.services.rooms import SYSTEM_USER, Refusal, Room, Rooms, Session
+from streamcli.services.rooms import SYSTEM_USER, Refusal, Room, Rooms, Session, encode_message, room_stream
 from streamcli.services.rooms import ChatSettings as ChatSettings  # where the server and its CLI find it
 from streamcli.services.rpc import Context, abort
 
@@ -39,7 +41,7 @@ class ChatService:
     """The chat RPCs of ``StreamingService``."""
 
     #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
-    RPCS: ClassVar[tuple[str, ...]] = ("Chat", "ListRoomMembers")
+    RPCS: ClassVar[tuple[str, ...]] = ("Chat", "ListRoomMembers", "StreamRoomMessages")
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class ChatService:
         self.settings = settings
         self.stopping = stopping
         self.rooms = Rooms(backend, log_settings, settings, stopping, notifications)
+        self.reader = LogService(backend.log, log_settings, stopping, self.credentials)
 
     async def close(self) -> None:
         """Wait until the leave messages of ended sessions are stored (before the store closes)."""
@@ -68,6 +71,22 @@ class ChatService:
         return pb.ListRoomMembersResponse(
             presence=pb.ChatPresence(room_id=request.room_id, users=room.members() if room else [])
         )
+
+    async def StreamRoomMessages(self, request: pb.StreamRoomMessagesRequest, context: Context) -> AsyncIterator[bytes]:
+        # Read-only: the room's log, never its Room (no membership, presence or join message). Rooms are
+        # open (anyone may join one), so any caller may read any room.
+        if not ROOM_ID.fullmatch(request.room_id):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
+        async for records, position in self.reader.follow(
+            room_stream(request.room_id), request, _every_record, context
+        ):
+            yield b"".join(
+                [
+                    wire.repeated_messages(1, (encode_message(r) for r in records)),
+                    wire.varint_field(2, position),
+                    wire.bytes_field(3, timestamp(time.time()).SerializeToString()),
+                ]
+            )
 
     async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context) -> None:
         join, named = await self._join_request(request_iterator, context)
@@ -122,7 +141,7 @@ class ChatService:
     async def _start(self, join: pb.ChatJoin, room: Room, bounds: LogBounds, context: Context) -> int:
         """The position the session reads after: its resume point, else its backlog's start."""
         if not join.resume_after_id:
-            return room.backlog_start(bounds, join.backlog)
+            return bounds.last_id if join.no_backlog else room.backlog_start(bounds, join.backlog)
         if join.resume_after_id > bounds.last_id:
             await abort(
                 context, grpc.StatusCode.OUT_OF_RANGE, f"resume id {join.resume_after_id} is beyond the end of the room"

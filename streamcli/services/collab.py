@@ -26,6 +26,7 @@ from streamcli.services.checks import CLIENT_ID, CLIENT_ID_RULE, USER_ID, Malfor
 from streamcli.services.documents import DOCUMENT_STREAM, Document, Documents, DocumentSettings, Editor
 from streamcli.services.logs import BATCH_RECORDS, LogSettings, timestamp
 from streamcli.services.rpc import Context, abort
+from streamcli.services.wire import repeated_messages
 
 DOCUMENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DOCUMENT_ID_RULE = "document_id must be 1-64 letters, digits, '-', '_' or '.'"
@@ -68,6 +69,8 @@ class CollabService:
         document = await self.documents.get(join.document_id)
         first: list[pb.CollaborationEvent] = []
         position = join.last_revision if join.HasField("last_revision") else None
+        if position is not None:
+            await document.keep_from(position)
         if position is not None and position > document.revision:
             await abort(
                 context,
@@ -85,7 +88,7 @@ class CollabService:
                 )
             )
         editor = Editor(join.user_id, join.client_id, position)
-        document.editors.add(editor)
+        document.arrive(editor)
         try:
             if first:
                 await context.write(pb.CollaborateResponse(events=first))
@@ -188,19 +191,20 @@ class CollabService:
             editor.wake.clear()
             if token.revoked():
                 await abort(context, grpc.StatusCode.UNAUTHENTICATED, REVOKED)
-            events: list[pb.CollaborationEvent] = []
+            response: bytes | pb.CollaborateResponse | None = None
             if editor.position < document.revision:
                 try:
-                    events = document.events_after(editor.position, BATCH_RECORDS)
+                    edits = document.events_after(editor.position, BATCH_RECORDS)
                 except TrimmedHistory as exc:
                     raise _Rejoin(f"this stream fell behind: {exc}") from None
-                editor.position = events[-1].revision
+                editor.position += len(edits)  # one a revision
+                response = repeated_messages(1, edits)  # CollaborateResponse.events, from the committed bytes
             elif editor.outbox:
                 # Cursors refer to a revision already sent: only now, when the stream has every edit.
-                events = list(editor.outbox)
+                response = pb.CollaborateResponse(events=editor.outbox)
                 editor.outbox.clear()
-            if events:
-                await context.write(pb.CollaborateResponse(events=events))
+            if response is not None:
+                await context.write(response)
                 last_sent = loop.time()
                 continue
             if receiver.done():
@@ -213,7 +217,8 @@ class CollabService:
                 )
             heartbeat = self.log_settings.heartbeat
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(editor.wake.wait(), max(0.0, last_sent + heartbeat - loop.time()))
+                async with asyncio.timeout_at(last_sent + heartbeat):  # (no task per wait, as wait_for makes)
+                    await editor.wake.wait()
             if not editor.wake.is_set() and loop.time() >= last_sent + heartbeat:
                 await context.write(pb.CollaborateResponse())  # heartbeat: proxies keep an idle stream
                 last_sent = loop.time()
@@ -237,6 +242,7 @@ class CollabService:
                 change, parts = parts, []
                 await self._commit(document, editor, change)
             elif action == "cursor":
+                await document.keep_from(request.cursor.base_revision)
                 self._cursor(document, editor, request.cursor)
             else:
                 self._refuse(document, editor, 0, f"unexpected {action or 'empty message'} after the join")

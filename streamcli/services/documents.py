@@ -5,11 +5,12 @@ A document ``D`` is the log ``doc:D`` (record id = revision: record 1 makes revi
 and each client's last committed change number), one every ``snapshot_every`` revisions. A revision is
 committed by a conditional append ("append if the log still ends at the revision I transformed onto"):
 a writer that lost the race (another replica on a shared backend) reads what was appended and transforms
-again. Opening a document reads its newest snapshot and the edits after it; the log and the history kept
+again. Opening a document reads its newest snapshot and the edits after it (the kept edits before the snapshot
+only when a rejoin or a change asks for them); the log and the history kept
 in memory are trimmed to the last ``kept_revisions`` once a snapshot covers what is removed.
 
 An ``Editor`` is one Collaborate stream on a document: what it has been sent (``position``), its
-ephemeral events (cursors of others, its own refusals) and a wake-up. The RPC is ``services/collab.py``.
+ephemeral events (cursors and presence of others, its own refusals) and a wake-up. The RPC is ``services/collab.py``.
 """
 
 from __future__ import annotations
@@ -68,13 +69,14 @@ class Document:
         self.log = log
         self.settings = settings
         self.sequencer = Sequencer(max_length=settings.max_length)
-        self.events: list[pb.CollaborationEvent] = []  # one per revision of sequencer.history
+        self.events: list[bytes] = []  # each revision of sequencer.history: its CollaborationEvent, serialized
         self.editors: set[Editor] = set()
         self.lock = asyncio.Lock()  # one commit at a time
         self.snapshot_revision = 0
+        self._log_start = 0  # where the log began when last looked at (it only moves on)
 
     async def open(self) -> None:
-        """Read the newest snapshot and the edits after it."""
+        """Read the newest snapshot and the edits after it (the kept edits before it are read when asked for)."""
         bounds = await self.log.bounds(self.snapshots)
         if bounds.last_id:
             (record,) = await self.log.read(self.snapshots, bounds.last_id - 1, 1)
@@ -82,36 +84,45 @@ class Document:
             self.sequencer = Sequencer(saved["text"], saved["revision"], self.settings.max_length)
             self.sequencer.last_seq.update(saved["last_seq"])
             self.snapshot_revision = saved["revision"]
-            await self._read_kept_before(self.snapshot_revision)
         await self._read_on()
 
-    async def _read_kept_before(self, revision: int) -> None:
-        """Take the edits the log keeps up to ``revision`` (a snapshot's) into the history, for rejoins."""
-        start = (await self.log.bounds(self.stream)).trimmed_through
-        kept: list[pb.CollaborationEvent] = []
-        while start + len(kept) < revision:
-            records = await self.log.read(
-                self.stream, start + len(kept), min(READ_RECORDS, revision - start - len(kept))
-            )
+    async def keep_from(self, revision: int) -> None:
+        """Have the history reach back to ``revision`` as far as the log keeps it (a rejoin, or a change or a
+        cursor based on a revision before the newest snapshot read on opening)."""
+        if revision < self.sequencer.first_kept:
+            async with self.lock:
+                await self._read_back(revision)
+
+    async def _read_back(self, revision: int) -> None:
+        """Put the logged edits after ``revision`` that the history lacks before it; nothing if trimmed away."""
+        first = self.sequencer.first_kept
+        if revision >= first or first <= self._log_start:
+            return
+        self._log_start = (await self.log.bounds(self.stream)).trimmed_through
+        start = max(revision, self._log_start)
+        earlier: list[bytes] = []
+        while start + len(earlier) < first:
+            after = start + len(earlier)
+            records = await self.log.read(self.stream, after, min(READ_RECORDS, first - after))
             if not records:
-                break
-            kept.extend(pb.CollaborationEvent.FromString(r.payload) for r in records)
-        self.sequencer.keep_earlier([_committed(e) for e in kept])
-        self.events[:0] = kept
+                return
+            earlier.extend(r.payload for r in records)
+        self.sequencer.keep_earlier([_committed(pb.CollaborationEvent.FromString(e)) for e in earlier])
+        self.events[:0] = earlier
 
     async def _read_on(self) -> None:
         """Take in what the log holds after the sequencer's revision."""
         while records := await self.log.read(self.stream, self.sequencer.revision, READ_RECORDS):
-            events = [pb.CollaborationEvent.FromString(r.payload) for r in records]
-            self.sequencer.record(_committed(e) for e in events)
-            self.events.extend(events)
+            self.sequencer.record(_committed(pb.CollaborationEvent.FromString(r.payload)) for r in records)
+            self.events.extend(r.payload for r in records)
 
     @property
     def revision(self) -> int:
         return self.sequencer.revision
 
-    def events_after(self, revision: int, limit: int) -> list[pb.CollaborationEvent]:
-        """Up to ``limit`` edit events after ``revision`` (:class:`TrimmedHistory` if they are no longer kept)."""
+    def events_after(self, revision: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` edit events after ``revision``, serialized, one a revision (:class:`TrimmedHistory` if
+        they are no longer kept). Serialized once when committed: every editor is sent the same bytes."""
         first = self.sequencer.first_kept
         self.sequencer.since(revision)  # raises when trimmed
         return self.events[revision - first : revision - first + limit]
@@ -119,10 +130,17 @@ class Document:
     async def commit(self, user: str, client_id: str, client_seq: int, base: int, edits: list[Edit]) -> int:
         """Transform a change onto the current revision and commit it; returns the revisions it made (0: a re-send).
 
+        A commit that has begun runs to its end (the editors woken, a snapshot written) even when the author's
+        stream ends meanwhile and its caller is cancelled.
+
         Raises:
             InvalidEdit, TrimmedHistory: from ``Sequencer.rebase``.
         """
+        return await asyncio.shield(self._commit(user, client_id, client_seq, base, edits))
+
+    async def _commit(self, user: str, client_id: str, client_seq: int, base: int, edits: list[Edit]) -> int:
         async with self.lock:
+            await self._read_back(base)
             while True:
                 if self.sequencer.is_duplicate(client_id, client_seq):
                     return 0
@@ -150,12 +168,12 @@ class Document:
                     await self._read_on()  # another writer committed first: transform again
                     continue
                 self.sequencer.record(_committed(e) for e in events)
-                self.events.extend(events)
+                self.events.extend(r.payload for r in records)
                 break
+            for editor in self.editors:
+                editor.wake.set()
             if self.revision - self.snapshot_revision >= self.settings.snapshot_every:
-                await self._snapshot()
-        for editor in self.editors:
-            editor.wake.set()
+                await self._snapshot()  # after the wake-ups: the editors are sent the edit meanwhile
         return len(events)
 
     async def _snapshot(self) -> None:
@@ -172,10 +190,34 @@ class Document:
         await self.log.trim(self.stream, keep_last=keep)
 
     def broadcast(self, author: Editor, event: pb.CollaborationEvent) -> None:
-        """Pass an ephemeral event (a cursor) to the other editors."""
+        """Pass an ephemeral event (a cursor, a presence) to the other editors."""
         for editor in self.editors:
             if editor is not author:
                 editor.push(event)
+
+    def arrive(self, editor: Editor) -> None:
+        """Take ``editor`` in: it is told who is here, the others that it came."""
+        for other in self.editors:
+            editor.push(self._presence(other, True))
+        self.editors.add(editor)
+        self.broadcast(editor, self._presence(editor, True))
+
+    def leave(self, editor: Editor) -> None:
+        """``editor``'s stream ended: the others are told, unless the same client is here on another stream (a
+        rejoin that came before the old stream's end was noticed)."""
+        self.editors.discard(editor)
+        if not editor.client_id or all(other.client_id != editor.client_id for other in self.editors):
+            self.broadcast(editor, self._presence(editor, False))
+
+    def _presence(self, editor: Editor, present: bool) -> pb.CollaborationEvent:
+        return pb.CollaborationEvent(
+            document_id=self.id,
+            user_id=editor.user,
+            revision=self.revision,
+            timestamp=timestamp(time.time()),
+            client_id=editor.client_id,
+            presence=pb.CollaboratePresence(present=present),
+        )
 
 
 def _pieces(seq: Sequencer, op: Operation, client_id: str, client_seq: int) -> list[Committed]:
@@ -200,6 +242,7 @@ class Documents:
         self.settings = settings
         self._open: dict[str, Document] = {}
         self._opening = asyncio.Lock()
+        self._closing: set[asyncio.Future[None]] = set()
 
     async def get(self, document_id: str) -> Document:
         """The document, opened (read from its log) if it is not open yet."""
@@ -212,9 +255,25 @@ class Documents:
             return document
 
     def left(self, document: Document, editor: Editor) -> None:
-        """``editor`` is gone: close the document when it was the last."""
-        document.editors.discard(editor)
-        if not document.editors and not document.lock.locked() and self._open.get(document.id) is document:
+        """``editor`` is gone: the others are told; the document is closed when it was the last (once a commit
+        or a read in progress has ended)."""
+        document.leave(editor)
+        if document.editors:
+            return
+        if not document.lock.locked():
+            self._close(document)
+            return
+        closing = asyncio.ensure_future(self._close_when_idle(document))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _close_when_idle(self, document: Document) -> None:
+        async with document.lock:
+            pass
+        self._close(document)
+
+    def _close(self, document: Document) -> None:
+        if not document.editors and self._open.get(document.id) is document:
             del self._open[document.id]
 
     def wake_all(self) -> None:

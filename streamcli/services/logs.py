@@ -75,9 +75,17 @@ def timestamp(seconds: float) -> Timestamp:
 
 
 async def start_position(
-    log: LogStore, stream: str, resume_after_id: int, start_time: Timestamp | None, context: Context
+    log: LogStore,
+    stream: str,
+    resume_after_id: int,
+    start_time: Timestamp | None,
+    context: Context,
+    *,
+    tail: int = 0,
+    match: Callable[[LogRecord], bool] | None = None,
 ) -> int:
-    """Where a reader starts: after ``resume_after_id``, else at ``start_time``, else live (the end).
+    """Where a reader starts: after ``resume_after_id``, else at the last ``tail`` records ``match`` lets
+    through that are at or after ``start_time``, else at ``start_time``, else live (the end).
 
     Aborts with OUT_OF_RANGE for a resume id that is trimmed or beyond the end,
     INVALID_ARGUMENT for a start time in the future or outside protobuf's Timestamp range.
@@ -105,8 +113,50 @@ async def start_position(
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"start_time is not a valid time: {exc}")
         if seconds > time.time() + 1.0:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "start_time is in the future")
-        return await log.position_before(stream, seconds)
+        floor = await log.position_before(stream, seconds)
+        if not tail:
+            return floor
+    else:
+        floor = bounds.trimmed_through
+    if tail:
+        return await _before_last(log, stream, bounds.last_id, tail, match or _every, floor)
     return bounds.last_id
+
+
+def _every(record: LogRecord) -> bool:
+    return True
+
+
+async def _before_last(
+    log: LogStore, stream: str, last_id: int, count: int, match: Callable[[LogRecord], bool], floor: int
+) -> int:
+    """The position just before the last ``count`` records up to ``last_id`` that ``match`` lets through,
+    reading the log backwards (the history before them is never read); ``floor`` if fewer are kept after it."""
+    before = last_id + 1
+    found = 0
+    while True:
+        records = await log.read_before(stream, before, BATCH_RECORDS)
+        for record in records:
+            if record.id <= floor:
+                return floor
+            if match(record):
+                found += 1
+                if found == count:
+                    return record.id - 1
+        if len(records) < BATCH_RECORDS:
+            return floor
+        before = records[-1].id
+
+
+async def end_time(request: Any, context: Context) -> float | None:
+    """A request's ``end_time`` in seconds since the epoch (None when unset); INVALID_ARGUMENT outside
+    protobuf's Timestamp range."""
+    if not request.HasField("end_time"):
+        return None
+    try:
+        return float(request.end_time.ToNanoseconds() / 1e9)
+    except ValueError as exc:  # protobuf's range: years 1-9999, nanos 0-999999999
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"end_time is not a valid time: {exc}")
 
 
 class LogCursor:
@@ -123,9 +173,18 @@ class LogCursor:
         self.match = match
 
     async def batches(
-        self, *, follow: bool, heartbeat: float, stopping: asyncio.Event, live_interval: float = 0.0
+        self,
+        *,
+        follow: bool,
+        heartbeat: float,
+        stopping: asyncio.Event,
+        live_interval: float = 0.0,
+        until: float | None = None,
     ) -> AsyncIterator[list[LogRecord]]:
         """Matching records in order; ``[]`` is a heartbeat (nothing new for ``heartbeat`` seconds).
+
+        With ``until`` (seconds since the epoch), it ends at the first record appended after that time
+        (not yielded), or, following live, once the clock passes it.
 
         Once caught up, a reader that sent a batch less than ``live_interval`` seconds ago waits for
         the next tick of a ``live_interval`` clock shared by all readers (replay runs at full speed).
@@ -140,6 +199,14 @@ class LogCursor:
             records = await self.log.read(self.stream, self.position, BATCH_RECORDS)
             if records:
                 records = _within_budget(records)
+                if until is not None and records[-1].timestamp > until:  # append times never decrease along ids
+                    records = [r for r in records if r.timestamp <= until]
+                    if records:
+                        self.position = records[-1].id
+                        matched = [r for r in records if self.match(r)]
+                        if matched:
+                            yield matched
+                    return
                 self.position = records[-1].id
                 matched = [r for r in records if self.match(r)]
                 if matched:
@@ -153,6 +220,11 @@ class LogCursor:
                 return
             if stopping.is_set():
                 raise ServerStopping(self.position)
+            wait = heartbeat
+            if until is not None:
+                if time.time() > until:
+                    return
+                wait = min(heartbeat, until - time.time() + 0.001)
             now = time.monotonic()
             if now - last_batch < live_interval:
                 # Sent a moment ago: sleep instead of being woken by every append, until the next tick
@@ -160,9 +232,11 @@ class LogCursor:
                 # responses go out together and the loop is free between ticks for what publishers send.
                 await asyncio.sleep(live_interval - now % live_interval)
                 continue
-            if not await self.log.wait_for(self.stream, self.position, heartbeat):
+            if not await self.log.wait_for(self.stream, self.position, wait):
                 if stopping.is_set():
                     raise ServerStopping(self.position)
+                if until is not None and time.time() > until:
+                    continue  # one more read, then the end
                 yield []
                 last_sent = time.monotonic()
 
@@ -185,7 +259,13 @@ def _within_budget(records: list[LogRecord]) -> list[LogRecord]:
 
 
 async def serve_cursor(
-    cursor: LogCursor, *, follow: bool, settings: LogSettings, stopping: asyncio.Event, context: Context
+    cursor: LogCursor,
+    *,
+    follow: bool,
+    settings: LogSettings,
+    stopping: asyncio.Event,
+    context: Context,
+    until: float | None = None,
 ) -> AsyncIterator[list[LogRecord]]:
     """``cursor.batches`` after an empty first batch, with its two ends mapped to statuses for the client.
 
@@ -195,7 +275,11 @@ async def serve_cursor(
     try:
         yield []  # at once: tells the client its start position, so it can resume even before any record
         batches = cursor.batches(
-            follow=follow, heartbeat=settings.heartbeat, stopping=stopping, live_interval=settings.live_interval
+            follow=follow,
+            heartbeat=settings.heartbeat,
+            stopping=stopping,
+            live_interval=settings.live_interval,
+            until=until,
         )
         async for records in batches:
             yield records
@@ -235,17 +319,25 @@ class LogService:
         self, stream: str, request: Any, match: Callable[[LogRecord], bool], context: Context
     ) -> AsyncIterator[tuple[list[LogRecord], int]]:
         """Batches of matching records with the position read up to, for a request with the common
-        ``resume_after_id`` / ``start_time`` / ``no_follow`` fields."""
+        ``resume_after_id`` / ``start_time`` / ``tail`` / ``end_time`` / ``no_follow`` fields."""
+        until = await end_time(request, context)
         start = await start_position(
             self._log,
             stream,
             request.resume_after_id,
             request.start_time if request.HasField("start_time") else None,
             context,
+            tail=request.tail,
+            match=match,
         )
         cursor = LogCursor(self._log, stream, start, match)
         batches = serve_cursor(
-            cursor, follow=not request.no_follow, settings=self._settings, stopping=self._stopping, context=context
+            cursor,
+            follow=not request.no_follow,
+            settings=self._settings,
+            stopping=self._stopping,
+            context=context,
+            until=until,
         )
         token = TokenWatch(self._credentials, context.invocation_metadata())
         async for records in batches:

@@ -54,7 +54,9 @@ FLUSH_ENTRIES = 20_000
 DEFAULT_ERRORS, MAX_ERRORS = 100, 10_000
 #: Series whose stored sketches are read at a time to answer a stream.
 SUMMARY_STEP = 250
-MAX_PAGE, MAX_QUANTILES = 1000, 101
+MAX_PAGE, MAX_QUANTILES, MAX_TREND_POINTS = 1000, 101, 120
+#: Default of ``serve --metric-retention``: how long per-minute sketches are kept (all-time ones for ever).
+DEFAULT_MINUTE_RETENTION = 30 * 86400.0
 
 #: A series' identity within an owner's: its name and its labels, sorted.
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -142,11 +144,16 @@ class MetricService:
     RPCS: ClassVar[tuple[str, ...]] = ("CollectMetrics", "ListMetricSeries")
 
     def __init__(
-        self, store: MetricStore, credentials: Credentials | None = None, max_series: int = DEFAULT_MAX_SERIES
+        self,
+        store: MetricStore,
+        credentials: Credentials | None = None,
+        max_series: int = DEFAULT_MAX_SERIES,
+        minute_retention: float | None = DEFAULT_MINUTE_RETENTION,
     ) -> None:
         self._store = store
         self._credentials = credentials or Credentials()
         self._max_series = max_series
+        self._minute_retention = minute_retention  # seconds; None: per-minute sketches are kept for ever
         self._registry = _Registry(())
         self._pushing: set[tuple[str, str]] = set()
 
@@ -337,11 +344,19 @@ class MetricService:
         quantiles = tuple(request.quantiles)
         if len(quantiles) > MAX_QUANTILES or not all(0 <= q <= 1 for q in quantiles):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"quantiles: at most {MAX_QUANTILES}, each 0-1")
+        points = request.trend_points
+        if points > MAX_TREND_POINTS:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"trend_points must be 0-{MAX_TREND_POINTS}")
+        kept = self.first_kept_minute()
         since: int | None = None
+        response = pb.ListMetricSeriesResponse()
         if request.HasField("since"):
             if not FIRST_TIME <= request.since.seconds < END_TIME:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "since is outside 1970-2099")
             since = request.since.seconds // 60
+            if since < kept:  # (minutes before it may be deleted already, or at the next housekeeping)
+                since = kept
+                response.kept_since.seconds = kept * 60
         user = self._credentials.caller(context.invocation_metadata()).user
         wanted = dict(request.labels)
         chosen = sorted(
@@ -355,12 +370,19 @@ class MetricService:
             key=_order,
         )
         size = request.page_size or 100
-        response = pb.ListMetricSeriesResponse()
+        now = int(time.time()) // 60
         # With ``since``, series without samples since then are left out: read on until the page is full.
         while chosen[offset:] and len(response.series) < size:
             step = chosen[offset : offset + size - len(response.series)]
-            stored = await self._store.stored_metrics([s.series_id for s in step], since)
-            response.series.extend(summary(s, stored[s.series_id], quantiles) for s in step if s.series_id in stored)
+            ids = [s.series_id for s in step]
+            stored = await self._store.stored_metrics(ids, since)
+            by_minute = stored if since is not None or not points else await self._store.stored_metrics(ids, kept)
+            for s in step:
+                if s.series_id in stored:
+                    answer = summary(s, stored[s.series_id], quantiles)
+                    if points:
+                        answer.trend.extend(trend(by_minute.get(s.series_id), since, now, points))
+                    response.series.append(answer)
             offset += len(step)
         if chosen[offset:]:
             response.next_page_token = str(offset)
@@ -368,8 +390,17 @@ class MetricService:
 
     # --- retention ---------------------------------------------------------------------------------
 
+    def first_kept_minute(self) -> int:
+        """The oldest minute whose per-minute sketches ``serve --metric-retention`` keeps (0: all of them)."""
+        if self._minute_retention is None:
+            return 0
+        return max(0, int(time.time() - self._minute_retention) // 60)
+
     async def expire(self, retention: Retention) -> int:
-        """Forget the positions of pushes idle for longer than the retention's age; returns how many."""
+        """Forget the positions of pushes idle for longer than the retention's age and the per-minute sketches
+        older than ``minute_retention``; returns how many pushes."""
+        if self._minute_retention is not None:
+            await self._store.forget_metric_minutes(self.first_kept_minute())
         return await self._store.forget_pushes(time.time() - retention.producer_idle_limit)
 
 
@@ -396,6 +427,37 @@ def summary(series: MetricSeries, held: StoredMetric, quantiles: Sequence[float]
         updated_at=timestamp(held.updated_at),
         quantiles=[pb.MetricQuantile(quantile=q, value=sketches.quantile(sketch, q)) for q in quantiles],
     )
+
+
+def trend(held: StoredMetric | None, since: int | None, now: int, points: int) -> list[pb.MetricTrendPoint]:
+    """The per-minute sketches ``held`` in at most ``points`` equal steps of whole minutes, from ``since`` (else
+    the first minute held) to the current minute ``now`` (or the last minute held, when later)."""
+    minutes, aggregates = (held.minutes, held.aggregates) if held is not None else ((), ())
+    if not minutes and since is None:
+        return []
+    first = since if since is not None else minutes[0]
+    last = max(now, minutes[-1]) if minutes else now
+    span = max(1, last - first + 1)
+    step = -(-span // points)  # (minutes per point, rounded up)
+    sketch_of: dict[int, Any] = {}
+    for minute, aggregate in zip(minutes, aggregates, strict=True):
+        index = (minute - first) // step
+        if index >= 0:
+            found = sketch_of.get(index)
+            if found is None:
+                sketch_of[index] = sketches.decode(aggregate)
+            else:
+                sketches.merge(found, sketches.decode(aggregate))
+    result = []
+    for index in range(-(-span // step)):
+        point = pb.MetricTrendPoint(start=timestamp((first + index * step) * 60.0), minutes=step)
+        sketch = sketch_of.get(index)
+        if sketch is not None and sketch.count:
+            point.count = int(sketch.count)
+            point.p50 = sketches.quantile(sketch, 0.5)
+            point.p99 = sketches.quantile(sketch, 0.99)
+        result.append(point)
+    return result
 
 
 def _has_labels(series: MetricSeries, wanted: dict[str, str]) -> bool:

@@ -169,7 +169,7 @@ class Room:
 
     def __init__(self, room_id: str, rooms: Rooms) -> None:
         self.room_id = room_id
-        self.stream = f"room:{room_id}"
+        self.stream = room_stream(room_id)
         self.rooms = rooms
         self.settings = rooms.settings
         self.sessions: set[Session] = set()
@@ -237,7 +237,7 @@ class Room:
         """The wire form of a room message, cached for the other sessions."""
         cached = self._encoded.get(record.id)
         if cached is None:
-            cached = self._encoded[record.id] = _encode(record)
+            cached = self._encoded[record.id] = encode_message(record)
             if len(self._encoded) > ENCODED_CACHE:
                 self._encoded.popitem(last=False)  # the oldest
         return cached
@@ -362,7 +362,12 @@ class Room:
                 session.task.cancel()
 
 
-def _encode(record: LogRecord) -> bytes:
+def room_stream(room_id: str) -> str:
+    """The name of a room's log."""
+    return f"room:{room_id}"
+
+
+def encode_message(record: LogRecord) -> bytes:
     """The serialized ChatMessage of a stored record: its payload plus id and server time fields."""
     stamp = timestamp(record.timestamp).SerializeToString()
     return record.payload + wire.varint_field(1, record.id) + wire.bytes_field(5, stamp)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -39,6 +40,8 @@ from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Caller
 from streamcli.names import check_filename
+from streamcli.pipeline import Pipeline, Writeback
+from streamcli.private_files import open_private
 from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
 
@@ -82,32 +85,72 @@ def disk_full(exc: BaseException) -> TypeGuard[OSError]:
 
 
 class PartialFile:
-    """The partial file of one upload stream: opened once, hashed as it grows.
+    """The partial file of one upload stream: opened once, hashed as it grows, written behind the event loop.
+
+    ``write`` hands a chunk to the stream's ``Pipeline`` (one worker thread writes and hashes, in order; at
+    most ``WRITES_IN_FLIGHT`` chunks wait) and returns: the loop goes on serving every other stream while the
+    disk works. ``received`` counts the bytes accepted; ``size`` those on disk, which is what ``settle``
+    (every accepted chunk written, or the first failure raised) makes it equal to.
 
     The handle is unbuffered, so ``size`` is always what is on disk: a close
     has nothing left to flush (and cannot fail on a full disk), and the quota
     ledger counts exactly the bytes written, even when a write fails partway.
+    The ledger is only touched on the event loop (``_account``), never by the worker.
     """
+
+    #: Chunks accepted and not yet written, at most (a few MiB at the largest chunk the contract allows).
+    WRITES_IN_FLIGHT = 4
 
     def __init__(self, handle: io.FileIO, hasher: Any, size: int, reservation: Reservation) -> None:
         self.handle = handle
         self.hasher = hasher
         self.size = size  # bytes in the file: the committed offset plus what this stream wrote
+        self.received = size  # bytes in the file plus those accepted and not yet written
         self.reservation = reservation
+        self._accounted = size  # of ``size``, what the reservation has been told of
+        self._pipeline: Pipeline[None] = Pipeline()
+        self._writeback = Writeback(handle.fileno(), size)  # so that the fsync of the commit has little left
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
+        """Accept ``data`` for writing after what came before; raises a failure of an earlier write."""
+        self.received += len(data)
+        self._pipeline.put(functools.partial(self._write_now, data))
+        while len(self._pipeline) > self.WRITES_IN_FLIGHT:
+            try:
+                await self._pipeline.take()
+            finally:
+                self._account()
+
+    async def settle(self) -> None:
+        """Wait until every accepted chunk is written (``size == received``), or raise the first failure."""
+        try:
+            await self._pipeline.drain()
+        finally:
+            self._account()
+
+    def _write_now(self, data: bytes) -> None:
+        """(On the worker thread.) Append ``data`` and hash it."""
         view = memoryview(data)
         while view:
             written = self.handle.write(view)  # an unbuffered write may take only part
             if not written:
                 raise OSError(errno.EIO, "the partial file accepted no bytes")
             self.size += written
-            self.reservation.wrote(written)
             view = view[written:]
+        self._writeback.wrote(self.size)
         self.hasher.update(data)
 
-    def close(self) -> None:
-        """Close the file and give back what was reserved and not written (both idempotent)."""
+    def _account(self) -> None:
+        """Tell the reservation of the bytes written since it last heard."""
+        self.reservation.wrote(self.size - self._accounted)
+        self._accounted = self.size
+
+    async def close(self) -> None:
+        """Stop writing (a chunk being written is finished, those waiting dropped), close the file and give
+        back what was reserved and not written (all idempotent)."""
+        await self._pipeline.close()
+        self._account()
+        self.received = self.size
         self.handle.close()
         self.reservation.release()
 
@@ -149,7 +192,7 @@ class Uploads:
             yield session
         finally:
             self._active.discard(upload_id)
-            session.partial.close()
+            await session.partial.close()
 
     async def owned(self, upload_id: str, caller: Caller, *, missing: str) -> UploadRecord:
         """The record of upload ``upload_id`` if ``caller`` may act on it.
@@ -220,7 +263,8 @@ class Uploads:
         path = self.blobs.partial_path(upload.upload_id)
         handle = None
         try:
-            handle = await asyncio.to_thread(io.FileIO, path, "wb" if new else "r+b" if path.exists() else "w+b")
+            mode = "wb" if new else "r+b" if path.exists() else "w+b"
+            handle = await asyncio.to_thread(open_private, path, mode)  # 0600, as the blob it becomes
             if new:
                 hasher = hashlib.sha256()
             else:
@@ -292,7 +336,18 @@ class UploadSession:
             UploadRefused: the upload is incomplete (its partial file stays, for a resume) or refused.
         """
         try:
-            total, checksum = await self._read(requests)
+            # However the stream ends, what was accepted is written first (or its failure raised, replacing
+            # the stream's: a full disk is why nothing is kept), so that ``size`` is what is on disk. A call
+            # that is gone (cancelled) leaves that to Uploads.open, which closes the file after the write
+            # in progress.
+            try:
+                total, checksum = await self._read(requests)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                await self.partial.settle()
+                raise
+            await self.partial.settle()
         except UploadRefused as refusal:
             await self._end(refusal.code, refusal.detail)
         except MalformedRequest as exc:
@@ -328,9 +383,9 @@ class UploadSession:
             if trailer_seen:
                 raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "message after the trailer")
             if kind == "chunk":
-                self._write_chunk(request.chunk, total)
+                await self._write_chunk(request.chunk, total)
             elif kind == "trailer":
-                problem = _trailer_problem(request.trailer, total, checksum, self.partial.size)
+                problem = _trailer_problem(request.trailer, total, checksum, self.partial.received)
                 if problem:
                     raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, problem)
                 total, checksum = request.trailer.total_size, request.trailer.checksum.lower()
@@ -344,7 +399,7 @@ class UploadSession:
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended without a trailer")
         return total, checksum
 
-    def _write_chunk(self, data: bytes, total: int) -> None:
+    async def _write_chunk(self, data: bytes, total: int) -> None:
         """Append one chunk to the partial file, or raise ``UploadRefused`` saying why it may not be."""
         if not data:
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
@@ -354,7 +409,7 @@ class UploadSession:
                 f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
             )
         partial = self.partial
-        end = partial.size + len(data)
+        end = partial.received + len(data)
         if total >= 0 and end > total:
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"received more than the declared {total} bytes")
         if total == -1:  # the size was not known up front: check and reserve as the file grows
@@ -365,7 +420,7 @@ class UploadSession:
                 partial.reservation.reserve(len(data))
             except QuotaExceeded as exc:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
-        partial.write(data)
+        await partial.write(data)
 
     async def commit(self, digest: str) -> tuple[FileRecord, bool]:
         """Store the received file (whose SHA-256 is ``digest``) and forget the upload.
@@ -380,7 +435,7 @@ class UploadSession:
         upload, uploads, size = self.upload, self._uploads, self.partial.size
         existing = await uploads.meta.find_file(upload.filename, digest, size, upload.owner)
         if existing is not None:
-            self.partial.handle.close()
+            await self.partial.close()
             uploads.space.freed(uploads.blobs.discard_partial(upload.upload_id))
             await uploads.forget(upload.upload_id)
             log.info("%s (%s, %d bytes) is stored already as %s", upload.upload_id, upload.filename, size,
@@ -419,7 +474,7 @@ class UploadSession:
         """
         if not keep:
             uploads, upload, partial = self._uploads, self.upload, self.partial
-            partial.close()  # before the unlink: an open file keeps its space
+            await partial.close()  # before the unlink: an open file keeps its space
             uploads.blobs.discard_partial(upload.upload_id)
             uploads.space.freed(partial.size)
             if cause is not None:

@@ -95,7 +95,8 @@ def event_text(event: ChatEvent) -> list[FormattedText | str]:
         case Replay(messages=messages):
             return [message_text(message) for message in messages]
         case Help(commands=commands):
-            return [f"  {name} {help_text}" for name, help_text in commands]
+            width = max(len(usage) for usage, _ in commands)
+            return [f"  {usage:<{width}}  {does}" for usage, does in commands]
     return []  # Typing, StateChanged: the toolbar's
 
 
@@ -110,9 +111,9 @@ class SlashCompleter(Completer):
         if not text.startswith("/"):
             return
         if " " not in text:
-            for command, help_text in COMMANDS.items():
+            for command, (usage, does) in COMMANDS.items():
                 if command.startswith(text):
-                    yield Completion(command, start_position=-len(text), display_meta=help_text.strip())
+                    yield Completion(command, start_position=-len(text), display_meta=f"{usage} {does}".strip())
         elif text.startswith("/send "):
             sub = Document(text[len("/send ") :], cursor_position=len(text) - len("/send "))
             yield from self._paths.get_completions(sub, complete_event)
@@ -127,7 +128,7 @@ class ChatRepl:
         user: str,
         room: str | None,
         *,
-        backlog: int = 0,
+        backlog: int | None = None,
         allow_duplicate: bool = False,
         retry: RetryPolicy | None = None,
         history: History | pathlib.Path | None = None,

@@ -25,7 +25,7 @@ from prompt_toolkit.layout.processors import Processor, Transformation, Transfor
 from prompt_toolkit.layout.utils import explode_text_fragments
 from prompt_toolkit.output import Output
 
-from streamcli.client.collab import DocumentSession, RemoteCursor, SessionHandlers
+from streamcli.client.collab import DocumentSession, Participant, RemoteCursor, SessionHandlers
 from streamcli.client.connection import Connection
 from streamcli.client.retry import RetryPolicy
 from streamcli.ot import Edit, Operation
@@ -88,12 +88,20 @@ class CollabEditor:
         self.document_id = document_id
         self.state = "connecting"
         self.cursors: dict[str, RemoteCursor] = {}
+        self.present: dict[str, str] = {}  # the other editors on the document: client id -> user
         self.session = DocumentSession(
             conn,
             document_id,
             user,
             retry=retry,
-            handlers=SessionHandlers(remote=self._remote, reset=self._reset, cursor=self._cursor, state=self._state),
+            handlers=SessionHandlers(
+                remote=self._remote,
+                reset=self._reset,
+                cursor=self._cursor,
+                presence=self._presence,
+                state=self._state,
+                cursor_at=lambda: self.buffer.cursor_position,
+            ),
         )
         self._shown = ""  # the text as the session has it, last time the buffer agreed with it
         self._updating = False
@@ -128,7 +136,7 @@ class CollabEditor:
         await self.session.run(edit)
 
     def _status(self) -> StyleAndTextTuples:
-        others = sorted({visible(c.user_id) for c in self.cursors.values()})
+        others = sorted({visible(user) for user in self.present.values()})
         parts = [
             f" {visible(self.document_id)}",
             f"rev {self.session.replica.revision}",
@@ -173,10 +181,22 @@ class CollabEditor:
 
     def _cursor(self, cursor: RemoteCursor) -> None:
         self.cursors[cursor.client_id] = cursor
+        self.present.setdefault(cursor.client_id, cursor.user_id)
+        self.app.invalidate()
+
+    def _presence(self, participant: Participant) -> None:
+        if participant.present:
+            self.present[participant.client_id] = participant.user_id
+        else:
+            self.present.pop(participant.client_id, None)
+            self.cursors.pop(participant.client_id, None)
         self.app.invalidate()
 
     def _state(self, state: str) -> None:
         self.state = state
+        if state != "connected":  # who is here is told again on the rejoin
+            self.present.clear()
+            self.cursors.clear()
         self.app.invalidate()
 
     def _move_cursors(self, op: Operation) -> None:

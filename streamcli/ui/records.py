@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from streamcli.client.chat_records import ChatMessage
 from streamcli.client.events import Event
 from streamcli.client.notifications import Notification
 from streamcli.terminal_text import visible
@@ -53,4 +54,26 @@ def notification_line(notification: Notification) -> Text:
     line.append(visible(notification.title))
     if notification.body:
         line.append(f": {visible(notification.body)}", style="dim")
+    return line
+
+
+def chat_line(message: ChatMessage) -> Text:
+    """``time  #id  user  content`` for a room's message (``-- text`` for the server's, ``shared`` for a file)."""
+    line = Text()
+    if message.timestamp_ns is None:
+        line.append(message.timestamp, style="dim")  # the invalid time, said as such
+    else:
+        seconds, nanos = divmod(message.timestamp_ns, 1_000_000_000)
+        line.append(f"{utc_second(seconds).replace('T', ' ')}.{nanos // 1_000_000:03d}", style="dim")
+    line.append(f"  #{message.id:<6} ", style="dim")
+    content = visible(message.content)
+    if message.type == "system":
+        line.append(f"-- {content}", style="dim italic")
+        return line
+    line.append(f"{visible(message.user_id):<12} ", style="bold")
+    if message.shares_file:
+        line.append(f"shared {content or 'a ' + message.type} ")
+        line.append(f"({visible(message.file_id)})", style="dim")
+    else:
+        line.append(content)
     return line

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 
 
 class Tmux:
@@ -29,13 +30,17 @@ class Tmux:
         return [line.rstrip() for line in self.run("capture-pane", "-p", "-t", name).splitlines()]
 
     def wait_for(self, name: str, text: str, timeout: float = 15) -> list[str]:
+        return self.wait_until(name, lambda lines: any(text in line for line in lines), repr(text), timeout)
+
+    def wait_until(self, name: str, shown: Callable[[list[str]], bool], what: str, timeout: float = 15) -> list[str]:
+        """The first screen of ``name`` for which ``shown`` holds (a screen caught mid-redraw is passed over)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             lines = self.screen(name)
-            if any(text in line for line in lines):
+            if shown(lines):
                 return lines
             time.sleep(0.1)
-        raise AssertionError(f"{text!r} never appeared on {name}'s screen:\n" + "\n".join(self.screen(name)))
+        raise AssertionError(f"{what} never appeared on {name}'s screen:\n" + "\n".join(self.screen(name)))
 
     def wait_for_exit(self, name: str, timeout: float = 15) -> None:
         """Wait until the session's command has ended (its session is gone)."""

@@ -154,6 +154,35 @@ CHAT_MESSAGE_TYPE_TYPING: ChatMessageType.ValueType  # 5
 """The user is typing: delivered live, never stored."""
 Global___ChatMessageType: _TypeAlias = ChatMessageType  # noqa: Y015
 
+class _IdKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ID_KIND_UNSPECIFIED: _IdKind.ValueType  # 0
+    """Not set: INVALID_ARGUMENT."""
+    ID_KIND_FILE: _IdKind.ValueType  # 1
+    """A stored file (FileInfo.file_id)."""
+    ID_KIND_BATCH: _IdKind.ValueType  # 2
+    """A batch (BatchInfo.batch_id)."""
+
+class IdKind(_IdKind, metaclass=_IdKindEnumTypeWrapper):
+    """============================================================================
+    Ids
+    ============================================================================
+
+    IdKind says what an id names.
+    """
+
+ID_KIND_UNSPECIFIED: IdKind.ValueType  # 0
+"""Not set: INVALID_ARGUMENT."""
+ID_KIND_FILE: IdKind.ValueType  # 1
+"""A stored file (FileInfo.file_id)."""
+ID_KIND_BATCH: IdKind.ValueType  # 2
+"""A batch (BatchInfo.batch_id)."""
+Global___IdKind: _TypeAlias = IdKind  # noqa: Y015
+
 @_typing.final
 class UserEvent(_message.Message):
     """UserEvent is one entry of the event log."""
@@ -220,6 +249,8 @@ class StreamUserEventsRequest(_message.Message):
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
     ALL_USERS_FIELD_NUMBER: _builtins.int
     NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user whose events to stream. Required unless `all_users` is true."""
     resume_after_id: _builtins.int
@@ -231,6 +262,13 @@ class StreamUserEventsRequest(_message.Message):
     """Stream every user's events; `user_id` must then be empty."""
     no_follow: _builtins.bool
     """Stop after replaying history instead of following live."""
+    tail: _builtins.int
+    """Start with the last `tail` events that match the filters (those stored
+    when the stream opens; at or after `start_time` too, if it is set), then
+    follow live (or end, with `no_follow`). 0 means unset. Ignored with
+    `resume_after_id`. The server finds them reading the log backwards: it
+    does not send the history before them.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___UserEventType.ValueType]:
         """Only these types; empty means every type."""
@@ -239,6 +277,14 @@ class StreamUserEventsRequest(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Replay history from this time (inclusive, by server append time), then
         follow live. Unset means: live only (or from `resume_after_id`).
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End the stream (OK) at the first event appended after this time (by
+        server append time, as `start_time`); that event is not sent. A stream
+        that follows live ends once the server's clock passes it too. Unset
+        means: no end.
         """
 
     def __init__(
@@ -250,10 +296,12 @@ class StreamUserEventsRequest(_message.Message):
         resume_after_id: _builtins.int = ...,
         all_users: _builtins.bool = ...,
         no_follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "event_types", b"event_types", "no_follow", b"no_follow", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "end_time", b"end_time", "event_types", b"event_types", "no_follow", b"no_follow", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "tail", b"tail", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1003,12 +1051,18 @@ class SubscribeToNotificationsRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
     NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
     """The recipient; notifications addressed to "*" are included too."""
     resume_after_id: _builtins.int
     """Continue exactly after this id; 0 means unset. Trimmed → OUT_OF_RANGE."""
     no_follow: _builtins.bool
     """Stop after replaying history instead of following live."""
+    tail: _builtins.int
+    """Start with the last `tail` matching notifications (see
+    StreamUserEventsRequest.tail); 0 means unset.
+    """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these topics; empty means every topic."""
@@ -1016,6 +1070,12 @@ class SubscribeToNotificationsRequest(_message.Message):
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Replay from this time (inclusive), then follow live."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End the stream (OK) at the first notification appended after this time
+        (see StreamUserEventsRequest.end_time); unset means no end.
+        """
 
     def __init__(
         self,
@@ -1025,10 +1085,12 @@ class SubscribeToNotificationsRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         resume_after_id: _builtins.int = ...,
         no_follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["no_follow", b"no_follow", "recipient", b"recipient", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "no_follow", b"no_follow", "recipient", b"recipient", "resume_after_id", b"resume_after_id", "start_time", b"start_time", "tail", b"tail", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1880,6 +1942,7 @@ class MetricSummary(_message.Message):
     OVERFLOW_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
+    TREND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Metric name."""
     count: _builtins.int
@@ -1916,6 +1979,12 @@ class MetricSummary(_message.Message):
     def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricQuantile]:
         """The quantiles a ListMetricSeriesRequest asked for, in its order."""
 
+    @_builtins.property
+    def trend(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricTrendPoint]:
+        """The trend a ListMetricSeriesRequest asked for (trend_points), oldest
+        first: the series' samples in equal steps of whole minutes.
+        """
+
     def __init__(
         self,
         *,
@@ -1933,14 +2002,55 @@ class MetricSummary(_message.Message):
         overflow: _builtins.bool = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         quantiles: _abc.Iterable[Global___MetricQuantile] | None = ...,
+        trend: _abc.Iterable[Global___MetricTrendPoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "labels", b"labels", "max", b"max", "mean", b"mean", "min", b"min", "name", b"name", "overflow", b"overflow", "owner", b"owner", "p50", b"p50", "p90", b"p90", "p99", b"p99", "quantiles", b"quantiles", "sum", b"sum", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "labels", b"labels", "max", b"max", "mean", b"mean", "min", b"min", "name", b"name", "overflow", b"overflow", "owner", b"owner", "p50", b"p50", "p90", b"p90", "p99", b"p99", "quantiles", b"quantiles", "sum", b"sum", "trend", b"trend", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MetricSummary: _TypeAlias = MetricSummary  # noqa: Y015
+
+@_typing.final
+class MetricTrendPoint(_message.Message):
+    """MetricTrendPoint aggregates the samples of one step of a trend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    P50_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    minutes: _builtins.int
+    """Length of the step in minutes (every step of a trend has the same)."""
+    count: _builtins.int
+    """Number of samples in the step (0: none; then p50 and p99 are 0)."""
+    p50: _builtins.float
+    """Median of the step's samples, within 1% relative (DDSketch)."""
+    p99: _builtins.float
+    """99th percentile of the step's samples, within 1% relative."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the step (UTC, a whole minute): samples timed at or after it."""
+
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        minutes: _builtins.int = ...,
+        count: _builtins.int = ...,
+        p50: _builtins.float = ...,
+        p99: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "minutes", b"minutes", "p50", b"p50", "p99", b"p99", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricTrendPoint: _TypeAlias = MetricTrendPoint  # noqa: Y015
 
 @_typing.final
 class CollectMetricsResponse(_message.Message):
@@ -2054,12 +2164,19 @@ class ListMetricSeriesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
+    TREND_POINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Only series of this name; empty for every name."""
     page_size: _builtins.int
     """Maximum series per page (1-1000; 0 means 100)."""
     page_token: _builtins.str
     """Opaque token from a previous ListMetricSeriesResponse; empty for the first page."""
+    trend_points: _builtins.int
+    """Points of a trend to add to each series (MetricSummary.trend), 0-120; 0
+    for none. The window runs from `since` (without it, from the series'
+    first minute the server keeps) to the current minute, in at most this
+    many equal steps of whole minutes.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only series carrying all these labels (with these values)."""
@@ -2083,10 +2200,11 @@ class ListMetricSeriesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         quantiles: _abc.Iterable[_builtins.float] | None = ...,
+        trend_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "quantiles", b"quantiles", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "quantiles", b"quantiles", "since", b"since", "trend_points", b"trend_points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2100,21 +2218,30 @@ class ListMetricSeriesResponse(_message.Message):
 
     SERIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KEPT_SINCE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
         """Series sorted by name, then labels; with `since`, those with samples since then."""
 
+    @_builtins.property
+    def kept_since(self) -> _timestamp_pb2.Timestamp:
+        """Set when `since` (or a trend's window) reaches back before the oldest
+        minute the server keeps per minute (serve --metric-retention): the
+        answer counts the samples from this time (UTC) on.
+        """
+
     def __init__(
         self,
         *,
         series: _abc.Iterable[Global___MetricSummary] | None = ...,
         next_page_token: _builtins.str = ...,
+        kept_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kept_since", b"kept_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept_since", b"kept_since", "next_page_token", b"next_page_token", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2408,6 +2535,7 @@ class ChatJoin(_message.Message):
     RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
     ALLOW_DUPLICATE_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    NO_BACKLOG_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     """Room to join. Required: 1-64 characters of letters, digits, '-', '_', '.'."""
     user_id: _builtins.str
@@ -2426,6 +2554,10 @@ class ChatJoin(_message.Message):
     characters of letters, digits, '-', '_', '.'; anything else is refused with
     INVALID_ARGUMENT.
     """
+    no_backlog: _builtins.bool
+    """Replay no backlog: only what is appended after the join (or after
+    `resume_after_id`). Without it, a `backlog` of 0 means the server's default.
+    """
     def __init__(
         self,
         *,
@@ -2435,10 +2567,11 @@ class ChatJoin(_message.Message):
         resume_after_id: _builtins.int = ...,
         allow_duplicate: _builtins.bool = ...,
         client_id: _builtins.str = ...,
+        no_backlog: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_duplicate", b"allow_duplicate", "backlog", b"backlog", "client_id", b"client_id", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_duplicate", b"allow_duplicate", "backlog", b"backlog", "client_id", b"client_id", "no_backlog", b"no_backlog", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2627,6 +2760,100 @@ class ChatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
+
+@_typing.final
+class StreamRoomMessagesRequest(_message.Message):
+    """StreamRoomMessagesRequest selects a room and where to start reading it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_ID_FIELD_NUMBER: _builtins.int
+    NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """The room: 1-64 characters of letters, digits, '-', '_', '.'. Required."""
+    resume_after_id: _builtins.int
+    """Continue exactly after this room log id (the last id the client saw).
+    Takes precedence over `start_time` and `tail`. 0 means unset. A position
+    that has been trimmed fails with OUT_OF_RANGE.
+    """
+    no_follow: _builtins.bool
+    """Stop after replaying history instead of following live."""
+    tail: _builtins.int
+    """Start with the room's last `tail` stored messages (at or after
+    `start_time` too, if it is set); 0 means unset.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Replay the messages appended from this time (inclusive, by server append
+        time), then follow live. Unset means: live only (or from `tail` or
+        `resume_after_id`).
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End the stream (OK) at the first message appended after this time; unset
+        means no end (see StreamUserEventsRequest.end_time).
+        """
+
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        resume_after_id: _builtins.int = ...,
+        no_follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "no_follow", b"no_follow", "resume_after_id", b"resume_after_id", "room_id", b"room_id", "start_time", b"start_time", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRoomMessagesRequest: _TypeAlias = StreamRoomMessagesRequest  # noqa: Y015
+
+@_typing.final
+class StreamRoomMessagesResponse(_message.Message):
+    """StreamRoomMessagesResponse carries zero or more stored room messages; none
+    means heartbeat (or, first of all, the start position).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """The room log position this stream has read up to; resume after it."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """Messages in log order (TEXT, IMAGE, FILE and SYSTEM; typing indicators
+        are never stored, so never read).
+        """
+
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """The server's clock when the response was sent (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        position: _builtins.int = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "position", b"position", "server_time", b"server_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRoomMessagesResponse: _TypeAlias = StreamRoomMessagesResponse  # noqa: Y015
 
 @_typing.final
 class ListRoomMembersRequest(_message.Message):
@@ -2897,6 +3124,32 @@ class CollaborateRefusal(_message.Message):
 Global___CollaborateRefusal: _TypeAlias = CollaborateRefusal  # noqa: Y015
 
 @_typing.final
+class CollaboratePresence(_message.Message):
+    """CollaboratePresence says that an editor (the event's user_id and client_id)
+    is on the document or has left it. Live only, never stored: a stream is sent
+    one for each editor already there once it has caught up after its join (also
+    after a rejoin), then one whenever an editor joins or leaves.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESENT_FIELD_NUMBER: _builtins.int
+    present: _builtins.bool
+    """True: the editor is on the document; false: its last stream has ended."""
+    def __init__(
+        self,
+        *,
+        present: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["present", b"present"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollaboratePresence: _TypeAlias = CollaboratePresence  # noqa: Y015
+
+@_typing.final
 class CollaborationEvent(_message.Message):
     """CollaborationEvent is one change of a shared document."""
 
@@ -2910,6 +3163,7 @@ class CollaborationEvent(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    PRESENCE_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     CLIENT_SEQ_FIELD_NUMBER: _builtins.int
     PARTS_AFTER_FIELD_NUMBER: _builtins.int
@@ -2953,6 +3207,10 @@ class CollaborationEvent(_message.Message):
         author only); the stream goes on.
         """
 
+    @_builtins.property
+    def presence(self) -> Global___CollaboratePresence:
+        """An editor joined or left (live only, never stored)."""
+
     def __init__(
         self,
         *,
@@ -2964,15 +3222,16 @@ class CollaborationEvent(_message.Message):
         cursor: Global___CollaborateCursor | None = ...,
         snapshot: _builtins.str = ...,
         refusal: Global___CollaborateRefusal | None = ...,
+        presence: Global___CollaboratePresence | None = ...,
         client_id: _builtins.str = ...,
         client_seq: _builtins.int = ...,
         parts_after: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "edit", b"edit", "refusal", b"refusal", "snapshot", b"snapshot", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "edit", b"edit", "presence", b"presence", "refusal", b"refusal", "snapshot", b"snapshot", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "client_id", b"client_id", "client_seq", b"client_seq", "cursor", b"cursor", "document_id", b"document_id", "edit", b"edit", "parts_after", b"parts_after", "refusal", b"refusal", "revision", b"revision", "snapshot", b"snapshot", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "client_id", b"client_id", "client_seq", b"client_seq", "cursor", b"cursor", "document_id", b"document_id", "edit", b"edit", "parts_after", b"parts_after", "presence", b"presence", "refusal", b"refusal", "revision", b"revision", "snapshot", b"snapshot", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["edit", "cursor", "snapshot", "refusal"]  # noqa: Y015
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["edit", "cursor", "snapshot", "refusal", "presence"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
@@ -3089,3 +3348,70 @@ class CollaborateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollaborateResponse: _TypeAlias = CollaborateResponse  # noqa: Y015
+
+@_typing.final
+class ResolveIdsRequest(_message.Message):
+    """ResolveIdsRequest asks which ids of one kind begin with a prefix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    kind: Global___IdKind.ValueType
+    """What the ids name."""
+    prefix: _builtins.str
+    """The start of the id, compared character by character (case matters).
+    At least 4 characters unless it is a whole id; for a batch, counted after
+    any "USER/". A user token's batch may be named with or without its
+    "USER/", as GetBatch takes it.
+    """
+    limit: _builtins.int
+    """The most ids to answer (1-100; 0 means 10)."""
+    def __init__(
+        self,
+        *,
+        kind: Global___IdKind.ValueType = ...,
+        prefix: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIdsRequest: _TypeAlias = ResolveIdsRequest  # noqa: Y015
+
+@_typing.final
+class ResolveIdsResponse(_message.Message):
+    """ResolveIdsResponse names the ids that begin with the prefix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """How many ids the caller may see begin with the prefix (1 when it is a
+    whole id): more than one means the prefix is ambiguous.
+    """
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The matching ids the caller may see, in ascending order, at most `limit`,
+        as ListFiles / ListBatches give them. Just the prefix itself when it is a
+        whole id; empty when no id the caller may see begins with it.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIdsResponse: _TypeAlias = ResolveIdsResponse  # noqa: Y015

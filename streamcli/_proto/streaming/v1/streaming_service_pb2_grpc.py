@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from streamcli._proto.streaming.v1 import streaming_service_pb2 as streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as streaming_dot_v1_dot_streaming__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in streamcli/_proto/streaming/v1/streaming_service_pb2_grpc.py depends on'
+        + ' but the generated code in streaming/v1/streaming_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -40,108 +40,118 @@ class StreamingServiceStub:
         """
         self.StreamUserEvents = channel.unary_stream(
                 '/streaming.v1.StreamingService/StreamUserEvents',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsResponse.FromString,
                 _registered_method=True)
         self.DownloadFile = channel.unary_stream(
                 '/streaming.v1.StreamingService/DownloadFile',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DownloadFileRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DownloadFileResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.DownloadFileRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.DownloadFileResponse.FromString,
                 _registered_method=True)
         self.SubscribeToNotifications = channel.unary_stream(
                 '/streaming.v1.StreamingService/SubscribeToNotifications',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsResponse.FromString,
                 _registered_method=True)
         self.UploadFile = channel.stream_unary(
                 '/streaming.v1.StreamingService/UploadFile',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.UploadFileRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.UploadFileResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFileRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFileResponse.FromString,
                 _registered_method=True)
         self.ProcessDataBatch = channel.stream_unary(
                 '/streaming.v1.StreamingService/ProcessDataBatch',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchResponse.FromString,
                 _registered_method=True)
         self.CollectMetrics = channel.stream_unary(
                 '/streaming.v1.StreamingService/CollectMetrics',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsResponse.FromString,
                 _registered_method=True)
         self.PublishEvents = channel.stream_unary(
                 '/streaming.v1.StreamingService/PublishEvents',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.PublishEventsRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.PublishEventsResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.PublishEventsRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.PublishEventsResponse.FromString,
                 _registered_method=True)
         self.Chat = channel.stream_stream(
                 '/streaming.v1.StreamingService/Chat',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ChatRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ChatResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ChatRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ChatResponse.FromString,
                 _registered_method=True)
         self.Collaborate = channel.stream_stream(
                 '/streaming.v1.StreamingService/Collaborate',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollaborateRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollaborateResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.CollaborateRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.CollaborateResponse.FromString,
                 _registered_method=True)
         self.ProcessLiveData = channel.stream_stream(
                 '/streaming.v1.StreamingService/ProcessLiveData',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.FromString,
                 _registered_method=True)
         self.GetUploadStatus = channel.unary_unary(
                 '/streaming.v1.StreamingService/GetUploadStatus',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusResponse.FromString,
                 _registered_method=True)
         self.GetFileInfo = channel.unary_unary(
                 '/streaming.v1.StreamingService/GetFileInfo',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoResponse.FromString,
                 _registered_method=True)
         self.ListFiles = channel.unary_unary(
                 '/streaming.v1.StreamingService/ListFiles',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListFilesRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListFilesResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListFilesRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListFilesResponse.FromString,
                 _registered_method=True)
         self.DeleteFile = channel.unary_unary(
                 '/streaming.v1.StreamingService/DeleteFile',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DeleteFileRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DeleteFileResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.DeleteFileRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.DeleteFileResponse.FromString,
                 _registered_method=True)
         self.SendNotification = channel.unary_unary(
                 '/streaming.v1.StreamingService/SendNotification',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SendNotificationRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SendNotificationResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.SendNotificationRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.SendNotificationResponse.FromString,
                 _registered_method=True)
         self.ListRoomMembers = channel.unary_unary(
                 '/streaming.v1.StreamingService/ListRoomMembers',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
                 _registered_method=True)
         self.ListDocuments = channel.unary_unary(
                 '/streaming.v1.StreamingService/ListDocuments',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.FromString,
                 _registered_method=True)
         self.ListBatches = channel.unary_unary(
                 '/streaming.v1.StreamingService/ListBatches',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.FromString,
                 _registered_method=True)
         self.GetBatch = channel.unary_unary(
                 '/streaming.v1.StreamingService/GetBatch',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.FromString,
                 _registered_method=True)
         self.ReadBatchRecords = channel.unary_stream(
                 '/streaming.v1.StreamingService/ReadBatchRecords',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
                 _registered_method=True)
         self.ListMetricSeries = channel.unary_unary(
                 '/streaming.v1.StreamingService/ListMetricSeries',
-                request_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
-                response_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
+                _registered_method=True)
+        self.StreamRoomMessages = channel.unary_stream(
+                '/streaming.v1.StreamingService/StreamRoomMessages',
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.FromString,
+                _registered_method=True)
+        self.ResolveIds = channel.unary_unary(
+                '/streaming.v1.StreamingService/ResolveIds',
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsResponse.FromString,
                 _registered_method=True)
 
 
@@ -377,113 +387,147 @@ class StreamingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamRoomMessages(self, request, context):
+        """Reads a chat room's messages without joining it: history (from
+        `start_time`, the last `tail` messages, or after `resume_after_id`), then
+        live. The reader is not a member: it sends nothing, is not in the room's
+        presence and causes no join or leave message. Rooms are open, so every
+        caller may read every room. Idle streams receive heartbeats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveIds(self, request, context):
+        """Resolves the start of an id (as git resolves an abbreviated commit id) to
+        the ids of one kind that begin with it, among those the caller may see
+        (the same rules as ListFiles and ListBatches): a prefix never reveals an
+        id the token could not list. An id equal to the prefix is the only answer.
+        A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+        is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+        id, then use the one id answered; none answered means no such id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'StreamUserEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamUserEvents,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsResponse.SerializeToString,
             ),
             'DownloadFile': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadFile,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DownloadFileRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DownloadFileResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.DownloadFileRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.DownloadFileResponse.SerializeToString,
             ),
             'SubscribeToNotifications': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeToNotifications,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsResponse.SerializeToString,
             ),
             'UploadFile': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadFile,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.UploadFileRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.UploadFileResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFileRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFileResponse.SerializeToString,
             ),
             'ProcessDataBatch': grpc.stream_unary_rpc_method_handler(
                     servicer.ProcessDataBatch,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchResponse.SerializeToString,
             ),
             'CollectMetrics': grpc.stream_unary_rpc_method_handler(
                     servicer.CollectMetrics,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsResponse.SerializeToString,
             ),
             'PublishEvents': grpc.stream_unary_rpc_method_handler(
                     servicer.PublishEvents,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.PublishEventsRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.PublishEventsResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.PublishEventsRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.PublishEventsResponse.SerializeToString,
             ),
             'Chat': grpc.stream_stream_rpc_method_handler(
                     servicer.Chat,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ChatRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ChatResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ChatRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ChatResponse.SerializeToString,
             ),
             'Collaborate': grpc.stream_stream_rpc_method_handler(
                     servicer.Collaborate,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollaborateRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollaborateResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.CollaborateRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.CollaborateResponse.SerializeToString,
             ),
             'ProcessLiveData': grpc.stream_stream_rpc_method_handler(
                     servicer.ProcessLiveData,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.SerializeToString,
             ),
             'GetUploadStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUploadStatus,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusResponse.SerializeToString,
             ),
             'GetFileInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFileInfo,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoResponse.SerializeToString,
             ),
             'ListFiles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFiles,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListFilesRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListFilesResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListFilesRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListFilesResponse.SerializeToString,
             ),
             'DeleteFile': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteFile,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DeleteFileRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DeleteFileResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.DeleteFileRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.DeleteFileResponse.SerializeToString,
             ),
             'SendNotification': grpc.unary_unary_rpc_method_handler(
                     servicer.SendNotification,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SendNotificationRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SendNotificationResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.SendNotificationRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.SendNotificationResponse.SerializeToString,
             ),
             'ListRoomMembers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRoomMembers,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.SerializeToString,
             ),
             'ListDocuments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDocuments,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.SerializeToString,
             ),
             'ListBatches': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBatches,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.SerializeToString,
             ),
             'GetBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBatch,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.SerializeToString,
             ),
             'ReadBatchRecords': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadBatchRecords,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.SerializeToString,
             ),
             'ListMetricSeries': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMetricSeries,
-                    request_deserializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.FromString,
-                    response_serializer=streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.SerializeToString,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.SerializeToString,
+            ),
+            'StreamRoomMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamRoomMessages,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.SerializeToString,
+            ),
+            'ResolveIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveIds,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -515,8 +559,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/StreamUserEvents',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.StreamUserEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -542,8 +586,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/DownloadFile',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DownloadFileRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DownloadFileResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.DownloadFileRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.DownloadFileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -569,8 +613,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/SubscribeToNotifications',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.SubscribeToNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -596,8 +640,8 @@ class StreamingService:
             request_iterator,
             target,
             '/streaming.v1.StreamingService/UploadFile',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.UploadFileRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.UploadFileResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.UploadFileRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.UploadFileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -623,8 +667,8 @@ class StreamingService:
             request_iterator,
             target,
             '/streaming.v1.StreamingService/ProcessDataBatch',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ProcessDataBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -650,8 +694,8 @@ class StreamingService:
             request_iterator,
             target,
             '/streaming.v1.StreamingService/CollectMetrics',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.CollectMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -677,8 +721,8 @@ class StreamingService:
             request_iterator,
             target,
             '/streaming.v1.StreamingService/PublishEvents',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.PublishEventsRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.PublishEventsResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.PublishEventsRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.PublishEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -704,8 +748,8 @@ class StreamingService:
             request_iterator,
             target,
             '/streaming.v1.StreamingService/Chat',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ChatRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ChatResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ChatRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ChatResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -731,8 +775,8 @@ class StreamingService:
             request_iterator,
             target,
             '/streaming.v1.StreamingService/Collaborate',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollaborateRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.CollaborateResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.CollaborateRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.CollaborateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -758,8 +802,8 @@ class StreamingService:
             request_iterator,
             target,
             '/streaming.v1.StreamingService/ProcessLiveData',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -785,8 +829,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/GetUploadStatus',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -812,8 +856,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/GetFileInfo',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.GetFileInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -839,8 +883,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/ListFiles',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListFilesRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListFilesResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListFilesRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -866,8 +910,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/DeleteFile',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DeleteFileRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.DeleteFileResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.DeleteFileRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.DeleteFileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -893,8 +937,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/SendNotification',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SendNotificationRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.SendNotificationResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.SendNotificationRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.SendNotificationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -920,8 +964,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/ListRoomMembers',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListRoomMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -947,8 +991,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/ListDocuments',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -974,8 +1018,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/ListBatches',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListBatchesRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1001,8 +1045,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/GetBatch',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.GetBatchRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.GetBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1028,8 +1072,8 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/ReadBatchRecords',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ReadBatchRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1055,8 +1099,62 @@ class StreamingService:
             request,
             target,
             '/streaming.v1.StreamingService/ListMetricSeries',
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
-            streamcli_dot___proto_dot_streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ListMetricSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRoomMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/streaming.v1.StreamingService/StreamRoomMessages',
+            streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.StreamRoomMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streaming.v1.StreamingService/ResolveIds',
+            streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.ResolveIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -189,6 +189,22 @@ class StreamingServiceStub:
     """Lists metric series (a user token's own; all with the service token) with
     their aggregates, all time or since a time, by name and labels.
     """
+    StreamRoomMessages: _grpc.UnaryStreamMultiCallable[_streaming_service_pb2.StreamRoomMessagesRequest, _streaming_service_pb2.StreamRoomMessagesResponse]
+    """Reads a chat room's messages without joining it: history (from
+    `start_time`, the last `tail` messages, or after `resume_after_id`), then
+    live. The reader is not a member: it sends nothing, is not in the room's
+    presence and causes no join or leave message. Rooms are open, so every
+    caller may read every room. Idle streams receive heartbeats.
+    """
+    ResolveIds: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.ResolveIdsRequest, _streaming_service_pb2.ResolveIdsResponse]
+    """Resolves the start of an id (as git resolves an abbreviated commit id) to
+    the ids of one kind that begin with it, among those the caller may see
+    (the same rules as ListFiles and ListBatches): a prefix never reveals an
+    id the token could not list. An id equal to the prefix is the only answer.
+    A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+    is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+    id, then use the one id answered; none answered means no such id.
+    """
 
 @_typing.type_check_only
 class StreamingServiceAsyncStub(StreamingServiceStub):
@@ -330,6 +346,22 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     ListMetricSeries: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ListMetricSeriesRequest, _streaming_service_pb2.ListMetricSeriesResponse]  # type: ignore[assignment]
     """Lists metric series (a user token's own; all with the service token) with
     their aggregates, all time or since a time, by name and labels.
+    """
+    StreamRoomMessages: _aio.UnaryStreamMultiCallable[_streaming_service_pb2.StreamRoomMessagesRequest, _streaming_service_pb2.StreamRoomMessagesResponse]  # type: ignore[assignment]
+    """Reads a chat room's messages without joining it: history (from
+    `start_time`, the last `tail` messages, or after `resume_after_id`), then
+    live. The reader is not a member: it sends nothing, is not in the room's
+    presence and causes no join or leave message. Rooms are open, so every
+    caller may read every room. Idle streams receive heartbeats.
+    """
+    ResolveIds: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.ResolveIdsRequest, _streaming_service_pb2.ResolveIdsResponse]  # type: ignore[assignment]
+    """Resolves the start of an id (as git resolves an abbreviated commit id) to
+    the ids of one kind that begin with it, among those the caller may see
+    (the same rules as ListFiles and ListBatches): a prefix never reveals an
+    id the token could not list. An id equal to the prefix is the only answer.
+    A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+    is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+    id, then use the one id answered; none answered means no such id.
     """
 
 class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -595,6 +627,34 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_streaming_service_pb2.ListMetricSeriesResponse, _abc.Awaitable[_streaming_service_pb2.ListMetricSeriesResponse]]:
         """Lists metric series (a user token's own; all with the service token) with
         their aggregates, all time or since a time, by name and labels.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamRoomMessages(
+        self,
+        request: _streaming_service_pb2.StreamRoomMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_streaming_service_pb2.StreamRoomMessagesResponse], _abc.AsyncIterator[_streaming_service_pb2.StreamRoomMessagesResponse]]:
+        """Reads a chat room's messages without joining it: history (from
+        `start_time`, the last `tail` messages, or after `resume_after_id`), then
+        live. The reader is not a member: it sends nothing, is not in the room's
+        presence and causes no join or leave message. Rooms are open, so every
+        caller may read every room. Idle streams receive heartbeats.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveIds(
+        self,
+        request: _streaming_service_pb2.ResolveIdsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streaming_service_pb2.ResolveIdsResponse, _abc.Awaitable[_streaming_service_pb2.ResolveIdsResponse]]:
+        """Resolves the start of an id (as git resolves an abbreviated commit id) to
+        the ids of one kind that begin with it, among those the caller may see
+        (the same rules as ListFiles and ListBatches): a prefix never reveals an
+        id the token could not list. An id equal to the prefix is the only answer.
+        A prefix of fewer than 4 characters (MIN_ID_PREFIX) that is no whole id
+        is INVALID_ARGUMENT. Clients call it only for what is not already a whole
+        id, then use the one id answered; none answered means no such id.
         """
 
 def add_StreamingServiceServicer_to_server(servicer: StreamingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
