@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from streamcli.backends import open_backend
-from streamcli.backends.base import Backend, ConditionFailedError, LogBounds, NewRecord
+from streamcli.backends.base import Backend, ConditionFailedError, LogBounds, NewRecord, StoreUnavailableError
 from streamcli.backends.redis_backend import parse_redis_url, redis_url_for_logs
 from streamcli.errors import UnavailableError, UsageError
 from tests.support.redis import RedisServer, redis_server
@@ -83,6 +83,32 @@ async def test_an_unreachable_redis_is_unavailable_at_start(tmp_path: pathlib.Pa
             await backend.ready()
     finally:
         await backend.close()
+
+
+async def test_a_redis_gone_meanwhile_is_store_unavailable_for_every_kind_of_call(tmp_path: pathlib.Path) -> None:
+    """Commands, pipelines, scripts and a wait blocked when Redis stops: each raises the seam's error."""
+    with redis_server(tmp_path / "redis") as running:
+        async with replica(running.url(), tmp_path / "data") as backend:
+            await backend.log.append("s", [NewRecord("k", "event", b"x")])
+            blocked = asyncio.ensure_future(backend.log.wait_for("s", 1, timeout=60))
+            while b"cmd=xread" not in running.command("CLIENT", "LIST"):  # until the wait blocks in Redis
+                await asyncio.sleep(0.01)
+            running.stop()
+            with pytest.raises(StoreUnavailableError, match="the server cannot reach its Redis: "):
+                await blocked
+            calls = [
+                backend.log.bounds("s"),  # a command
+                backend.log.read("s", 0, 10),  # a pipeline
+                backend.log.append("s", [NewRecord("k", "event", b"y")]),  # a script
+                backend.log.wait_for("t", 0, timeout=1),
+                backend.metadata.list_files(10),
+            ]
+            for call in calls:
+                with pytest.raises(StoreUnavailableError, match="the server cannot reach its Redis: "):
+                    await call
+            assert backend.ready is not None
+            with pytest.raises(UnavailableError, match=r"cannot reach Redis at redis://127\.0\.0\.1:\d+/0: Error 111"):
+                await backend.ready()
 
 
 async def test_the_redis_backend_keeps_file_bytes_under_the_data_dir(redis_url: str, tmp_path: pathlib.Path) -> None:

@@ -121,6 +121,15 @@ class TrimmedError(Exception):
         self.trimmed_through = trimmed_through
 
 
+class StoreUnavailableError(Exception):
+    """The store cannot be reached now (a lost connection to Redis, say); the same call may succeed later.
+
+    What the failed operation did is unknown: an append may or may not be in. Backends raise it for
+    every such failure of their own, whatever their client library raises; the server ends the call
+    UNAVAILABLE with its message (``server/service.py``).
+    """
+
+
 class LogStore(Protocol):
     """Append-only logs with cursors."""
 

@@ -18,7 +18,7 @@ import urllib.parse
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from streamcli.backends.base import Backend
+from streamcli.backends.base import Backend, StoreUnavailableError
 from streamcli.backends.blobs import DirectoryBlobStore
 from streamcli.backends.redis_log import Commands, RedisLog
 from streamcli.backends.redis_metadata import RedisMetadata
@@ -70,8 +70,8 @@ class RedisConnections:
         """Raises UnavailableError unless Redis answers."""
         try:
             await self.commands.ping()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise UnavailableError(f"cannot reach Redis at {redis_url_for_logs(self.url)}: {exc}") from None
+        except StoreUnavailableError as exc:
+            raise UnavailableError(f"cannot reach Redis at {redis_url_for_logs(self.url)}: {exc.__cause__}") from None
         except redis.exceptions.ResponseError as exc:
             raise UsageError(f"Redis at {redis_url_for_logs(self.url)} refused: {exc}") from None
 

@@ -11,6 +11,9 @@ Readers replay with ``XRANGE`` and wait with ``XREAD BLOCK`` from their own posi
 connection of its own taken from a pool kept for waits: a blocked connection is never shared, its
 socket has no read timeout shorter than the block, and a wait that is cancelled (a client gone, a
 shutdown) disconnects its connection rather than hand it back with a reply still due.
+
+Every command goes through ``shielded`` (``Commands``, pipelines, the waits), which also says a Redis
+that cannot be reached as the seam's ``StoreUnavailableError``, whatever redis-py raised.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from streamcli.backends import redis_scripts
 from streamcli.backends.base import (
@@ -30,6 +34,7 @@ from streamcli.backends.base import (
     NewRecord,
     ProducerState,
     SequenceGapError,
+    StoreUnavailableError,
     StreamHead,
     TrimmedError,
 )
@@ -65,8 +70,20 @@ def _abandoned(work: asyncio.Future[Any]) -> None:
         work.exception()
 
 
+#: What redis-py raises when Redis cannot be reached or stops answering: refused or lost connections,
+#: timeouts, a Redis still loading its data (``BusyLoadingError`` is a ``ConnectionError``), and the
+#: socket errors it does not wrap.
+LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def unreachable(exc: BaseException) -> StoreUnavailableError:
+    """The seam's error for a Redis that cannot be reached (``exc``: what redis-py raised)."""
+    return StoreUnavailableError(f"the server cannot reach its Redis: {exc or type(exc).__name__}")
+
+
 async def shielded(work: Awaitable[T]) -> T:
-    """Await ``work`` in a task of its own, so that cancelling the caller always cancels the caller.
+    """Await ``work`` (Redis commands) in a task of its own, so that cancelling the caller always cancels
+    the caller; a Redis that cannot be reached raises ``StoreUnavailableError``.
 
     redis-py (8.1) sometimes swallows a cancellation that reaches it in the middle of a command: the
     cancelled caller then carries on as if nothing happened (a housekeeping loop sleeps on instead of
@@ -79,6 +96,8 @@ async def shielded(work: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         task.add_done_callback(_abandoned)
         raise
+    except LOST as exc:
+        raise unreachable(exc) from exc
 
 
 class Commands(aioredis.Redis):
@@ -203,13 +222,18 @@ class RedisLog:
 
     async def _block(self, log: bytes, after_id: int, timeout: float) -> bool:
         """``XREAD BLOCK`` on a connection of its own: whether an entry after ``after_id`` came in time."""
-        connection = await self._waits.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            connection = await self._waits.get_connection()  # type: ignore[no-untyped-call]
+        except LOST as exc:
+            raise unreachable(exc) from exc
         try:
             block = max(1, round(timeout * 1000))
             await connection.send_command("XREAD", "COUNT", 1, "BLOCK", block, "STREAMS", log, f"{after_id}-0")
             reply = await connection.read_response(timeout=timeout + BLOCK_MARGIN)
-        except BaseException:
+        except BaseException as exc:
             await connection.disconnect(nowait=True)  # a reply may still be due: this connection is spent
+            if isinstance(exc, LOST):
+                raise unreachable(exc) from exc
             raise
         finally:
             await self._waits.release(connection)

@@ -3,7 +3,8 @@
 ``start_server`` returns a ``RunningServer`` (used by tests and by ``serve``);
 ``serve`` adds signal handling: the first SIGINT/SIGTERM drains gracefully
 (health NOT_SERVING, no new calls, in-flight streams get ``grace`` seconds),
-a second one exits at once.
+a second one exits at once. A backend whose store lives elsewhere (Redis) is watched while serving:
+health says NOT_SERVING while the store cannot be reached and SERVING again once it answers.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ from streamcli.services.uploads import FileLimits
 from streamcli.tls import check_pair, read_pem
 
 log = logging.getLogger("streamcli.server")
+
+#: Seconds between the checks that a backend's store answers (health follows them).
+STORE_CHECK_INTERVAL = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,8 +261,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        for service in ("", SERVICE_NAME):  # before start: no probe may see SERVICE_UNKNOWN
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # Before start: no probe may see SERVICE_UNKNOWN.
+        await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
     except BaseException:
         await backend.close()
@@ -281,6 +285,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
         asyncio.create_task(_every(interval, files.expire_uploads)),
         asyncio.create_task(_every(config.housekeeping_interval, apply_retention)),
     ]
+    if backend.ready is not None:
+        housekeeping.append(asyncio.create_task(_watch_store(backend.ready, health_servicer)))
     return RunningServer(server, health_servicer, backend, address, stopping, housekeeping, chat, credentials_, config)
 
 
@@ -292,6 +298,32 @@ async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:
         except Exception:
             log.exception("housekeeping job %s failed", getattr(job, "__qualname__", job))
         await asyncio.sleep(interval)
+
+
+async def _watch_store(check: Callable[[], Awaitable[None]], health_servicer: health.aio.HealthServicer) -> None:
+    """Health NOT_SERVING while ``check`` (the backend's ``ready``) fails, SERVING again once it passes:
+    a load balancer then sends calls elsewhere while this replica's store is away, and back by itself."""
+    serving = True
+    while True:
+        await asyncio.sleep(STORE_CHECK_INTERVAL)
+        try:
+            await check()
+        except Exception as exc:  # UnavailableError, or whatever else keeps the store from answering
+            if serving:
+                log.warning("%s; health NOT_SERVING until it answers", exc)
+                serving = False
+                await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+            continue
+        if not serving:
+            log.warning("the backend's store answers again; health SERVING")
+            serving = True
+            await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
+    """``status`` for the server and for StreamingService (ignored once a shutdown began)."""
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, status)
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

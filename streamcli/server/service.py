@@ -8,10 +8,15 @@ start-up: every RPC served by exactly one domain or listed in
 of gRPC's generic "Method not implemented!"), every name a domain lists an RPC
 of the contract and a method it has. A misspelt method stops the server from
 starting instead of quietly answering UNIMPLEMENTED.
+
+``add_service`` also puts every RPC behind the store boundary: a backend that cannot reach its store
+(``StoreUnavailableError``, e.g. Redis away) ends the call UNAVAILABLE with the backend's detail, in
+this one place rather than in each service.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -20,8 +25,9 @@ from google.protobuf.message_factory import GetMessageClass
 
 from streamcli import __version__
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import StoreUnavailableError
 from streamcli.server.decoding import HANDLER_FACTORIES
-from streamcli.services.rpc import abort
+from streamcli.services.rpc import Context, abort
 from streamcli.services.wire import serialize
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["StreamingService"]
@@ -81,8 +87,11 @@ def add_service(
     handlers = {}
     for method in SERVICE_DESCRIPTOR.methods:
         factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        implementation = bound.get(method.name)
         handlers[method.name] = factory(
-            bound.get(method.name) or _unimplemented(method.name, unavailable.get(method.name)),
+            store_boundary(implementation)
+            if implementation
+            else _unimplemented(method.name, unavailable.get(method.name)),
             request_deserializer=GetMessageClass(method.input_type).FromString,
             response_serializer=serialize,
         )
@@ -99,3 +108,26 @@ def _unimplemented(name: str, reason: str | None = None) -> Callable[..., Any]:
         await abort(context, grpc.StatusCode.UNIMPLEMENTED, detail)
 
     return unimplemented
+
+
+def store_boundary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """``behavior`` (a handler, a coroutine or an async generator) ending its call UNAVAILABLE when the
+    backend cannot reach its store; a streaming one writes its responses itself, as grpc.aio would."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream_out(request: Any, context: Context) -> None:
+            try:
+                async for response in behavior(request, context):
+                    await context.write(response)
+            except StoreUnavailableError as exc:
+                await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+        return stream_out
+
+    async def respond(request: Any, context: Context) -> Any:
+        try:
+            return await behavior(request, context)
+        except StoreUnavailableError as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    return respond

@@ -1,4 +1,5 @@
-"""A real ``redis-server`` for tests: its own process on a free loopback port, persistence off."""
+"""A real ``redis-server`` for tests: its own process on a free loopback port, persistence off (or, for a
+test that restarts it, an append-only file synced at every write)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    def stop(self) -> None:
+        """Stop it now (SIGTERM, SIGKILL if it lingers), as its block would at its end."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
     def command(self, *args: str) -> bytes:
         """Send one command (inline protocol) and return the raw reply: for set-up and checks in tests."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as conn:
@@ -41,9 +52,12 @@ def redis_server_path() -> str:
 
 
 @contextlib.contextmanager
-def redis_server(directory: pathlib.Path, port: int | None = None, timeout: float = 15.0) -> Iterator[RedisServer]:
+def redis_server(
+    directory: pathlib.Path, port: int | None = None, timeout: float = 15.0, *, persistent: bool = False
+) -> Iterator[RedisServer]:
     """Run ``redis-server`` on 127.0.0.1 (a free port unless ``port``) without persistence until the block
-    ends, then stop it (SIGTERM, SIGKILL if it lingers)."""
+    ends, then stop it (SIGTERM, SIGKILL if it lingers). ``persistent``: with an append-only file in
+    ``directory``, fsynced at every write, so that one started again there has all it acknowledged."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = directory / f"redis-{port}.log"
@@ -52,7 +66,8 @@ def redis_server(directory: pathlib.Path, port: int | None = None, timeout: floa
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",  # no RDB snapshots
-        "--appendonly", "no",  # no AOF
+        "--appendonly", "yes" if persistent else "no",  # AOF only when asked
+        "--appendfsync", "always",
         "--dir", str(directory),
         "--daemonize", "no",
         "--protected-mode", "yes",
@@ -74,12 +89,6 @@ def redis_server(directory: pathlib.Path, port: int | None = None, timeout: floa
             time.sleep(0.02)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        server.stop()
         if process.stderr is not None:
             process.stderr.close()
