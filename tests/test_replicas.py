@@ -21,6 +21,7 @@ from streamcli.server.app import ServerConfig, start_server
 from tests.support.inprocess import Background, Run, acli, cli
 from tests.support.redis import redis_server
 from tests.support.servers import client, running_server, serve_process
+from tests.test_collab import joined, text_of
 
 
 def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url: str, tmp_path: pathlib.Path) -> None:
@@ -106,3 +107,34 @@ async def test_a_replica_whose_redis_goes_away_says_unavailable_and_recovers_by_
     assert "lost the stream (UNAVAILABLE: the server cannot reach its Redis" in seen.err  # and came back
     records = [history, *(json.loads(line) for line in seen.out.splitlines())]
     assert [(r["id"], r["user_id"]) for r in records] == [(1, "alice"), (2, "bob"), (3, "carol")]
+
+
+async def test_collab_editors_on_two_replicas_see_each_others_edits_live_and_converge(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            async with joined(on_a, "doc", "alice") as alice, joined(on_b, "doc", "bob") as bob:
+                assert text_of(await alice.event()) == (0, "")
+                assert text_of(await bob.event()) == (0, "")
+                await alice.edit(0, 0, text="hello", seq=1)
+                # Bob, on B, is sent alice's edit committed through A, without sending anything himself.
+                for stream in (alice, bob):
+                    event = await stream.event()
+                    assert (event.revision, event.user_id, event.edit.insert_text) == (1, "alice", "hello")
+                # Both based on revision 1, at once through different replicas: one commits first, the other
+                # is transformed onto it; each editor is sent both revisions, in the same order.
+                await alice.edit(1, 0, text="A", seq=2)
+                await bob.edit(1, 5, text="B", seq=1)
+                seen_by_alice = await alice.events(2)
+                seen_by_bob = await bob.events(2)
+            order = [(e.revision, e.user_id, e.edit.position, e.edit.insert_text) for e in seen_by_alice]
+            assert [(e.revision, e.user_id, e.edit.position, e.edit.insert_text) for e in seen_by_bob] == order
+            assert [revision for revision, *_ in order] == [2, 3]
+            async with joined(on_a, "doc", "carol") as carol, joined(on_b, "doc", "dave") as dave:
+                assert text_of(await carol.event()) == text_of(await dave.event()) == (3, "AhelloB")

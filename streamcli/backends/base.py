@@ -485,6 +485,7 @@ class Backend:
     closer: _Closer
     metrics: MetricStore | None  # None: this backend does not keep metrics (yet); the metric RPCs refuse
     ready: Callable[[], Awaitable[None]] | None = None  # raises when the store cannot be reached (start-up)
+    shared: bool = False  # other processes (replicas) may append to its logs: what a log holds is not all seen here
 
     async def close(self) -> None:
         """Release connections and files."""

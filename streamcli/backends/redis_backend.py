@@ -7,7 +7,7 @@ whether Redis answers.
 
 Not on Redis yet (issue 17 continues): metric series and sketches (the metric RPCs answer UNIMPLEMENTED
 saying so), and what the services keep per process (chat presence and typing, the one-stream-per-upload
-rule, live collaboration wake-ups, the storage quota's reservations).
+rule, collaboration cursors and presence, the storage quota's reservations).
 """
 
 from __future__ import annotations
@@ -101,4 +101,5 @@ def open_redis(url: str, data_dir: pathlib.Path) -> Backend:
         closer=connections,
         metrics=None,
         ready=connections.ready,
+        shared=True,
     )
