@@ -454,7 +454,7 @@ complete -c streamcli -n '__streamcli_at '\''process'\''' -l version -d 'Show th
 complete -c streamcli -n '__streamcli_at '\''process'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l address -s a -x -d 'HOST:PORT to listen on (port 0 picks a free one). [default: the global --address, 127.0.0.1:50051]'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l data-dir -r -F -d 'Where the embedded store keeps its database and files. [default: the user data dir, e.g. ~/.local/share/streamcli]'
-complete -c streamcli -n '__streamcli_at '\''serve'\''' -l backend -x -d 'Storage backend: '\''embedded'\'' (SQLite + data dir).'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l backend -x -d 'Storage backend: '\''embedded'\'' (SQLite + data dir), or redis://HOST:PORT/DB: logs and metadata in Redis, shared by every replica on it (file bytes stay in --data-dir, which the replicas share; metrics and --quota are not supported there yet).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l grace -x -d 'Seconds in-flight calls get to finish on SIGINT/SIGTERM.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l token -x -d 'Require '\''authorization: Bearer TOKEN'\'' on every call except health. [default: the global --token / STREAMCLI_TOKEN]'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l user-token -x -d 'NAME=TOKEN: a user token. Its holder acts as NAME and reaches only NAME'\''s events, notifications and files (and files posted in rooms NAME joined); chat uses NAME whatever --user says. Repeatable.'

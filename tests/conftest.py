@@ -7,15 +7,45 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from streamcli.server.app import RunningServer
+from tests.support.redis import RedisServer, redis_server
 from tests.support.servers import running_server
+from tests.support.stores import BACKENDS, backend_name
 from tests.support.terminal import Tmux
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``ON_EACH_BACKEND = True`` runs each test that uses ``backend`` (``server`` does)
+    once per backend: the same tests, not copies."""
+    if "backend" in metafunc.fixturenames and getattr(metafunc.module, "ON_EACH_BACKEND", False):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-async def server(tmp_path: pathlib.Path) -> AsyncIterator[RunningServer]:
-    """The real server, embedded backend, on an ephemeral loopback port."""
-    async with running_server(tmp_path / "data") as running:
+def backend(request: pytest.FixtureRequest) -> str:
+    """``serve --backend`` of the test's server: the embedded store, or in a module ``ON_EACH_BACKEND``
+    each backend in turn (Redis: the session's, emptied for the test)."""
+    return backend_name(request, getattr(request, "param", "embedded"))
+
+
+@pytest.fixture
+async def server(tmp_path: pathlib.Path, backend: str) -> AsyncIterator[RunningServer]:
+    """The real server on an ephemeral loopback port (backend: see ``backend``)."""
+    async with running_server(tmp_path / "data", backend=backend) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` for the session (loopback, free port, no persistence), stopped at the end."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as running:
+        yield running
+
+
+@pytest.fixture
+def redis_url(redis_process: RedisServer) -> str:
+    """The URL of the session's Redis, emptied for this test (``serve --backend`` takes it)."""
+    assert redis_process.command("FLUSHALL").startswith(b"+OK")
+    return redis_process.url()
 
 
 @pytest.fixture(autouse=True)

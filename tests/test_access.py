@@ -33,9 +33,13 @@ SERVICE = "service-token"
 LOGIN = pb.USER_EVENT_TYPE_LOGIN
 
 
+#: Every test that uses ``server`` runs on each backend (tests/conftest.py): the access rules are the metadata's.
+ON_EACH_BACKEND = True
+
+
 @pytest.fixture
-async def server(tmp_path: pathlib.Path) -> AsyncIterator[RunningServer]:
-    async with running_server(tmp_path / "data", token=SERVICE, user_tokens=TOKENS) as running:
+async def server(tmp_path: pathlib.Path, backend: str) -> AsyncIterator[RunningServer]:
+    async with running_server(tmp_path / "data", backend=backend, token=SERVICE, user_tokens=TOKENS) as running:
         yield running
 
 

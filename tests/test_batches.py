@@ -16,6 +16,9 @@ from streamcli.server.app import RunningServer
 from streamcli.services import batches
 from tests.support.servers import client, running_server
 
+#: The tests that use ``server`` run on every backend (tests/conftest.py).
+ON_EACH_BACKEND = True
+
 
 @pytest.fixture
 async def conn(server: RunningServer) -> AsyncIterator[Connection]:

@@ -25,6 +25,9 @@ from streamcli.ui.chat import ChatRepl
 from tests.support.chat import RawChat
 from tests.support.servers import client, running_server
 
+#: The tests that use ``server`` run on every backend (tests/conftest.py).
+ON_EACH_BACKEND = True
+
 TEXT, TYPING = pb.CHAT_MESSAGE_TYPE_TEXT, pb.CHAT_MESSAGE_TYPE_TYPING
 
 

@@ -20,6 +20,9 @@ from streamcli.server.app import RunningServer
 from streamcli.services.documents import DocumentSettings
 from tests.support.servers import client, running_server
 
+#: The tests that use ``server`` run on every backend (tests/conftest.py).
+ON_EACH_BACKEND = True
+
 Call = grpc.aio.StreamStreamCall[pb.CollaborateRequest, pb.CollaborateResponse]
 
 

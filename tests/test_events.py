@@ -23,6 +23,9 @@ from streamcli.server.app import RunningServer
 from streamcli.services.logs import Retention
 from tests.support.servers import client, running_server
 
+#: The tests that use ``server`` run on every backend (tests/conftest.py).
+ON_EACH_BACKEND = True
+
 R = TypeVar("R")
 
 LOGIN, LOGOUT = pb.USER_EVENT_TYPE_LOGIN, pb.USER_EVENT_TYPE_LOGOUT

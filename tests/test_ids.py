@@ -1,6 +1,6 @@
 """Ids given by their start, as git takes abbreviated commit ids: ResolveIds, and every command that takes an id.
 
-The server runs in the test's event loop (the ``server`` fixture); commands run in-process (``acli``).
+The server runs in the test's event loop (the ``server`` fixture, on each backend); commands run in-process (``acli``).
 Ambiguous file ids are made by recording files under chosen ids in the server's own store (file ids are
 random: two that share a prefix would take thousands of uploads); every other file is uploaded for real.
 """
@@ -26,6 +26,9 @@ from streamcli.server.app import RunningServer
 from tests.support.chat import SessionEvents
 from tests.support.inprocess import acli
 from tests.support.servers import client
+
+#: Every test that uses ``server`` runs on each backend (tests/conftest.py).
+ON_EACH_BACKEND = True
 
 SIMILAR = ["abcd" + "0" * 28, "abcd" + "1" * 28, "abcd" + "2" * 28]
 

@@ -4,6 +4,9 @@
 
 * ``embedded`` (default): SQLite in WAL mode plus a directory, both under the
   data dir. Needs no setup; one server process per data dir.
+* ``redis://HOST:PORT/DB``: logs and metadata in that Redis database, file bytes
+  under the data dir, which replicas on the same Redis share
+  (``backends/redis_backend.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from streamcli.backends.base import Backend
 from streamcli.errors import UsageError
 
 #: Names accepted by ``streamcli serve --backend``.
-BACKENDS = ("embedded",)
+BACKENDS = ("embedded", "redis://HOST:PORT/DB")
 
 
 def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
@@ -24,6 +27,10 @@ def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
     Raises:
         UsageError: the name is unknown or the data dir cannot be used.
     """
+    if name.startswith("redis:"):
+        from streamcli.backends.redis_backend import open_redis
+
+        return open_redis(name, data_dir)
     if name != "embedded":
         raise UsageError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     from streamcli.backends.blobs import DirectoryBlobStore

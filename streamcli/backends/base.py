@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 
@@ -119,6 +119,15 @@ class TrimmedError(Exception):
             f"position {after_id} of {stream!r} has been trimmed (records up to {trimmed_through} are gone)"
         )
         self.trimmed_through = trimmed_through
+
+
+class StoreUnavailableError(Exception):
+    """The store cannot be reached now (a lost connection to Redis, say); the same call may succeed later.
+
+    What the failed operation did is unknown: an append may or may not be in. Backends raise it for
+    every such failure of their own, whatever their client library raises; the server ends the call
+    UNAVAILABLE with its message (``server/service.py``).
+    """
 
 
 class LogStore(Protocol):
@@ -474,7 +483,9 @@ class Backend:
     metadata: MetadataStore
     blobs: BlobStore
     closer: _Closer
-    metrics: MetricStore
+    metrics: MetricStore | None  # None: this backend does not keep metrics (yet); the metric RPCs refuse
+    ready: Callable[[], Awaitable[None]] | None = None  # raises when the store cannot be reached (start-up)
+    shared: bool = False  # other processes (replicas) may append to its logs: what a log holds is not all seen here
 
     async def close(self) -> None:
         """Release connections and files."""

@@ -46,7 +46,13 @@ def serve(
         ),
     ] = None,
     backend: Annotated[
-        str, typer.Option(envvar="STREAMCLI_BACKEND", help="Storage backend: 'embedded' (SQLite + data dir).")
+        str,
+        typer.Option(
+            envvar="STREAMCLI_BACKEND",
+            help="Storage backend: 'embedded' (SQLite + data dir), or redis://HOST:PORT/DB: logs and metadata in "
+            "Redis, shared by every replica on it (file bytes stay in --data-dir, which the replicas share; "
+            "metrics and --quota are not supported there yet).",
+        ),
     ] = "embedded",
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")

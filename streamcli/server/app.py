@@ -3,7 +3,8 @@
 ``start_server`` returns a ``RunningServer`` (used by tests and by ``serve``);
 ``serve`` adds signal handling: the first SIGINT/SIGTERM drains gracefully
 (health NOT_SERVING, no new calls, in-flight streams get ``grace`` seconds),
-a second one exits at once.
+a second one exits at once. A backend whose store lives elsewhere (Redis) is watched while serving:
+health says NOT_SERVING while the store cannot be reached and SERVING again once it answers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from streamcli import transport
 from streamcli.backends import open_backend
 from streamcli.backends.base import Backend
+from streamcli.backends.redis_backend import redis_url_for_logs
 from streamcli.credentials import Credentials
 from streamcli.errors import UnavailableError, UsageError
 from streamcli.server.auth import BearerTokenInterceptor
@@ -49,6 +51,9 @@ from streamcli.services.uploads import FileLimits
 from streamcli.tls import check_pair, read_pem
 
 log = logging.getLogger("streamcli.server")
+
+#: Seconds between the checks that a backend's store answers (health follows them).
+STORE_CHECK_INTERVAL = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,10 @@ class ServerConfig:
             raise UsageError("--grace must be zero or more seconds")
         if self.max_file_size < 0 or self.quota < 0:
             raise UsageError("--max-file-size and --quota must be zero (no limit) or more bytes")
+        if self.backend.startswith("redis:") and self.quota:
+            # Uploads reserve quota in the memory of the replica that receives them: two replicas would
+            # each let their uploads fill the shared directory to the quota.
+            raise UsageError("--backend redis does not support --quota yet (its reservations are per replica)")
         if self.max_series < 1:
             raise UsageError("--max-series must be at least 1")
         if self.metric_retention is not None and self.metric_retention < 60:
@@ -216,6 +225,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
     backend = open_backend(config.backend, config.data_dir)
     try:
+        if backend.ready is not None:
+            await backend.ready()
         port = _bind(server, config.address, credentials)
         address = f"{transport.parse_address(config.address)[0]}:{port}"
         stopping = asyncio.Event()
@@ -231,20 +242,29 @@ async def start_server(config: ServerConfig) -> RunningServer:
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
-        metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
-        await metrics.load()
-        collab = CollabService(backend.log, log_settings, stopping, credentials_, config.documents)
+        metrics = None
+        unavailable = {}
+        if backend.metrics is not None:
+            metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
+            await metrics.load()
+        else:
+            reason = f"--backend {backend.name} does not support metrics yet"
+            unavailable = dict.fromkeys(MetricService.RPCS, reason)
+            log.warning("%s: %s answer UNIMPLEMENTED", reason, ", ".join(MetricService.RPCS))
+        collab = CollabService(
+            backend.log, log_settings, stopping, credentials_, config.documents, follow_others=backend.shared
+        )
         ids = IdService(backend.metadata, credentials_)
         domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab, ids]
-        add_service(server, domains)
+        add_service(server, [domain for domain in domains if domain is not None], unavailable)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_documented_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        for service in ("", SERVICE_NAME):  # before start: no probe may see SERVICE_UNKNOWN
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # Before start: no probe may see SERVICE_UNKNOWN.
+        await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
     except BaseException:
         await backend.close()
@@ -260,12 +280,15 @@ async def start_server(config: ServerConfig) -> RunningServer:
             )
             await backend.log.forget_producers(stream, time.time() - config.retention.producer_idle_limit)
         await batches.expire(config.retention)
-        await metrics.expire(config.retention)
+        if metrics is not None:
+            await metrics.expire(config.retention)
 
     housekeeping = [
         asyncio.create_task(_every(interval, files.expire_uploads)),
         asyncio.create_task(_every(config.housekeeping_interval, apply_retention)),
     ]
+    if backend.ready is not None:
+        housekeeping.append(asyncio.create_task(_watch_store(backend.ready, health_servicer)))
     return RunningServer(server, health_servicer, backend, address, stopping, housekeeping, chat, credentials_, config)
 
 
@@ -277,6 +300,32 @@ async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:
         except Exception:
             log.exception("housekeeping job %s failed", getattr(job, "__qualname__", job))
         await asyncio.sleep(interval)
+
+
+async def _watch_store(check: Callable[[], Awaitable[None]], health_servicer: health.aio.HealthServicer) -> None:
+    """Health NOT_SERVING while ``check`` (the backend's ``ready``) fails, SERVING again once it passes:
+    a load balancer then sends calls elsewhere while this replica's store is away, and back by itself."""
+    serving = True
+    while True:
+        await asyncio.sleep(STORE_CHECK_INTERVAL)
+        try:
+            await check()
+        except Exception as exc:  # UnavailableError, or whatever else keeps the store from answering
+            if serving:
+                log.warning("%s; health NOT_SERVING until it answers", exc)
+                serving = False
+                await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+            continue
+        if not serving:
+            log.warning("the backend's store answers again; health SERVING")
+            serving = True
+            await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
+    """``status`` for the server and for StreamingService (ignored once a shutdown began)."""
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, status)
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -314,7 +363,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = N
     log.info(
         "listening on %s (backend %s, data dir %s, TLS %s, auth %s)",
         running.address,
-        config.backend,
+        redis_url_for_logs(config.backend),
         config.data_dir,
         "on" if config.tls else "off",
         "tokens" if running.credentials.enabled else "off",

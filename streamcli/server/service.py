@@ -8,11 +8,16 @@ start-up: every RPC served by exactly one domain or listed in
 of gRPC's generic "Method not implemented!"), every name a domain lists an RPC
 of the contract and a method it has. A misspelt method stops the server from
 starting instead of quietly answering UNIMPLEMENTED.
+
+``add_service`` also puts every RPC behind the store boundary: a backend that cannot reach its store
+(``StoreUnavailableError``, e.g. Redis away) ends the call UNAVAILABLE with the backend's detail, in
+this one place rather than in each service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -20,8 +25,9 @@ from google.protobuf.message_factory import GetMessageClass
 
 from streamcli import __version__
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import StoreUnavailableError
 from streamcli.server.decoding import HANDLER_FACTORIES
-from streamcli.services.rpc import abort
+from streamcli.services.rpc import Context, abort
 from streamcli.services.wire import serialize
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["StreamingService"]
@@ -36,12 +42,13 @@ class BindingError(Exception):
     """The domains and the contract disagree: a programming error, found at start-up."""
 
 
-def bind(domains: Iterable[object]) -> dict[str, Callable[..., Any]]:
+def bind(domains: Iterable[object], unavailable: Iterable[str] = ()) -> dict[str, Callable[..., Any]]:
     """RPC name -> the domain method serving it, for every RPC some domain lists in its ``RPCS``.
 
     Raises:
         BindingError: a listed name is not an RPC of the contract or not a method of its domain, an RPC
             is listed twice, or an RPC is neither served nor in ``NOT_YET_IMPLEMENTED`` (or is both).
+            RPCs in ``unavailable`` (those this server's backend cannot serve) count as served.
     """
     contract = {method.name for method in SERVICE_DESCRIPTOR.methods}
     bound: dict[str, Callable[..., Any]] = {}
@@ -56,28 +63,35 @@ def bind(domains: Iterable[object]) -> dict[str, Callable[..., Any]]:
             if not callable(implementation):
                 raise BindingError(f"{owner}.RPCS lists {name}, but {owner} has no method {name}")
             bound[name] = implementation
-    if missing := contract - bound.keys() - NOT_YET_IMPLEMENTED:
+    if missing := contract - bound.keys() - NOT_YET_IMPLEMENTED - set(unavailable):
         raise BindingError(f"no domain serves {', '.join(sorted(missing))} (nor are they NOT_YET_IMPLEMENTED)")
     if both := bound.keys() & NOT_YET_IMPLEMENTED:
         raise BindingError(f"{', '.join(sorted(both))} served, and still listed in NOT_YET_IMPLEMENTED")
     return bound
 
 
-def add_service(server: grpc.aio.Server, domains: Iterable[object]) -> None:
+def add_service(
+    server: grpc.aio.Server, domains: Iterable[object], unavailable: Mapping[str, str] | None = None
+) -> None:
     """Register StreamingService on ``server``, each RPC bound to the domain method ``bind`` found for it.
 
     Like the generated ``add_StreamingServiceServicer_to_server``, except that
-    responses may also be pre-assembled bytes (``streamcli.services.wire``).
+    responses may also be pre-assembled bytes (``streamcli.services.wire``). The RPCs of
+    ``unavailable`` (name -> why, e.g. not on this backend yet) answer UNIMPLEMENTED with their reason.
 
     Raises:
         BindingError: see ``bind``.
     """
-    bound = bind(domains)
+    unavailable = unavailable or {}
+    bound = bind(domains, unavailable)
     handlers = {}
     for method in SERVICE_DESCRIPTOR.methods:
         factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        implementation = bound.get(method.name)
         handlers[method.name] = factory(
-            bound.get(method.name) or _unimplemented(method.name),
+            store_boundary(implementation)
+            if implementation
+            else _unimplemented(method.name, unavailable.get(method.name)),
             request_deserializer=GetMessageClass(method.input_type).FromString,
             response_serializer=serialize,
         )
@@ -85,10 +99,35 @@ def add_service(server: grpc.aio.Server, domains: Iterable[object]) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def _unimplemented(name: str) -> Callable[..., Any]:
+def _unimplemented(name: str, reason: str | None = None) -> Callable[..., Any]:
     detail = f"{SERVICE_NAME}/{name} is not implemented by this server (streamcli {__version__})"
+    if reason:
+        detail = f"{SERVICE_NAME}/{name} is not available on this server: {reason}"
 
     async def unimplemented(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await abort(context, grpc.StatusCode.UNIMPLEMENTED, detail)
 
     return unimplemented
+
+
+def store_boundary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """``behavior`` (a handler, a coroutine or an async generator) ending its call UNAVAILABLE when the
+    backend cannot reach its store; a streaming one writes its responses itself, as grpc.aio would."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream_out(request: Any, context: Context) -> None:
+            try:
+                async for response in behavior(request, context):
+                    await context.write(response)
+            except StoreUnavailableError as exc:
+                await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+        return stream_out
+
+    async def respond(request: Any, context: Context) -> Any:
+        try:
+            return await behavior(request, context)
+        except StoreUnavailableError as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    return respond

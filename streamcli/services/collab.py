@@ -54,12 +54,16 @@ class CollabService:
         stopping: asyncio.Event,
         credentials: Credentials | None = None,
         settings: DocumentSettings | None = None,
+        *,
+        follow_others: bool = False,
     ) -> None:
         self.credentials = credentials or Credentials()
         self.log_settings = log_settings
         self.stopping = stopping
         self.log = log
-        self.documents = Documents(log, settings or DocumentSettings())
+        # On a backend replicas share, each open document follows its log: edits committed elsewhere reach
+        # this server's editors as they are committed.
+        self.documents = Documents(log, settings or DocumentSettings(), stopping if follow_others else None)
         self._stop_watch: asyncio.Task[None] | None = None
 
     async def Collaborate(self, request_iterator: AsyncIterator[pb.CollaborateRequest], context: Context) -> None:

@@ -9,6 +9,10 @@ again. Opening a document reads its newest snapshot and the edits after it (the 
 only when a rejoin or a change asks for them); the log and the history kept
 in memory are trimmed to the last ``kept_revisions`` once a snapshot covers what is removed.
 
+On a backend that replicas share, each document open here has a follower task (``Document.follow``) that
+waits on the document's log and takes in the revisions committed through other replicas, waking this
+server's editors, so they see those edits live.
+
 An ``Editor`` is one Collaborate stream on a document: what it has been sent (``position``), its
 ephemeral events (cursors and presence of others, its own refusals) and a wake-up. The RPC is ``services/collab.py``.
 """
@@ -19,6 +23,7 @@ import asyncio
 import collections
 import dataclasses
 import json
+import logging
 import time
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
@@ -27,12 +32,18 @@ from streamcli.collab_sync import Committed, Sequencer
 from streamcli.ot import Edit, Operation
 from streamcli.services.logs import timestamp
 
+log = logging.getLogger("streamcli.server")
+
 #: The log of document D is DOCUMENT_STREAM + D.
 DOCUMENT_STREAM = "doc:"
 #: Ephemeral events (cursors, refusals) kept per editor until sent; the oldest go first.
 OUTBOX_SIZE = 256
 #: Log records read per step when opening a document.
 READ_RECORDS = 5000
+#: Seconds one wait of a follower lasts (one blocking read of the backend) before it waits again.
+FOLLOW_WAIT = 30.0
+#: Seconds a follower pauses after a failure (the store away, say) before it waits again.
+FOLLOW_RETRY = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +126,29 @@ class Document:
         while records := await self.log.read(self.stream, self.sequencer.revision, READ_RECORDS):
             self.sequencer.record(_committed(pb.CollaborationEvent.FromString(r.payload)) for r in records)
             self.events.extend(r.payload for r in records)
+
+    async def follow(self, stopping: asyncio.Event) -> None:
+        """Take in the revisions other writers (replicas on a shared backend) append to the log, waking the
+        editors, until ``stopping`` is set (or the task is cancelled: the document closed)."""
+        failing = False
+        while not stopping.is_set():
+            try:
+                if not await self.log.wait_for(self.stream, self.revision, FOLLOW_WAIT):
+                    continue  # (a released wait returns at once: stopping is set by then)
+                async with self.lock:
+                    before = self.revision
+                    await self._read_on()
+                    if self.revision > before:
+                        for editor in self.editors:
+                            editor.wake.set()
+                failing = False
+            except Exception as exc:  # the store away: the editors' own calls say so; try again
+                if not failing:
+                    log.warning(
+                        "document %r: cannot follow its log (trying again every %s s): %s", self.id, FOLLOW_RETRY, exc
+                    )
+                failing = True
+                await asyncio.sleep(FOLLOW_RETRY)
 
     @property
     def revision(self) -> int:
@@ -237,9 +271,13 @@ def _committed(event: pb.CollaborationEvent) -> Committed:
 class Documents:
     """The documents open on this server, by id."""
 
-    def __init__(self, log: LogStore, settings: DocumentSettings) -> None:
+    def __init__(self, log: LogStore, settings: DocumentSettings, follow_until: asyncio.Event | None = None) -> None:
+        """``follow_until``: each open document follows its log (``Document.follow``) until it is set; None on a
+        backend no one else writes to."""
         self.log = log
         self.settings = settings
+        self._follow_until = follow_until
+        self._followers: dict[str, asyncio.Task[None]] = {}
         self._open: dict[str, Document] = {}
         self._opening = asyncio.Lock()
         self._closing: set[asyncio.Future[None]] = set()
@@ -252,6 +290,8 @@ class Documents:
                 document = Document(document_id, self.log, self.settings)
                 await document.open()
                 self._open[document_id] = document
+                if self._follow_until is not None:
+                    self._followers[document_id] = asyncio.create_task(document.follow(self._follow_until))
             return document
 
     def left(self, document: Document, editor: Editor) -> None:
@@ -275,6 +315,9 @@ class Documents:
     def _close(self, document: Document) -> None:
         if not document.editors and self._open.get(document.id) is document:
             del self._open[document.id]
+            follower = self._followers.pop(document.id, None)
+            if follower is not None:
+                follower.cancel()
 
     def wake_all(self) -> None:
         for document in self._open.values():

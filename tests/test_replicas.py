@@ -1,0 +1,140 @@
+"""Replicas: real ``streamcli serve`` processes on one real Redis, what the Redis backend refuses, and a
+replica whose Redis goes away and comes back.
+
+Subprocesses, because two replicas are two processes (each its own server, event loop and Redis
+connections) sharing only Redis and the data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+
+import grpc
+import pytest
+
+from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.errors import ExitStatus, UsageError
+from streamcli.server.app import ServerConfig, start_server
+from tests.support.inprocess import Background, Run, acli, cli
+from tests.support.redis import redis_server
+from tests.support.servers import client, running_server, serve_process
+from tests.test_collab import joined, text_of
+
+
+def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url: str, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        assert f"backend {redis_url}" in a.log()
+        first = cli(a.address, "--json", "events", "publish", "-u", "alice", "-t", "login")
+        assert first.code == 0, first.err
+        with Background(b.address, "--json", "tail", "events", "--all-users", "--since", "1h", "--max", "3") as tail:
+            second = cli(a.address, "--json", "events", "publish", "-u", "bob", "-t", "login")
+            third = cli(b.address, "--json", "events", "publish", "-u", "carol", "-t", "logout")
+            seen = tail.communicate(timeout=60)
+    assert (second.code, third.code) == (0, 0), (second.err, third.err)
+    assert seen.code == 0, seen.err
+    records = [json.loads(line) for line in seen.out.splitlines()]
+    assert [(r["id"], r["user_id"], r["type"]) for r in records] == [
+        (1, "alice", "login"),
+        (2, "bob", "login"),
+        (3, "carol", "logout"),
+    ]
+
+
+async def test_the_metric_rpcs_say_redis_does_not_support_them_yet(redis_url: str, tmp_path: pathlib.Path) -> None:
+    async with running_server(tmp_path / "data", backend=redis_url) as server, client(server.address) as conn:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await conn.stub.ListMetricSeries(pb.ListMetricSeriesRequest())
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "--backend redis does not support metrics yet" in (refused.value.details() or "")
+        listed = await conn.stub.ListFiles(pb.ListFilesRequest())
+        assert list(listed.files) == []  # the rest of the server works
+
+
+async def test_serve_on_redis_refuses_a_quota_at_start(redis_url: str, tmp_path: pathlib.Path) -> None:
+    with pytest.raises(UsageError, match=r"--backend redis does not support --quota yet"):
+        await start_server(ServerConfig(data_dir=tmp_path / "data", address="127.0.0.1:0", backend=redis_url, quota=10))
+
+
+async def health_until(address: str, serving: bool) -> Run:
+    """``streamcli health`` until it says SERVING (exit 0) or, not ``serving``, NOT_SERVING (the server's
+    watcher pings its Redis every second)."""
+    for _ in range(300):
+        run = await acli(address, "health")
+        if (run.code == 0) if serving else ("NOT_SERVING" in run.out + run.err):
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"health never said {'SERVING' if serving else 'NOT_SERVING'}: {run.out}{run.err}")
+
+
+async def test_a_replica_whose_redis_goes_away_says_unavailable_and_recovers_by_itself(tmp_path: pathlib.Path) -> None:
+    """Redis stopped and started again while a tail is connected: calls meanwhile end UNAVAILABLE saying
+    why, health says NOT_SERVING, then SERVING by itself; the tail resumes with no gap or duplicate.
+    The server runs in this loop; its Redis is a process of its own with an append-only file, so that
+    started again on the same port it has all it acknowledged."""
+    with contextlib.ExitStack() as redis_processes:
+        first = redis_processes.enter_context(redis_server(tmp_path / "redis", persistent=True))
+        async with running_server(tmp_path / "data", backend=first.url()) as server, client(server.address) as conn:
+            published = await acli(server.address, "events", "publish", "-u", "alice", "-t", "login")
+            assert published.code == 0, published.err
+            args = ("--json", "tail", "events", "--all-users", "--since", "1h", "--max", "3")
+            with Background(server.address, *args) as tail:
+                history = json.loads(await asyncio.to_thread(tail.stdout.readline))  # connected, history read
+                first.stop()
+                down = await health_until(server.address, serving=False)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await conn.stub.ListFiles(pb.ListFilesRequest())
+                listed = await acli(server.address, "files", "ls")
+                redis_processes.enter_context(redis_server(tmp_path / "redis", port=first.port, persistent=True))
+                up = await health_until(server.address, serving=True)
+                for user in ("bob", "carol"):
+                    published = await acli(server.address, "events", "publish", "-u", user, "-t", "login")
+                    assert published.code == 0, published.err
+                seen = await asyncio.to_thread(tail.communicate, timeout=60)
+    assert (down.code, down.out, up.code, up.out) == (ExitStatus.UNAVAILABLE, "NOT_SERVING\n", 0, "SERVING\n")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "the server cannot reach its Redis" in (refused.value.details() or "")
+    assert listed.code == ExitStatus.UNAVAILABLE
+    assert len(listed.error_lines) == 1 and "the server cannot reach its Redis" in listed.err
+    assert seen.code == 0, seen.err
+    assert "lost the stream (UNAVAILABLE: the server cannot reach its Redis" in seen.err  # and came back
+    records = [history, *(json.loads(line) for line in seen.out.splitlines())]
+    assert [(r["id"], r["user_id"]) for r in records] == [(1, "alice"), (2, "bob"), (3, "carol")]
+
+
+async def test_collab_editors_on_two_replicas_see_each_others_edits_live_and_converge(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            async with joined(on_a, "doc", "alice") as alice, joined(on_b, "doc", "bob") as bob:
+                assert text_of(await alice.event()) == (0, "")
+                assert text_of(await bob.event()) == (0, "")
+                await alice.edit(0, 0, text="hello", seq=1)
+                # Bob, on B, is sent alice's edit committed through A, without sending anything himself.
+                for stream in (alice, bob):
+                    event = await stream.event()
+                    assert (event.revision, event.user_id, event.edit.insert_text) == (1, "alice", "hello")
+                # Both based on revision 1, at once through different replicas: one commits first, the other
+                # is transformed onto it; each editor is sent both revisions, in the same order.
+                await alice.edit(1, 0, text="A", seq=2)
+                await bob.edit(1, 5, text="B", seq=1)
+                seen_by_alice = await alice.events(2)
+                seen_by_bob = await bob.events(2)
+            order = [(e.revision, e.user_id, e.edit.position, e.edit.insert_text) for e in seen_by_alice]
+            assert [(e.revision, e.user_id, e.edit.position, e.edit.insert_text) for e in seen_by_bob] == order
+            assert [revision for revision, *_ in order] == [2, 3]
+            async with joined(on_a, "doc", "carol") as carol, joined(on_b, "doc", "dave") as dave:
+                assert text_of(await carol.event()) == text_of(await dave.event()) == (3, "AhelloB")
