@@ -331,3 +331,31 @@ def test_private_files_are_created_and_tightened_0600(tmp_path: pathlib.Path) ->
     with open_private(tmp_path / "part", "wb") as part:
         part.write(b"x")
     assert (tmp_path / "part").stat().st_mode & 0o777 == 0o600
+
+
+async def test_checkpoints_run_beside_the_writer_and_a_log_past_its_limit_is_cut_back(tmp_path: pathlib.Path) -> None:
+    """The writer's automatic checkpoint is off; a thread of the store's own copies the write-ahead log into
+    the database file (which would otherwise stay at its schema's size while the store is open), and when
+    told the log has outgrown its limit the writer checkpoints once itself and cuts the log file back."""
+    path = tmp_path / "streamcli.db"
+    store = SqliteStore(path, checkpoint_interval=0.05)
+    try:
+        empty = path.stat().st_size
+        for _ in range(40):  # about 1 MB, well under SQLite's own threshold of 1,000 pages
+            await store.append("s", [NewRecord(key="k", kind="x", payload=os.urandom(25_000))])
+        deadline = time.monotonic() + 20
+        while path.stat().st_size < empty + 1_000_000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert path.stat().st_size >= empty + 1_000_000  # the pages reached the database file
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size > 1_000_000
+        store._checkpointer.writer_must = True  # (what the thread sets past WAL_SIZE_LIMIT)
+        appended = 0
+        while wal.stat().st_size > 100_000 and appended < 100:  # (a turn that met the thread's checkpoint: again)
+            await store.append("s", [NewRecord(key="k", kind="x", payload=b"after")])
+            appended += 1
+            await asyncio.sleep(0.01)
+        assert wal.stat().st_size < 100_000  # truncated by the writer's checkpoint, then small appends
+        assert [r.payload for r in await store.read("s", 40, 1)] == [b"after"]
+    finally:
+        await store.close()
