@@ -67,18 +67,26 @@ def add_service(server: grpc.aio.Server, domains: Iterable[object]) -> None:
     """Register StreamingService on ``server``, each RPC bound to the domain method ``bind`` found for it.
 
     Like the generated ``add_StreamingServiceServicer_to_server``, except that
-    responses may also be pre-assembled bytes (``streamcli.services.wire``).
+    responses may also be pre-assembled bytes (``streamcli.services.wire``), and
+    that a domain may give an RPC a request deserializer of its own
+    (``REQUEST_DESERIALIZERS``, by RPC name).
 
     Raises:
         BindingError: see ``bind``.
     """
+    domains = list(domains)
     bound = bind(domains)
+    # A domain may decode an RPC's requests itself (``REQUEST_DESERIALIZERS``: UploadFile's chunks, picked
+    # out of the wire bytes without a copy); protobuf decodes the rest.
+    deserializers: dict[str, Callable[[bytes], Any]] = {}
+    for domain in domains:
+        deserializers.update(getattr(domain, "REQUEST_DESERIALIZERS", {}))
     handlers = {}
     for method in SERVICE_DESCRIPTOR.methods:
         factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             bound.get(method.name) or _unimplemented(method.name),
-            request_deserializer=GetMessageClass(method.input_type).FromString,
+            request_deserializer=deserializers.get(method.name) or GetMessageClass(method.input_type).FromString,
             response_serializer=serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
