@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import Message
+if TYPE_CHECKING:  # (not imported at run time: the CLI's help, which reads JSON text with this, imports no protobuf)
+    from google.protobuf.message import Message
 
 _VARINT = 0
 _I64 = 1
