@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -45,9 +46,27 @@ class StepSkipped(Exception):
     """A step that did not run because one given before it failed."""
 
 
+#: How much lower than the process's the CPU priority of the worker threads is (Linux: a thread's nice value
+#: is its own): when the cores are busy, the event loop's thread, which serves every other stream (chats,
+#: tails) and hands the transfer its work, runs first, and the disk and hashing work of transfers takes what
+#: is left. Measured in bench/README.md ("File transfer").
+WORKER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """(On each worker thread, once.) Lower this thread's CPU priority by ``WORKER_NICENESS``."""
+    if not hasattr(os, "setpriority") or not WORKER_NICENESS:
+        return
+    thread = threading.get_native_id()
+    with contextlib.suppress(OSError):  # (raising one's nice value needs no privilege; a sandbox may refuse)
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + WORKER_NICENESS)
+
+
 #: The threads that run every pipeline's steps: each pipeline's one at a time, so this many transfers at once
 #: at most (one more waits for a thread); threads are reused, not started per transfer.
-_WORKERS = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="streamcli-transfer")
+_WORKERS = concurrent.futures.ThreadPoolExecutor(
+    32, thread_name_prefix="streamcli-transfer", initializer=_lower_priority
+)
 
 
 class Pipeline(Generic[T]):

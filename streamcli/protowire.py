@@ -10,9 +10,11 @@ library would omit (a proto3 default) is omitted here too.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import Message
+if TYPE_CHECKING:  # (not imported at run time: the CLI's help, which reads JSON text with this, imports no protobuf)
+    from google.protobuf.message import Message
 
 _VARINT = 0
 _I64 = 1
@@ -101,6 +103,61 @@ def repeated_messages(number: int, payloads: Iterable[bytes]) -> bytes:
         size = len(payload)
         parts += (key, _SMALL[size] if size < 0x80 else varint(size), payload)
     return b"".join(parts)
+
+
+def bytes_key(number: int) -> bytes:
+    """The key of a length-delimited field (bytes, string, message): ``bytes_key(n) + varint(len(p)) + p``."""
+    return tag(number, _LEN)
+
+
+def read_varint(data: bytes | memoryview, position: int) -> tuple[int, int]:
+    """The varint at ``position`` and the position after it.
+
+    Raises:
+        ValueError: the bytes end inside it, or it is longer than ten bytes.
+    """
+    value = shift = 0
+    end = min(len(data), position + 10)
+    while position < end:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise ValueError("truncated varint")
+
+
+def trailing_bytes(data: bytes, key: int, position: int = 0) -> memoryview | None:
+    """The payload of the length-delimited field whose one-byte ``key`` is at ``position``, when that field
+    runs to the end of ``data`` exactly (the message's last field); else None.
+
+    A view of ``data``, not a copy: a deserializer picks a large payload (a file's chunk) out of a message
+    with it, and leaves every other message to protobuf.
+    """
+    if len(data) <= position or data[position] != key:
+        return None
+    try:
+        length, start = read_varint(data, position + 1)
+    except ValueError:
+        return None
+    if start + length != len(data):
+        return None
+    return memoryview(data)[start:]
+
+
+class Picking:
+    """A gRPC deserializer: what ``pick`` makes of a message's wire bytes when it recognises them (the common
+    message of a stream, e.g. a view of a file's chunk: no copy, no protobuf object), else the message parsed
+    by protobuf (which raises on bytes that are not one)."""
+
+    def __init__(self, message_class: type[Message], pick: Callable[[bytes], Any]) -> None:
+        self.message_class = message_class  # (the server's decoding boundary names it in refusals)
+        self._pick = pick
+
+    def __call__(self, data: bytes) -> Any:
+        picked = self._pick(data)
+        return picked if picked is not None else self.message_class.FromString(data)
 
 
 def serialize(message: Message | bytes) -> bytes:

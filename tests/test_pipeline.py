@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
 
-from streamcli.pipeline import Pipeline
+from streamcli.pipeline import WORKER_NICENESS, Pipeline
 
 
 async def test_steps_run_in_order_one_at_a_time_off_the_event_loop() -> None:
@@ -78,3 +79,16 @@ async def test_close_waits_for_the_step_that_runs_and_drops_those_waiting() -> N
     await closing
     assert ran == ["blocked"]
     assert len(pipeline) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread nice values here")
+async def test_steps_run_at_a_lower_cpu_priority_than_the_event_loop() -> None:
+    pipeline: Pipeline[int] = Pipeline()
+    try:
+        pipeline.put(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        worker = await pipeline.take()
+    finally:
+        await pipeline.close()
+    loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert WORKER_NICENESS > 0
+    assert worker == min(loop + WORKER_NICENESS, 19)

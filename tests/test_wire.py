@@ -162,3 +162,72 @@ def test_a_metrics_message_is_the_librarys_bytes() -> None:
 def test_varints_are_the_librarys() -> None:
     for value in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**35 - 1, 2**35, 2**64 - 1):
         assert wire.varint_field(3, value) == pb.ProcessDataBatchRequest(first_index=value).SerializeToString()
+
+
+CHUNKS = [b"x", bytes(range(256)) * 4, b"\0" * 127, b"y" * 128, b"z" * (1 << 20)]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS, ids=len)
+def test_an_upload_chunk_written_by_hand_is_the_librarys_and_the_server_picks_it_out(chunk: bytes) -> None:
+    from streamcli.client.transfer import _CHUNK_KEY
+    from streamcli.services.uploads import decode_upload_request
+
+    written = _CHUNK_KEY + wire.varint(len(chunk)) + chunk
+    assert written == pb.UploadFileRequest(chunk=chunk).SerializeToString()
+    picked = decode_upload_request(written)
+    assert isinstance(picked, memoryview) and picked == chunk
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pb.UploadFileRequest(metadata=pb.FileMetadata(filename="a", total_size=3)),
+        pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=3, checksum="0" * 64)),
+        pb.UploadFileRequest(chunk=b"abc", upload_id="u1"),  # a chunk with another field: parsed by protobuf
+        pb.UploadFileRequest(chunk=b""),
+        pb.UploadFileRequest(),
+    ],
+)
+def test_other_upload_messages_are_parsed_by_protobuf(message: pb.UploadFileRequest) -> None:
+    from streamcli.services.uploads import decode_upload_request
+
+    decoded = decode_upload_request(message.SerializeToString())
+    if isinstance(decoded, memoryview):  # only a chunk alone is picked: here the empty one
+        assert message.WhichOneof("payload") == "chunk" and decoded == message.chunk
+    else:
+        assert decoded == message
+
+
+@pytest.mark.parametrize("data", [b"\x1a\x05abc", b"\x1a\x80", b"\x1a\x03abcd\xff"])
+def test_a_chunk_message_that_does_not_parse_is_refused_by_protobuf(data: bytes) -> None:
+    from google.protobuf.message import DecodeError
+
+    from streamcli.services.uploads import decode_upload_request
+
+    with pytest.raises(DecodeError):
+        decode_upload_request(data)
+
+
+@pytest.mark.parametrize("offset", [0, 5, 1 << 20, 1 << 40])
+@pytest.mark.parametrize("chunk", [b"q", b"r" * 300], ids=len)
+def test_download_responses_written_by_hand_are_the_librarys_and_the_client_picks_them_out(
+    offset: int, chunk: bytes
+) -> None:
+    from streamcli.client.transfer import _pick_data
+    from streamcli.services.files import _DATA_KEY, _OFFSET_FIELD
+
+    written = wire.varint_field(_OFFSET_FIELD, offset) + _DATA_KEY + wire.varint(len(chunk)) + chunk
+    assert written == pb.DownloadFileResponse(offset=offset, data=chunk).SerializeToString()
+    picked = _pick_data(written)
+    assert picked is not None and picked[0] == offset and picked[1] == chunk
+
+
+def test_the_first_download_response_and_odd_ones_are_left_to_protobuf() -> None:
+    from streamcli.client.transfer import _pick_data
+
+    first = pb.DownloadFileResponse(file=pb.FileInfo(file_id="f", size=1), offset=0, data=b"a")
+    assert _pick_data(first.SerializeToString()) is None
+    assert _pick_data(pb.DownloadFileResponse(offset=7).SerializeToString()) is None  # no bytes
+    assert _pick_data(b"\x10\x80") is None  # a truncated offset
+    negative = pb.DownloadFileResponse(offset=-2, data=b"a").SerializeToString()  # as a hostile server may send
+    assert _pick_data(negative) == (-2, memoryview(b"a"))

@@ -22,6 +22,8 @@ import json
 import struct
 from math import isfinite
 
+from streamcli.protowire import read_varint as _varint  # (ValueError: truncated, or longer than ten bytes)
+
 #: How streamcli writes JSON: compact, UTF-8 as is.
 ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -44,7 +46,7 @@ def struct_json(data: bytes) -> str:
     """The JSON object a serialized Struct holds."""
     try:
         return _struct(data, 0, len(data))
-    except (IndexError, UnicodeDecodeError, struct.error):
+    except (IndexError, ValueError, UnicodeDecodeError, struct.error):
         raise Unusual from None
 
 
@@ -52,7 +54,7 @@ def value_json(data: bytes) -> str:
     """The JSON value a serialized Value holds."""
     try:
         return _value(data, 0, len(data))
-    except (IndexError, UnicodeDecodeError, struct.error):
+    except (IndexError, ValueError, UnicodeDecodeError, struct.error):
         raise Unusual from None
 
 
@@ -72,19 +74,6 @@ def non_finite_name(number: float) -> str:
     if number != number:
         return "NaN"
     return "Infinity" if number > 0 else "-Infinity"
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, i
-        shift += 7
-        if shift > 63:
-            raise Unusual
 
 
 def _length(data: bytes, i: int, end: int) -> tuple[int, int]:

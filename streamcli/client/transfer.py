@@ -19,7 +19,7 @@ import os
 import pathlib
 import stat
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import grpc
 
@@ -30,6 +30,7 @@ from streamcli.client.files import FileEntry
 from streamcli.client.ids import IdKind, resolve_id
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
+from streamcli.client.streams import bytes_stream
 from streamcli.errors import (
     ConflictError,
     IntegrityError,
@@ -40,6 +41,7 @@ from streamcli.errors import (
 )
 from streamcli.names import check_filename, is_filename
 from streamcli.pipeline import Pipeline, Writeback
+from streamcli.protowire import Picking, bytes_key, read_varint, serialize, trailing_bytes, varint
 
 #: Bytes per upload message: the most the contract allows, which moved the most bytes per second
 #: through grpc.aio on loopback of the sizes measured (bench/README.md, "File transfer"); at the
@@ -47,6 +49,12 @@ from streamcli.pipeline import Pipeline, Writeback
 CHUNK_SIZE = 1024 * 1024
 #: Chunks an upload reads (and hashes) ahead of what it sends, at most.
 READS_AHEAD = 4
+#: The key of ``UploadFileRequest.chunk`` (field 3, length-delimited): a chunk's request is this, its length, the chunk.
+_CHUNK_KEY = bytes_key(pb.UploadFileRequest.CHUNK_FIELD_NUMBER)
+_OFFSET_KEY = bytes((pb.DownloadFileResponse.OFFSET_FIELD_NUMBER << 3,))  # (a varint field's key)
+_DATA_KEY = bytes_key(pb.DownloadFileResponse.DATA_FIELD_NUMBER)[0]
+_INT64_BITS = (1 << 64) - 1
+_DOWNLOAD_METHOD = f"/{pb.DESCRIPTOR.services_by_name['StreamingService'].full_name}/DownloadFile"
 
 #: Codes an upload retries on besides the usual ones: the server may still be
 #: finishing the previous attempt's stream when the next one starts.
@@ -152,7 +160,7 @@ async def upload_path(
                     first, path, offset, (size, mtime_ns), hasher, trailer=not declared,
                     advance=advance, changed=changed,
                 )  # fmt: skip
-                call = conn.stub.UploadFile(requests, metadata=conn.metadata)
+                call = bytes_stream(conn, "UploadFile", pb.UploadFileResponse)(requests, metadata=conn.metadata)
                 first_status = FirstStatus(call)
                 response = await call
                 break
@@ -218,11 +226,12 @@ async def _file_requests(
     trailer: bool,
     advance: Callable[[int], None],
     changed: list[str],
-) -> AsyncIterator[pb.UploadFileRequest]:
+) -> AsyncIterator[pb.UploadFileRequest | bytes]:
     """The first message, the file's bytes from ``offset`` (hashed as read), then the trailer.
 
     Reading and hashing run on a worker thread (a ``Pipeline``), at most ``READS_AHEAD`` chunks ahead
-    of what the stream has taken: the event loop only sends. ``inspected`` is the file's size and
+    of what the stream has taken, and so does the serialization of each chunk's message (its wire bytes,
+    which the call's serializer passes through): the event loop only sends. ``inspected`` is the file's size and
     modification time (ns) when the upload started. If they differ when the last chunk has been read, or
     the file ends early, the stream ends one chunk short of the declared size, so that the server stores
     nothing, and ``changed`` says what changed.
@@ -232,8 +241,9 @@ async def _file_requests(
     sent = offset
     handle = await asyncio.to_thread(open, path, "rb")
 
-    def read(length: int, last: bool) -> bytes | None:
-        """The next chunk, hashed; None when the file is no longer the one inspected (``changed`` says how)."""
+    def read(length: int, last: bool) -> tuple[bytes, int] | None:
+        """The next chunk's request as wire bytes, and the chunk's length; hashed. None when the file is no
+        longer the one inspected (``changed`` says how)."""
         chunk = handle.read(length)
         if last or not chunk:  # the last one (or the file ended early): is it still the file inspected?
             now = os.fstat(handle.fileno())
@@ -242,9 +252,10 @@ async def _file_requests(
                 changed.append(grew if now.st_size != size else "modified since it started")
                 return None
         hasher.update(chunk)
-        return chunk
+        # UploadFileRequest(chunk=chunk), serialized here rather than by protobuf on the event loop.
+        return _CHUNK_KEY + varint(len(chunk)) + chunk, len(chunk)
 
-    reads: Pipeline[bytes | None] = Pipeline()
+    reads: Pipeline[tuple[bytes, int] | None] = Pipeline()
     ahead = offset  # bytes asked of the pipeline so far
 
     def ask() -> None:
@@ -259,14 +270,15 @@ async def _file_requests(
             while ahead < size and len(reads) < READS_AHEAD:
                 ask()
             while reads:
-                chunk = await reads.take()
-                if chunk is None:
+                taken = await reads.take()
+                if taken is None:
                     return  # one chunk short: the server stores nothing
                 if ahead < size:
                     ask()
-                sent += len(chunk)
-                yield pb.UploadFileRequest(chunk=chunk)
-                advance(len(chunk))
+                request, length = taken
+                sent += length
+                yield request
+                advance(length)
         finally:
             await reads.close()  # before the handle is closed
     if trailer:
@@ -549,7 +561,7 @@ class _BackgroundWriter:
         self._sink = sink
         self._hasher = hasher
         self._pipeline: Pipeline[None] = Pipeline()
-        self._buffer: list[bytes] = []
+        self._buffer: list[bytes | memoryview] = []
         self._buffered = 0
         self._writeback: Writeback | None = None  # (made by the worker, at the first block)
         self._written = 0
@@ -560,7 +572,7 @@ class _BackgroundWriter:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._pipeline.close()  # the block being written ends before the sink is used again
 
-    def _write(self, block: bytes) -> None:
+    def _write(self, block: bytes | memoryview) -> None:
         if self._writeback is None:  # so that the fsync before the rename has little left
             try:
                 self._written = self._sink.tell()
@@ -572,7 +584,7 @@ class _BackgroundWriter:
         self._writeback.wrote(self._written)
         self._hasher.update(block)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         self._buffer.append(data)
         self._buffered += len(data)
         if self._buffered >= self.BLOCK:
@@ -603,6 +615,30 @@ class _BackgroundWriter:
             raise kind(f"cannot write the download: {exc.strerror or exc}") from exc
 
 
+def _pick_data(message: bytes) -> tuple[int, memoryview] | None:
+    """A DownloadFileResponse of an offset and bytes alone (every one but the first): (offset, a view of the
+    bytes in the message: no copy); None for any other, which protobuf parses."""
+    offset, position = 0, 0
+    if message[:1] == _OFFSET_KEY:
+        try:
+            offset, position = read_varint(message, 1)
+        except ValueError:
+            return None
+        offset &= _INT64_BITS
+        offset = offset - (1 << 64) if offset >> 63 else offset  # (an int64, as protobuf reads it)
+    data = trailing_bytes(message, _DATA_KEY, position)
+    return None if data is None else (offset, data)
+
+
+def _download_call(conn: Connection) -> Any:
+    """DownloadFile on ``conn``'s channel, its responses of offset and bytes decoded by ``_pick_data``."""
+    return conn.channel.unary_stream(
+        _DOWNLOAD_METHOD,
+        request_serializer=serialize,
+        response_deserializer=Picking(pb.DownloadFileResponse, _pick_data),
+    )
+
+
 async def _download(
     conn: Connection,
     info: FileEntry,
@@ -625,12 +661,13 @@ async def _download(
                 attempt_start = offset
                 try:
                     request = pb.DownloadFileRequest(file_id=info.file_id, offset=offset)
-                    async for response in conn.stub.DownloadFile(request, metadata=conn.metadata):
-                        if response.offset != offset:
-                            raise IntegrityError(f"server sent bytes at offset {response.offset}, expected {offset}")
-                        await writer.write(response.data)
-                        offset += len(response.data)
-                        progress.advance(info.file_id, len(response.data))
+                    async for response in _download_call(conn)(request, metadata=conn.metadata):
+                        at, data = response if isinstance(response, tuple) else (response.offset, response.data)
+                        if at != offset:
+                            raise IntegrityError(f"server sent bytes at offset {at}, expected {offset}")
+                        await writer.write(data)
+                        offset += len(data)
+                        progress.advance(info.file_id, len(data))
                     break
                 except grpc.aio.AioRpcError as exc:
                     await attempts.failed(exc, progressed=offset > attempt_start)

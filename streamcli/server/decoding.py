@@ -43,7 +43,7 @@ class Undecodable:
 
 def request_type_name(deserializer: Deserializer | None, method: str) -> str:
     """The full protobuf name of a handler's request type (``FromString`` of a message class), else the method."""
-    owner = getattr(deserializer, "__self__", None)
+    owner = getattr(deserializer, "__self__", None) or getattr(deserializer, "message_class", None)  # (Picking)
     descriptor = getattr(owner, "DESCRIPTOR", None)
     name = getattr(descriptor, "full_name", None)
     return name if isinstance(name, str) else f"request of {method}"

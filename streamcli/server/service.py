@@ -76,14 +76,22 @@ def add_service(
     """Register StreamingService on ``server``, each RPC bound to the domain method ``bind`` found for it.
 
     Like the generated ``add_StreamingServiceServicer_to_server``, except that
-    responses may also be pre-assembled bytes (``streamcli.services.wire``). The RPCs of
-    ``unavailable`` (name -> why, e.g. not on this backend yet) answer UNIMPLEMENTED with their reason.
+    responses may also be pre-assembled bytes (``streamcli.services.wire``), and
+    that a domain may give an RPC a request deserializer of its own
+    (``REQUEST_DESERIALIZERS``, by RPC name). The RPCs of ``unavailable`` (name ->
+    why, e.g. not on this backend yet) answer UNIMPLEMENTED with their reason.
 
     Raises:
         BindingError: see ``bind``.
     """
     unavailable = unavailable or {}
+    domains = list(domains)
     bound = bind(domains, unavailable)
+    # A domain may decode an RPC's requests itself (``REQUEST_DESERIALIZERS``: UploadFile's chunks, picked
+    # out of the wire bytes without a copy); protobuf decodes the rest.
+    deserializers: dict[str, Callable[[bytes], Any]] = {}
+    for domain in domains:
+        deserializers.update(getattr(domain, "REQUEST_DESERIALIZERS", {}))
     handlers = {}
     for method in SERVICE_DESCRIPTOR.methods:
         factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
@@ -92,7 +100,7 @@ def add_service(
             store_boundary(implementation)
             if implementation
             else _unimplemented(method.name, unavailable.get(method.name)),
-            request_deserializer=GetMessageClass(method.input_type).FromString,
+            request_deserializer=deserializers.get(method.name) or GetMessageClass(method.input_type).FromString,
             response_serializer=serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -11,8 +11,8 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator
-from typing import ClassVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
 
 import grpc
 
@@ -21,12 +21,21 @@ from streamcli.backends.base import Backend, FileRecord
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Credentials
 from streamcli.pipeline import Pipeline
+from streamcli.protowire import bytes_key, varint, varint_field
 from streamcli.services.checks import quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
 from streamcli.services.quota import QuotaLedger
 from streamcli.services.rpc import Context, abort
-from streamcli.services.uploads import DISK_FULL, FileLimits, UploadRefused, Uploads, disk_full
+from streamcli.services.uploads import (
+    DISK_FULL,
+    FileLimits,
+    UploadRefused,
+    UploadRequest,
+    Uploads,
+    decode_upload_request,
+    disk_full,
+)
 
 log = logging.getLogger("streamcli.files")
 
@@ -35,6 +44,8 @@ log = logging.getLogger("streamcli.files")
 DOWNLOAD_CHUNK_SIZE = 1024 * 1024
 #: Chunks a download reads ahead of what it sends, at most.
 READS_AHEAD = 4
+_OFFSET_FIELD = pb.DownloadFileResponse.OFFSET_FIELD_NUMBER
+_DATA_KEY = bytes_key(pb.DownloadFileResponse.DATA_FIELD_NUMBER)
 #: What ListFiles hands out as a page token: an offset.
 PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
 
@@ -63,6 +74,8 @@ class FileService:
         "ListFiles",
         "DeleteFile",
     )
+    #: Upload chunks are picked out of the wire bytes (see ``decode_upload_request``).
+    REQUEST_DESERIALIZERS: ClassVar[dict[str, Callable[[bytes], Any]]] = {"UploadFile": decode_upload_request}
 
     def __init__(
         self,
@@ -84,7 +97,7 @@ class FileService:
     # --- upload ---------------------------------------------------------------
 
     async def UploadFile(
-        self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: Context
+        self, request_iterator: AsyncIterator[UploadRequest], context: Context
     ) -> pb.UploadFileResponse:
         first = await anext(request_iterator, None)
         if first is None:
@@ -172,9 +185,7 @@ class FileService:
             )
         return record
 
-    async def DownloadFile(
-        self, request: pb.DownloadFileRequest, context: Context
-    ) -> AsyncIterator[pb.DownloadFileResponse]:
+    async def DownloadFile(self, request: pb.DownloadFileRequest, context: Context) -> AsyncIterator[bytes]:
         record = await self._get(request.file_id, context)
         if not 0 <= request.offset <= record.size:
             await abort(
@@ -185,36 +196,43 @@ class FileService:
             handle = await asyncio.to_thread(open, self._blobs.blob_path(record.file_id), "rb")
         except FileNotFoundError:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"file {record.file_id} was deleted")
-        reads: Pipeline[bytes] = Pipeline()
+        size = record.size
+        # Every response is wire bytes, assembled on the worker thread that reads the chunk (a response
+        # serializer passes bytes through): the first carries the file's metadata, each the offset of its bytes.
+        head = pb.DownloadFileResponse(file=file_info(record), offset=request.offset).SerializeToString()
+
+        def read(start: int) -> tuple[int, int, bytes]:
+            """(On the worker.) The chunk at ``start`` as a response: (start, length, wire bytes)."""
+            data = handle.read(DOWNLOAD_CHUNK_SIZE)
+            prefix = head if start == request.offset else varint_field(_OFFSET_FIELD, start)
+            return start, len(data), b"".join((prefix, _DATA_KEY, varint(len(data)), data)) if data else prefix
+
+        reads: Pipeline[tuple[int, int, bytes]] = Pipeline()
         with handle:
             try:
                 # Reads run ahead on a worker thread, at most READS_AHEAD chunks: the loop only sends.
                 if request.offset:  # (a resumed download)
                     handle.seek(request.offset)
                 ahead = request.offset  # where the next read given to the pipeline starts
-                while ahead < record.size and len(reads) < READS_AHEAD:
-                    reads.put(functools.partial(handle.read, DOWNLOAD_CHUNK_SIZE))
+                while ahead < size and len(reads) < READS_AHEAD:
+                    reads.put(functools.partial(read, ahead))
                     ahead += DOWNLOAD_CHUNK_SIZE
+                if not reads:  # nothing to send (an empty file, or a download resumed at its end): the metadata
+                    yield head
                 offset = request.offset
-                first: pb.DownloadFileResponse | None = pb.DownloadFileResponse(file=file_info(record), offset=offset)
-                while True:
-                    data = await reads.take() if reads else b""
-                    if ahead < record.size:
-                        reads.put(functools.partial(handle.read, DOWNLOAD_CHUNK_SIZE))
+                while reads:
+                    start, length, response = await reads.take()
+                    if ahead < size:
+                        reads.put(functools.partial(read, ahead))
                         ahead += DOWNLOAD_CHUNK_SIZE
-                    if first is not None:  # the first response carries the file's metadata, and bytes if any
-                        first.data = data
-                        yield first
-                        first = None
-                    elif data:
-                        yield pb.DownloadFileResponse(offset=offset, data=data)
-                    offset += len(data)
-                    if offset >= record.size:
-                        break
-                    if not data:
+                    if start != offset or not length:  # a read came short: the file ends before its size
+                        if start == request.offset:
+                            yield head  # (the metadata first, as ever)
                         await abort(
                             context, grpc.StatusCode.DATA_LOSS, f"file {record.file_id} is shorter than recorded"
                         )
+                    yield response
+                    offset += length
             finally:
                 await reads.close()  # the read in progress ends before the handle is closed
 

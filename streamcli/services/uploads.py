@@ -42,6 +42,7 @@ from streamcli.credentials import Caller
 from streamcli.names import check_filename
 from streamcli.pipeline import Pipeline, Writeback
 from streamcli.private_files import open_private
+from streamcli.protowire import Picking, bytes_key, trailing_bytes
 from streamcli.services.checks import MalformedRequest, quoted
 from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
 
@@ -54,6 +55,14 @@ UPLOAD_ID = SAFE_ID  # the blob store's rule: an id becomes a file name there
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a client is told when the data dir's filesystem has no room left.
 DISK_FULL = "the server's disk is full"
+_CHUNK_KEY = bytes_key(pb.UploadFileRequest.CHUNK_FIELD_NUMBER)[0]
+
+#: What an upload stream's messages are, as UploadFile's request deserializer makes them: a chunk (a view of
+#: the message's wire bytes) or any other message.
+UploadRequest = pb.UploadFileRequest | memoryview
+#: UploadFile's request deserializer: a message that is a chunk alone (nearly every message of an upload)
+#: becomes a view of its bytes in the message, without the copies of a protobuf parse; others are parsed.
+decode_upload_request = Picking(pb.UploadFileRequest, functools.partial(trailing_bytes, key=_CHUNK_KEY))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +120,7 @@ class PartialFile:
         self._pipeline: Pipeline[None] = Pipeline()
         self._writeback = Writeback(handle.fileno(), size)  # so that the fsync of the commit has little left
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         """Accept ``data`` for writing after what came before; raises a failure of an earlier write."""
         self.received += len(data)
         self._pipeline.put(functools.partial(self._write_now, data))
@@ -128,7 +137,7 @@ class PartialFile:
         finally:
             self._account()
 
-    def _write_now(self, data: bytes) -> None:
+    def _write_now(self, data: bytes | memoryview) -> None:
         """(On the worker thread.) Append ``data`` and hash it."""
         view = memoryview(data)
         while view:
@@ -173,12 +182,14 @@ class Uploads:
         self._active: set[str] = set()  # upload ids with a stream open right now
 
     @contextlib.asynccontextmanager
-    async def open(self, first: pb.UploadFileRequest, caller: Caller) -> AsyncIterator[UploadSession]:
+    async def open(self, first: UploadRequest, caller: Caller) -> AsyncIterator[UploadSession]:
         """The session of a stream whose first message is ``first``, closed when the block ends.
 
         Raises:
             UploadRefused: the upload cannot start or resume.
         """
+        if isinstance(first, memoryview):  # a chunk (decode_upload_request)
+            raise _invalid("the first message must carry metadata or resume, not chunk")
         kind = first.WhichOneof("payload")
         if kind == "metadata":
             session = await self._start(first, caller)
@@ -326,7 +337,7 @@ class UploadSession:
         self.upload = upload
         self.partial = partial
 
-    async def receive(self, requests: AsyncIterator[pb.UploadFileRequest]) -> str:
+    async def receive(self, requests: AsyncIterator[UploadRequest]) -> str:
         """Write the chunks that follow the first message, up to the end of the stream.
 
         Returns:
@@ -374,14 +385,17 @@ class UploadSession:
             await self._end(grpc.StatusCode.DATA_LOSS, detail)
         return digest
 
-    async def _read(self, requests: AsyncIterator[pb.UploadFileRequest]) -> tuple[int, str]:
+    async def _read(self, requests: AsyncIterator[UploadRequest]) -> tuple[int, str]:
         """Write every chunk; returns the size and checksum declared (by the metadata or the trailer)."""
         total, checksum = self.upload.total_size, self.upload.sha256
         trailer_seen = False
         async for request in requests:
-            kind = request.WhichOneof("payload")
             if trailer_seen:
                 raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "message after the trailer")
+            if isinstance(request, memoryview):  # a chunk (decode_upload_request)
+                await self._write_chunk(request, total)
+                continue
+            kind = request.WhichOneof("payload")
             if kind == "chunk":
                 await self._write_chunk(request.chunk, total)
             elif kind == "trailer":
@@ -399,7 +413,7 @@ class UploadSession:
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended without a trailer")
         return total, checksum
 
-    async def _write_chunk(self, data: bytes, total: int) -> None:
+    async def _write_chunk(self, data: bytes | memoryview, total: int) -> None:
         """Append one chunk to the partial file, or raise ``UploadRefused`` saying why it may not be."""
         if not data:
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
