@@ -11,7 +11,7 @@ from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from streamcli.client.connection import connect
+from streamcli.client.connection import FirstStatus, connect
 from streamcli.client.health import check_health
 from streamcli.client.settings import ConnectionSettings
 from streamcli.errors import AuthError, UsageError
@@ -132,9 +132,11 @@ async def test_health_is_exempt_from_auth_but_reflection_is_not(tmp_path: pathli
         async with client(server.address) as conn:
             stub = reflection_pb2_grpc.ServerReflectionStub(conn.channel)
             request = reflection_pb2.ServerReflectionRequest(list_services="")
+            call = stub.ServerReflectionInfo(iter([request]))
+            first = FirstStatus(call)  # (grpc.aio may report its failed write, not the server's early status)
             with pytest.raises(grpc.aio.AioRpcError) as failure:
-                _ = [r async for r in stub.ServerReflectionInfo(iter([request]))]
-        assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                _ = [r async for r in call]
+        assert first.unmask(failure.value).code() == grpc.StatusCode.UNAUTHENTICATED
         # The client core sends the token, and a failure leaving the connection is translated: a wrong one is AuthError.
         with pytest.raises(AuthError):
             async with client(server.address, token="wrong") as conn:
