@@ -342,7 +342,7 @@ class BatchIngest:
         )
         return response
 
-    async def _write(self, call: Any) -> None:
+    async def _write(self, call: Any, _outcome: asyncio.Future[Any]) -> None:
         first = pb.ProcessDataBatchRequest(batch_id=self._batch_id, max_errors=ERRORS_PER_STREAM, source=self._source)
         await call.write(first)
         count = size = 0

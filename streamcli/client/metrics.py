@@ -11,6 +11,7 @@ what the server does not hold and no sample counts twice.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import pathlib
@@ -267,7 +268,7 @@ class MetricPush:
         reply: pb.CollectMetricsResponse = await one_stream(self._collect(metadata=self._conn.metadata), self._write)
         return reply
 
-    async def _write(self, call: Any) -> None:
+    async def _write(self, call: Any, _outcome: asyncio.Future[Any]) -> None:
         await call.write(self._first())
         for sent in self._outstanding:
             await call.write(sent.request)

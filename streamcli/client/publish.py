@@ -28,6 +28,7 @@ import grpc
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, FirstStatus, rpc_errors
 from streamcli.client.retry import Attempts, RetryPolicy
+from streamcli.client.streams import one_stream
 from streamcli.errors import StreamcliError
 
 #: Events per PublishEventsRequest: several ride in one message (per-message cost dominates).
@@ -215,21 +216,12 @@ class IdempotentPublisher:
         from the next stream).
         """
         call = self._conn.stub.PublishEvents(metadata=self._conn.metadata)
-        # A refusal (an invalid event, another user's) must not reach us as grpc.aio's INTERNAL stand-in, which
-        # would be retried: the same events would be refused again, for minutes (grpc/grpc#36066).
-        first_status = FirstStatus(call)
-        outcome: asyncio.Future[pb.PublishEventsResponse] = asyncio.ensure_future(call)
-        try:
-            await self._write(call, source, outcome)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the call has ended: its outcome says how
-        except BaseException:  # Ctrl-C, or the source's own failure
-            call.cancel()
-            raise
-        try:
-            return await outcome
-        except grpc.aio.AioRpcError as exc:
-            raise first_status.unmask(exc) from exc
+        # (A refusal, an invalid event or another user's, keeps its status: retried, the same events would be
+        # refused again, for minutes.)
+        response: pb.PublishEventsResponse = await one_stream(
+            call, lambda call, outcome: self._write(call, source, outcome)
+        )
+        return response
 
     async def _write(self, call: Any, source: _Source, outcome: asyncio.Future[pb.PublishEventsResponse]) -> None:
         sent = 0

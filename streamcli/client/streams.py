@@ -1,5 +1,5 @@
-"""Pieces of a resumable client stream (batch ingest, metric pushes): one stream, and what it has not had
-acknowledged.
+"""Pieces of a resumable client stream (batch ingest, metric pushes, events publish): one stream, and what it
+has not had acknowledged.
 
 Such a client numbers what it sends (each message says the index of its first
 item), ends a stream now and then for the server's acknowledgement (how far it
@@ -62,11 +62,13 @@ class Outstanding(Generic[M]):
         return sum(count for _, count, _ in self._items)
 
 
-async def one_stream(call: Any, write: Callable[[Any], Awaitable[None]]) -> Any:
-    """Run ``write(call)`` on a client-streaming ``call`` and return its response.
+async def one_stream(call: Any, write: Callable[[Any, asyncio.Future[Any]], Awaitable[None]]) -> Any:
+    """Run ``write(call, outcome)`` on a client-streaming ``call`` and return its response.
 
-    The call's outcome says how it ended when the server ends it during the
-    writes (they then fail); the server's own status is kept (``FirstStatus``).
+    ``outcome`` is the call's response to come (done once the call has ended: a writer waiting for input
+    stops then). It says how the call ended when the server ends it during the writes (they then fail);
+    the server's own status is kept (``FirstStatus``): a refusal must not reach the caller as grpc.aio's
+    INTERNAL stand-in, which would be retried (grpc/grpc#36066).
 
     Raises:
         grpc.aio.AioRpcError: the call failed.
@@ -74,10 +76,10 @@ async def one_stream(call: Any, write: Callable[[Any], Awaitable[None]]) -> Any:
     first_status = FirstStatus(call)
     outcome = asyncio.ensure_future(call)
     try:
-        await write(call)
+        await write(call, outcome)
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass  # the call has ended: its outcome says how
-    except BaseException:
+    except BaseException:  # Ctrl-C, or the source's own failure
         call.cancel()
         raise
     try:
