@@ -480,6 +480,19 @@ async def test_list_pages_info_and_delete(conn: Connection, tmp_path: pathlib.Pa
     assert len(stored_files(tmp_path / "data")) == 2
 
 
+@pytest.mark.parametrize("token", ["\u00b2", "-1", "1" * 19, "1e3", " 1"])
+async def test_a_page_token_the_server_never_gave_is_refused_by_every_listing(conn: Connection, token: str) -> None:
+    for listing in (
+        conn.stub.ListFiles(pb.ListFilesRequest(page_token=token)),
+        conn.stub.ListBatches(pb.ListBatchesRequest(page_token=token)),
+        conn.stub.ListMetricSeries(pb.ListMetricSeriesRequest(page_token=token)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await listing
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in (refused.value.details() or "")
+
+
 async def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(conn: Connection, tmp_path: pathlib.Path) -> None:
     # The partial file of this upload is /dev/full: every write fails with ENOSPC, as on a full disk.
     partial = tmp_path / "data" / "blobs" / "partial" / "disk-full"

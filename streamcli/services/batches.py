@@ -39,8 +39,7 @@ from streamcli.backends.base import (
 )
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Caller, Credentials
-from streamcli.services.checks import MalformedRequest, has_control, id_problem, quoted
-from streamcli.services.files import PAGE_TOKEN
+from streamcli.services.checks import MalformedRequest, has_control, id_problem, page_offset, quoted
 from streamcli.services.logs import Retention, timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
 from streamcli.services.rpc import Context, abort
@@ -451,11 +450,9 @@ class BatchService:
     async def ListBatches(self, request: pb.ListBatchesRequest, context: Context) -> pb.ListBatchesResponse:
         if not 0 <= request.page_size <= MAX_PAGE:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0-{MAX_PAGE}")
-        offset = 0
-        if request.page_token:
-            if not PAGE_TOKEN.fullmatch(request.page_token):
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave")
-            offset = int(request.page_token)
+        offset = page_offset(request.page_token)
+        if offset is None:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave")
         size = request.page_size or 100
         caller = self._credentials.caller(context.invocation_metadata())
         rows = await self._metadata.list_batches(size + 1, offset, owner=caller.user)

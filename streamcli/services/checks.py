@@ -12,6 +12,18 @@ USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 CLIENT_ID_RULE = "client_id must be at most 64 letters, digits, '-', '_' or '.'"
 
+#: What the listing RPCs hand out as a page token: an offset of at most 18 ASCII digits (str.isdigit() alone
+#: also takes "²", which int() refuses, and numbers beyond SQLite's 64-bit integers).
+PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
+
+
+def page_offset(token: str) -> int | None:
+    """The offset a listing's page token stands for (0 for none), or None for one this server never gave."""
+    if not token:
+        return 0
+    return int(token) if PAGE_TOKEN.fullmatch(token) else None
+
+
 # Control characters (Unicode category Cc: C0, DEL and C1). In a name they are never meant; shown by
 # a client that does not escape them they act on its terminal (ESC) or break its lines (newline).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")

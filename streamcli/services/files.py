@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -22,7 +21,7 @@ from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Credentials
 from streamcli.pipeline import Pipeline
 from streamcli.protowire import bytes_key, varint, varint_field
-from streamcli.services.checks import quoted
+from streamcli.services.checks import page_offset, quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
 from streamcli.services.quota import QuotaLedger
@@ -46,8 +45,6 @@ DOWNLOAD_CHUNK_SIZE = 1024 * 1024
 READS_AHEAD = 4
 _OFFSET_FIELD = pb.DownloadFileResponse.OFFSET_FIELD_NUMBER
 _DATA_KEY = bytes_key(pb.DownloadFileResponse.DATA_FIELD_NUMBER)
-#: What ListFiles hands out as a page token: an offset.
-PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
 
 
 def file_info(record: FileRecord) -> pb.FileInfo:
@@ -243,11 +240,9 @@ class FileService:
         if not 0 <= request.page_size <= 1000:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be between 1 and 1000")
         size = request.page_size or 100
-        # The server's tokens are offsets of at most 18 ASCII digits: str.isdigit() alone also takes
-        # "²" (which int() refuses) and numbers beyond SQLite's 64-bit integers.
-        if request.page_token and not PAGE_TOKEN.fullmatch(request.page_token):
+        start = page_offset(request.page_token)
+        if start is None:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
-        start = int(request.page_token or 0)
         caller = self._credentials.caller(context.invocation_metadata())
         records = await self._meta.list_files(size + 1, start, visible_to=caller.user)
         more = len(records) > size

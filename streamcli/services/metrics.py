@@ -34,8 +34,7 @@ from streamcli.backends.base import MetricDelta, MetricSeries, MetricStore, Push
 from streamcli.credentials import Credentials
 from streamcli.services import sketches
 from streamcli.services.batches import END_TIME, FIRST_TIME
-from streamcli.services.checks import MalformedRequest, has_control, id_problem, quoted
-from streamcli.services.files import PAGE_TOKEN
+from streamcli.services.checks import MalformedRequest, has_control, id_problem, page_offset, quoted
 from streamcli.services.logs import Retention, timestamp
 from streamcli.services.rpc import Context, abort
 
@@ -336,11 +335,9 @@ class MetricService:
     ) -> pb.ListMetricSeriesResponse:
         if not 0 <= request.page_size <= MAX_PAGE:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0-{MAX_PAGE}")
-        offset = 0
-        if request.page_token:
-            if not PAGE_TOKEN.fullmatch(request.page_token):
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave")
-            offset = int(request.page_token)
+        offset = page_offset(request.page_token)
+        if offset is None:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave")
         quantiles = tuple(request.quantiles)
         if len(quantiles) > MAX_QUANTILES or not all(0 <= q <= 1 for q in quantiles):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"quantiles: at most {MAX_QUANTILES}, each 0-1")
