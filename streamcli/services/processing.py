@@ -67,38 +67,17 @@ class Window:
         self.count = 0  # inputs taken, late ones included
         self.latest: int | None = None  # the latest input time, in nanoseconds since the epoch
 
-    def stddev(self) -> float:
-        n = len(self.values)
-        return math.sqrt(self.spread / n) if n else 0.0
-
-    def score(self, value: float) -> float:
-        """``value``'s z-score against the window as it is (0 with fewer than 2 samples or no spread)."""
-        n = len(self.values)
-        if n < 2 or self.spread <= 0.0:
-            return 0.0
-        sigma = math.sqrt(self.spread / n)
-        return (value - self.mean) / sigma if sigma > 0.0 else 0.0
-
     def extremes(self) -> tuple[float, float]:
-        """The window's (min, max); (0, 0) when it is empty."""
-        if not self.values:
+        """A large window's (min, max), the fronts of its monotonic queues; (0, 0) when it is empty. (A small
+        window's are taken over its samples where it is processed: ``LiveStream.process``.)"""
+        if not self.minima or not self.maxima:
             return 0.0, 0.0
-        if self.minima is None or self.maxima is None:
-            return min(self.values), max(self.values)
         return self.minima[0][1], self.maxima[0][1]
 
     def add(self, value: float, at: int, limit: int) -> None:
-        """Add a sample (at ``at`` ns, kept for a time window), dropping the oldest if the window holds ``limit``."""
+        """Add a sample (at ``at`` ns, kept for a time window), dropping the oldest if the window holds ``limit``.
+        (A full small count window's one-for-one replacement is written out in ``LiveStream.process``.)"""
         values = self.values
-        if len(values) >= limit and self.times is None and self.minima is None:
-            # A full count window: one sample replaces another (Welford's update for both at once).
-            old = values.popleft()
-            values.append(value)
-            mean = self.mean
-            self.mean = mean + (value - old) / len(values)
-            self.spread = max(0.0, self.spread + (value - old) * (value - self.mean + old - mean))
-            self.pushed += 1
-            return
         while len(values) >= limit:
             self.drop_oldest()
         index = self.pushed
