@@ -192,14 +192,12 @@ class Replica:
         self.in_flight_seq = 0
         self.waiting: Operation | None = None
 
-    def reset(self, text: str, revision: int) -> Operation | None:
-        """Start again from a snapshot; returns the local changes not acknowledged, which are dropped."""
-        dropped = self.pending()
+    def reset(self, text: str, revision: int) -> None:
+        """Start again from a snapshot (changes not acknowledged are dropped: ``rebase_onto`` keeps them)."""
         self.text = self.confirmed = text
         self.revision = revision
         self.in_flight = None
         self.waiting = None
-        return dropped
 
     def rebase_onto(self, text: str, revision: int, committed_seq: int) -> Operation | None:
         """Start again from a snapshot, keeping the local changes not acknowledged; returns them as one operation
