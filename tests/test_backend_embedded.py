@@ -71,6 +71,24 @@ async def test_open_backend_embedded_creates_its_files_under_the_data_dir(tmp_pa
         await backend.close()
 
 
+async def synchronous_setting(store: object) -> int:
+    assert isinstance(store, SqliteStore)
+    return await store._run(lambda db: int(db.execute("PRAGMA synchronous").fetchone()[0]))
+
+
+@pytest.mark.parametrize(("sync_every_commit", "expected"), [(False, 1), (True, 2)])
+async def test_open_backend_syncs_every_commit_only_when_asked(
+    tmp_path: pathlib.Path, sync_every_commit: bool, expected: int
+) -> None:
+    # SQLite's synchronous levels: 1 = NORMAL (WAL synced at checkpoints), 2 = FULL (WAL synced at every commit).
+    backend = open_backend("embedded", tmp_path, sync_every_commit=sync_every_commit)
+    try:
+        assert await synchronous_setting(backend.log) == expected
+        assert [r.id for r in await backend.log.append("s", [new(1)])] == [1]
+    finally:
+        await backend.close()
+
+
 async def test_open_backend_reopens_existing_data(tmp_path: pathlib.Path) -> None:
     backend = open_backend("embedded", tmp_path)
     try:

@@ -63,6 +63,12 @@ async def test_serve_on_redis_refuses_a_quota_at_start(redis_url: str, tmp_path:
         await start_server(ServerConfig(data_dir=tmp_path / "data", address="127.0.0.1:0", backend=redis_url, quota=10))
 
 
+async def test_serve_on_redis_refuses_sync_every_commit(redis_url: str, tmp_path: pathlib.Path) -> None:
+    config = ServerConfig(data_dir=tmp_path / "data", address="127.0.0.1:0", backend=redis_url, sync_every_commit=True)
+    with pytest.raises(UsageError, match=r"--sync-every-commit is for the embedded store; on Redis, durability is"):
+        await start_server(config)
+
+
 async def health_until(address: str, serving: bool) -> Run:
     """``streamcli health`` until it says SERVING (exit 0) or, not ``serving``, NOT_SERVING (the server's
     watcher pings its Redis every second)."""

@@ -21,8 +21,11 @@ from streamcli.errors import UsageError
 BACKENDS = ("embedded", "redis://HOST:PORT/DB")
 
 
-def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
+def open_backend(name: str, data_dir: pathlib.Path, *, sync_every_commit: bool = False) -> Backend:
     """Open the named backend, creating its files under ``data_dir`` if needed.
+
+    ``sync_every_commit``: the embedded store syncs its log to the disk at every commit, so that what it
+    acknowledged survives power loss too (not only a crash of the process); see ``serve --sync-every-commit``.
 
     Raises:
         UsageError: the name is unknown or the data dir cannot be used.
@@ -40,7 +43,7 @@ def open_backend(name: str, data_dir: pathlib.Path) -> Backend:
     try:
         private_dir(data_dir)  # 0700: everyone's events, messages and files are in it
         blobs = DirectoryBlobStore(data_dir / "blobs")  # first: it holds nothing open on failure
-        store = SqliteStore(data_dir / "streamcli.db")
+        store = SqliteStore(data_dir / "streamcli.db", sync_every_commit=sync_every_commit)
     except DatabaseInUseError:
         raise UsageError(f"data dir {data_dir} is in use by another streamcli serve") from None
     except OSError as exc:

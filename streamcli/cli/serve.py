@@ -54,6 +54,17 @@ def serve(
             "metrics and --quota are not supported there yet).",
         ),
     ] = "embedded",
+    sync_every_commit: Annotated[
+        bool,
+        typer.Option(
+            "--sync-every-commit",
+            envvar="STREAMCLI_SYNC_EVERY_COMMIT",
+            help="Embedded store: sync to the disk at every commit, so that what the server acknowledged "
+            "survives power loss and OS crashes too. Without it, a crash of the server process loses "
+            "nothing acknowledged, and a power cut can lose about the last second. Each commit then waits "
+            "for the disk (see README, Durability).",
+        ),
+    ] = False,
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")
     ] = 10.0,
@@ -243,6 +254,7 @@ def serve(
         data_dir=data_dir or pathlib.Path(platformdirs.user_data_dir("streamcli")),
         address=address or env.connection.address,
         backend=backend,
+        sync_every_commit=sync_every_commit,
         grace=grace,
         token=token if token is not None else env.connection.token,
         user_tokens=named_tokens,

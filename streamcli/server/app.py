@@ -63,6 +63,7 @@ class ServerConfig:
     data_dir: pathlib.Path
     address: str = transport.DEFAULT_ADDRESS
     backend: str = "embedded"
+    sync_every_commit: bool = False  # the embedded store syncs to the disk at every commit (survives power loss)
     grace: float = 10.0  # seconds in-flight calls get on shutdown
     token: str | None = None  # shared bearer token
     user_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)  # user -> token naming that user
@@ -106,6 +107,11 @@ class ServerConfig:
             raise UsageError("--grace must be zero or more seconds")
         if self.max_file_size < 0 or self.quota < 0:
             raise UsageError("--max-file-size and --quota must be zero (no limit) or more bytes")
+        if self.backend.startswith("redis:") and self.sync_every_commit:
+            raise UsageError(
+                "--sync-every-commit is for the embedded store; on Redis, durability is Redis's own "
+                "appendonly/appendfsync setting"
+            )
         if self.backend.startswith("redis:") and self.quota:
             # Uploads reserve quota in the memory of the replica that receives them: two replicas would
             # each let their uploads fill the shared directory to the quota.
@@ -223,7 +229,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     interceptors = [BearerTokenInterceptor(credentials_)] if credentials_.enabled else []
     interceptors.append(DecodingBoundary())
     server = grpc.aio.server(interceptors=interceptors, options=transport.server_options())
-    backend = open_backend(config.backend, config.data_dir)
+    backend = open_backend(config.backend, config.data_dir, sync_every_commit=config.sync_every_commit)
     try:
         if backend.ready is not None:
             await backend.ready()
