@@ -1,5 +1,5 @@
-"""Replicas: real ``streamcli serve`` processes on one real Redis, what the Redis backend refuses, and a
-replica whose Redis goes away and comes back.
+"""Replicas: real ``streamcli serve`` processes on one real Redis, what the Redis backend refuses, a
+replica whose Redis goes away and comes back, and a batch whose replica dies midway.
 
 Subprocesses, because two replicas are two processes (each its own server, event loop and Redis
 connections) sharing only Redis and the data dir.
@@ -16,11 +16,14 @@ import grpc
 import pytest
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.batches import batch_id_for
+from streamcli.client.records import FieldMap
 from streamcli.errors import ExitStatus, UsageError
 from streamcli.server.app import ServerConfig, start_server
 from tests.support.inprocess import Background, Run, acli, cli
 from tests.support.redis import redis_server
 from tests.support.servers import client, running_server, serve_process
+from tests.test_batch_cli import start_ingest, wait_until
 from tests.test_collab import joined, text_of
 
 
@@ -144,3 +147,48 @@ async def test_collab_editors_on_two_replicas_see_each_others_edits_live_and_con
             assert [revision for revision, *_ in order] == [2, 3]
             async with joined(on_a, "doc", "carol") as carol, joined(on_b, "doc", "dave") as dave:
                 assert text_of(await carol.event()) == text_of(await dave.event()) == (3, "AhelloB")
+
+
+def records_held(address: str, batch_id: str) -> int:
+    """What the batch holds, read through the replica at ``address`` (0 until it exists)."""
+    with grpc.insecure_channel(address) as channel:
+        get = channel.unary_unary(
+            "/streaming.v1.StreamingService/GetBatch",
+            request_serializer=pb.GetBatchRequest.SerializeToString,
+            response_deserializer=pb.GetBatchResponse.FromString,
+        )
+        try:
+            return int(get(pb.GetBatchRequest(batch_id=batch_id), timeout=30).batch.records_received)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+            return 0
+
+
+def test_a_batch_cut_off_with_its_replica_completes_through_another_storing_each_record_once(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    lines = 150_000
+    source = tmp_path / "records.ndjson"
+    source.write_text("".join(f'{{"key": "k{n % 7}", "value": {n}}}\n' for n in range(lines)))
+    batch_id = batch_id_for(source, source.stat().st_size, source.stat().st_mtime_ns, FieldMap(), None)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        first = start_ingest(a.address, source)
+        # Read through B: what A stored is in Redis, not in A.
+        wait_until(lambda: records_held(b.address, batch_id) > lines // 10 or first.poll() is not None, 120)
+        a.process.kill()  # SIGKILL: A says nothing more, and the client's stream breaks mid-batch
+        a.process.wait(10)
+        first.kill()
+        first.communicate(timeout=60)
+        assert 0 < records_held(b.address, batch_id) < lines
+        second = start_ingest(b.address, source)  # the same command, told the other replica
+        out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    result = json.loads(out)
+    assert (result["stored"], result["complete"]) == (lines, True)
+    assert sum(a["count"] for a in result["aggregates"]) == lines  # each record once: none lost, none twice
+    assert sum(a["sum"] for a in result["aggregates"]) == lines * (lines - 1) / 2

@@ -59,6 +59,9 @@ DEFAULT_ERRORS, MAX_ERRORS = 100, 100_000
 MAX_AGGREGATE_KEYS = 1000
 #: Entries read from the log per step when reading a batch back.
 READ_STEP = 2000
+#: Seconds between the saves of a batch's summary while a stream appends to it: a reader of the batch
+#: (GetBatch, ListBatches) reads the log only from the last save on, not from the stream's start.
+SAVE_INTERVAL = 1.0
 MAX_PAGE = 1000
 
 
@@ -190,7 +193,8 @@ class BatchService:
         complete = False
         limit = DEFAULT_ERRORS
         next_index = 0  # every index below it is held
-        started = time.monotonic()
+        started = saved = time.monotonic()  # saved: when the batch's row last took the tally
+        taken_at_save = 0  # records this stream had taken then
         number = 0  # messages read
         try:
             async for request in request_iterator:
@@ -217,6 +221,11 @@ class BatchService:
                     batch, request.records, first, next_index, response, limit, tally, context
                 )
                 number += 1
+                taken = response.records_processed + response.records_failed
+                if taken != taken_at_save and not tally.stale and time.monotonic() - saved >= SAVE_INTERVAL:
+                    batch = _touched(batch, tally)  # (only once it took records: a re-sent prefix changes nothing)
+                    await self._metadata.put_batch(batch)
+                    saved, taken_at_save = time.monotonic(), taken
         except MalformedRequest as exc:  # what came before it is held, as next_index says
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc.detail}; {_held(next_index)}")
         if batch is None:  # an empty stream: nothing to name
@@ -230,7 +239,7 @@ class BatchService:
             batch = _touched(batch, tally)  # (a complete batch that took new records is complete no more)
             await self._metadata.put_batch(batch)
         elif named and not complete and tally.refused:  # a query: the refusals so far
-            response.errors.extend(await self.refusals(batch, limit))
+            response.errors.extend(await self.refusals(batch, min(limit, tally.refused)))
         if complete or not named:
             batch = await self._complete(batch, tally)
         response.batch.CopyFrom(await self.info(batch))
@@ -406,8 +415,11 @@ class BatchService:
         return info
 
     async def refusals(self, batch: BatchRecord, limit: int) -> list[pb.RecordError]:
-        """The first ``limit`` refused records of ``batch``, in index order."""
+        """The first ``limit`` refused records of ``batch``, in index order (the log is read until they are found:
+        give no more than the batch's refusals)."""
         errors: list[pb.RecordError] = []
+        if limit <= 0:
+            return errors
         async for entry in self._entries(batch, -1):
             if entry.kind == REFUSED:
                 errors.append(pb.RecordError(index=entry.id - 1, reason=entry.payload.decode()))
@@ -465,9 +477,10 @@ class BatchService:
 
     async def GetBatch(self, request: pb.GetBatchRequest, context: Context) -> pb.GetBatchResponse:
         batch = await self._find(request.batch_id, context)
-        return pb.GetBatchResponse(
-            batch=await self.info(batch), errors=await self.refusals(batch, error_count(request.max_errors))
-        )
+        info = await self.info(batch)
+        # The log is read for refusals only as far as the last of those wanted: not at all when none is.
+        errors = await self.refusals(batch, min(error_count(request.max_errors), info.records_refused))
+        return pb.GetBatchResponse(batch=info, errors=errors)
 
     async def ReadBatchRecords(
         self, request: pb.ReadBatchRecordsRequest, context: Context
