@@ -58,8 +58,6 @@ REQUESTS: dict[str, Callable[[], list[Message]]] = {
 }
 #: RPCs that never touch the store (a room's members are its presence, kept per replica today).
 STORELESS = {"ProcessLiveData", "ListRoomMembers"}
-#: RPCs the Redis backend does not serve yet (UNIMPLEMENTED).
-NOT_ON_REDIS = {"CollectMetrics", "ListMetricSeries"}
 
 
 def test_every_rpc_that_needs_the_store_is_listed() -> None:
@@ -83,7 +81,7 @@ async def _status(stub: Any, name: str, requests: list[Message]) -> tuple[grpc.S
     return grpc.StatusCode.OK, ""
 
 
-@pytest.mark.parametrize("name", sorted(REQUESTS.keys() - NOT_ON_REDIS))
+@pytest.mark.parametrize("name", sorted(REQUESTS))
 async def test_each_rpc_answers_unavailable_while_redis_is_away(name: str, tmp_path: pathlib.Path) -> None:
     with redis_server(tmp_path / "redis") as redis:
         async with running_server(tmp_path / "data", backend=redis.url()) as server, client(server.address) as conn:
