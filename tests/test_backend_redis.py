@@ -14,9 +14,19 @@ from collections.abc import AsyncIterator
 import pytest
 
 from streamcli.backends import open_backend
-from streamcli.backends.base import Backend, ConditionFailedError, LogBounds, NewRecord, StoreUnavailableError
+from streamcli.backends.base import (
+    Backend,
+    ConditionFailedError,
+    LogBounds,
+    MetricDelta,
+    NewRecord,
+    PushMark,
+    StoreUnavailableError,
+)
 from streamcli.backends.redis_backend import parse_redis_url, redis_url_for_logs
 from streamcli.errors import UnavailableError, UsageError
+from streamcli.services import sketches
+from streamcli.services.metrics import _merge_stored
 from tests.support.redis import RedisServer, redis_server
 from tests.support.servers import free_port
 
@@ -114,7 +124,6 @@ async def test_a_redis_gone_meanwhile_is_store_unavailable_for_every_kind_of_cal
 async def test_the_redis_backend_keeps_file_bytes_under_the_data_dir(redis_url: str, tmp_path: pathlib.Path) -> None:
     async with replica(redis_url, tmp_path / "data") as backend:
         assert backend.name == "redis"
-        assert backend.metrics is None  # not on Redis yet: the metric RPCs refuse (test_server_redis.py)
         assert backend.blobs.blob_path("f1") == tmp_path / "data" / "blobs" / "files" / "f1"
         assert not (tmp_path / "data" / "streamcli.db").exists()
 
@@ -233,3 +242,59 @@ def test_replies_are_parsed_by_hiredis() -> None:
     from redis.utils import HIREDIS_AVAILABLE
 
     assert HIREDIS_AVAILABLE
+
+
+def one_sample(value: float) -> bytes:
+    sketch = sketches.new_sketch()
+    sketches.add_all(sketch, [value])
+    return sketches.encode(sketch)
+
+
+async def test_replicas_name_each_series_once_and_share_the_limit(redis_url: str, tmp_path: pathlib.Path) -> None:
+    async with replica(redis_url, tmp_path / "a") as a, replica(redis_url, tmp_path / "b") as b:
+        added = await asyncio.gather(
+            *(
+                store.metrics.add_metric_series("u", "m", f'{{"k":"{n}"}}', False, 3)
+                for n in range(4)
+                for store in (a, b)
+            )
+        )
+        ids = {(s.labels, s.series_id) for s in added if s is not None}
+        assert len(ids) == 3 and len({labels for labels, _ in ids}) == 3  # each identity one id; the 4th refused
+        assert sum(s is None for s in added) == 2
+        overflow = await b.metrics.add_metric_series("u", "", "{}", True, 3)
+        assert overflow is not None and overflow.series_id == 4  # (not counted against the limit)
+        assert [s.series_id for s in await a.metrics.metric_series(2)] == [3, 4]
+
+
+async def test_flushes_of_one_series_from_two_replicas_at_once_each_count_once(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Forty flushes at once, half through each replica, into one series and minute: each merges once
+    (an optimistic transaction that lost to another's write reads again)."""
+    async with replica(redis_url, tmp_path / "a") as a, replica(redis_url, tmp_path / "b") as b:
+        series = await a.metrics.add_metric_series("", "m", "{}", False, 10)
+        assert series is not None
+
+        async def flush(store: Backend, n: int) -> None:
+            delta = one_sample(float(n + 1))
+            await store.metrics.merge_metrics(
+                [MetricDelta(series.series_id, delta, ((1000, delta),))], _merge_stored, PushMark("", f"p{n}", n + 1)
+            )
+
+        await asyncio.gather(*(flush(store, n) for n in range(20) for store in (a, b)))
+        whole = (await b.metrics.stored_metrics([series.series_id], None))[series.series_id]
+        minutes = (await b.metrics.stored_metrics([series.series_id], 0))[series.series_id]
+        assert minutes.minutes == (1000,)
+        for held in (whole, minutes):
+            sketch = sketches.decode(held.aggregates[0])
+            assert (sketch.count, sketch._sum) == (40, 2 * sum(range(1, 21)))
+        assert [await a.metrics.push_position("", f"p{n}") for n in range(20)] == list(range(1, 21))
+        # Retention: the minute goes (the all-time aggregate stays), and pushes idle since before now.
+        assert await a.metrics.forget_metric_minutes(1001) == 1
+        assert await a.metrics.stored_metrics([series.series_id], 0) == {}
+        assert (await a.metrics.stored_metrics([series.series_id], None))[
+            series.series_id
+        ].aggregates == whole.aggregates
+        assert await b.metrics.forget_pushes(time.time() + 1) == 20
+        assert await a.metrics.push_position("", "p3") == 0

@@ -21,6 +21,8 @@ from streamcli.services import metrics
 from tests.support.servers import client, running_server
 
 Metadata = tuple[tuple[str, str], ...]
+#: The tests that run a server run once per backend (tests/conftest.py).
+ON_EACH_BACKEND = True
 
 
 @pytest.fixture
@@ -153,8 +155,13 @@ async def test_a_stream_touches_at_most_2000_series_the_rest_counted_in_the_over
     assert [(s.labels["user"], s.overflow) for s in later.summaries] == [("u2049", False)]
 
 
-async def test_the_server_wide_limit_sends_new_series_to_the_overflow_series(tmp_path: pathlib.Path) -> None:
-    async with running_server(tmp_path / "data", max_series=3) as server, client(server.address) as conn:
+async def test_the_server_wide_limit_sends_new_series_to_the_overflow_series(
+    tmp_path: pathlib.Path, backend: str
+) -> None:
+    async with (
+        running_server(tmp_path / "data", backend=backend, max_series=3) as server,
+        client(server.address) as conn,
+    ):
         first = [sample("m", float(n), k=str(n)) for n in range(5)]
         response = await collect(conn, [pb.CollectMetricsRequest(metrics=first)])
         assert response.overflowed == 2
@@ -205,13 +212,13 @@ async def test_quantiles_on_request_and_pages(conn: Connection) -> None:
     assert [s.name for s in rest.series] == ["m2"] and not rest.next_page_token
 
 
-async def test_a_user_token_sees_only_its_own_series(tmp_path: pathlib.Path) -> None:
+async def test_a_user_token_sees_only_its_own_series(tmp_path: pathlib.Path, backend: str) -> None:
     tokens = {"alice": "ta", "bob": "tb"}
     alice: Metadata = (("authorization", "Bearer ta"),)
     bob: Metadata = (("authorization", "Bearer tb"),)
     service: Metadata = (("authorization", "Bearer service"),)
     async with (
-        running_server(tmp_path / "data", token="service", user_tokens=tokens) as server,
+        running_server(tmp_path / "data", backend=backend, token="service", user_tokens=tokens) as server,
         client(server.address) as conn,
     ):
         await collect(conn, [pb.CollectMetricsRequest(metrics=[sample("cpu", 1.0)])], alice)
@@ -254,10 +261,14 @@ async def test_a_trend_counts_each_step_of_whole_minutes(conn: Connection) -> No
     )
 
 
-async def test_per_minute_sketches_expire_after_the_retention_and_all_time_ones_stay(tmp_path: pathlib.Path) -> None:
+async def test_per_minute_sketches_expire_after_the_retention_and_all_time_ones_stay(
+    tmp_path: pathlib.Path, backend: str
+) -> None:
     now = int(time.time())
     async with (
-        running_server(tmp_path / "data", metric_retention=3600.0, housekeeping_interval=0.05) as server,
+        running_server(
+            tmp_path / "data", backend=backend, metric_retention=3600.0, housekeeping_interval=0.05
+        ) as server,
         client(server.address) as conn,
     ):
         samples = [sample("disk", 7.0, now - 7200), sample("disk", 1.0, now - 600), sample("disk", 3.0, now - 540)]

@@ -13,6 +13,7 @@ import json
 import pathlib
 
 import grpc
+import numpy as np
 import pytest
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
@@ -25,6 +26,7 @@ from tests.support.redis import redis_server
 from tests.support.servers import client, running_server, serve_process
 from tests.test_batch_cli import start_ingest, wait_until
 from tests.test_collab import joined, text_of
+from tests.test_metrics import assert_quantiles_within_one_percent, collect, messages, sample, series
 
 
 def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url: str, tmp_path: pathlib.Path) -> None:
@@ -51,14 +53,34 @@ def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url:
     ]
 
 
-async def test_the_metric_rpcs_say_redis_does_not_support_them_yet(redis_url: str, tmp_path: pathlib.Path) -> None:
-    async with running_server(tmp_path / "data", backend=redis_url) as server, client(server.address) as conn:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await conn.stub.ListMetricSeries(pb.ListMetricSeriesRequest())
-        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "--backend redis does not support metrics yet" in (refused.value.details() or "")
-        listed = await conn.stub.ListFiles(pb.ListFilesRequest())
-        assert list(listed.files) == []  # the rest of the server works
+async def test_streams_through_two_replicas_into_one_series_merge_into_its_quantiles(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Two streams at once, one through each replica, into the same series (and each into one series of
+    its own): the series holds every sample once, its quantiles within the sketch's 1% of the exact ones."""
+    rng = np.random.default_rng(17)
+    through_a = rng.lognormal(0.0, 1.0, 60_000)
+    through_b = rng.lognormal(1.5, 0.5, 60_000)  # another shape: the merge must matter
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            sent = await asyncio.gather(
+                collect(on_a, messages([sample("latency", v, route="/") for v in through_a.tolist()], 2000)),
+                collect(on_b, messages([sample("latency", v, route="/") for v in through_b.tolist()], 2000)),
+                collect(on_a, [pb.CollectMetricsRequest(metrics=[sample("only_a", 1.0)])]),
+                collect(on_b, [pb.CollectMetricsRequest(metrics=[sample("only_b", 2.0)])]),
+            )
+            assert [r.metrics_accepted for r in sent] == [60_000, 60_000, 1, 1]
+            listed_on_a = {s.name: s for s in await series(on_a)}
+            listed_on_b = {s.name: s for s in await series(on_b)}
+    assert sorted(listed_on_a) == sorted(listed_on_b) == ["latency", "only_a", "only_b"]
+    for listed in (listed_on_a, listed_on_b):
+        assert_quantiles_within_one_percent(listed["latency"], np.concatenate([through_a, through_b]))
+        assert (listed["only_a"].count, listed["only_b"].count) == (1, 1)
 
 
 async def test_serve_on_redis_refuses_a_quota_at_start(redis_url: str, tmp_path: pathlib.Path) -> None:

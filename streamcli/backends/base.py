@@ -411,21 +411,33 @@ class StoredMetric:
 
 
 class MetricStore(Protocol):
-    """Metric series and their mergeable aggregates (bytes to the store; services/sketches.py reads them)."""
+    """Metric series and their mergeable aggregates (bytes to the store; services/sketches.py reads them).
 
-    async def metric_series(self) -> list[MetricSeries]:
-        """Every series."""
+    The store names the series: it gives each identity (owner, name, labels) one id, increasing in the
+    order series are added, whichever replica adds them, and it counts the ordinary (not overflow) series
+    against the server's limit in the same step.
+    """
+
+    async def metric_series(self, after_id: int = 0) -> list[MetricSeries]:
+        """Every series whose id is above ``after_id`` (all of them by default), by id."""
+        ...
+
+    async def add_metric_series(
+        self, owner: str, name: str, labels: str, overflow: bool, max_ordinary: int
+    ) -> MetricSeries | None:
+        """The series of this identity, added if it is new; None, adding nothing, when it is new and
+        ordinary (not ``overflow``) and ``max_ordinary`` ordinary series exist already."""
         ...
 
     async def merge_metrics(
         self,
-        new: Sequence[MetricSeries],
         deltas: Sequence[MetricDelta],
         merge: Callable[[bytes, bytes], bytes],
         push: PushMark | None = None,
     ) -> None:
-        """In one transaction: add the ``new`` series, merge each delta into its series' stored aggregates
-        (``merge(stored, delta)``, all time and per minute), and record ``push``."""
+        """In one transaction: merge each delta into its series' stored aggregates (``merge(stored, delta)``,
+        all time and per minute), and record ``push``. Flushes of the same series at once (other streams,
+        other replicas) each count once: none is lost to another's write."""
         ...
 
     async def stored_metrics(self, series_ids: Sequence[int], since_minute: int | None) -> dict[int, StoredMetric]:
@@ -483,7 +495,7 @@ class Backend:
     metadata: MetadataStore
     blobs: BlobStore
     closer: _Closer
-    metrics: MetricStore | None  # None: this backend does not keep metrics (yet); the metric RPCs refuse
+    metrics: MetricStore
     ready: Callable[[], Awaitable[None]] | None = None  # raises when the store cannot be reached (start-up)
     shared: bool = False  # other processes (replicas) may append to its logs: what a log holds is not all seen here
 

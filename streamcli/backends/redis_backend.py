@@ -5,9 +5,9 @@ commands and a second pool whose connections are each held by one blocked ``XREA
 ``redis_log.py``). Nothing connects until ``ready`` or the first command; ``ready`` says at start-up
 whether Redis answers.
 
-Not on Redis yet (issue 17 continues): metric series and sketches (the metric RPCs answer UNIMPLEMENTED
-saying so), and what the services keep per process (chat presence and typing, the one-stream-per-upload
-rule, collaboration cursors and presence, the storage quota's reservations).
+Metric series and sketches are on Redis too (``redis_metrics.py``). Not on Redis yet (issue 17
+continues): what the services keep per process (chat presence and typing, the one-stream-per-upload and
+one-stream-per-push rules, collaboration cursors and presence, the storage quota's reservations).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from streamcli.backends.base import Backend, StoreUnavailableError
 from streamcli.backends.blobs import DirectoryBlobStore
 from streamcli.backends.redis_log import Commands, RedisLog
 from streamcli.backends.redis_metadata import RedisMetadata
+from streamcli.backends.redis_metrics import RedisMetrics
 from streamcli.errors import UnavailableError, UsageError
 
 #: Seconds an ordinary command may take, connecting included, before it fails.
@@ -99,7 +100,7 @@ def open_redis(url: str, data_dir: pathlib.Path) -> Backend:
         metadata=RedisMetadata(connections.commands),
         blobs=blobs,
         closer=connections,
-        metrics=None,
+        metrics=RedisMetrics(connections.commands),
         ready=connections.ready,
         shared=True,
     )

@@ -52,18 +52,55 @@ _CHUNK = 900
 class SqliteMetrics:
     """``MetricStore`` over the database of the ``SqliteStore`` it is mixed into (its ``_run``)."""
 
+    _ordinary = -1  # ordinary series in the table (-1: not counted yet)
+
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         raise NotImplementedError
 
-    async def metric_series(self) -> list[MetricSeries]:
+    async def metric_series(self, after_id: int = 0) -> list[MetricSeries]:
         rows = await self._run(
-            lambda db: db.execute("SELECT series_id, owner, name, labels, overflow FROM metric_series").fetchall()
+            lambda db: db.execute(
+                "SELECT series_id, owner, name, labels, overflow FROM metric_series WHERE series_id > ? "
+                "ORDER BY series_id",
+                (after_id,),
+            ).fetchall()
         )
         return [MetricSeries(i, owner, name, labels, bool(overflow)) for i, owner, name, labels, overflow in rows]
 
+    async def add_metric_series(
+        self, owner: str, name: str, labels: str, overflow: bool, max_ordinary: int
+    ) -> MetricSeries | None:
+        from streamcli.backends.sqlite import _transaction
+
+        def add(db: sqlite3.Connection) -> MetricSeries | None:
+            with _transaction(db):
+                row = db.execute(
+                    "SELECT series_id FROM metric_series WHERE owner = ? AND name = ? AND labels = ?",
+                    (owner, name, labels),
+                ).fetchone()
+                if row is None:
+                    if not overflow and self._ordinary_series(db) >= max_ordinary:
+                        return None
+                    # (An INTEGER PRIMARY KEY given NULL is one above the largest: ids increase.)
+                    cursor = db.execute(
+                        "INSERT INTO metric_series VALUES (NULL, ?, ?, ?, ?, ?, NULL)",
+                        (owner, name, labels, int(overflow), time.time()),
+                    )
+                    row = (cursor.lastrowid,)
+                    self._ordinary += not overflow
+                return MetricSeries(int(row[0]), owner, name, labels, overflow)
+
+        return await self._run(add)
+
+    def _ordinary_series(self, db: sqlite3.Connection) -> int:
+        """How many ordinary series the table holds (counted once: this process is the database's only
+        writer, the data dir's lock sees to it)."""
+        if self._ordinary < 0:
+            self._ordinary = db.execute("SELECT COUNT(*) FROM metric_series WHERE overflow = 0").fetchone()[0]
+        return self._ordinary
+
     async def merge_metrics(
         self,
-        new: Sequence[MetricSeries],
         deltas: Sequence[MetricDelta],
         merge: Callable[[bytes, bytes], bytes],
         push: PushMark | None = None,
@@ -73,10 +110,6 @@ class SqliteMetrics:
         def write(db: sqlite3.Connection) -> None:
             now = time.time()
             with _transaction(db):
-                db.executemany(
-                    "INSERT OR IGNORE INTO metric_series VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                    [(s.series_id, s.owner, s.name, s.labels, int(s.overflow), now) for s in new],
-                )
                 for delta in deltas:
                     row = db.execute(
                         "SELECT aggregate FROM metric_series WHERE series_id = ?", (delta.series_id,)

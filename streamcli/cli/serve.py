@@ -51,7 +51,7 @@ def serve(
             envvar="STREAMCLI_BACKEND",
             help="Storage backend: 'embedded' (SQLite + data dir), or redis://HOST:PORT/DB: logs and metadata in "
             "Redis, shared by every replica on it (file bytes stay in --data-dir, which the replicas share; "
-            "metrics and --quota are not supported there yet).",
+            "--quota is not supported there yet).",
         ),
     ] = "embedded",
     sync_every_commit: Annotated[

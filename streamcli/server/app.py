@@ -248,21 +248,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
-        metrics = None
-        unavailable = {}
-        if backend.metrics is not None:
-            metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
-            await metrics.load()
-        else:
-            reason = f"--backend {backend.name} does not support metrics yet"
-            unavailable = dict.fromkeys(MetricService.RPCS, reason)
-            log.warning("%s: %s answer UNIMPLEMENTED", reason, ", ".join(MetricService.RPCS))
+        metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
+        await metrics.load()
         collab = CollabService(
             backend.log, log_settings, stopping, credentials_, config.documents, follow_others=backend.shared
         )
         ids = IdService(backend.metadata, credentials_)
         domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab, ids]
-        add_service(server, [domain for domain in domains if domain is not None], unavailable)
+        add_service(server, domains)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_documented_reflection(
@@ -286,8 +279,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             )
             await backend.log.forget_producers(stream, time.time() - config.retention.producer_idle_limit)
         await batches.expire(config.retention)
-        if metrics is not None:
-            await metrics.expire(config.retention)
+        await metrics.expire(config.retention)
 
     housekeeping = [
         asyncio.create_task(_every(interval, files.expire_uploads)),

@@ -17,6 +17,7 @@ this one place rather than in each service.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -120,22 +121,68 @@ def _unimplemented(name: str, reason: str | None = None) -> Callable[..., Any]:
 
 def store_boundary(behavior: Callable[..., Any]) -> Callable[..., Any]:
     """``behavior`` (a handler, a coroutine or an async generator) ending its call UNAVAILABLE when the
-    backend cannot reach its store; a streaming one writes its responses itself, as grpc.aio would."""
+    backend cannot reach its store; a streaming one writes its responses itself, as grpc.aio would.
+
+    A store failure ends the call UNAVAILABLE however it reaches the boundary: raised as it is, raised as
+    the cause of another error, or met by a handler that ends the call itself from the ``except`` block
+    that caught it (``except Exception: abort(INTERNAL, "could not append ...")``: the handler's words and
+    trailer are kept, its status becomes UNAVAILABLE; see ``_StoreAwareContext``).
+    """
     if inspect.isasyncgenfunction(behavior):
 
         async def stream_out(request: Any, context: Context) -> None:
             try:
-                async for response in behavior(request, context):
+                async for response in behavior(request, _StoreAwareContext(context)):
                     await context.write(response)
-            except StoreUnavailableError as exc:
-                await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            except Exception as exc:
+                await _unavailable_or_raise(context, exc)
 
         return stream_out
 
     async def respond(request: Any, context: Context) -> Any:
         try:
-            return await behavior(request, context)
-        except StoreUnavailableError as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            return await behavior(request, _StoreAwareContext(context))
+        except Exception as exc:
+            await _unavailable_or_raise(context, exc)
 
     return respond
+
+
+def store_failure(exc: BaseException | None) -> StoreUnavailableError | None:
+    """The ``StoreUnavailableError`` that ``exc`` is, or that caused it (its ``__cause__``/``__context__``
+    chain), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StoreUnavailableError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+async def _unavailable_or_raise(context: Context, exc: Exception) -> None:
+    """End the call UNAVAILABLE if ``exc`` comes of a store failure; else raise it again."""
+    failure = store_failure(exc)
+    if failure is None or isinstance(exc, grpc.aio.AbortError):  # (an abort has set its status already)
+        raise exc
+    await abort(context, grpc.StatusCode.UNAVAILABLE, str(failure))
+
+
+class _StoreAwareContext:
+    """A handler's context whose ``abort``, called while a store failure is being handled, ends the call
+    UNAVAILABLE (with the handler's detail and trailer): whatever status the handler chose for a failure of
+    its own, a store that cannot be reached is one the client may retry (the store's own error says what
+    the failed operation did is unknown, and the writers that retry are idempotent)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        if code != grpc.StatusCode.UNAVAILABLE and store_failure(sys.exc_info()[1]) is not None:
+            code = grpc.StatusCode.UNAVAILABLE
+        await self._context.abort(code, details, trailing_metadata)

@@ -133,7 +133,8 @@ class EventService(LogService):
                 publication.skipped_ahead(gap)
                 continue
             except Exception as exc:  # the store failed (a full disk, say): nothing of this batch is in
-                # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice.
+                # INTERNAL, not UNAVAILABLE: retrying a partly appended publish would append twice. (A store
+                # that cannot be reached is UNAVAILABLE all the same: server/service.py's store_boundary.)
                 await abort(
                     context,
                     grpc.StatusCode.INTERNAL,

@@ -7,10 +7,12 @@ A stream collects its samples into sketches per (series, minute) in memory
 and merges them into the stored ones (``MetricStore.merge_metrics``) every
 ``FLUSH_SECONDS`` and at its end: the store keeps sketches, never samples.
 
-Series known to the server live in memory (``_Registry``: an id per series,
-loaded at start-up), which is what the cardinality limits count: a stream
-may touch ``STREAM_SERIES`` series and the server hold ``max_series``;
-samples of a new series beyond either go to the owner's overflow series.
+The store names the series (``MetricStore.add_metric_series``: one id per
+series, whichever replica adds it) and counts them against ``max_series``;
+the server keeps those it has seen in memory (``_Registry``, read at start-up
+and, before each listing, those added since). A stream may touch
+``STREAM_SERIES`` series and the server hold ``max_series``; samples of a new
+series beyond either go to the owner's overflow series.
 
 A push named by the client (``push_id``) resumes like a batch: each message
 says the push index of its first sample, the store keeps the push's next
@@ -93,26 +95,23 @@ def _merge_stored(stored: bytes, delta: bytes) -> bytes:
 
 
 class _Registry:
-    """Every series the server holds, by identity and by id (what the cardinality limits count)."""
+    """The series this server has seen, by identity and by id: a cache of the store's (which names them)."""
 
-    def __init__(self, rows: Iterable[MetricSeries]) -> None:
+    def __init__(self) -> None:
         self.by_key: dict[tuple[str, str, str], MetricSeries] = {}
         self.by_id: dict[int, MetricSeries] = {}
-        self.ordinary = 0  # series that are not overflow series
-        for row in rows:
-            self._keep(row)
+        self.last_id = 0  # the highest id known: the store's series up to it are all here
 
-    def _keep(self, series: MetricSeries) -> None:
+    def keep(self, series: MetricSeries) -> MetricSeries:
         self.by_key[(series.owner, series.name, series.labels)] = series
         self.by_id[series.series_id] = series
-        self.ordinary += not series.overflow
-
-    def get_or_add(self, owner: str, name: str, labels: str, *, overflow: bool = False) -> MetricSeries:
-        series = self.by_key.get((owner, name, labels))
-        if series is None:
-            series = MetricSeries(max(self.by_id, default=0) + 1, owner, name, labels, overflow)
-            self._keep(series)
         return series
+
+    async def refresh(self, store: MetricStore) -> None:
+        """Learn the series the store added since (other streams', other replicas')."""
+        for series in await store.metric_series(self.last_id):
+            self.keep(series)
+            self.last_id = max(self.last_id, series.series_id)
 
 
 class _Stream:
@@ -153,12 +152,12 @@ class MetricService:
         self._credentials = credentials or Credentials()
         self._max_series = max_series
         self._minute_retention = minute_retention  # seconds; None: per-minute sketches are kept for ever
-        self._registry = _Registry(())
+        self._registry = _Registry()
         self._pushing: set[tuple[str, str]] = set()
 
     async def load(self) -> None:
-        """Read the series the store holds (once, before serving)."""
-        self._registry = _Registry(await self._store.metric_series())
+        """Read the series the store holds (before serving; ListMetricSeries reads those added since)."""
+        await self._registry.refresh(self._store)
 
     # --- ingest ------------------------------------------------------------------------------------
 
@@ -184,7 +183,7 @@ class MetricService:
                             f"message {number} starts at index {request.first_index}, beyond the next the push "
                             f"expects, {stream.next_index}",
                         )
-                    self._take(stream, request)
+                    await self._take(stream, request)
                     number += 1
                     if len(stream.pending) >= FLUSH_ENTRIES or time.monotonic() - stream.flushed_at >= FLUSH_SECONDS:
                         await self._flush(stream)
@@ -222,7 +221,7 @@ class MetricService:
         self._pushing.add((owner, push_id))
         return _Stream(owner, push_id, await self._store.push_position(owner, push_id), errors)
 
-    def _take(self, stream: _Stream, request: pb.CollectMetricsRequest) -> None:
+    async def _take(self, stream: _Stream, request: pb.CollectMetricsRequest) -> None:
         """Count the samples of one message not held yet into the stream's pending sketches."""
         samples = request.metrics
         response = stream.response
@@ -234,17 +233,20 @@ class MetricService:
         else:
             first, skip = stream.next_index, 0
         verdicts = stream.verdicts
+        keys: list[Key] = [
+            (sample.name, tuple([(k, sample.labels[k]) for k in sorted(sample.labels)]) if sample.labels else ())
+            for sample in samples[skip:]
+        ]
+        for key in keys:  # (the series new to the stream, in the order they come: the store names them)
+            if key not in verdicts:
+                verdicts[key] = await self._admit(stream, key)
         isfinite = math.isfinite
         now_minute = int(time.time()) // 60
         values: dict[tuple[int, int], list[float]] = {}  # (series id, minute) -> this message's values
         accepted = overflowed = 0
-        for offset in range(skip, len(samples)):
+        for offset, key in enumerate(keys, start=skip):
             sample = samples[offset]
-            labels = sample.labels
-            key: Key = (sample.name, tuple([(k, labels[k]) for k in sorted(labels)]) if labels else ())
-            target = verdicts.get(key)
-            if target is None:
-                target = verdicts[key] = self._admit(stream, key)
+            target = verdicts[key]
             if isinstance(target, tuple):
                 stream.refuse(first + offset, *target)
                 continue
@@ -275,7 +277,7 @@ class MetricService:
         response.overflowed += overflowed
         stream.next_index = max(stream.next_index, first + len(samples))
 
-    def _admit(self, stream: _Stream, key: Key) -> int | Refusal:
+    async def _admit(self, stream: _Stream, key: Key) -> int | Refusal:
         """The series id the samples of ``key`` go to in this stream (the overflow series' beyond a limit),
         or why they are refused."""
         problem = series_problem(key)
@@ -284,13 +286,20 @@ class MetricService:
         name, labels = key
         text = labels_text(labels)
         registry = self._registry
-        series = registry.by_key.get((stream.owner, name, text))
-        ordinary = len(stream.touched) - bool(stream.overflow_id)
-        if ordinary >= STREAM_SERIES or (series is None and registry.ordinary >= self._max_series):
-            series = registry.get_or_add(stream.owner, "", "{}", overflow=True)
+        series = None
+        if len(stream.touched) - bool(stream.overflow_id) < STREAM_SERIES:  # (ordinary series it touched)
+            series = registry.by_key.get((stream.owner, name, text))
+            if series is None and (
+                added := await self._store.add_metric_series(stream.owner, name, text, False, self._max_series)
+            ):
+                series = registry.keep(added)
+        if series is None:  # over the stream's limit, or the server's
+            series = registry.by_key.get((stream.owner, "", "{}"))
+            if series is None:
+                added = await self._store.add_metric_series(stream.owner, "", "{}", True, self._max_series)
+                assert added is not None  # (an overflow series is never over the limit)
+                series = registry.keep(added)
             stream.overflow_id = series.series_id
-        elif series is None:
-            series = registry.get_or_add(stream.owner, name, text)
         stream.touched.add(series.series_id)
         return series.series_id
 
@@ -315,9 +324,8 @@ class MetricService:
             del minutes
             deltas.append(MetricDelta(series_id, total, encoded))
         push = PushMark(stream.owner, stream.push_id, stream.next_index) if stream.push_id else None
-        series = [self._registry.by_id[delta.series_id] for delta in deltas]
         if deltas or push is not None:
-            await self._store.merge_metrics(series, deltas, _merge_stored, push)
+            await self._store.merge_metrics(deltas, _merge_stored, push)
         stream.flushed_at = time.monotonic()
 
     async def _fail(self, stream: _Stream, context: Context, code: grpc.StatusCode, detail: str) -> None:
@@ -355,6 +363,7 @@ class MetricService:
                 since = kept
                 response.kept_since.seconds = kept * 60
         user = self._credentials.caller(context.invocation_metadata()).user
+        await self._registry.refresh(self._store)  # (series other replicas added)
         wanted = dict(request.labels)
         chosen = sorted(
             (
