@@ -11,6 +11,9 @@ import grpc
 import pytest
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.backends.base import SpaceUnknownError
+from streamcli.backends.redis_log import Commands
+from streamcli.backends.redis_space import RedisSpace
 from streamcli.client.connection import Connection
 from streamcli.client.files import delete_file, list_files
 from tests.support.servers import client, running_server
@@ -33,12 +36,14 @@ async def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 async def held_uploads(
-    conn: Connection, data_dir: pathlib.Path, contents: Sequence[bytes], *, known_size: bool
+    conn: Connection | Sequence[Connection], data_dir: pathlib.Path, contents: Sequence[bytes], *, known_size: bool
 ) -> list[Outcome]:
     """Upload ``contents`` concurrently, each stream held open after its first message and first
     chunk until every upload has either started on the server (its partial file exists) or been
-    refused, so that all of them are in flight together whatever the scheduling.
+    refused, so that all of them are in flight together whatever the scheduling. Several connections
+    (replicas) take the uploads in turn.
     """
+    conns = [conn] if isinstance(conn, Connection) else list(conn)
     go = asyncio.Event()
 
     async def requests(content: bytes) -> AsyncIterator[pb.UploadFileRequest]:
@@ -50,7 +55,7 @@ async def held_uploads(
         digest = hashlib.sha256(content).hexdigest()
         yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=len(content), checksum=digest))
 
-    calls = [conn.stub.UploadFile(requests(content), timeout=60) for content in contents]
+    calls = [conns[n % len(conns)].stub.UploadFile(requests(c), timeout=60) for n, c in enumerate(contents)]
     await wait_for(
         lambda: len(partial_files(data_dir)) + sum(call.done() for call in calls) >= len(calls),
         "every upload to start or be refused",
@@ -164,3 +169,54 @@ async def test_an_expired_upload_gives_its_space_back(tmp_path: pathlib.Path) ->
         await wait_for(lambda: partial_files(data_dir) == [], "the partial upload to expire")
         (stored,) = await held_uploads(conn, data_dir, [later], known_size=True)
         assert isinstance(stored, pb.UploadFileResponse)
+
+
+@pytest.mark.parametrize("known_size", [True, False], ids=["declared-size", "unknown-size"])
+async def test_parallel_uploads_through_two_replicas_cannot_overshoot_the_quota_together(
+    redis_url: str, tmp_path: pathlib.Path, known_size: bool
+) -> None:
+    data_dir = tmp_path / "shared"  # the replicas share the data dir, as they must
+    contents = [bytes([n]) * 190_000 for n in range(8)]
+    async with (
+        running_server(data_dir, quota=QUOTA, backend=redis_url) as a,
+        running_server(data_dir, quota=QUOTA, backend=redis_url) as b,
+        client(a.address) as on_a,
+        client(b.address) as on_b,
+    ):
+        outcomes = await held_uploads([on_a, on_b], data_dir, contents, known_size=known_size)
+        refused = refusals(outcomes)
+        stored = [o for o in outcomes if isinstance(o, pb.UploadFileResponse)]
+        # Each replica alone would have let two through: together they hold the quota once.
+        assert len(stored) == 2 if known_size else len(stored) <= 2
+        assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert all("quota" in r.details() and "reserved" in r.details() for r in refused)
+        assert await stored_bytes(on_b) == 190_000 * len(stored) <= QUOTA
+        assert partial_files(data_dir) == []
+
+        # A file deleted through one replica frees its space for uploads through the other.
+        for response in stored:
+            await delete_file(on_a, response.file_id)
+        again = await held_uploads([on_b, on_b], data_dir, contents[:2], known_size=known_size)
+        assert all(isinstance(o, pb.UploadFileResponse) for o in again), refusals(again)
+
+
+async def test_a_replica_that_stops_renewing_loses_its_reservations(redis_url: str) -> None:
+    commands = Commands.from_url(redis_url)
+    try:
+        dead, alive = RedisSpace(commands, lease_ms=300), RedisSpace(commands)
+        with pytest.raises(SpaceUnknownError):  # nobody measured the directory yet
+            await alive.reserve(1, QUOTA, None)
+        assert await dead.reserve(400_000, QUOTA, 50_000) == (True, 50_000, 400_000)
+        assert await alive.reserve(100_000, QUOTA, None) == (False, 50_000, 400_000)
+        # ``dead`` renews nothing: once its lease has run out its reservation no longer counts.
+        for _ in range(500):
+            taken, used, reserved = await alive.reserve(100_000, QUOTA, None)
+            if taken:
+                break
+            await asyncio.sleep(0.01)
+        assert (taken, used, reserved) == (True, 50_000, 100_000)
+        await alive.adjust(100_000, -100_000)  # written: reserved moves to used
+        assert await alive.reserve(350_000, QUOTA, None) == (True, 150_000, 350_000)
+        assert await alive.reserve(1, QUOTA, None) == (False, 150_000, 350_000)
+    finally:
+        await commands.aclose()

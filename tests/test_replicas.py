@@ -83,11 +83,6 @@ async def test_streams_through_two_replicas_into_one_series_merge_into_its_quant
         assert (listed["only_a"].count, listed["only_b"].count) == (1, 1)
 
 
-async def test_serve_on_redis_refuses_a_quota_at_start(redis_url: str, tmp_path: pathlib.Path) -> None:
-    with pytest.raises(UsageError, match=r"--backend redis does not support --quota yet"):
-        await start_server(ServerConfig(data_dir=tmp_path / "data", address="127.0.0.1:0", backend=redis_url, quota=10))
-
-
 async def test_serve_on_redis_refuses_sync_every_commit(redis_url: str, tmp_path: pathlib.Path) -> None:
     config = ServerConfig(data_dir=tmp_path / "data", address="127.0.0.1:0", backend=redis_url, sync_every_commit=True)
     with pytest.raises(UsageError, match=r"--sync-every-commit is for the embedded store; on Redis, durability is"):

@@ -486,6 +486,31 @@ class BlobStore(Protocol):
         ...
 
 
+class SharedSpace(Protocol):
+    """The bytes under ``serve --quota`` of a data directory several replicas share, counted in their store:
+    those used by stored and partial files, and those each replica's uploads in flight have reserved.
+
+    A replica's reservations hold while it lives: each call renews its lease, and the reservations of a
+    replica whose lease ran out (it died, or lost its store for that long) no longer count.
+    """
+
+    async def reserve(self, size: int, quota: int, measured_used: int | None) -> tuple[bool, int, int]:
+        """Reserve ``size`` bytes for this replica unless used + every live replica's reservations + ``size``
+        would exceed ``quota``; returns (reserved, used, reserved by all). When the store does not know what
+        is used (never told, or lost), it takes ``measured_used``, and raises ``SpaceUnknownError`` without one.
+        """
+        ...
+
+    async def adjust(self, used: int, reserved: int) -> None:
+        """Add ``used`` bytes to what is used and ``reserved`` to this replica's reservations (negative: give
+        back); renews this replica's lease."""
+        ...
+
+
+class SpaceUnknownError(Exception):
+    """The shared count of used bytes is not known: measure the directory and reserve again with it."""
+
+
 @dataclasses.dataclass
 class Backend:
     """One storage backend: the three stores and a way to close them."""
@@ -498,6 +523,9 @@ class Backend:
     metrics: MetricStore
     ready: Callable[[], Awaitable[None]] | None = None  # raises when the store cannot be reached (start-up)
     shared: bool = False  # other processes (replicas) may append to its logs: what a log holds is not all seen here
+    # The quota's counts when replicas share the data dir (None: this process alone writes there, and the
+    # in-memory ledger of services/quota.py decides).
+    space: SharedSpace | None = None
 
     async def close(self) -> None:
         """Release connections and files."""

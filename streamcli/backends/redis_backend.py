@@ -5,9 +5,10 @@ commands and a second pool whose connections are each held by one blocked ``XREA
 ``redis_log.py``). Nothing connects until ``ready`` or the first command; ``ready`` says at start-up
 whether Redis answers.
 
-Metric series and sketches are on Redis too (``redis_metrics.py``). Not on Redis yet (issue 17
-continues): what the services keep per process (chat presence and typing, the one-stream-per-upload and
-one-stream-per-push rules, collaboration cursors and presence, the storage quota's reservations).
+Metric series and sketches are on Redis too (``redis_metrics.py``), and so are the storage quota's counts
+(``redis_space.py``). Not on Redis yet (issue 17 continues): what the services keep per process (chat
+presence and typing, the one-stream-per-upload and one-stream-per-push rules, collaboration cursors and
+presence).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from streamcli.backends.blobs import DirectoryBlobStore
 from streamcli.backends.redis_log import Commands, RedisLog
 from streamcli.backends.redis_metadata import RedisMetadata
 from streamcli.backends.redis_metrics import RedisMetrics
+from streamcli.backends.redis_space import RedisSpace
 from streamcli.errors import UnavailableError, UsageError
 
 #: Seconds an ordinary command may take, connecting included, before it fails.
@@ -101,6 +103,7 @@ def open_redis(url: str, data_dir: pathlib.Path) -> Backend:
         blobs=blobs,
         closer=connections,
         metrics=RedisMetrics(connections.commands),
+        space=RedisSpace(connections.commands),
         ready=connections.ready,
         shared=True,
     )

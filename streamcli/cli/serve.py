@@ -50,8 +50,8 @@ def serve(
         typer.Option(
             envvar="STREAMCLI_BACKEND",
             help="Storage backend: 'embedded' (SQLite + data dir), or redis://HOST:PORT/DB: logs and metadata in "
-            "Redis, shared by every replica on it (file bytes stay in --data-dir, which the replicas share; "
-            "--quota is not supported there yet).",
+            "Redis, shared by every replica on it (file bytes stay in --data-dir, which the replicas share, "
+            "and --quota counts for all of them together).",
         ),
     ] = "embedded",
     sync_every_commit: Annotated[

@@ -112,10 +112,6 @@ class ServerConfig:
                 "--sync-every-commit is for the embedded store; on Redis, durability is Redis's own "
                 "appendonly/appendfsync setting"
             )
-        if self.backend.startswith("redis:") and self.quota:
-            # Uploads reserve quota in the memory of the replica that receives them: two replicas would
-            # each let their uploads fill the shared directory to the quota.
-            raise UsageError("--backend redis does not support --quota yet (its reservations are per replica)")
         if self.max_series < 1:
             raise UsageError("--max-series must be at least 1")
         if self.metric_retention is not None and self.metric_retention < 60:

@@ -88,7 +88,10 @@ class FileService:
         self._meta = backend.metadata
         self._public_address = public_address
         # Without a quota nothing is ever refused, so the disk need not be walked for a starting count.
-        self._space = QuotaLedger(limits.quota, backend.blobs.usage() if limits.quota else 0)
+        if backend.space is not None:  # replicas: the counts are in their store, the disk measured when it asks
+            self._space = QuotaLedger(limits.quota, 0, backend.space, backend.blobs.usage)
+        else:
+            self._space = QuotaLedger(limits.quota, backend.blobs.usage() if limits.quota else 0)
         self._uploads = Uploads(backend, limits, self._space)
 
     # --- upload ---------------------------------------------------------------

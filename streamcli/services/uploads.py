@@ -243,7 +243,7 @@ class Uploads:
             caller.user or "",
         )  # fmt: skip
         # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
-        return await self._opened(upload, 0, self._reserve(max(meta.total_size, 0)), new=True)
+        return await self._opened(upload, 0, await self._reserve(max(meta.total_size, 0)), new=True)
 
     async def _resume(self, resume: pb.UploadResume, caller: Caller) -> UploadSession:
         missing = f"no upload {quoted(resume.upload_id)} to resume (expired?)"
@@ -260,7 +260,7 @@ class Uploads:
             )
         # The committed bytes are already counted as used; only the rest may still arrive. A refused
         # resume keeps its partial file: it can go on once space is freed.
-        return await self._opened(upload, committed, self._reserve(upload.total_size - committed), new=False)
+        return await self._opened(upload, committed, await self._reserve(upload.total_size - committed), new=False)
 
     async def _opened(
         self, upload: UploadRecord, committed: int, reservation: Reservation, *, new: bool
@@ -297,11 +297,11 @@ class Uploads:
             raise
         return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation))
 
-    def _reserve(self, size: int) -> Reservation:
+    async def _reserve(self, size: int) -> Reservation:
         """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
         reservation = self.space.reservation()
         try:
-            reservation.reserve(size)
+            await reservation.reserve(size)
         except QuotaExceeded as exc:
             raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         return reservation
@@ -431,7 +431,7 @@ class UploadSession:
             if limit and end > limit:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(limit))
             try:
-                partial.reservation.reserve(len(data))
+                await partial.reservation.reserve(len(data))
             except QuotaExceeded as exc:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         await partial.write(data)
