@@ -449,13 +449,13 @@ def log_file(path: pathlib.Path) -> Any:
 
 @contextlib.asynccontextmanager
 async def fleet(
-    address: str, clients: int, procs: int, rooms: int, prefix: str, logs: pathlib.Path
+    address: str, clients: int, procs: int, rooms: int, prefix: str, logs: pathlib.Path, first: int = 0
 ) -> AsyncIterator[list[Worker]]:
-    """``procs`` client processes with ``clients`` members between them (user ids ``prefix`` + n, rooms
-    ``prefix`` + "room" + n % ``rooms``), logging to ``logs``-clients-N.log; killed when the block ends."""
+    """``procs`` client processes with ``clients`` members between them (user ids ``prefix`` + n for n from
+    ``first``, rooms ``prefix`` + "room" + n % ``rooms``), logging to ``logs``-clients-N.log; killed when the
+    block ends. Two fleets with one prefix, the second's ``first`` after the first's members, share rooms."""
     workers: list[Worker] = []
     try:
-        first = 0
         for index in range(procs):
             count = clients // procs + (index < clients % procs)
             log_path = logs.with_name(f"{logs.name}-clients-{index}.log")

@@ -117,6 +117,27 @@ _URL_PORTS: Final = {"http": 80, "https": 443}
 _GRPC_TARGETS: Final = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
 
 
+def client_addresses(address: str) -> list[str]:
+    """The addresses of a client's ``--address``: one, or several separated by commas (``A,B``, as
+    etcdctl's ``--endpoints`` and Kafka's ``--bootstrap-server`` take them), each as written.
+
+    gRPC's own targets are one address as written, commas and all (``ipv4:10.0.0.1:1,10.0.0.2:1`` is
+    gRPC's own list, which gRPC tries in order).
+
+    Raises:
+        UsageError: an empty entry in a list (``A,,B``, ``A,``).
+    """
+    from streamcli.errors import UsageError
+
+    text = address.strip()
+    if "," not in text or text.startswith(_GRPC_TARGETS):
+        return [address]
+    entries = [entry.strip() for entry in text.split(",")]
+    if not all(entries):
+        raise UsageError(f"--address {text}: an empty address in the list; write HOST:PORT,HOST:PORT")
+    return entries
+
+
 def client_target(address: str) -> tuple[str, bool | None]:
     """The gRPC target of a client's ``--address`` and whether its scheme asks for TLS.
 

@@ -15,9 +15,10 @@ from streamcli.cli.argv import global_options_first
 from streamcli.cli.environment import Environment
 from streamcli.cli.main import main
 from streamcli.errors import ExitStatus
-from streamcli.transport import client_target
+from streamcli.transport import client_addresses, client_target
 from tests.support.certs import make_pki
 from tests.support.inprocess import cli
+from tests.support.servers import free_port
 from tests.support.threaded import threaded_server
 
 
@@ -196,6 +197,58 @@ def test_bad_addresses_are_usage_errors(address: str, message: str) -> None:
     assert len(result.error_lines) == 1 and message in result.err, result.err
 
 
+@pytest.mark.parametrize(
+    ("address", "addresses"),
+    [
+        ("127.0.0.1:1", ["127.0.0.1:1"]),
+        ("a:1,b:2", ["a:1", "b:2"]),
+        (" a:1 , https://b ,[::1]:3", ["a:1", "https://b", "[::1]:3"]),
+        ("ipv4:10.0.0.1:1,10.0.0.2:1", ["ipv4:10.0.0.1:1,10.0.0.2:1"]),  # gRPC's own list, as written
+    ],
+)
+def test_several_addresses_are_separated_by_commas(address: str, addresses: list[str]) -> None:
+    assert client_addresses(address) == addresses
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("127.0.0.1:1,,127.0.0.1:2", "an empty address in the list; write HOST:PORT,HOST:PORT"),
+        ("127.0.0.1:1,", "an empty address in the list"),
+        ("127.0.0.1:1,ftp://b:2", "--address ftp://b:2: unknown scheme ftp://"),
+        ("127.0.0.1:1,host:http", "--address host:http: the port must be a number of 1-65535"),
+    ],
+)
+def test_a_bad_address_in_a_list_is_a_usage_error(address: str, message: str) -> None:
+    result = cli(address, "health")
+    assert result.code == ExitStatus.USAGE
+    assert len(result.error_lines) == 1 and message in result.err, result.err
+
+
+def test_of_several_addresses_the_client_uses_the_first_that_answers(tmp_path: pathlib.Path) -> None:
+    dead, also_dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    with threaded_server(tmp_path / "data") as address:
+        checked = cli(f"{dead},{address}", "--json", "health")
+        listed = cli(f"{dead}, {address}", "files", "ls")
+    none_answers = cli(f"{dead},{also_dead}", "--json", "health", "--timeout", "3")
+    assert checked.code == 0, checked.err
+    assert json.loads(checked.out) == {"address": address, "service": "", "status": "SERVING"}
+    assert (listed.code, listed.err) == (0, "")
+    # None answers: the first is used, and the failure names it, as for a lone server.
+    assert none_answers.code == ExitStatus.UNAVAILABLE
+    assert json.loads(none_answers.out)["address"] == dead
+    assert f"cannot reach the server at {dead}" in none_answers.err
+
+
+def test_serve_refuses_a_global_address_naming_several_servers(tmp_path: pathlib.Path) -> None:
+    result = cli("127.0.0.1:1,127.0.0.1:2", "serve", "--data-dir", str(tmp_path / "data"))
+    assert result.code == ExitStatus.USAGE
+    assert result.err == (
+        "streamcli: error: the global --address (or STREAMCLI_ADDRESS) 127.0.0.1:1,127.0.0.1:2 names several "
+        "servers, and serve listens on one: give serve --address HOST:PORT\n"
+    )
+
+
 def test_an_address_without_a_port_or_with_a_scheme_reaches_the_server(tmp_path: pathlib.Path) -> None:
     with threaded_server(tmp_path / "data") as address:
         port = address.rpartition(":")[2]
@@ -234,6 +287,8 @@ def test_tls_and_plaintext_mismatches_say_so(tmp_path: pathlib.Path) -> None:
         address = address.replace("127.0.0.1", "localhost")
         no_client_cert = cli(address, "--ca-cert", str(ca.cert), "files", "ls")
         plaintext_at_mtls = cli(address, "files", "ls")
+        # Of several addresses none answers a plaintext client: the first is used, and diagnosed.
+        plaintext_at_several = cli(f"{address},127.0.0.1:{free_port()}", "files", "ls")
     with threaded_server(tmp_path / "plain") as address:
         tls_at_plaintext = cli(address, "--ca-cert", str(ca.cert), "health", "--timeout", "3")
     assert plaintext.code == ExitStatus.USAGE
@@ -246,7 +301,9 @@ def test_tls_and_plaintext_mismatches_say_so(tmp_path: pathlib.Path) -> None:
     assert "TLS/plaintext mismatch" in plaintext_at_mtls.err and "--client-cert" in plaintext_at_mtls.err
     assert tls_at_plaintext.code == ExitStatus.USAGE
     assert "does not use TLS (it answered in plaintext)" in tls_at_plaintext.err
-    for run in (plaintext, no_client_cert, plaintext_at_mtls, tls_at_plaintext):
+    assert plaintext_at_several.code == ExitStatus.USAGE
+    assert "TLS/plaintext mismatch" in plaintext_at_several.err and "--client-cert" in plaintext_at_several.err
+    for run in (plaintext, no_client_cert, plaintext_at_mtls, tls_at_plaintext, plaintext_at_several):
         assert len(run.error_lines) == 1, run.err
 
 

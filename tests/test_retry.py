@@ -32,7 +32,7 @@ async def test_out_of_retries_the_error_says_how_many_and_how_to_go_on() -> None
     told: list[str] = []
     policy = RetryPolicy(retries=2, initial_delay=0.001, max_delay=0.001, notice=told.append)
     attempts = Attempts(
-        policy, "upload of a", hint="run the same command again", settings=ConnectionSettings(address="127.0.0.1:9")
+        policy, "upload of a", hint="run the same command again", connection=ConnectionSettings(address="127.0.0.1:9")
     )
     await attempts.failed(failure())
     await attempts.failed(failure())

@@ -104,7 +104,10 @@ def root(
             "--address",
             "-a",
             envvar="STREAMCLI_ADDRESS",
-            help="Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS).",
+            help=(
+                "Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS); "
+                "several, comma-separated (A,B), for replicas: the first that answers, the next when it goes away."
+            ),
         ),
     ] = DEFAULT_ADDRESS,
     token: Annotated[

@@ -37,14 +37,14 @@ def health(
     env = get_env(ctx)
     report = env.run(lambda conn: check_health(conn, service, timeout))
     if env.json:
-        line = {"address": env.connection.address, "service": service, "status": report.status}
+        line = {"address": report.address, "service": service, "status": report.status}
         env.emit_json(line if report.error is None else {**line, "error": str(report.error)})
     elif report.error is None:
         env.stdout.write(report.status + "\n")
     if report.error is not None:
         raise report.error
     if report.status != "SERVING":
-        raise UnavailableError(f"{service or 'the server'} at {env.connection.address} is {report.status}")
+        raise UnavailableError(f"{service or 'the server'} at {report.address} is {report.status}")
 
 
 def register(app: typer.Typer) -> None:

@@ -242,6 +242,11 @@ def serve(
     from streamcli.services.chat import ChatSettings
     from streamcli.services.logs import Retention
 
+    if address is None and "," in env.connection.address:
+        raise UsageError(
+            f"the global --address (or STREAMCLI_ADDRESS) {env.connection.address} names several servers, "
+            "and serve listens on one: give serve --address HOST:PORT"
+        )
     named_tokens = {}
     for item in user_tokens or []:
         name, separator, secret = item.partition("=")

@@ -280,7 +280,7 @@ class BatchIngest:
             self._options.retry,
             f"ingest of {self._source}",
             hint="run the same command again to resume the batch",
-            settings=self._conn.settings,
+            connection=self._conn,
             announce=self._options.notice,
         )
         try:
@@ -290,7 +290,7 @@ class BatchIngest:
             self._say(everything=True)
 
     async def _run(self, attempts: Attempts) -> IngestResult:
-        with rpc_errors(self._conn.settings):
+        with rpc_errors(self._conn):
             reply = await self._call(self._query())
             self._acknowledge(reply)
             self._earlier = {e.index: e.reason for e in reply.errors}

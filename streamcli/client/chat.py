@@ -226,12 +226,12 @@ class ChatClient:
             self.retry,
             f"chat in {self.room}",
             also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}),
-            settings=self.conn.settings,
+            connection=self.conn,
         )
         self.handlers.state(ChatState.CONNECTING, self.conn.settings.address)
         sender = asyncio.create_task(self._deliver_all())
         try:
-            with rpc_errors(self.conn.settings):
+            with rpc_errors(self.conn):
                 while True:
                     try:
                         if await self._one_stream():

@@ -333,7 +333,7 @@ class ChatSession:
         if self.conn.channel.get_state() == grpc.ChannelConnectivity.READY:
             return
         previous, self._reconnected = self._reconnected, contextlib.AsyncExitStack()
-        self.conn = await self._reconnected.enter_async_context(connect(self.conn.settings))
+        self.conn = await self._reconnected.enter_async_context(connect(self.conn.requested))
         await previous.aclose()  # no client uses it any more (the room was left first)
 
     def _on_message(self, message: ChatMessage) -> None:

@@ -76,7 +76,7 @@ async def list_documents(conn: Connection) -> list[DocumentEntry]:
     """Every shared document, by id (paging through the server's pages)."""
     entries: list[DocumentEntry] = []
     after = ""
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         while True:
             request = pb.ListDocumentsRequest(page_size=PAGE, after_document_id=after)
             page = await conn.stub.ListDocuments(request, metadata=conn.metadata)
@@ -246,10 +246,8 @@ class DocumentSession:
                     return  # the stream is gone: the follower rejoins and re-sends
 
     async def _follow(self) -> None:
-        attempts = Attempts(
-            self.retry, f"document {self.document_id}", announce=self.announce, settings=self.conn.settings
-        )
-        with rpc_errors(self.conn.settings):
+        attempts = Attempts(self.retry, f"document {self.document_id}", announce=self.announce, connection=self.conn)
+        with rpc_errors(self.conn):
             while True:
                 try:
                     await self._one_stream()

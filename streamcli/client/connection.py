@@ -11,6 +11,7 @@ item; ``connect`` applies it to whatever leaves the connection untranslated).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -27,12 +28,104 @@ from streamcli.tls import check_pair, read_certificates, read_pem
 
 @dataclasses.dataclass
 class Connection:
-    """An open channel, its stub and the metadata every call carries."""
+    """An open channel, its stub and the metadata every call carries.
+
+    Given several addresses (``--address A,B``), the channel is to one of them at a time: ``fail_over``
+    moves it to the next (``Replicas``), and every call made after reads the new ``channel`` and
+    ``stub``. ``settings`` are those of the address in use (its gRPC target, its TLS).
+    """
 
     settings: ConnectionSettings
     channel: grpc.aio.Channel
     stub: pb_grpc.StreamingServiceStub
     metadata: tuple[tuple[str, str], ...]
+    replicas: Replicas | None = None  # the addresses to move on to: None with one address
+
+    @property
+    def requested(self) -> ConnectionSettings:
+        """The settings this connection was opened with (every address), to open another like it."""
+        return self.replicas.requested if self.replicas is not None else self.settings
+
+    @property
+    def address(self) -> str:
+        """The address in use, as the user wrote it."""
+        return self.replicas.written(self.channel) if self.replicas is not None else self.settings.address
+
+    def fail_over(self, channel: grpc.aio.Channel) -> None:
+        """An attempt on ``channel`` lost its server: move on to the next address, if there is another
+        and no other attempt has moved on already (parallel transfers share a connection)."""
+        if self.replicas is None or channel is not self.channel:
+            return
+        self.settings, self.channel = self.replicas.after(channel)
+        self.stub = pb_grpc.StreamingServiceStub(self.channel)
+
+
+#: The longest ``connect`` waits for one of several addresses to answer before it tries the next (seconds).
+ANSWER_TIMEOUT = 5.0
+
+
+class Replicas:
+    """The addresses of a client given several, each with its settings and (once used) its channel.
+
+    Channels are kept open until the connection closes: another attempt may still be reading one, and a
+    replica tried again later reconnects on its own channel as a lone server's clients do.
+    """
+
+    def __init__(self, requested: ConnectionSettings, addresses: list[tuple[str, ConnectionSettings]]) -> None:
+        self.requested = requested
+        self._addresses = addresses  # (as written, settings of its gRPC target)
+        self._channels: dict[int, grpc.aio.Channel] = {}
+
+    def __len__(self) -> int:
+        return len(self._addresses)
+
+    def channel(self, index: int) -> tuple[ConnectionSettings, grpc.aio.Channel]:
+        """Address ``index``'s settings and channel (opened the first time)."""
+        settings = self._addresses[index][1]
+        if index not in self._channels:
+            self._channels[index] = _open_channel(settings)
+        return settings, self._channels[index]
+
+    def after(self, channel: grpc.aio.Channel) -> tuple[ConnectionSettings, grpc.aio.Channel]:
+        """The address after that of ``channel``, in the order given, the first after the last."""
+        return self.channel((self._index(channel) + 1) % len(self._addresses))
+
+    def written(self, channel: grpc.aio.Channel) -> str:
+        """The address of ``channel`` as the user wrote it."""
+        return self._addresses[self._index(channel)][0]
+
+    def _index(self, channel: grpc.aio.Channel) -> int:
+        return next(index for index, open_ in self._channels.items() if open_ is channel)
+
+    async def first_answering(self) -> tuple[ConnectionSettings, grpc.aio.Channel]:
+        """The first address, in the order given, whose server answers (its channel becomes ready), or the
+        first of all when none does: calls on it then fail as calls to a lone server do, saying why."""
+        for index in range(len(self._addresses)):
+            settings, channel = self.channel(index)
+            if await _answers(channel, ANSWER_TIMEOUT):
+                return settings, channel
+        return self.channel(0)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+async def _answers(channel: grpc.aio.Channel, timeout: float) -> bool:
+    """Whether ``channel`` connects within ``timeout`` seconds; False as soon as a connection attempt fails
+    (refused, a failed handshake), without waiting for gRPC's next attempt."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            return False
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), deadline - loop.time())
+        except TimeoutError:
+            return False
+        state = channel.get_state(try_to_connect=True)
+    return True
 
 
 def _credentials(settings: ConnectionSettings) -> grpc.ChannelCredentials:
@@ -44,44 +137,65 @@ def _credentials(settings: ConnectionSettings) -> grpc.ChannelCredentials:
     )
 
 
+def _target_settings(settings: ConnectionSettings, address: str) -> ConnectionSettings:
+    """``settings`` for one address: its gRPC target (``HOST`` gets the default port, ``https://`` TLS:
+    ``transport.client_target``)."""
+    target, scheme_tls = transport.client_target(address)
+    if scheme_tls is False and settings.uses_tls:
+        raise UsageError(
+            f"--address {address.strip()} says plaintext (http://) but --tls, --ca-cert or "
+            "--client-cert asks for TLS: write https:// or drop the TLS options"
+        )
+    return dataclasses.replace(settings, address=target, tls=settings.uses_tls or bool(scheme_tls))
+
+
+def _open_channel(settings: ConnectionSettings) -> grpc.aio.Channel:
+    options = transport.client_options()
+    if settings.uses_tls:
+        return grpc.aio.secure_channel(settings.address, _credentials(settings), options=options)
+    return grpc.aio.insecure_channel(settings.address, options=options)
+
+
 @contextlib.asynccontextmanager
 async def connect(settings: ConnectionSettings) -> AsyncIterator[Connection]:
     """Open a channel for the duration of the ``async with`` block.
 
     The connection's settings name the gRPC target ``--address`` stands for (``HOST`` gets the
-    default port, ``https://`` TLS: ``transport.client_target``).
+    default port, ``https://`` TLS: ``transport.client_target``). Given several addresses, it is to the
+    first whose server answers, and it can move on to the others (``Connection.fail_over``).
     """
-    target, scheme_tls = transport.client_target(settings.address)
-    if scheme_tls is False and settings.uses_tls:
-        raise UsageError(
-            f"--address {settings.address.strip()} says plaintext (http://) but --tls, --ca-cert or "
-            "--client-cert asks for TLS: write https:// or drop the TLS options"
-        )
-    settings = dataclasses.replace(settings, address=target, tls=settings.uses_tls or bool(scheme_tls))
-    options = transport.client_options()
-    if settings.uses_tls:
-        channel = grpc.aio.secure_channel(settings.address, _credentials(settings), options=options)
-    else:
-        channel = grpc.aio.insecure_channel(settings.address, options=options)
+    addresses = transport.client_addresses(settings.address)
     metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+    replicas: Replicas | None = None
+    if len(addresses) == 1:
+        target_settings = _target_settings(settings, addresses[0])
+        channel = _open_channel(target_settings)
+        close = channel.close
+    else:
+        replicas = Replicas(settings, [(address, _target_settings(settings, address)) for address in addresses])
+        close = replicas.close
+        target_settings, channel = await replicas.first_answering()
+    connection = Connection(target_settings, channel, pb_grpc.StreamingServiceStub(channel), metadata, replicas)
     try:
         # The last of the translations: a failure no client function translated itself leaves as a StreamcliError.
-        with rpc_errors(settings):
-            yield Connection(settings, channel, pb_grpc.StreamingServiceStub(channel), metadata)
+        with rpc_errors(connection):
+            yield connection
     finally:
-        await channel.close()
+        await close()
 
 
 @contextlib.contextmanager
-def rpc_errors(settings: ConnectionSettings) -> Iterator[None]:
+def rpc_errors(connection: Connection | ConnectionSettings) -> Iterator[None]:
     """Translate ``grpc.aio.AioRpcError`` raised inside the block into ``StreamcliError``.
 
-    ``settings`` are the connection's (``Connection.settings``): a connection that failed while being
-    set up because of its TLS settings is a configuration error saying what to change (``handshake``).
+    ``connection`` is the connection (its address in use when the failure leaves the block: one given
+    several may have moved on), or its settings (``Connection.settings``): a connection that failed while
+    being set up because of its TLS settings is a configuration error saying what to change (``handshake``).
     """
     try:
         yield
     except grpc.aio.AioRpcError as exc:
+        settings = connection.settings if isinstance(connection, Connection) else connection
         details = exc.details() or ""
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
             from streamcli.client.handshake import diagnose

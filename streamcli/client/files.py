@@ -58,7 +58,7 @@ async def list_files(conn: Connection, limit: int) -> list[FileEntry]:
     """Stored files, newest first, at most ``limit`` (paging through the server's pages)."""
     files: list[FileEntry] = []
     token = ""
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         while len(files) < limit:
             page = await conn.stub.ListFiles(
                 pb.ListFilesRequest(page_size=min(1000, limit - len(files)), page_token=token),
@@ -75,14 +75,14 @@ async def list_files(conn: Connection, limit: int) -> list[FileEntry]:
 async def get_file_info(conn: Connection, file_id: str) -> FileEntry:
     """One file's metadata; ``file_id`` may be the start of the id (``resolve_id``)."""
     file_id = await resolve_id(conn, IdKind.FILE, file_id)
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata, timeout=30)
     return FileEntry.from_message(reply.file)
 
 
 async def delete_file(conn: Connection, file_id: str) -> int:
     """Delete a file, named by its whole id; returns the bytes freed."""
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         reply = await conn.stub.DeleteFile(pb.DeleteFileRequest(file_id=file_id), metadata=conn.metadata, timeout=30)
     return int(reply.bytes_freed)
 

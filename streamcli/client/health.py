@@ -17,9 +17,11 @@ UNREACHABLE = "UNREACHABLE"
 @dataclasses.dataclass(frozen=True)
 class HealthReport:
     """What a health check found: ``status`` is SERVING, NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN or UNREACHABLE;
-    ``error`` says why the server did not answer (UNREACHABLE only)."""
+    ``error`` says why the server did not answer (UNREACHABLE only); ``address`` is the server's, as
+    written (of several, the one checked: the first that answered)."""
 
     status: str
+    address: str
     error: StreamcliError | None = None
 
 
@@ -34,17 +36,17 @@ async def check_health(conn: Connection, service: str = "", timeout: float = 5.0
     except grpc.aio.AioRpcError as exc:
         # The health protocol answers NOT_FOUND for a service it does not know.
         if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return HealthReport("SERVICE_UNKNOWN")
+            return HealthReport("SERVICE_UNKNOWN", conn.address)
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return HealthReport(UNREACHABLE, _translated(exc, conn))
+            return HealthReport(UNREACHABLE, conn.address, _translated(exc, conn))
         raise  # translated where the connection closes
-    return HealthReport(str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)))
+    return HealthReport(str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)), conn.address)
 
 
 def _translated(exc: grpc.aio.AioRpcError, conn: Connection) -> StreamcliError:
     """``exc`` as the one translation of gRPC failures (``rpc_errors``) makes it."""
     try:
-        with rpc_errors(conn.settings):
+        with rpc_errors(conn):
             raise exc
     except StreamcliError as error:
         return error

@@ -54,7 +54,7 @@ async def resolve_id(conn: Connection, kind: IdKind, text: str) -> str:
     if is_whole_id(kind, text):
         return text
     request = pb.ResolveIdsRequest(kind=kind.value, prefix=text, limit=CANDIDATES)
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         try:
             reply = await conn.stub.ResolveIds(request, metadata=conn.metadata, timeout=30)
         except grpc.aio.AioRpcError as exc:

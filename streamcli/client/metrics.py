@@ -219,10 +219,10 @@ class MetricPush:
             self._options.retry,
             f"push of {self._source}",
             hint="run the same command again to resume the push",
-            settings=self._conn.settings,
+            connection=self._conn,
             announce=self._options.notice,
         )
-        with rpc_errors(self._conn.settings):
+        with rpc_errors(self._conn):
             self.held = (await self._query()).next_index
             while True:
                 try:

@@ -73,7 +73,7 @@ async def send_notification(
     request = pb.SendNotificationRequest(
         recipient=recipient, topic=topic, title=title, body=body, severity=severity, attributes=attributes or {}
     )
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         response = await conn.stub.SendNotification(request, metadata=conn.metadata, timeout=30)
     return Notification.from_message(response.notification)
 

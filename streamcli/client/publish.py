@@ -143,14 +143,14 @@ class IdempotentPublisher:
             The source's error, with what was published added when it is a StreamcliError; the
             mapped gRPC error once retries are exhausted or when it is not worth retrying.
         """
-        with rpc_errors(self._conn.settings):
+        with rpc_errors(self._conn):
             first = await self._ask()  # a failure to reach the server is reported at once
         if not first.HasField("last_sequence"):  # a server that does not deduplicate: one stream, no retries
             return await publish_once(self._conn, self._batches)
         self.progress.idempotent = True
         source = _Source(self._batches)
         try:
-            with rpc_errors(self._conn.settings):
+            with rpc_errors(self._conn):
                 await self._publish(source)
         finally:
             source.close()
@@ -167,7 +167,7 @@ class IdempotentPublisher:
 
     async def _publish(self, source: _Source) -> None:
         notice = self._options.notice
-        attempts = Attempts(self._options.retry, "publish", settings=self._conn.settings, announce=notice)
+        attempts = Attempts(self._options.retry, "publish", connection=self._conn, announce=notice)
         while True:
             try:
                 response = await self._stream(source)
@@ -292,7 +292,7 @@ async def publish_once(conn: Connection, batches: AsyncIterable[Sequence[pb.User
         except StreamcliError as exc:
             failure.append(exc)
 
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         call = conn.stub.PublishEvents(requests(), metadata=conn.metadata)
         first_status = FirstStatus(call)  # a refusal midway must reach the user as the server said it
         try:

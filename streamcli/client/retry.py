@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import grpc
 
+from streamcli.client.connection import Connection
 from streamcli.client.settings import RECONNECT_RETRIES, ConnectionSettings
 from streamcli.errors import error_for_status
 
@@ -25,6 +26,10 @@ RETRYABLE = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
+
+#: Failures that say the server (or the way to it) went away, not that it refused this attempt: a client
+#: given several addresses tries the next one (``Connection.fail_over``).
+LOST_SERVER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +53,7 @@ class Attempts:
 
     Every loop in client/ that reconnects (transfers, tails, chat, publish) has this shape::
 
-        attempts = Attempts(policy, "upload of x", hint="run the same command again to resume", settings=...)
+        attempts = Attempts(policy, "upload of x", hint="run the same command again to resume", connection=conn)
         while True:
             try:
                 ...                        # one attempt
@@ -56,7 +61,8 @@ class Attempts:
             except grpc.aio.AioRpcError as exc:
                 await attempts.failed(exc, progressed=...)  # sleeps, or raises
 
-    and what it says, when it starts over and when it gives up is decided here.
+    and what it says, when it starts over and when it gives up is decided here, and also where the next
+    attempt goes: a connection given several addresses moves on to the next after it lost its server.
     """
 
     def __init__(
@@ -66,7 +72,7 @@ class Attempts:
         *,
         also: frozenset[grpc.StatusCode] = frozenset(),
         hint: str | None = None,
-        settings: ConnectionSettings | None = None,
+        connection: Connection | ConnectionSettings | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> None:
         """
@@ -76,15 +82,17 @@ class Attempts:
             also: codes retried for this operation on top of ``RETRYABLE`` (races of its own).
             hint: when the retries run out, the error says this (how to go on) after "gave up after N
                 retries"; without one, the last failure is raised as it is.
-            settings: the connection's (``Connection.settings``): the server's address, named by that
-                error, and the TLS options a first failure is checked against (``handshake.diagnose``).
+            connection: the connection the attempts use (or its ``settings``, for one that cannot move):
+                the server's address, named by that error, the TLS options a first failure is checked
+                against (``handshake.diagnose``), and, given several addresses, the next to try.
             announce: told one line when an outage begins ("lost the stream ...; reconnecting").
         """
         self._policy = policy
         self._what = what
         self._retryable = RETRYABLE | also
         self._hint = hint
-        self._settings = settings
+        self._connection = connection
+        self._channel = connection.channel if isinstance(connection, Connection) else None  # the attempt's
         self._announce = announce
         self.failures = 0  # consecutive failed attempts since the last that worked or moved data
 
@@ -112,6 +120,7 @@ class Attempts:
             detail = f"{exc.details() or exc.code().name.lower()}; gave up after {self.failures} retries; {self._hint}"
             address = self._settings.address if self._settings is not None else ""
             raise error_for_status(exc.code(), detail, address=address) from exc
+        moved_to = self._fail_over(exc)
         if not self.failures and self._announce is not None:
             self._announce(
                 f"lost the stream ({exc.code().name}: {exc.details()}); reconnecting, "
@@ -125,9 +134,26 @@ class Attempts:
         if self._policy.notice is not None:
             reason = f"{exc.code().name}: {exc.details()}" if exc.details() else exc.code().name
             self._policy.notice(
-                f"{self._what}: {reason}; retry {self.failures} of {self._policy.retries} in {delay:.1f} s"
+                f"{self._what}: {reason}; retry {self.failures} of {self._policy.retries} in {delay:.1f} s{moved_to}"
             )
         await asyncio.sleep(delay)
+        if isinstance(self._connection, Connection):
+            self._channel = self._connection.channel  # the next attempt's
+
+    @property
+    def _settings(self) -> ConnectionSettings | None:
+        """The settings of the address in use."""
+        return self._connection.settings if isinstance(self._connection, Connection) else self._connection
+
+    def _fail_over(self, exc: grpc.aio.AioRpcError) -> str:
+        """Move a connection given several addresses on to the next when ``exc`` says its server went away;
+        what the retry notice adds (", through ADDRESS"), or "" when it stays."""
+        connection = self._connection
+        if not isinstance(connection, Connection) or connection.replicas is None or exc.code() not in LOST_SERVER:
+            return ""
+        assert self._channel is not None
+        connection.fail_over(self._channel)
+        return f", through {connection.address}"
 
     async def _refuse_mismatch(self, exc: grpc.aio.AioRpcError) -> None:
         """Raise the configuration error behind ``exc`` if it is a TLS/plaintext mismatch (or a missing client

@@ -80,12 +80,12 @@ async def tail_log(
         records_of: the records of one response (empty for a heartbeat).
         options: follow, max records, idle timeout, retries.
     """
-    attempts = Attempts(options.retry, "tail", settings=conn.settings, announce=options.notice)
+    attempts = Attempts(options.retry, "tail", connection=conn, announce=options.notice)
     resume_after: int | None = None
     connected = False  # until the server first answers, a failure is reported, not retried
     seen = 0
     idle = _IdleWatch(options.idle_timeout)
-    with rpc_errors(conn.settings), idle:
+    with rpc_errors(conn), idle:
         while not idle.expired:  # (it may run out during a reconnect's backoff)
             call = open_stream(resume_after)
             idle.watch(call)
@@ -100,7 +100,8 @@ async def tail_log(
                     if response is grpc.aio.EOF:
                         return  # history replayed (--no-follow)
                     if attempts.recovered() and options.notice:
-                        options.notice(f"reconnected; resuming after id {resume_after}")
+                        to = f" to {conn.address}" if conn.replicas is not None else ""  # of several, which
+                        options.notice(f"reconnected{to}; resuming after id {resume_after}")
                     connected = True
                     records = records_of(response)
                     if records:

@@ -127,11 +127,11 @@ async def upload_path(
     metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
     attempts = Attempts(
         retry, f"upload of {name}", also=_UPLOAD_RACES,
-        hint="run the same command again to resume the upload", settings=conn.settings,
+        hint="run the same command again to resume the upload", connection=conn,
     )  # fmt: skip
     resumed_from = 0
     changed: list[str] = []  # what _file_requests found changed in the file, when it did
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         sent = [0]  # bytes the current attempt handed to the stream
 
         def advance(n: int) -> None:
@@ -306,7 +306,7 @@ async def upload_stream(
         yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=size, checksum=hasher.hexdigest()))
 
     progress.start(key, name, None)
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         call = conn.stub.UploadFile(requests(), metadata=conn.metadata)
         first_status = FirstStatus(call)
         try:
@@ -387,7 +387,7 @@ async def download_file(
         info, file_id = file, file.file_id
     else:
         file_id = await resolve_id(conn, IdKind.FILE, file)
-        with rpc_errors(conn.settings):
+        with rpc_errors(conn):
             reply = await conn.stub.GetFileInfo(pb.GetFileInfoRequest(file_id=file_id), metadata=conn.metadata)
         info = FileEntry.from_message(reply.file)
     if stdout is not None:
@@ -653,9 +653,9 @@ async def _download(
     hint = "run the same command again to resume from the .part file"
     if shown_path == "-":
         hint = "standard output cannot resume: run it again, or download to a file"
-    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, settings=conn.settings)
+    attempts = Attempts(retry, f"download of {info.filename}", hint=hint, connection=conn)
     progress.start(info.file_id, info.filename, info.size, offset)
-    with rpc_errors(conn.settings):
+    with rpc_errors(conn):
         async with _BackgroundWriter(sink, hasher) as writer:
             while True:  # one pass per attempt; retries continue from `offset`
                 attempt_start = offset
