@@ -5,9 +5,13 @@ commands and a second pool whose connections are each held by one blocked ``XREA
 ``redis_log.py``). Nothing connects until ``ready`` or the first command; ``ready`` says at start-up
 whether Redis answers.
 
+What the services keep that is ephemeral but must be the same on every replica is on Redis too
+(``redis_ephemeral.py``): presence as leases (chat room members and the one-session-per-user rule,
+collaboration editors, the one stream writing an upload) and signals by pub/sub, never stored (TYPING,
+collaboration cursors and presence), on one subscriber connection per replica taken from the waits' pool.
+
 Not on Redis yet (issue 17 continues): metric series and sketches (the metric RPCs answer UNIMPLEMENTED
-saying so), and what the services keep per process (chat presence and typing, the one-stream-per-upload
-rule, collaboration cursors and presence, the storage quota's reservations).
+saying so) and the storage quota's reservations.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import redis.exceptions
 
 from streamcli.backends.base import Backend, StoreUnavailableError
 from streamcli.backends.blobs import DirectoryBlobStore
+from streamcli.backends.redis_ephemeral import RedisPresence, RedisSignals
 from streamcli.backends.redis_log import Commands, RedisLog
 from streamcli.backends.redis_metadata import RedisMetadata
 from streamcli.errors import UnavailableError, UsageError
@@ -63,7 +68,8 @@ class RedisConnections:
     def __init__(self, url: str) -> None:
         self.url = url
         self.commands = Commands.from_url(url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT)
-        # No socket timeout: a blocked XREAD is silent for as long as it blocks (RedisLog sets each read's).
+        # No socket timeout: a blocked XREAD is silent for as long as it blocks (RedisLog sets each read's),
+        # and so is the connection that receives signals (RedisSignals).
         self.waits = aioredis.ConnectionPool.from_url(url, socket_connect_timeout=COMMAND_TIMEOUT)
 
     async def ready(self) -> None:
@@ -102,4 +108,6 @@ def open_redis(url: str, data_dir: pathlib.Path) -> Backend:
         metrics=None,
         ready=connections.ready,
         shared=True,
+        presence=RedisPresence(connections.commands),
+        signals=RedisSignals(connections.commands, connections.waits),
     )
