@@ -16,12 +16,42 @@ import grpc
 import pytest
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
+from streamcli.client.connection import Connection
 from streamcli.errors import ExitStatus, UsageError
 from streamcli.server.app import ServerConfig, start_server
+from tests.support.chat import RawChat
 from tests.support.inprocess import Background, Run, acli, cli
-from tests.support.redis import redis_server
+from tests.support.redis import RedisServer, redis_server
 from tests.support.servers import client, running_server, serve_process
 from tests.test_collab import joined, text_of
+
+TYPING = pb.CHAT_MESSAGE_TYPE_TYPING
+
+
+def subscribers(redis: RedisServer, channel: str) -> int:
+    """How many replicas subscribe to a signal channel in Redis."""
+    reply = redis.command("PUBSUB", "NUMSUB", f"streamcli:signal:{channel}")
+    return int(reply.rsplit(b":", 1)[1])
+
+
+async def until_subscribed(redis: RedisServer, channel: str, count: int) -> None:
+    for _ in range(300):
+        if subscribers(redis, channel) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{channel} never had {count} subscribing replicas")
+
+
+async def members(conn: Connection, room: str) -> list[str]:
+    reply = await conn.stub.ListRoomMembers(pb.ListRoomMembersRequest(room_id=room))
+    return list(reply.presence.users)
+
+
+async def who(chat: RawChat) -> list[str]:
+    await chat.call.write(pb.ChatRequest(who=True))
+    while not (response := await chat.next()).HasField("presence"):
+        pass
+    return list(response.presence.users)
 
 
 def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url: str, tmp_path: pathlib.Path) -> None:
@@ -138,3 +168,74 @@ async def test_collab_editors_on_two_replicas_see_each_others_edits_live_and_con
             assert [revision for revision, *_ in order] == [2, 3]
             async with joined(on_a, "doc", "carol") as carol, joined(on_b, "doc", "dave") as dave:
                 assert text_of(await carol.event()) == text_of(await dave.event()) == (3, "AhelloB")
+
+
+async def test_chat_users_on_two_replicas_see_each_other_and_each_others_typing(
+    redis_process: RedisServer, redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Presence (ChatPresence, /who and ListRoomMembers), the one-session-per-user rule and TYPING, across
+    replicas as on one server."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            alice = await RawChat(on_a, "lobby", "alice").open()
+            bob = await RawChat(on_b, "lobby", "bob").open()
+            await alice.messages_until("bob joined")
+            await bob.messages_until("bob joined")
+            seen = (await who(alice), await who(bob), await members(on_a, "lobby"), await members(on_b, "lobby"))
+            second = await RawChat(on_b, "lobby", "alice").open()  # alice again, on the other replica
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await second.next()
+            duplicate = await RawChat(on_b, "lobby", "alice", allow_duplicate=True).open()
+            await duplicate.messages_until("alice joined")
+            await duplicate.close()
+            told = [m.content for m in await alice.messages_until("alice left") if m.user_id == "system"]
+            await until_subscribed(redis_process, "typing:lobby", 2)  # each replica's room hears TYPING
+            await bob.say("", kind=TYPING)
+            await bob.say("done typing")
+            heard = await alice.messages_until("done typing")
+            while not any(m.type == TYPING for m in heard):  # (a signal, not in the log: it may come after)
+                heard.extend((await alice.next()).messages)
+            await bob.close()
+            after = await members(on_a, "lobby")
+            await alice.close()
+    assert seen == (["alice", "bob"],) * 4
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "alice is already in room lobby in another session" in (refused.value.details() or "")
+    assert [(m.user_id, m.type) for m in heard if m.type == TYPING] == [("bob", TYPING)]
+    assert after == ["alice"]
+    assert told == ["alice joined", "alice left"]  # the duplicate session's, once each
+
+
+async def test_the_members_of_a_killed_replica_vanish_within_their_lease(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            await RawChat(on_a, "lobby", "alice").open()  # its replica is killed under it
+            bob = await RawChat(on_b, "lobby", "bob").open()
+            await bob.messages_until("bob joined")
+            before = await members(on_b, "lobby")
+            a.process.kill()  # SIGKILL: replica A leaves nothing; its leases are no longer renewed
+            a.process.wait(10)
+            for _ in range(120):  # leases expire 6 s after their last renewal (every 2 s)
+                if (after := await members(on_b, "lobby")) == ["bob"]:
+                    break
+                await asyncio.sleep(0.25)
+            again = await RawChat(on_b, "lobby", "alice").open()  # alice's session on A is gone
+            await again.messages_until("alice joined")
+            rejoined = await members(on_b, "lobby")
+            await again.close()
+            await bob.close()
+    assert before == ["alice", "bob"]
+    assert after == ["bob"]
+    assert rejoined == ["alice", "bob"]
