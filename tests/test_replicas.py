@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import pathlib
 
@@ -239,3 +240,53 @@ async def test_the_members_of_a_killed_replica_vanish_within_their_lease(
     assert before == ["alice", "bob"]
     assert after == ["bob"]
     assert rejoined == ["alice", "bob"]
+
+
+async def test_one_stream_writes_an_upload_whichever_replica_the_others_reach(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """While a stream through A writes an upload, a resume or a start of the same upload through B is refused
+    as on one server; once A's stream has stored it, B serves the file (the replicas share the data dir)."""
+    shared = str(tmp_path / "shared")
+    data = bytes(range(256)) * 8
+    metadata = pb.FileMetadata(filename="f.bin", total_size=len(data), checksum=hashlib.sha256(data).hexdigest())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url, "--data-dir", shared) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url, "--data-dir", shared) as b,
+    ):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            writing = on_a.stub.UploadFile()
+            await writing.write(pb.UploadFileRequest(upload_id="up-1", metadata=metadata))
+            await writing.write(pb.UploadFileRequest(chunk=data[:1000]))
+            for _ in range(300):  # A's stream holds the upload once it has written its first chunk
+                try:
+                    status = await on_b.stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id="up-1"))
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND  # (not recorded yet)
+                else:
+                    if status.committed_offset == 1000:
+                        break
+                await asyncio.sleep(0.05)
+            refused = []
+            for first in (
+                pb.UploadFileRequest(resume=pb.UploadResume(upload_id="up-1", offset=1000)),
+                pb.UploadFileRequest(upload_id="up-1", metadata=metadata),
+            ):
+                other = on_b.stub.UploadFile()
+                await other.write(first)
+                await other.done_writing()
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await other
+                refused.append((failed.value.code(), failed.value.details()))
+            await writing.write(pb.UploadFileRequest(chunk=data[1000:]))
+            await writing.done_writing()
+            stored = await writing
+            chunks = [r.data async for r in on_b.stub.DownloadFile(pb.DownloadFileRequest(file_id=stored.file_id))]
+    assert refused == [
+        (grpc.StatusCode.FAILED_PRECONDITION, "upload up-1 is being written by another stream"),
+        (grpc.StatusCode.ALREADY_EXISTS, "upload up-1 already exists: resume it (GetUploadStatus gives its offset)"),
+    ]
+    assert stored.bytes_uploaded == len(data)
+    assert b"".join(chunks) == data
