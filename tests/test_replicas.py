@@ -24,7 +24,7 @@ from tests.support.chat import RawChat
 from tests.support.inprocess import Background, Run, acli, cli
 from tests.support.redis import RedisServer, redis_server
 from tests.support.servers import client, running_server, serve_process
-from tests.test_collab import joined, text_of
+from tests.test_collab import joined, presence_of, text_of
 
 TYPING = pb.CHAT_MESSAGE_TYPE_TYPING
 
@@ -290,3 +290,40 @@ async def test_one_stream_writes_an_upload_whichever_replica_the_others_reach(
     ]
     assert stored.bytes_uploaded == len(data)
     assert b"".join(chunks) == data
+
+
+async def test_collab_editors_on_two_replicas_see_each_others_presence_and_cursors(
+    redis_process: RedisServer, redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """The editor on B is told who is on A and sees A's cursor moves; A's editor is told B's came; once A is
+    killed, B's editor is told A's left (its lease expired)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+    ):
+        async with (
+            client(a.address) as on_a,
+            client(b.address) as on_b,
+            joined(on_a, "doc", "alice", "a1", with_presence=True) as alice,
+        ):
+            assert text_of(await alice.event()) == (0, "")
+            await until_subscribed(redis_process, "collab:doc", 1)  # A hears the document's signals
+            async with joined(on_b, "doc", "bob", "b1", with_presence=True) as bob:
+                assert text_of(await bob.event()) == (0, "")
+                told_bob = presence_of(await bob.event())
+                told_alice = presence_of(await alice.event())
+                await until_subscribed(redis_process, "collab:doc", 2)
+                await alice.call.write(pb.CollaborateRequest(cursor=pb.CollaborateCursor(base_revision=0, position=0)))
+                cursor = await bob.event()
+                a.process.kill()  # SIGKILL: alice's stream never says goodbye
+                a.process.wait(10)
+                async with asyncio.timeout(60):  # the lease expires 6 s after its last renewal
+                    while not bob.pending:  # (read here: event() gives up after 10 s without a response)
+                        bob.pending.extend((await bob.call.read()).events)  # type: ignore[union-attr]
+                    event = await bob.event()
+    assert told_bob == ("alice", "a1", True)  # who is here, on A
+    assert told_alice == ("bob", "b1", True)  # who came, on B
+    assert (cursor.user_id, cursor.client_id, cursor.WhichOneof("change")) == ("alice", "a1", "cursor")
+    assert presence_of(event) == ("alice", "a1", False)

@@ -251,9 +251,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             reason = f"--backend {backend.name} does not support metrics yet"
             unavailable = dict.fromkeys(MetricService.RPCS, reason)
             log.warning("%s: %s answer UNIMPLEMENTED", reason, ", ".join(MetricService.RPCS))
-        collab = CollabService(
-            backend.log, log_settings, stopping, credentials_, config.documents, follow_others=backend.shared
-        )
+        collab = CollabService(backend, log_settings, stopping, credentials_, config.documents)
         ids = IdService(backend.metadata, credentials_)
         domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab, ids]
         add_service(server, [domain for domain in domains if domain is not None], unavailable)
