@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import pathlib
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -23,10 +24,22 @@ from streamcli.server.app import ServerConfig, start_server
 from tests.support.chat import RawChat
 from tests.support.inprocess import Background, Run, acli, cli
 from tests.support.redis import RedisServer, redis_server
-from tests.support.servers import client, running_server, serve_process
+from tests.support.servers import ServeProcess, client, running_server, serve_process
 from tests.test_collab import joined, presence_of, text_of
 
 TYPING = pb.CHAT_MESSAGE_TYPE_TYPING
+
+
+@contextlib.contextmanager
+def two_replicas(tmp_path: pathlib.Path, redis_url: str, *args: str) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    """Replicas A and B on ``redis_url`` (their logs in ``tmp_path/a`` and ``tmp_path/b``), each with ``args``."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve_process(tmp_path / "a", "--backend", redis_url, *args) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url, *args) as b,
+    ):
+        yield a, b
 
 
 def subscribers(redis: RedisServer, channel: str) -> int:
@@ -56,12 +69,7 @@ async def who(chat: RawChat) -> list[str]:
 
 
 def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url: str, tmp_path: pathlib.Path) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        serve_process(tmp_path / "a", "--backend", redis_url) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url) as b,
-    ):
+    with two_replicas(tmp_path, redis_url) as (a, b):
         assert f"backend {redis_url}" in a.log()
         first = cli(a.address, "--json", "events", "publish", "-u", "alice", "-t", "login")
         assert first.code == 0, first.err
@@ -143,12 +151,7 @@ async def test_a_replica_whose_redis_goes_away_says_unavailable_and_recovers_by_
 async def test_collab_editors_on_two_replicas_see_each_others_edits_live_and_converge(
     redis_url: str, tmp_path: pathlib.Path
 ) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        serve_process(tmp_path / "a", "--backend", redis_url) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url) as b,
-    ):
+    with two_replicas(tmp_path, redis_url) as (a, b):
         async with client(a.address) as on_a, client(b.address) as on_b:
             async with joined(on_a, "doc", "alice") as alice, joined(on_b, "doc", "bob") as bob:
                 assert text_of(await alice.event()) == (0, "")
@@ -176,12 +179,7 @@ async def test_chat_users_on_two_replicas_see_each_other_and_each_others_typing(
 ) -> None:
     """Presence (ChatPresence, /who and ListRoomMembers), the one-session-per-user rule and TYPING, across
     replicas as on one server."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        serve_process(tmp_path / "a", "--backend", redis_url) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url) as b,
-    ):
+    with two_replicas(tmp_path, redis_url) as (a, b):
         async with client(a.address) as on_a, client(b.address) as on_b:
             alice = await RawChat(on_a, "lobby", "alice").open()
             bob = await RawChat(on_b, "lobby", "bob").open()
@@ -215,12 +213,7 @@ async def test_chat_users_on_two_replicas_see_each_other_and_each_others_typing(
 async def test_the_members_of_a_killed_replica_vanish_within_their_lease(
     redis_url: str, tmp_path: pathlib.Path
 ) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        serve_process(tmp_path / "a", "--backend", redis_url) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url) as b,
-    ):
+    with two_replicas(tmp_path, redis_url) as (a, b):
         async with client(a.address) as on_a, client(b.address) as on_b:
             await RawChat(on_a, "lobby", "alice").open()  # its replica is killed under it
             bob = await RawChat(on_b, "lobby", "bob").open()
@@ -250,12 +243,7 @@ async def test_one_stream_writes_an_upload_whichever_replica_the_others_reach(
     shared = str(tmp_path / "shared")
     data = bytes(range(256)) * 8
     metadata = pb.FileMetadata(filename="f.bin", total_size=len(data), checksum=hashlib.sha256(data).hexdigest())
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        serve_process(tmp_path / "a", "--backend", redis_url, "--data-dir", shared) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url, "--data-dir", shared) as b,
-    ):
+    with two_replicas(tmp_path, redis_url, "--data-dir", shared) as (a, b):
         async with client(a.address) as on_a, client(b.address) as on_b:
             writing = on_a.stub.UploadFile()
             await writing.write(pb.UploadFileRequest(upload_id="up-1", metadata=metadata))
@@ -297,12 +285,7 @@ async def test_collab_editors_on_two_replicas_see_each_others_presence_and_curso
 ) -> None:
     """The editor on B is told who is on A and sees A's cursor moves; A's editor is told B's came; once A is
     killed, B's editor is told A's left (its lease expired)."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        serve_process(tmp_path / "a", "--backend", redis_url) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url) as b,
-    ):
+    with two_replicas(tmp_path, redis_url) as (a, b):
         async with (
             client(a.address) as on_a,
             client(b.address) as on_b,
