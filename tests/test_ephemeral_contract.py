@@ -8,6 +8,7 @@ subscriber once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -15,9 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamcli.backends import open_backend
-from streamcli.backends.base import Backend, Subscription
+from streamcli.backends.base import Backend, StoreUnavailableError, Subscription
 from streamcli.backends.ephemeral import SIGNAL_BUFFER
 from streamcli.backends.redis_ephemeral import RedisPresence
+from tests.support.redis import redis_server
 from tests.support.stores import Store, open_store
 
 
@@ -180,3 +182,37 @@ async def test_a_signal_reaches_the_subscribers_of_every_replica_once(
     assert await take(on_b, 1) == [b"again from a"]
     on_b.close()
     await subscribed(redis_url, "typing:r", 1)  # b unsubscribed in Redis: its last subscriber left
+
+
+async def test_after_a_redis_restart_signals_flow_again_and_leases_are_taken_again(tmp_path: pathlib.Path) -> None:
+    """A Redis of its own, restarted empty (no persistence) on the same port: each replica subscribes again
+    by itself, and its next renewal puts back the leases it holds."""
+    with contextlib.ExitStack() as processes:
+        first = processes.enter_context(redis_server(tmp_path / "redis"))
+        a = open_backend(first.url(), tmp_path / "a")
+        b = open_backend(first.url(), tmp_path / "b")
+        try:
+            lease = await a.presence.join("room:r", "alice")
+            on_b = b.signals.subscribe("typing:r")
+            await subscribed(first.url(), "typing:r", 1)
+            first.stop()
+            second = processes.enter_context(redis_server(tmp_path / "redis", port=first.port))
+            await subscribed(second.url(), "typing:r", 1)  # b's subscriber connection, opened again
+            assert await b.presence.members("room:r") == []  # (an empty Redis)
+            assert isinstance(a.presence, RedisPresence)
+            for _ in range(100):  # a's pooled connections to the stopped Redis fail once each, as renewals do
+                try:
+                    await a.presence.renew()
+                    break
+                except StoreUnavailableError:
+                    await asyncio.sleep(0.05)
+            members = await b.presence.members("room:r")
+            await a.signals.publish("typing:r", b"after")
+            heard = await take(on_b, 1)
+            held = lease is not None and lease.held
+        finally:
+            await a.close()
+            await b.close()
+    assert held
+    assert members == ["alice"]
+    assert heard == [b"after"]
