@@ -140,6 +140,16 @@ async def test_one_name_one_session_unless_allowed(conn: Connection) -> None:
     third.call.cancel()
 
 
+async def test_of_two_sessions_of_one_name_joining_at_once_one_is_refused(conn: Connection) -> None:
+    chats = [RawChat(conn, "at-once", "alice"), RawChat(conn, "at-once", "alice")]
+    await asyncio.gather(*(chat.open() for chat in chats))  # both joins sent before either is answered
+    outcomes = await asyncio.gather(*(chat.next() for chat in chats), return_exceptions=True)
+    refused = [o.code() for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert refused == [grpc.StatusCode.ALREADY_EXISTS]
+    for chat in chats:
+        chat.call.cancel()
+
+
 @pytest.mark.parametrize(
     ("join", "detail"),
     [

@@ -327,6 +327,19 @@ async def test_a_short_stream_stays_resumable(conn: Connection) -> None:
     assert await list_files(conn, 10) == []
 
 
+async def test_of_two_streams_starting_one_upload_at_once_one_is_refused(conn: Connection) -> None:
+    content = b"0123456789"
+    first = metadata(content)
+    first.upload_id = "twice"
+    outcomes = await asyncio.gather(
+        *(raw_upload(conn, first, pb.UploadFileRequest(chunk=content)) for _ in range(2)), return_exceptions=True
+    )
+    stored = [o for o in outcomes if isinstance(o, pb.UploadFileResponse)]
+    refused = [o.code() for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert (len(stored), refused) == (1, [grpc.StatusCode.ALREADY_EXISTS])
+    assert stored[0].bytes_uploaded == len(content)
+
+
 @pytest.mark.parametrize("declare_checksum", [False, True], ids=["checksum-in-trailer", "checksum-up-front"])
 async def test_client_upload_resumes_an_interrupted_upload_of_the_same_file(
     conn: Connection, tmp_path: pathlib.Path, declare_checksum: bool

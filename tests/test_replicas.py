@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import pathlib
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -18,24 +20,61 @@ import pytest
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.batches import batch_id_for
+from streamcli.client.connection import Connection
 from streamcli.client.records import FieldMap
 from streamcli.errors import ExitStatus, UsageError
 from streamcli.server.app import ServerConfig, start_server
+from tests.support.chat import RawChat
 from tests.support.inprocess import Background, Run, acli, cli
-from tests.support.redis import redis_server
-from tests.support.servers import client, running_server, serve_process
+from tests.support.redis import RedisServer, redis_server
+from tests.support.servers import ServeProcess, client, running_server, serve_process
 from tests.test_batch_cli import start_ingest, wait_until
-from tests.test_collab import joined, text_of
+from tests.test_collab import joined, presence_of, text_of
 from tests.test_metrics import assert_quantiles_within_one_percent, collect, messages, sample, series
 
+TYPING = pb.CHAT_MESSAGE_TYPE_TYPING
 
-def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url: str, tmp_path: pathlib.Path) -> None:
+
+@contextlib.contextmanager
+def two_replicas(tmp_path: pathlib.Path, redis_url: str, *args: str) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    """Replicas A and B on ``redis_url`` (their logs in ``tmp_path/a`` and ``tmp_path/b``), each with ``args``."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with (
-        serve_process(tmp_path / "a", "--backend", redis_url) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url) as b,
+        serve_process(tmp_path / "a", "--backend", redis_url, *args) as a,
+        serve_process(tmp_path / "b", "--backend", redis_url, *args) as b,
     ):
+        yield a, b
+
+
+def subscribers(redis: RedisServer, channel: str) -> int:
+    """How many replicas subscribe to a signal channel in Redis."""
+    reply = redis.command("PUBSUB", "NUMSUB", f"streamcli:signal:{channel}")
+    return int(reply.rsplit(b":", 1)[1])
+
+
+async def until_subscribed(redis: RedisServer, channel: str, count: int) -> None:
+    for _ in range(300):
+        if subscribers(redis, channel) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{channel} never had {count} subscribing replicas")
+
+
+async def members(conn: Connection, room: str) -> list[str]:
+    reply = await conn.stub.ListRoomMembers(pb.ListRoomMembersRequest(room_id=room))
+    return list(reply.presence.users)
+
+
+async def who(chat: RawChat) -> list[str]:
+    await chat.call.write(pb.ChatRequest(who=True))
+    while not (response := await chat.next()).HasField("presence"):
+        pass
+    return list(response.presence.users)
+
+
+def test_a_tail_on_one_replica_sees_what_is_published_through_another(redis_url: str, tmp_path: pathlib.Path) -> None:
+    with two_replicas(tmp_path, redis_url) as (a, b):
         assert f"backend {redis_url}" in a.log()
         first = cli(a.address, "--json", "events", "publish", "-u", "alice", "-t", "login")
         assert first.code == 0, first.err
@@ -138,12 +177,7 @@ async def test_a_replica_whose_redis_goes_away_says_unavailable_and_recovers_by_
 async def test_collab_editors_on_two_replicas_see_each_others_edits_live_and_converge(
     redis_url: str, tmp_path: pathlib.Path
 ) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        serve_process(tmp_path / "a", "--backend", redis_url) as a,
-        serve_process(tmp_path / "b", "--backend", redis_url) as b,
-    ):
+    with two_replicas(tmp_path, redis_url) as (a, b):
         async with client(a.address) as on_a, client(b.address) as on_b:
             async with joined(on_a, "doc", "alice") as alice, joined(on_b, "doc", "bob") as bob:
                 assert text_of(await alice.event()) == (0, "")
@@ -209,3 +243,141 @@ def test_a_batch_cut_off_with_its_replica_completes_through_another_storing_each
     assert (result["stored"], result["complete"]) == (lines, True)
     assert sum(a["count"] for a in result["aggregates"]) == lines  # each record once: none lost, none twice
     assert sum(a["sum"] for a in result["aggregates"]) == lines * (lines - 1) / 2
+
+
+async def test_chat_users_on_two_replicas_see_each_other_and_each_others_typing(
+    redis_process: RedisServer, redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """Presence (ChatPresence, /who and ListRoomMembers), the one-session-per-user rule and TYPING, across
+    replicas as on one server."""
+    with two_replicas(tmp_path, redis_url) as (a, b):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            alice = await RawChat(on_a, "lobby", "alice").open()
+            bob = await RawChat(on_b, "lobby", "bob").open()
+            await alice.messages_until("bob joined")
+            await bob.messages_until("bob joined")
+            seen = (await who(alice), await who(bob), await members(on_a, "lobby"), await members(on_b, "lobby"))
+            second = await RawChat(on_b, "lobby", "alice").open()  # alice again, on the other replica
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await second.next()
+            duplicate = await RawChat(on_b, "lobby", "alice", allow_duplicate=True).open()
+            await duplicate.messages_until("alice joined")
+            await duplicate.close()
+            told = [m.content for m in await alice.messages_until("alice left") if m.user_id == "system"]
+            await until_subscribed(redis_process, "typing:lobby", 2)  # each replica's room hears TYPING
+            await bob.say("", kind=TYPING)
+            await bob.say("done typing")
+            heard = await alice.messages_until("done typing")
+            while not any(m.type == TYPING for m in heard):  # (a signal, not in the log: it may come after)
+                heard.extend((await alice.next()).messages)
+            await bob.close()
+            after = await members(on_a, "lobby")
+            await alice.close()
+    assert seen == (["alice", "bob"],) * 4
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "alice is already in room lobby in another session" in (refused.value.details() or "")
+    assert [(m.user_id, m.type) for m in heard if m.type == TYPING] == [("bob", TYPING)]
+    assert after == ["alice"]
+    assert told == ["alice joined", "alice left"]  # the duplicate session's, once each
+
+
+async def test_the_members_of_a_killed_replica_vanish_within_their_lease(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    with two_replicas(tmp_path, redis_url) as (a, b):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            await RawChat(on_a, "lobby", "alice").open()  # its replica is killed under it
+            bob = await RawChat(on_b, "lobby", "bob").open()
+            await bob.messages_until("bob joined")
+            before = await members(on_b, "lobby")
+            a.process.kill()  # SIGKILL: replica A leaves nothing; its leases are no longer renewed
+            a.process.wait(10)
+            for _ in range(120):  # leases expire 6 s after their last renewal (every 2 s)
+                if (after := await members(on_b, "lobby")) == ["bob"]:
+                    break
+                await asyncio.sleep(0.25)
+            again = await RawChat(on_b, "lobby", "alice").open()  # alice's session on A is gone
+            await again.messages_until("alice joined")
+            rejoined = await members(on_b, "lobby")
+            await again.close()
+            await bob.close()
+    assert before == ["alice", "bob"]
+    assert after == ["bob"]
+    assert rejoined == ["alice", "bob"]
+
+
+async def test_one_stream_writes_an_upload_whichever_replica_the_others_reach(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """While a stream through A writes an upload, a resume or a start of the same upload through B is refused
+    as on one server; once A's stream has stored it, B serves the file (the replicas share the data dir)."""
+    shared = str(tmp_path / "shared")
+    data = bytes(range(256)) * 8
+    metadata = pb.FileMetadata(filename="f.bin", total_size=len(data), checksum=hashlib.sha256(data).hexdigest())
+    with two_replicas(tmp_path, redis_url, "--data-dir", shared) as (a, b):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            writing = on_a.stub.UploadFile()
+            await writing.write(pb.UploadFileRequest(upload_id="up-1", metadata=metadata))
+            await writing.write(pb.UploadFileRequest(chunk=data[:1000]))
+            for _ in range(300):  # A's stream holds the upload once it has written its first chunk
+                try:
+                    status = await on_b.stub.GetUploadStatus(pb.GetUploadStatusRequest(upload_id="up-1"))
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND  # (not recorded yet)
+                else:
+                    if status.committed_offset == 1000:
+                        break
+                await asyncio.sleep(0.05)
+            refused = []
+            for first in (
+                pb.UploadFileRequest(resume=pb.UploadResume(upload_id="up-1", offset=1000)),
+                pb.UploadFileRequest(upload_id="up-1", metadata=metadata),
+            ):
+                other = on_b.stub.UploadFile()
+                await other.write(first)
+                await other.done_writing()
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await other
+                refused.append((failed.value.code(), failed.value.details()))
+            await writing.write(pb.UploadFileRequest(chunk=data[1000:]))
+            await writing.done_writing()
+            stored = await writing
+            chunks = [r.data async for r in on_b.stub.DownloadFile(pb.DownloadFileRequest(file_id=stored.file_id))]
+    assert refused == [
+        (grpc.StatusCode.FAILED_PRECONDITION, "upload up-1 is being written by another stream"),
+        (grpc.StatusCode.ALREADY_EXISTS, "upload up-1 already exists: resume it (GetUploadStatus gives its offset)"),
+    ]
+    assert stored.bytes_uploaded == len(data)
+    assert b"".join(chunks) == data
+
+
+async def test_collab_editors_on_two_replicas_see_each_others_presence_and_cursors(
+    redis_process: RedisServer, redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    """The editor on B is told who is on A and sees A's cursor moves; A's editor is told B's came; once A is
+    killed, B's editor is told A's left (its lease expired)."""
+    with two_replicas(tmp_path, redis_url) as (a, b):
+        async with (
+            client(a.address) as on_a,
+            client(b.address) as on_b,
+            joined(on_a, "doc", "alice", "a1", with_presence=True) as alice,
+        ):
+            assert text_of(await alice.event()) == (0, "")
+            await until_subscribed(redis_process, "collab:doc", 1)  # A hears the document's signals
+            async with joined(on_b, "doc", "bob", "b1", with_presence=True) as bob:
+                assert text_of(await bob.event()) == (0, "")
+                told_bob = presence_of(await bob.event())
+                told_alice = presence_of(await alice.event())
+                await until_subscribed(redis_process, "collab:doc", 2)
+                await alice.call.write(pb.CollaborateRequest(cursor=pb.CollaborateCursor(base_revision=0, position=0)))
+                cursor = await bob.event()
+                a.process.kill()  # SIGKILL: alice's stream never says goodbye
+                a.process.wait(10)
+                async with asyncio.timeout(60):  # the lease expires 6 s after its last renewal
+                    while not bob.pending:  # (read here: event() gives up after 10 s without a response)
+                        bob.pending.extend((await bob.call.read()).events)  # type: ignore[union-attr]
+                    event = await bob.event()
+    assert told_bob == ("alice", "a1", True)  # who is here, on A
+    assert told_alice == ("bob", "b1", True)  # who came, on B
+    assert (cursor.user_id, cursor.client_id, cursor.WhichOneof("change")) == ("alice", "a1", "cursor")
+    assert presence_of(event) == ("alice", "a1", False)

@@ -11,6 +11,10 @@ records: the log"):
   (stream, producer, sequence).
 * ``BlobStore``: file bytes in a directory (replicas share the directory).
 * ``MetadataStore``: stored files and resumable uploads.
+* ``Presence`` and ``Signals``: ephemeral state shared by every process of a backend, never stored: who is
+  in which scope (leases: a chat room's members, a document's editors, the stream writing an upload), and
+  signals published to whoever listens now (TYPING, cursors). In process on the embedded backend
+  (``backends/ephemeral.py``), on Redis across replicas (``backends/redis_ephemeral.py``).
 
 Domain code depends on these Protocols only; ``streamcli.backends.open_backend``
 picks the implementation.
@@ -21,8 +25,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import pathlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
+
+from streamcli.backends.ephemeral import LocalPresence, LocalSignals
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -511,6 +517,83 @@ class SpaceUnknownError(Exception):
     """The shared count of used bytes is not known: measure the directory and reserve again with it."""
 
 
+class Lease(Protocol):
+    """A member of a scope held by this process (``Presence.join``) until ``leave``.
+
+    The store renews it by itself while this process lives (on Redis every ``RENEW_EVERY`` seconds, expiring
+    ``LEASE`` seconds after the last renewal: a replica that dies without leaving loses its members then).
+    """
+
+    scope: str
+    member: str
+
+    @property
+    def held(self) -> bool:
+        """False once the lease was lost: it expired (its store unreachable for longer than the lease) and,
+        exclusive, another holder took the member meanwhile. A lost lease is never taken back."""
+        ...
+
+    async def leave(self) -> None:
+        """Give the lease up (idempotent; a store that cannot be reached lets it expire)."""
+        ...
+
+
+class Presence(Protocol):
+    """Who is in which scope, across every process of the backend: members held by leases."""
+
+    async def join(self, scope: str, member: str, *, exclusive: bool = False) -> Lease | None:
+        """Hold ``member`` in ``scope``: a lease of its own, beside those others hold on the same member.
+
+        Returns:
+            The lease, or None when ``exclusive`` and the member is held already (by any holder, in any
+            process). A lease that is not exclusive is always granted.
+        """
+        ...
+
+    async def members(self, scope: str) -> list[str]:
+        """The members of ``scope`` held by a live lease, each once, sorted."""
+        ...
+
+    async def close(self) -> None:
+        """Give up every lease this process holds (server shutdown)."""
+        ...
+
+
+class Subscription(Protocol):
+    """The signals of one channel as they come, from when it was subscribed; bounded (``Signals.subscribe``)."""
+
+    #: Signals dropped so far because this subscriber had not taken them (the oldest go first).
+    dropped: int
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None:
+        """Stop receiving (idempotent)."""
+        ...
+
+
+class Signals(Protocol):
+    """Ephemeral messages on named channels to whoever subscribes now, in every process; never stored.
+
+    A signal reaches each subscriber of its channel at most once, the publishing process's own
+    subscribers included; one published while a process cannot reach the store is lost to that
+    process's subscribers elsewhere. Each subscriber keeps at most ``SIGNAL_BUFFER`` signals not taken
+    yet and drops the oldest beyond: a slow subscriber loses old signals, never slows the others.
+    """
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """Send ``payload`` to the channel's subscribers."""
+        ...
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Receive the channel's signals from now on, until the subscription is closed."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every subscription (server shutdown)."""
+        ...
+
+
 @dataclasses.dataclass
 class Backend:
     """One storage backend: the three stores and a way to close them."""
@@ -526,9 +609,13 @@ class Backend:
     # The quota's counts when replicas share the data dir (None: this process alone writes there, and the
     # in-memory ledger of services/quota.py decides).
     space: SharedSpace | None = None
+    presence: Presence = dataclasses.field(default_factory=LocalPresence)  # in process unless shared
+    signals: Signals = dataclasses.field(default_factory=LocalSignals)
 
     async def close(self) -> None:
-        """Release connections and files."""
+        """Give up leases and subscriptions, release connections and files."""
+        await self.presence.close()
+        await self.signals.close()
         await self.closer.close()
 
 

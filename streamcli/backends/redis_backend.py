@@ -6,9 +6,12 @@ commands and a second pool whose connections are each held by one blocked ``XREA
 whether Redis answers.
 
 Metric series and sketches are on Redis too (``redis_metrics.py``), and so are the storage quota's counts
-(``redis_space.py``). Not on Redis yet (issue 17 continues): what the services keep per process (chat
-presence and typing, the one-stream-per-upload and one-stream-per-push rules, collaboration cursors and
-presence).
+(``redis_space.py``). What the services keep that is ephemeral but must be the same on every replica is on
+Redis too (``redis_ephemeral.py``): presence as leases (chat room members and the one-session-per-user rule,
+collaboration editors, the one stream writing an upload) and signals by pub/sub, never stored (TYPING,
+collaboration cursors and presence), on one subscriber connection per replica taken from the waits' pool.
+
+Not on Redis yet (issue 17 continues): the one-stream-per-push rule of named metric pushes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import redis.exceptions
 
 from streamcli.backends.base import Backend, StoreUnavailableError
 from streamcli.backends.blobs import DirectoryBlobStore
+from streamcli.backends.redis_ephemeral import RedisPresence, RedisSignals
 from streamcli.backends.redis_log import Commands, RedisLog
 from streamcli.backends.redis_metadata import RedisMetadata
 from streamcli.backends.redis_metrics import RedisMetrics
@@ -66,7 +70,8 @@ class RedisConnections:
     def __init__(self, url: str) -> None:
         self.url = url
         self.commands = Commands.from_url(url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT)
-        # No socket timeout: a blocked XREAD is silent for as long as it blocks (RedisLog sets each read's).
+        # No socket timeout: a blocked XREAD is silent for as long as it blocks (RedisLog sets each read's),
+        # and so is the connection that receives signals (RedisSignals).
         self.waits = aioredis.ConnectionPool.from_url(url, socket_connect_timeout=COMMAND_TIMEOUT)
 
     async def ready(self) -> None:
@@ -106,4 +111,6 @@ def open_redis(url: str, data_dir: pathlib.Path) -> Backend:
         space=RedisSpace(connections.commands),
         ready=connections.ready,
         shared=True,
+        presence=RedisPresence(connections.commands),
+        signals=RedisSignals(connections.commands, connections.waits),
     )

@@ -165,3 +165,91 @@ for i = 1, #saved, 2 do
 end
 return forgotten
 """
+
+# --- presence (backends/redis_ephemeral.py) ---------------------------------------------------------------
+#
+# A scope S is the sorted set ``presence:S`` (member -> when its latest lease expires, ms of Redis's clock);
+# each member M of it the sorted set ``lease:S\0M`` (holder -> when that lease expires). Both keys expire
+# with their latest lease, so what a replica that died held is gone by itself. Redis's clock (``TIME``)
+# is the only clock: replicas' clocks may disagree.
+
+_PRESENCE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The member's entry in its scope follows its latest lease; it goes with its last.
+local function settle(members, holders, member)
+  local latest = redis.call('ZRANGE', holders, -1, -1, 'WITHSCORES')
+  if latest[1] == nil then
+    redis.call('ZREM', members, member)
+    return
+  end
+  local expiry = tonumber(latest[2])
+  redis.call('ZADD', members, expiry, member)
+  redis.call('PEXPIREAT', holders, expiry)
+  if redis.call('PEXPIRETIME', members) < expiry then
+    redis.call('PEXPIREAT', members, expiry)
+  end
+end
+"""
+
+#: KEYS: presence:S, lease:S\0M. ARGV: member, holder, lease (ms), exclusive ('1' or '').
+#: Returns 1 when the lease is held, 0 when refused (exclusive, and the member has a live lease).
+JOIN = (
+    _PRESENCE
+    + """
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if ARGV[4] == '1' and redis.call('ZCARD', KEYS[2]) > 0 then
+  return 0
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+settle(KEYS[1], KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+#: KEYS: per lease presence:S, lease:S\0M. ARGV: lease (ms), then per lease: member, holder, exclusive.
+#: Extends each lease; one that expired is taken again unless exclusive and held by another meanwhile:
+#: returns the (1-based) numbers of those, lost.
+RENEW = (
+    _PRESENCE
+    + """
+local now = now_ms()
+local lease = tonumber(ARGV[1])
+local lost = {}
+for i = 0, #KEYS / 2 - 1 do
+  local members, holders = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local member, holder, exclusive = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]
+  redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+  if exclusive == '1' and not redis.call('ZSCORE', holders, holder) and redis.call('ZCARD', holders) > 0 then
+    lost[#lost + 1] = i + 1
+  else
+    redis.call('ZADD', holders, now + lease, holder)
+    settle(members, holders, member)
+  end
+end
+return lost
+"""
+)
+
+#: KEYS: presence:S, lease:S\0M. ARGV: member, holder. Gives the lease up.
+LEAVE = (
+    _PRESENCE
+    + """
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms())
+settle(KEYS[1], KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+#: KEYS: presence:S. Returns the members with a live lease (those whose leases all expired are removed).
+MEMBERS = (
+    _PRESENCE
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)

@@ -246,9 +246,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
         metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
         await metrics.load()
-        collab = CollabService(
-            backend.log, log_settings, stopping, credentials_, config.documents, follow_others=backend.shared
-        )
+        collab = CollabService(backend, log_settings, stopping, credentials_, config.documents)
         ids = IdService(backend.metadata, credentials_)
         domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab, ids]
         add_service(server, domains)

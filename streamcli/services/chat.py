@@ -20,13 +20,22 @@ from typing import ClassVar
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import Backend, LogBounds, TrimmedError
+from streamcli.backends.base import Backend, LogBounds, StoreUnavailableError, TrimmedError
 from streamcli.credentials import REVOKED, Credentials, TokenWatch
 from streamcli.services import wire
 from streamcli.services.checks import CLIENT_ID, CLIENT_ID_RULE, USER_ID, MalformedRequest, has_control, quoted
 from streamcli.services.logs import LogCursor, LogService, LogSettings, ServerStopping, timestamp
 from streamcli.services.notifications import NotificationService
-from streamcli.services.rooms import SYSTEM_USER, Refusal, Room, Rooms, Session, encode_message, room_stream
+from streamcli.services.rooms import (
+    SYSTEM_USER,
+    Refusal,
+    Room,
+    Rooms,
+    Session,
+    encode_message,
+    room_presence,
+    room_stream,
+)
 from streamcli.services.rooms import ChatSettings as ChatSettings  # where the server and its CLI find it
 from streamcli.services.rpc import Context, abort
 
@@ -67,10 +76,7 @@ class ChatService:
         # A room id that Chat refuses names no room: say so, rather than list nobody in it.
         if not ROOM_ID.fullmatch(request.room_id):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, ROOM_ID_RULE)
-        room = self.rooms.get(request.room_id)
-        return pb.ListRoomMembersResponse(
-            presence=pb.ChatPresence(room_id=request.room_id, users=room.members() if room else [])
-        )
+        return pb.ListRoomMembersResponse(presence=await room_presence(self.backend, request.room_id))
 
     async def StreamRoomMessages(self, request: pb.StreamRoomMessagesRequest, context: Context) -> AsyncIterator[bytes]:
         # Read-only: the room's log, never its Room (no membership, presence or join message). Rooms are
@@ -91,20 +97,25 @@ class ChatService:
     async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest], context: Context) -> None:
         join, named = await self._join_request(request_iterator, context)
         room = self.rooms.room(join.room_id)
-        if not join.allow_duplicate and join.user_id in room.members():
+        # The user's lease in the room's presence, on every replica: one session per user unless allow_duplicate.
+        lease = await self.backend.presence.join(room.stream, join.user_id, exclusive=not join.allow_duplicate)
+        if lease is None:
             await abort(
                 context,
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"{join.user_id} is already in room {join.room_id} in another session",
             )
-        bounds = await room.catch_up()
-        start = await self._start(join, room, bounds, context)
-        handler = asyncio.current_task()
-        assert handler is not None  # grpc.aio runs each handler in a task
-        session = Session(room, join.user_id, handler, join.client_id, token_user=named)
-        cursor = LogCursor(self.backend.log, room.stream, start, _every_record)
-        async with room.membership(session), self._receiving(session, request_iterator) as receiver:
-            await self._serve(session, cursor, bounds.last_id, receiver, context)
+        try:
+            bounds = await room.catch_up()
+            start = await self._start(join, room, bounds, context)
+            handler = asyncio.current_task()
+            assert handler is not None  # grpc.aio runs each handler in a task
+            session = Session(room, join.user_id, handler, join.client_id, token_user=named)
+            cursor = LogCursor(self.backend.log, room.stream, start, _every_record)
+            async with room.membership(session), self._receiving(session, request_iterator) as receiver:
+                await self._serve(session, cursor, bounds.last_id, receiver, context)
+        finally:
+            await asyncio.shield(lease.leave())  # (even when the handler is cancelled: its client went away)
 
     async def _join_request(
         self, requests: AsyncIterator[pb.ChatRequest], context: Context
@@ -258,7 +269,7 @@ class ChatService:
             if action == "send":
                 send = request.send
                 if send.type == pb.CHAT_MESSAGE_TYPE_TYPING:
-                    room.relay_typing(session)
+                    await room.relay_typing(session)
                     continue
                 refusal = _content_problem(send)
                 if refusal is None and send.type != pb.CHAT_MESSAGE_TYPE_TEXT:
@@ -272,7 +283,10 @@ class ChatService:
                     )  # fmt: skip
                     session.push(pb.ChatResponse(notice=notice))
             elif action == "who":
-                session.push(pb.ChatResponse(presence=room.presence()))
+                try:
+                    session.push(pb.ChatResponse(presence=await room.presence()))
+                except StoreUnavailableError as exc:
+                    session.push(pb.ChatResponse(notice=pb.ChatNotice(code="UNAVAILABLE", message=str(exc))))
             else:
                 notice = pb.ChatNotice(code="INVALID_ARGUMENT", message=f"unexpected {action or 'empty message'}")
                 session.push(pb.ChatResponse(notice=notice))

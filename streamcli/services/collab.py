@@ -18,12 +18,13 @@ from typing import ClassVar
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import LogStore
+from streamcli.backends.base import Backend
 from streamcli.collab_sync import TrimmedHistory
 from streamcli.credentials import REVOKED, Credentials, TokenWatch
 from streamcli.ot import Edit, InvalidEdit
 from streamcli.services.checks import CLIENT_ID, CLIENT_ID_RULE, USER_ID, MalformedRequest, has_control
-from streamcli.services.documents import DOCUMENT_STREAM, Document, Documents, DocumentSettings, Editor
+from streamcli.services.documents import DOCUMENT_STREAM, Document, Documents, DocumentSettings
+from streamcli.services.editors import Editor
 from streamcli.services.logs import BATCH_RECORDS, LogSettings, timestamp
 from streamcli.services.rpc import Context, abort
 from streamcli.services.wire import repeated_messages
@@ -49,21 +50,22 @@ class CollabService:
 
     def __init__(
         self,
-        log: LogStore,
+        backend: Backend,
         log_settings: LogSettings,
         stopping: asyncio.Event,
         credentials: Credentials | None = None,
         settings: DocumentSettings | None = None,
-        *,
-        follow_others: bool = False,
     ) -> None:
         self.credentials = credentials or Credentials()
         self.log_settings = log_settings
         self.stopping = stopping
-        self.log = log
+        self.log = backend.log
         # On a backend replicas share, each open document follows its log: edits committed elsewhere reach
-        # this server's editors as they are committed.
-        self.documents = Documents(log, settings or DocumentSettings(), stopping if follow_others else None)
+        # this server's editors as they are committed (and the editors of replicas that died are noticed).
+        follow_until = stopping if backend.shared else None
+        self.documents = Documents(
+            backend.log, settings or DocumentSettings(), follow_until, backend.presence, backend.signals
+        )
         self._stop_watch: asyncio.Task[None] | None = None
 
     async def Collaborate(self, request_iterator: AsyncIterator[pb.CollaborateRequest], context: Context) -> None:
@@ -94,14 +96,14 @@ class CollabService:
                 )
             )
         editor = Editor(join.user_id, join.client_id, position)
-        document.arrive(editor)
+        await document.here.arrive(editor)
         try:
             if first:
                 await context.write(pb.CollaborateResponse(events=first))
             async with self._receiving(document, editor, request_iterator) as receiver:
                 await self._serve(document, editor, receiver, context)
         finally:
-            self.documents.left(document, editor)
+            await asyncio.shield(self.documents.left(document, editor))  # (also when the client went away)
 
     async def ListDocuments(self, request: pb.ListDocumentsRequest, context: Context) -> pb.ListDocumentsResponse:
         if request.page_size > MAX_PAGE:
@@ -249,7 +251,7 @@ class CollabService:
                 await self._commit(document, editor, change)
             elif action == "cursor":
                 await document.keep_from(request.cursor.base_revision)
-                self._cursor(document, editor, request.cursor)
+                await self._cursor(document, editor, request.cursor)
             else:
                 self._refuse(document, editor, 0, f"unexpected {action or 'empty message'} after the join")
 
@@ -265,7 +267,7 @@ class CollabService:
         if reason is not None:
             self._refuse(document, editor, head.client_seq, reason)
 
-    def _cursor(self, document: Document, editor: Editor, cursor: pb.CollaborateCursor) -> None:
+    async def _cursor(self, document: Document, editor: Editor, cursor: pb.CollaborateCursor) -> None:
         try:
             position = document.sequencer.cursor(cursor.base_revision, cursor.position)
         except (InvalidEdit, TrimmedHistory) as exc:
@@ -279,7 +281,7 @@ class CollabService:
             cursor=pb.CollaborateCursor(position=position),
             client_id=editor.client_id,
         )
-        document.broadcast(editor, event)
+        await document.here.broadcast(editor, event)
 
     @staticmethod
     def _refuse(document: Document, editor: Editor, client_seq: int, reason: str) -> None:

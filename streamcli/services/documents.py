@@ -14,30 +14,31 @@ waits on the document's log and takes in the revisions committed through other r
 server's editors, so they see those edits live.
 
 An ``Editor`` is one Collaborate stream on a document: what it has been sent (``position``), its
-ephemeral events (cursors and presence of others, its own refusals) and a wake-up. The RPC is ``services/collab.py``.
+ephemeral events (cursors and presence of others, its own refusals) and a wake-up; a document's editors
+here, and their presence and cursors on every replica, are its ``DocumentEditors`` (``services/editors.py``).
+The RPC is ``services/collab.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import json
 import logging
 import time
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import ConditionFailedError, LogStore, NewRecord
+from streamcli.backends.base import ConditionFailedError, LogStore, NewRecord, Presence, Signals
+from streamcli.backends.ephemeral import LocalPresence, LocalSignals
 from streamcli.collab_sync import Committed, Sequencer
 from streamcli.ot import Edit, Operation
+from streamcli.services.editors import DocumentEditors, Editor
 from streamcli.services.logs import timestamp
 
 log = logging.getLogger("streamcli.server")
 
 #: The log of document D is DOCUMENT_STREAM + D.
 DOCUMENT_STREAM = "doc:"
-#: Ephemeral events (cursors, refusals) kept per editor until sent; the oldest go first.
-OUTBOX_SIZE = 256
 #: Log records read per step when opening a document.
 READ_RECORDS = 5000
 #: Seconds one wait of a follower lasts (one blocking read of the backend) before it waits again.
@@ -55,25 +56,18 @@ class DocumentSettings:
     snapshot_every: int = 1000  # revisions between snapshots
 
 
-class Editor:
-    """One Collaborate stream on a document."""
-
-    def __init__(self, user: str, client_id: str, position: int) -> None:
-        self.user = user
-        self.client_id = client_id
-        self.position = position  # the last revision this stream has been sent
-        self.wake = asyncio.Event()
-        self.outbox: collections.deque[pb.CollaborationEvent] = collections.deque(maxlen=OUTBOX_SIZE)
-
-    def push(self, event: pb.CollaborationEvent) -> None:
-        self.outbox.append(event)
-        self.wake.set()
-
-
 class Document:
     """One shared document, open on this server while it has editors."""
 
-    def __init__(self, document_id: str, log: LogStore, settings: DocumentSettings) -> None:
+    def __init__(
+        self,
+        document_id: str,
+        log: LogStore,
+        settings: DocumentSettings,
+        presence: Presence | None = None,
+        signals: Signals | None = None,
+    ) -> None:
+        """``presence``, ``signals``: the backend's (in this process when not given)."""
         self.id = document_id
         self.stream = DOCUMENT_STREAM + document_id
         self.snapshots = f"docsnap:{document_id}"
@@ -81,7 +75,9 @@ class Document:
         self.settings = settings
         self.sequencer = Sequencer(max_length=settings.max_length)
         self.events: list[bytes] = []  # each revision of sequencer.history: its CollaborationEvent, serialized
-        self.editors: set[Editor] = set()
+        self.here = DocumentEditors(
+            document_id, lambda: self.revision, presence or LocalPresence(), signals or LocalSignals()
+        )
         self.lock = asyncio.Lock()  # one commit at a time
         self.snapshot_revision = 0
         self._log_start = 0  # where the log began when last looked at (it only moves on)
@@ -149,6 +145,11 @@ class Document:
                     )
                 failing = True
                 await asyncio.sleep(FOLLOW_RETRY)
+
+    @property
+    def editors(self) -> set[Editor]:
+        """Its editors on this server."""
+        return self.here.editors
 
     @property
     def revision(self) -> int:
@@ -223,36 +224,6 @@ class Document:
         del self.events[: seq.first_kept - before]
         await self.log.trim(self.stream, keep_last=keep)
 
-    def broadcast(self, author: Editor, event: pb.CollaborationEvent) -> None:
-        """Pass an ephemeral event (a cursor, a presence) to the other editors."""
-        for editor in self.editors:
-            if editor is not author:
-                editor.push(event)
-
-    def arrive(self, editor: Editor) -> None:
-        """Take ``editor`` in: it is told who is here, the others that it came."""
-        for other in self.editors:
-            editor.push(self._presence(other, True))
-        self.editors.add(editor)
-        self.broadcast(editor, self._presence(editor, True))
-
-    def leave(self, editor: Editor) -> None:
-        """``editor``'s stream ended: the others are told, unless the same client is here on another stream (a
-        rejoin that came before the old stream's end was noticed)."""
-        self.editors.discard(editor)
-        if not editor.client_id or all(other.client_id != editor.client_id for other in self.editors):
-            self.broadcast(editor, self._presence(editor, False))
-
-    def _presence(self, editor: Editor, present: bool) -> pb.CollaborationEvent:
-        return pb.CollaborationEvent(
-            document_id=self.id,
-            user_id=editor.user,
-            revision=self.revision,
-            timestamp=timestamp(time.time()),
-            client_id=editor.client_id,
-            presence=pb.CollaboratePresence(present=present),
-        )
-
 
 def _pieces(seq: Sequencer, op: Operation, client_id: str, client_seq: int) -> list[Committed]:
     """The revisions ``op`` would make, without taking them in (the log append may fail)."""
@@ -271,11 +242,21 @@ def _committed(event: pb.CollaborationEvent) -> Committed:
 class Documents:
     """The documents open on this server, by id."""
 
-    def __init__(self, log: LogStore, settings: DocumentSettings, follow_until: asyncio.Event | None = None) -> None:
-        """``follow_until``: each open document follows its log (``Document.follow``) until it is set; None on a
-        backend no one else writes to."""
+    def __init__(
+        self,
+        log: LogStore,
+        settings: DocumentSettings,
+        follow_until: asyncio.Event | None = None,
+        presence: Presence | None = None,
+        signals: Signals | None = None,
+    ) -> None:
+        """``follow_until``: each open document follows its log (``Document.follow``) and watches for the editors
+        of replicas that died until it is set; None on a backend no one else writes to. ``presence``,
+        ``signals``: the backend's (in this process when not given)."""
         self.log = log
         self.settings = settings
+        self.presence = presence or LocalPresence()
+        self.signals = signals or LocalSignals()
         self._follow_until = follow_until
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._open: dict[str, Document] = {}
@@ -287,17 +268,18 @@ class Documents:
         async with self._opening:
             document = self._open.get(document_id)
             if document is None:
-                document = Document(document_id, self.log, self.settings)
+                document = Document(document_id, self.log, self.settings, self.presence, self.signals)
                 await document.open()
                 self._open[document_id] = document
+                document.here.start(watch_departures=self._follow_until is not None)
                 if self._follow_until is not None:
                     self._followers[document_id] = asyncio.create_task(document.follow(self._follow_until))
             return document
 
-    def left(self, document: Document, editor: Editor) -> None:
+    async def left(self, document: Document, editor: Editor) -> None:
         """``editor`` is gone: the others are told; the document is closed when it was the last (once a commit
         or a read in progress has ended)."""
-        document.leave(editor)
+        await document.here.leave(editor)
         if document.editors:
             return
         if not document.lock.locked():
@@ -315,6 +297,7 @@ class Documents:
     def _close(self, document: Document) -> None:
         if not document.editors and self._open.get(document.id) is document:
             del self._open[document.id]
+            document.here.stop()
             follower = self._followers.pop(document.id, None)
             if follower is not None:
                 follower.cancel()

@@ -1,13 +1,16 @@
 """Chat rooms on this server: membership, fan-out, presence, typing, the rate limit and the backlog.
 
 A room is a log (``room:<id>``, key = user, kind = message type). A ``Session``
-is one client's stream in a room; ``Room.membership`` makes it a member (its
-presence and a SYSTEM message) for as long as the stream lasts. Messages are
-appended by the room's ``Appender`` and every session is woken to read them;
-TYPING is relayed live to the sessions of this server and never stored. A
-session whose client stops reading for ``stall_limit`` seconds is disconnected
-(its task cancelled, ``Session.kicked`` set) and can resume where it stopped.
-The Chat RPC that reads and writes a session's stream is ``services/chat.py``.
+is one client's stream in a room; it holds a lease on its user in the room's
+presence (``Backend.presence``, scope ``room:<id>``: what ChatPresence and
+ListRoomMembers list, on every replica) and ``Room.membership`` makes it a
+member (a SYSTEM message on entry and exit) for as long as the stream lasts.
+Messages are appended by the room's ``Appender`` and every session is woken to
+read them; TYPING is a signal (``Backend.signals``, channel ``typing:<id>``),
+relayed live to the sessions of every replica and never stored. A session whose
+client stops reading for ``stall_limit`` seconds is disconnected (its task
+cancelled, ``Session.kicked`` set) and can resume where it stopped. The Chat
+RPC that reads and writes a session's stream is ``services/chat.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
+from google.protobuf.message import DecodeError
+
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import Backend, LogBounds, LogRecord, NewRecord
+from streamcli.backends.base import Backend, LogBounds, LogRecord, NewRecord, Subscription
 from streamcli.services import wire
 from streamcli.services.logs import Appender, LogSettings, timestamp
 from streamcli.services.notifications import NotificationService
@@ -135,10 +140,6 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._leaving: set[asyncio.Future[None]] = set()
 
-    def get(self, room_id: str) -> Room | None:
-        """The room ``room_id`` if it has sessions here."""
-        return self._rooms.get(room_id)
-
     def room(self, room_id: str) -> Room:
         """The room ``room_id``, created if it has no sessions here yet."""
         return self._rooms.get(room_id) or self._rooms.setdefault(room_id, Room(room_id, self))
@@ -177,6 +178,8 @@ class Room:
         self.last_id = 0  # the newest message the sessions have been woken for
         self.appender: Appender[_Post] = Appender(rooms.backend.log, self.stream, self._stored, self._failed)
         self._watcher: asyncio.Task[None] | None = None
+        self._typing: Subscription | None = None  # the room's TYPING signals, while it has sessions here
+        self._relay: asyncio.Task[None] | None = None
         # Serialized messages by id: every session of the room sends the same bytes, encoded once.
         # (OrderedDict: dropping the oldest is O(1); on a dict, next(iter(d)) scans the deleted slots.)
         self._encoded: collections.OrderedDict[int, bytes] = collections.OrderedDict()
@@ -197,6 +200,8 @@ class Room:
         self.sessions.add(session)  # joining comes first: presence, then the join message, then reading
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name=f"room {self.room_id}")
+            self._typing = self.rooms.backend.signals.subscribe(typing_channel(self.room_id))
+            self._relay = asyncio.create_task(self._relay_typing(self._typing), name=f"room {self.room_id} typing")
         try:
             await self.say(f"{session.user} joined", session.user)
             yield session
@@ -205,16 +210,18 @@ class Room:
             if not self.sessions and self._watcher is not None:
                 self._watcher.cancel()
                 self._watcher = None
+                if self._typing is not None and self._relay is not None:
+                    self._typing.close()
+                    self._relay.cancel()
+                    self._typing = self._relay = None
                 self.rooms.emptied(self)
             leave = asyncio.ensure_future(self.say(f"{session.user} left", session.user))
             self.rooms.leaving(leave)
             await asyncio.shield(leave)
 
-    def members(self) -> list[str]:
-        return sorted({s.user for s in self.sessions})
-
-    def presence(self) -> pb.ChatPresence:
-        return pb.ChatPresence(room_id=self.room_id, users=self.members())
+    async def presence(self) -> pb.ChatPresence:
+        """Who is in the room, on every replica."""
+        return await room_presence(self.rooms.backend, self.room_id)
 
     # --- the backlog and reading -----------------------------------------------
 
@@ -265,8 +272,9 @@ class Room:
 
     # --- writing -----------------------------------------------------------------
 
-    def relay_typing(self, session: Session) -> None:
-        """Pass ``session``'s TYPING on to the room's other users, at most once per ``TYPING_INTERVAL``."""
+    async def relay_typing(self, session: Session) -> None:
+        """Pass ``session``'s TYPING on to the room's other users, on every replica, at most once per
+        ``TYPING_INTERVAL`` (per user and replica)."""
         now = time.monotonic()
         if now - self.last_typing.get(session.user, 0.0) < TYPING_INTERVAL:
             return
@@ -275,9 +283,20 @@ class Room:
             user_id=session.user, room_id=self.room_id, type=pb.CHAT_MESSAGE_TYPE_TYPING,
             timestamp=timestamp(time.time()),
         )  # fmt: skip
-        for other in self.sessions:
-            if other.user != session.user:
-                other.push(pb.ChatResponse(messages=[typing]))
+        await self.rooms.backend.signals.publish(typing_channel(self.room_id), typing.SerializeToString())
+
+    async def _relay_typing(self, signals: Subscription) -> None:
+        """Give each TYPING signal of the room to the sessions here of the other users (a session that does
+        not read keeps the newest ``OUTBOX_SIZE`` of its ephemeral responses)."""
+        async for payload in signals:
+            try:
+                typing = pb.ChatMessage.FromString(payload)
+            except DecodeError:
+                log.warning("room %s: a TYPING signal that does not decode, dropped", self.room_id)
+                continue
+            for other in self.sessions:
+                if other.user != typing.user_id:
+                    other.push(pb.ChatResponse(messages=[typing]))
 
     async def post(self, session: Session, send: pb.ChatSend) -> Refusal | None:
         """Append a message ``session`` sent (checked already), unless it is over the rate limit."""
@@ -363,8 +382,18 @@ class Room:
 
 
 def room_stream(room_id: str) -> str:
-    """The name of a room's log."""
+    """The name of a room's log, and the scope of its presence."""
     return f"room:{room_id}"
+
+
+def typing_channel(room_id: str) -> str:
+    """The signal channel of a room's TYPING indicators."""
+    return f"typing:{room_id}"
+
+
+async def room_presence(backend: Backend, room_id: str) -> pb.ChatPresence:
+    """Who is in room ``room_id``, on every replica of ``backend``."""
+    return pb.ChatPresence(room_id=room_id, users=await backend.presence.members(room_stream(room_id)))
 
 
 def encode_message(record: LogRecord) -> bytes:

@@ -14,6 +14,13 @@ input.
 ``Uploads.open`` gives an ``UploadSession`` for one stream; every way a stream
 can fail ends in ``UploadSession._end``, which decides what of the upload stays,
 and reaches the RPC handler as ``UploadRefused`` (a status code and detail).
+
+One stream writes an upload at a time, on every replica: the stream holds an
+exclusive lease on the upload's id in the backend's presence (scope ``uploads``)
+from before it touches the partial file until it has closed it. A stream whose
+lease was lost (its store unreachable for longer than the lease, and another
+stream took the upload meanwhile) stops at its next chunk, leaving the file to
+the stream that holds it.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any, NoReturn, TypeGuard
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import Backend, FileRecord, UploadRecord
+from streamcli.backends.base import Backend, FileRecord, Lease, UploadRecord
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Caller
@@ -55,6 +62,8 @@ UPLOAD_ID = SAFE_ID  # the blob store's rule: an id becomes a file name there
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a client is told when the data dir's filesystem has no room left.
 DISK_FULL = "the server's disk is full"
+#: The presence scope of the uploads a stream is writing (members: upload ids, each held by one stream).
+UPLOADS_SCOPE = "uploads"
 _CHUNK_KEY = bytes_key(pb.UploadFileRequest.CHUNK_FIELD_NUMBER)[0]
 
 #: What an upload stream's messages are, as UploadFile's request deserializer makes them: a chunk (a view of
@@ -86,6 +95,17 @@ class UploadRefused(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+class ClaimLost(UploadRefused):
+    """This stream lost its lease on the upload: another stream writes it now, so nothing of it is touched."""
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            f"this stream lost its hold on upload {upload_id} while the server could not reach its store; "
+            "resume it (GetUploadStatus gives its offset)",
+        )
 
 
 def disk_full(exc: BaseException) -> TypeGuard[OSError]:
@@ -177,9 +197,9 @@ class Uploads:
     def __init__(self, backend: Backend, limits: FileLimits, space: QuotaLedger) -> None:
         self.blobs = backend.blobs
         self.meta = backend.metadata
+        self.presence = backend.presence  # which uploads a stream is writing, on every replica
         self.limits = limits
         self.space = space
-        self._active: set[str] = set()  # upload ids with a stream open right now
 
     @contextlib.asynccontextmanager
     async def open(self, first: UploadRequest, caller: Caller) -> AsyncIterator[UploadSession]:
@@ -197,13 +217,13 @@ class Uploads:
             session = await self._resume(first.resume, caller)
         else:
             raise _invalid(f"the first message must carry metadata or resume, not {kind or 'nothing'}")
-        upload_id = session.upload.upload_id
-        self._active.add(upload_id)
         try:
             yield session
         finally:
-            self._active.discard(upload_id)
-            await session.partial.close()
+            try:
+                await session.partial.close()
+            finally:
+                await asyncio.shield(session.lease.leave())  # once the file is closed: another stream may go on
 
     async def owned(self, upload_id: str, caller: Caller, *, missing: str) -> UploadRecord:
         """The record of upload ``upload_id`` if ``caller`` may act on it.
@@ -232,38 +252,54 @@ class Uploads:
         upload_id = first.upload_id or uuid.uuid4().hex
         if not UPLOAD_ID.fullmatch(upload_id):
             raise _invalid("upload_id must be 1-64 letters, digits, '-' or '_'")
-        if upload_id in self._active or await self.meta.get_upload(upload_id) is not None:
-            raise UploadRefused(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
-            )
-        now = time.time()
-        upload = UploadRecord(
-            upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self.limits.upload_ttl,
-            caller.user or "",
-        )  # fmt: skip
-        # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
-        return await self._opened(upload, 0, await self._reserve(max(meta.total_size, 0)), new=True)
+        exists = UploadRefused(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
+        )
+        async with self._claimed(upload_id, exists) as lease:
+            if await self.meta.get_upload(upload_id) is not None:
+                raise exists
+            now = time.time()
+            upload = UploadRecord(
+                upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self.limits.upload_ttl,
+                caller.user or "",
+            )  # fmt: skip
+            # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
+            return await self._opened(upload, 0, await self._reserve(max(meta.total_size, 0)), lease, new=True)
 
     async def _resume(self, resume: pb.UploadResume, caller: Caller) -> UploadSession:
         missing = f"no upload {quoted(resume.upload_id)} to resume (expired?)"
         upload = await self.owned(resume.upload_id, caller, missing=missing)
-        if upload.upload_id in self._active:
-            raise UploadRefused(
-                grpc.StatusCode.FAILED_PRECONDITION, f"upload {upload.upload_id} is being written by another stream"
-            )
-        committed = self.committed_offset(upload.upload_id)
-        if resume.offset != committed:
-            raise UploadRefused(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"resume offset {resume.offset} disagrees with the server's committed offset {committed}",
-            )
-        # The committed bytes are already counted as used; only the rest may still arrive. A refused
-        # resume keeps its partial file: it can go on once space is freed.
-        return await self._opened(upload, committed, await self._reserve(upload.total_size - committed), new=False)
+        busy = UploadRefused(
+            grpc.StatusCode.FAILED_PRECONDITION, f"upload {upload.upload_id} is being written by another stream"
+        )
+        async with self._claimed(upload.upload_id, busy) as lease:
+            committed = self.committed_offset(upload.upload_id)
+            if resume.offset != committed:
+                raise UploadRefused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"resume offset {resume.offset} disagrees with the server's committed offset {committed}",
+                )
+            # The committed bytes are already counted as used; only the rest may still arrive. A refused
+            # resume keeps its partial file: it can go on once space is freed.
+            reservation = await self._reserve(upload.total_size - committed)
+            return await self._opened(upload, committed, reservation, lease, new=False)
+
+    @contextlib.asynccontextmanager
+    async def _claimed(self, upload_id: str, refusal: UploadRefused) -> AsyncIterator[Lease]:
+        """The lease of the one stream that writes ``upload_id`` (``refusal`` when another holds it), given up
+        if the block fails."""
+        lease = await self.presence.join(UPLOADS_SCOPE, upload_id, exclusive=True)
+        if lease is None:
+            raise refusal
+        try:
+            yield lease
+        except BaseException:
+            await asyncio.shield(lease.leave())
+            raise
 
     async def _opened(
-        self, upload: UploadRecord, committed: int, reservation: Reservation, *, new: bool
+        self, upload: UploadRecord, committed: int, reservation: Reservation, lease: Lease, *, new: bool
     ) -> UploadSession:
         """A session writing ``upload``'s partial file after its first ``committed`` bytes.
 
@@ -295,7 +331,7 @@ class Uploads:
                             upload.filename, exc)  # fmt: skip
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
             raise
-        return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation))
+        return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation), lease)
 
     async def _reserve(self, size: int) -> Reservation:
         """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
@@ -315,7 +351,10 @@ class Uploads:
 
     async def expire(self) -> int:
         """Discard partial uploads past their time to live that no stream is writing; returns how many."""
-        expired = [u for u in await self.meta.expired_uploads(time.time()) if u.upload_id not in self._active]
+        expired = await self.meta.expired_uploads(time.time())
+        if expired:
+            writing = set(await self.presence.members(UPLOADS_SCOPE))  # on any replica
+            expired = [u for u in expired if u.upload_id not in writing]
         discarded = 0
         for upload in expired:
             try:
@@ -332,10 +371,11 @@ class Uploads:
 class UploadSession:
     """One upload stream: receives its chunks into the partial file, verifies them, stores the file."""
 
-    def __init__(self, uploads: Uploads, upload: UploadRecord, partial: PartialFile) -> None:
+    def __init__(self, uploads: Uploads, upload: UploadRecord, partial: PartialFile, lease: Lease) -> None:
         self._uploads = uploads
         self.upload = upload
         self.partial = partial
+        self.lease = lease  # this stream's claim on the upload (Uploads._claimed)
 
     async def receive(self, requests: AsyncIterator[UploadRequest]) -> str:
         """Write the chunks that follow the first message, up to the end of the stream.
@@ -360,7 +400,7 @@ class UploadSession:
                 raise
             await self.partial.settle()
         except UploadRefused as refusal:
-            await self._end(refusal.code, refusal.detail)
+            await self._end(refusal.code, refusal.detail, keep=isinstance(refusal, ClaimLost))
         except MalformedRequest as exc:
             upload, size = self.upload, self.partial.size
             if upload.total_size >= 0:  # resumable: what came before the bad message stays, like an interruption
@@ -422,6 +462,8 @@ class UploadSession:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
             )
+        if not self.lease.held:
+            raise ClaimLost(self.upload.upload_id)
         partial = self.partial
         end = partial.received + len(data)
         if total >= 0 and end > total:
@@ -447,6 +489,9 @@ class UploadSession:
             UploadRefused: the disk is full; nothing of the upload is kept.
         """
         upload, uploads, size = self.upload, self._uploads, self.partial.size
+        if not self.lease.held:  # another stream writes the upload now: nothing of it is touched
+            lost = ClaimLost(upload.upload_id)
+            await self._end(lost.code, lost.detail, keep=True)
         existing = await uploads.meta.find_file(upload.filename, digest, size, upload.owner)
         if existing is not None:
             await self.partial.close()
