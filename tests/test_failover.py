@@ -170,11 +170,6 @@ def test_a_tail_goes_on_after_redis_restarts(tmp_path: pathlib.Path) -> None:
     assert tail_events(everything) == [(1, "u1"), (2, "u2"), (3, "u3")]  # nothing acknowledged was lost
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the server's side: a replica's chat room stops following its Redis Stream once Redis restarts, so "
-    "a member on it is not sent what is stored afterwards (the Redis outage fix, issue 17)",
-)
 @pytest.mark.timeout(60)
 def test_a_chat_goes_on_after_redis_restarts(tmp_path: pathlib.Path) -> None:
     with restarting_redis(tmp_path) as (a, b, restart):

@@ -28,12 +28,15 @@ from typing import NamedTuple
 from google.protobuf.message import DecodeError
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import Backend, LogBounds, LogRecord, NewRecord, Subscription
+from streamcli.backends.base import Backend, LogBounds, LogRecord, NewRecord, StoreUnavailableError, Subscription
 from streamcli.services import wire
 from streamcli.services.logs import Appender, LogSettings, timestamp
 from streamcli.services.notifications import NotificationService
 
 log = logging.getLogger("streamcli.chat")
+
+#: Seconds between a room's tries to follow its log while the store cannot be reached.
+STORE_RETRY = 0.5
 
 #: The author of the messages the server writes (joins and leaves); no client may chat as it.
 SYSTEM_USER = "system"
@@ -354,11 +357,24 @@ class Room:
         heartbeat = self.rooms.log_settings.heartbeat
         next_check = loop.time() + 1.0
         next_beat = loop.time() + heartbeat
+        away = False  # the store cannot be reached: the room keeps its timers and tries again
         while True:
             timeout = max(0.0, min(next_check, next_beat) - loop.time())
-            if await store.wait_for(self.stream, self.last_id, timeout):
-                self.advance((await store.bounds(self.stream)).last_id)  # a no-op after this room's own appends
-            elif self.rooms.stopping.is_set():
+            try:
+                grew = await store.wait_for(self.stream, self.last_id, STORE_RETRY if away else timeout)
+                if grew:
+                    self.advance((await store.bounds(self.stream)).last_id)  # a no-op after this room's own appends
+                if away:
+                    log.info("room %s: following its log again", self.room_id)
+                away = False
+            except StoreUnavailableError as exc:  # (Redis restarting): its sessions' own calls say so
+                if not away:
+                    log.warning("room %s: cannot follow its log (trying again every %s s): %s", self.room_id,
+                                STORE_RETRY, exc)  # fmt: skip
+                away = True
+                await asyncio.sleep(STORE_RETRY)
+                grew = False
+            if not grew and self.rooms.stopping.is_set():
                 for session in self.sessions:
                     session.wake.set()  # each raises ServerStopping with its resume point
                 return
