@@ -189,6 +189,36 @@ async def test_a_named_push_takes_each_index_once_across_streams(conn: Connectio
     assert ("next-index", "150") in tuple(failure.value.trailing_metadata() or ())
 
 
+async def one_push_at_a_time(first: Connection, second: Connection) -> None:
+    """Two streams of push p1 at once, through ``first`` and ``second``: one is refused ABORTED, the other
+    (whichever opened first) goes on, and the push is free for the next stream once it ends."""
+    go = asyncio.Event()
+
+    async def held(values: Sequence[pb.MetricData]) -> AsyncIterator[pb.CollectMetricsRequest]:
+        yield pb.CollectMetricsRequest(push_id="p1", metrics=values)
+        await go.wait()
+
+    calls = [
+        asyncio.ensure_future(conn.stub.CollectMetrics(held([sample("m", float(n))]), metadata=conn.metadata))
+        for n, conn in enumerate((first, second))
+    ]
+    done, _ = await asyncio.wait(calls, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1  # the refused one ends at once; the other waits for go
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await done.pop()
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert "another stream is sending push 'p1'" in (refused.value.details() or "")
+    go.set()
+    winner = await next(c for c in calls if not c.done() or c.exception() is None)
+    assert (winner.next_index, winner.metrics_received) == (1, 1)
+    again = await collect(second, [pb.CollectMetricsRequest(push_id="p1", first_index=1, metrics=[sample("m", 9.0)])])
+    assert again.next_index == 2
+
+
+async def test_a_named_push_is_sent_by_one_stream_at_a_time(conn: Connection) -> None:
+    await one_push_at_a_time(conn, conn)
+
+
 async def test_since_counts_the_minutes_from_that_time(conn: Connection) -> None:
     now = int(time.time())
     old = [sample("temp", 100.0, now - 7200), sample("temp", 50.0, now - 3600)]

@@ -30,7 +30,14 @@ from tests.support.redis import RedisServer, redis_server
 from tests.support.servers import ServeProcess, client, running_server, serve_process
 from tests.test_batch_cli import start_ingest, wait_until
 from tests.test_collab import joined, presence_of, text_of
-from tests.test_metrics import assert_quantiles_within_one_percent, collect, messages, sample, series
+from tests.test_metrics import (
+    assert_quantiles_within_one_percent,
+    collect,
+    messages,
+    one_push_at_a_time,
+    sample,
+    series,
+)
 
 TYPING = pb.CHAT_MESSAGE_TYPE_TYPING
 
@@ -381,3 +388,15 @@ async def test_collab_editors_on_two_replicas_see_each_others_presence_and_curso
     assert told_alice == ("bob", "b1", True)  # who came, on B
     assert (cursor.user_id, cursor.client_id, cursor.WhichOneof("change")) == ("alice", "a1", "cursor")
     assert presence_of(event) == ("alice", "a1", False)
+
+
+async def test_a_named_metric_push_is_sent_by_one_stream_at_a_time_across_replicas(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    async with (
+        running_server(tmp_path / "a", backend=redis_url) as a,
+        running_server(tmp_path / "b", backend=redis_url) as b,
+        client(a.address) as on_a,
+        client(b.address) as on_b,
+    ):
+        await one_push_at_a_time(on_a, on_b)

@@ -6,12 +6,11 @@ commands and a second pool whose connections are each held by one blocked ``XREA
 whether Redis answers.
 
 Metric series and sketches are on Redis too (``redis_metrics.py``), and so are the storage quota's counts
-(``redis_space.py``). What the services keep that is ephemeral but must be the same on every replica is on
-Redis too (``redis_ephemeral.py``): presence as leases (chat room members and the one-session-per-user rule,
-collaboration editors, the one stream writing an upload) and signals by pub/sub, never stored (TYPING,
-collaboration cursors and presence), on one subscriber connection per replica taken from the waits' pool.
-
-Not on Redis yet (issue 17 continues): the one-stream-per-push rule of named metric pushes.
+(``redis_space.py``). What the services keep that is ephemeral but must be the same on every
+replica is on Redis too (``redis_ephemeral.py``): presence as leases (chat room members and the
+one-session-per-user rule, collaboration editors, the one stream writing an upload or sending a named
+metric push) and signals by pub/sub, never stored (TYPING, collaboration cursors and presence), on one
+subscriber connection per replica taken from the waits' pool.
 """
 
 from __future__ import annotations

@@ -244,7 +244,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
-        metrics = MetricService(backend.metrics, credentials_, config.max_series, config.metric_retention)
+        metrics = MetricService(
+            backend.metrics, credentials_, config.max_series, config.metric_retention, backend.presence
+        )
         await metrics.load()
         collab = CollabService(backend, log_settings, stopping, credentials_, config.documents)
         ids = IdService(backend.metadata, credentials_)

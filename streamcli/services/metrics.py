@@ -22,6 +22,7 @@ skipped, so each is counted once whatever stream and run sent it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -32,7 +33,8 @@ from typing import Any, ClassVar
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import MetricDelta, MetricSeries, MetricStore, PushMark, StoredMetric
+from streamcli.backends.base import Lease, MetricDelta, MetricSeries, MetricStore, Presence, PushMark, StoredMetric
+from streamcli.backends.ephemeral import LocalPresence
 from streamcli.credentials import Credentials
 from streamcli.services import sketches
 from streamcli.services.batches import END_TIME, FIRST_TIME
@@ -47,6 +49,8 @@ MAX_LABEL_VALUE = 1024  # characters
 MAX_SAMPLES_PER_REQUEST = 10_000
 #: Series one stream may touch (OpenTelemetry's default cardinality limit); more go to the overflow series.
 STREAM_SERIES = 2000
+#: The presence scope of named pushes being sent: one stream per push at a time, on every replica.
+PUSHES_SCOPE = "metric-pushes"
 #: Default of ``serve --max-series``: series the server holds, every owner's together.
 DEFAULT_MAX_SERIES = 100_000
 #: Seconds between a stream's merges into the store (and (series, minute) sketches held before one).
@@ -117,9 +121,10 @@ class _Registry:
 class _Stream:
     """What one CollectMetrics stream holds: its verdict per series, its pending sketches, its counts."""
 
-    def __init__(self, owner: str, push_id: str, next_index: int, errors: int) -> None:
+    def __init__(self, owner: str, push_id: str, next_index: int, errors: int, lease: Lease | None = None) -> None:
         self.owner = owner
         self.push_id = push_id
+        self.lease = lease  # a named push's: this stream is the one sending it
         self.next_index = next_index  # with a push: its next index; else samples received
         self.errors = errors
         self.verdicts: dict[Key, int | Refusal] = {}  # series id, or why its samples are refused
@@ -147,13 +152,14 @@ class MetricService:
         credentials: Credentials | None = None,
         max_series: int = DEFAULT_MAX_SERIES,
         minute_retention: float | None = DEFAULT_MINUTE_RETENTION,
+        presence: Presence | None = None,
     ) -> None:
         self._store = store
+        self._presence = presence or LocalPresence()  # (the backend's: shared by replicas)
         self._credentials = credentials or Credentials()
         self._max_series = max_series
         self._minute_retention = minute_retention  # seconds; None: per-minute sketches are kept for ever
         self._registry = _Registry()
-        self._pushing: set[tuple[str, str]] = set()
 
     async def load(self) -> None:
         """Read the series the store holds (before serving; ListMetricSeries reads those added since)."""
@@ -204,8 +210,8 @@ class MetricService:
                 response.summaries.extend(summary(s, stored[s.series_id], ()) for s in step if s.series_id in stored)
             return response
         finally:
-            if stream is not None:
-                self._pushing.discard((owner, stream.push_id))
+            if stream is not None and stream.lease is not None:
+                await asyncio.shield(stream.lease.leave())
 
     async def _open(self, request: pb.CollectMetricsRequest, owner: str, context: Context) -> _Stream:
         push_id = request.push_id
@@ -216,10 +222,14 @@ class MetricService:
         errors = min(request.max_errors, MAX_ERRORS) if request.max_errors else DEFAULT_ERRORS
         if not push_id:
             return _Stream(owner, "", 0, errors)
-        if (owner, push_id) in self._pushing:
+        lease = await self._presence.join(PUSHES_SCOPE, f"{owner}/{push_id}", exclusive=True)  # (no '/' in a push_id)
+        if lease is None:
             await abort(context, grpc.StatusCode.ABORTED, f"another stream is sending push {quoted(push_id)}")
-        self._pushing.add((owner, push_id))
-        return _Stream(owner, push_id, await self._store.push_position(owner, push_id), errors)
+        try:
+            return _Stream(owner, push_id, await self._store.push_position(owner, push_id), errors, lease)
+        except BaseException:
+            await asyncio.shield(lease.leave())
+            raise
 
     async def _take(self, stream: _Stream, request: pb.CollectMetricsRequest) -> None:
         """Count the samples of one message not held yet into the stream's pending sketches."""
