@@ -221,11 +221,13 @@ class ChatClient:
 
     async def run(self) -> None:
         """Join and stay joined until ``leave``; raises StreamcliError when the room cannot be joined."""
-        # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure.
+        # RESOURCE_EXHAUSTED: disconnected for reading too slowly; resuming is the cure. ALREADY_EXISTS (only
+        # ever retried after the first join): the session this client lost still holds its place, e.g. on
+        # a replica that died, until its lease runs out (seconds).
         attempts = Attempts(
             self.retry,
             f"chat in {self.room}",
-            also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}),
+            also=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS}),
             connection=self.conn,
         )
         self.handlers.state(ChatState.CONNECTING, self.conn.settings.address)
