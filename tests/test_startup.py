@@ -106,7 +106,10 @@ def test_plain_values_come_out_as_typers_coercion_gives_them(where: str, param: 
     plain = PlainValues(param)
     ctx = Context(typer.main.get_command(app))
     multiple = param.multiple or param.nargs == -1
-    for value in (param.default, None, ("x", "y") if multiple else "x"):
+    # Strings of several shapes: a plain Path parameter makes its Path without typer (an empty string, a
+    # trailing slash and an existing directory, ".", included).
+    strings = ("x", "", "a/b/", ".")
+    for value in (param.default, None, *((strings,) if multiple else strings)):
         try:
             expected = typers.coerce(value, param=param, ctx=ctx)
         except Exception as exc:  # a value typer refuses: PlainValues must refuse it alike
