@@ -26,6 +26,7 @@ import functools
 import hashlib
 import io
 import logging
+import pathlib
 import re
 import time
 import uuid
@@ -35,7 +36,7 @@ from typing import Any, NoReturn, TypeGuard
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import Backend, FileRecord, UploadRecord
+from streamcli.backends.base import Backend, BlobStore, FileRecord, UploadRecord
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Caller
@@ -105,20 +106,35 @@ class PartialFile:
     has nothing left to flush (and cannot fail on a full disk), and the quota
     ledger counts exactly the bytes written, even when a write fails partway.
     The ledger is only touched on the event loop (``_account``), never by the worker.
+
+    A new upload's file is created by the worker, in the step of its first write (or of ``store``): a file of
+    one chunk is opened, written, made durable and moved to its stored place in two hand-offs to the worker.
     """
 
     #: Chunks accepted and not yet written, at most (a few MiB at the largest chunk the contract allows).
     WRITES_IN_FLIGHT = 4
 
-    def __init__(self, handle: io.FileIO, hasher: Any, size: int, reservation: Reservation) -> None:
-        self.handle = handle
+    def __init__(
+        self, handle: io.FileIO | None, hasher: Any, size: int, reservation: Reservation, *, path: pathlib.Path
+    ) -> None:
+        self.handle = handle  # None until the worker creates the file at ``path`` (a new upload)
+        self.path = path
         self.hasher = hasher
         self.size = size  # bytes in the file: the committed offset plus what this stream wrote
         self.received = size  # bytes in the file plus those accepted and not yet written
         self.reservation = reservation
         self._accounted = size  # of ``size``, what the reservation has been told of
         self._pipeline: Pipeline[None] = Pipeline()
-        self._writeback = Writeback(handle.fileno(), size)  # so that the fsync of the commit has little left
+        self._writeback: Writeback | None = None  # so that the fsync of the commit has little left
+        self._closed = False
+
+    def _opened(self) -> io.FileIO:
+        """(On the worker thread.) The file's handle, created empty (0600, as the blob it becomes) if need be."""
+        if self.handle is None:
+            if self._closed:  # (the stream ended while this step waited: nothing more is created)
+                raise OSError(errno.EBADF, "the partial file is closed")
+            self.handle = open_private(self.path, "wb")
+        return self.handle
 
     async def write(self, data: bytes | memoryview) -> None:
         """Accept ``data`` for writing after what came before; raises a failure of an earlier write."""
@@ -139,15 +155,28 @@ class PartialFile:
 
     def _write_now(self, data: bytes | memoryview) -> None:
         """(On the worker thread.) Append ``data`` and hash it."""
+        handle = self._opened()
+        if self._writeback is None:
+            self._writeback = Writeback(handle.fileno(), self.size)
         view = memoryview(data)
         while view:
-            written = self.handle.write(view)  # an unbuffered write may take only part
+            written = handle.write(view)  # an unbuffered write may take only part
             if not written:
                 raise OSError(errno.EIO, "the partial file accepted no bytes")
             self.size += written
             view = view[written:]
         self._writeback.wrote(self.size)
         self.hasher.update(data)
+
+    async def store(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
+        """Make the file durable and move it to its stored place as ``file_id`` (``BlobStore.commit``), on the
+        worker after every write; raises its failure, or the first of a write."""
+        self._pipeline.put(functools.partial(self._store_now, blobs, upload_id, file_id))
+        await self.settle()
+
+    def _store_now(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
+        """(On the worker thread.) ``BlobStore.commit`` of the file, synced through its handle."""
+        blobs.commit(upload_id, file_id, self._opened().fileno())
 
     def _account(self) -> None:
         """Tell the reservation of the bytes written since it last heard."""
@@ -157,10 +186,12 @@ class PartialFile:
     async def close(self) -> None:
         """Stop writing (a chunk being written is finished, those waiting dropped), close the file and give
         back what was reserved and not written (all idempotent)."""
+        self._closed = True
         await self._pipeline.close()
         self._account()
         self.received = self.size
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
         self.reservation.release()
 
 
@@ -232,18 +263,40 @@ class Uploads:
         upload_id = first.upload_id or uuid.uuid4().hex
         if not UPLOAD_ID.fullmatch(upload_id):
             raise _invalid("upload_id must be 1-64 letters, digits, '-' or '_'")
-        if upload_id in self._active or await self.meta.get_upload(upload_id) is not None:
-            raise UploadRefused(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
-            )
+        exists = UploadRefused(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
+        )
         now = time.time()
         upload = UploadRecord(
             upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self.limits.upload_ttl,
             caller.user or "",
         )  # fmt: skip
-        # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
-        return await self._opened(upload, 0, self._reserve(max(meta.total_size, 0)), new=True)
+        if upload_id in self._active:
+            raise exists
+        if upload.total_size < 0:  # unknown-size uploads cannot be resumed: nothing to record
+            if await self.meta.get_upload(upload_id) is not None:
+                raise exists
+        else:
+            try:
+                # Recorded unless an upload of this id exists (on any replica): the check and the record are one step.
+                if not await self.meta.start_upload(upload):
+                    raise exists
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+                log.warning("could not start upload %s (%s): %s", upload_id, filename, exc)
+                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
+        try:
+            # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
+            reservation = self._reserve(max(meta.total_size, 0))
+        except UploadRefused:
+            if upload.total_size >= 0:
+                await self.forget(upload_id)
+            raise
+        # The partial file is created by the worker that writes it (PartialFile), with the first chunk.
+        path = self.blobs.partial_path(upload_id)
+        return UploadSession(self, upload, PartialFile(None, hashlib.sha256(), 0, reservation, path=path))
 
     async def _resume(self, resume: pb.UploadResume, caller: Caller) -> UploadSession:
         missing = f"no upload {quoted(resume.upload_id)} to resume (expired?)"
@@ -260,42 +313,33 @@ class Uploads:
             )
         # The committed bytes are already counted as used; only the rest may still arrive. A refused
         # resume keeps its partial file: it can go on once space is freed.
-        return await self._opened(upload, committed, self._reserve(upload.total_size - committed), new=False)
+        return await self._opened(upload, committed, self._reserve(upload.total_size - committed))
 
-    async def _opened(
-        self, upload: UploadRecord, committed: int, reservation: Reservation, *, new: bool
-    ) -> UploadSession:
-        """A session writing ``upload``'s partial file after its first ``committed`` bytes.
+    async def _opened(self, upload: UploadRecord, committed: int, reservation: Reservation) -> UploadSession:
+        """A session writing resumed ``upload``'s partial file after its first ``committed`` bytes.
 
-        The partial file is created (``new``) or opened and its committed prefix hashed again (hashlib
-        states cannot be saved), and the upload recorded with a fresh expiry. When that fails, a new
-        upload leaves nothing behind and a resumed one keeps its partial file, to be resumed again.
+        The partial file is opened and its committed prefix hashed again (hashlib states cannot be saved),
+        and the upload recorded with a fresh expiry. When that fails, the partial file stays, to be resumed
+        again.
         """
         path = self.blobs.partial_path(upload.upload_id)
         handle = None
         try:
-            mode = "wb" if new else "r+b" if path.exists() else "w+b"
+            mode = "r+b" if path.exists() else "w+b"
             handle = await asyncio.to_thread(open_private, path, mode)  # 0600, as the blob it becomes
-            if new:
-                hasher = hashlib.sha256()
-            else:
-                hasher = await asyncio.to_thread(sha256_prefix, handle, committed)  # off the event loop
-                handle.seek(committed)
-                upload = dataclasses.replace(upload, expires_at=time.time() + self.limits.upload_ttl)
-            if upload.total_size >= 0:  # unknown-size uploads cannot be resumed: nothing to record
-                await self.meta.put_upload(upload)
+            hasher = await asyncio.to_thread(sha256_prefix, handle, committed)  # off the event loop
+            handle.seek(committed)
+            upload = dataclasses.replace(upload, expires_at=time.time() + self.limits.upload_ttl)
+            await self.meta.put_upload(upload)
         except BaseException as exc:
             reservation.release()
             if handle is not None:
                 handle.close()
-                if new:
-                    self.blobs.discard_partial(upload.upload_id)
             if disk_full(exc):
-                log.warning("could not %s upload %s (%s): %s", "start" if new else "resume", upload.upload_id,
-                            upload.filename, exc)  # fmt: skip
+                log.warning("could not resume upload %s (%s): %s", upload.upload_id, upload.filename, exc)
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
             raise
-        return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation))
+        return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation, path=path))
 
     def _reserve(self, size: int) -> Reservation:
         """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
@@ -447,19 +491,13 @@ class UploadSession:
             UploadRefused: the disk is full; nothing of the upload is kept.
         """
         upload, uploads, size = self.upload, self._uploads, self.partial.size
-        existing = await uploads.meta.find_file(upload.filename, digest, size, upload.owner)
-        if existing is not None:
-            await self.partial.close()
-            uploads.space.freed(uploads.blobs.discard_partial(upload.upload_id))
-            await uploads.forget(upload.upload_id)
-            log.info("%s (%s, %d bytes) is stored already as %s", upload.upload_id, upload.filename, size,
-                     existing.file_id)  # fmt: skip
-            return existing, True
         file_id = uuid.uuid4().hex
         stored = FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time(), upload.owner)
         try:
-            await asyncio.to_thread(uploads.blobs.commit, upload.upload_id, stored.file_id)
-            await uploads.meta.put_file(stored)
+            # The bytes are made durable and moved first (by the worker that wrote them), then the file is
+            # recorded and the upload forgotten in one metadata step, which finds a file stored already.
+            await self.partial.store(uploads.blobs, upload.upload_id, stored.file_id)
+            recorded = await uploads.meta.finish_upload(stored, upload.upload_id)
         except OSError as exc:
             if not disk_full(exc):
                 raise
@@ -467,7 +505,11 @@ class UploadSession:
             # (the partial's are counted, and removed, by _end).
             uploads.blobs.delete(stored.file_id)
             await self._end(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
-        await uploads.forget(upload.upload_id)
+        if recorded.file_id != stored.file_id:  # the same name and bytes, and owner: that file is the answer
+            uploads.space.freed(uploads.blobs.delete(stored.file_id))
+            log.info("%s (%s, %d bytes) is stored already as %s", upload.upload_id, upload.filename, size,
+                     recorded.file_id)  # fmt: skip
+            return recorded, True
         log.info("stored %s (%s, %d bytes)", stored.file_id, upload.filename, size)
         return stored, False
 
