@@ -175,8 +175,11 @@ class PartialFile:
         await self.settle()
 
     def _store_now(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
-        """(On the worker thread.) ``BlobStore.commit`` of the file, synced through its handle."""
-        blobs.commit(upload_id, file_id, self._opened().fileno())
+        """(On the worker thread.) ``BlobStore.commit`` of the file, synced through its handle, then closed
+        here (closing a file just written can take a fraction of a millisecond: not on the event loop)."""
+        handle = self._opened()
+        blobs.commit(upload_id, file_id, handle.fileno())
+        handle.close()
 
     def _account(self) -> None:
         """Tell the reservation of the bytes written since it last heard."""
