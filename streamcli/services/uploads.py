@@ -107,8 +107,8 @@ class PartialFile:
     ledger counts exactly the bytes written, even when a write fails partway.
     The ledger is only touched on the event loop (``_account``), never by the worker.
 
-    A new upload's file is created by the worker, in the step of its first write (or of ``store``): a file of
-    one chunk is opened, written, made durable and moved to its stored place in two hand-offs to the worker.
+    A new upload's file is created by the worker, in the step of its first write (or by ``store``): a file of
+    one chunk is opened and written in one hand-off, made durable and moved to its stored place in another.
     """
 
     #: Chunks accepted and not yet written, at most (a few MiB at the largest chunk the contract allows).
@@ -169,14 +169,19 @@ class PartialFile:
         self.hasher.update(data)
 
     async def store(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
-        """Make the file durable and move it to its stored place as ``file_id`` (``BlobStore.commit``), on the
-        worker after every write; raises its failure, or the first of a write."""
-        self._pipeline.put(functools.partial(self._store_now, blobs, upload_id, file_id))
+        """Make the file durable and move it to its stored place as ``file_id`` (``BlobStore.commit``), once every
+        write is done; raises its failure, or the first of a write.
+
+        On a thread at the process's priority, not the worker's: the commit is little CPU but waits for the
+        disk, and a step at the worker's lower priority waits for a core as well on a busy machine, which
+        the client of every small file would wait for.
+        """
         await self.settle()
+        await asyncio.to_thread(self._store_now, blobs, upload_id, file_id)
 
     def _store_now(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
-        """(On the worker thread.) ``BlobStore.commit`` of the file, synced through its handle, then closed
-        here (closing a file just written can take a fraction of a millisecond: not on the event loop)."""
+        """(On a thread.) ``BlobStore.commit`` of the file, synced through its handle, then closed here
+        (closing a file just written can take a fraction of a millisecond: not on the event loop)."""
         handle = self._opened()
         blobs.commit(upload_id, file_id, handle.fileno())
         handle.close()
