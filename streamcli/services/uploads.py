@@ -127,6 +127,7 @@ class PartialFile:
         self._pipeline: Pipeline[None] = Pipeline()
         self._writeback: Writeback | None = None  # so that the fsync of the commit has little left
         self._closed = False
+        self._storing = False  # ``store`` has handed the handle to its thread
 
     def _opened(self) -> io.FileIO:
         """(On the worker thread.) The file's handle, created empty (0600, as the blob it becomes) if need be."""
@@ -177,14 +178,19 @@ class PartialFile:
         the client of every small file would wait for.
         """
         await self.settle()
-        await asyncio.to_thread(self._store_now, blobs, upload_id, file_id)
+        # From here the thread owns the handle and closes it, also when this call is cancelled meanwhile
+        # (shielded: it runs to its end; ``close`` leaves the handle to it).
+        self._storing = True
+        await asyncio.shield(asyncio.to_thread(self._store_now, blobs, upload_id, file_id))
 
     def _store_now(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
         """(On a thread.) ``BlobStore.commit`` of the file, synced through its handle, then closed here
         (closing a file just written can take a fraction of a millisecond: not on the event loop)."""
         handle = self._opened()
-        blobs.commit(upload_id, file_id, handle.fileno())
-        handle.close()
+        try:
+            blobs.commit(upload_id, file_id, handle.fileno())
+        finally:
+            handle.close()
 
     def _account(self) -> None:
         """Tell the reservation of the bytes written since it last heard."""
@@ -198,7 +204,7 @@ class PartialFile:
         await self._pipeline.close()
         self._account()
         self.received = self.size
-        if self.handle is not None:
+        if self.handle is not None and not self._storing:
             self.handle.close()
         self.reservation.release()
 
@@ -502,8 +508,8 @@ class UploadSession:
         file_id = uuid.uuid4().hex
         stored = FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time(), upload.owner)
         try:
-            # The bytes are made durable and moved first (by the worker that wrote them), then the file is
-            # recorded and the upload forgotten in one metadata step, which finds a file stored already.
+            # The bytes are made durable (through the handle that wrote them) and moved first, then the file
+            # is recorded and the upload forgotten in one metadata step, which finds a file stored already.
             await self.partial.store(uploads.blobs, upload.upload_id, stored.file_id)
             recorded = await uploads.meta.finish_upload(stored, upload.upload_id)
         except OSError as exc:
