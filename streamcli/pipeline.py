@@ -126,6 +126,15 @@ class Pipeline(Generic[T]):
             Exception: what the step raised, or for a step skipped after it, what that earlier step raised.
         """
         future = self._steps[0]
+        if future.done() and not future.cancelled():  # (a small write is often done by now: no wake-up to wait for)
+            self._steps.popleft()
+            failure = future.exception()
+            if failure is None:
+                return future.result()
+            if isinstance(failure, StepSkipped):
+                assert self._failure is not None
+                raise self._failure from None
+            raise failure
         wrapped = asyncio.wrap_future(future)
         wrapped.add_done_callback(_retrieve)
         try:

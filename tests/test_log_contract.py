@@ -7,6 +7,7 @@ backend does is tested in ``test_backend_embedded.py`` and ``test_backend_redis.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pathlib
 import time
 from collections.abc import AsyncIterator
@@ -441,6 +442,54 @@ async def test_expired_uploads_are_those_expiring_before_now(store: Store) -> No
     await store.delete_upload("early")
     assert {u.upload_id for u in await store.expired_uploads(1e12)} == {"edge", "late"}
     assert await store.expired_uploads(250.0) == [UploadRecord("edge", "x", -1, "", "", 0, 200.0)]
+
+
+async def test_an_upload_starts_once_under_its_id(store: Store) -> None:
+    upload = UploadRecord("u1", "a.txt", 10, "text/plain", "", 1.5, 5000.25, "alice")
+    assert await store.start_upload(upload) is True
+    assert await store.get_upload("u1") == upload
+    other = UploadRecord("u1", "b.txt", 20, "", "", 2.0, 6000.0, "bob")
+    assert await store.start_upload(other) is False  # the first one stays as it was
+    assert await store.get_upload("u1") == upload
+    assert await store.expired_uploads(5000.5) == [upload]
+    starts = await asyncio.gather(*(store.start_upload(dataclasses.replace(upload, upload_id="u2")) for _ in range(5)))
+    assert sorted(starts) == [False, False, False, False, True]
+
+
+async def test_finishing_an_upload_stores_its_file_and_forgets_the_upload(store: Store) -> None:
+    await store.start_upload(UploadRecord("u1", "a.txt", 10, "text/plain", "", 1.0, 5000.0, "alice"))
+    record = FileRecord("f1", "a.txt", 10, "text/plain", "a" * 64, 2.0, "alice")
+    assert await store.finish_upload(record, "u1") == record
+    assert await store.get_file("f1") == record
+    assert await store.get_upload("u1") is None
+    assert await store.find_file("a.txt", "a" * 64, 10, "alice") == record
+    assert [f.file_id for f in await store.list_files(10)] == ["f1"]
+
+
+async def test_finishing_an_upload_of_a_file_stored_already_answers_that_file(store: Store) -> None:
+    first = FileRecord("f1", "a.txt", 10, "text/plain", "a" * 64, 2.0, "alice")
+    await store.put_file(first)
+    for upload_id, owner, name in [("u1", "alice", "a.txt"), ("u2", "bob", "a.txt"), ("u3", "alice", "b.txt")]:
+        await store.start_upload(UploadRecord(upload_id, name, 10, "", "", 1.0, 5000.0, owner))
+    again = FileRecord("f2", "a.txt", 10, "text/plain", "a" * 64, 3.0, "alice")
+    assert await store.finish_upload(again, "u1") == first  # same owner, name and content: nothing stored
+    assert await store.get_file("f2") is None and await store.get_upload("u1") is None
+    bobs = FileRecord("f3", "a.txt", 10, "text/plain", "a" * 64, 4.0, "bob")
+    assert await store.finish_upload(bobs, "u2") == bobs  # another owner's
+    renamed = FileRecord("f4", "b.txt", 10, "text/plain", "a" * 64, 5.0, "alice")
+    assert await store.finish_upload(renamed, "u3") == renamed  # another name
+    assert sorted(f.file_id for f in await store.list_files(10)) == ["f1", "f3", "f4"]
+    assert await store.expired_uploads(1e12) == []
+
+
+async def test_of_identical_uploads_finishing_at_once_one_file_is_stored(store: Store) -> None:
+    records = [FileRecord(f"f{n}", "a.txt", 10, "", "a" * 64, 1.0 + n, "alice") for n in range(4)]
+    for n in range(4):
+        await store.start_upload(UploadRecord(f"u{n}", "a.txt", 10, "", "", 1.0, 5000.0, "alice"))
+    answers = await asyncio.gather(*(store.finish_upload(r, f"u{n}") for n, r in enumerate(records)))
+    stored = await store.list_files(10)
+    assert len(stored) == 1 and answers == [stored[0]] * 4
+    assert await store.expired_uploads(1e12) == []
 
 
 async def test_files_visible_to_a_user_are_theirs_and_those_posted_in_their_rooms(store: Store) -> None:

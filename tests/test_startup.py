@@ -49,6 +49,9 @@ def test_unary_commands_import_neither_pydantic_nor_other_commands_packages(tmp_
         assert "a.txt" in output and imported == []
         output, imported = _imported_by(address, "files", "ls")  # a table: rich draws it
         assert "a.txt" in output and imported == ["rich"]
+        # Paths and a number from the command line are made without pydantic.
+        output, imported = _imported_by(address, "--json", "upload", "--parallel", "2", str(_file(tmp_path)))
+        assert '"already_stored":true' in output and "pydantic" not in imported
 
 
 def _file(tmp_path: pathlib.Path) -> pathlib.Path:
@@ -106,7 +109,11 @@ def test_plain_values_come_out_as_typers_coercion_gives_them(where: str, param: 
     plain = PlainValues(param)
     ctx = Context(typer.main.get_command(app))
     multiple = param.multiple or param.nargs == -1
-    for value in (param.default, None, ("x", "y") if multiple else "x"):
+    # Strings of several shapes: a plain Path parameter makes its Path without typer (an empty string, a
+    # trailing slash and an existing directory, ".", included), an int parameter its int (out of range, or not
+    # plain digits, typer says why).
+    strings = ("x", "", "a/b/", ".", "4", "-3", "0", "007", "100000", "1.5", " 4")
+    for value in (param.default, None, *((strings,) if multiple else strings)):
         try:
             expected = typers.coerce(value, param=param, ctx=ctx)
         except Exception as exc:  # a value typer refuses: PlainValues must refuse it alike

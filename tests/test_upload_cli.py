@@ -32,6 +32,10 @@ def test_an_unchanged_file_uploaded_again_is_answered_with_the_stored_id(tmp_pat
     assert json.loads(changed.out)["already_stored"] is False
     names = sorted(json.loads(line)["name"] for line in listed.out.splitlines())
     assert names == ["a.bin", "a.bin", "b.bin"]  # the unchanged upload listed once, not twice
+    # The bytes received again are not kept: one blob per stored file, no partial file left.
+    blobs = tmp_path / "data" / "blobs"
+    ids = sorted(json.loads(line)["id"] for line in listed.out.splitlines())
+    assert (sorted(p.name for p in (blobs / "files").iterdir()), list((blobs / "partial").iterdir())) == (ids, [])
 
 
 def test_retries_are_said_on_stderr_and_the_last_error_says_how_to_go_on(tmp_path: pathlib.Path) -> None:

@@ -364,6 +364,22 @@ class MetadataStore(Protocol):
         """Insert or replace an upload."""
         ...
 
+    async def start_upload(self, record: UploadRecord) -> bool:
+        """Insert a new upload unless there is one of its id; returns whether it was inserted.
+
+        One step: of two streams starting the same upload at once (on any replica), one is told True.
+        """
+        ...
+
+    async def finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
+        """Store ``record`` and forget upload ``upload_id``, in one step: unless a file of the same owner, name
+        and content (``find_file``) is stored already, which is then returned (and nothing inserted).
+
+        Returns:
+            ``record``, or the file stored already.
+        """
+        ...
+
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         """The upload, or None."""
         ...
@@ -475,8 +491,9 @@ class BlobStore(Protocol):
         """Where a stored file's bytes are."""
         ...
 
-    def commit(self, upload_id: str, file_id: str) -> pathlib.Path:
-        """Durably and atomically move a finished upload to its stored place."""
+    def commit(self, upload_id: str, file_id: str, fd: int | None = None) -> pathlib.Path:
+        """Durably and atomically move a finished upload to its stored place (``fd``: the partial file, open
+        for writing: synced as it is, rather than opened again)."""
         ...
 
     def discard_partial(self, upload_id: str) -> int:

@@ -45,11 +45,14 @@ class DirectoryBlobStore:
     def blob_path(self, file_id: str) -> pathlib.Path:
         return self._files / check_id(file_id)
 
-    def commit(self, upload_id: str, file_id: str) -> pathlib.Path:
+    def commit(self, upload_id: str, file_id: str, fd: int | None = None) -> pathlib.Path:
         source = self.partial_path(upload_id)
         target = self.blob_path(file_id)
-        with open(source, "rb") as handle:
-            os.fsync(handle.fileno())
+        if fd is None:
+            with open(source, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            os.fsync(fd)
         os.replace(source, target)
         self._files_sync.sync()  # make the rename itself durable
         return target

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from streamcli.backends.base import BatchRecord, FileRecord, UploadRecord
 from streamcli.backends.redis_log import PREFIX, shielded
@@ -61,12 +62,45 @@ def _fields(record: Any) -> dict[str, Any]:
     }
 
 
+def _put_file(pipe: Any, record: FileRecord) -> None:
+    """Queue on ``pipe`` (a transaction) the commands that store ``record``."""
+    pipe.hset(_key("file", record.file_id), mapping=_fields(record))
+    pipe.zadd(PREFIX + b"files", {record.file_id: -record.created_at})
+    pipe.zadd(PREFIX + b"files:ids", {record.file_id: 0})
+    pipe.sadd(_key("content", f"{record.sha256}:{record.size}"), record.file_id)
+
+
+def _delete_upload(pipe: Any, upload_id: str) -> None:
+    """Queue on ``pipe`` (a transaction) the commands that forget an upload."""
+    pipe.delete(_key("upload", upload_id))
+    pipe.zrem(PREFIX + b"uploads", upload_id)
+
+
+def _oldest_match(records: list[FileRecord], filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:
+    """Of ``records`` (in id order), the oldest of this name, content and owner, or None."""
+    matching = [r for r in records if (r.filename, r.sha256, r.size, r.owner) == (filename, sha256, size, owner)]
+    return min(matching, key=lambda r: r.created_at) if matching else None
+
+
+#: KEYS: the upload's hash, the uploads' sorted set. ARGV: upload id, expiry, then the hash's fields and values.
+#: Records the upload unless its hash exists; returns 1 when it did, else 0.
+_START_UPLOAD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+
 class RedisMetadata:
     """A ``MetadataStore`` on one Redis database."""
 
     def __init__(self, commands: aioredis.Redis) -> None:
         # Any: redis-py types its replies as the union of every reply type of both its clients.
         self._redis: Any = commands
+        self._start_upload = commands.register_script(_START_UPLOAD)
 
     async def _hashes(self, keys: list[bytes]) -> list[dict[bytes, bytes]]:
         """The hashes at ``keys`` in order (empty for those gone meanwhile)."""
@@ -192,10 +226,7 @@ class RedisMetadata:
 
     async def put_file(self, record: FileRecord) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_key("file", record.file_id), mapping=_fields(record))
-            pipe.zadd(PREFIX + b"files", {record.file_id: -record.created_at})
-            pipe.zadd(PREFIX + b"files:ids", {record.file_id: 0})
-            pipe.sadd(_key("content", f"{record.sha256}:{record.size}"), record.file_id)
+            _put_file(pipe, record)
             await shielded(pipe.execute())
 
     async def get_file(self, file_id: str) -> FileRecord | None:
@@ -257,8 +288,7 @@ class RedisMetadata:
     async def find_file(self, filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:
         ids = await self._redis.smembers(_key("content", f"{sha256}:{size}"))
         records = await self._records([_key("file", i.decode()) for i in sorted(ids)], _file)
-        matching = [r for r in records if (r.filename, r.sha256, r.size, r.owner) == (filename, sha256, size, owner)]
-        return min(matching, key=lambda r: r.created_at) if matching else None
+        return _oldest_match(records, filename, sha256, size, owner)
 
     # --- uploads ----------------------------------------------------------------------------------
 
@@ -268,14 +298,44 @@ class RedisMetadata:
             pipe.zadd(PREFIX + b"uploads", {record.upload_id: record.expires_at})
             await shielded(pipe.execute())
 
+    async def start_upload(self, record: UploadRecord) -> bool:
+        fields = [item for pair in _fields(record).items() for item in pair]
+        started = await self._start_upload(
+            keys=[_key("upload", record.upload_id), PREFIX + b"uploads"],
+            args=[record.upload_id, repr(record.expires_at), *fields],
+        )
+        return bool(started)
+
+    async def finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
+        return await shielded(self._finish_upload(record, upload_id))
+
+    async def _finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
+        # Optimistic: the lookup and the writes are one step unless a file of the same content is stored
+        # meanwhile (its id joins the content set: EXEC then fails, and the lookup is done again).
+        content = _key("content", f"{record.sha256}:{record.size}")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(content)
+                    ids = sorted(await pipe.smembers(content))
+                    found = [_file(fields) for i in ids if (fields := await pipe.hgetall(_key("file", i.decode())))]
+                    existing = _oldest_match(found, record.filename, record.sha256, record.size, record.owner)
+                    pipe.multi()
+                    if existing is None:
+                        _put_file(pipe, record)
+                    _delete_upload(pipe, upload_id)
+                    await pipe.execute()
+                except redis.exceptions.WatchError:
+                    continue
+                return existing or record
+
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         fields = await self._redis.hgetall(_key("upload", upload_id))
         return _upload(fields) if fields else None
 
     async def delete_upload(self, upload_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_key("upload", upload_id))
-            pipe.zrem(PREFIX + b"uploads", upload_id)
+            _delete_upload(pipe, upload_id)
             await shielded(pipe.execute())
 
     async def expired_uploads(self, now: float) -> list[UploadRecord]:

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import pathlib
 import sqlite3
@@ -597,14 +598,7 @@ class SqliteStore(SqliteMetrics):
         await self._run(lambda db: db.execute("INSERT OR IGNORE INTO file_shares VALUES (?, ?)", (file_id, room_id)))
 
     async def find_file(self, filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:
-        row = await self._run(
-            lambda db: db.execute(
-                "SELECT * FROM files WHERE sha256 = ? AND filename = ? AND size = ? AND owner = ? "
-                "ORDER BY created_at LIMIT 1",
-                (sha256, filename, size, owner),
-            ).fetchone()
-        )
-        return FileRecord(*row) if row else None
+        return await self._run(lambda db: _find_file(db, filename, sha256, size, owner))
 
     async def delete_file(self, file_id: str) -> FileRecord | None:
         def delete(db: sqlite3.Connection) -> FileRecord | None:
@@ -632,6 +626,28 @@ class SqliteStore(SqliteMetrics):
             )
         )
 
+    async def start_upload(self, record: UploadRecord) -> bool:
+        return await self._run(
+            lambda db: (
+                db.execute(
+                    "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (upload_id) DO NOTHING",
+                    dataclasses.astuple(record),
+                ).rowcount
+                == 1
+            )
+        )
+
+    async def finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
+        def finish(db: sqlite3.Connection) -> FileRecord:
+            with _transaction(db):
+                existing = _find_file(db, record.filename, record.sha256, record.size, record.owner)
+                if existing is None:
+                    db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(record))
+                db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+            return existing or record
+
+        return await self._run(finish)
+
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         row = await self._run(
             lambda db: db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
@@ -644,6 +660,15 @@ class SqliteStore(SqliteMetrics):
     async def expired_uploads(self, now: float) -> list[UploadRecord]:
         rows = await self._run(lambda db: db.execute("SELECT * FROM uploads WHERE expires_at < ?", (now,)).fetchall())
         return [UploadRecord(*row) for row in rows]
+
+
+def _find_file(db: sqlite3.Connection, filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:
+    """The oldest stored file of this owner, name and content, or None."""
+    row = db.execute(
+        "SELECT * FROM files WHERE sha256 = ? AND filename = ? AND size = ? AND owner = ? ORDER BY created_at LIMIT 1",
+        (sha256, filename, size, owner),
+    ).fetchone()
+    return FileRecord(*row) if row else None
 
 
 #: SQLite's result code for a write that found the disk (or max_page_count) full.

@@ -56,6 +56,9 @@ _DATA_KEY = bytes_key(pb.DownloadFileResponse.DATA_FIELD_NUMBER)[0]
 _INT64_BITS = (1 << 64) - 1
 _DOWNLOAD_METHOD = f"/{pb.DESCRIPTOR.services_by_name['StreamingService'].full_name}/DownloadFile"
 
+#: A file of one chunk or less, read whole: its bytes and their SHA-256 (lowercase hex).
+_Whole = tuple[bytes, str]
+
 #: Codes an upload retries on besides the usual ones: the server may still be
 #: finishing the previous attempt's stream when the next one starts.
 _UPLOAD_RACES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS})
@@ -121,9 +124,10 @@ async def upload_path(
         UsageError: ``path`` is not a readable regular file.
         StreamcliError: the server refused the upload (size, quota, checksum...).
     """
-    size, mtime_ns = await asyncio.to_thread(_inspect, path)
     name = name or path.name
-    upload_id = upload_id_for(path, size, mtime_ns, name, conn.settings.token)
+    # One hand-off to a thread: the file's size and time, the upload id, and a file of one chunk or less read
+    # and hashed (its first attempt needs nothing more from the disk).
+    size, mtime_ns, upload_id, whole = await asyncio.to_thread(_prepare, path, name, conn.settings.token)
     metadata = pb.FileMetadata(filename=name, total_size=size, content_type=content_type)
     attempts = Attempts(
         retry, f"upload of {name}", also=_UPLOAD_RACES,
@@ -154,22 +158,23 @@ async def upload_path(
                     offset, declared = status
                     first = pb.UploadFileRequest(resume=pb.UploadResume(upload_id=upload_id, offset=offset))
                     resumed_from = resumed_from or offset
-                hasher = await asyncio.to_thread(_hash_head, path, offset) if offset else hashlib.sha256()
                 progress.start(upload_id, name, size, offset)
-                requests = _file_requests(
-                    first, path, offset, (size, mtime_ns), hasher, trailer=not declared,
-                    advance=advance, changed=changed,
-                )  # fmt: skip
+                if whole is not None and status is None:  # (the file was read with its inspection)
+                    requests = _whole_file_requests(first, whole, advance)
+                else:
+                    hasher = await asyncio.to_thread(_hash_head, path, offset) if offset else hashlib.sha256()
+                    requests = _file_requests(
+                        first, path, offset, (size, mtime_ns), hasher, trailer=not declared,
+                        advance=advance, changed=changed,
+                    )  # fmt: skip
+                whole = None  # a later attempt reads the file again, and sees if it changed meanwhile
                 call = bytes_stream(conn, "UploadFile", pb.UploadFileResponse)(requests, metadata=conn.metadata)
                 first_status = FirstStatus(call)
                 response = await call
                 break
             except grpc.aio.AioRpcError as exc:
                 if changed:  # the server refused what the stream became; the reason is here
-                    raise LocalFileError(
-                        f"{path} changed while it was being uploaded ({changed[0]}); it was not stored: run the "
-                        "command again once nothing writes to the file any more"
-                    ) from None
+                    raise LocalFileError(_changed(path, changed[0])) from None
                 exc = first_status.unmask(exc) if first_status else exc
                 if not ask and exc.code() == grpc.StatusCode.ALREADY_EXISTS:
                     ask = True
@@ -181,6 +186,51 @@ async def upload_path(
         response.file_id, name, response.bytes_uploaded, response.checksum, resumed_from,
         already_stored=response.already_stored,
     )  # fmt: skip
+
+
+def _prepare(path: pathlib.Path, name: str, token: str | None) -> tuple[int, int, str, _Whole | None]:
+    """(On a thread.) Size and modification time (ns) of the regular file to upload, its upload id, and its
+    bytes and their SHA-256 when they fit in one chunk (None otherwise).
+
+    Raises:
+        UsageError: ``path`` is not a readable regular file.
+        LocalFileError: the file changed while it was read.
+    """
+    size, mtime_ns = _inspect(path)
+    upload_id = upload_id_for(path, size, mtime_ns, name, token)
+    if size > CHUNK_SIZE:
+        return size, mtime_ns, upload_id, None
+    try:
+        with open(path, "rb") as handle:
+            whole = handle.read(size + 1)  # (one byte more: a file that grew says so)
+            now = os.fstat(handle.fileno())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if (now.st_size, now.st_mtime_ns) != (size, mtime_ns) or len(whole) != size:
+        grew = f"{size} bytes when it started, {now.st_size} now"
+        raise LocalFileError(_changed(path, grew if now.st_size != size else "modified since it started"))
+    return size, mtime_ns, upload_id, (whole, hashlib.sha256(whole).hexdigest())
+
+
+def _changed(path: pathlib.Path, what: str) -> str:
+    """What the user is told of a file that changed while it was uploaded (``what`` changed)."""
+    return (
+        f"{path} changed while it was being uploaded ({what}); it was not stored: run the command again once "
+        "nothing writes to the file any more"
+    )
+
+
+async def _whole_file_requests(
+    first: pb.UploadFileRequest, whole: _Whole, advance: Callable[[int], None]
+) -> AsyncIterator[pb.UploadFileRequest | bytes]:
+    """The first message, the bytes of a file of one chunk or less (as wire bytes, as ``_file_requests`` sends
+    them), then the trailer with their size and checksum."""
+    data, sha256 = whole
+    yield first
+    if data:
+        yield _CHUNK_KEY + varint(len(data)) + data
+        advance(len(data))
+    yield pb.UploadFileRequest(trailer=pb.UploadTrailer(total_size=len(data), checksum=sha256))
 
 
 def _inspect(path: pathlib.Path) -> tuple[int, int]:

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import io
 import logging
+import pathlib
 import re
 import time
 import uuid
@@ -42,7 +43,7 @@ from typing import Any, NoReturn, TypeGuard
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.backends.base import Backend, FileRecord, Lease, UploadRecord
+from streamcli.backends.base import Backend, BlobStore, FileRecord, Lease, UploadRecord
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Caller
@@ -125,20 +126,36 @@ class PartialFile:
     has nothing left to flush (and cannot fail on a full disk), and the quota
     ledger counts exactly the bytes written, even when a write fails partway.
     The ledger is only touched on the event loop (``_account``), never by the worker.
+
+    A new upload's file is created by the worker, in the step of its first write (or by ``store``): a file of
+    one chunk is opened and written in one hand-off, made durable and moved to its stored place in another.
     """
 
     #: Chunks accepted and not yet written, at most (a few MiB at the largest chunk the contract allows).
     WRITES_IN_FLIGHT = 4
 
-    def __init__(self, handle: io.FileIO, hasher: Any, size: int, reservation: Reservation) -> None:
-        self.handle = handle
+    def __init__(
+        self, handle: io.FileIO | None, hasher: Any, size: int, reservation: Reservation, *, path: pathlib.Path
+    ) -> None:
+        self.handle = handle  # None until the worker creates the file at ``path`` (a new upload)
+        self.path = path
         self.hasher = hasher
         self.size = size  # bytes in the file: the committed offset plus what this stream wrote
         self.received = size  # bytes in the file plus those accepted and not yet written
         self.reservation = reservation
         self._accounted = size  # of ``size``, what the reservation has been told of
         self._pipeline: Pipeline[None] = Pipeline()
-        self._writeback = Writeback(handle.fileno(), size)  # so that the fsync of the commit has little left
+        self._writeback: Writeback | None = None  # so that the fsync of the commit has little left
+        self._closed = False
+        self._storing = False  # ``store`` has handed the handle to its thread
+
+    def _opened(self) -> io.FileIO:
+        """(On the worker thread.) The file's handle, created empty (0600, as the blob it becomes) if need be."""
+        if self.handle is None:
+            if self._closed:  # (the stream ended while this step waited: nothing more is created)
+                raise OSError(errno.EBADF, "the partial file is closed")
+            self.handle = open_private(self.path, "wb")
+        return self.handle
 
     async def write(self, data: bytes | memoryview) -> None:
         """Accept ``data`` for writing after what came before; raises a failure of an earlier write."""
@@ -159,15 +176,41 @@ class PartialFile:
 
     def _write_now(self, data: bytes | memoryview) -> None:
         """(On the worker thread.) Append ``data`` and hash it."""
+        handle = self._opened()
+        if self._writeback is None:
+            self._writeback = Writeback(handle.fileno(), self.size)
         view = memoryview(data)
         while view:
-            written = self.handle.write(view)  # an unbuffered write may take only part
+            written = handle.write(view)  # an unbuffered write may take only part
             if not written:
                 raise OSError(errno.EIO, "the partial file accepted no bytes")
             self.size += written
             view = view[written:]
         self._writeback.wrote(self.size)
         self.hasher.update(data)
+
+    async def store(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
+        """Make the file durable and move it to its stored place as ``file_id`` (``BlobStore.commit``), once every
+        write is done; raises its failure, or the first of a write.
+
+        On a thread at the process's priority, not the worker's: the commit is little CPU but waits for the
+        disk, and a step at the worker's lower priority waits for a core as well on a busy machine, which
+        the client of every small file would wait for.
+        """
+        await self.settle()
+        # From here the thread owns the handle and closes it, also when this call is cancelled meanwhile
+        # (shielded: it runs to its end; ``close`` leaves the handle to it).
+        self._storing = True
+        await asyncio.shield(asyncio.to_thread(self._store_now, blobs, upload_id, file_id))
+
+    def _store_now(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
+        """(On a thread.) ``BlobStore.commit`` of the file, synced through its handle, then closed here
+        (closing a file just written can take a fraction of a millisecond: not on the event loop)."""
+        handle = self._opened()
+        try:
+            blobs.commit(upload_id, file_id, handle.fileno())
+        finally:
+            handle.close()
 
     def _account(self) -> None:
         """Tell the reservation of the bytes written since it last heard."""
@@ -177,10 +220,12 @@ class PartialFile:
     async def close(self) -> None:
         """Stop writing (a chunk being written is finished, those waiting dropped), close the file and give
         back what was reserved and not written (all idempotent)."""
+        self._closed = True
         await self._pipeline.close()
         self._account()
         self.received = self.size
-        self.handle.close()
+        if self.handle is not None and not self._storing:
+            self.handle.close()
         self.reservation.release()
 
 
@@ -256,16 +301,41 @@ class Uploads:
             grpc.StatusCode.ALREADY_EXISTS,
             f"upload {upload_id} already exists: resume it (GetUploadStatus gives its offset)",
         )
+        now = time.time()
+        upload = UploadRecord(
+            upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self.limits.upload_ttl,
+            caller.user or "",
+        )  # fmt: skip
         async with self._claimed(upload_id, exists) as lease:
+            return await self._started(upload, lease, exists)
+
+    async def _started(self, upload: UploadRecord, lease: Lease, exists: UploadRefused) -> UploadSession:
+        """The session of a new ``upload`` (its id claimed by ``lease``): recorded unless an upload of its id
+        exists (``exists``), with its reservation."""
+        upload_id = upload.upload_id
+        if upload.total_size < 0:  # unknown-size uploads cannot be resumed: nothing to record
             if await self.meta.get_upload(upload_id) is not None:
                 raise exists
-            now = time.time()
-            upload = UploadRecord(
-                upload_id, filename, meta.total_size, meta.content_type, checksum, now, now + self.limits.upload_ttl,
-                caller.user or "",
-            )  # fmt: skip
+        else:
+            try:
+                # Recorded unless an upload of this id exists (on any replica): the check and the record are one step.
+                if not await self.meta.start_upload(upload):
+                    raise exists
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+                log.warning("could not start upload %s (%s): %s", upload_id, upload.filename, exc)
+                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
+        try:
             # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
-            return await self._opened(upload, 0, await self._reserve(max(meta.total_size, 0)), lease, new=True)
+            reservation = await self._reserve(max(upload.total_size, 0))
+        except UploadRefused:
+            if upload.total_size >= 0:
+                await self.forget(upload_id)
+            raise
+        # The partial file is created by the worker that writes it (PartialFile), with the first chunk.
+        path = self.blobs.partial_path(upload_id)
+        return UploadSession(self, upload, PartialFile(None, hashlib.sha256(), 0, reservation, path=path), lease)
 
     async def _resume(self, resume: pb.UploadResume, caller: Caller) -> UploadSession:
         missing = f"no upload {quoted(resume.upload_id)} to resume (expired?)"
@@ -283,7 +353,7 @@ class Uploads:
             # The committed bytes are already counted as used; only the rest may still arrive. A refused
             # resume keeps its partial file: it can go on once space is freed.
             reservation = await self._reserve(upload.total_size - committed)
-            return await self._opened(upload, committed, reservation, lease, new=False)
+            return await self._opened(upload, committed, reservation, lease)
 
     @contextlib.asynccontextmanager
     async def _claimed(self, upload_id: str, refusal: UploadRefused) -> AsyncIterator[Lease]:
@@ -299,39 +369,32 @@ class Uploads:
             raise
 
     async def _opened(
-        self, upload: UploadRecord, committed: int, reservation: Reservation, lease: Lease, *, new: bool
+        self, upload: UploadRecord, committed: int, reservation: Reservation, lease: Lease
     ) -> UploadSession:
-        """A session writing ``upload``'s partial file after its first ``committed`` bytes.
+        """A session writing resumed ``upload``'s partial file after its first ``committed`` bytes.
 
-        The partial file is created (``new``) or opened and its committed prefix hashed again (hashlib
-        states cannot be saved), and the upload recorded with a fresh expiry. When that fails, a new
-        upload leaves nothing behind and a resumed one keeps its partial file, to be resumed again.
+        The partial file is opened and its committed prefix hashed again (hashlib states cannot be saved),
+        and the upload recorded with a fresh expiry. When that fails, the partial file stays, to be resumed
+        again.
         """
         path = self.blobs.partial_path(upload.upload_id)
         handle = None
         try:
-            mode = "wb" if new else "r+b" if path.exists() else "w+b"
+            mode = "r+b" if path.exists() else "w+b"
             handle = await asyncio.to_thread(open_private, path, mode)  # 0600, as the blob it becomes
-            if new:
-                hasher = hashlib.sha256()
-            else:
-                hasher = await asyncio.to_thread(sha256_prefix, handle, committed)  # off the event loop
-                handle.seek(committed)
-                upload = dataclasses.replace(upload, expires_at=time.time() + self.limits.upload_ttl)
-            if upload.total_size >= 0:  # unknown-size uploads cannot be resumed: nothing to record
-                await self.meta.put_upload(upload)
+            hasher = await asyncio.to_thread(sha256_prefix, handle, committed)  # off the event loop
+            handle.seek(committed)
+            upload = dataclasses.replace(upload, expires_at=time.time() + self.limits.upload_ttl)
+            await self.meta.put_upload(upload)
         except BaseException as exc:
             reservation.release()
             if handle is not None:
                 handle.close()
-                if new:
-                    self.blobs.discard_partial(upload.upload_id)
             if disk_full(exc):
-                log.warning("could not %s upload %s (%s): %s", "start" if new else "resume", upload.upload_id,
-                            upload.filename, exc)  # fmt: skip
+                log.warning("could not resume upload %s (%s): %s", upload.upload_id, upload.filename, exc)
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
             raise
-        return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation), lease)
+        return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation, path=path), lease)
 
     async def _reserve(self, size: int) -> Reservation:
         """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
@@ -492,19 +555,13 @@ class UploadSession:
         if not self.lease.held:  # another stream writes the upload now: nothing of it is touched
             lost = ClaimLost(upload.upload_id)
             await self._end(lost.code, lost.detail, keep=True)
-        existing = await uploads.meta.find_file(upload.filename, digest, size, upload.owner)
-        if existing is not None:
-            await self.partial.close()
-            uploads.space.freed(uploads.blobs.discard_partial(upload.upload_id))
-            await uploads.forget(upload.upload_id)
-            log.info("%s (%s, %d bytes) is stored already as %s", upload.upload_id, upload.filename, size,
-                     existing.file_id)  # fmt: skip
-            return existing, True
         file_id = uuid.uuid4().hex
         stored = FileRecord(file_id, upload.filename, size, upload.content_type, digest, time.time(), upload.owner)
         try:
-            await asyncio.to_thread(uploads.blobs.commit, upload.upload_id, stored.file_id)
-            await uploads.meta.put_file(stored)
+            # The bytes are made durable (through the handle that wrote them) and moved first, then the file
+            # is recorded and the upload forgotten in one metadata step, which finds a file stored already.
+            await self.partial.store(uploads.blobs, upload.upload_id, stored.file_id)
+            recorded = await uploads.meta.finish_upload(stored, upload.upload_id)
         except OSError as exc:
             if not disk_full(exc):
                 raise
@@ -512,7 +569,11 @@ class UploadSession:
             # (the partial's are counted, and removed, by _end).
             uploads.blobs.delete(stored.file_id)
             await self._end(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL, cause=exc)
-        await uploads.forget(upload.upload_id)
+        if recorded.file_id != stored.file_id:  # the same name and bytes, and owner: that file is the answer
+            uploads.space.freed(uploads.blobs.delete(stored.file_id))
+            log.info("%s (%s, %d bytes) is stored already as %s", upload.upload_id, upload.filename, size,
+                     recorded.file_id)  # fmt: skip
+            return recorded, True
         log.info("stored %s (%s, %d bytes)", stored.file_id, upload.filename, size)
         return stored, False
 
