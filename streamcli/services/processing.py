@@ -207,8 +207,10 @@ class LiveStream:
             values = window.values
             held = len(values)
             spread = window.spread
-            # The z-score against the window before the input (0 with fewer than 2 samples or no spread).
-            z = (value - window.mean) / sqrt(spread / held) if held >= 2 and spread > 0.0 else 0.0
+            # The z-score against the window before the input (0 with fewer than 2 samples or no spread; also
+            # when the spread is so small that its square root per sample is 0, as of denormal values).
+            deviation = sqrt(spread / held) if held >= 2 and spread > 0.0 else 0.0
+            z = (value - window.mean) / deviation if deviation else 0.0
             window.count += 1
             if not late:
                 if at is not None:
@@ -248,6 +250,8 @@ class LiveStream:
             else:
                 low, high = window.extremes()
             count, evicted = window.count, self.evicted
+            # (Values near the largest double overflow the mean and spread: the statistics then say inf or nan,
+            # and a spread of -inf a standard deviation of 0; none of it ends the stream.)
             append(
                 join(
                     (
@@ -260,7 +264,7 @@ class LiveStream:
                             0x41,
                             high,
                             0x49,
-                            sqrt(spread / held) if held else 0.0,
+                            sqrt(spread / held) if held and not spread < 0.0 else 0.0,
                             0x51,
                             z,
                         ),
