@@ -318,3 +318,27 @@ def test_a_live_message_that_does_not_parse_is_refused_by_protobuf(data: bytes) 
 
     with pytest.raises(DecodeError):
         decode_live_request(data)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        live_input(1, "k", 1.5),
+        live_input(300, "default", 0.0),  # value 0: left out
+        live_input(2**40, "é" * 70, -0.0),  # an input of 128 bytes or more: a longer length
+        live_input(5, "k" * 300, math.inf, (1_800_000_000, 999_999_999)),
+        live_input(6, "t", math.nan, (0, 0)),
+        live_input(7, "t", 2.0, (-62_135_596_800, 5)),
+    ],
+    ids=range(6),
+)
+def test_inputs_the_client_writes_by_hand_are_the_librarys(item: pb.DataInput) -> None:
+    from streamcli.client.processing import encode_input
+
+    stamp = (item.timestamp.seconds, item.timestamp.nanos) if item.HasField("timestamp") else None
+    written = encode_input(item.sequence, item.key, item.value, stamp)
+    assert written == pb.ProcessLiveDataRequest(inputs=[item]).SerializeToString()
+    options = pb.ProcessLiveDataRequest(window=3).SerializeToString()
+    assert pb.ProcessLiveDataRequest.FromString(options + written + written) == pb.ProcessLiveDataRequest(
+        window=3, inputs=[item, item]
+    )
