@@ -64,7 +64,7 @@ class Window:
         # (index, value) pairs, values increasing (minima) or decreasing (maxima): the front is the window's.
         self.minima: collections.deque[tuple[int, float]] | None = None if small else collections.deque()
         self.maxima: collections.deque[tuple[int, float]] | None = None if small else collections.deque()
-        self.pushed = 0  # samples ever added: the index of the next one
+        self.pushed = 0  # samples ever added: the index of the next one (a large window's queues use it)
         self.count = 0  # inputs taken, late ones included
         self.latest: int | None = None  # the latest input time, in nanoseconds since the epoch
         # A small window's min and max (kept by ``LiveStream.process``; 0 while it is empty).
@@ -224,7 +224,6 @@ class LiveStream:
                     window.mean = new_mean = mean + (value - old) / held
                     spread += (value - old) * (value - new_mean + old - mean)
                     window.spread = spread = spread if spread > 0.0 else 0.0
-                    window.pushed += 1
                     low, high = window.low, window.high
                     if old == low:
                         window.low = min(values)
