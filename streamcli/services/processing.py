@@ -3,7 +3,8 @@
 Each key has a window (the last N inputs, or those within a duration of its
 latest input's time) kept with O(1) work per input: a running mean and sum of
 squared deviations (Welford's update, with its inverse for the input leaving),
-and monotonic queues for the minimum and maximum. An input is scored against
+and monotonic queues for the minimum and maximum (a window of at most
+``SMALL_WINDOW`` samples keeps them as values). An input is scored against
 the window *before* it (z-score, anomaly): scored against a window that holds
 it, an outlier of a 10-sample window could never be more than 3 standard
 deviations out (Samuelson's inequality).
@@ -14,7 +15,8 @@ reads a request only once the previous one's response is written, so a client
 that stops reading stops the server reading its inputs (HTTP/2 flow control)
 and nothing queues up in between. An input that cannot be processed is
 answered with an error in its result; only a malformed request or options out
-of range end the stream.
+of range end the stream. Inputs arrive sliced from the wire bytes, and each
+result is written after its input's bytes (``services/live_inputs.py``).
 """
 
 from __future__ import annotations
