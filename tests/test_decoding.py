@@ -305,3 +305,18 @@ async def test_an_event_time_rfc_3339_cannot_write_is_refused(
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert detail.startswith("event 1 (message 0): timestamp is outside what RFC 3339 can write")
     assert await stored_users(server) == ["ok"]
+
+
+PROCESS = pb.DESCRIPTOR.services_by_name["StreamingService"].methods_by_name["ProcessLiveData"]
+
+
+async def test_live_inputs_sliced_from_the_wire_still_refuse_a_key_that_is_not_utf8(channel: grpc.aio.Channel) -> None:
+    # Both messages are inputs alone, as protobuf writes them: the server slices them out of the wire bytes
+    # (services/live_inputs.py), and the second's key is not UTF-8.
+    good = pb.ProcessLiveDataRequest(inputs=[pb.DataInput(sequence=1, key="k", value=2.0)]).SerializeToString()
+    bad = good.replace(b"\x12\x01k", b"\x12\x01\xff")
+    code, detail, responses = await raw_call(channel, PROCESS, [good, bad, good])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail.startswith("message 1 of the request stream is not a valid streaming.v1.ProcessLiveDataRequest")
+    assert [r.key for r in pb.ProcessLiveDataResponse.FromString(responses[0]).results] == ["k"]
+    assert len(responses) == 1

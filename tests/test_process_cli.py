@@ -62,6 +62,16 @@ def test_an_ndjson_file_with_keys_and_times_as_json(address: str, tmp_path: path
     assert records[3]["z"] == 48.0 and records[3]["anomaly"]
 
 
+def test_statistics_that_overflow_are_printed_as_json_can_carry_them(address: str) -> None:
+    # 1e308 then -1e308: the mean and spread overflow (the server says inf and nan; the stream goes on).
+    run = cli(address, "--json", "process", stdin="1e308\n-1e308\n1e308\n2\n")
+    assert run.code == 0, run.err
+    records = [json.loads(line, parse_constant=pytest.fail) for line in run.out.splitlines()]  # strict JSON
+    assert [r["value"] for r in records] == [1e308, -1e308, 1e308, 2.0]
+    assert [r["mean"] for r in records] == [1e308, "-Infinity", "NaN", "NaN"]  # as protobuf's JSON writes them
+    assert records[2]["stddev"] == "NaN" and records[0]["stddev"] == 0.0
+
+
 def test_anomalies_only_and_a_higher_threshold(address: str) -> None:
     only = cli(address, "--json", "process", "--window", "3", "--anomalies-only", stdin=NUMBERS)
     assert only.code == 0, only.err

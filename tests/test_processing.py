@@ -165,6 +165,18 @@ async def test_an_invalid_input_is_answered_in_band_and_the_stream_goes_on(conn:
     assert (got[5].count, got[5].moving_average) == (1, 5)  # none of the refused ones counted for "k"
 
 
+@pytest.mark.parametrize("window", [3, 100], ids=["small", "large"])
+async def test_values_at_the_ends_of_the_doubles_range_do_not_end_the_stream(conn: Connection, window: int) -> None:
+    # Finite, so processed: 1e308 and -1e308 overflow the mean and spread (the statistics say inf or nan), and
+    # denormals make a spread whose square root per sample is 0 (no z-score). Both ended the stream UNKNOWN.
+    huge = [data("h", v) for v in (1e308, -1e308, 1e308, -1e308, 1.0)]
+    tiny = [data("t", v) for v in (5e-324, 0.0, 5e-324, 1e-323, 5e-324)]
+    got = await results(conn, numbered(*huge, *tiny, data("k", 2.0)), window=window)
+    assert [r.sequence for r in got] == list(range(1, 12)) and not any(r.error for r in got)
+    assert [r.z_score for r in got[5:10]] == [0.0] * 5  # the spread of denormals: no deviation to score by
+    assert (got[10].key, got[10].moving_average, got[10].count) == ("k", 2.0, 1)  # and the stream went on
+
+
 async def test_the_key_cap_evicts_the_least_recently_used_key(conn: Connection) -> None:
     got = await results(
         conn, numbered(data("a", 1), data("b", 2), data("a", 3), data("c", 4), data("b", 5), data("c", 6)), max_keys=2

@@ -51,12 +51,13 @@ def test_wire_fields_are_the_librarys() -> None:
 
 
 def test_live_results_parse_as_the_messages_the_library_would_build() -> None:
+    from streamcli.services.live_inputs import message_inputs
     from streamcli.services.processing import LiveStream, Options
 
     stream = LiveStream(Options(window=10, duration=0, z=1.0, max_keys=10))
     inputs = [pb.DataInput(sequence=n, key="é", value=v) for n, v in ((1, 1.0), (2, 3.0), (70_000, 8.0))]
     inputs.append(pb.DataInput(sequence=4, key="", value=1.0))
-    framed = stream.process(inputs)
+    framed = stream.process(message_inputs(inputs))
     parsed = pb.ProcessLiveDataResponse.FromString(framed)
     # Hand-computed: the window before 8.0 is [1, 3] (mean 2, population deviation 1): z = 6.
     third = pb.ProcessingResult(
@@ -231,3 +232,113 @@ def test_the_first_download_response_and_odd_ones_are_left_to_protobuf() -> None
     assert _pick_data(b"\x10\x80") is None  # a truncated offset
     negative = pb.DownloadFileResponse(offset=-2, data=b"a").SerializeToString()  # as a hostile server may send
     assert _pick_data(negative) == (-2, memoryview(b"a"))
+
+
+def live_input(sequence: int, key: str, value: float, stamp: tuple[int, int] | None = None) -> pb.DataInput:
+    item = pb.DataInput(sequence=sequence, key=key, value=value)
+    if stamp is not None:
+        item.timestamp.seconds, item.timestamp.nanos = stamp
+    return item
+
+
+#: Inputs protobuf writes as ``sliced_inputs`` takes them: the server slices each out of the wire bytes.
+SLICED_INPUTS = [
+    [live_input(1, "k", 1.5)],
+    [live_input(n, f"k{n % 3}", float(n % 5)) for n in range(1, 200)],  # 0.0 left out by protobuf
+    [live_input(1, "é", -0.0), live_input(2**63 - 1, "ключ", 1e300), live_input(16_384, "x" * 100, -2.5)],
+    [live_input(7, "k", math.nan), live_input(8, "k", math.inf), live_input(9, "k", 5e-324)],  # refused in band
+    [
+        live_input(1, "t", 1.0, (1_800_000_000, 5)),
+        live_input(2, "t", 2.0, (1_799_999_999, 0)),  # late
+        live_input(3, "t", 0.0, (0, 0)),
+    ],
+    [],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("inputs", SLICED_INPUTS, ids=range(len(SLICED_INPUTS)))
+@pytest.mark.parametrize("duration", [0, 10 * 1_000_000_000], ids=["count", "time"])
+def test_inputs_sliced_from_the_wire_give_the_results_protobufs_parse_gives(
+    inputs: list[pb.DataInput], duration: int
+) -> None:
+    from streamcli.services.live_inputs import decode_live_request, message_inputs
+    from streamcli.services.processing import LiveStream, Options
+
+    data = pb.ProcessLiveDataRequest(inputs=inputs).SerializeToString()
+    sliced = decode_live_request(data)
+    assert isinstance(sliced, list) and len(sliced) == len(inputs)
+    for (head, key, value, at), item in zip(sliced, inputs, strict=True):
+        without_time = pb.DataInput(sequence=item.sequence, key=item.key, value=item.value)
+        assert pb.DataInput.FromString(head) == without_time and key == item.key.encode()
+        assert value == item.value or math.isnan(item.value)
+        stamp = item.timestamp
+        assert at == (stamp.seconds * 1_000_000_000 + stamp.nanos if item.HasField("timestamp") else None)
+    if duration and not all(item.HasField("timestamp") for item in inputs):
+        return  # (an input without a time takes the time it is processed: the two streams' would differ)
+    options = Options(window=2 if not duration else 10_000, duration=duration, z=3.0, max_keys=2)
+    by_slices = LiveStream(options).process(sliced)
+    by_protobuf = LiveStream(options).process(message_inputs(pb.ProcessLiveDataRequest.FromString(data).inputs))
+    assert by_slices == by_protobuf  # byte for byte
+
+
+def one_input(body: bytes) -> bytes:
+    """A ProcessLiveDataRequest of one input written by hand (``body``: its fields)."""
+    return b"\x0a" + wire.varint(len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pb.ProcessLiveDataRequest(inputs=[live_input(1, "k", 1.0)], window=5).SerializeToString(),  # options
+        pb.ProcessLiveDataRequest(inputs=[live_input(1, "k" * 128, 1.0)]).SerializeToString(),  # a key of 128 bytes
+        pb.ProcessLiveDataRequest(inputs=[live_input(1, "", 1.0)]).SerializeToString(),  # no key
+        pb.ProcessLiveDataRequest(inputs=[live_input(0, "k", 1.0)]).SerializeToString(),  # no sequence
+        pb.ProcessLiveDataRequest(inputs=[live_input(1, "k", 1.0, (-62_135_596_801, 0))]).SerializeToString(),
+        one_input(b"\x12\x01k\x08\x01\x19" + bytes(8)),  # key before sequence
+        one_input(b"\x08\x81\x00\x12\x01k\x19" + bytes(8)),  # a varint longer than it needs to be
+        one_input(b"\x08\x01\x12\x01k\x19" + bytes(8) + b"\x28\x01"),  # a field DataInput does not have
+    ],
+    ids=["options", "long-key", "no-key", "no-sequence", "unwritable-time", "order", "long-varint", "unknown"],
+)
+def test_other_live_messages_are_parsed_by_protobuf(data: bytes) -> None:
+    from streamcli.services.live_inputs import decode_live_request
+
+    assert decode_live_request(data) == pb.ProcessLiveDataRequest.FromString(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [one_input(b"\x08\x01\x12\x01\xff\x19" + bytes(8)), one_input(b"\x08\x01\x12\x02k\x19" + bytes(8)), b"\x0a\x80"],
+    ids=["not-utf8", "truncated", "truncated-length"],
+)
+def test_a_live_message_that_does_not_parse_is_refused_by_protobuf(data: bytes) -> None:
+    from google.protobuf.message import DecodeError
+
+    from streamcli.services.live_inputs import decode_live_request
+
+    with pytest.raises(DecodeError):
+        decode_live_request(data)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        live_input(1, "k", 1.5),
+        live_input(300, "default", 0.0),  # value 0: left out
+        live_input(2**40, "é" * 70, -0.0),  # an input of 128 bytes or more: a longer length
+        live_input(5, "k" * 300, math.inf, (1_800_000_000, 999_999_999)),
+        live_input(6, "t", math.nan, (0, 0)),
+        live_input(7, "t", 2.0, (-62_135_596_800, 5)),
+    ],
+    ids=range(6),
+)
+def test_inputs_the_client_writes_by_hand_are_the_librarys(item: pb.DataInput) -> None:
+    from streamcli.client.processing import encode_input
+
+    stamp = (item.timestamp.seconds, item.timestamp.nanos) if item.HasField("timestamp") else None
+    written = encode_input(item.sequence, item.key, item.value, stamp)
+    assert written == pb.ProcessLiveDataRequest(inputs=[item]).SerializeToString()
+    options = pb.ProcessLiveDataRequest(window=3).SerializeToString()
+    assert pb.ProcessLiveDataRequest.FromString(options + written + written) == pb.ProcessLiveDataRequest(
+        window=3, inputs=[item, item]
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import IO, Any
@@ -26,18 +27,25 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.client.connection import Connection, FirstStatus
 from streamcli.client.events import parse_time
 from streamcli.client.ndjson import read_chunks
+from streamcli.client.records import CACHED, CACHED_CHARS
+from streamcli.client.streams import bytes_bidi_stream
 from streamcli.errors import UsageError
+from streamcli.protowire import SMALL, pack_double, string_field, timestamp_parts, varint
 
 #: Inputs per ProcessLiveDataRequest at most (the server takes 10,000).
 MESSAGE_INPUTS = 1000
 DEFAULT_IN_FLIGHT = 10_000
 DEFAULT_KEY = "default"
+_ZERO = bytes(8)
 _DECODE = msgspec.json.Decoder().decode
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class LiveResult:
-    """The server's result for one input (``line``: its line, the sequence number it was sent with)."""
+    """The server's result for one input (``line``: its line, the sequence number it was sent with).
+
+    (Not frozen: a frozen dataclass's 14 fields, each set through ``object.__setattr__``, cost several times
+    the rest of taking a result.)"""
 
     line: int
     key: str
@@ -76,9 +84,28 @@ class LiveResult:
     def to_json(self) -> dict[str, Any]:
         if self.error:
             return {"line": self.line, "key": self.key, "value": _number(self.value), "error": self.error}
-        record = dataclasses.asdict(self)
-        del record["error"]
+        record: dict[str, Any] = {
+            "line": self.line,
+            "key": self.key,
+            "value": self.value,
+            "mean": self.mean,
+            "min": self.min,
+            "max": self.max,
+            "stddev": self.stddev,
+            "z": self.z,
+            "count": self.count,
+            "window_count": self.window_count,
+            "anomaly": self.anomaly,
+            "late": self.late,
+            "evicted_keys": self.evicted_keys,
+        }
+        if not math.isfinite(self.value + self.mean + self.min + self.max + self.stddev + self.z):
+            for name in _STATISTICS:  # (a window whose values overflowed its statistics: inf, nan)
+                record[name] = _number(record[name])
         return record
+
+
+_STATISTICS = ("value", "mean", "min", "max", "stddev", "z")
 
 
 def _number(value: float) -> float | str:
@@ -126,19 +153,20 @@ class LiveSummary:
         return dataclasses.asdict(self)
 
 
-def parse_input(line: bytes, number: int) -> pb.DataInput | str:
-    """The input of one line (a JSON object or a plain number), or why it is none."""
+def parse_input(line: bytes, number: int) -> bytes | str:
+    """The input of one line (a JSON object or a plain number), as it goes in a request (``encode_input``), or
+    why it is none."""
     try:
         fields = _DECODE(line)
     except msgspec.DecodeError as exc:
         if line.lstrip().startswith(b"{"):
             return f"not JSON: {exc}"
         try:
-            return pb.DataInput(sequence=number, key=DEFAULT_KEY, value=float(line))  # also nan, inf
+            return encode_input(number, DEFAULT_KEY, float(line))  # also nan, inf
         except ValueError:
             return "not a number or a JSON object"
     if isinstance(fields, (int, float)) and not isinstance(fields, bool):
-        return pb.DataInput(sequence=number, key=DEFAULT_KEY, value=float(fields))
+        return encode_input(number, DEFAULT_KEY, float(fields))
     if not isinstance(fields, dict):
         return "not a number or a JSON object"
     key, value, stamp = fields.get("key"), fields.get("value"), fields.get("timestamp")
@@ -146,15 +174,35 @@ def parse_input(line: bytes, number: int) -> pb.DataInput | str:
         return "no 'key' string"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "no 'value' number"
-    item = pb.DataInput(sequence=number, key=key, value=float(value) if abs(value) < 2**1024 else math.inf)
-    if stamp is not None:
-        if not isinstance(stamp, str):
-            return "'timestamp' is not an RFC 3339 string"
-        try:
-            item.timestamp.seconds, item.timestamp.nanos = parse_time(stamp)
-        except UsageError as exc:
-            return f"'timestamp': {exc.message}"
-    return item
+    value = float(value) if abs(value) < 2**1024 else math.inf
+    if stamp is None:
+        return encode_input(number, key, value)
+    if not isinstance(stamp, str):
+        return "'timestamp' is not an RFC 3339 string"
+    try:
+        return encode_input(number, key, value, parse_time(stamp))
+    except UsageError as exc:
+        return f"'timestamp': {exc.message}"
+
+
+def encode_input(sequence: int, key: str, value: float, time: tuple[int, int] | None = None) -> bytes:
+    """A DataInput as field 1 of a ProcessLiveDataRequest, in the library's bytes (``protowire``): a request is
+    such fields joined. Building the message costs several times this; the server slices inputs written so
+    out of the request without a parse (``services/live_inputs.py``)."""
+    parts = [b"\x08", varint(sequence), _key_field(key) if len(key) <= CACHED_CHARS else string_field(2, key)]
+    number = pack_double(value)
+    if number != _ZERO:
+        parts += (b"\x19", number)
+    if time is not None:
+        parts += timestamp_parts(b"\x22", *time)
+    body = b"".join(parts)
+    size = len(body)
+    return b"".join((b"\x0a", SMALL[size] if size < 128 else varint(size), body))
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _key_field(key: str) -> bytes:
+    return string_field(2, key)
 
 
 async def input_lines(stream: IO[Any]) -> AsyncIterator[list[bytes]]:
@@ -228,7 +276,9 @@ class LiveProcess:
         Raises:
             grpc.aio.AioRpcError: the stream failed (translated by the connection).
         """
-        call = self._conn.stub.ProcessLiveData(metadata=self._conn.metadata)
+        call = bytes_bidi_stream(self._conn, "ProcessLiveData", pb.ProcessLiveDataResponse)(
+            metadata=self._conn.metadata
+        )
         first_status = FirstStatus(call)
         budget = _Budget(self._options.in_flight)
         writer = asyncio.ensure_future(self._write(call, budget))
@@ -262,7 +312,7 @@ class LiveProcess:
         return summary
 
     async def _write(self, call: Any, budget: _Budget) -> None:
-        first: pb.ProcessLiveDataRequest | None = self._first_request()
+        options = self._first_request().SerializeToString()  # (before the first inputs: fields in any order)
         step = max(1, min(MESSAGE_INPUTS, self._options.in_flight))
         try:
             number = 0
@@ -281,10 +331,8 @@ class LiveProcess:
                 for start in range(0, len(inputs), step):
                     part = inputs[start : start + step]
                     await budget.take(len(part))
-                    request = first if first is not None else pb.ProcessLiveDataRequest()
-                    first = None
-                    request.inputs.extend(part)
-                    await call.write(request)
+                    await call.write(options + b"".join(part))
+                    options = b""
                     self.summary.sent += len(part)
             await call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):

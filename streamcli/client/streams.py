@@ -32,6 +32,14 @@ def bytes_stream(conn: Connection, method: str, response: Any) -> Any:
     )
 
 
+def bytes_bidi_stream(conn: Connection, method: str, response: Any) -> Any:
+    """The bidirectional ``method`` of the service on ``conn``'s channel, taking messages or their serialized
+    bytes, as ``bytes_stream``."""
+    return conn.channel.stream_stream(
+        f"/{_SERVICE}/{method}", request_serializer=serialize, response_deserializer=response.FromString
+    )
+
+
 class Outstanding(Generic[M]):
     """Messages sent and not yet acknowledged, in index order, each with its first index and item count."""
 

@@ -3,7 +3,8 @@
 Each key has a window (the last N inputs, or those within a duration of its
 latest input's time) kept with O(1) work per input: a running mean and sum of
 squared deviations (Welford's update, with its inverse for the input leaving),
-and monotonic queues for the minimum and maximum. An input is scored against
+and monotonic queues for the minimum and maximum (a window of at most
+``SMALL_WINDOW`` samples keeps them as values). An input is scored against
 the window *before* it (z-score, anomaly): scored against a window that holds
 it, an outlier of a 10-sample window could never be more than 3 standard
 deviations out (Samuelson's inequality).
@@ -14,7 +15,8 @@ reads a request only once the previous one's response is written, so a client
 that stops reading stops the server reading its inputs (HTTP/2 flow control)
 and nothing queues up in between. An input that cannot be processed is
 answered with an error in its result; only a malformed request or options out
-of range end the stream.
+of range end the stream. Inputs arrive sliced from the wire bytes, and each
+result is written after its input's bytes (``services/live_inputs.py``).
 """
 
 from __future__ import annotations
@@ -23,22 +25,21 @@ import collections
 import math
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import ClassVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, ClassVar
 
 import grpc
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.services.checks import MalformedRequest
+from streamcli.services.live_inputs import Input, decode_live_request, head_refusal, message_inputs
 from streamcli.services.rpc import Context, abort
-from streamcli.services.wire import bytes_field, repeated_messages, varint, varint_field
-from streamcli.times import writable
+from streamcli.services.wire import repeated_messages, varint, varint_field
 
 DEFAULT_WINDOW, MAX_WINDOW = 10, 10_000
 DEFAULT_Z = 3.0
 DEFAULT_KEYS = MAX_KEYS = 10_000
 MAX_INPUTS_PER_REQUEST = 10_000
-MAX_KEY_LENGTH = 256  # characters
 MAX_DURATION_SECONDS = 366 * 86_400
 _NANOS = 1_000_000_000
 #: Windows of at most this many samples take min and max over their samples (see ``Window``).
@@ -48,14 +49,16 @@ SMALL_WINDOW = 64
 class Window:
     """One key's window: its samples (and their times, for a time window), running mean, spread, min and max.
 
-    A small window (``SMALL_WINDOW`` samples at most) takes its min and max with ``min()``/``max()`` over the
-    samples, measured cheaper there than keeping the monotonic queues larger ones keep.
+    A small window (``SMALL_WINDOW`` samples at most) keeps its min and max as values, taken again with
+    ``min()``/``max()`` over the samples when the sample leaving was one of them: measured cheaper there than
+    the monotonic queues larger ones keep, and than ``min()``/``max()`` for every input.
     """
 
-    __slots__ = ("count", "latest", "maxima", "mean", "minima", "name", "pushed", "spread", "times", "values")
+    __slots__ = (
+        "count", "high", "latest", "low", "maxima", "mean", "minima", "pushed", "spread", "times", "values",
+    )  # fmt: skip
 
-    def __init__(self, name: bytes, timed: bool, small: bool) -> None:
-        self.name = name  # the key as ProcessingResult's field 2, serialized once
+    def __init__(self, timed: bool, small: bool) -> None:
         self.values: collections.deque[float] = collections.deque()
         self.times: collections.deque[int] | None = collections.deque() if timed else None
         self.mean = 0.0
@@ -63,13 +66,15 @@ class Window:
         # (index, value) pairs, values increasing (minima) or decreasing (maxima): the front is the window's.
         self.minima: collections.deque[tuple[int, float]] | None = None if small else collections.deque()
         self.maxima: collections.deque[tuple[int, float]] | None = None if small else collections.deque()
-        self.pushed = 0  # samples ever added: the index of the next one
+        self.pushed = 0  # samples ever added: the index of the next one (a large window's queues use it)
         self.count = 0  # inputs taken, late ones included
         self.latest: int | None = None  # the latest input time, in nanoseconds since the epoch
+        # A small window's min and max (kept by ``LiveStream.process``; 0 while it is empty).
+        self.low = self.high = 0.0
 
     def extremes(self) -> tuple[float, float]:
         """A large window's (min, max), the fronts of its monotonic queues; (0, 0) when it is empty. (A small
-        window's are taken over its samples where it is processed: ``LiveStream.process``.)"""
+        window's are ``low`` and ``high``.)"""
         if not self.minima or not self.maxima:
             return 0.0, 0.0
         return self.minima[0][1], self.maxima[0][1]
@@ -150,17 +155,11 @@ def options_of(request: pb.ProcessLiveDataRequest) -> Options | str:
     return Options(window, duration, z or DEFAULT_Z, request.max_keys or DEFAULT_KEYS)
 
 
-def input_problem(item: pb.DataInput) -> str:
-    """Why an input cannot be processed, or ``""``."""
-    if not item.key:
-        return "key is empty"
-    if len(item.key) > MAX_KEY_LENGTH:
-        return f"key is {len(item.key)} characters; at most {MAX_KEY_LENGTH}"
-    if not math.isfinite(item.value):
-        return f"value is {item.value} (not a finite number)"
-    if item.HasField("timestamp") and not writable(item.timestamp):
-        return "timestamp is outside the years 0001-9999"
-    return ""
+#: A stream's options when its first request gives none.
+_DEFAULT_OPTIONS = Options(DEFAULT_WINDOW, 0, DEFAULT_Z, DEFAULT_KEYS)
+#: What a stream's messages are, as ProcessLiveData's request deserializer makes them: the inputs of a message
+#: of inputs alone, sliced from its bytes, or any other message parsed.
+LiveRequest = pb.ProcessLiveDataRequest | list[Input]
 
 
 class LiveStream:
@@ -168,12 +167,13 @@ class LiveStream:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.windows: collections.OrderedDict[str, Window] = collections.OrderedDict()
+        self.windows: collections.OrderedDict[bytes, Window] = collections.OrderedDict()  # by the key's UTF-8
         self.evicted = 0
 
-    def process(self, inputs: Iterable[pb.DataInput]) -> bytes:
+    def process(self, inputs: Iterable[Input]) -> bytes:
         """The serialized ProcessLiveDataResponse of ``inputs``' results, in order (``services/wire.py``: built
-        with ``struct``, several times cheaper than setting 14 fields of a message per input).
+        with ``struct`` after each input's head, several times cheaper than setting 14 fields of a message per
+        input; ``services/live_inputs.py`` makes the inputs).
 
         The statistics of ``Window`` are written out in the loop for a full small count window, the common
         case (one sample replaces another): a method call per input was a measurable part of the cost."""
@@ -187,49 +187,54 @@ class LiveStream:
         payloads: list[bytes] = []
         append = payloads.append
         isfinite, sqrt = math.isfinite, math.sqrt
-        pack, join, varints = _STATISTICS.pack, b"".join, _VARINTS
-        for item in inputs:
-            key, value = item.key, item.value
-            stamped = item.HasField("timestamp")
-            if (
-                not key
-                or len(key) > MAX_KEY_LENGTH
-                or not isfinite(value)
-                or (stamped and not writable(item.timestamp))
-            ):
-                append(_failed(item.sequence, key, value, input_problem(item)))
+        pack, join, counts, helds = _STATISTICS.pack, b"".join, _COUNTS, _HELDS
+        for head, key, value, at in inputs:
+            if not key:  # (refused when it was made: the head is its result)
+                append(head)
+                continue
+            if not isfinite(value):
+                append(head_refusal(head))
                 continue
             window = windows.get(key)
             if window is None:
                 if len(windows) >= options.max_keys:
                     windows.popitem(last=False)
                     self.evicted += 1
-                window = windows[key] = Window(bytes_field(2, key.encode()), timed, small)
+                window = windows[key] = Window(timed, small)
             else:
                 windows.move_to_end(key)
-            if stamped:
-                at: int | None = item.timestamp.seconds * _NANOS + item.timestamp.nanos
-            else:
-                at = now if timed else None
+            if at is None and timed:
+                at = now
             late = at is not None and window.latest is not None and at < window.latest
             values = window.values
             held = len(values)
             spread = window.spread
-            # The z-score against the window before the input (0 with fewer than 2 samples or no spread).
-            z = (value - window.mean) / sqrt(spread / held) if held >= 2 and spread > 0.0 else 0.0
+            # The z-score against the window before the input (0 with fewer than 2 samples or no spread; also
+            # when the spread is so small that its square root per sample is 0, as of denormal values).
+            deviation = sqrt(spread / held) if held >= 2 and spread > 0.0 else 0.0
+            z = (value - window.mean) / deviation if deviation else 0.0
             window.count += 1
             if not late:
                 if at is not None:
                     window.latest = at
                 if small and held >= limit:
-                    # A full small count window: one sample replaces another (Welford's update for both).
+                    # A full small count window: one sample replaces another (Welford's update for both; the
+                    # extremes taken again over the samples only when the sample leaving was one).
                     old = values.popleft()
                     values.append(value)
                     mean = window.mean
                     window.mean = new_mean = mean + (value - old) / held
                     spread += (value - old) * (value - new_mean + old - mean)
                     window.spread = spread = spread if spread > 0.0 else 0.0
-                    window.pushed += 1
+                    low, high = window.low, window.high
+                    if old == low:
+                        window.low = min(values)
+                    elif value < low:
+                        window.low = value
+                    if old == high:
+                        window.high = max(values)
+                    elif value > high:
+                        window.high = value
                 else:
                     if timed:
                         assert window.times is not None and at is not None
@@ -239,20 +244,20 @@ class LiveStream:
                     window.add(value, at or 0, limit)
                     spread = window.spread
                     held = len(values)
+                    if small:
+                        window.low, window.high = min(values), max(values)
             if small:
-                low, high = (min(values), max(values)) if values else (0.0, 0.0)
+                low, high = window.low, window.high
             else:
                 low, high = window.extremes()
-            count, sequence, evicted = window.count, item.sequence, self.evicted
+            count, evicted = window.count, self.evicted
+            # (Values near the largest double overflow the mean and spread: the statistics then say inf or nan,
+            # and a spread of -inf a standard deviation of 0; none of it ends the stream.)
             append(
                 join(
                     (
-                        b"\x08",
-                        varints[sequence] if sequence < 16384 else varint(sequence),
-                        window.name,
+                        head,
                         pack(
-                            0x19,
-                            value,
                             0x21,
                             window.mean,
                             0x39,
@@ -260,15 +265,13 @@ class LiveStream:
                             0x41,
                             high,
                             0x49,
-                            sqrt(spread / held) if held else 0.0,
+                            sqrt(spread / held) if held and not spread < 0.0 else 0.0,
                             0x51,
                             z,
                         ),
-                        b"\x28",
-                        varints[count] if count < 16384 else varint(count),
+                        counts[count] if count < 16384 else b"\x28" + varint(count),
                         _TRUE_6 if abs(z) > threshold else b"",
-                        b"\x58",
-                        varints[held] if held < 16384 else varint(held),
+                        helds[held],
                         _TRUE_12 if late else b"",
                         b"\x70" + varint(evicted) if evicted else b"",
                     )
@@ -277,16 +280,14 @@ class LiveStream:
         return repeated_messages(1, payloads)
 
 
-#: ProcessingResult's double fields value, moving_average, min, max, stddev and z_score (3, 4, 7, 8, 9, 10),
-#: each after its tag (field number << 3 | 1: 64-bit). Zeros are written too: a parser reads them as unset.
-_STATISTICS = struct.Struct("<BdBdBdBdBdBd")
+#: ProcessingResult's double fields moving_average, min, max, stddev and z_score (4, 7, 8, 9, 10), each after
+#: its tag (field number << 3 | 1: 64-bit), written after the head (fields 1-3). Zeros are written too: a
+#: parser reads them as unset.
+_STATISTICS = struct.Struct("<BdBdBdBdBd")
 _TRUE_6, _TRUE_12 = varint_field(6, 1), varint_field(12, 1)
-#: The varints of 0 to 16383: most counts and sequences (the tag is put in front).
-_VARINTS = [varint(n) for n in range(1 << 14)]
-
-
-def _failed(sequence: int, key: str, value: float, problem: str) -> bytes:
-    return pb.ProcessingResult(sequence=sequence, key=key, value=value, error=problem).SerializeToString()
+#: Fields 5 (count) and 11 (window_count) of 0 to 16383, tag and varint: most counts, every window's.
+_COUNTS = [b"\x28" + varint(n) for n in range(1 << 14)]
+_HELDS = [b"\x58" + varint(n) for n in range(1 << 14)]
 
 
 class ProcessingService:
@@ -295,29 +296,33 @@ class ProcessingService:
 
     #: The RPCs of the contract this class implements (server/service.py binds them).
     RPCS: ClassVar[tuple[str, ...]] = ("ProcessLiveData",)
+    #: Inputs are sliced out of the wire bytes (``services/live_inputs.py``).
+    REQUEST_DESERIALIZERS: ClassVar[dict[str, Callable[[bytes], Any]]] = {"ProcessLiveData": decode_live_request}
 
     async def ProcessLiveData(
-        self, request_iterator: AsyncIterator[pb.ProcessLiveDataRequest], context: Context
+        self, request_iterator: AsyncIterator[LiveRequest], context: Context
     ) -> AsyncIterator[bytes]:
         stream: LiveStream | None = None
         number = 0
         try:
             async for request in request_iterator:
                 if stream is None:
-                    options = options_of(request)
+                    options = _DEFAULT_OPTIONS if isinstance(request, list) else options_of(request)
                     if isinstance(options, str):
                         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, options)
                     stream = LiveStream(options)
-                if len(request.inputs) > MAX_INPUTS_PER_REQUEST:
+                # (A list: the inputs of a message of inputs alone, sliced by decode_live_request.)
+                count = len(request) if isinstance(request, list) else len(request.inputs)
+                if count > MAX_INPUTS_PER_REQUEST:
                     await abort(
                         context,
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        f"message {number} carries {len(request.inputs)} inputs; at most {MAX_INPUTS_PER_REQUEST}",
+                        f"message {number} carries {count} inputs; at most {MAX_INPUTS_PER_REQUEST}",
                     )
                 number += 1
-                if not request.inputs:
+                if not count:
                     continue
                 # The next request is read once this is written: the client's reading paces the server's.
-                yield stream.process(request.inputs)
+                yield stream.process(request if isinstance(request, list) else message_inputs(request.inputs))
         except MalformedRequest as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.detail)
