@@ -91,7 +91,12 @@ def library_record(key: str, value: float, time: tuple[int, int] | None, payload
         ("", 0.0, None, {}),
         ("k", -0.0, (0, 0), {"n": 0, "t": True, "f": False, "none": None, "empty": ""}),
         ("ключ" * 40, 1e300, (-62_135_596_800, 999_999_999), {"list": [1, "a", None, [2]], "obj": {"x": {"y": 1.5}}}),
-        ("k" * 300, 2.5, (4_102_444_799, 0), {"big": 2**70, "long": "x" * 70_000, "é" * 200: "v"}),
+        (
+            "k" * 300,
+            2.5,
+            (4_102_444_799, 0),
+            {"big": 2**70, "long": "x" * 70_000, "é" * 200: "v", "n" * 300: 1.5, "i" * 300: 7},
+        ),
     ],
 )
 def test_encoded_records_are_the_librarys_bytes(
