@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # (not imported at run time: the CLI's help, which reads JSON
 _VARINT = 0
 _I64 = 1
 _LEN = 2
+_I32 = 5
 _SMALL = [bytes((n,)) for n in range(0x80)]
 #: The varints of 0-127, one byte each (the length of most strings: ``SMALL[n] if n < 128 else varint(n)``).
 SMALL = _SMALL
@@ -144,6 +145,48 @@ def trailing_bytes(data: bytes, key: int, position: int = 0) -> memoryview | Non
     if start + length != len(data):
         return None
     return memoryview(data)[start:]
+
+
+def repeated_payloads(data: bytes, number: int) -> list[bytes] | None:
+    """The payloads of every length-delimited field ``number`` at the top level of the message ``data``, in
+    order (the elements of a repeated message field as they arrived: no parse, no re-serialization), the other
+    fields stepped over; None when the bytes are not a run of well-formed fields (a group, a field cut short):
+    what is wrong with them is protobuf's to say.
+    """
+    wanted = number << 3 | _LEN
+    found: list[bytes] = []
+    position, end = 0, len(data)
+    try:
+        while position < end:
+            key = data[position]
+            if key < 0x80:
+                position += 1
+            else:
+                key, position = read_varint(data, position)
+            wire_type = key & 7
+            if wire_type == _LEN:
+                length = data[position]
+                if length < 0x80:
+                    position += 1
+                else:
+                    length, position = read_varint(data, position)
+                stop = position + length
+                if stop > end:
+                    return None
+                if key == wanted:
+                    found.append(data[position:stop])
+                position = stop
+            elif wire_type == _VARINT:
+                _, position = read_varint(data, position)
+            elif wire_type == _I64:
+                position += 8
+            elif wire_type == _I32:
+                position += 4
+            else:  # a group (deprecated) or no wire type at all
+                return None
+    except (IndexError, ValueError):  # cut short inside a key or a length
+        return None
+    return found if position == end else None
 
 
 class Picking:

@@ -320,3 +320,26 @@ async def test_live_inputs_sliced_from_the_wire_still_refuse_a_key_that_is_not_u
     assert detail.startswith("message 1 of the request stream is not a valid streaming.v1.ProcessLiveDataRequest")
     assert [r.key for r in pb.ProcessLiveDataResponse.FromString(responses[0]).results] == ["k"]
     assert len(responses) == 1
+
+
+BATCH = pb.DESCRIPTOR.services_by_name["StreamingService"].methods_by_name["ProcessDataBatch"]
+
+
+async def test_a_batch_cut_by_a_bad_message_of_records_holds_what_came_before(channel: grpc.aio.Channel) -> None:
+    # The records' bytes are taken out of a message only once protobuf has parsed it: a record whose key is not
+    # UTF-8 makes its message undecodable, as any other bad bytes do.
+    records = [pb.DataRecord(key="k", value=float(n)) for n in range(3)]
+    first = pb.ProcessDataBatchRequest(batch_id="cut", records=records).SerializeToString()
+    code, detail, _ = await raw_call(channel, BATCH, [first, b"\x0a\x03\x0a\x01\xff"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail == (
+        "message 1 of the request stream is not a valid streaming.v1.ProcessDataBatchRequest: the bytes are not "
+        "protobuf wire format of that type (or a string field is not UTF-8); the batch holds records 0-2 (resume at "
+        "index 3)"
+    )
+    query = pb.ProcessDataBatchRequest(batch_id="cut", complete=True).SerializeToString()
+    code, detail, responses = await raw_call(channel, BATCH, [query])
+    assert code == grpc.StatusCode.OK, detail
+    response = pb.ProcessDataBatchResponse.FromString(responses[0])
+    assert response.next_index == 3 and response.batch.records_stored == 3
+    assert [(a.key, a.count, a.sum) for a in response.batch.aggregates] == [("k", 3, 3.0)]

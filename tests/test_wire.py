@@ -92,7 +92,12 @@ def library_record(key: str, value: float, time: tuple[int, int] | None, payload
         ("", 0.0, None, {}),
         ("k", -0.0, (0, 0), {"n": 0, "t": True, "f": False, "none": None, "empty": ""}),
         ("ключ" * 40, 1e300, (-62_135_596_800, 999_999_999), {"list": [1, "a", None, [2]], "obj": {"x": {"y": 1.5}}}),
-        ("k" * 300, 2.5, (4_102_444_799, 0), {"big": 2**70, "long": "x" * 70_000, "é" * 200: "v"}),
+        (
+            "k" * 300,
+            2.5,
+            (4_102_444_799, 0),
+            {"big": 2**70, "long": "x" * 70_000, "é" * 200: "v", "n" * 300: 1.5, "i" * 300: 7},
+        ),
     ],
 )
 def test_encoded_records_are_the_librarys_bytes(
@@ -342,3 +347,97 @@ def test_inputs_the_client_writes_by_hand_are_the_librarys(item: pb.DataInput) -
     assert pb.ProcessLiveDataRequest.FromString(options + written + written) == pb.ProcessLiveDataRequest(
         window=3, inputs=[item, item]
     )
+
+
+def _batch_records() -> list[pb.DataRecord]:
+    stamped = library_record("é" * 100, -2.5, (1_795_000_000, 5), {"site": "north", "n": 1, "deep": {"a": [1, None]}})
+    return [library_record("k", 0.0, None, {}), stamped, library_record("x" * 300, 1e300, (0, 0), {"t": "y" * 200})]
+
+
+@pytest.mark.parametrize("first_index", [0, 250, 2**64 - 1])
+def test_a_batch_message_comes_with_its_records_bytes_as_they_arrived(first_index: int) -> None:
+    from streamcli.services.batches import ReceivedBatch, decode_batch_request
+
+    built = pb.ProcessDataBatchRequest(records=_batch_records(), first_index=first_index, complete=True)
+    decoded = decode_batch_request(built.SerializeToString())
+    assert isinstance(decoded, ReceivedBatch)
+    assert decoded.message == built
+    assert decoded.record_bytes == [record.SerializeToString() for record in built.records]
+    # The client's own bytes (records written by hand, framed) are taken apart the same way.
+    parsed = [records.Parsed(n, "", records.encode_record(f"k{n}", n, None, {"n": n})) for n in range(3)]
+    written = _Pending(first_index, [p.record for p in parsed if p.record is not None], parsed).request
+    mine = decode_batch_request(written)
+    assert isinstance(mine, ReceivedBatch) and mine.record_bytes == [p.record for p in parsed]
+    assert mine.message == pb.ProcessDataBatchRequest.FromString(written)
+
+
+def test_a_records_bytes_keep_what_protobuf_would_keep() -> None:
+    from streamcli.services.batches import ReceivedBatch, decode_batch_request
+
+    # A record with an unknown field (99) and its key twice (the last wins), then the batch's fields, then a
+    # record again: each record's bytes parse to the record protobuf parsed, unknown field included.
+    odd = wire.bytes_field(1, b"first") + wire.varint_field(99, 7) + wire.bytes_field(1, b"last")
+    data = wire.bytes_field(1, odd) + wire.bytes_field(2, b"b1") + wire.bytes_field(1, b"\x0a\x01z")
+    decoded = decode_batch_request(data)
+    assert isinstance(decoded, ReceivedBatch) and decoded.record_bytes is not None
+    message = pb.ProcessDataBatchRequest.FromString(data)
+    assert decoded.message == message and message.batch_id == "b1"
+    assert [pb.DataRecord.FromString(b) for b in decoded.record_bytes] == list(message.records)
+    # (Stored, read back and sent on, a record says what protobuf's own record would: the unknown field too.)
+    again = pb.DataRecord.FromString(decoded.record_bytes[0]).SerializeToString()
+    assert again == message.records[0].SerializeToString() and wire.varint_field(99, 7) in again
+    assert message.records[0].key == "last"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pb.ProcessDataBatchRequest(batch_id="b1", max_errors=100_000, source="in.ndjson"),
+        pb.ProcessDataBatchRequest(complete=True),
+        pb.ProcessDataBatchRequest(),
+    ],
+)
+def test_batch_messages_without_records_are_parsed_by_protobuf(message: pb.ProcessDataBatchRequest) -> None:
+    from streamcli.services.batches import decode_batch_request
+
+    decoded = decode_batch_request(message.SerializeToString())
+    assert isinstance(decoded, pb.ProcessDataBatchRequest) and decoded == message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x05abc",  # a record cut short
+        b"\x0a\x80",  # its length cut short
+        b"\x0a\x02\x0a\xff",  # a key that is not UTF-8... cut short too
+        b"\x0a\x03\x0a\x01\xff",  # a key that is not UTF-8
+        b"\x0a\x00\x13",  # a group that never ends
+    ],
+)
+def test_a_batch_message_that_does_not_parse_is_refused_by_protobuf(data: bytes) -> None:
+    from google.protobuf.message import DecodeError
+
+    from streamcli.services.batches import decode_batch_request
+
+    with pytest.raises(DecodeError):
+        decode_batch_request(data)
+
+
+def test_repeated_payloads_steps_over_every_wire_type_and_gives_up_on_what_is_not_fields() -> None:
+    from streamcli.protowire import repeated_payloads
+
+    fields = (
+        wire.varint_field(3, 2**63)
+        + b"\x09"
+        + bytes(8)  # field 1, 64-bit
+        + b"\x15"
+        + bytes(4)  # field 2, 32-bit
+        + wire.bytes_field(1, b"a")
+        + wire.bytes_field(2, b"\x0a\x01b")
+        + wire.bytes_field(1, b"c" * 200)
+    )
+    assert repeated_payloads(fields, 1) == [b"a", b"c" * 200]
+    assert repeated_payloads(fields, 2) == [b"\x0a\x01b"]
+    assert repeated_payloads(b"", 1) == []
+    for broken in (b"\x0a\x05abc", b"\x0a", b"\x08", b"\x09\x00", b"\x0b\x0c", b"\x0e", b"\x8a"):
+        assert repeated_payloads(broken, 1) is None, broken

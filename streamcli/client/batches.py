@@ -233,11 +233,12 @@ class _Pending:
     """One sent message not yet acknowledged: its serialized ProcessDataBatchRequest (the records' own bytes
     framed, no message built), its first index and where each of its records came from."""
 
-    __slots__ = ("first", "lines", "request")
+    __slots__ = ("first", "lines", "request", "size")
 
-    def __init__(self, first: int, records: list[bytes], lines: list[Record]) -> None:
+    def __init__(self, first: int, records: list[bytes], lines: list[Record], size: int = 0) -> None:
         self.first = first
         self.lines = lines  # each record as parsed (its line and text)
+        self.size = size  # characters of input text read for it
         # (Fields in number order, as the library writes them: records = 1, first_index = 3.)
         self.request = repeated_messages(1, records) + varint_field(3, first)
 
@@ -355,7 +356,7 @@ class BatchIngest:
                 break
             self._pending.add(message.first, len(message.lines), message)
             count += len(message.lines)
-            size += sum(len(parsed.text) for parsed in message.lines)
+            size += message.size
             await call.write(message.request)
         if self._ended:
             await call.write(pb.ProcessDataBatchRequest(complete=True))
@@ -365,6 +366,7 @@ class BatchIngest:
         """The next records to send (up to MESSAGE_RECORDS), reading past those the batch holds; None at the end."""
         records: list[bytes] = []
         lines: list[Record] = []
+        text = 0  # characters of the lines of ``lines``
         start = self._next_index
         while not records and not self._stopped:
             chunk = await self._reader.next()
@@ -378,6 +380,7 @@ class BatchIngest:
                 self._next_index += len(good)
                 read = len(chunk)
                 size = sum(len(parsed.text) for parsed in chunk) + read
+                text = size - read
                 chunk = []
             for parsed in chunk:
                 read += 1
@@ -395,6 +398,7 @@ class BatchIngest:
                     else:
                         records.append(parsed.record)
                         lines.append(parsed)
+                        text += len(parsed.text)
                 if self._stopped:
                     break
             self.progress.records += read
@@ -403,7 +407,7 @@ class BatchIngest:
                 self._options.on_progress(read, size)
         if not records:
             return None
-        return _Pending(start, records, lines)
+        return _Pending(start, records, lines, text)
 
     def _refuse(self, refusal: Refusal) -> None:
         self._refused += 1

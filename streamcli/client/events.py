@@ -360,28 +360,15 @@ def parse_time(text: str) -> tuple[int, int]:
     """
     # The form machines write, ``2026-11-24T10:00:00.123Z``, read by slicing (a third of the regex's cost);
     # anything else, or a value out of range, is left to the general reading below, which says what is wrong.
-    if (
-        len(text) >= 20
-        and text[-1] == "Z"
-        and text[10] == "T"
-        and text[13] == ":"
-        and text[16] == ":"
-        and text.isascii()
-        and (day := _day_seconds(text[:10])) is not None
-    ):
-        hh, mm, ss, rest = text[11:13], text[14:16], text[17:19], text[19:-1]
-        if (
-            hh.isdigit()
-            and mm.isdigit()
-            and ss.isdigit()
-            and (hour := int(hh)) < 24
-            and (minute := int(mm)) < 60
-            and (second := int(ss)) < 60
-        ):
+    # The date and the minute (``2026-11-24T10:00:``) are read once per minute met (times in a file come close
+    # together): a record's time costs a lookup and its seconds.
+    if len(text) >= 20 and text[-1] == "Z" and text.isascii() and (minute := _minute_seconds(text[:17])) is not None:
+        ss, rest = text[17:19], text[19:-1]
+        if ss.isdigit() and (second := int(ss)) < 60:
             if not rest:
-                return day + hour * 3600 + minute * 60 + second, 0
+                return minute + second, 0
             if rest[0] == "." and rest[1:].isdigit():
-                return day + hour * 3600 + minute * 60 + second, int(rest[1:10].ljust(9, "0"))
+                return minute + second, int(rest[1:10].ljust(9, "0"))
     text = text.strip()
     match = _TIME.fullmatch(text)
     if match is None:
@@ -405,6 +392,19 @@ def parse_time(text: str) -> tuple[int, int]:
     fraction = match["fraction"]
     nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
     return total, nanos
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute_seconds(start: str) -> int | None:
+    """Seconds from the epoch to the start of the minute ``start`` (``YYYY-MM-DDTHH:MM:``, ASCII) names, or None
+    when it names none (a 30 February, hour 24): ``parse_time``'s fast reading, once per minute."""
+    hh, mm = start[11:13], start[14:16]
+    if start[10] != "T" or start[13] != ":" or start[16] != ":" or not (hh + mm).isdigit():
+        return None
+    day = _day_seconds(start[:10])
+    if day is None or (hour := int(hh)) > 23 or (minute := int(mm)) > 59:
+        return None
+    return day + hour * 3600 + minute * 60
 
 
 @functools.lru_cache(maxsize=1024)

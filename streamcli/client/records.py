@@ -145,9 +145,14 @@ def _record_bytes(key: str, value: float, time: tuple[int, int] | None, payload:
 def _struct_bytes(payload: dict[str, Any]) -> bytes:
     """A google.protobuf.Struct's fields (map entries of name and Value); lists and objects as the library
     writes them."""
-    parts = []
+    parts: list[bytes] = []
     for name, value in payload.items():
-        if isinstance(value, str):
+        kind = type(value)  # (the JSON reader's own types, checked first by identity: a check costs as much)
+        if kind is float or kind is int:
+            if len(name) <= CACHED_CHARS:  # (the entry's bytes before the number, kept per name)
+                parts += (_number_entry_start(name), pack_double(value))
+                continue
+        elif kind is str or isinstance(value, str):
             parts.append(_text_entry(name, value) if len(value) <= CACHED_CHARS else _entry(name, _text_value(value)))
             continue
         if isinstance(value, bool):
@@ -236,7 +241,7 @@ def json_lines(
     decode = msgspec.json.Decoder(shape).decode if shape is not None else msgspec.json.Decoder().decode
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip(b"\r\n")
-        if not line.strip():
+        if not line or line.isspace():
             continue
         if number == 1 and line.startswith(codecs.BOM_UTF8):
             line = line[len(codecs.BOM_UTF8) :]

@@ -15,6 +15,11 @@ record exactly once because a tally only takes what an append stored, in index
 order; a tally that fell behind (another stream of the batch, a server that
 stopped between an append and the row's update) is brought up to date from
 the log entries after it, never by reading the whole batch back.
+
+A record is stored as the bytes it arrived in: ProcessDataBatch's request
+deserializer (``decode_batch_request``) parses each message with protobuf (what
+does not parse is the decoding boundary's) and takes each record's bytes out
+of the message's wire bytes, so no record is serialized again.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import functools
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import ClassVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import grpc
 
@@ -39,6 +44,7 @@ from streamcli.backends.base import (
 )
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Caller, Credentials
+from streamcli.protowire import Picking, bytes_key, repeated_payloads
 from streamcli.services.checks import MalformedRequest, has_control, id_problem, page_offset, quoted
 from streamcli.services.logs import Retention, timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
@@ -63,6 +69,34 @@ READ_STEP = 2000
 #: (GetBatch, ListBatches) reads the log only from the last save on, not from the stream's start.
 SAVE_INTERVAL = 1.0
 MAX_PAGE = 1000
+
+
+class ReceivedBatch(NamedTuple):
+    """A ProcessDataBatchRequest as ``decode_batch_request`` gives it: the message, and each of its records' bytes
+    as they arrived (None: the bytes are not plain fields, each record is serialized again to be stored)."""
+
+    message: pb.ProcessDataBatchRequest
+    record_bytes: list[bytes] | None
+
+
+_RECORDS = pb.ProcessDataBatchRequest.RECORDS_FIELD_NUMBER
+_RECORDS_KEY = bytes_key(_RECORDS)[0]
+
+
+def _with_record_bytes(data: bytes) -> ReceivedBatch | None:
+    """A message that starts with a record (every message of records that streamcli or protobuf writes, fields in
+    number order), parsed, with its records' bytes; None for any other (protobuf alone parses it)."""
+    if not data or data[0] != _RECORDS_KEY:
+        return None
+    message = pb.ProcessDataBatchRequest.FromString(data)  # (raises on bytes that are not one, as without this)
+    record_bytes = repeated_payloads(data, _RECORDS)
+    if record_bytes is not None and len(record_bytes) != len(message.records):
+        record_bytes = None  # (cannot happen for bytes protobuf parsed; never store what does not match)
+    return ReceivedBatch(message, record_bytes)
+
+
+#: ProcessDataBatch's request deserializer: a message of records becomes a ``ReceivedBatch``; others are parsed.
+decode_batch_request = Picking(pb.ProcessDataBatchRequest, _with_record_bytes)
 
 
 class Tally:
@@ -126,18 +160,19 @@ class Tally:
         return info
 
 
-def record_problem(record: pb.DataRecord, serialized: bytes | None = None) -> str:
-    """Why ``record`` is refused, or "" when it is stored. With ``serialized`` (the record's bytes), a record
-    no larger than the payload limit is not measured again (its payload is smaller still)."""
-    key = record.key
+def record_problem(record: pb.DataRecord, key: str, value: float, serialized: bytes | None = None) -> str:
+    """Why ``record`` (whose ``key`` and ``value`` the caller has read) is refused, or "" when it is stored. With
+    ``serialized`` (the record's bytes, as stored), a record no larger than the payload limit is not measured
+    again (its payload is smaller still)."""
     if len(key) > MAX_KEY:
         return f"key is longer than {MAX_KEY} characters"
     if problem := _key_problem(key):
         return problem
-    if not math.isfinite(record.value):
-        return f"value is {record.value} (not a finite number)"
+    if not math.isfinite(value):
+        return f"value is {value} (not a finite number)"
     if record.HasField("timestamp"):
-        seconds, nanos = record.timestamp.seconds, record.timestamp.nanos
+        stamp = record.timestamp
+        seconds, nanos = stamp.seconds, stamp.nanos
         if not FIRST_TIME <= seconds < END_TIME or not 0 <= nanos <= 999_999_999:
             return "timestamp is outside 1970-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
     measure = serialized is None or len(serialized) > MAX_PAYLOAD
@@ -167,6 +202,8 @@ class BatchService:
 
     #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
     RPCS: ClassVar[tuple[str, ...]] = ("ProcessDataBatch", "ListBatches", "GetBatch", "ReadBatchRecords")
+    #: ProcessDataBatch's messages come with their records' bytes (server/service.py binds it).
+    REQUEST_DESERIALIZERS: ClassVar[dict[str, Callable[[bytes], Any]]] = {"ProcessDataBatch": decode_batch_request}
 
     def __init__(
         self,
@@ -183,7 +220,7 @@ class BatchService:
     # --- ingest ------------------------------------------------------------------------------------
 
     async def ProcessDataBatch(
-        self, request_iterator: AsyncIterator[pb.ProcessDataBatchRequest], context: Context
+        self, request_iterator: AsyncIterator[pb.ProcessDataBatchRequest | ReceivedBatch], context: Context
     ) -> pb.ProcessDataBatchResponse:
         caller = self._credentials.caller(context.invocation_metadata())
         response = pb.ProcessDataBatchResponse()
@@ -197,7 +234,11 @@ class BatchService:
         taken_at_save = 0  # records this stream had taken then
         number = 0  # messages read
         try:
-            async for request in request_iterator:
+            async for received in request_iterator:
+                if isinstance(received, ReceivedBatch):
+                    request, record_bytes = received
+                else:
+                    request, record_bytes = received, None
                 if batch is None:
                     named = bool(request.batch_id)
                     batch = await self._open(request, caller, context)
@@ -218,7 +259,7 @@ class BatchService:
                         (("next-index", str(next_index)),),
                     )
                 next_index = await self._take(
-                    batch, request.records, first, next_index, response, limit, tally, context
+                    batch, request.records, record_bytes, first, next_index, response, limit, tally, context
                 )
                 number += 1
                 taken = response.records_processed + response.records_failed
@@ -271,6 +312,7 @@ class BatchService:
         self,
         batch: BatchRecord,
         records: Sequence[pb.DataRecord],
+        record_bytes: list[bytes] | None,
         first: int,
         next_index: int,
         response: pb.ProcessDataBatchResponse,
@@ -278,22 +320,29 @@ class BatchService:
         tally: Tally,
         context: Context,
     ) -> int:
-        """Append the records of one message not held yet (from index ``first``); returns the next index."""
+        """Append the records of one message not held yet (from index ``first``; ``record_bytes``: each record's
+        bytes as they arrived, else None); returns the next index."""
         response.records_received += len(records)
         skip = next_index - first
         response.duplicates += min(skip, len(records))
         new: list[NewRecord] = []
         reasons: dict[int, str] = {}
+        keys: list[str] = []  # of each record of ``new``, for the tally
+        values: list[float] = []
         for offset in range(skip, len(records)):
             record = records[offset]
             index = first + offset
-            serialized = record.SerializeToString()
-            problem = record_problem(record, serialized)
+            serialized = record.SerializeToString() if record_bytes is None else record_bytes[offset]
+            key = record.key
+            value = record.value
+            keys.append(key)
+            values.append(value)
+            problem = record_problem(record, key, value, serialized)
             if problem:
                 reasons[index] = problem
-                new.append(NewRecord(record.key[:MAX_KEY], REFUSED, problem.encode(), PRODUCER, index + 1))
+                new.append(NewRecord(key[:MAX_KEY], REFUSED, problem.encode(), PRODUCER, index + 1))
             else:
-                new.append(NewRecord(record.key, STORED, serialized, PRODUCER, index + 1))
+                new.append(NewRecord(key, STORED, serialized, PRODUCER, index + 1))
         if not new:
             await self._held_refusals(batch, first, len(records), response, limit)
             return next_index
@@ -307,17 +356,22 @@ class BatchService:
                 (("next-index", str(exc.expected - 1)),),
             )
         response.duplicates += len(new) - len(appended)  # stored meanwhile by another stream
-        taken: list[tuple[str, float] | None] = []
+        taken: list[tuple[str, float] | None]
         failed = 0  # (counted here, added to the response once: a message's field costs more than a local)
-        for entry in appended:
-            index = entry.id - 1
-            if entry.kind == STORED:
-                taken.append((entry.key, records[index - first].value))
-            else:
-                failed += 1
-                taken.append(None)
-                if len(response.errors) < limit:
-                    response.errors.add(index=index, reason=reasons[index])
+        if not reasons and len(appended) == len(new):  # (nearly always: every record taken and stored)
+            taken = list(zip(keys, values, strict=True))
+        else:
+            taken = []
+            start = first + skip  # the index of new[0]
+            for entry in appended:
+                index = entry.id - 1
+                if entry.kind == STORED:
+                    taken.append((keys[index - start], values[index - start]))
+                else:
+                    failed += 1
+                    taken.append(None)
+                    if len(response.errors) < limit:
+                        response.errors.add(index=index, reason=reasons[index])
         response.records_processed += len(appended) - failed
         response.records_failed += failed
         if appended:
