@@ -1,0 +1,53 @@
+"""``keep_freed_buffers``: the C allocator told to reuse the memory of freed 1 MiB transfer buffers.
+
+Every chunk of a transfer is a new 1 MiB buffer on its way through the server: gRPC's received
+message, the bytes read for a download. With glibc's default thresholds, freeing one of them often
+hands its memory back to the kernel (the top of a heap trimmed, a large block unmapped), and the next
+one is faulted in again page by page, the kernel zeroing each: measured at 170-220 minor page faults
+per MiB uploaded, CPU spent on the event loop's thread among others (bench/README.md, "File
+transfer"). A fixed mmap threshold above the chunk size keeps such buffers in the heap, and a trim
+threshold of a few chunks keeps the freed ones there for the next: 30-50 faults per MiB. It costs at
+most ``TRIM_THRESHOLD`` of freed memory kept per heap.
+
+Only for a long-running ``streamcli serve`` (``server/app.py`` ``serve``): it changes the whole
+process's allocator. An operator's own ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_`` wins.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Mapping
+
+#: glibc's ``mallopt`` parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: Blocks this large or larger are mapped on their own (glibc's default starts at 128 KiB and adapts): above
+#: the largest chunk plus its message's framing, so that transfer buffers come from the heap and are reused.
+MMAP_THRESHOLD = 4 << 20
+#: Freed memory at the top of a heap beyond this goes back to the kernel: a few chunks of every transfer.
+TRIM_THRESHOLD = 16 << 20
+#: The variables by which an operator sets these thresholds at start-up (glibc reads them itself; also
+#: ``GLIBC_TUNABLES`` naming ``glibc.malloc`` tunables).
+OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+
+
+def keep_freed_buffers(environ: Mapping[str, str]) -> bool:
+    """Set glibc's thresholds as above, unless ``environ`` (the process's) sets its own; whether it did.
+
+    Nothing happens on another system or C library.
+    """
+    if not sys.platform.startswith("linux") or any(name in environ for name in OPERATOR_SETTINGS):
+        return False
+    if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl's mallopt does nothing)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # (mallopt returns 1 on success.)
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
