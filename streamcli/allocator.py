@@ -1,16 +1,18 @@
 """``keep_freed_buffers``: the C allocator told to reuse the memory of freed 1 MiB transfer buffers.
 
-Every chunk of a transfer is a new 1 MiB buffer on its way through the server: gRPC's received
-message, the bytes read for a download. With glibc's default thresholds, freeing one of them often
-hands its memory back to the kernel (the top of a heap trimmed, a large block unmapped), and the next
-one is faulted in again page by page, the kernel zeroing each: measured at 170-220 minor page faults
-per MiB uploaded, CPU spent on the event loop's thread among others (bench/README.md, "File
-transfer"). A fixed mmap threshold above the chunk size keeps such buffers in the heap, and a trim
-threshold of a few chunks keeps the freed ones there for the next: 30-50 faults per MiB. It costs at
-most ``TRIM_THRESHOLD`` of freed memory kept per heap.
+Every chunk of a transfer is a few new 1 MiB buffers on its way: gRPC's received or sent message, the
+bytes read or written. With glibc's default thresholds, freeing one of them often hands its memory
+back to the kernel (the top of a heap trimmed, a large block unmapped), and the next one is faulted in
+again page by page, the kernel zeroing each: measured at 170-220 minor page faults per MiB uploaded in
+the server and per MiB downloaded in the client, CPU spent on the event loop's thread among others
+(bench/README.md, "File transfer"). A fixed mmap threshold above the chunk size keeps such buffers in
+the heap, and a trim threshold of a few chunks keeps the freed ones there for the next: 30-60 faults
+per MiB. It costs at most ``TRIM_THRESHOLD`` of freed memory kept per heap.
 
-Only for a long-running ``streamcli serve`` (``server/app.py`` ``serve``): it changes the whole
-process's allocator. An operator's own ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_`` wins.
+It changes the whole process's allocator, so only the processes that move files' bytes call it:
+``streamcli serve`` (``server/app.py`` ``serve``) and the ``upload`` and ``download`` commands
+(``cli/transfer.py``). An operator's own ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_`` (or
+``glibc.malloc`` tunables) wins.
 """
 
 from __future__ import annotations

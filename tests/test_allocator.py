@@ -1,8 +1,8 @@
 """``streamcli serve`` reuses the memory of freed 1 MiB transfer buffers instead of faulting it in again.
 
-A real ``streamcli serve`` process: the allocator's thresholds are set for the whole process by ``serve``
-alone, and the measure is the server process's own count of minor page faults while an upload goes through
-it (``/proc/PID/stat``): each page of a buffer given back to the kernel and allocated again is one fault.
+A real ``streamcli serve`` process (the allocator's thresholds are the whole process's), measured by its own
+count of minor page faults (``/proc/PID/stat``): each page of a buffer given back to the kernel and
+allocated again is one fault. A count of what the kernel did, not a timing.
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ def _minor_faults(pid: int) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator and /proc: Linux only")
 def test_an_upload_does_not_fault_in_a_fresh_buffer_per_chunk(tmp_path: pathlib.Path) -> None:
     warm_up, source = tmp_path / "warm-up.bin", tmp_path / "upload.bin"
-    warm_up.write_bytes(os.urandom(8 * MiB))
+    warm_up.write_bytes(os.urandom(UPLOAD_MIB * MiB))
     source.write_bytes(os.urandom(UPLOAD_MIB * MiB))
     with serve_process(tmp_path) as served:
-        # The first upload grows the heaps to their working size (each page faulted in once, as anywhere).
-        assert cli(served.address, "upload", str(warm_up)).code == 0
+        # The first uploads grow the heaps to their working size (each page faulted in once, as anywhere).
+        for _ in range(2):
+            assert cli(served.address, "upload", str(warm_up)).code == 0
         before = _minor_faults(served.process.pid)
         run = cli(served.address, "upload", str(source))
         after = _minor_faults(served.process.pid)
     assert run.code == 0, run.err
-    # With glibc's own thresholds a 1 MiB chunk costs 170-220 faults (most of its 256 pages); reused, 30-50.
-
+    # With glibc's own thresholds a 1 MiB chunk costs 150-260 faults (most of its 256 pages); reused, 20-80.
     assert (after - before) / UPLOAD_MIB < 100
 
 
@@ -53,3 +53,8 @@ def test_an_upload_does_not_fault_in_a_fresh_buffer_per_chunk(tmp_path: pathlib.
 )
 def test_an_operators_own_allocator_settings_are_left_alone(environ: dict[str, str]) -> None:
     assert keep_freed_buffers(environ) is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator: Linux only")
+def test_the_thresholds_are_set_when_nobody_else_set_them() -> None:
+    assert keep_freed_buffers({}) is True  # (this test process's allocator: harmless)
