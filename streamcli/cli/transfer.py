@@ -53,11 +53,13 @@ def upload(
 
       tar c dir | streamcli upload - --name dir.tar
     """
+    from streamcli.allocator import keep_freed_buffers
     from streamcli.client.retry import RetryPolicy
     from streamcli.client.transfer import upload_many, upload_stream
     from streamcli.ui.progress import transfer_progress
 
     env = get_env(ctx)
+    keep_freed_buffers(env.environ)  # each chunk's buffers reused, not faulted in afresh
     policy = RetryPolicy(retries=retries, notice=env.notice)
     if pathlib.Path("-") in paths:
         if len(paths) > 1:
@@ -139,12 +141,14 @@ def download(
 
       streamcli download 3f2a9c -o - | tar x
     """
+    from streamcli.allocator import keep_freed_buffers
     from streamcli.client.retry import RetryPolicy
     from streamcli.client.transfer import download_file
     from streamcli.terminal_text import visible
     from streamcli.ui.progress import transfer_progress
 
     env = get_env(ctx)
+    keep_freed_buffers(env.environ)  # each chunk's buffers reused, not faulted in afresh
     policy = RetryPolicy(retries=retries, notice=env.notice)
     if output is not None and not output.strip():
         raise UsageError("--output is empty: give a file or directory, or '-' for standard output")
