@@ -288,6 +288,35 @@ async def test_chat_users_on_two_replicas_see_each_other_and_each_others_typing(
     assert told == ["alice joined", "alice left"]  # the duplicate session's, once each
 
 
+async def test_chat_users_on_two_replicas_see_the_same_messages_in_the_same_order(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    with two_replicas(tmp_path, redis_url) as (a, b):
+        async with client(a.address) as on_a, client(b.address) as on_b:
+            alice = await RawChat(on_a, "lobby", "alice").open()
+            bob = await RawChat(on_b, "lobby", "bob").open()
+            await alice.messages_until("bob joined")
+            await bob.messages_until("bob joined")
+
+            async def talk(chat: RawChat, name: str) -> None:
+                for n in range(15):  # (within the rate limit's burst of 20)
+                    await chat.say(f"{name} {n}")
+                await chat.say(f"{name} done")
+
+            await asyncio.gather(talk(alice, "alice"), talk(bob, "bob"))  # through both replicas at once
+            seen: dict[str, list[pb.ChatMessage]] = {"alice": [], "bob": []}
+            for name, chat in (("alice", alice), ("bob", bob)):
+                while not {"alice done", "bob done"} <= {m.content for m in seen[name]}:
+                    seen[name].extend((await chat.next()).messages)
+            await alice.close()
+            await bob.close()
+    order = {name: [(m.id, m.user_id, m.content) for m in messages] for name, messages in seen.items()}
+    said = [entry for entry in order["alice"] if entry[1] != "system"]
+    assert len(said) == 32 and len({content for _, _, content in said}) == 32  # each message once
+    assert [entry for entry in order["bob"] if entry[1] != "system"] == said  # in the same order, with the same ids
+    assert [entry[0] for entry in said] == sorted(entry[0] for entry in said)
+
+
 async def test_the_members_of_a_killed_replica_vanish_within_their_lease(
     redis_url: str, tmp_path: pathlib.Path
 ) -> None:
