@@ -326,9 +326,7 @@ class Room:
         await self.appender.stored()
 
     async def _stored(self, records: list[LogRecord], posts: list[_Post]) -> None:
-        self._recent[records[0].id - 1] = self.framed(records)
-        if len(self._recent) > RECENT_RESPONSES:
-            self._recent.popitem(last=False)  # the oldest
+        self._remember(records)
         self.advance(records[-1].id)
         notifications = self.rooms.notifications
         for post in posts:
@@ -363,7 +361,7 @@ class Room:
             try:
                 grew = await store.wait_for(self.stream, self.last_id, STORE_RETRY if away else timeout)
                 if grew:
-                    self.advance((await store.bounds(self.stream)).last_id)  # a no-op after this room's own appends
+                    await self._take_in()
                 if away:
                     log.info("room %s: following its log again", self.room_id)
                 away = False
@@ -387,6 +385,20 @@ class Room:
             if now >= next_check:
                 next_check = now + 1.0
                 self._kick_stalled(now)
+
+    async def _take_in(self) -> None:
+        """Read what other hands appended (another replica's sessions) once for the room, and wake the sessions:
+        they find it framed in ``recent`` instead of each reading it from the store."""
+        records = await self.rooms.backend.log.read(self.stream, self.last_id, READ_MESSAGES)
+        if records:
+            self._remember(records)
+            self.advance(records[-1].id)  # (a no-op when they are this room's own appends, taken in already)
+
+    def _remember(self, records: list[LogRecord]) -> None:
+        """Keep ``records`` framed for the sessions caught up to the position before them."""
+        self._recent[records[0].id - 1] = self.framed(records)
+        if len(self._recent) > RECENT_RESPONSES:
+            self._recent.popitem(last=False)  # the oldest
 
     def _kick_stalled(self, now: float) -> None:
         """Cancel the handler of each session whose client has left a write pending for too long."""
