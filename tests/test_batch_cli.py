@@ -165,6 +165,7 @@ def big_input(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def held(address: str, batch_id: str) -> int:
+    """The records the batch holds, read through the server at ``address`` (0 until it exists)."""
     with grpc.insecure_channel(address, options=transport.client_options()) as channel:
         get = channel.unary_unary(
             "/streaming.v1.StreamingService/GetBatch",
@@ -172,8 +173,9 @@ def held(address: str, batch_id: str) -> int:
             response_deserializer=pb.GetBatchResponse.FromString,
         )
         try:
-            return int(get(pb.GetBatchRequest(batch_id=batch_id), timeout=5).batch.records_received)
-        except grpc.RpcError:
+            return int(get(pb.GetBatchRequest(batch_id=batch_id), timeout=30).batch.records_received)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
             return 0
 
 

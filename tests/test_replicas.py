@@ -28,7 +28,7 @@ from tests.support.chat import RawChat
 from tests.support.inprocess import Background, Run, acli, cli
 from tests.support.redis import RedisServer, redis_server
 from tests.support.servers import ServeProcess, client, running_server, serve_process
-from tests.test_batch_cli import start_ingest, wait_until
+from tests.test_batch_cli import held, start_ingest, wait_until
 from tests.test_collab import joined, presence_of, text_of
 from tests.test_metrics import (
     assert_quantiles_within_one_percent,
@@ -207,21 +207,6 @@ async def test_collab_editors_on_two_replicas_see_each_others_edits_live_and_con
                 assert text_of(await carol.event()) == text_of(await dave.event()) == (3, "AhelloB")
 
 
-def records_held(address: str, batch_id: str) -> int:
-    """What the batch holds, read through the replica at ``address`` (0 until it exists)."""
-    with grpc.insecure_channel(address) as channel:
-        get = channel.unary_unary(
-            "/streaming.v1.StreamingService/GetBatch",
-            request_serializer=pb.GetBatchRequest.SerializeToString,
-            response_deserializer=pb.GetBatchResponse.FromString,
-        )
-        try:
-            return int(get(pb.GetBatchRequest(batch_id=batch_id), timeout=30).batch.records_received)
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
-            return 0
-
-
 def test_a_batch_cut_off_with_its_replica_completes_through_another_storing_each_record_once(
     redis_url: str, tmp_path: pathlib.Path
 ) -> None:
@@ -237,12 +222,12 @@ def test_a_batch_cut_off_with_its_replica_completes_through_another_storing_each
     ):
         first = start_ingest(a.address, source)
         # Read through B: what A stored is in Redis, not in A.
-        wait_until(lambda: records_held(b.address, batch_id) > lines // 10 or first.poll() is not None, 120)
+        wait_until(lambda: held(b.address, batch_id) > lines // 10 or first.poll() is not None, 120)
         a.process.kill()  # SIGKILL: A says nothing more, and the client's stream breaks mid-batch
         a.process.wait(10)
         first.kill()
         first.communicate(timeout=60)
-        assert 0 < records_held(b.address, batch_id) < lines
+        assert 0 < held(b.address, batch_id) < lines
         second = start_ingest(b.address, source)  # the same command, told the other replica
         out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
@@ -252,6 +237,15 @@ def test_a_batch_cut_off_with_its_replica_completes_through_another_storing_each
     assert sum(a["sum"] for a in result["aggregates"]) == lines * (lines - 1) / 2
 
 
+async def alice_and_bob(on_a: Connection, on_b: Connection) -> tuple[RawChat, RawChat]:
+    """Alice in the lobby through ``on_a``, bob through ``on_b``, once both have seen bob join."""
+    alice = await RawChat(on_a, "lobby", "alice").open()
+    bob = await RawChat(on_b, "lobby", "bob").open()
+    await alice.messages_until("bob joined")
+    await bob.messages_until("bob joined")
+    return alice, bob
+
+
 async def test_chat_users_on_two_replicas_see_each_other_and_each_others_typing(
     redis_process: RedisServer, redis_url: str, tmp_path: pathlib.Path
 ) -> None:
@@ -259,10 +253,7 @@ async def test_chat_users_on_two_replicas_see_each_other_and_each_others_typing(
     replicas as on one server."""
     with two_replicas(tmp_path, redis_url) as (a, b):
         async with client(a.address) as on_a, client(b.address) as on_b:
-            alice = await RawChat(on_a, "lobby", "alice").open()
-            bob = await RawChat(on_b, "lobby", "bob").open()
-            await alice.messages_until("bob joined")
-            await bob.messages_until("bob joined")
+            alice, bob = await alice_and_bob(on_a, on_b)
             seen = (await who(alice), await who(bob), await members(on_a, "lobby"), await members(on_b, "lobby"))
             second = await RawChat(on_b, "lobby", "alice").open()  # alice again, on the other replica
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -293,10 +284,7 @@ async def test_chat_users_on_two_replicas_see_the_same_messages_in_the_same_orde
 ) -> None:
     with two_replicas(tmp_path, redis_url) as (a, b):
         async with client(a.address) as on_a, client(b.address) as on_b:
-            alice = await RawChat(on_a, "lobby", "alice").open()
-            bob = await RawChat(on_b, "lobby", "bob").open()
-            await alice.messages_until("bob joined")
-            await bob.messages_until("bob joined")
+            alice, bob = await alice_and_bob(on_a, on_b)
 
             async def talk(chat: RawChat, name: str) -> None:
                 for n in range(15):  # (within the rate limit's burst of 20)
