@@ -215,3 +215,12 @@ def last_json(text: str) -> dict[str, Any]:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+def load_line(before: tuple[float, float, float], suffix: str = "") -> str:
+    """The closing line of a benchmark: the load average when it began (``os.getloadavg()`` then) and now."""
+    now = os.getloadavg()
+    return (
+        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(*before, *now)
+        + suffix
+    )

@@ -58,6 +58,7 @@ from _common import (
     check,
     free_port,
     last_json,
+    load_line,
     run_client,
     run_raw_server,
     serve,
@@ -358,11 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(memory run: {rss_records:,} records, {rss_records / sample.seconds:,.0f} records/s, "
             f"client CPU {sample.client_cpu:.1f} s, server CPU {sample.server_cpu:.1f} s)"
         )
-    print(
-        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}; {:.0f} s".format(
-            *load, *os.getloadavg(), time.monotonic() - started
-        )
-    )
+    print(load_line(load, f"; {time.monotonic() - started:.0f} s"))
     return 0
 
 

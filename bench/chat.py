@@ -89,6 +89,7 @@ from _common import (
     clean_env,
     cpu_seconds,
     free_port,
+    load_line,
     run_raw_server,
     serve,
     verdict,
@@ -942,11 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(measure(args, pathlib.Path(tmp)))
         except BenchError as exc:
             sys.exit(f"chat bench failed: {exc}")
-    print(
-        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-            *load, *os.getloadavg()
-        )
-    )
+    print(load_line(load))
     return 0
 
 

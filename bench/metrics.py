@@ -31,7 +31,19 @@ from typing import Any
 
 import grpc
 import numpy as np
-from _common import MB, PY, SERVICE, STREAMCLI, check, clean_env, last_json, run_client, run_raw_server, serve
+from _common import (
+    MB,
+    PY,
+    SERVICE,
+    STREAMCLI,
+    check,
+    clean_env,
+    last_json,
+    load_line,
+    run_client,
+    run_raw_server,
+    serve,
+)
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 
@@ -240,11 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="streamcli-bench-", dir="/tmp") as tmp:
         figures = measure(pathlib.Path(tmp), args.samples, args.rounds)
     report(figures, args.samples)
-    print(
-        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-            *load, *os.getloadavg()
-        )
-    )
+    print(load_line(load))
     return 0
 
 

@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 
 import chat
 import tail
-from _common import STREAMCLI, Served, check, free_port, last_json, run_client, serve, verdict
+from _common import STREAMCLI, Served, check, free_port, last_json, load_line, run_client, serve, verdict
 
 from streamcli.backends.base import NewRecord
 from streamcli.backends.redis_backend import open_redis
@@ -271,11 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(measure(args, pathlib.Path(tmp)))
         except chat.BenchError as exc:
             sys.exit(f"scale-out bench failed: {exc}")
-    print(
-        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-            *load, *os.getloadavg()
-        )
-    )
+    print(load_line(load))
     return 0
 
 

@@ -77,6 +77,7 @@ from _common import (
     children_cpu,
     free_port,
     last_json,
+    load_line,
     run_client,
     run_raw_server,
     serve,
@@ -852,12 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="streamcli-bench-", dir="/tmp") as tmp:
         results = measure(pathlib.Path(tmp), args)
     report(results)
-    print(
-        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-            *load, *os.getloadavg()
-        )
-        + f"; took {time.perf_counter() - start:.0f} s"
-    )
+    print(load_line(load, f"; took {time.perf_counter() - start:.0f} s"))
     return 0
 
 

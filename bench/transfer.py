@@ -86,6 +86,7 @@ from _common import (
     clean_env,
     free_port,
     last_json,
+    load_line,
     run_client,
     run_raw_server,
     serve,
@@ -678,11 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_small(small)
     if chat is not None:
         report_chat(chat)
-    print(
-        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-            *load, *os.getloadavg()
-        )
-    )
+    print(load_line(load))
     return 0
 
 
