@@ -22,6 +22,7 @@ class RawChat:
     def __init__(self, conn: Connection, room: str, user: str, **join: object) -> None:
         self.call = conn.stub.Chat(metadata=conn.metadata)
         self.join = pb.ChatJoin(room_id=room, user_id=user, **join)  # type: ignore[arg-type]
+        self._held: list[pb.ChatMessage] = []  # read with a message ``messages_until`` waited for, not returned yet
 
     async def open(self) -> RawChat:
         await self.call.write(pb.ChatRequest(join=self.join))
@@ -31,16 +32,22 @@ class RawChat:
         await self.call.write(pb.ChatRequest(send=pb.ChatSend(type=kind, content=content, file_id=file_id)))  # type: ignore[arg-type]
 
     async def next(self, timeout: float = 5) -> pb.ChatResponse:
+        if self._held:
+            held, self._held = self._held, []
+            return pb.ChatResponse(messages=held)
         while True:
             response: pb.ChatResponse = await asyncio.wait_for(self.call.read(), timeout)
             if response.messages or response.HasField("presence") or response.HasField("notice"):
                 return response
 
     async def messages_until(self, content: str, timeout: float = 5) -> list[pb.ChatMessage]:
+        """The messages up to and including the first with ``content``; any the server sent with it come next."""
         seen: list[pb.ChatMessage] = []
         while not any(m.content == content for m in seen):
             seen.extend((await self.next(timeout)).messages)
-        return seen
+        end = next(i for i, m in enumerate(seen) if m.content == content) + 1
+        self._held = seen[end:]
+        return seen[:end]
 
     async def close(self) -> None:
         await self.call.done_writing()
