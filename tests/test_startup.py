@@ -62,6 +62,26 @@ def _file(tmp_path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+@pytest.mark.parametrize("entry", ["console-script", "python-m"])
+def test_a_command_exits_with_its_objects_frozen_and_its_output_flushed(entry: str) -> None:
+    # A process of its own: what happens at the interpreter's exit is under test.
+    start = (
+        "from streamcli.cli.main import run; run()"
+        if entry == "console-script"
+        else "import runpy; runpy.run_module('streamcli', run_name='__main__')"
+    )
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'frozen {gc.get_freeze_count() > 0}\\n'))\n"
+        "sys.argv = ['streamcli', '--version']\n"
+        f"{start}\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("streamcli ")
+    assert "frozen True" in result.stderr  # Python's shutdown does not collect them: bench/README.md
+
+
 def test_the_lazy_tree_has_every_command_of_the_whole_tree_in_its_order() -> None:
     whole: Any = typer.main.get_command(app)
     man_page_help(whole)  # as command_tree() gives every command it builds
