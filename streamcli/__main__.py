@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from streamcli.cli.main import run
 
-from streamcli.cli.main import main
-
-sys.exit(main())
+run()

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from streamcli.ui.progress import RecordRateColumn, RichTransferProgress
+from streamcli.ui.rich_progress import RecordRateColumn, RichTransferProgress
 
 
 def test_bars_and_total_follow_starts_resumes_and_retries() -> None:

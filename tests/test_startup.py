@@ -51,13 +51,35 @@ def test_unary_commands_import_neither_pydantic_nor_other_commands_packages(tmp_
         assert "a.txt" in output and imported == ["rich"]
         # Paths and a number from the command line are made without pydantic.
         output, imported = _imported_by(address, "--json", "upload", "--parallel", "2", str(_file(tmp_path)))
-        assert '"already_stored":true' in output and "pydantic" not in imported
+        assert '"already_stored":true' in output and imported == []  # no terminal: no progress bars, no rich
+        output, imported = _imported_by(address, "download", file_id, "-o", str(tmp_path / "b.txt"))
+        assert output.endswith("b.txt") and imported == []
 
 
 def _file(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "a.txt"
     path.write_text("hello\n")
     return path
+
+
+@pytest.mark.parametrize("entry", ["console-script", "python-m"])
+def test_a_command_exits_with_its_objects_frozen_and_its_output_flushed(entry: str) -> None:
+    # A process of its own: what happens at the interpreter's exit is under test.
+    start = (
+        "from streamcli.cli.main import run; run()"
+        if entry == "console-script"
+        else "import runpy; runpy.run_module('streamcli', run_name='__main__')"
+    )
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'frozen {gc.get_freeze_count() > 0}\\n'))\n"
+        "sys.argv = ['streamcli', '--version']\n"
+        f"{start}\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("streamcli ")
+    assert "frozen True" in result.stderr  # Python's shutdown does not collect them: bench/README.md
 
 
 def test_the_lazy_tree_has_every_command_of_the_whole_tree_in_its_order() -> None:

@@ -1,6 +1,6 @@
 """The progress interface transfer code reports to (it never imports rich).
 
-``streamcli.ui.progress`` implements it with rich bars for terminals;
+``streamcli.ui.rich_progress`` implements it with rich bars for terminals (``streamcli.ui.progress`` chooses);
 ``NullProgress`` does nothing, for pipes, scripts and tests.
 """
 

@@ -2,8 +2,9 @@
 
 Uploads of a path are resumable across runs without any client state: the
 upload id is derived from the file's path, size, modification time and name, so
-running the same command again finds the interrupted upload
-(``GetUploadStatus``) and sends only the rest. The file is read once, hashed as
+running the same command again finds the interrupted upload (the server
+refuses a new upload of its id with ALREADY_EXISTS; ``GetUploadStatus`` gives
+its offset) and sends only the rest. The file is read once, hashed as
 it is sent; the checksum rides in the trailer. Downloads write ``NAME.part``, continue from its size, verify the
 SHA-256 and only then rename it into place.
 """
@@ -142,10 +143,11 @@ async def upload_path(
             sent[0] += n
             progress.advance(upload_id, n)
 
-        # A file of one chunk or less has nothing worth resuming: it starts at once, without asking the
-        # server first (a round trip per file, most of the cost of small files), and asks only when the
-        # server has an upload under its id already (ALREADY_EXISTS) or an attempt failed.
-        ask = size > CHUNK_SIZE
+        # An upload starts at once, without asking the server first (a round trip: most of the cost of a small
+        # file, and a fixed cost before a large one's first byte, a third of a second on a busy server), and
+        # asks only when the server has an upload under its id already (ALREADY_EXISTS: an interrupted one,
+        # which it then resumes) or an attempt failed.
+        ask = False
         while True:
             first_status = None
             sent[0] = 0

@@ -1,101 +1,19 @@
-"""Rich progress bars for transfers and ingests: one bar per file (bytes, speed, ETA; records and records/s for
-an ingest) and a total."""
+"""The progress display of a transfer or an ingest: rich bars on a terminal, nothing elsewhere.
+
+rich (its progress module alone takes about a tenth of a second of start-up) is imported only when there
+is a terminal to draw on (``streamcli.ui.rich_progress``): a command in a script or a pipe does without.
+"""
 
 from __future__ import annotations
 
-from types import TracebackType
-
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from streamcli.client.progress import NullProgress, ProgressSink
-from streamcli.terminal_text import visible
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-class RecordRateColumn(ProgressColumn):
-    """Records done and their rate: ``12,500 rec 41,200 rec/s`` (from a task's ``records`` field)."""
-
-    def render(self, task: Task) -> Text:
-        records = int(task.fields.get("records", 0))
-        elapsed = task.elapsed
-        rate = f"{records / elapsed:,.0f}" if elapsed else "?"
-        return Text(f"{records:,} rec {rate} rec/s", style="progress.data.speed")
-
-
-class RichTransferProgress:
-    """A ProgressSink drawing rich bars on a console; use as a context manager. ``records``: also count
-    records (``advance(..., records=N)``) and show their rate (batch ingest)."""
-
-    def __init__(self, console: Console, *, with_total: bool, records: bool = False) -> None:
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}", justify="left"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            *((RecordRateColumn(),) if records else ()),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self._tasks: dict[str, TaskID] = {}
-        self._done: dict[str, int] = {}
-        self._total = self._progress.add_task("total", total=0, records=0) if with_total else None
-
-    def __enter__(self) -> RichTransferProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._progress.stop()
-
-    def start(self, key: str, description: str, total: int | None, completed: int = 0) -> None:
-        if key in self._tasks:  # a retry: the server says where we stand now
-            self._progress.update(self._tasks[key], completed=completed)
-        else:
-            # The description is a file name, maybe the server's: shown, never read as markup or escapes.
-            shown = escape(visible(description))
-            self._tasks[key] = self._progress.add_task(shown, total=total, completed=completed, records=0)
-            if self._total is not None and total is not None:
-                self._progress.update(self._total, total=(self._progress.tasks[self._total].total or 0) + total)
-        self._shift_total(completed - self._done.get(key, 0))
-        self._done[key] = completed
-
-    def advance(self, key: str, amount: int, records: int = 0) -> None:
-        task = self._tasks[key]
-        if records:
-            self._count(task, records)
-            if self._total is not None:
-                self._count(self._total, records)
-        self._progress.advance(task, amount)
-        self._done[key] = self._done.get(key, 0) + amount
-        self._shift_total(amount)
-
-    def _count(self, task: TaskID, records: int) -> None:
-        done = self._progress.tasks[task].fields.get("records", 0)
-        self._progress.update(task, records=done + records)
-
-    def finish(self, key: str) -> None:
-        task = self._tasks[key]
-        total = self._progress.tasks[task].total
-        if total is None:  # a stream of unknown size: it is as long as it got
-            self._progress.update(task, total=self._done.get(key, 0))
-
-    def _shift_total(self, amount: int) -> None:
-        if self._total is not None and amount:
-            self._progress.advance(self._total, amount)
+    from streamcli.ui.rich_progress import RichTransferProgress
 
 
 def transfer_progress(
@@ -105,7 +23,9 @@ def transfer_progress(
     scripts, tests). ``records``: with records and records/s (batch ingest)."""
     if console is None:
         return NullProgress()
+    from streamcli.ui.rich_progress import RichTransferProgress
+
     return RichTransferProgress(console, with_total=count > 1, records=records)
 
 
-__all__ = ["ProgressSink", "RichTransferProgress", "transfer_progress"]
+__all__ = ["ProgressSink", "transfer_progress"]
