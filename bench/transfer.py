@@ -548,6 +548,8 @@ async def measure_chat(tmp: pathlib.Path, args: argparse.Namespace) -> ChatLoad:
                 loops = []
                 if during:
                     print(f"chat round {round_ + 1}: 2 uploads + 1 download of {args.chat_transfer_mib} MiB ...")
+                    # (the download starts over each time: a .part left by the last round is not progress)
+                    (tmp / "chat-down.bin.part").unlink(missing_ok=True)
                     loops = [
                         asyncio.ensure_future(transfer_loop(t, stop, done, tmp / f"chat-transfer-{n}.log"))
                         for n, t in enumerate(transfers)
