@@ -108,8 +108,8 @@ class TransferPacer:
     def __init__(self, settings: PacingSettings | None = None) -> None:
         self.settings = settings or PacingSettings()
         self.settings.check()
-        self.control = RateControl(self.settings)  # one for the server's life: a new engagement starts where
-        # the last one left the rate
+        # One for the server's life: an engagement starts at the rate where the last one left it.
+        self.control = RateControl(self.settings)
         self.engaged = False
         self.transfers = 0  # UploadFile and DownloadFile calls open
         self.interactive_calls = 0  # every other call of the service open
