@@ -100,6 +100,15 @@ def test_serve_refuses_a_lag_target_out_of_range(tmp_path: pathlib.Path) -> None
     assert "'soon' is not a duration" in garbled.err
 
 
+def test_serve_reads_the_lag_target_from_its_variable(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMCLI_TRANSFER_LAG_TARGET", "1500ms")
+    result = cli(None, "serve", "--data-dir", str(tmp_path / "data"))
+    assert (result.code, result.err) == (
+        ExitStatus.USAGE,
+        "streamcli: error: --transfer-lag-target must be between 0 (no pacing) and 1 second\n",
+    )
+
+
 # --- the pacer in a real server ----------------------------------------------------------------------------------
 
 
