@@ -26,7 +26,9 @@ stopping for servers):
    ``streamcli serve``, ``--chat-rate`` messages/s in all for ``--chat-duration`` s, every receive time - send
    time) alone, and while two ``streamcli upload``s and one ``streamcli download`` of ``--chat-transfer-mib``
    each run, again and again, through the same server (started 1 s before the chat load, stopped after it),
-   alternating, ``--chat-rounds`` rounds of each; p99 of each condition over its rounds.
+   alternating, ``--chat-rounds`` rounds of each; p99 of each condition over its rounds, and what the
+   transfers moved meanwhile (MB/s: the server yields to the chat, ``serve --transfer-lag-target``, which
+   ``--lag-target`` sets for this case's server).
 
 Every transfer of 1-4 is timed as the wall time of its client process, spawn to exit; the raw clients also
 report the time of the transfer alone (connected channel to last byte). Rounds run raw, disk and streamcli
@@ -43,6 +45,7 @@ files go to a temporary directory under /tmp: about 3x --size-mib, then 3x --rss
     python bench/transfer.py [--size-mib 1024] [--rss-size-mib 2048] [--rounds 3] [--warmup 1]
         [--small-files 1000] [--small-size 4096] [--small-rounds 2]
         [--chat-clients 50] [--chat-rate 50] [--chat-duration 5] [--chat-rounds 2] [--chat-transfer-mib 1024]
+        [--lag-target DURATION]
 
 A quick run: ``--size-mib 64 --rss-size-mib 0 --rounds 1 --warmup 0 --small-files 50 --chat-clients 6
 --chat-duration 2 --chat-rounds 1 --chat-transfer-mib 64``; ``--small-files 0`` and ``--chat-clients 0`` skip
@@ -460,6 +463,33 @@ class ChatLoad:
     during: list[float] = dataclasses.field(default_factory=list)  # ms, of the rounds with them
     round_p99: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     transfers_done: int = 0  # transfers that completed during the loaded rounds
+    moved: list[float] = dataclasses.field(default_factory=list)  # MB/s the transfers moved during each chat load
+
+
+class TransferMeter:
+    """Bytes the chat case's transfers have moved: ``size`` per completed transfer, plus what the running ones
+    have on disk (the server's partial upload files, the download's ``.part``), polled every 50 ms. A
+    finished transfer's file leaves before its process is counted as done: the figure never goes back,
+    so the moment between is not taken for bytes lost."""
+
+    def __init__(self, partial_dir: pathlib.Path, download: pathlib.Path, done: list[int], size: int) -> None:
+        self.files = (partial_dir, download)
+        self.done, self.size = done, size
+        self.moved = 0
+
+    def poll(self) -> int:
+        partial_dir, download = self.files
+        on_disk = 0
+        for path in [*partial_dir.glob("*"), download.with_name(download.name + ".part")]:
+            with contextlib.suppress(FileNotFoundError):
+                on_disk += path.stat().st_size
+        self.moved = max(self.moved, self.done[0] * self.size + on_disk)
+        return self.moved
+
+    async def run(self) -> None:
+        while True:
+            self.poll()
+            await asyncio.sleep(0.05)
 
 
 async def transfer_loop(argv: Sequence[str], stop: asyncio.Event, done: list[int], log: pathlib.Path) -> None:
@@ -494,7 +524,8 @@ async def measure_chat(tmp: pathlib.Path, args: argparse.Namespace) -> ChatLoad:
         write_random(source, size)
     chat_args = argparse.Namespace(rate=args.chat_rate, duration=args.chat_duration, clients=args.chat_clients)
     async with contextlib.AsyncExitStack() as stack:
-        _, argv = streamcli_serve(tmp, "chat-data", "--chat-rate", "100000")
+        extra = ("--transfer-lag-target", args.lag_target) if args.lag_target else ()
+        data, argv = streamcli_serve(tmp, "chat-data", "--chat-rate", "100000", *extra)
         served = stack.enter_context(serve("streamcli serve (chat)", argv, tmp / "chat-serve.log"))
         cli = (*STREAMCLI, "--address", served.address, "--json")
         stored = last_json(run_client((*cli, "upload", str(sources[0]), "--name", "to-download.bin")).stdout)
@@ -517,15 +548,23 @@ async def measure_chat(tmp: pathlib.Path, args: argparse.Namespace) -> ChatLoad:
                 loops = []
                 if during:
                     print(f"chat round {round_ + 1}: 2 uploads + 1 download of {args.chat_transfer_mib} MiB ...")
+                    # (the download starts over each time: a .part left by the last round is not progress)
+                    (tmp / "chat-down.bin.part").unlink(missing_ok=True)
                     loops = [
                         asyncio.ensure_future(transfer_loop(t, stop, done, tmp / f"chat-transfer-{n}.log"))
                         for n, t in enumerate(transfers)
                     ]
                     await asyncio.sleep(1.0)  # the transfers are under way (past start-up) before the chat load
+                meter = TransferMeter(pathlib.Path(data) / "blobs" / "partial", tmp / "chat-down.bin", done, size)
+                polling = asyncio.ensure_future(meter.run())
                 before = len(side.result.latencies)
                 try:
+                    started, moved = time.monotonic(), meter.poll()
                     await chat_bench.load_a(side, chat_args, tag, None)
+                    if during:
+                        load.moved.append((meter.poll() - moved) / (time.monotonic() - started) / MB)
                 finally:
+                    polling.cancel()
                     stop.set()
                     await asyncio.gather(*loops)
                 latencies = side.result.latencies[before:]
@@ -625,6 +664,9 @@ def report_chat(load: ChatLoad) -> None:
     print(
         f"  transfers of {load.transfer_size / MIB:.0f} MiB completed during the loaded rounds: {load.transfers_done}"
     )
+    if load.moved:
+        rates = " ".join(f"{rate:.1f}" for rate in load.moved)
+        print(f"  the transfers moved {statistics.median(load.moved):.1f} MB/s during the chat load ({rates})")
     ratio = p99_during / p99_alone
     print(f"{'chat p99 during transfers <= 2x without':<52}  {f'{ratio:.2f}x':>30}  {verdict(ratio <= 2.0)}")
 
@@ -651,6 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--chat-duration", type=float, default=5.0, help="seconds of chat load per round (default: %(default)s)")
     add("--chat-rounds", type=int, default=2, help="rounds alone and with transfers, each (default: %(default)s)")
     add("--chat-transfer-mib", type=int, default=1024, help="size of each transfer under chat (default: %(default)s)")
+    add(
+        "--lag-target",
+        default="",
+        help="the chat case's serve --transfer-lag-target, e.g. 5ms or 0 (default: the server's own)",
+    )
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.rss_size_mib < 0 or args.rounds < 1 or args.warmup < 0:
         parser.error("--size-mib and --rounds must be >= 1, --rss-size-mib and --warmup >= 0")

@@ -57,7 +57,7 @@ _streamcli() {
             'notify:send') cmdpath='notify send' ;;
             'notify send:--to'|'notify send:--topic'|'notify send:--title'|'notify send:--body'|'notify send:--severity'|'notify send:--attr'|'notify send:--address'|'notify send:-a'|'notify send:--token'|'notify send:--ca-cert'|'notify send:--client-cert'|'notify send:--client-key') skip=1 ;;
             'process:--window'|'process:--z'|'process:--in-flight'|'process:--address'|'process:-a'|'process:--token'|'process:--ca-cert'|'process:--client-cert'|'process:--client-key') skip=1 ;;
-            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--metric-retention'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--ready-file'|'serve:--log-level'|'serve:--ca-cert'|'serve:--client-cert'|'serve:--client-key') skip=1 ;;
+            'serve:--address'|'serve:-a'|'serve:--data-dir'|'serve:--backend'|'serve:--grace'|'serve:--token'|'serve:--user-token'|'serve:--user-tokens'|'serve:--tls-cert'|'serve:--tls-key'|'serve:--tls-client-ca'|'serve:--max-file-size'|'serve:--quota'|'serve:--max-series'|'serve:--metric-retention'|'serve:--upload-ttl'|'serve:--heartbeat'|'serve:--live-interval'|'serve:--event-retention'|'serve:--chat-backlog'|'serve:--chat-rate'|'serve:--stall-limit'|'serve:--transfer-lag-target'|'serve:--ready-file'|'serve:--log-level'|'serve:--ca-cert'|'serve:--client-cert'|'serve:--client-key') skip=1 ;;
             'tail:--address'|'tail:-a'|'tail:--token'|'tail:--ca-cert'|'tail:--client-cert'|'tail:--client-key') skip=1 ;;
             'tail:chat') cmdpath='tail chat' ;;
             'tail:events') cmdpath='tail events' ;;
@@ -254,6 +254,7 @@ _streamcli() {
         'serve:--chat-backlog') COMPREPLY=(); return ;;
         'serve:--chat-rate') COMPREPLY=(); return ;;
         'serve:--stall-limit') COMPREPLY=(); return ;;
+        'serve:--transfer-lag-target') COMPREPLY=(); return ;;
         'serve:--ready-file') COMPREPLY=($(compgen -f -- "$cur")); return ;;
         'serve:--log-level') COMPREPLY=($(compgen -W 'debug info warning error' -- "$cur")); return ;;
         'serve:--ca-cert') COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -333,7 +334,7 @@ _streamcli() {
         'notify') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h send' -- "$cur")) ;;
         'notify send') COMPREPLY=($(compgen -W '--to --topic --title --body --severity --attr --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
         'process') COMPREPLY=($(compgen -W '--window --z --in-flight --anomalies-only --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
-        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --sync-every-commit --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --metric-retention --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --ready-file --log-level --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
+        'serve') COMPREPLY=($(compgen -W '--address -a --data-dir --backend --sync-every-commit --grace --token --user-token --user-tokens --tls-cert --tls-key --tls-client-ca --allow-insecure --max-file-size --quota --max-series --metric-retention --upload-ttl --heartbeat --live-interval --event-retention --chat-backlog --chat-rate --stall-limit --transfer-lag-target --ready-file --log-level --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
         'tail') COMPREPLY=($(compgen -W '--address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h chat events notifications' -- "$cur")) ;;
         'tail chat') COMPREPLY=($(compgen -W '--since -s --tail --until --follow --no-follow --max -n --idle-timeout --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;
         'tail events') COMPREPLY=($(compgen -W '--user -u --all-users --type -t --since -s --tail --until --follow --no-follow --max -n --idle-timeout --address -a --token --tls --no-tls --ca-cert --client-cert --client-key --json --traceback --version --help -h' -- "$cur")) ;;

@@ -109,7 +109,7 @@ function __streamcli_path
                 set skip 1
             case 'process:--window' 'process:--z' 'process:--in-flight' 'process:--address' 'process:-a' 'process:--token' 'process:--ca-cert' 'process:--client-cert' 'process:--client-key'
                 set skip 1
-            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--max-series' 'serve:--metric-retention' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--ready-file' 'serve:--log-level' 'serve:--ca-cert' 'serve:--client-cert' 'serve:--client-key'
+            case 'serve:--address' 'serve:-a' 'serve:--data-dir' 'serve:--backend' 'serve:--grace' 'serve:--token' 'serve:--user-token' 'serve:--user-tokens' 'serve:--tls-cert' 'serve:--tls-key' 'serve:--tls-client-ca' 'serve:--max-file-size' 'serve:--quota' 'serve:--max-series' 'serve:--metric-retention' 'serve:--upload-ttl' 'serve:--heartbeat' 'serve:--live-interval' 'serve:--event-retention' 'serve:--chat-backlog' 'serve:--chat-rate' 'serve:--stall-limit' 'serve:--transfer-lag-target' 'serve:--ready-file' 'serve:--log-level' 'serve:--ca-cert' 'serve:--client-cert' 'serve:--client-key'
                 set skip 1
             case 'tail:--address' 'tail:-a' 'tail:--token' 'tail:--ca-cert' 'tail:--client-cert' 'tail:--client-key'
                 set skip 1
@@ -475,6 +475,7 @@ complete -c streamcli -n '__streamcli_at '\''serve'\''' -l event-retention -x -d
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l chat-backlog -x -d 'Chat messages a joining client gets when it does not say how many.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l chat-rate -x -d 'Chat messages per second one user may send to a room (bursts of 20).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l stall-limit -x -d 'Seconds a chat client may stop reading before it is disconnected (it can resume).'
+complete -c streamcli -n '__streamcli_at '\''serve'\''' -l transfer-lag-target -x -d 'While interactive calls (chat, tails, ...) are open, file transfers yield to them: they are slowed down whenever the server'\''s event loop runs later than this (e.g. 5ms), never below 4 MiB/s in all. Lower keeps chats and tails quicker and transfers slower; 0 = never slow transfers down.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l ready-file -r -F -d 'Once serving, write {"address", "host", "port"} as JSON to this file (atomically: complete when it appears; the real port when --address asked for 0); removed when the server stops.'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l log-level -x -a 'debug info warning error' -d 'Log verbosity (logs go to stderr).'
 complete -c streamcli -n '__streamcli_at '\''serve'\''' -l tls -l no-tls -d 'Connect with TLS.'

@@ -41,6 +41,7 @@ METAVARS = {
     "--max-file-size": "SIZE",
     "--quota": "SIZE",
     "--upload-ttl": "DURATION",
+    "--transfer-lag-target": "DURATION",
     "--interval": "DURATION",
     "--duration": "DURATION",
     "--window": "N|DURATION",

@@ -189,6 +189,15 @@ def serve(
         float,
         typer.Option(min=1.0, help="Seconds a chat client may stop reading before it is disconnected (it can resume)."),
     ] = 30.0,
+    transfer_lag_target: Annotated[
+        str,
+        typer.Option(
+            envvar="STREAMCLI_TRANSFER_LAG_TARGET",
+            help="While interactive calls (chat, tails, ...) are open, file transfers yield to them: they are "
+            "slowed down whenever the server's event loop runs later than this (e.g. 5ms), never below 4 MiB/s "
+            "in all. Lower keeps chats and tails quicker and transfers slower; 0 = never slow transfers down.",
+        ),
+    ] = "5ms",
     ready_file: Annotated[
         pathlib.Path | None,
         typer.Option(
@@ -241,6 +250,7 @@ def serve(
     from streamcli.server.app import serve as run_server
     from streamcli.services.chat import ChatSettings
     from streamcli.services.logs import Retention
+    from streamcli.services.pacing import PacingSettings
 
     if address is None and "," in env.connection.address:
         raise UsageError(
@@ -277,6 +287,7 @@ def serve(
         live_interval=live_interval,
         retention=Retention(*parse_retention(event_retention)),
         chat=ChatSettings(backlog=chat_backlog, rate=chat_rate, stall_limit=stall_limit),
+        pacing=PacingSettings(lag_target=parse_duration(transfer_lag_target)),
     )
 
     def ready(bound: str) -> None:

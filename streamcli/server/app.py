@@ -47,6 +47,7 @@ from streamcli.services.logs import LogSettings, Retention
 from streamcli.services.metrics import DEFAULT_MAX_SERIES, DEFAULT_MINUTE_RETENTION, MetricService
 from streamcli.services.notifications import STREAM as NOTIFICATIONS_STREAM
 from streamcli.services.notifications import NotificationService
+from streamcli.services.pacing import PacingSettings, TransferPacer
 from streamcli.services.processing import ProcessingService
 from streamcli.services.uploads import FileLimits
 from streamcli.tls import check_pair, read_pem
@@ -85,6 +86,8 @@ class ServerConfig:
     # Seconds per-minute metric sketches are kept (--since, trends); None: for ever. All-time ones are always kept.
     metric_retention: float | None = DEFAULT_MINUTE_RETENTION
     documents: DocumentSettings = dataclasses.field(default_factory=DocumentSettings)  # Collaborate's limits
+    # How transfers yield to interactive calls (lag_target 0: never; services/pacing.py)
+    pacing: PacingSettings = dataclasses.field(default_factory=PacingSettings)
 
     @property
     def tls(self) -> bool:
@@ -123,6 +126,12 @@ class ServerConfig:
             raise UsageError("--heartbeat must be more than zero seconds")
         if not 0 <= self.live_interval <= 1:
             raise UsageError("--live-interval must be between 0 and 1 second")
+        if not 0 <= self.pacing.lag_target <= 1:
+            raise UsageError("--transfer-lag-target must be between 0 (no pacing) and 1 second")
+        try:
+            self.pacing.check()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if not (self.tls or self.allow_insecure or transport.is_loopback_address(self.address)):
             # Without TLS a token would cross the network in clear text: it protects nothing there.
             if self.token or self.user_tokens or self.user_tokens_file:
@@ -166,6 +175,7 @@ class RunningServer:
     chat: ChatService  # closed after the calls end: stores the last leave messages
     credentials: Credentials
     config: ServerConfig
+    pacer: TransferPacer  # paces transfers while interactive calls are open (its counters say what it did)
 
     def reload_user_tokens(self) -> None:
         """Read ``--user-tokens FILE`` again (on SIGHUP); a file that fails keeps the tokens in force."""
@@ -193,6 +203,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.chat.close()
+        await self.pacer.close()
         for task in self.housekeeping:
             task.cancel()
         await asyncio.gather(*self.housekeeping, return_exceptions=True)
@@ -234,6 +245,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         address = f"{transport.parse_address(config.address)[0]}:{port}"
         stopping = asyncio.Event()
         log_settings = LogSettings(config.heartbeat, config.retention, config.live_interval)
+        pacer = TransferPacer(config.pacing)
         notifications = NotificationService(backend.log, log_settings, stopping, credentials_)
         events = EventService(backend.log, log_settings, stopping, credentials_)
         files = FileService(
@@ -242,6 +254,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             public_address=address,
             notifications=notifications,
             credentials=credentials_,
+            pacer=pacer,
         )
         chat = ChatService(backend, log_settings, config.chat, stopping, notifications, credentials_)
         batches = BatchService(backend.log, backend.metadata, notifications, credentials_)
@@ -252,7 +265,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
         collab = CollabService(backend, log_settings, stopping, credentials_, config.documents)
         ids = IdService(backend.metadata, credentials_)
         domains = [files, events, notifications, chat, batches, metrics, ProcessingService(), collab, ids]
-        add_service(server, domains)
+        # Calls are counted for the pacer only when it may pace (a server that does not, costs nothing per call).
+        add_service(server, domains, pacer=pacer if config.pacing.lag_target else None)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_documented_reflection(
@@ -284,7 +298,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
     ]
     if backend.ready is not None:
         housekeeping.append(asyncio.create_task(_watch_store(backend.ready, health_servicer)))
-    return RunningServer(server, health_servicer, backend, address, stopping, housekeeping, chat, credentials_, config)
+    return RunningServer(
+        server, health_servicer, backend, address, stopping, housekeeping, chat, credentials_, config, pacer
+    )
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[object]]) -> None:

@@ -11,7 +11,9 @@ starting instead of quietly answering UNIMPLEMENTED.
 
 ``add_service`` also puts every RPC behind the store boundary: a backend that cannot reach its store
 (``StoreUnavailableError``, e.g. Redis away) ends the call UNAVAILABLE with the backend's detail, in
-this one place rather than in each service.
+this one place rather than in each service; and, on a server that paces transfers, counts every open call
+for the pacer (``counted``: transfers are the RPCs a domain lists in its ``BULK_RPCS``, every other call is
+interactive; ``streamcli.services.pacing``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from streamcli import __version__
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import StoreUnavailableError
 from streamcli.server.decoding import HANDLER_FACTORIES
+from streamcli.services.pacing import TransferPacer
 from streamcli.services.rpc import Context, abort
 from streamcli.services.wire import serialize
 
@@ -72,7 +75,10 @@ def bind(domains: Iterable[object], unavailable: Iterable[str] = ()) -> dict[str
 
 
 def add_service(
-    server: grpc.aio.Server, domains: Iterable[object], unavailable: Mapping[str, str] | None = None
+    server: grpc.aio.Server,
+    domains: Iterable[object],
+    unavailable: Mapping[str, str] | None = None,
+    pacer: TransferPacer | None = None,
 ) -> None:
     """Register StreamingService on ``server``, each RPC bound to the domain method ``bind`` found for it.
 
@@ -80,7 +86,8 @@ def add_service(
     responses may also be pre-assembled bytes (``streamcli.services.wire``), and
     that a domain may give an RPC a request deserializer of its own
     (``REQUEST_DESERIALIZERS``, by RPC name). The RPCs of ``unavailable`` (name ->
-    why, e.g. not on this backend yet) answer UNIMPLEMENTED with their reason.
+    why, e.g. not on this backend yet) answer UNIMPLEMENTED with their reason. With a ``pacer``, every
+    call it serves is counted for it (``counted``).
 
     Raises:
         BindingError: see ``bind``.
@@ -91,16 +98,22 @@ def add_service(
     # A domain may decode an RPC's requests itself (``REQUEST_DESERIALIZERS``: UploadFile's chunks, picked
     # out of the wire bytes without a copy); protobuf decodes the rest.
     deserializers: dict[str, Callable[[bytes], Any]] = {}
+    bulk: set[str] = set()  # the transfers, which yield to every other call (``counted``)
     for domain in domains:
         deserializers.update(getattr(domain, "REQUEST_DESERIALIZERS", {}))
+        bulk.update(getattr(domain, "BULK_RPCS", ()))
     handlers = {}
     for method in SERVICE_DESCRIPTOR.methods:
         factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
         implementation = bound.get(method.name)
+        if implementation is None:
+            behavior = _unimplemented(method.name, unavailable.get(method.name))
+        else:
+            behavior = store_boundary(implementation)
+            if pacer is not None:
+                behavior = counted(behavior, pacer, bulk=method.name in bulk)
         handlers[method.name] = factory(
-            store_boundary(implementation)
-            if implementation
-            else _unimplemented(method.name, unavailable.get(method.name)),
+            behavior,
             request_deserializer=deserializers.get(method.name) or GetMessageClass(method.input_type).FromString,
             response_serializer=serialize,
         )
@@ -146,6 +159,20 @@ def store_boundary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             await _unavailable_or_raise(context, exc)
 
     return respond
+
+
+def counted(handler: Callable[..., Any], pacer: TransferPacer, *, bulk: bool) -> Callable[..., Any]:
+    """``handler`` (a coroutine function, as ``store_boundary`` makes every handler) telling ``pacer`` while
+    its call is open: a transfer (``bulk``) or an interactive call."""
+
+    async def call(request: Any, context: Context) -> Any:
+        pacer.call_opened(bulk)
+        try:
+            return await handler(request, context)
+        finally:
+            pacer.call_closed(bulk)
+
+    return call
 
 
 def store_failure(exc: BaseException | None) -> StoreUnavailableError | None:

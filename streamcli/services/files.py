@@ -24,6 +24,7 @@ from streamcli.protowire import bytes_key, varint, varint_field
 from streamcli.services.checks import page_offset, quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
+from streamcli.services.pacing import PacingSettings, TransferPacer
 from streamcli.services.quota import QuotaLedger
 from streamcli.services.rpc import Context, abort
 from streamcli.services.uploads import (
@@ -71,6 +72,8 @@ class FileService:
         "ListFiles",
         "DeleteFile",
     )
+    #: The transfers: they yield to every other call while one is open (``streamcli.services.pacing``).
+    BULK_RPCS: ClassVar[tuple[str, ...]] = ("UploadFile", "DownloadFile")
     #: Upload chunks are picked out of the wire bytes (see ``decode_upload_request``).
     REQUEST_DESERIALIZERS: ClassVar[dict[str, Callable[[bytes], Any]]] = {"UploadFile": decode_upload_request}
 
@@ -81,8 +84,10 @@ class FileService:
         public_address: str,
         notifications: NotificationService | None = None,
         credentials: Credentials | None = None,
+        pacer: TransferPacer | None = None,
     ) -> None:
         self._notifications = notifications
+        self._pacer = pacer or TransferPacer(PacingSettings(lag_target=0))  # (one that never engages)
         self._credentials = credentials or Credentials()
         self._blobs = backend.blobs
         self._meta = backend.metadata
@@ -92,7 +97,7 @@ class FileService:
             self._space = QuotaLedger(limits.quota, 0, backend.space, backend.blobs.usage)
         else:
             self._space = QuotaLedger(limits.quota, backend.blobs.usage() if limits.quota else 0)
-        self._uploads = Uploads(backend, limits, self._space)
+        self._uploads = Uploads(backend, limits, self._space, self._pacer)
 
     # --- upload ---------------------------------------------------------------
 
@@ -231,6 +236,8 @@ class FileService:
                         await abort(
                             context, grpc.StatusCode.DATA_LOSS, f"file {record.file_id} is shorter than recorded"
                         )
+                    if self._pacer.engaged:  # (interactive calls are open: this waits its turn)
+                        await self._pacer.admit(length)
                     yield response
                     offset += length
             finally:

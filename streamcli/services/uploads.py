@@ -52,6 +52,7 @@ from streamcli.pipeline import Pipeline, Writeback
 from streamcli.private_files import open_private
 from streamcli.protowire import Picking, bytes_key, trailing_bytes
 from streamcli.services.checks import MalformedRequest, quoted
+from streamcli.services.pacing import TransferPacer
 from streamcli.services.quota import QuotaExceeded, QuotaLedger, Reservation
 
 log = logging.getLogger("streamcli.files")
@@ -239,7 +240,8 @@ class Uploads:
             stored, already_stored = await session.commit(digest)
     """
 
-    def __init__(self, backend: Backend, limits: FileLimits, space: QuotaLedger) -> None:
+    def __init__(self, backend: Backend, limits: FileLimits, space: QuotaLedger, pacer: TransferPacer) -> None:
+        self.pacer = pacer  # upload chunks wait their turn while interactive calls are open
         self.blobs = backend.blobs
         self.meta = backend.metadata
         self.presence = backend.presence  # which uploads a stream is writing, on every replica
@@ -539,6 +541,8 @@ class UploadSession:
                 await partial.reservation.reserve(len(data))
             except QuotaExceeded as exc:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        if self._uploads.pacer.engaged:  # (interactive calls are open: the next message waits its turn)
+            await self._uploads.pacer.admit(len(data))
         await partial.write(data)
 
     async def commit(self, digest: str) -> tuple[FileRecord, bool]:
