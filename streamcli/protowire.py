@@ -90,10 +90,18 @@ def string_field(number: int, text: str) -> bytes:
 def timestamp_parts(key: bytes, seconds: int, nanos: int) -> tuple[bytes, bytes, bytes]:
     """A google.protobuf.Timestamp field after its ``key``: (key, length, body), to be joined with the other
     parts of a message (the body is at most 16 bytes)."""
-    stamp = (b"\x08" + (varint(seconds) if seconds > 0 else int64(seconds)) if seconds else b"") + (
-        b"\x10" + varint(nanos) if nanos else b""
-    )
+    stamp = seconds_field(seconds) + nanos_field(nanos)
     return key, _SMALL[len(stamp)], stamp
+
+
+def seconds_field(seconds: int) -> bytes:
+    """A Timestamp's ``seconds`` (field 1, an int64; omitted when 0): at most 11 bytes."""
+    return b"\x08" + (varint(seconds) if seconds > 0 else int64(seconds)) if seconds else b""
+
+
+def nanos_field(nanos: int) -> bytes:
+    """A Timestamp's ``nanos`` (field 2, an int32 of 0-999,999,999; omitted when 0): at most 6 bytes."""
+    return b"\x10" + varint(nanos) if nanos else b""
 
 
 def repeated_messages(number: int, payloads: Iterable[bytes]) -> bytes:

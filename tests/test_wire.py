@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import LogRecord
@@ -126,6 +129,67 @@ def test_a_batch_message_is_the_librarys_bytes() -> None:
         first_index=250, records=[library_record(f"k{n}", n, None, {"n": n}) for n in range(3)]
     )
     assert pending.request == built.SerializeToString()
+
+
+#: Times in the form the record encoder reads by slicing (``records.time_field``) and near misses of it.
+RECORD_TIMES = [
+    "2026-11-18T17:17:17.017Z", "2026-11-18T17:17:17Z", "2026-11-18T17:17:59.000Z", "1970-01-01T00:00:00Z",
+    "1970-01-01T00:00:00.000000000Z", "1969-12-31T23:59:59.5Z", "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999999999Z",
+    "2024-02-29T12:34:56.000001Z", "2026-11-24T10:00:00.1234567891Z", "2026-11-24T10:00:00.1234567891234Z",
+    "0000-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-24T24:00:00Z", "2026-11-24T23:60:00Z",
+    "2026-11-24T23:59:60Z", "2026-11-24T23:59:6Z", "2026-11-24T23:59:5\u0661Z", "2026-11-24T23:59:59.Z",
+    "2026-11-24T23:59:59..5Z", "2026-W47-1T00:00:00Z", "\uff12026-11-24T10:00:00Z", "2026-11-24T1a:00:00Z",
+    "2026-11-24T10:00:00.12a3Z", "2026-11-24T10:00:00.\u0661Z", "2026-11-24T10:00:00+Z", "2026-11-24T10:00:00z",
+    "2026-11-24t10:00:00Z", "2026-11-24 10:00:00Z", "2026-11-24T10:00:00+05:30", "2026-11-24T10:00:00.5-0100",
+    "2026-11-24T10:00Z", "2026-11-24", " 2026-11-24T10:00:00Z ", "2026-11-24T10:00:00.Z0", "2026-11-24T10:00:00 Z",
+]  # fmt: skip
+
+
+def library_time_field(text: str) -> bytes | str:
+    """A DataRecord's timestamp field as protobuf writes it, of the time ``parse_time`` reads (or its refusal)."""
+    from streamcli.client.events import parse_time
+    from streamcli.errors import UsageError
+
+    try:
+        seconds, nanos = parse_time(text)
+    except UsageError as exc:
+        return f"{type(exc).__name__}: {exc.message}"
+    return pb.DataRecord(timestamp=Timestamp(seconds=seconds, nanos=nanos)).SerializeToString()
+
+
+def time_field(text: str) -> bytes | str:
+    from streamcli.errors import UsageError
+
+    try:
+        return records.time_field(text)
+    except UsageError as exc:
+        return f"{type(exc).__name__}: {exc.message}"
+
+
+def test_record_times_are_the_librarys_bytes() -> None:
+    for _ in range(2):  # the second time from what the first kept
+        for text in RECORD_TIMES:
+            assert time_field(text) == library_time_field(text), text
+    assert (
+        time_field("2026-11-18T17:17:17.017Z")
+        == pb.DataRecord(timestamp=Timestamp(seconds=1_795_022_237, nanos=17_000_000)).SerializeToString()
+    )
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    seconds=st.integers(-62_135_596_800, 253_402_300_799),
+    fraction=st.text("0123456789", max_size=11),
+    second=st.one_of(st.none(), st.text("0123456789\u0661", min_size=1, max_size=3)),
+)
+def test_machine_written_times_are_the_librarys_bytes(seconds: int, fraction: str, second: str | None) -> None:
+    written = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if second is not None:  # (a second that may be no second at all)
+        written = written[:17] + second
+    text = f"{written}.{fraction}Z" if fraction else f"{written}Z"
+    assert time_field(text) == library_time_field(text), text
+    assert time_field(text) == library_time_field(text), text  # (again, from what was kept)
 
 
 def library_sample(name: str, value: float, time: tuple[int, int] | None, labels: dict[str, str]) -> pb.MetricData:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import operator
 import pathlib
 import threading
 import uuid
@@ -171,6 +173,7 @@ class IngestOptions:
 
 #: One parsed input record (its line, text and serialized DataRecord, or why it was refused).
 Record = Parsed[bytes]
+_RECORD, _TEXT = operator.attrgetter("record"), operator.attrgetter("text")
 
 
 class _Reader:
@@ -211,17 +214,15 @@ class _Reader:
 
         chunk: list[Record] = []
         try:
-            for parsed in self._parsed:
-                chunk.append(parsed)
-                if len(chunk) >= MESSAGE_RECORDS:
-                    self._room.acquire()
-                    if self._closed or not hand_over(chunk):
-                        return
-                    chunk = []
-            if chunk:
+            while True:
+                # (Taken a list at a time; what was taken before a failure stays in ``chunk``.)
+                chunk.extend(itertools.islice(self._parsed, MESSAGE_RECORDS))
+                if not chunk:
+                    break
                 self._room.acquire()
                 if self._closed or not hand_over(chunk):
                     return
+                chunk = []
             hand_over(None)
         except Exception as exc:  # unreadable input: the records before it are used, then it is raised
             if chunk:
@@ -374,13 +375,13 @@ class BatchIngest:
                 self._ended = True
                 break
             read = size = 0
-            good = [parsed.record for parsed in chunk if parsed.record is not None]
-            if len(good) == len(chunk) and self._next_index >= self._held:  # (nearly always: every record is sent)
+            good = list(map(_RECORD, chunk))
+            if None not in good and self._next_index >= self._held:  # (nearly always: every record is sent)
                 records, lines = good, chunk
                 self._next_index += len(good)
                 read = len(chunk)
-                size = sum(len(parsed.text) for parsed in chunk) + read
-                text = size - read
+                text = sum(map(len, map(_TEXT, chunk)))
+                size = text + read
                 chunk = []
             for parsed in chunk:
                 read += 1

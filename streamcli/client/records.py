@@ -19,18 +19,29 @@ import functools
 import io
 import math
 from collections.abc import Callable, Iterable, Iterator
+from math import isfinite
 from typing import IO, Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 from google.protobuf import struct_pb2
 
 from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
-from streamcli.client.events import parse_time
+from streamcli.client.events import minute_seconds, parse_time
 from streamcli.errors import UsageError
-from streamcli.protowire import SMALL, bytes_field, pack_double, string_field, timestamp_parts, varint
+from streamcli.protowire import (
+    SMALL,
+    bytes_field,
+    nanos_field,
+    pack_double,
+    seconds_field,
+    string_field,
+    timestamp_parts,
+    varint,
+)
 
 FORMATS = ("ndjson", "csv")
 _ZERO = bytes(8)
+_MISSING = object()
 #: Encoded keys, names and texts kept (``_key_field``), and the longest kept: memory stays bounded.
 CACHED = 4096
 CACHED_CHARS = 256
@@ -75,43 +86,115 @@ def format_of(name: str, given: str | None) -> str:
     return "csv" if name.lower().endswith(".csv") else "ndjson"
 
 
-def to_record(fields: dict[str, Any], mapping: FieldMap, *, from_text: bool) -> bytes:
-    """The DataRecord of one input record's fields (``from_text``: CSV, where every field is a string), as the
-    bytes of its serialized message (``encode_record``).
+def record_converter(mapping: FieldMap, *, from_text: bool) -> Callable[[dict[str, Any]], bytes]:
+    """What makes the DataRecord of one input record's fields (``from_text``: CSV, where every field is a string),
+    as the bytes of its serialized message: the mapped fields are taken out of the dict, the others are its
+    payload. (A function of the dict alone, the mapping's names bound: a reader calls it once per line.)
 
-    Raises:
-        RecordError: the value is missing or not a finite number, the key or time is not text, the time
-            not RFC 3339.
+    It raises ``RecordError`` when the value is missing or not a finite number, the key or time is not text,
+    or the time is not RFC 3339.
     """
-    key = fields.pop(mapping.key, "")
-    if not isinstance(key, str):
-        key = msgspec.json.encode(key).decode() if from_text else _refuse(f"{mapping.key!r} is not a string")
-    if mapping.value not in fields:
-        raise RecordError(f"no {mapping.value!r} field")
-    value = fields.pop(mapping.value)
+    key_name, value_name, time_name = mapping.key, mapping.value, mapping.time
+
+    def to_record(fields: dict[str, Any]) -> bytes:
+        key = fields.pop(key_name, "")
+        if not isinstance(key, str):
+            key = msgspec.json.encode(key).decode() if from_text else _refuse(f"{key_name!r} is not a string")
+        value = fields.pop(value_name, _MISSING)
+        kind = type(value)
+        if kind is float:  # (the JSON reader's own types, checked first by identity)
+            number = value
+        elif value is _MISSING:
+            raise RecordError(f"no {value_name!r} field")
+        else:
+            number = _number(value, value_name, from_text=from_text)
+        if not isfinite(number):
+            raise RecordError(f"{value_name!r} is {value} (not a finite number)")
+        stamp = fields.pop(time_name, None)
+        time = b""
+        if stamp is not None and stamp != "":
+            if not isinstance(stamp, str):
+                raise RecordError(f"{time_name!r} is not an RFC 3339 string")
+            try:
+                time = time_field(stamp)
+            except UsageError as exc:
+                raise RecordError(f"{time_name!r}: {exc.message}") from None
+        try:
+            return _record_bytes(key, number, time, fields)
+        except (ValueError, TypeError, OverflowError):  # (a UnicodeEncodeError is a ValueError)
+            return _record_message(key, number, parse_time(stamp) if time else None, fields).SerializeToString()
+
+    return to_record
+
+
+def _number(value: Any, name: str, *, from_text: bool) -> float:
+    """A record's value other than a float (an int, or the text of a CSV field) as a float."""
     if from_text:
         try:
             value = float(value)
         except ValueError:
-            raise RecordError(f"{mapping.value!r} is not a number: {value[:50]!r}") from None
+            raise RecordError(f"{name!r} is not a number: {value[:50]!r}") from None
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecordError(f"{mapping.value!r} is not a number")
+        raise RecordError(f"{name!r} is not a number")
     try:
-        number = float(value)
+        return float(value)
     except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise RecordError(f"{mapping.value!r} is {value} (not a finite number)")
-    stamp = fields.pop(mapping.time, None)
-    time: tuple[int, int] | None = None
-    if stamp not in (None, ""):
-        if not isinstance(stamp, str):
-            raise RecordError(f"{mapping.time!r} is not an RFC 3339 string")
-        try:
-            time = parse_time(stamp)
-        except UsageError as exc:
-            raise RecordError(f"{mapping.time!r}: {exc.message}") from None
-    return encode_record(key, number, time, fields)
+        return math.inf
+
+
+def time_field(stamp: str) -> bytes:
+    """A DataRecord's ``timestamp`` field (3) of an RFC 3339 time, as ``parse_time`` reads it, ready to be joined
+    into the record's bytes.
+
+    The form machines write (``2026-11-18T17:17:17.017Z``, up to nanoseconds) is read by slicing, its parts'
+    bytes kept: each minute's (``_minute``: the seconds of each second met in it) and each fraction's
+    (``_fraction``); anything else is ``parse_time``'s to read (a test holds the two together).
+
+    Raises:
+        UsageError: the text is not such a time (``parse_time``'s reason).
+    """
+    if 20 <= len(stamp) <= 30 and stamp[-1] == "Z" and (minute := _minute(stamp[:17])) is not None:
+        seconds = minute[stamp[17:19]]
+        nanos = _fraction(stamp[19:-1])
+        if seconds is not None and nanos is not None:
+            return b"".join((b"\x1a", SMALL[len(seconds) + len(nanos)], seconds, nanos))
+    return b"".join(timestamp_parts(b"\x1a", *parse_time(stamp)))
+
+
+class _Seconds(dict[str, "bytes | None"]):
+    """The encoded ``seconds`` of a Timestamp in one minute, by the two digits of each second met (filled in as
+    they are: data a minute apart costs no more than one second); None for digits that name no second."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: int) -> None:
+        super().__init__()
+        self.start = start  # the minute's seconds from the epoch
+
+    def __missing__(self, digits: str) -> bytes | None:
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > 59:
+            return None
+        encoded = self[digits] = seconds_field(self.start + int(digits))
+        return encoded
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _minute(start: str) -> _Seconds | None:
+    """The minute ``start`` (``YYYY-MM-DDTHH:MM:``) names, or None when it names none."""
+    base = minute_seconds(start) if start.isascii() else None
+    return None if base is None else _Seconds(base)
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _fraction(text: str) -> bytes | None:
+    """A Timestamp's encoded ``nanos`` of a second's fraction as written (``.017``, up to nine digits; "": none),
+    or None when it is not one."""
+    if not text:
+        return b""
+    digits = text[1:]
+    if text[0] != "." or not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
+        return None
+    return nanos_field(int(digits.ljust(9, "0")))
 
 
 def encode_record(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> bytes:
@@ -122,24 +205,35 @@ def encode_record(key: str, value: float, time: tuple[int, int] | None, payload:
     such a record is built as a message, the one way to say what it said before.
     """
     try:
-        return _record_bytes(key, value, time, payload)
+        return _record_bytes(key, value, b"".join(timestamp_parts(b"\x1a", *time)) if time else b"", payload)
     except (ValueError, TypeError, OverflowError):  # (a UnicodeEncodeError is a ValueError)
         return _record_message(key, value, time, payload).SerializeToString()
 
 
-def _record_bytes(key: str, value: float, time: tuple[int, int] | None, payload: dict[str, Any]) -> bytes:
+def _record_bytes(key: str, value: float, time: bytes, payload: dict[str, Any]) -> bytes:
+    """A DataRecord's bytes: its key, value, ``time`` (its timestamp field, ready; b"": none) and payload."""
     # (Lengths below 128 are one byte, looked up: a call per varint would cost as much as the rest.)
-    parts = [_key_field(key) if len(key) <= CACHED_CHARS else string_field(1, key)]
     number = pack_double(value)
-    if number != _ZERO:
-        parts += (b"\x11", number)
-    if time is not None:
-        parts += timestamp_parts(b"\x1a", *time)
     if payload:
         fields = _struct_bytes(payload)
         size = len(fields)
-        parts += (b"\x22", SMALL[size] if size < 128 else varint(size), fields)
-    return b"".join(parts)
+        return b"".join(
+            (
+                _key_field(key) if len(key) <= CACHED_CHARS else string_field(1, key),
+                b"\x11" + number if number != _ZERO else b"",
+                time,
+                b"\x22",
+                SMALL[size] if size < 128 else varint(size),
+                fields,
+            )
+        )
+    return b"".join(
+        (
+            _key_field(key) if len(key) <= CACHED_CHARS else string_field(1, key),
+            b"\x11" + number if number != _ZERO else b"",
+            time,
+        )
+    )
 
 
 def _struct_bytes(payload: dict[str, Any]) -> bytes:
@@ -225,6 +319,10 @@ def _refuse(reason: str) -> str:
     raise RecordError(reason)
 
 
+#: A NamedTuple made from its fields' tuple in C (its own ``__new__`` is Python: about twice the cost, per line).
+_new = tuple.__new__
+
+
 def json_lines(
     lines: Iterable[bytes],
     convert: Callable[[Any], R],
@@ -257,7 +355,7 @@ def json_lines(
             yield Parsed(number, text, None, "not a JSON object")
             continue
         try:
-            yield Parsed(number, text, convert(fields))
+            yield _new(Parsed, (number, text, convert(fields), ""))
         except errors as exc:
             yield Parsed(number, text, None, str(exc))
 
@@ -266,7 +364,7 @@ def read_ndjson(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[bytes]]
     """The records of NDJSON lines (``json_lines``)."""
     return json_lines(
         stream,
-        functools.partial(to_record, mapping=mapping, from_text=False),
+        record_converter(mapping, from_text=False),
         errors=(RecordError, ValueError, TypeError, OverflowError),
     )
 
@@ -285,6 +383,7 @@ def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[bytes]]:
         yield Parsed(1, lines.taken(), None, f"not CSV: {exc}")
         return
     lines.taken()  # the header's
+    to_record = record_converter(mapping, from_text=True)
     while True:
         start = reader.line_num + 1
         try:
@@ -301,7 +400,7 @@ def read_csv(stream: IO[bytes], mapping: FieldMap) -> Iterator[Parsed[bytes]]:
             yield Parsed(start, text, None, f"{len(row)} fields; the header has {len(header)}")
             continue
         try:
-            yield Parsed(start, text, to_record(dict(zip(header, row, strict=False)), mapping, from_text=True))
+            yield Parsed(start, text, to_record(dict(zip(header, row, strict=False))))
         except RecordError as exc:
             yield Parsed(start, text, None, str(exc))
 
