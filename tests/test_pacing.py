@@ -36,42 +36,68 @@ SETTINGS = PacingSettings(lag_target=0.010, floor=4 * MiB, ceiling=64 * MiB, gro
 # --- the rate's AIMD, as plain logic ------------------------------------------------------------------------------
 
 
-def test_a_lag_over_the_target_halves_the_rate_once_per_hold() -> None:
+def _at_the_ceiling() -> RateControl:
+    """A control out of slow start at the ceiling (doubled from the floor, then one cut and growth back)."""
     control = RateControl(SETTINGS)
-    assert control.rate == 64 * MiB  # it starts unpaced, in effect
-    assert control.observe(0.011, now=1.0) == 32 * MiB
-    assert control.observe(0.050, now=1.05) == 32 * MiB  # within the hold: the cut has not shown yet
-    assert control.observe(0.050, now=1.1) == 16 * MiB
-    assert control.observe(0.010, now=2.0) == 16 * MiB  # at the target exactly: no cut
+    control.observe(0.011, now=0.0)  # (slow start over, at the floor)
+    control.observe(0.0, now=1.0)
+    control.observe(0.0, now=1000.0)
+    assert control.rate == 64 * MiB
+    return control
+
+
+def test_slow_start_doubles_from_the_floor_once_per_hold_until_a_lag_over_the_target() -> None:
+    control = RateControl(SETTINGS)
+    assert control.rate == 4 * MiB and control.slow_start  # it starts at the floor
+    assert control.observe(0.001, now=1.0) == 8 * MiB
+    assert control.observe(0.001, now=1.0625) == 8 * MiB  # within the hold
+    assert control.observe(0.007, now=1.25) == 8 * MiB  # between half the target and the target: it stays
+    assert control.observe(0.001, now=1.25) == 16 * MiB
+    assert control.observe(0.001, now=1.5, limited=False) == 16 * MiB  # a rate that limited nobody stays
+    assert control.observe(0.001, now=1.75) == 32 * MiB
+    assert control.observe(0.001, now=2.0) == 64 * MiB
+    assert control.observe(0.001, now=2.25) == 64 * MiB  # the ceiling
+    # The first lag over the target halves the rate at once (a doubling does not hold a cut back) and ends
+    # slow start: growth is additive from then on.
+    assert control.observe(0.011, now=2.25) == 32 * MiB and not control.slow_start
+    assert control.observe(0.001, now=2.5) == 32 * MiB + 8 * MiB * 0.25
+
+
+def test_a_lag_over_the_target_halves_the_rate_once_per_hold() -> None:
+    control = _at_the_ceiling()
+    assert control.observe(0.011, now=2000.0) == 32 * MiB
+    assert control.observe(0.050, now=2000.0625) == 32 * MiB  # within the hold: the cut has not shown yet
+    assert control.observe(0.050, now=2000.125) == 16 * MiB
+    assert control.observe(0.010, now=2001.0) == 16 * MiB  # at the target exactly: no cut
 
 
 def test_the_rate_never_goes_below_the_floor() -> None:
-    control = RateControl(SETTINGS)
-    rates = [control.observe(1.0, now=step * 0.1) for step in range(10)]
+    control = _at_the_ceiling()
+    rates = [control.observe(1.0, now=2000 + step * 0.125) for step in range(10)]
     assert rates[:4] == [32 * MiB, 16 * MiB, 8 * MiB, 4 * MiB]
     assert set(rates[4:]) == {4 * MiB}
 
 
 def test_a_lag_under_half_the_target_adds_growth_for_the_time_since_the_last_sample() -> None:
-    control = RateControl(SETTINGS)
+    control = _at_the_ceiling()
     for step in range(5):
-        control.observe(1.0, now=step * 0.1)  # down to the floor
+        control.observe(1.0, now=2000 + step * 0.125)  # down to the floor
     assert control.rate == 4 * MiB
-    assert control.observe(0.001, now=1.0) == 4 * MiB + 8 * MiB * 0.6
-    assert control.observe(0.004, now=1.5) == 4 * MiB + 8 * MiB * 1.1
+    assert control.observe(0.001, now=2001.0) == 4 * MiB + 8 * MiB * 0.5
+    assert control.observe(0.004, now=2001.5) == 4 * MiB + 8 * MiB * 1.0
     # Between half the target and the target, the rate stays.
-    assert control.observe(0.007, now=2.5) == 4 * MiB + 8 * MiB * 1.1
+    assert control.observe(0.007, now=2002.5) == 4 * MiB + 8 * MiB * 1.0
     # A rate that limited nobody does not grow.
-    assert control.observe(0.001, now=3.5, limited=False) == 4 * MiB + 8 * MiB * 1.1
-    assert control.observe(0.001, now=1000.0) == 64 * MiB  # up to the ceiling, no further
+    assert control.observe(0.001, now=2003.5, limited=False) == 4 * MiB + 8 * MiB * 1.0
+    assert control.observe(0.001, now=3000.0) == 64 * MiB  # up to the ceiling, no further
 
 
 def test_after_a_pause_the_first_sample_adds_nothing() -> None:
-    control = RateControl(SETTINGS)
-    control.observe(1.0, now=0.0)
+    control = _at_the_ceiling()
+    control.observe(1.0, now=2000.0)
     control.pause()
-    assert control.observe(0.0, now=100.0) == 32 * MiB
-    assert control.observe(0.0, now=100.5) == 32 * MiB + 8 * MiB * 0.5
+    assert control.observe(0.0, now=2100.0) == 32 * MiB
+    assert control.observe(0.0, now=2100.5) == 32 * MiB + 8 * MiB * 0.5
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ class PacingSettings:
 
     lag_target: float = DEFAULT_LAG_TARGET  # seconds of event-loop lag the pacer keeps under; 0 = no pacing
     floor: float = 4 * MiB  # bytes/s all transfers together keep, however late the loop is
-    ceiling: float = 1024 * MiB  # bytes/s at most (where the rate starts: unpaced, in effect)
+    ceiling: float = 1024 * MiB  # bytes/s at most (unpaced, in effect)
     growth: float = 32 * MiB  # bytes/s the rate gains per second while the loop is early enough
     hold: float = 0.1  # seconds after halving the rate before it may be halved again (the cut takes effect)
     sample_interval: float = 0.005  # seconds the sampler sleeps; the lag is how much later it wakes up
@@ -65,12 +65,19 @@ class RateControl:
     the floor; a lag under half the target adds ``growth`` per second since the last sample, up to the ceiling,
     but only while the rate ``limited`` the transfers (a rate they do not reach would grow for nothing, and
     take as many halvings to come down again: RFC 7661's rule for TCP's window). In between, it stays.
+
+    It starts at the floor, in slow start (as TCP does): until the first lag over the target, a lag under half
+    of it doubles the rate (at most once per ``hold``), so that transfers reach what the loop can afford within
+    a second or so, and the first interactive call never meets transfers at full speed (starting at the
+    ceiling, the halvings took about 0.8 s, in which a chat's first messages were late: bench/README.md).
     """
 
     def __init__(self, settings: PacingSettings) -> None:
         self.settings = settings
-        self.rate = float(settings.ceiling)  # bytes/s
+        self.rate = float(settings.floor)  # bytes/s
+        self.slow_start = True  # doubling, until the first lag over the target
         self._cut_at = -math.inf  # when the rate was last halved
+        self._doubled_at = -math.inf  # when slow start last doubled it
         self._seen_at: float | None = None  # when the last sample came
 
     def observe(self, lag: float, now: float, *, limited: bool = True) -> float:
@@ -80,11 +87,16 @@ class RateControl:
         since = 0.0 if self._seen_at is None else max(0.0, now - self._seen_at)
         self._seen_at = now
         if lag > settings.lag_target:
+            self.slow_start = False
             if now - self._cut_at >= settings.hold:
                 self.rate = max(settings.floor, self.rate / 2)
                 self._cut_at = now
         elif lag < settings.lag_target / 2 and limited:
-            self.rate = min(settings.ceiling, self.rate + settings.growth * since)
+            if not self.slow_start:
+                self.rate = min(settings.ceiling, self.rate + settings.growth * since)
+            elif now - self._doubled_at >= settings.hold:
+                self.rate = min(settings.ceiling, self.rate * 2)
+                self._doubled_at = now
         return self.rate
 
     def pause(self) -> None:
