@@ -522,6 +522,9 @@ async def measure_chat(tmp: pathlib.Path, args: argparse.Namespace) -> ChatLoad:
     print(f"writing 2 x {args.chat_transfer_mib} MiB of random bytes for the chat case ...", flush=True)
     for source in sources:
         write_random(source, size)
+    # Written back now: left dirty, the kernel writes them back 30 s later, in the middle of the loaded rounds,
+    # and every fsync on the disk (the chat store's too) waits behind them (bench/README.md, "File transfer").
+    os.sync()
     chat_args = argparse.Namespace(rate=args.chat_rate, duration=args.chat_duration, clients=args.chat_clients)
     async with contextlib.AsyncExitStack() as stack:
         extra = ("--transfer-lag-target", args.lag_target) if args.lag_target else ()
@@ -545,6 +548,7 @@ async def measure_chat(tmp: pathlib.Path, args: argparse.Namespace) -> ChatLoad:
             for during in (False, True) if round_ % 2 == 0 else (True, False):
                 tag = f"{'during' if during else 'alone'}{round_}"
                 stop, done = asyncio.Event(), [0]
+                os.sync()  # (as before every timed transfer: what the last round wrote is not on this one's time)
                 loops = []
                 if during:
                     print(f"chat round {round_ + 1}: 2 uploads + 1 download of {args.chat_transfer_mib} MiB ...")
