@@ -192,9 +192,15 @@ class Writeback:
     the disk), so that the disk works while bytes still arrive and the final fsync has little left. It is
     advice: where it is not available (another system, a pipe), nothing happens. Called on the worker
     thread, after each write.
+
+    Every 1 MiB, not more: the kernel queues each window's writes on the disk at once, and every other fsync
+    on the disk waits behind them (a chat's log, another transfer's commit). Measured with three writers at
+    8 MB/s each (what paced transfers move while a chat is open) and a 4 KiB write + fdatasync every 50 ms:
+    p99 45-49 ms with 8 MiB windows, 9-10 ms with 1 MiB; 1 GiB written and fsynced at the same rate either
+    way.
     """
 
-    EVERY = 8 << 20
+    EVERY = 1 << 20
 
     def __init__(self, fd: int, start: int, *, enabled: bool = True) -> None:
         self._fd = fd

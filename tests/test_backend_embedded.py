@@ -6,7 +6,7 @@ import asyncio
 import os
 import pathlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -19,7 +19,7 @@ from streamcli.backends.base import (
     UploadRecord,
 )
 from streamcli.backends.blobs import DirectoryBlobStore
-from streamcli.backends.sqlite import SqliteStore
+from streamcli.backends.sqlite import SqliteStore, _WalIndex
 from streamcli.errors import UsageError
 from streamcli.private_files import open_private, private_dir, private_file
 from streamcli.services.logs import Appender
@@ -351,15 +351,65 @@ def test_private_files_are_created_and_tightened_0600(tmp_path: pathlib.Path) ->
     assert (tmp_path / "part").stat().st_mode & 0o777 == 0o600
 
 
+async def _until(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not done():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_the_wal_index_tells_the_pages_a_checkpoint_would_copy(tmp_path: pathlib.Path) -> None:
+    """What the checkpointer reads from the -shm file, against what SQLite's own checkpoint reports."""
+    path = tmp_path / "streamcli.db"
+    store = SqliteStore(path, checkpoint_interval=3600)  # (no turn of the thread during the test)
+    index = _WalIndex(path.with_name(path.name + "-shm"))
+    try:
+        for count in (1, 7, 60):
+            for _ in range(count):
+                await store.append("s", [NewRecord(key="k", kind="x", payload=os.urandom(3000))])
+            pending = index.pending()
+            _, logged, copied = await store._run(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+            assert (pending, copied) == (logged, logged) and logged > count
+            assert index.pending() == 0
+    finally:
+        await store.close()
+    garbage = tmp_path / "garbage-shm"
+    for content in (b"", b"\x01" * 200, bytes(200)):  # short; two copies that agree on nonsense; never set up
+        garbage.write_bytes(content)
+        assert _WalIndex(garbage).pending() is None
+    assert _WalIndex(tmp_path / "missing-shm").pending() is None
+
+
+async def test_few_pages_are_synced_each_turn_and_checkpointed_when_old(tmp_path: pathlib.Path) -> None:
+    """Under the threshold a turn syncs the log's new pages and does not checkpoint (a complete checkpoint
+    makes the writer's next commit restart the log and sync its header on the writer's path); pages that
+    have waited the longest allowed are checkpointed however few."""
+    path = tmp_path / "streamcli.db"
+    store = SqliteStore(path, checkpoint_interval=0.05, checkpoint_pages=10_000, checkpoint_max_age=1.0)
+    index = _WalIndex(path.with_name(path.name + "-shm"))
+    checkpointer = store._checkpointer
+    try:
+        await _until(lambda: index.pending() == 0, "the schema's pages checkpointed")
+        before = (checkpointer.checkpoints, checkpointer.syncs)
+        await store.append("s", [new(1)])
+        await _until(lambda: checkpointer.syncs > before[1], "a turn synced the new page")
+        assert checkpointer.checkpoints == before[0] and index.pending()
+        await _until(lambda: index.pending() == 0, "the old pages checkpointed")
+        assert checkpointer.checkpoints > before[0]
+        assert [r.payload for r in await store.read("s", 0, 10)] == [b"payload-1"]
+    finally:
+        await store.close()
+
+
 async def test_checkpoints_run_beside_the_writer_and_a_log_past_its_limit_is_cut_back(tmp_path: pathlib.Path) -> None:
     """The writer's automatic checkpoint is off; a thread of the store's own copies the write-ahead log into
     the database file (which would otherwise stay at its schema's size while the store is open), and when
     told the log has outgrown its limit the writer checkpoints once itself and cuts the log file back."""
     path = tmp_path / "streamcli.db"
-    store = SqliteStore(path, checkpoint_interval=0.05)
+    store = SqliteStore(path, checkpoint_interval=0.05, checkpoint_pages=100)
     try:
         empty = path.stat().st_size
-        for _ in range(40):  # about 1 MB, well under SQLite's own threshold of 1,000 pages
+        for _ in range(40):  # about 1 MB: 250 pages, past the store's threshold (100 here), under SQLite's 1,000
             await store.append("s", [NewRecord(key="k", kind="x", payload=os.urandom(25_000))])
         deadline = time.monotonic() + 20
         while path.stat().st_size < empty + 1_000_000 and time.monotonic() < deadline:

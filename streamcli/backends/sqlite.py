@@ -21,8 +21,10 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import os
 import pathlib
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -131,15 +133,54 @@ class DatabaseInUseError(Exception):
     """Another process has the database open."""
 
 
-#: Seconds between checkpoints (the write-ahead log's pages copied into the database file).
+#: Seconds between the checkpointer's turns: each syncs the write-ahead log's new pages, and checkpoints when
+#: ``CHECKPOINT_PAGES`` wait or the oldest has waited ``CHECKPOINT_MAX_AGE``.
 CHECKPOINT_INTERVAL = 1.0
+#: Pages of the write-ahead log not yet checkpointed beyond which a turn checkpoints (SQLite's own automatic
+#: checkpoint's threshold).
+CHECKPOINT_PAGES = 1000
+#: Seconds a page may wait in the write-ahead log for a checkpoint, however few are waiting.
+CHECKPOINT_MAX_AGE = 30.0
 #: The write-ahead log's size beyond which the writer checkpoints once itself (see ``_Checkpointer``), and to
 #: which the log file is cut back after a burst made it larger.
 WAL_SIZE_LIMIT = 64 << 20
 
 
+class _WalIndex:
+    """How many pages of the write-ahead log no checkpoint has copied yet, read from the wal-index (``-shm``).
+
+    The index's header (https://www.sqlite.org/walformat.html, "The WAL-Index Header") holds the last valid
+    frame (``mxFrame``), twice, and the checkpoint's progress (``nBackfill``) right after; a writer changes
+    them under SQLite's locks, which this reads without: two copies that differ, an unknown version or a
+    file that cannot be read answer ``None`` ("cannot tell"), and the caller checkpoints as if it were due.
+    """
+
+    _HEADER = struct.Struct("=12xB3xI")  # isInit (byte 12), mxFrame (bytes 16-19)
+    _WORD = struct.Struct("=I")  # iVersion (bytes 0-3: 3007000 since SQLite 3.7.0); nBackfill (after the copies)
+    _SIZE = 48  # one copy of the header; the second copy follows, then the checkpoint's info (nBackfill first)
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self._path = path
+
+    def pending(self) -> int | None:
+        try:
+            with open(self._path, "rb", buffering=0) as index:
+                data = index.read(2 * self._SIZE + 4)
+        except OSError:
+            return None
+        if len(data) < 2 * self._SIZE + 4 or data[: self._SIZE] != data[self._SIZE : 2 * self._SIZE]:
+            return None
+        if self._WORD.unpack_from(data)[0] != 3007000:
+            return None
+        initialised, last_frame = self._HEADER.unpack_from(data)
+        if not initialised:
+            return None
+        (backfilled,) = self._WORD.unpack_from(data, 2 * self._SIZE)
+        return max(0, int(last_frame) - int(backfilled))
+
+
 class _Checkpointer(threading.Thread):
-    """Checkpoints the write-ahead log on a connection and a thread of its own.
+    """Checkpoints the write-ahead log on a connection and a thread of its own, when enough of it waits.
 
     SQLite's automatic checkpoint runs inside the commit that crosses its threshold (1,000 pages, about
     250 appends), on the writer's connection: that append waits for the pages to be copied and the database
@@ -147,32 +188,75 @@ class _Checkpointer(threading.Thread):
     the disk: appends taking 17-580 ms (once 1.9 s) at each checkpoint against a median of 0.3 ms, and
     half-second stalls in bench/collab.py's fan-out that the raw relay (no disk) did not have. So the
     writer's automatic checkpoint is off (``wal_autocheckpoint=0``) and this thread runs a PASSIVE
-    checkpoint, which never blocks the writer, every ``interval`` seconds. A writer that never pauses keeps
-    such a checkpoint from completing, and the log from starting again at its beginning: past
-    ``WAL_SIZE_LIMIT`` the writer checkpoints once itself, between two transactions (``writer_turn``),
-    with most pages copied already. Commits stay as durable as before (WAL, ``synchronous=NORMAL`` or, with
-    ``sync_every_commit``, FULL); each checkpoint first syncs the log, so a checkpoint a second also bounds
-    what a power cut can take from NORMAL's commits.
+    checkpoint, which never blocks the writer, when ``pages`` wait or the oldest has waited ``max_age``.
+
+    Not every second: after a complete checkpoint the writer's next commit starts the log again at its
+    beginning, and SQLite syncs the log's new header there, on the writer (so that frames written after
+    the restart cannot outlive the header they belong to); while a transfer writes to the same disk that
+    sync waits for the file system's journal, and measured 24-65 ms on the chat's writer under bench/
+    transfer.py's uploads when a checkpoint completed every second. Checkpointing by the log's size (as
+    SQLite itself does) makes those restarts as rare as the writes allow. What a checkpoint a second also
+    did is kept: each turn syncs the log's new pages from this thread, so NORMAL's commits still reach the
+    disk within about a second, without the writer waiting.
+
+    A writer that never pauses keeps a checkpoint from completing, and the log from starting again at its
+    beginning: past ``WAL_SIZE_LIMIT`` the writer checkpoints once itself, between two transactions
+    (``writer_turn``), with most pages copied already. Commits stay as durable as before (WAL,
+    ``synchronous=NORMAL`` or, with ``sync_every_commit``, FULL).
     """
 
-    def __init__(self, path: pathlib.Path, interval: float) -> None:
+    def __init__(self, path: pathlib.Path, interval: float, *, pages: int, max_age: float) -> None:
         super().__init__(name="streamcli-sqlite-checkpoint", daemon=True)
         self._path = path
         self._wal = path.with_name(path.name + "-wal")
+        self._index = _WalIndex(path.with_name(path.name + "-shm"))
         self._interval = interval
+        self._pages = pages
+        self._max_age = max_age
         self._stopping = threading.Event()
+        self._waiting_since: float | None = None  # when the oldest page not checkpointed was first seen
+        self._synced = 0  # the pages waiting when this thread last synced the log
         self.writer_must = False  # the log has outgrown WAL_SIZE_LIMIT: the writer's turn
+        self.checkpoints = 0  # turns that ran a checkpoint (read by tests)
+        self.syncs = 0  # turns that synced the log's new pages without one (read by tests)
 
     def run(self) -> None:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             while not self._stopping.wait(self._interval):
-                with contextlib.suppress(sqlite3.Error):  # (a full disk, a busy moment): the next turn tries again
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self._turn(db)
                 with contextlib.suppress(OSError):
                     self.writer_must = self._wal.stat().st_size > WAL_SIZE_LIMIT
         finally:
             db.close()
+
+    def _turn(self, db: sqlite3.Connection) -> None:
+        pending = self._index.pending()
+        if pending == 0:  # (a checkpoint copied everything: this thread's, or the writer's)
+            self._waiting_since = None
+            return
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if pending is None or pending >= self._pages or now - self._waiting_since >= self._max_age:
+            with contextlib.suppress(sqlite3.Error):  # (a full disk, a busy moment): the next turn tries again
+                _, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self.checkpoints += 1
+                self._synced = pending or 0  # (a checkpoint syncs the log before it copies)
+                if copied >= logged:
+                    self._waiting_since = None
+        elif pending != self._synced:
+            with contextlib.suppress(OSError):
+                self._sync_log()
+                self.syncs += 1
+                self._synced = pending
+
+    def _sync_log(self) -> None:
+        fd = os.open(self._wal, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -194,7 +278,13 @@ class SqliteStore(SqliteMetrics):
     """A ``LogStore`` and ``MetadataStore`` in one SQLite database file."""
 
     def __init__(
-        self, path: pathlib.Path, *, checkpoint_interval: float = CHECKPOINT_INTERVAL, sync_every_commit: bool = False
+        self,
+        path: pathlib.Path,
+        *,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        checkpoint_pages: int = CHECKPOINT_PAGES,
+        checkpoint_max_age: float = CHECKPOINT_MAX_AGE,
+        sync_every_commit: bool = False,
     ) -> None:
         # One process per database: wake-ups and the head cache live in this process.
         self._lock = open_private(path.with_name(path.name + ".lock"), "a+b")
@@ -211,7 +301,9 @@ class SqliteStore(SqliteMetrics):
             self._executor.shutdown(wait=False)
             self._lock.close()
             raise
-        self._checkpointer = _Checkpointer(path, checkpoint_interval)
+        self._checkpointer = _Checkpointer(
+            path, checkpoint_interval, pages=checkpoint_pages, max_age=checkpoint_max_age
+        )
         self._checkpointer.start()
         self._heads: dict[str, LogBounds] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
