@@ -41,6 +41,7 @@ from streamcli.errors import (
     UsageError,
 )
 from streamcli.names import check_filename, is_filename
+from streamcli.pagecache import DropBehind
 from streamcli.pipeline import Pipeline, Writeback
 from streamcli.protowire import Picking, bytes_key, read_varint, serialize, trailing_bytes, varint
 
@@ -616,6 +617,7 @@ class _BackgroundWriter:
         self._buffer: list[bytes | memoryview] = []
         self._buffered = 0
         self._writeback: Writeback | None = None  # (made by the worker, at the first block)
+        self._drop = DropBehind(-1, 0, enabled=False)  # (likewise)
         self._written = 0
 
     async def __aenter__(self) -> _BackgroundWriter:
@@ -629,11 +631,13 @@ class _BackgroundWriter:
             try:
                 self._written = self._sink.tell()
                 self._writeback = Writeback(self._sink.fileno(), self._written)
+                self._drop = DropBehind(self._sink.fileno(), self._written)
             except (OSError, ValueError):  # a pipe, or no file at all (a test's buffer): nothing to write back
                 self._writeback = Writeback(-1, 0, enabled=False)
         self._sink.write(block)
         self._written += len(block)
         self._writeback.wrote(self._written)
+        self._drop.wrote(self._written)  # (the pages written back are reused: bench/README.md, "File transfer")
         self._hasher.update(block)
 
     async def write(self, data: bytes | memoryview) -> None:
