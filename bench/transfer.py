@@ -42,14 +42,17 @@ timing; stored copies and downloads are deleted after each round. MB = 10**6 byt
 Run from anywhere, with the interpreter of the environment streamcli is installed in (Linux only; the
 files go to a temporary directory under /tmp: about 3x --size-mib, then 3x --rss-size-mib, of free space)::
 
-    python bench/transfer.py [--size-mib 1024] [--rss-size-mib 2048] [--rounds 3] [--warmup 1]
+    python bench/transfer.py [--size-mib 1024] [--rss-size-mib 2048] [--rounds 3] [--warmup 1] [--only DIRECTION]
         [--small-files 1000] [--small-size 4096] [--small-rounds 2]
         [--chat-clients 50] [--chat-rate 50] [--chat-duration 5] [--chat-rounds 2] [--chat-transfer-mib 1024]
         [--lag-target DURATION]
 
 A quick run: ``--size-mib 64 --rss-size-mib 0 --rounds 1 --warmup 0 --small-files 50 --chat-clients 6
 --chat-duration 2 --chat-rounds 1 --chat-transfer-mib 64``; ``--small-files 0`` and ``--chat-clients 0`` skip
-those cases.
+those cases. ``--only upload`` or ``--only download`` times one direction of the raw streams and of streamcli
+(a download still needs its upload, untimed). Each transfer's row also gives the client process's CPU per MiB
+(user + system, start-up and exit included; median over rounds), less sensitive than MB/s to other work on the
+machine.
 
 Standard library, grpc and streamcli only; not part of the test suite.
 """
@@ -269,6 +272,7 @@ class Sample:
     seconds: float  # wall time of the client process
     transfer_seconds: float | None  # the transfer alone, as the raw clients report it
     peak_rss: int  # bytes, client process
+    cpu: float  # seconds of CPU of the client process (user + system, start-up and exit included)
 
 
 def timed(argv: Sequence[str]) -> tuple[Run, dict[str, Any]]:
@@ -279,12 +283,12 @@ def timed(argv: Sequence[str]) -> tuple[Run, dict[str, Any]]:
 
 def sample(run: Run, result: dict[str, Any]) -> Sample:
     seconds = result.get("seconds")
-    return Sample(run.seconds, float(seconds) if seconds is not None else None, run.peak_rss)
+    return Sample(run.seconds, float(seconds) if seconds is not None else None, run.peak_rss, run.cpu)
 
 
-def round_raw(served: Served, size: int, chunks: dict[str, int]) -> dict[str, Sample]:
+def round_raw(served: Served, size: int, chunks: dict[str, int], directions: Sequence[str]) -> dict[str, Sample]:
     samples = {}
-    for direction in DIRECTIONS:
+    for direction in directions:
         argv = ("--address", served.address, "--direction", direction, "--bytes", str(size))
         run, result = timed(worker_argv("raw-client", *argv, "--chunk", str(chunks[direction])))
         check(result["bytes"] == size, f"raw {direction} moved {result['bytes']} of {size} bytes")
@@ -312,13 +316,19 @@ def disk_rate(directory: pathlib.Path, size: int) -> float:
     return mbps(size, seconds)
 
 
-def streamcli_transfers(served: Served, src: pathlib.Path, size: int, digest: str) -> dict[str, Sample]:
-    """``streamcli upload`` then ``streamcli download`` of ``src``, verified; the stored copy is deleted after."""
+def streamcli_transfers(
+    served: Served, src: pathlib.Path, size: int, digest: str, directions: Sequence[str] = DIRECTIONS
+) -> dict[str, Sample]:
+    """``streamcli upload`` then ``streamcli download`` of ``src``, verified; the stored copy is deleted after.
+    Only the ``directions`` given are reported (a download needs its upload all the same)."""
     cli = (*STREAMCLI, "--address", served.address, "--json")
     run, result = timed((*cli, "upload", str(src)))
     check(result["size"] == size and result["sha256"] == digest, f"streamcli upload: {result}")
     samples = {"upload": sample(run, result)}
     file_id = result["id"]
+    if "download" not in directions:
+        run_client((*STREAMCLI, "--address", served.address, "files", "rm", file_id))
+        return samples
     out = src.with_name("streamcli.out")
     run, result = timed((*cli, "download", file_id, "-o", str(out)))
     check(result["size"] == size and result["sha256"] == digest, f"streamcli download: {result}")
@@ -326,7 +336,7 @@ def streamcli_transfers(served: Served, src: pathlib.Path, size: int, digest: st
     samples["download"] = sample(run, result)
     out.unlink()
     run_client((*STREAMCLI, "--address", served.address, "files", "rm", file_id))
-    return samples
+    return {direction: samples[direction] for direction in directions}
 
 
 def streamcli_serve(tmp: pathlib.Path, name: str, *extra: str) -> tuple[str, list[str]]:
@@ -356,13 +366,15 @@ def raw_kinds() -> dict[str, dict[str, int]]:
     return kinds
 
 
-def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int, warmup: int) -> Results:
+def measure(
+    tmp: pathlib.Path, size: int, rss_size: int, rounds: int, warmup: int, directions: Sequence[str] = DIRECTIONS
+) -> Results:
     src = tmp / "source.bin"
     print(f"writing {size / MIB:.0f} MiB of random bytes ...", flush=True)
     digest = write_random(src, size)
     raws = raw_kinds()
     kinds = (*raws, "disk", "streamcli")
-    results = Results(size, {(k, d): [] for k in (*raws, "streamcli") for d in DIRECTIONS}, [], {})
+    results = Results(size, {(k, d): [] for k in (*raws, "streamcli") for d in directions}, [], {})
     with contextlib.ExitStack() as stack:
         raw = stack.enter_context(serve("raw server", worker_argv("raw-server"), tmp / "raw.log"))
         data_dir, argv = streamcli_serve(tmp, "data")
@@ -379,7 +391,9 @@ def measure(tmp: pathlib.Path, size: int, rss_size: int, rounds: int, warmup: in
                         results.disk.append(rate)
                     continue
                 samples = (
-                    round_raw(raw, size, raws[kind]) if kind in raws else streamcli_transfers(ours, src, size, digest)
+                    round_raw(raw, size, raws[kind], directions)
+                    if kind in raws
+                    else streamcli_transfers(ours, src, size, digest, directions)
                 )
                 if round_ >= warmup:
                     for direction, value in samples.items():
@@ -591,12 +605,13 @@ def report(results: Results) -> dict[str, float]:
     size = results.size
     median_rate: dict[tuple[str, str], float] = {}
     print(f"\n{size / MIB:.0f} MiB per transfer, median of {len(results.disk)} rounds:\n")
-    columns = (("transfer", -28), ("MB/s", 7), ("min", 7), ("max", 7), ("s", 6), ("transfer-only MB/s", 18))
-    columns += (("client peak MB", 14),)
+    columns = [("transfer", -28), ("MB/s", 7), ("min", 7), ("max", 7), ("s", 6), ("transfer-only MB/s", 18)]
+    columns += [("client peak MB", 14), ("client CPU ms/MiB", 17)]
     print("  ".join(f"{name:<{-width}}" if width < 0 else f"{name:>{width}}" for name, width in columns))
     print("  ".join("-" * abs(width) for _, width in columns))
     kinds = sorted({kind for kind, _ in results.samples}, key=lambda k: (k == "streamcli", k))
-    for direction in DIRECTIONS:
+    directions = [d for d in DIRECTIONS if any(direction == d for _, direction in results.samples)]
+    for direction in directions:
         for kind in kinds:
             samples = results.samples[kind, direction]
             rates = [mbps(size, s.seconds) for s in samples]
@@ -608,6 +623,7 @@ def report(results: Results) -> dict[str, float]:
                 f"{label:<28}  {median_rate[kind, direction]:>7.1f}  {min(rates):>7.1f}"
                 f"  {max(rates):>7.1f}  {statistics.median(s.seconds for s in samples):>6.2f}  {only_text:>18}"
                 f"  {max(s.peak_rss for s in samples) / MB:>14.1f}"
+                f"  {statistics.median(s.cpu for s in samples) * 1000 / (size / MIB):>17.2f}"
             )
     disk = statistics.median(results.disk)
     rates_text = " ".join(f"{r:.1f}" for r in results.disk)
@@ -617,13 +633,14 @@ def report(results: Results) -> dict[str, float]:
     )
     print("\nMB/s: the client process's wall time, spawn to exit (start-up included); transfer-only: connected")
     print("channel to last byte. disk: write + fsync of the same size in the server's partial/ directory.")
+    print("client CPU: user + system of the client process per MiB moved (start-up and exit included), median.")
     servers = ", ".join(f"{LABELS.get(k, k)} {v / MB:.1f}" for k, v in results.server_rss.items())
     print(f"server peak RSS over all rounds, MB: {servers}")
 
     ratios = {}
     print(f"\n{'target (issue 18)':<52}  {'measured':>30}  verdict")
     print(f"{'-' * 52}  {'-' * 30}  -------")
-    for direction in DIRECTIONS:
+    for direction in directions:
         raw = median_rate["raw-1MiB", direction]
         limit = min(raw, disk)
         ratios[direction] = median_rate["streamcli", direction] / limit
@@ -639,8 +656,8 @@ def report(results: Results) -> dict[str, float]:
         ]
         for label, peak in rows:
             print(f"{label:<52}  {f'{peak / MB:.1f} MB':>30}  {verdict(peak / MB < RSS_LIMIT_MB)}")
-        rates = ", ".join(f"{d} {mbps(results.rss_size, s):.1f} MB/s" for d, s in results.rss_seconds.items())
-        print(f"(memory run: {rates})")
+        memory_rates = ", ".join(f"{d} {mbps(results.rss_size, s):.1f} MB/s" for d, s in results.rss_seconds.items())
+        print(f"(memory run: {memory_rates})")
     return ratios
 
 
@@ -688,6 +705,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--rounds", type=int, default=3, help="timed rounds of every transfer (default: %(default)s)")
     add("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     add(
+        "--only",
+        choices=DIRECTIONS,
+        default="",
+        help="time one direction only (raw and streamcli; a download is still uploaded first, untimed)",
+    )
+    add(
         "--small-files", type=int, default=1000, help="files of the small-files case; 0 skips it (default: %(default)s)"
     )
     add("--small-size", type=int, default=4096, help="bytes per small file (default: %(default)s)")
@@ -715,7 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"chunks: upload {CHUNK_SIZE // 1024} KiB (CHUNK_SIZE), download {DOWNLOAD_CHUNK_SIZE // 1024} KiB")
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="streamcli-bench-", dir="/tmp") as tmp:
-        results = measure(pathlib.Path(tmp), args.size_mib * MIB, args.rss_size_mib * MIB, args.rounds, args.warmup)
+        directions = (args.only,) if args.only else DIRECTIONS
+        sizes = (args.size_mib * MIB, args.rss_size_mib * MIB)
+        results = measure(pathlib.Path(tmp), *sizes, args.rounds, args.warmup, directions)
         small = (
             measure_small(pathlib.Path(tmp), args.small_files, args.small_size, 4, args.small_rounds)
             if args.small_files
