@@ -114,6 +114,27 @@ def test_download_survives_a_server_restart(tmp_path: pathlib.Path) -> None:
     assert received.hexdigest() == digest
 
 
+def test_a_large_download_resumed_from_its_part_file_is_written_whole(tmp_path: pathlib.Path) -> None:
+    # Large enough for the pages behind the writer to be dropped several times (pagecache.DropBehind), from a
+    # start that is not the file's: what an earlier run wrote stays, and the bytes on disk are the file's.
+    source = tmp_path / "big.bin"
+    digest = write_random(source, 56 * MiB)
+    head = 5 * MiB + 123
+    with threaded_server(tmp_path / "data") as address:
+        up = cli(address, "--json", "upload", str(source))
+        assert up.code == 0, up.err
+        target = tmp_path / "out" / "big.bin"
+        target.parent.mkdir()
+        with open(source, "rb") as original:
+            target.with_name("big.bin.part").write_bytes(original.read(head))
+        down = cli(address, "--json", "download", json.loads(up.out)["id"], "-o", str(target))
+    assert down.code == 0, down.err
+    assert json.loads(down.out)["resumed_from"] == head
+    assert not target.with_name("big.bin.part").exists()
+    with open(target, "rb") as written:
+        assert hashlib.file_digest(written, "sha256").hexdigest() == digest
+
+
 def test_download_of_a_missing_file_exits_4(tmp_path: pathlib.Path) -> None:
     with threaded_server(tmp_path / "data") as address:
         result = cli(address, "download", "0123abcd", "-o", str(tmp_path))
