@@ -22,7 +22,7 @@ import os
 #: How often (bytes written) the pages behind the writer are dropped.
 EVERY = 8 << 20
 #: How far behind the end of the file (bytes) pages are dropped: the writing of those pages started at least
-#: a window before (``pipeline.Writeback`` starts it every 8 MiB), so most are clean by then; a page still
+#: 15 MiB before (``pipeline.Writeback`` starts it every MiB), so most are clean by then; a page still
 #: being written is left cached by the kernel.
 BEHIND = 16 << 20
 #: How far before the last range dropped (bytes) each drop starts again, for the pages that were still being
