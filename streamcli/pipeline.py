@@ -180,39 +180,3 @@ class Pipeline(Generic[T]):
     def _cancel_waiting(self) -> None:
         for future in self._steps:
             future.cancel()  # (False, and no effect, for the step that runs or has run)
-
-
-class Writeback:
-    """Starts the kernel writing a growing file's new bytes to disk every ``EVERY`` bytes, without waiting.
-
-    A durable transfer ends with an fsync, and Linux starts writing dirty pages back only after seconds,
-    or gigabytes: without this the fsync would write the whole file after the last byte arrived, and the
-    transfer would take the network's time plus the disk's. ``POSIX_FADV_DONTNEED`` on a range makes Linux
-    start writing its dirty pages (and drop those of it already written back: a later read of them goes to
-    the disk), so that the disk works while bytes still arrive and the final fsync has little left. It is
-    advice: where it is not available (another system, a pipe), nothing happens. Called on the worker
-    thread, after each write.
-
-    Every 1 MiB, not more: the kernel queues each window's writes on the disk at once, and every other fsync
-    on the disk waits behind them (a chat's log, another transfer's commit). Measured with three writers at
-    8 MB/s each (what paced transfers move while a chat is open) and a 4 KiB write + fdatasync every 50 ms:
-    p99 45-49 ms with 8 MiB windows, 9-10 ms with 1 MiB; 1 GiB written and fsynced at the same rate either
-    way.
-    """
-
-    EVERY = 1 << 20
-
-    def __init__(self, fd: int, start: int, *, enabled: bool = True) -> None:
-        self._fd = fd
-        self._from = start  # the first byte not yet handed to the kernel for writing
-        self._enabled = enabled and hasattr(os, "posix_fadvise")
-
-    def wrote(self, end: int) -> None:
-        """The file now has bytes up to ``end``."""
-        if not self._enabled or end - self._from < self.EVERY:
-            return
-        try:
-            os.posix_fadvise(self._fd, self._from, end - self._from, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            self._enabled = False  # (ESPIPE: standard output is a pipe)
-        self._from = end

@@ -41,8 +41,8 @@ from streamcli.errors import (
     UsageError,
 )
 from streamcli.names import check_filename, is_filename
-from streamcli.pagecache import DropBehind
-from streamcli.pipeline import Pipeline, Writeback
+from streamcli.pagecache import WriteBehind
+from streamcli.pipeline import Pipeline
 from streamcli.protowire import Picking, bytes_key, read_varint, serialize, trailing_bytes, varint
 
 #: Bytes per upload message: the most the contract allows, which moved the most bytes per second
@@ -616,8 +616,7 @@ class _BackgroundWriter:
         self._pipeline: Pipeline[None] = Pipeline()
         self._buffer: list[bytes | memoryview] = []
         self._buffered = 0
-        self._writeback: Writeback | None = None  # (made by the worker, at the first block)
-        self._drop = DropBehind(-1, 0, enabled=False)  # (likewise)
+        self._behind: WriteBehind | None = None  # (made by the worker, at the first block)
         self._written = 0
 
     async def __aenter__(self) -> _BackgroundWriter:
@@ -627,17 +626,15 @@ class _BackgroundWriter:
         await self._pipeline.close()  # the block being written ends before the sink is used again
 
     def _write(self, block: bytes | memoryview) -> None:
-        if self._writeback is None:  # so that the fsync before the rename has little left
+        if self._behind is None:  # so that the fsync before the rename has little left, and warm pages are reused
             try:
                 self._written = self._sink.tell()
-                self._writeback = Writeback(self._sink.fileno(), self._written)
-                self._drop = DropBehind(self._sink.fileno(), self._written)
+                self._behind = WriteBehind(self._sink.fileno(), self._written)
             except (OSError, ValueError):  # a pipe, or no file at all (a test's buffer): nothing to write back
-                self._writeback = Writeback(-1, 0, enabled=False)
+                self._behind = WriteBehind(-1, 0, enabled=False)
         self._sink.write(block)
         self._written += len(block)
-        self._writeback.wrote(self._written)
-        self._drop.wrote(self._written)  # (the pages written back are reused: bench/README.md, "File transfer")
+        self._behind.wrote(self._written)
         self._hasher.update(block)
 
     async def write(self, data: bytes | memoryview) -> None:

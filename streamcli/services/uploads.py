@@ -48,7 +48,8 @@ from streamcli.backends.blobs import SAFE_ID
 from streamcli.checksums import sha256_prefix
 from streamcli.credentials import Caller
 from streamcli.names import check_filename
-from streamcli.pipeline import Pipeline, Writeback
+from streamcli.pagecache import WriteBehind
+from streamcli.pipeline import Pipeline
 from streamcli.private_files import open_private
 from streamcli.protowire import Picking, bytes_key, trailing_bytes
 from streamcli.services.checks import MalformedRequest, quoted
@@ -146,7 +147,7 @@ class PartialFile:
         self.reservation = reservation
         self._accounted = size  # of ``size``, what the reservation has been told of
         self._pipeline: Pipeline[None] = Pipeline()
-        self._writeback: Writeback | None = None  # so that the fsync of the commit has little left
+        self._behind: WriteBehind | None = None  # the fsync of the commit has little left; warm pages reused
         self._closed = False
         self._storing = False  # ``store`` has handed the handle to its thread
 
@@ -178,8 +179,8 @@ class PartialFile:
     def _write_now(self, data: bytes | memoryview) -> None:
         """(On the worker thread.) Append ``data`` and hash it."""
         handle = self._opened()
-        if self._writeback is None:
-            self._writeback = Writeback(handle.fileno(), self.size)
+        if self._behind is None:
+            self._behind = WriteBehind(handle.fileno(), self.size)
         view = memoryview(data)
         while view:
             written = handle.write(view)  # an unbuffered write may take only part
@@ -187,7 +188,7 @@ class PartialFile:
                 raise OSError(errno.EIO, "the partial file accepted no bytes")
             self.size += written
             view = view[written:]
-        self._writeback.wrote(self.size)
+        self._behind.wrote(self.size)
         self.hasher.update(data)
 
     async def store(self, blobs: BlobStore, upload_id: str, file_id: str) -> None:
