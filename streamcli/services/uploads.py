@@ -295,7 +295,7 @@ class Uploads:
     async def _start(self, first: pb.UploadFileRequest, caller: Caller) -> UploadSession:
         meta = first.metadata
         checksum = meta.checksum.lower()
-        filename = _checked_metadata(meta, checksum, self.limits.max_file_size)
+        filename = checked_metadata(meta, checksum, self.limits.max_file_size)
         upload_id = first.upload_id or uuid.uuid4().hex
         if not UPLOAD_ID.fullmatch(upload_id):
             raise _invalid("upload_id must be 1-64 letters, digits, '-' or '_'")
@@ -330,7 +330,7 @@ class Uploads:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
         try:
             # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
-            reservation = await self._reserve(max(upload.total_size, 0))
+            reservation = await self.reserve(max(upload.total_size, 0))
         except UploadRefused:
             if upload.total_size >= 0:
                 await self.forget(upload_id)
@@ -354,7 +354,7 @@ class Uploads:
                 )
             # The committed bytes are already counted as used; only the rest may still arrive. A refused
             # resume keeps its partial file: it can go on once space is freed.
-            reservation = await self._reserve(upload.total_size - committed)
+            reservation = await self.reserve(upload.total_size - committed)
             return await self._opened(upload, committed, reservation, lease)
 
     @contextlib.asynccontextmanager
@@ -398,13 +398,11 @@ class Uploads:
             raise
         return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation, path=path), lease)
 
-    async def _reserve(self, size: int) -> Reservation:
-        """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
+    async def reserve(self, size: int) -> Reservation:
+        """A reservation of ``size`` bytes for one upload stream (or one group of whole files), or
+        RESOURCE_EXHAUSTED over the quota."""
         reservation = self.space.reservation()
-        try:
-            await reservation.reserve(size)
-        except QuotaExceeded as exc:
-            raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        await reserve_more(reservation, size)
         return reservation
 
     async def forget(self, upload_id: str) -> None:
@@ -486,8 +484,7 @@ class UploadSession:
             await self._end(grpc.StatusCode.FAILED_PRECONDITION, detail, keep=True)
         digest: str = self.partial.hasher.hexdigest()
         if digest != checksum:
-            detail = f"checksum mismatch: received bytes hash to {digest}, declared {checksum}"
-            await self._end(grpc.StatusCode.DATA_LOSS, detail)
+            await self._end(grpc.StatusCode.DATA_LOSS, checksum_mismatch(digest, checksum))
         return digest
 
     async def _read(self, requests: AsyncIterator[UploadRequest]) -> tuple[int, str]:
@@ -523,24 +520,18 @@ class UploadSession:
         if not data:
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
         if len(data) > MAX_CHUNK_SIZE:
-            raise UploadRefused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
-            )
+            raise _invalid(f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}")
         if not self.lease.held:
             raise ClaimLost(self.upload.upload_id)
         partial = self.partial
         end = partial.received + len(data)
         if total >= 0 and end > total:
-            raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"received more than the declared {total} bytes")
+            raise _invalid(too_many_bytes(total))
         if total == -1:  # the size was not known up front: check and reserve as the file grows
             limit = self._uploads.limits.max_file_size
             if limit and end > limit:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(limit))
-            try:
-                await partial.reservation.reserve(len(data))
-            except QuotaExceeded as exc:
-                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            await reserve_more(partial.reservation, len(data))
         if self._uploads.pacer.engaged:  # (interactive calls are open: the next message waits its turn)
             await self._uploads.pacer.admit(len(data))
         await partial.write(data)
@@ -608,8 +599,9 @@ class UploadSession:
         raise UploadRefused(code, detail)
 
 
-def _checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) -> str:
-    """The file name of a new upload's metadata (``checksum``: its lower-cased checksum), once all checks pass.
+def checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) -> str:
+    """The file name of a new upload's metadata (``checksum``: its lower-cased checksum), once all checks pass
+    (UploadFile's first message, and each file of UploadFiles).
 
     Raises:
         UploadRefused: INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for a file over ``max_file_size``.
@@ -629,6 +621,24 @@ def _checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) 
     if max_file_size and meta.total_size > max_file_size:
         raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(max_file_size))
     return filename
+
+
+async def reserve_more(reservation: Reservation, size: int) -> None:
+    """Reserve ``size`` more bytes in ``reservation``, or raise RESOURCE_EXHAUSTED saying the quota is exceeded."""
+    try:
+        await reservation.reserve(size)
+    except QuotaExceeded as exc:
+        raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+
+
+def checksum_mismatch(digest: str, checksum: str) -> str:
+    """What a client is told of a file whose bytes hash to ``digest`` where it declared ``checksum``."""
+    return f"checksum mismatch: received bytes hash to {digest}, declared {checksum}"
+
+
+def too_many_bytes(total: int) -> str:
+    """What a client is told of a file that sent more bytes than it declared (``total``)."""
+    return f"received more than the declared {total} bytes"
 
 
 def _invalid(detail: str) -> UploadRefused:
