@@ -454,8 +454,6 @@ async def upload_many(
             await SmallFileStream(conn, small, progress, attempts, answered).run()
         except NoUploadFiles as missing:  # an older server: one UploadFile call each
             large.extend(asyncio.ensure_future(one(f.position, f.path)) for f in missing.files)
-            while (file := await small.get()) is not None:
-                large.append(asyncio.ensure_future(one(file.position, file.path)))
         await reader
         await asyncio.gather(*large)
     finally:
