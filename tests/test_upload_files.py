@@ -392,3 +392,15 @@ async def test_files_unanswered_when_the_stream_broke_are_sent_again_and_stored_
         files = await listed(conn)
         assert sorted(f.filename for f in files) == [p.name for p in paths]  # nothing stored twice
         assert {r["id"] for r in records} == {f.file_id for f in files}
+
+
+async def test_a_group_partial_left_by_a_stopped_server_expires(tmp_path: pathlib.Path) -> None:
+    partial = tmp_path / "data" / "blobs" / "partial"
+    async with running_server(tmp_path / "data", upload_ttl=0.3, housekeeping_interval=0.05):
+        (partial / "group-0123456789abcdef").write_bytes(b"never stored")  # no record names it
+        (partial / "other").write_bytes(b"not a group's")  # not a group's: left to UploadFile's own expiry
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not (partial / "group-0123456789abcdef").exists():
+                break
+        assert sorted(p.name for p in partial.iterdir()) == ["other"]

@@ -516,6 +516,12 @@ class BlobStore(Protocol):
         """Delete an upload's partial bytes (idempotent); returns the bytes freed (0 if absent)."""
         ...
 
+    def partials_older_than(self, prefix: str, before: float) -> list[str]:
+        """The upload ids beginning with ``prefix`` whose partial files were last written before ``before``
+        (seconds since the epoch): those no record names (UploadFiles' groups), left by a server that stopped
+        between writing them and storing them."""
+        ...
+
     def delete(self, file_id: str) -> int:
         """Delete a stored file's bytes; returns the bytes freed (0 if absent)."""
         ...

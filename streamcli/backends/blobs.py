@@ -73,6 +73,17 @@ class DirectoryBlobStore:
     def discard_partial(self, upload_id: str) -> int:
         return _remove(self.partial_path(upload_id))
 
+    def partials_older_than(self, prefix: str, before: float) -> list[str]:
+        stale = []
+        with os.scandir(self._partial) as entries:
+            for entry in entries:
+                try:
+                    if entry.name.startswith(prefix) and entry.stat(follow_symlinks=False).st_mtime < before:
+                        stale.append(entry.name)
+                except FileNotFoundError:
+                    continue  # committed or removed meanwhile
+        return stale
+
     def delete(self, file_id: str) -> int:
         return _remove(self.blob_path(file_id))
 

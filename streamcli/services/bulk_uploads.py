@@ -41,6 +41,7 @@ from streamcli.services.quota import Reservation
 from streamcli.services.rpc import Context, abort
 from streamcli.services.uploads import (
     DISK_FULL,
+    GROUP_PARTIAL_PREFIX,
     MAX_CHUNK_SIZE,
     UploadRefused,
     Uploads,
@@ -69,7 +70,7 @@ class _File:
     position: int  # in the group
     record: FileRecord  # what is stored if all goes well
     content: bytes
-    upload_id: str  # names its partial file
+    upload_id: str  # names its partial file (GROUP_PARTIAL_PREFIX: found by Uploads.expire if a crash leaves it)
 
 
 class Inbox:
@@ -225,7 +226,7 @@ class FileGroups:
         record = FileRecord(
             uuid.uuid4().hex, filename, len(content), meta.content_type, checksum, time.time(), caller.user or ""
         )
-        return _File(position, record, content, uuid.uuid4().hex)
+        return _File(position, record, content, GROUP_PARTIAL_PREFIX + uuid.uuid4().hex)
 
     async def _reserved(
         self, files: list[_File], reservation: Reservation, refuse: Callable[[int, UploadRefused], None]

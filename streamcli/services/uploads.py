@@ -66,6 +66,9 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 DISK_FULL = "the server's disk is full"
 #: The presence scope of the uploads a stream is writing (members: upload ids, each held by one stream).
 UPLOADS_SCOPE = "uploads"
+#: How the partial files of UploadFiles' groups are named (then a uuid): they have no upload record, so
+#: ``Uploads.expire`` finds those a stopped server left behind by their name and age.
+GROUP_PARTIAL_PREFIX = "group-"
 _CHUNK_KEY = bytes_key(pb.UploadFileRequest.CHUNK_FIELD_NUMBER)[0]
 
 #: What an upload stream's messages are, as UploadFile's request deserializer makes them: a chunk (a view of
@@ -428,6 +431,15 @@ class Uploads:
                 continue
             discarded += 1
             log.info("discarded expired partial upload %s (%s)", upload.upload_id, upload.filename)
+        # A group's partial files live for the moments of its commit: one older than the time to live was left
+        # by a server that stopped in between (its files were never answered).
+        stale = await asyncio.to_thread(
+            self.blobs.partials_older_than, GROUP_PARTIAL_PREFIX, time.time() - self.limits.upload_ttl
+        )
+        for upload_id in stale:
+            self.space.freed(self.blobs.discard_partial(upload_id))
+            discarded += 1
+            log.info("discarded the partial file %s of an UploadFiles group never stored", upload_id)
         return discarded
 
 
