@@ -333,7 +333,7 @@ class Uploads:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, DISK_FULL) from exc
         try:
             # Unknown sizes reserve chunk by chunk as they arrive (UploadSession._write_chunk).
-            reservation = await self.reserve(max(upload.total_size, 0))
+            reservation = await self._reserve(max(upload.total_size, 0))
         except UploadRefused:
             if upload.total_size >= 0:
                 await self.forget(upload_id)
@@ -357,7 +357,7 @@ class Uploads:
                 )
             # The committed bytes are already counted as used; only the rest may still arrive. A refused
             # resume keeps its partial file: it can go on once space is freed.
-            reservation = await self.reserve(upload.total_size - committed)
+            reservation = await self._reserve(upload.total_size - committed)
             return await self._opened(upload, committed, reservation, lease)
 
     @contextlib.asynccontextmanager
@@ -401,9 +401,8 @@ class Uploads:
             raise
         return UploadSession(self, upload, PartialFile(handle, hasher, committed, reservation, path=path), lease)
 
-    async def reserve(self, size: int) -> Reservation:
-        """A reservation of ``size`` bytes for one upload stream (or one group of whole files), or
-        RESOURCE_EXHAUSTED over the quota."""
+    async def _reserve(self, size: int) -> Reservation:
+        """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
         reservation = self.space.reservation()
         await reserve_more(reservation, size)
         return reservation
