@@ -553,7 +553,7 @@ complete -c streamcli -n '__streamcli_at '\''tail notifications'\''' -l tracebac
 complete -c streamcli -n '__streamcli_at '\''tail notifications'\''' -l version -d 'Show the version and exit.'
 complete -c streamcli -n '__streamcli_at '\''tail notifications'\''' -l help -s h -d 'Show help and exit.'
 complete -c streamcli -n '__streamcli_at '\''upload'\''' -l name -s n -x -d 'Name to store a single file under. [default: its file name]'
-complete -c streamcli -n '__streamcli_at '\''upload'\''' -l parallel -s p -x -d 'Files uploaded at once.'
+complete -c streamcli -n '__streamcli_at '\''upload'\''' -l parallel -s p -x -d 'Files over 1 MiB uploaded at once (smaller ones share one stream).'
 complete -c streamcli -n '__streamcli_at '\''upload'\''' -l retries -x -d 'Retries with backoff (up to 8 s apart) after the server or network goes away, each said on stderr; each resumes where the last stopped. The default waits about three minutes, as tails do.'
 complete -c streamcli -n '__streamcli_at '\''upload'\''' -l address -s a -x -d 'Server address: HOST:PORT, HOST (port 50051), http://HOST:PORT or https://HOST:PORT (TLS); several, comma-separated (A,B), for replicas: the first that answers, the next when it goes away.'
 complete -c streamcli -n '__streamcli_at '\''upload'\''' -l token -x -d 'Bearer token sent with every call.'

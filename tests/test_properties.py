@@ -53,6 +53,8 @@ Item = Message | bytes  # what a test sends: a message, or raw bytes that may no
 # are in no row: a client's mistake is never the server's failure. INVALID_ARGUMENT is in every row
 # since any request may fail to decode (server/decoding.py).
 
+_ABC_SHA256 = hashlib.sha256(b"abc").hexdigest()
+_LONG_CHECKSUM = "a" * 100_000
 _UNDECODABLE = "the request (or a message of the stream) does not decode, or a field is invalid"
 
 ALLOWED: dict[str, dict[Code, str]] = {
@@ -80,6 +82,11 @@ ALLOWED: dict[str, dict[Code, str]] = {
         Code.FAILED_PRECONDITION: "the stream ended before the declared bytes; a resume at the wrong offset",
         Code.DATA_LOSS: "the bytes do not hash to the declared checksum",
         Code.RESOURCE_EXHAUSTED: "larger than serve --max-file-size",
+    },
+    "UploadFiles": {
+        # A refused file (bad name, size or checksum, too large) is answered in-band, not a failure of the stream.
+        Code.OK: "every message was a file (stored or refused one by one)",
+        Code.INVALID_ARGUMENT: _UNDECODABLE,
     },
     "ProcessDataBatch": {
         # A refused record is counted in the response, not a failure of the stream.
@@ -583,6 +590,18 @@ INTERESTING: dict[str, st.SearchStrategy[Any]] = {
         st.sampled_from(OFFSETS),
     ),
     "UploadFile": upload_scenarios(),
+    "UploadFiles": st.lists(
+        st.builds(
+            lambda name, size, checksum, content: pb.UploadFilesRequest(
+                metadata=pb.FileMetadata(filename=name, total_size=size, checksum=checksum), content=content
+            ),
+            mostly(["a.txt", "b"], names()),
+            st.sampled_from([-1, 0, 3, 2**20 + 1, 2**63 - 1]),
+            st.sampled_from([_ABC_SHA256, _ABC_SHA256.upper(), "", "x", _LONG_CHECKSUM]),
+            st.sampled_from([b"", b"abc", b"abd", b"x" * (2**20 + 1)]),
+        ),
+        max_size=4,
+    ),
     "PublishEvents": st.lists(
         st.lists(_events(), max_size=4).map(lambda events: pb.PublishEventsRequest(events=events)), max_size=4
     ),
@@ -778,7 +797,7 @@ def requests_for(rpc: Rpc) -> st.SearchStrategy[list[Item]]:
 #: Examples per RPC: enough for every branch of the strategies to come up, within the suite's time budget.
 EXAMPLES = 60
 #: RPCs with scenarios that branch more get more.
-MORE_EXAMPLES = {"UploadFile": 250, "PublishEvents": 120, "Chat": 120}
+MORE_EXAMPLES = {"UploadFile": 250, "UploadFiles": 120, "PublishEvents": 120, "Chat": 120}
 
 _LONG = "a" * 100_000
 _LONG_NOT_FOUND = [

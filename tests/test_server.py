@@ -258,7 +258,8 @@ def test_the_binding_of_rpcs_is_checked_against_the_contract_at_start_up() -> No
     assert frozenset() == NOT_YET_IMPLEMENTED  # every RPC is built (Collaborate came last)
 
     class Files:
-        RPCS = ("UploadFile", "GetUploadStatus", "DownloadFile", "GetFileInfo", "ListFiles", "DeleteFile")
+        RPCS = ("UploadFile", "UploadFiles", "GetUploadStatus", "DownloadFile", "GetFileInfo", "ListFiles",
+                "DeleteFile")  # fmt: skip
 
         def __getattr__(self, name: str) -> object:
             if name in self.RPCS:

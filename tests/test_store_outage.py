@@ -7,6 +7,7 @@ messages, a bidirectional one with its opening message).
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,12 @@ REQUESTS: dict[str, Callable[[], list[Message]]] = {
     "UploadFile": lambda: [
         pb.UploadFileRequest(metadata=pb.FileMetadata(filename="a.txt", total_size=3)),
         pb.UploadFileRequest(chunk=b"abc"),
+    ],
+    "UploadFiles": lambda: [
+        pb.UploadFilesRequest(
+            metadata=pb.FileMetadata(filename="a.txt", total_size=3, checksum=hashlib.sha256(b"abc").hexdigest()),
+            content=b"abc",
+        )
     ],
     "ProcessDataBatch": lambda: [
         pb.ProcessDataBatchRequest(batch_id="b1", records=[pb.DataRecord(key="k", value=1.0)], complete=True)
@@ -89,6 +96,8 @@ async def test_each_rpc_answers_unavailable_while_redis_is_away(name: str, tmp_p
             code, details = await _status(conn.stub, name, REQUESTS[name]())
     assert (code, name) == (grpc.StatusCode.UNAVAILABLE, name), details
     assert "the server cannot reach its Redis" in details
+    if name == "UploadFiles":  # (it says how many of the stream's files were answered, each stored)
+        assert "0 files of this stream were answered" in details
 
 
 async def test_events_publish_during_an_outage_exits_unavailable_with_one_line(tmp_path: pathlib.Path) -> None:

@@ -371,6 +371,16 @@ class MetadataStore(Protocol):
         """
         ...
 
+    async def store_files(self, records: Sequence[FileRecord]) -> list[FileRecord]:
+        """Store each of ``records`` as ``finish_upload`` does (without an upload to forget), all in one step
+        (SQLite: one transaction): each unless a file of the same owner, name and content is stored already,
+        the records stored earlier in ``records`` included.
+
+        Returns:
+            For each record in order: itself, or the file stored already.
+        """
+        ...
+
     async def finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
         """Store ``record`` and forget upload ``upload_id``, in one step: unless a file of the same owner, name
         and content (``find_file``) is stored already, which is then returned (and nothing inserted).
@@ -496,8 +506,20 @@ class BlobStore(Protocol):
         for writing: synced as it is, rather than opened again)."""
         ...
 
+    def commit_many(self, partials: Sequence[tuple[str, str, int]]) -> list[pathlib.Path]:
+        """``commit`` of several finished uploads together, each given as (upload id, file id, open partial
+        file): their bytes synced, then each moved, then the moves made durable at once (one directory sync,
+        not one per file). Returns the stored paths in order."""
+        ...
+
     def discard_partial(self, upload_id: str) -> int:
         """Delete an upload's partial bytes (idempotent); returns the bytes freed (0 if absent)."""
+        ...
+
+    def partials_older_than(self, prefix: str, before: float) -> list[str]:
+        """The upload ids beginning with ``prefix`` whose partial files were last written before ``before``
+        (seconds since the epoch): those no record names (UploadFiles' groups), left by a server that stopped
+        between writing them and storing them."""
         ...
 
     def delete(self, file_id: str) -> int:

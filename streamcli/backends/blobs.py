@@ -11,15 +11,19 @@ nothing is ever written outside the root whatever a client sends.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import re
 import threading
+from collections.abc import Sequence
 
 from streamcli.private_files import private_dir
 
 #: What an id must look like to be used as a file name.
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Files of a group (``commit_many``) synced at once, at most.
+_SYNCS_AT_ONCE = 16
 
 
 def check_id(value: str) -> str:
@@ -46,19 +50,39 @@ class DirectoryBlobStore:
         return self._files / check_id(file_id)
 
     def commit(self, upload_id: str, file_id: str, fd: int | None = None) -> pathlib.Path:
-        source = self.partial_path(upload_id)
-        target = self.blob_path(file_id)
         if fd is None:
-            with open(source, "rb") as handle:
-                os.fsync(handle.fileno())
+            with open(self.partial_path(upload_id), "rb") as handle:
+                return self.commit_many([(upload_id, file_id, handle.fileno())])[0]
+        return self.commit_many([(upload_id, file_id, fd)])[0]
+
+    def commit_many(self, partials: Sequence[tuple[str, str, int]]) -> list[pathlib.Path]:
+        # Every file's bytes synced first (several at once: the journal commits syncs that wait together in
+        # one transaction), then each renamed, then the directory synced once for all the renames.
+        moves = [(self.partial_path(upload_id), self.blob_path(file_id), fd) for upload_id, file_id, fd in partials]
+        if len(moves) > 1:
+            with concurrent.futures.ThreadPoolExecutor(min(len(moves), _SYNCS_AT_ONCE)) as syncs:
+                list(syncs.map(os.fsync, [fd for _, _, fd in moves]))
         else:
-            os.fsync(fd)
-        os.replace(source, target)
-        self._files_sync.sync()  # make the rename itself durable
-        return target
+            for _, _, fd in moves:
+                os.fsync(fd)
+        for source, target, _ in moves:
+            os.replace(source, target)
+        self._files_sync.sync()  # make the renames themselves durable
+        return [target for _, target, _ in moves]
 
     def discard_partial(self, upload_id: str) -> int:
         return _remove(self.partial_path(upload_id))
+
+    def partials_older_than(self, prefix: str, before: float) -> list[str]:
+        stale = []
+        with os.scandir(self._partial) as entries:
+            for entry in entries:
+                try:
+                    if entry.name.startswith(prefix) and entry.stat(follow_symlinks=False).st_mtime < before:
+                        stale.append(entry.name)
+                except FileNotFoundError:
+                    continue  # committed or removed meanwhile
+        return stale
 
     def delete(self, file_id: str) -> int:
         return _remove(self.blob_path(file_id))

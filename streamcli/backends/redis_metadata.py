@@ -13,7 +13,7 @@ was posted in.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -309,7 +309,11 @@ class RedisMetadata:
     async def finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
         return await shielded(self._finish_upload(record, upload_id))
 
-    async def _finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
+    async def store_files(self, records: Sequence[FileRecord]) -> list[FileRecord]:
+        # One optimistic transaction per file, in order (each sees the ones before): correct, not one step.
+        return [await shielded(self._finish_upload(record, None)) for record in records]
+
+    async def _finish_upload(self, record: FileRecord, upload_id: str | None) -> FileRecord:
         # Optimistic: the lookup and the writes are one step unless a file of the same content is stored
         # meanwhile (its id joins the content set: EXEC then fails, and the lookup is done again).
         content = _key("content", f"{record.sha256}:{record.size}")
@@ -323,7 +327,8 @@ class RedisMetadata:
                     pipe.multi()
                     if existing is None:
                         _put_file(pipe, record)
-                    _delete_upload(pipe, upload_id)
+                    if upload_id is not None:
+                        _delete_upload(pipe, upload_id)
                     await pipe.execute()
                 except redis.exceptions.WatchError:
                     continue

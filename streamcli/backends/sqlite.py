@@ -226,7 +226,8 @@ class _Checkpointer(threading.Thread):
             while not self._stopping.wait(self._interval):
                 self._turn(db)
                 with contextlib.suppress(OSError):
-                    self.writer_must = self._wal.stat().st_size > WAL_SIZE_LIMIT
+                    if self._wal.stat().st_size > WAL_SIZE_LIMIT:
+                        self.writer_must = True  # (until the writer has had its turn: it clears it)
         finally:
             db.close()
 
@@ -732,13 +733,18 @@ class SqliteStore(SqliteMetrics):
     async def finish_upload(self, record: FileRecord, upload_id: str) -> FileRecord:
         def finish(db: sqlite3.Connection) -> FileRecord:
             with _transaction(db):
-                existing = _find_file(db, record.filename, record.sha256, record.size, record.owner)
-                if existing is None:
-                    db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(record))
+                stored = _store_file(db, record)
                 db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
-            return existing or record
+            return stored
 
         return await self._run(finish)
+
+    async def store_files(self, records: Sequence[FileRecord]) -> list[FileRecord]:
+        def store(db: sqlite3.Connection) -> list[FileRecord]:
+            with _transaction(db):
+                return [_store_file(db, record) for record in records]
+
+        return await self._run(store)
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         row = await self._run(
@@ -752,6 +758,15 @@ class SqliteStore(SqliteMetrics):
     async def expired_uploads(self, now: float) -> list[UploadRecord]:
         rows = await self._run(lambda db: db.execute("SELECT * FROM uploads WHERE expires_at < ?", (now,)).fetchall())
         return [UploadRecord(*row) for row in rows]
+
+
+def _store_file(db: sqlite3.Connection, record: FileRecord) -> FileRecord:
+    """(In a transaction.) Insert ``record`` unless a file of its owner, name and content is stored already;
+    returns what is stored."""
+    existing = _find_file(db, record.filename, record.sha256, record.size, record.owner)
+    if existing is None:
+        db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(record))
+    return existing or record
 
 
 def _find_file(db: sqlite3.Connection, filename: str, sha256: str, size: int, owner: str) -> FileRecord | None:

@@ -32,7 +32,16 @@ def upload(
             "--name", "-n", show_default=False, help="Name to store a single file under. [default: its file name]"
         ),
     ] = None,
-    parallel: Annotated[int, typer.Option("--parallel", "-p", min=1, max=64, help="Files uploaded at once.")] = 4,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            "-p",
+            min=1,
+            max=64,
+            help="Files over 1 MiB uploaded at once (smaller ones share one stream).",
+        ),
+    ] = 4,
     retries: Annotated[int, typer.Option(min=0, help=RETRIES_HELP)] = RECONNECT_RETRIES,
 ) -> None:
     """Upload files, verified by SHA-256; interrupted uploads resume on the next run.
@@ -43,7 +52,8 @@ def upload(
     file with id, name, size, sha256 and already_stored). A run interrupted by
     Ctrl-C has printed the files it finished. Progress bars appear when stderr is
     a terminal. Standard input has no size known in advance: it is sent with its
-    size and checksum at the end, and cannot resume.
+    size and checksum at the end, and cannot resume. Of several files, those of up
+    to 1 MiB go together on one stream, stored by the server in groups.
 
     Examples:
 

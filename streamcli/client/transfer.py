@@ -31,6 +31,7 @@ from streamcli.client.files import FileEntry
 from streamcli.client.ids import IdKind, resolve_id
 from streamcli.client.progress import ProgressSink
 from streamcli.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
+from streamcli.client.small_files import NoUploadFiles, SmallFile, SmallFileStream
 from streamcli.client.streams import bytes_stream
 from streamcli.errors import (
     ConflictError,
@@ -51,6 +52,13 @@ from streamcli.protowire import Picking, bytes_key, read_varint, serialize, trai
 CHUNK_SIZE = 1024 * 1024
 #: Chunks an upload reads (and hashes) ahead of what it sends, at most.
 READS_AHEAD = 4
+#: Files of at most this many bytes, when ``upload`` has several, go on one UploadFiles stream (the most one
+#: of its messages carries); larger ones are uploaded one UploadFile call each.
+SMALL_FILE_SIZE = CHUNK_SIZE
+#: Paths inspected (small files read and hashed) per hand-off to a thread.
+SMALL_FILES_PER_READ = 16
+#: Small files read ahead of the stream, at most (beyond its window of unanswered files).
+SMALL_FILES_AHEAD = 64
 #: The key of ``UploadFileRequest.chunk`` (field 3, length-delimited): a chunk's request is this, its length, the chunk.
 _CHUNK_KEY = bytes_key(pb.UploadFileRequest.CHUNK_FIELD_NUMBER)
 _OFFSET_KEY = bytes((pb.DownloadFileResponse.OFFSET_FIELD_NUMBER << 3,))  # (a varint field's key)
@@ -382,26 +390,101 @@ async def upload_many(
     retry: RetryPolicy = DEFAULT_RETRY,
     on_result: Callable[[TransferResult], None] | None = None,
 ) -> list[TransferResult | StreamcliError]:
-    """Upload several files, ``parallel`` at a time; one result or error per path, in order.
+    """Upload several files; one result or error per path, in order.
 
-    ``on_result`` hears of each stored file as soon as it is stored, so that a run interrupted later
-    has said what it finished.
+    Files of up to ``SMALL_FILE_SIZE`` bytes go on one UploadFiles stream (``client/small_files.py``: read whole
+    and hashed on a thread, a bounded window of them unanswered); larger ones, and every file when the server
+    has no UploadFiles, one UploadFile call each, ``parallel`` at a time (``upload_path``). ``on_result`` hears
+    of each stored file as soon as it is stored, so that a run interrupted later has said what it finished.
     """
     if name is not None and len(paths) > 1:
         raise UsageError("--name applies to a single file")
     gate = asyncio.Semaphore(parallel)
+    outcomes: list[TransferResult | StreamcliError | None] = [None] * len(paths)
 
-    async def one(path: pathlib.Path) -> TransferResult | StreamcliError:
+    def settle(position: int, outcome: TransferResult | StreamcliError) -> None:
+        outcomes[position] = outcome
+        if on_result is not None and isinstance(outcome, TransferResult):
+            on_result(outcome)
+
+    async def one(position: int, path: pathlib.Path) -> None:
         async with gate:
             try:
-                result = await upload_path(conn, path, progress, name=name, retry=retry)
+                settle(position, await upload_path(conn, path, progress, name=name, retry=retry))
             except StreamcliError as exc:
-                return exc
-            if on_result is not None:
-                on_result(result)
-            return result
+                settle(position, exc)
 
-    return list(await asyncio.gather(*(one(p) for p in paths)))
+    if len(paths) < 2:  # one file: one call, whatever its size
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+        return [o for o in outcomes if o is not None]
+
+    def answered(file: SmallFile, outcome: pb.UploadFileResponse | StreamcliError) -> None:
+        if isinstance(outcome, StreamcliError):
+            settle(file.position, outcome)
+        else:
+            settle(file.position, TransferResult(
+                outcome.file_id, file.name, outcome.bytes_uploaded, outcome.checksum,
+                already_stored=outcome.already_stored,
+            ))  # fmt: skip
+
+    large: list[asyncio.Task[None]] = []
+    small: asyncio.Queue[SmallFile | None] = asyncio.Queue(maxsize=SMALL_FILES_AHEAD)
+
+    async def read() -> None:
+        """Every path inspected (small files read and hashed) on a thread, a few at a time; the small ones
+        queued for the stream, the large ones started with UploadFile."""
+        token = conn.settings.token
+        for start in range(0, len(paths), SMALL_FILES_PER_READ):
+            batch = list(enumerate(paths[start : start + SMALL_FILES_PER_READ], start))
+            for position, path, outcome in await asyncio.to_thread(_prepare_small, batch, token):
+                if isinstance(outcome, StreamcliError):
+                    settle(position, outcome)
+                elif outcome is None:
+                    large.append(asyncio.ensure_future(one(position, path)))
+                else:
+                    await small.put(outcome)
+        await small.put(None)
+
+    attempts = Attempts(
+        retry, f"upload of {len(paths)} files", hint="run the same command again to resume the upload",
+        connection=conn,
+    )  # fmt: skip
+    reader = asyncio.ensure_future(read())
+    try:
+        try:
+            await SmallFileStream(conn, small, progress, attempts, answered).run()
+        except NoUploadFiles as missing:  # an older server: one UploadFile call each
+            large.extend(asyncio.ensure_future(one(f.position, f.path)) for f in missing.files)
+        await reader
+        await asyncio.gather(*large)
+    finally:
+        for task in (reader, *large):
+            task.cancel()
+        await asyncio.gather(reader, *large, return_exceptions=True)
+    return [o for o in outcomes if o is not None]
+
+
+def _prepare_small(
+    batch: list[tuple[int, pathlib.Path]], token: str | None
+) -> list[tuple[int, pathlib.Path, SmallFile | StreamcliError | None]]:
+    """(On a thread.) Each path of ``batch`` (position, path) inspected: a file of at most ``SMALL_FILE_SIZE``
+    bytes read, hashed and made into its UploadFiles request; None for a larger one; the failure of one that
+    cannot be read (``_prepare``'s)."""
+    prepared: list[tuple[int, pathlib.Path, SmallFile | StreamcliError | None]] = []
+    for position, path in batch:
+        try:
+            size, _, upload_id, whole = _prepare(path, path.name, token)
+        except StreamcliError as exc:
+            prepared.append((position, path, exc))
+            continue
+        if whole is None or size > SMALL_FILE_SIZE:
+            prepared.append((position, path, None))
+            continue
+        data, sha256 = whole
+        metadata = pb.FileMetadata(filename=path.name, total_size=size, checksum=sha256)
+        request = pb.UploadFilesRequest(metadata=metadata, content=data).SerializeToString()
+        prepared.append((position, path, SmallFile(position, path, path.name, upload_id, size, request)))
+    return prepared
 
 
 async def download_file(

@@ -1,8 +1,11 @@
-"""File transfer: the RPCs of uploads (UploadFile, GetUploadStatus), downloads and the file companions.
+"""File transfer: the RPCs of uploads (UploadFile, UploadFiles, GetUploadStatus), downloads and the file
+companions.
 
 An upload stream is an ``UploadSession`` (``streamcli.services.uploads``: the
 protocol, partial files, checksums, the quota); the handlers here turn what it
-refuses into the call's status and tell the owner when a file is stored.
+refuses into the call's status and tell the owner when a file is stored. A stream
+of many small whole files (UploadFiles) is ``FileGroups``'s
+(``streamcli.services.bulk_uploads``), with the same checks, responses and notifications.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 import grpc
@@ -21,6 +24,7 @@ from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Credentials
 from streamcli.pipeline import Pipeline
 from streamcli.protowire import bytes_key, varint, varint_field
+from streamcli.services.bulk_uploads import FileGroups
 from streamcli.services.checks import page_offset, quoted
 from streamcli.services.logs import timestamp
 from streamcli.services.notifications import EVERYONE, NotificationService
@@ -66,6 +70,7 @@ class FileService:
     #: The RPCs of the contract this class implements, by the names of its methods (server/service.py binds them).
     RPCS: ClassVar[tuple[str, ...]] = (
         "UploadFile",
+        "UploadFiles",
         "GetUploadStatus",
         "DownloadFile",
         "GetFileInfo",
@@ -73,7 +78,7 @@ class FileService:
         "DeleteFile",
     )
     #: The transfers: they yield to every other call while one is open (``streamcli.services.pacing``).
-    BULK_RPCS: ClassVar[tuple[str, ...]] = ("UploadFile", "DownloadFile")
+    BULK_RPCS: ClassVar[tuple[str, ...]] = ("UploadFile", "UploadFiles", "DownloadFile")
     #: Upload chunks are picked out of the wire bytes (see ``decode_upload_request``).
     REQUEST_DESERIALIZERS: ClassVar[dict[str, Callable[[bytes], Any]]] = {"UploadFile": decode_upload_request}
 
@@ -98,6 +103,7 @@ class FileService:
         else:
             self._space = QuotaLedger(limits.quota, backend.blobs.usage() if limits.quota else 0)
         self._uploads = Uploads(backend, limits, self._space, self._pacer)
+        self._groups = FileGroups(self._uploads, self._stored_response, self._notify_stored)
 
     # --- upload ---------------------------------------------------------------
 
@@ -112,35 +118,53 @@ class FileService:
             async with self._uploads.open(first, caller) as session:
                 stored, already_stored = await session.commit(await session.receive(request_iterator))
                 if not already_stored:
-                    await self._notify_stored(stored)
+                    await self._notify_stored([stored])
         except UploadRefused as refused:
             await abort(context, refused.code, refused.detail)
+        return self._stored_response(stored, session.upload.upload_id, already_stored)
+
+    async def UploadFiles(
+        self, request_iterator: AsyncIterator[pb.UploadFilesRequest], context: Context
+    ) -> AsyncIterator[pb.UploadFilesResponse]:
+        caller = self._credentials.caller(context.invocation_metadata())
+        async for response in self._groups.answer(request_iterator, caller, context):
+            yield response
+
+    def _stored_response(self, stored: FileRecord, upload_id: str, already_stored: bool) -> pb.UploadFileResponse:
+        """What UploadFile answers (and UploadFiles for each file it stores)."""
         return pb.UploadFileResponse(
             file_id=stored.file_id,
             bytes_uploaded=stored.size,
             download_url=f"streamcli://{self._public_address}/files/{stored.file_id}",
             checksum_verified=True,
             checksum=stored.sha256,
-            upload_id=session.upload.upload_id,
+            upload_id=upload_id,
             already_stored=already_stored,
         )
 
-    async def _notify_stored(self, stored: FileRecord) -> None:
-        """Tell its owner that ``stored`` is; a file of the service token goes to everyone only where there
-        are no users to keep apart."""
-        recipient = stored.owner or (EVERYONE if not self._credentials.user_names else "")
-        if self._notifications is None or not recipient:
+    async def _notify_stored(self, stored: Sequence[FileRecord]) -> None:
+        """Tell their owners that ``stored`` are, in one append; a file of the service token goes to everyone
+        only where there are no users to keep apart."""
+        notices = []
+        for record in stored:
+            recipient = record.owner or (EVERYONE if not self._credentials.user_names else "")
+            if recipient:
+                notices.append(
+                    pb.Notification(
+                        recipient=recipient,
+                        topic="files",
+                        title=f"upload completed: {record.filename}",
+                        body=f"{record.size} bytes, sha256 {record.sha256}",
+                        severity=pb.NOTIFICATION_SEVERITY_INFO,
+                        attributes={"file_id": record.file_id, "filename": record.filename, "size": str(record.size)},
+                    )
+                )
+        if self._notifications is None or not notices:
             return
         try:
-            await self._notifications.raise_(
-                recipient,
-                "files",
-                f"upload completed: {stored.filename}",
-                f"{stored.size} bytes, sha256 {stored.sha256}",
-                attributes={"file_id": stored.file_id, "filename": stored.filename, "size": str(stored.size)},
-            )
-        except Exception as exc:  # the file is stored: the client must hear so, whatever the log store says
-            log.warning("could not notify that %s was stored: %s", stored.file_id, exc)
+            await self._notifications.raise_many(notices)
+        except Exception as exc:  # the files are stored: the client must hear so, whatever the log store says
+            log.warning("could not notify that %s was stored: %s", ", ".join(r.file_id for r in stored), exc)
 
     async def GetUploadStatus(self, request: pb.GetUploadStatusRequest, context: Context) -> pb.GetUploadStatusResponse:
         caller = self._credentials.caller(context.invocation_metadata())

@@ -7,7 +7,7 @@ topic as kind; it is read exactly like the event log.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import ClassVar
 
 import grpc
@@ -56,8 +56,16 @@ class NotificationService(LogService):
             severity=severity or pb.NOTIFICATION_SEVERITY_INFO,
             attributes=dict(attributes or {}),
         )
-        [record] = await self._log.append(STREAM, [NewRecord(recipient, topic, notification.SerializeToString())])
-        return notification_from_record(record)
+        [raised] = await self.raise_many([notification])
+        return raised
+
+    async def raise_many(self, notifications: Sequence[pb.Notification]) -> list[pb.Notification]:
+        """Append ``notifications`` (each with its recipient, topic, title...) in one append; returns them with
+        their ids and times."""
+        records = await self._log.append(
+            STREAM, [NewRecord(n.recipient, n.topic, n.SerializeToString()) for n in notifications]
+        )
+        return [notification_from_record(record) for record in records]
 
     async def SendNotification(
         self, request: pb.SendNotificationRequest, context: Context

@@ -67,6 +67,9 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 DISK_FULL = "the server's disk is full"
 #: The presence scope of the uploads a stream is writing (members: upload ids, each held by one stream).
 UPLOADS_SCOPE = "uploads"
+#: How the partial files of UploadFiles' groups are named (then a uuid): they have no upload record, so
+#: ``Uploads.expire`` finds those a stopped server left behind by their name and age.
+GROUP_PARTIAL_PREFIX = "group-"
 _CHUNK_KEY = bytes_key(pb.UploadFileRequest.CHUNK_FIELD_NUMBER)[0]
 
 #: What an upload stream's messages are, as UploadFile's request deserializer makes them: a chunk (a view of
@@ -296,7 +299,7 @@ class Uploads:
     async def _start(self, first: pb.UploadFileRequest, caller: Caller) -> UploadSession:
         meta = first.metadata
         checksum = meta.checksum.lower()
-        filename = _checked_metadata(meta, checksum, self.limits.max_file_size)
+        filename = checked_metadata(meta, checksum, self.limits.max_file_size)
         upload_id = first.upload_id or uuid.uuid4().hex
         if not UPLOAD_ID.fullmatch(upload_id):
             raise _invalid("upload_id must be 1-64 letters, digits, '-' or '_'")
@@ -402,10 +405,7 @@ class Uploads:
     async def _reserve(self, size: int) -> Reservation:
         """A reservation of ``size`` bytes for one upload stream, or RESOURCE_EXHAUSTED over the quota."""
         reservation = self.space.reservation()
-        try:
-            await reservation.reserve(size)
-        except QuotaExceeded as exc:
-            raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        await reserve_more(reservation, size)
         return reservation
 
     async def forget(self, upload_id: str) -> None:
@@ -431,6 +431,15 @@ class Uploads:
                 continue
             discarded += 1
             log.info("discarded expired partial upload %s (%s)", upload.upload_id, upload.filename)
+        # A group's partial files live for the moments of its commit: one older than the time to live was left
+        # by a server that stopped in between (its files were never answered).
+        stale = await asyncio.to_thread(
+            self.blobs.partials_older_than, GROUP_PARTIAL_PREFIX, time.time() - self.limits.upload_ttl
+        )
+        for upload_id in stale:
+            self.space.freed(self.blobs.discard_partial(upload_id))
+            discarded += 1
+            log.info("discarded the partial file %s of an UploadFiles group never stored", upload_id)
         return discarded
 
 
@@ -487,8 +496,7 @@ class UploadSession:
             await self._end(grpc.StatusCode.FAILED_PRECONDITION, detail, keep=True)
         digest: str = self.partial.hasher.hexdigest()
         if digest != checksum:
-            detail = f"checksum mismatch: received bytes hash to {digest}, declared {checksum}"
-            await self._end(grpc.StatusCode.DATA_LOSS, detail)
+            await self._end(grpc.StatusCode.DATA_LOSS, checksum_mismatch(digest, checksum))
         return digest
 
     async def _read(self, requests: AsyncIterator[UploadRequest]) -> tuple[int, str]:
@@ -524,24 +532,18 @@ class UploadSession:
         if not data:
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
         if len(data) > MAX_CHUNK_SIZE:
-            raise UploadRefused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}",
-            )
+            raise _invalid(f"chunk of {len(data)} bytes is larger than the limit of {MAX_CHUNK_SIZE}")
         if not self.lease.held:
             raise ClaimLost(self.upload.upload_id)
         partial = self.partial
         end = partial.received + len(data)
         if total >= 0 and end > total:
-            raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"received more than the declared {total} bytes")
+            raise _invalid(too_many_bytes(total))
         if total == -1:  # the size was not known up front: check and reserve as the file grows
             limit = self._uploads.limits.max_file_size
             if limit and end > limit:
                 raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(limit))
-            try:
-                await partial.reservation.reserve(len(data))
-            except QuotaExceeded as exc:
-                raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            await reserve_more(partial.reservation, len(data))
         if self._uploads.pacer.engaged:  # (interactive calls are open: the next message waits its turn)
             await self._uploads.pacer.admit(len(data))
         await partial.write(data)
@@ -609,8 +611,9 @@ class UploadSession:
         raise UploadRefused(code, detail)
 
 
-def _checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) -> str:
-    """The file name of a new upload's metadata (``checksum``: its lower-cased checksum), once all checks pass.
+def checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) -> str:
+    """The file name of a new upload's metadata (``checksum``: its lower-cased checksum), once all checks pass
+    (UploadFile's first message, and each file of UploadFiles).
 
     Raises:
         UploadRefused: INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for a file over ``max_file_size``.
@@ -630,6 +633,24 @@ def _checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) 
     if max_file_size and meta.total_size > max_file_size:
         raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(max_file_size))
     return filename
+
+
+async def reserve_more(reservation: Reservation, size: int) -> None:
+    """Reserve ``size`` more bytes in ``reservation``, or raise RESOURCE_EXHAUSTED saying the quota is exceeded."""
+    try:
+        await reservation.reserve(size)
+    except QuotaExceeded as exc:
+        raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+
+
+def checksum_mismatch(digest: str, checksum: str) -> str:
+    """What a client is told of a file whose bytes hash to ``digest`` where it declared ``checksum``."""
+    return f"checksum mismatch: received bytes hash to {digest}, declared {checksum}"
+
+
+def too_many_bytes(total: int) -> str:
+    """What a client is told of a file that sent more bytes than it declared (``total``)."""
+    return f"received more than the declared {total} bytes"
 
 
 def _invalid(detail: str) -> UploadRefused:

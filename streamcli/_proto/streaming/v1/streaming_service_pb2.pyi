@@ -659,6 +659,109 @@ class UploadFileResponse(_message.Message):
 Global___UploadFileResponse: _TypeAlias = UploadFileResponse  # noqa: Y015
 
 @_typing.final
+class UploadFilesRequest(_message.Message):
+    """UploadFilesRequest is one whole file of an UploadFiles stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """All the file's bytes: exactly `metadata.total_size` of them, at most
+    1 MiB (1,048,576 bytes; a larger file is refused INVALID_ARGUMENT: send
+    it with UploadFile).
+    """
+    @_builtins.property
+    def metadata(self) -> Global___FileMetadata:
+        """The file's metadata. `total_size` (bytes, 0 to 1 MiB) and `checksum`
+        (lowercase hex SHA-256 of `content`) are required here; `filename` and
+        `content_type` as for UploadFile.
+        """
+
+    def __init__(
+        self,
+        *,
+        metadata: Global___FileMetadata | None = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFilesRequest: _TypeAlias = UploadFilesRequest  # noqa: Y015
+
+@_typing.final
+class UploadFileRefusal(_message.Message):
+    """UploadFileRefusal says why one file of an UploadFiles stream was not stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code UploadFile would end with for this file (a
+    google.rpc.Code number: 3 INVALID_ARGUMENT, 7 PERMISSION_DENIED,
+    8 RESOURCE_EXHAUSTED, 15 DATA_LOSS, ...).
+    """
+    detail: _builtins.str
+    """What UploadFile's status detail would say, for people."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFileRefusal: _TypeAlias = UploadFileRefusal  # noqa: Y015
+
+@_typing.final
+class UploadFilesResponse(_message.Message):
+    """UploadFilesResponse answers one request of an UploadFiles stream, in the
+    order the requests were sent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The answered request's position on the stream, from 0."""
+    @_builtins.property
+    def stored(self) -> Global___UploadFileResponse:
+        """The file is stored (or was already: see `already_stored`), as
+        UploadFile would answer; its `upload_id` is the server's own.
+        """
+
+    @_builtins.property
+    def refusal(self) -> Global___UploadFileRefusal:
+        """The file was not stored."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        stored: Global___UploadFileResponse | None = ...,
+        refusal: Global___UploadFileRefusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "refusal", b"refusal", "stored", b"stored"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "outcome", b"outcome", "refusal", b"refusal", "stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["stored", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___UploadFilesResponse: _TypeAlias = UploadFilesResponse  # noqa: Y015
+
+@_typing.final
 class GetUploadStatusRequest(_message.Message):
     """GetUploadStatusRequest asks about a resumable upload."""
 

@@ -88,6 +88,11 @@ class StreamingServiceStub:
                 request_serializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.SerializeToString,
                 response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.FromString,
                 _registered_method=True)
+        self.UploadFiles = channel.stream_stream(
+                '/streaming.v1.StreamingService/UploadFiles',
+                request_serializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFilesRequest.SerializeToString,
+                response_deserializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFilesResponse.FromString,
+                _registered_method=True)
         self.GetUploadStatus = channel.unary_unary(
                 '/streaming.v1.StreamingService/GetUploadStatus',
                 request_serializer=streaming_dot_v1_dot_streaming__service__pb2.GetUploadStatusRequest.SerializeToString,
@@ -305,6 +310,24 @@ class StreamingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFiles(self, request_iterator, context):
+        """Uploads many small whole files on one stream: each request carries one
+        file (its metadata, with size and checksum, and all its bytes, at most
+        1 MiB: larger files use UploadFile), and each is answered in order, by its
+        position on the stream, with what UploadFile would answer for it: the
+        stored file (or the one stored already) or a refusal (status code and
+        detail). A refused file does not end the stream. The server stores the
+        files it has received together (one sync of their bytes and one metadata
+        commit for the group) before answering them: every answered file is
+        durable. A stream-level failure (a malformed message, the store
+        unreachable) ends the stream with its status; its detail says how many
+        files were answered before. The server reads ahead a bounded number of
+        files: a client that stops reading answers stops the server reading.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUploadStatus(self, request, context):
         """--- Unary companions -----------------------------------------------------
 
@@ -463,6 +486,11 @@ def add_StreamingServiceServicer_to_server(servicer, server):
                     servicer.ProcessLiveData,
                     request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.FromString,
                     response_serializer=streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.SerializeToString,
+            ),
+            'UploadFiles': grpc.stream_stream_rpc_method_handler(
+                    servicer.UploadFiles,
+                    request_deserializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFilesRequest.FromString,
+                    response_serializer=streaming_dot_v1_dot_streaming__service__pb2.UploadFilesResponse.SerializeToString,
             ),
             'GetUploadStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUploadStatus,
@@ -804,6 +832,33 @@ class StreamingService:
             '/streaming.v1.StreamingService/ProcessLiveData',
             streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataRequest.SerializeToString,
             streaming_dot_v1_dot_streaming__service__pb2.ProcessLiveDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFiles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/streaming.v1.StreamingService/UploadFiles',
+            streaming_dot_v1_dot_streaming__service__pb2.UploadFilesRequest.SerializeToString,
+            streaming_dot_v1_dot_streaming__service__pb2.UploadFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

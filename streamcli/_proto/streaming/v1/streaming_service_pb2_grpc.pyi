@@ -158,6 +158,20 @@ class StreamingServiceStub:
     reads a request once the previous one's results are written: a client
     that stops reading stops the server reading (HTTP/2 flow control).
     """
+    UploadFiles: _grpc.StreamStreamMultiCallable[_streaming_service_pb2.UploadFilesRequest, _streaming_service_pb2.UploadFilesResponse]
+    """Uploads many small whole files on one stream: each request carries one
+    file (its metadata, with size and checksum, and all its bytes, at most
+    1 MiB: larger files use UploadFile), and each is answered in order, by its
+    position on the stream, with what UploadFile would answer for it: the
+    stored file (or the one stored already) or a refusal (status code and
+    detail). A refused file does not end the stream. The server stores the
+    files it has received together (one sync of their bytes and one metadata
+    commit for the group) before answering them: every answered file is
+    durable. A stream-level failure (a malformed message, the store
+    unreachable) ends the stream with its status; its detail says how many
+    files were answered before. The server reads ahead a bounded number of
+    files: a client that stops reading answers stops the server reading.
+    """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_streaming_service_pb2.GetUploadStatusRequest, _streaming_service_pb2.GetUploadStatusResponse]
     """--- Unary companions -----------------------------------------------------
 
@@ -315,6 +329,20 @@ class StreamingServiceAsyncStub(StreamingServiceStub):
     on; only a malformed request or options out of range end it. The server
     reads a request once the previous one's results are written: a client
     that stops reading stops the server reading (HTTP/2 flow control).
+    """
+    UploadFiles: _aio.StreamStreamMultiCallable[_streaming_service_pb2.UploadFilesRequest, _streaming_service_pb2.UploadFilesResponse]  # type: ignore[assignment]
+    """Uploads many small whole files on one stream: each request carries one
+    file (its metadata, with size and checksum, and all its bytes, at most
+    1 MiB: larger files use UploadFile), and each is answered in order, by its
+    position on the stream, with what UploadFile would answer for it: the
+    stored file (or the one stored already) or a refusal (status code and
+    detail). A refused file does not end the stream. The server stores the
+    files it has received together (one sync of their bytes and one metadata
+    commit for the group) before answering them: every answered file is
+    durable. A stream-level failure (a malformed message, the store
+    unreachable) ends the stream with its status; its detail says how many
+    files were answered before. The server reads ahead a bounded number of
+    files: a client that stops reading answers stops the server reading.
     """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_streaming_service_pb2.GetUploadStatusRequest, _streaming_service_pb2.GetUploadStatusResponse]  # type: ignore[assignment]
     """--- Unary companions -----------------------------------------------------
@@ -530,6 +558,26 @@ class StreamingServiceServicer(metaclass=_abc_1.ABCMeta):
         on; only a malformed request or options out of range end it. The server
         reads a request once the previous one's results are written: a client
         that stops reading stops the server reading (HTTP/2 flow control).
+        """
+
+    @_abc_1.abstractmethod
+    def UploadFiles(
+        self,
+        request_iterator: _MaybeAsyncIterator[_streaming_service_pb2.UploadFilesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_streaming_service_pb2.UploadFilesResponse], _abc.AsyncIterator[_streaming_service_pb2.UploadFilesResponse]]:
+        """Uploads many small whole files on one stream: each request carries one
+        file (its metadata, with size and checksum, and all its bytes, at most
+        1 MiB: larger files use UploadFile), and each is answered in order, by its
+        position on the stream, with what UploadFile would answer for it: the
+        stored file (or the one stored already) or a refusal (status code and
+        detail). A refused file does not end the stream. The server stores the
+        files it has received together (one sync of their bytes and one metadata
+        commit for the group) before answering them: every answered file is
+        durable. A stream-level failure (a malformed message, the store
+        unreachable) ends the stream with its status; its detail says how many
+        files were answered before. The server reads ahead a bounded number of
+        files: a client that stops reading answers stops the server reading.
         """
 
     @_abc_1.abstractmethod
