@@ -28,6 +28,7 @@ from streamcli.server.app import RunningServer
 from streamcli.services.uploads import MAX_CHUNK_SIZE
 from tests.support.files import MiB, write_random
 from tests.support.servers import client, running_server
+from tests.test_pagecache import cached, file_system
 
 
 def stored_files(data_dir: pathlib.Path) -> list[str]:
@@ -86,6 +87,27 @@ async def test_round_trip_of_100_mib(conn: Connection, tmp_path: pathlib.Path) -
     downloaded = await download_file(conn, uploaded.file_id, target, NullProgress())
     assert uploaded.sha256 == downloaded.sha256 == digest
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+
+async def test_the_server_drops_the_pages_of_a_large_file_behind_its_writes_and_its_reads(
+    conn: Connection, tmp_path: pathlib.Path
+) -> None:
+    """An upload's pages are dropped behind the server's writes, and a download's behind its reads (so that
+    the kernel reuses warm pages: pagecache.py); the last MiB, not yet behind, stay."""
+    if file_system(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("a file in memory has no page cache to drop")
+    source = tmp_path / "big.bin"
+    write_random(source, 48 * MiB)
+    uploaded = await upload_path(conn, source, NullProgress())
+    blob = tmp_path / "data" / "blobs" / "files" / uploaded.file_id  # (the server fixture's data dir)
+    assert sum(cached(blob)) < 40  # (48 MiB written: at least the first 8 behind the writer dropped)
+    blob.read_bytes()  # all of it in the page cache again
+    assert sum(cached(blob)) == 48
+    target = tmp_path / "copy.bin"
+    await download_file(conn, uploaded.file_id, target, NullProgress())
+    assert target.read_bytes() == source.read_bytes()
+    pages = cached(blob)
+    assert not any(pages[:8]) and all(pages[-8:])  # dropped behind the reads; the last ones not yet
 
 
 async def test_twenty_concurrent_uploads(conn: Connection, tmp_path: pathlib.Path) -> None:

@@ -69,7 +69,7 @@ def test_the_pages_behind_the_writer_are_dropped_and_those_near_its_end_and_befo
         handle.flush()
         os.fsync(handle.fileno())  # (every page clean: the kernel drops each page it is asked to)
         before = cached(path)
-        drop.wrote(handle.tell())
+        drop.reached(handle.tell())
         after = cached(path)
     assert drop.drops == 1
     end = head + 48
@@ -85,19 +85,19 @@ def test_the_pages_behind_the_writer_are_dropped_and_those_near_its_end_and_befo
 def test_it_waits_for_a_window_and_gives_up_quietly_on_a_pipe(tmp_path: pathlib.Path) -> None:
     with open(tmp_path / "file", "wb") as handle:
         drop = DropBehind(handle.fileno(), 0)
-        drop.wrote(BEHIND + EVERY - 1)
+        drop.reached(BEHIND + EVERY - 1)
         assert drop.drops == 0  # not a whole window behind yet
-        drop.wrote(BEHIND + EVERY)
+        drop.reached(BEHIND + EVERY)
         assert drop.drops == 1
     read, write = os.pipe()
     try:
         drop = DropBehind(write, 0)
-        drop.wrote(BEHIND + 4 * EVERY)  # ESPIPE: off from now on, nothing raised
-        drop.wrote(BEHIND + 8 * EVERY)
+        drop.reached(BEHIND + 4 * EVERY)  # ESPIPE: off from now on, nothing raised
+        drop.reached(BEHIND + 8 * EVERY)
         assert drop.drops == 0
     finally:
         os.close(read)
         os.close(write)
     off = DropBehind(-1, 0, enabled=False)
-    off.wrote(1 << 40)
+    off.reached(1 << 40)
     assert off.drops == 0

@@ -22,6 +22,7 @@ from streamcli._proto.streaming.v1 import streaming_service_pb2 as pb
 from streamcli.backends.base import Backend, FileRecord
 from streamcli.backends.blobs import SAFE_ID
 from streamcli.credentials import Credentials
+from streamcli.pagecache import DropBehind
 from streamcli.pipeline import Pipeline
 from streamcli.protowire import bytes_key, varint, varint_field
 from streamcli.services.bulk_uploads import FileGroups
@@ -230,9 +231,12 @@ class FileService:
         # serializer passes bytes through): the first carries the file's metadata, each the offset of its bytes.
         head = pb.DownloadFileResponse(file=file_info(record), offset=request.offset).SerializeToString()
 
+        behind = DropBehind(handle.fileno(), request.offset)
+
         def read(start: int) -> tuple[int, int, bytes]:
             """(On the worker.) The chunk at ``start`` as a response: (start, length, wire bytes)."""
             data = handle.read(DOWNLOAD_CHUNK_SIZE)
+            behind.reached(start + len(data))  # (pages read are reused warm: pagecache.py)
             prefix = head if start == request.offset else varint_field(_OFFSET_FIELD, start)
             return start, len(data), b"".join((prefix, _DATA_KEY, varint(len(data)), data)) if data else prefix
 
