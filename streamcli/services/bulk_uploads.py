@@ -50,6 +50,7 @@ from streamcli.services.uploads import (
     disk_full,
     reserve_more,
     too_many_bytes,
+    write_some,
 )
 
 log = logging.getLogger("streamcli.files")
@@ -300,7 +301,7 @@ def _write_group(blobs: BlobStore, files: Sequence[_File]) -> list[str]:
             handles.append(handle)
             view = memoryview(file.content)
             while view:
-                view = view[handle.write(view) :]
+                view = view[write_some(handle, view) :]
         blobs.commit_many([(f.upload_id, f.record.file_id, h.fileno()) for f, h in zip(matching, handles, strict=True)])
     except BaseException:
         for file in matching:

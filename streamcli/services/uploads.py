@@ -186,9 +186,7 @@ class PartialFile:
             self._behind = WriteBehind(handle.fileno(), self.size)
         view = memoryview(data)
         while view:
-            written = handle.write(view)  # an unbuffered write may take only part
-            if not written:
-                raise OSError(errno.EIO, "the partial file accepted no bytes")
+            written = write_some(handle, view)
             self.size += written
             view = view[written:]
         self._behind.wrote(self.size)
@@ -633,6 +631,19 @@ def checked_metadata(meta: pb.FileMetadata, checksum: str, max_file_size: int) -
     if max_file_size and meta.total_size > max_file_size:
         raise UploadRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(max_file_size))
     return filename
+
+
+def write_some(handle: io.FileIO, view: memoryview) -> int:
+    """(On a thread.) Write the start of ``view`` to a partial file's unbuffered ``handle`` (which may take only
+    part of it); the bytes written, at least one.
+
+    Raises:
+        OSError: the write failed, or took no bytes (EIO: a loop on it would never end).
+    """
+    written = handle.write(view)
+    if not written:
+        raise OSError(errno.EIO, "the partial file accepted no bytes")
+    return written
 
 
 async def reserve_more(reservation: Reservation, size: int) -> None:
