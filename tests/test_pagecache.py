@@ -1,8 +1,11 @@
-"""``streamcli.pagecache.DropBehind``: the pages written back behind a writer leave the page cache, none other."""
+"""``streamcli.pagecache``: the pages written back behind a writer leave the page cache, none other
+(``DropBehind``); the bytes behind a durable writer are synced as it goes, and a failed sync is not lost
+(``SyncBehind``)."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import pathlib
@@ -10,7 +13,7 @@ import sys
 
 import pytest
 
-from streamcli.pagecache import BEHIND, EVERY, DropBehind
+from streamcli.pagecache import BEHIND, EVERY, SYNC_EVERY, DropBehind, SyncBehind, WriteBehind
 
 MIB = 1 << 20
 
@@ -101,3 +104,63 @@ def test_it_waits_for_a_window_and_gives_up_quietly_on_a_pipe(tmp_path: pathlib.
     off = DropBehind(-1, 0, enabled=False)
     off.reached(1 << 40)
     assert off.drops == 0
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_bytes_behind_a_durable_writer_are_synced_as_it_writes(tmp_path: pathlib.Path) -> None:
+    if file_system(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("a file in memory is never written back")
+    path = tmp_path / "file.part"
+    block = os.urandom(MIB)
+    windows = 2
+    descriptors = open_descriptors()
+    with open(path, "wb", buffering=0) as handle:
+        sync = SyncBehind(handle.fileno(), 0)
+        for _ in range(windows * SYNC_EVERY // MIB):
+            handle.write(block)
+            sync.wrote(handle.tell())
+        assert 1 <= sync.syncs <= windows  # one a window at most: the first, and the second unless one still ran
+        sync.finish()
+        # Synced pages are clean, and the kernel drops every clean page it is asked to (a dirty one it keeps):
+        # without the syncs, the file's pages would still be dirty here, and cached after the advice.
+        os.posix_fadvise(handle.fileno(), 0, SYNC_EVERY, os.POSIX_FADV_DONTNEED)
+        assert cached(path)[: SYNC_EVERY // MIB] == [False] * (SYNC_EVERY // MIB)
+    assert open_descriptors() == descriptors  # each sync's duplicate of the descriptor was closed
+    with open(path, "rb") as check:
+        assert check.read() == block * (windows * SYNC_EVERY // MIB)
+
+
+def test_a_failed_sync_behind_the_writer_is_raised_by_finish_and_ends_the_syncs() -> None:
+    # The kernel refuses to sync a pipe (EINVAL): a real failure of the sync thread's fdatasync.
+    read, write = os.pipe()
+    try:
+        sync = SyncBehind(write, 0)
+        sync.wrote(SYNC_EVERY - 1)
+        assert sync.syncs == 0  # not a whole window yet
+        sync.wrote(SYNC_EVERY)
+        assert sync.syncs == 1
+        with pytest.raises(OSError) as raised:
+            sync.finish()
+        assert raised.value.errno == errno.EINVAL
+        sync.wrote(4 * SYNC_EVERY)
+        assert sync.syncs == 1  # none after a failure
+        with pytest.raises(OSError):
+            sync.finish()  # and it is raised again: the final fsync must not go ahead
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_a_writer_that_is_not_durable_does_not_sync(tmp_path: pathlib.Path) -> None:
+    with open(tmp_path / "file", "wb") as handle:
+        behind = WriteBehind(handle.fileno(), 0)
+        behind.wrote(4 * SYNC_EVERY)
+        behind.finish()
+        assert behind.sync.syncs == 0
+        durable = WriteBehind(handle.fileno(), 0, durable=True)
+        durable.wrote(SYNC_EVERY)
+        durable.finish()
+        assert durable.sync.syncs == 1

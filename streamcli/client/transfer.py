@@ -693,8 +693,9 @@ class _BackgroundWriter:
     BLOCK = 1 << 20
     MAX_PENDING = 4
 
-    def __init__(self, sink: BinaryIO, hasher: hashlib._Hash) -> None:
+    def __init__(self, sink: BinaryIO, hasher: hashlib._Hash, *, durable: bool) -> None:
         self._sink = sink
+        self._durable = durable  # the sink is fsynced after ``drain``: synced as it grows (pagecache.SyncBehind)
         self._hasher = hasher
         self._pipeline: Pipeline[None] = Pipeline()
         self._buffer: list[bytes | memoryview] = []
@@ -712,7 +713,7 @@ class _BackgroundWriter:
         if self._behind is None:  # so that the fsync before the rename has little left, and warm pages are reused
             try:
                 self._written = self._sink.tell()
-                self._behind = WriteBehind(self._sink.fileno(), self._written)
+                self._behind = WriteBehind(self._sink.fileno(), self._written, durable=self._durable)
             except (OSError, ValueError):  # a pipe, or no file at all (a test's buffer): nothing to write back
                 self._behind = WriteBehind(-1, 0, enabled=False)
         self._sink.write(block)
@@ -738,8 +739,14 @@ class _BackgroundWriter:
         """Wait until everything given to ``write`` is written and hashed."""
         if self._buffer:
             await self._dispatch()
+        self._pipeline.put(self._finish)  # after the writes: the sync behind them has ended, or its failure raised
         while self._pipeline:
             await self._settle()
+
+    def _finish(self) -> None:
+        """(On the worker thread.) Wait for the sync behind the writes (``WriteBehind.finish``)."""
+        if self._behind is not None:
+            self._behind.finish()
 
     async def _settle(self) -> None:
         try:
@@ -792,7 +799,7 @@ async def _download(
     attempts = Attempts(retry, f"download of {info.filename}", hint=hint, connection=conn)
     progress.start(info.file_id, info.filename, info.size, offset)
     with rpc_errors(conn):
-        async with _BackgroundWriter(sink, hasher) as writer:
+        async with _BackgroundWriter(sink, hasher, durable=shown_path != "-") as writer:
             while True:  # one pass per attempt; retries continue from `offset`
                 attempt_start = offset
                 try:

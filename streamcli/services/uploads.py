@@ -150,7 +150,7 @@ class PartialFile:
         self.reservation = reservation
         self._accounted = size  # of ``size``, what the reservation has been told of
         self._pipeline: Pipeline[None] = Pipeline()
-        self._behind: WriteBehind | None = None  # the fsync of the commit has little left; warm pages reused
+        self._behind: WriteBehind | None = None  # synced as it grows: the commit's fsync has little left
         self._closed = False
         self._storing = False  # ``store`` has handed the handle to its thread
 
@@ -183,7 +183,7 @@ class PartialFile:
         """(On the worker thread.) Append ``data`` and hash it."""
         handle = self._opened()
         if self._behind is None:
-            self._behind = WriteBehind(handle.fileno(), self.size)
+            self._behind = WriteBehind(handle.fileno(), self.size, durable=True)
         view = memoryview(data)
         while view:
             written = write_some(handle, view)
@@ -211,6 +211,8 @@ class PartialFile:
         (closing a file just written can take a fraction of a millisecond: not on the event loop)."""
         handle = self._opened()
         try:
+            if self._behind is not None:
+                self._behind.finish()  # (a failed sync behind the writes is this commit's failure)
             blobs.commit(upload_id, file_id, handle.fileno())
         finally:
             handle.close()
