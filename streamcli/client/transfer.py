@@ -793,13 +793,14 @@ async def _download(
     shown_path: str,
 ) -> TransferResult:
     resumed_from = offset
+    to_stdout = shown_path == "-"  # (else a .part file, fsynced before its rename)
     hint = "run the same command again to resume from the .part file"
-    if shown_path == "-":
+    if to_stdout:
         hint = "standard output cannot resume: run it again, or download to a file"
     attempts = Attempts(retry, f"download of {info.filename}", hint=hint, connection=conn)
     progress.start(info.file_id, info.filename, info.size, offset)
     with rpc_errors(conn):
-        async with _BackgroundWriter(sink, hasher, durable=shown_path != "-") as writer:
+        async with _BackgroundWriter(sink, hasher, durable=not to_stdout) as writer:
             while True:  # one pass per attempt; retries continue from `offset`
                 attempt_start = offset
                 try:
