@@ -138,7 +138,7 @@ class SyncBehind:
         self._from = start  # the end of the file when the last sync was started
         self._enabled = enabled
         self._running: concurrent.futures.Future[None] | None = None
-        self._failure: OSError | None = None
+        self._failure: BaseException | None = None  # (what ``_sync_and_close`` raises: an OSError)
         self.syncs = 0  # syncs started (for the tests)
 
     def wrote(self, end: int) -> None:
@@ -161,9 +161,8 @@ class SyncBehind:
         if not running.done():
             return False
         self._running = None
-        failure = running.exception()
-        if failure is not None:
-            self._failure = failure if isinstance(failure, OSError) else OSError(str(failure))
+        self._failure = running.exception()
+        if self._failure is not None:
             self._enabled = False
         return self._failure is None
 
